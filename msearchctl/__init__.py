@@ -1,0 +1,1 @@
+"""msearchctl: the command line of msearchd."""

@@ -1,0 +1,3 @@
+from msearchctl.app import main
+
+main()

@@ -1,0 +1,376 @@
+"""`msearchctl`: control msearchd from a shell. Each command parses its arguments and makes one call.
+
+Exit codes: 0 done; 1 refused by the daemon (unknown task, wrong state, bad value); 2 usage;
+3 daemon unreachable; 4 `tasks wait` timed out.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from msearchd.client import Client
+from msearchd.errors import MsearchError, Unavailable
+from msearchd.model import parse_task_id
+
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+EXIT_TIMEOUT = 4
+
+app = typer.Typer(
+    name="msearchctl",
+    help="Control the msearch task daemon (msearchd): queue, reprioritise, cancel and retry tasks.\n\n"
+    "Exit codes: 0 done, 1 refused by the daemon, 2 usage error, 3 daemon unreachable, 4 wait timed out.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+)
+tasks_app = typer.Typer(help="Add, inspect and control tasks.", no_args_is_help=True)
+daemon_app = typer.Typer(help="Check on or stop the daemon.", no_args_is_help=True)
+app.add_typer(tasks_app, name="tasks")
+app.add_typer(daemon_app, name="daemon")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of text.")]
+TaskIdArg = Annotated[str, typer.Argument(help="Task id: task_<n> or <n>.", show_default=False)]
+RunningOpt = Annotated[
+    bool, typer.Option("--running", help="Also stop running tasks (SIGTERM, grace period, then SIGKILL).")
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from msearchd import __version__
+
+        print(f"msearchctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    socket: Annotated[
+        Path | None,
+        typer.Option(
+            "--socket",
+            envvar="MSEARCH_SOCKET",
+            show_default=False,
+            help="Daemon socket [default: $XDG_RUNTIME_DIR/msearch/msearchd.sock]",
+        ),
+    ] = None,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
+) -> None:
+    ctx.obj = socket
+
+
+def fail(message: str, code: int) -> NoReturn:
+    print(f"msearchctl: {message}", file=sys.stderr)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def daemon(ctx: typer.Context) -> Iterator[Client]:
+    """A connection to the daemon; its errors become one sentence on stderr and an exit code."""
+    try:
+        with Client(ctx.obj) as client:
+            yield client
+    except Unavailable as exc:
+        fail(exc.message, EXIT_UNREACHABLE)
+    except MsearchError as exc:
+        fail(exc.message, EXIT_REFUSED)
+
+
+def task_ref(value: str) -> int:
+    try:
+        return parse_task_id(value)
+    except MsearchError as exc:
+        raise typer.BadParameter(exc.message) from None
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+# --- tasks --------------------------------------------------------------------------------------------
+
+
+@tasks_app.command("add")
+def add(
+    ctx: typer.Context,
+    task_type: Annotated[str, typer.Argument(metavar="TYPE", help="Task type, e.g. command, file_scan.")],
+    argv: Annotated[
+        list[str] | None, typer.Argument(metavar="[-- ARGV...]", help="For type command: what to run.")
+    ] = None,
+    priority: Annotated[
+        int | None,
+        typer.Option(
+            "--priority",
+            "-p",
+            help="0 (first) to 11 (last); default depends on the type.",
+            show_default=False,
+        ),
+    ] = None,
+    data: Annotated[str | None, typer.Option("--data", help="Handler input as a JSON object.")] = None,
+    depends_on: Annotated[
+        list[str] | None,
+        typer.Option("--depends-on", help="Run only after this task completed; repeat for several."),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Queue a task. For type command, the argv after -- is what runs, e.g. `tasks add command -- sleep 30`."""
+    payload: dict[str, Any] = {}
+    if data is not None:
+        try:
+            payload = json.loads(data)
+        except json.JSONDecodeError as exc:
+            raise typer.BadParameter(f"not valid JSON: {exc.msg}", param_hint="--data") from None
+        if not isinstance(payload, dict):
+            raise typer.BadParameter("must be a JSON object", param_hint="--data")
+    if argv:
+        payload["argv"] = list(argv)
+    if task_type == "command" and "argv" not in payload:
+        raise typer.BadParameter(
+            "give the command to run after --, e.g. msearchctl tasks add command -- sleep 30"
+        )
+    deps = [task_ref(d) for d in depends_on or []]
+    with daemon(ctx) as client:
+        task = client.submit(task_type, payload, priority=priority, depends_on=deps)
+    if as_json:
+        print_json(task)
+    else:
+        print(task["id"])
+
+
+@tasks_app.command("list")
+def list_tasks(
+    ctx: typer.Context,
+    status: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--status",
+            "-s",
+            help="Only these states (pending, blocked, running, completed, failed, "
+            "cancelled); repeat or separate with commas.",
+        ),
+    ] = None,
+    task_type: Annotated[str | None, typer.Option("--type", "-t", help="Only tasks of this type.")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=10_000, help="At most this many.")] = 100,
+    offset: Annotated[int, typer.Option("--offset", min=0, help="Skip this many first.")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """List tasks, oldest first."""
+    statuses = [s for value in status or [] for s in value.split(",") if s] or None
+    with daemon(ctx) as client:
+        tasks = client.list(statuses, task_type, limit, offset)
+    if as_json:
+        print_json(tasks)
+    else:
+        from msearchctl import render
+
+        render.task_table(tasks)
+
+
+@tasks_app.command("show")
+def show(ctx: typer.Context, task_id: TaskIdArg, as_json: JsonOpt = False) -> None:
+    """Show everything about one task: state, progress, error, lineage, log file."""
+    with daemon(ctx) as client:
+        task = client.get(task_ref(task_id))
+    if as_json:
+        print_json(task)
+    else:
+        from msearchctl import render
+
+        render.task_detail(task)
+
+
+@tasks_app.command("stats")
+def stats(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """Count tasks by state and by type, and show how many workers are busy."""
+    with daemon(ctx) as client:
+        result = client.stats()
+    if as_json:
+        print_json(result)
+    else:
+        from msearchctl import render
+
+        render.stats(result)
+
+
+@tasks_app.command("cancel")
+def cancel(
+    ctx: typer.Context, task_id: TaskIdArg, running: RunningOpt = False, as_json: JsonOpt = False
+) -> None:
+    """Cancel a pending or blocked task (and the tasks that depend on it); --running to stop a running one."""
+    with daemon(ctx) as client:
+        result = client.cancel(task_ref(task_id), running=running)
+    if as_json:
+        print_json(result)
+        return
+    task = result["task"]
+    how = f" ({task['stop_reason']})" if task["stop_reason"] not in (None, "not_started") else ""
+    line = f"cancelled {task['id']}{how}"
+    if result["cancelled_dependents"]:
+        line += f" and {result['cancelled_dependents']} task(s) that depended on it"
+    print(line)
+
+
+@tasks_app.command("priority")
+def priority(
+    ctx: typer.Context,
+    task_id: TaskIdArg,
+    value: Annotated[int, typer.Argument(metavar="PRIORITY", help="0 (runs first) to 11 (runs last).")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Change the priority of a pending or blocked task."""
+    with daemon(ctx) as client:
+        task = client.set_priority(task_ref(task_id), value)
+    if as_json:
+        print_json(task)
+    else:
+        print(f"{task['id']} priority {task['priority']}")
+
+
+def _print_counts(result: dict[str, Any], as_json: bool, what: str) -> None:
+    if as_json:
+        print_json(result)
+        return
+    line = f"cancelled {result['cancelled']} {what}"
+    if result["failed"]:
+        line += f"; {result['failed']} could not be cancelled (finished first)"
+    if result.get("cancelled_dependents"):
+        line += f"; also {result['cancelled_dependents']} dependent task(s)"
+    print(line)
+
+
+@tasks_app.command("cancel-all")
+def cancel_all(ctx: typer.Context, running: RunningOpt = False, as_json: JsonOpt = False) -> None:
+    """Cancel every pending and blocked task; with --running, running ones too."""
+    with daemon(ctx) as client:
+        result = client.cancel_all(running=running)
+    _print_counts(result, as_json, "task(s)")
+
+
+@tasks_app.command("cancel-by-type")
+def cancel_by_type(
+    ctx: typer.Context,
+    task_type: Annotated[str, typer.Argument(metavar="TYPE", help="e.g. thumbnail_generate.")],
+    running: RunningOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Cancel every pending and blocked task of one type; with --running, running ones too."""
+    with daemon(ctx) as client:
+        result = client.cancel_by_type(task_type, running=running)
+    _print_counts(result, as_json, f"{task_type} task(s)")
+
+
+@tasks_app.command("retry")
+def retry(
+    ctx: typer.Context,
+    task_ids: Annotated[
+        list[str] | None, typer.Argument(metavar="[ID]...", help="Failed tasks to retry.")
+    ] = None,
+    all_failed: Annotated[
+        bool, typer.Option("--all-failed", help="Retry every failed task not yet retried.")
+    ] = False,
+    task_type: Annotated[
+        str | None, typer.Option("--type", "-t", help="With --all-failed: only this type.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Retry failed tasks as new tasks (same type, data, priority, dependencies); prints the new ids."""
+    if bool(task_ids) == all_failed:
+        raise typer.BadParameter("give task ids or --all-failed, not both and not neither")
+    if task_type is not None and not all_failed:
+        raise typer.BadParameter("--type goes with --all-failed")
+    refs = [task_ref(t) for t in task_ids or []]
+    results: list[dict[str, Any]] = []
+    with daemon(ctx) as client:
+        if all_failed:
+            results = client.retry_failed(task_type)
+        for ref in refs:
+            try:
+                answer = client.retry(ref)
+                results.append({"task_id": answer["task_id"], "new_task_id": answer["new_task_id"]})
+            except Unavailable:
+                raise
+            except MsearchError as exc:
+                results.append({"task_id": f"task_{ref}", "error": exc.message})
+    if as_json:
+        print_json(results)
+    else:
+        for r in results:
+            if "error" in r:
+                print(f"msearchctl: {r['error']}", file=sys.stderr)
+            else:
+                print(f"{r['task_id']} -> {r['new_task_id']}")
+        if all_failed and not results:
+            print("no failed tasks to retry")
+    if any("error" in r for r in results):
+        raise typer.Exit(EXIT_REFUSED)
+
+
+@tasks_app.command("wait")
+def wait(
+    ctx: typer.Context,
+    task_ids: Annotated[list[str], typer.Argument(metavar="ID...", help="Tasks to wait for.")],
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", min=0, help="Give up after this many seconds (exit 4).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Block until the tasks finish. Exit 0 if all completed, 1 if any failed or was cancelled, 4 on timeout."""
+    refs = [task_ref(t) for t in task_ids]
+    with daemon(ctx) as client:
+        result = client.wait(refs, timeout=timeout)
+    if as_json:
+        print_json(result)
+    else:
+        for task in result["tasks"]:
+            print(f"{task['id']} {task['status']}" + (f": {task['error']}" if task["error"] else ""))
+    if result["timed_out"]:
+        raise typer.Exit(EXIT_TIMEOUT)
+    if any(t["status"] != "completed" for t in result["tasks"]):
+        raise typer.Exit(EXIT_REFUSED)
+
+
+# --- daemon -------------------------------------------------------------------------------------------
+
+
+@daemon_app.command("status")
+def daemon_status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """Say whether the daemon answers (exit 0) or not (exit 3), and how busy it is."""
+    with daemon(ctx) as client:
+        result = client.status()
+    if as_json:
+        print_json(result)
+    else:
+        w = result["workers"]
+        print(
+            f"msearchd {result['version']} running (pid {result['pid']}, up {result['uptime']:.0f} s): "
+            f"{w['busy']}/{w['total']} workers busy, {result['pending']} pending; socket {result['socket']}"
+        )
+
+
+@daemon_app.command("stop")
+def daemon_stop(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """Stop the daemon; running tasks go back to pending. Returns once it has stopped."""
+    with daemon(ctx) as client:
+        info = client.status()
+        client.shutdown()
+        client.wait_closed()
+    if as_json:
+        print_json({"stopped": True, "pid": info["pid"]})
+    else:
+        print(f"msearchd (pid {info['pid']}) stopped")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,3 @@
+from msearchd.daemon import main
+
+main()

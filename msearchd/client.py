@@ -1,0 +1,222 @@
+"""The public Python API: `Client` (blocking) and `AsyncClient`, both thin layers over the RPC.
+
+    from msearchd.client import Client
+    with Client() as c:
+        task = c.submit("command", {"argv": ["sleep", "5"]}, priority=2)
+        c.wait([task["id"]])
+
+Errors arrive as `msearchd.errors.MsearchError` subclasses carrying the daemon's stable code.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from msearchd import protocol
+from msearchd.config import default_socket_path
+from msearchd.errors import ProtocolError, Unavailable, from_wire
+
+if TYPE_CHECKING:  # asyncio is imported only by AsyncClient: it costs the CLI ~35 ms to start
+    import asyncio
+
+
+def _no_daemon(path: Path, exc: OSError) -> Unavailable:
+    reason = exc.strerror or str(exc)
+    return Unavailable(f"cannot reach msearchd at {path} ({reason}); is the daemon running?")
+
+
+def _result(message: dict[str, Any] | None, req_id: int) -> Any:
+    if message is None:
+        raise Unavailable("msearchd closed the connection")
+    if message.get("id") != req_id:
+        raise ProtocolError(f"answer for request {message.get('id')!r} while waiting for {req_id}")
+    if "error" in message:
+        raise from_wire(message["error"])
+    return message.get("result")
+
+
+class _Methods:
+    """The operations, written once: each returns whatever `call` returns (a value, or an awaitable)."""
+
+    def call(self, method: str, **params: Any) -> Any:
+        raise NotImplementedError
+
+    def submit(
+        self,
+        task_type: str,
+        data: Mapping[str, Any] | None = None,
+        *,
+        priority: int | None = None,
+        depends_on: list[str | int] | None = None,
+    ) -> Any:
+        return self.call(
+            "submit",
+            type=task_type,
+            data=dict(data or {}),
+            priority=priority,
+            depends_on=list(depends_on or []),
+        )
+
+    def submit_many(self, tasks: list[dict[str, Any]]) -> Any:
+        return self.call("submit_many", tasks=tasks)
+
+    def get(self, task_id: str | int) -> Any:
+        return self.call("get", task_id=task_id)
+
+    def list(
+        self,
+        status: str | list[str] | None = None,
+        task_type: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> Any:
+        return self.call("list", status=status, type=task_type, limit=limit, offset=offset)
+
+    def count(self, status: str | list[str] | None = None, task_type: str | None = None) -> Any:
+        return self.call("count", status=status, type=task_type)
+
+    def stats(self) -> Any:
+        return self.call("stats")
+
+    def cancel(self, task_id: str | int, running: bool = False) -> Any:
+        return self.call("cancel", task_id=task_id, running=running)
+
+    def cancel_all(self, running: bool = False) -> Any:
+        return self.call("cancel_all", running=running)
+
+    def cancel_by_type(self, task_type: str, running: bool = False) -> Any:
+        return self.call("cancel_by_type", task_type=task_type, running=running)
+
+    def set_priority(self, task_id: str | int, priority: int) -> Any:
+        return self.call("set_priority", task_id=task_id, priority=priority)
+
+    def retry(self, task_id: str | int) -> Any:
+        return self.call("retry", task_id=task_id)
+
+    def retry_failed(self, task_type: str | None = None) -> Any:
+        return self.call("retry_failed", task_type=task_type)
+
+    def wait(
+        self, task_ids: list[str | int], statuses: list[str] | None = None, timeout: float | None = None
+    ) -> Any:
+        return self.call("wait", task_ids=list(task_ids), statuses=statuses, timeout=timeout)
+
+    def status(self) -> Any:
+        return self.call("status")
+
+    def shutdown(self) -> Any:
+        return self.call("shutdown")
+
+
+class Client(_Methods):
+    """A blocking connection to msearchd; one request at a time."""
+
+    def __init__(self, socket_path: Path | str | None = None, connect_timeout: float = 5.0) -> None:
+        self.path = Path(socket_path) if socket_path else default_socket_path()
+        self._next_id = 0
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.settimeout(connect_timeout)
+        try:
+            self._sock.connect(str(self.path))
+        except OSError as exc:
+            self._sock.close()
+            raise _no_daemon(self.path, exc) from None
+        self._sock.settimeout(None)
+        self.server = self.call("hello", protocol=protocol.PROTOCOL_VERSION, client="msearchd.client")
+
+    def call(self, method: str, **params: Any) -> Any:
+        self._next_id += 1
+        try:
+            self._sock.sendall(protocol.encode(protocol.request(self._next_id, method, params)))
+            message = protocol.recv_frame(self._sock)
+        except OSError as exc:
+            raise Unavailable(f"lost the connection to msearchd: {exc.strerror or exc}") from None
+        return _result(message, self._next_id)
+
+    def events(
+        self, task_ids: list[str | int] | None = None, types: list[str] | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Subscribe on a connection of its own; yields events until the daemon ends the stream."""
+        stream = Client(self.path)
+        try:
+            stream.call("subscribe", task_ids=task_ids, types=types)
+            while (message := protocol.recv_frame(stream._sock)) is not None:
+                yield message["event"]
+        finally:
+            stream.close()
+
+    def wait_closed(self) -> None:
+        """Block until the daemon closes this connection, as it does once it has stopped."""
+        try:
+            while self._sock.recv(65536):
+                pass
+        except OSError:
+            return
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+class AsyncClient(_Methods):
+    """An asyncio connection to msearchd. Create with `await AsyncClient.connect()`; calls are serialised."""
+
+    def __init__(self, path: Path, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.path = path
+        self._reader = reader
+        self._writer = writer
+        self._next_id = 0
+        import asyncio
+
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def connect(cls, socket_path: Path | str | None = None) -> AsyncClient:
+        import asyncio
+
+        path = Path(socket_path) if socket_path else default_socket_path()
+        try:
+            reader, writer = await asyncio.open_unix_connection(str(path), limit=protocol.MAX_FRAME + 4)
+        except OSError as exc:
+            raise _no_daemon(path, exc) from None
+        client = cls(path, reader, writer)
+        await client.call("hello", protocol=protocol.PROTOCOL_VERSION, client="msearchd.AsyncClient")
+        return client
+
+    async def call(self, method: str, **params: Any) -> Any:
+        async with self._lock:
+            self._next_id += 1
+            try:
+                self._writer.write(protocol.encode(protocol.request(self._next_id, method, params)))
+                await self._writer.drain()
+                message = await protocol.read_frame(self._reader)
+            except OSError as exc:
+                raise Unavailable(f"lost the connection to msearchd: {exc.strerror or exc}") from None
+            return _result(message, self._next_id)
+
+    async def events(
+        self, task_ids: list[str | int] | None = None, types: list[str] | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """An async iterator of events on a connection of its own."""
+        stream = await AsyncClient.connect(self.path)
+        await stream.call("subscribe", task_ids=task_ids, types=types)
+        try:
+            while (message := await protocol.read_frame(stream._reader)) is not None:
+                yield message["event"]
+        finally:
+            await stream.close()
+
+    async def close(self) -> None:
+        self._writer.close()
+        try:
+            await self._writer.wait_closed()
+        except OSError:
+            pass

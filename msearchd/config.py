@@ -1,0 +1,155 @@
+"""Settings from flags, environment and a TOML file, in that order of precedence."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from msearchd.errors import InvalidArgument
+from msearchd.model import PRIORITY_MAX, PRIORITY_MIN
+
+SOCKET_NAME = "msearchd.sock"
+
+
+def runtime_dir() -> Path:
+    """Where the socket lives: $XDG_RUNTIME_DIR/msearch, or a private folder under /tmp."""
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    if base:
+        return Path(base) / "msearch"
+    return Path("/tmp") / f"msearch-{os.getuid()}"
+
+
+def default_socket_path() -> Path:
+    env = os.environ.get("MSEARCH_SOCKET")
+    return Path(env) if env else runtime_dir() / SOCKET_NAME
+
+
+def default_state_dir() -> Path:
+    env = os.environ.get("MSEARCH_STATE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "msearch"
+
+
+def default_config_path() -> Path | None:
+    env = os.environ.get("MSEARCH_CONFIG")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    path = Path(base) / "msearch" / "msearchd.toml"
+    return path if path.exists() else None
+
+
+@dataclass
+class Settings:
+    socket_path: Path = field(default_factory=default_socket_path)
+    state_dir: Path = field(default_factory=default_state_dir)
+    workers: int = field(default_factory=lambda: os.cpu_count() or 2)
+    grace: float = 5.0
+    max_attempts: int = 3
+    log_level: str = "info"
+    priorities: dict[str, int] = field(default_factory=dict)
+    handlers: dict[str, str] = field(default_factory=dict)
+    type_limits: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "tasks.db"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+
+def _expect(cond: bool, message: str) -> None:
+    if not cond:
+        raise InvalidArgument(message)
+
+
+def _table(raw: Mapping[str, Any], key: str, kind: type, where: str) -> dict[str, Any]:
+    table = raw.get(key, {})
+    _expect(isinstance(table, dict), f"{where}: [{key}] must be a table")
+    for name, value in table.items():
+        _expect(
+            isinstance(value, kind) and not isinstance(value, bool),
+            f"{where}: {key}.{name} must be {kind.__name__}, got {value!r}",
+        )
+    return dict(table)
+
+
+def load(path: Path | None, overrides: Mapping[str, Any]) -> Settings:
+    """Build the settings: the TOML file (if any) first, then every non-None override on top."""
+    raw: dict[str, Any] = {}
+    where = str(path)
+    if path is not None:
+        import tomllib
+
+        try:
+            raw = tomllib.loads(path.read_text())
+        except OSError as exc:
+            raise InvalidArgument(f"cannot read config file {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise InvalidArgument(f"config file {path} is not valid TOML: {exc}") from None
+    known = {
+        "socket",
+        "state_dir",
+        "workers",
+        "grace",
+        "max_attempts",
+        "log_level",
+        "priorities",
+        "handlers",
+        "type_limits",
+    }
+    unknown = set(raw) - known
+    _expect(not unknown, f"{where}: unknown setting(s): {', '.join(sorted(unknown))}")
+
+    settings = Settings()
+    if "socket" in raw and "MSEARCH_SOCKET" not in os.environ:
+        settings.socket_path = Path(raw["socket"]).expanduser()
+    if "state_dir" in raw and "MSEARCH_STATE_DIR" not in os.environ:
+        settings.state_dir = Path(raw["state_dir"]).expanduser()
+    for key in ("workers", "max_attempts"):
+        if key in raw:
+            _expect(
+                isinstance(raw[key], int) and not isinstance(raw[key], bool),
+                f"{where}: {key} must be an integer",
+            )
+            setattr(settings, key, raw[key])
+    if "grace" in raw:
+        _expect(isinstance(raw["grace"], int | float), f"{where}: grace must be a number of seconds")
+        settings.grace = float(raw["grace"])
+    if "log_level" in raw:
+        settings.log_level = str(raw["log_level"])
+    settings.priorities = _table(raw, "priorities", int, where)
+    settings.handlers = _table(raw, "handlers", str, where)
+    settings.type_limits = _table(raw, "type_limits", int, where)
+
+    for key, value in overrides.items():
+        if value is not None:
+            setattr(settings, key, value)
+    validate(settings)
+    return settings
+
+
+def validate(settings: Settings) -> None:
+    _expect(settings.workers >= 1, f"workers must be at least 1, got {settings.workers}")
+    _expect(settings.grace >= 0, f"grace must be zero or more seconds, got {settings.grace}")
+    _expect(settings.max_attempts >= 1, f"max_attempts must be at least 1, got {settings.max_attempts}")
+    for name, p in settings.priorities.items():
+        _expect(
+            PRIORITY_MIN <= p <= PRIORITY_MAX,
+            f"priorities.{name} must be from {PRIORITY_MIN} to {PRIORITY_MAX}, got {p}",
+        )
+    for name, limit in settings.type_limits.items():
+        _expect(limit >= 1, f"type_limits.{name} must be at least 1, got {limit}")
+    for name, target in settings.handlers.items():
+        _expect(":" in target, f"handlers.{name} must be 'module:function', got {target!r}")
+    _expect(
+        settings.log_level.lower() in {"debug", "info", "warning", "error"},
+        f"log level must be debug, info, warning or error, got {settings.log_level!r}",
+    )

@@ -1,0 +1,86 @@
+"""Task handlers: the public API for handler authors, and the registry that finds a type's handler.
+
+A handler is ``handler(ctx, data)``. It reports progress through ``ctx``, may submit follow-up tasks,
+and ends the task by returning (completed) or raising (failed; `TaskFailed` gives a clean message).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from importlib.metadata import entry_points
+from typing import Any, Protocol
+
+ENTRY_POINT_GROUP = "msearchd.handlers"
+BUILTIN: dict[str, str] = {"command": "msearchd.handlers.command:run"}
+
+
+class TaskFailed(Exception):
+    """Raise from a handler to fail the task with exactly this message."""
+
+
+class TaskCancelled(Exception):
+    """Raised inside a handler when the task is cancelled and the handler does not check for it."""
+
+    def __init__(self, stop_reason: str) -> None:
+        super().__init__(stop_reason)
+        self.stop_reason = stop_reason
+
+
+class TaskContext(Protocol):
+    """What a handler gets as `ctx`."""
+
+    task_id: str
+    log_path: str
+
+    @property
+    def cancelled(self) -> bool:
+        """True once cancellation was asked. Reading it marks the handler as checking for itself:
+        it is then not interrupted, and must return soon (before the grace period ends)."""
+        ...
+
+    def progress(self, fraction: float, current_operation: str | None = None) -> None: ...
+
+    def set_operation(self, current_operation: str) -> None: ...
+
+    def submit(
+        self,
+        task_type: str,
+        data: Mapping[str, Any] | None = None,
+        *,
+        priority: int | None = None,
+        depends_on: list[str] | None = None,
+    ) -> str: ...
+
+
+Handler = Callable[[TaskContext, dict[str, Any]], Any]
+
+
+class HandlerNotFound(LookupError):
+    pass
+
+
+def _load(target: str, task_type: str) -> Handler:
+    module_name, _, attr = target.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except Exception as exc:
+        raise HandlerNotFound(
+            f"cannot load handler {target!r} for type {task_type}: {type(exc).__name__}: {exc}"
+        ) from None
+    if not callable(obj):
+        raise HandlerNotFound(f"handler {target!r} for type {task_type} is not callable")
+    return obj
+
+
+def resolve(task_type: str, configured: Mapping[str, str]) -> Handler:
+    """Configured handlers win over entry points, which win over the built-ins."""
+    if task_type in configured:
+        return _load(configured[task_type], task_type)
+    for ep in entry_points(group=ENTRY_POINT_GROUP, name=task_type):
+        return _load(ep.value, task_type)
+    if task_type in BUILTIN:
+        return _load(BUILTIN[task_type], task_type)
+    raise HandlerNotFound(f"no handler for type {task_type}")

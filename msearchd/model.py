@@ -1,0 +1,184 @@
+"""The task model: states, transitions, priorities and ids. Pure: no I/O here."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from msearchd.errors import InvalidArgument
+
+PRIORITY_MIN = 0
+PRIORITY_MAX = 11
+
+# Defaults by type pattern, first match wins; the API document's bands: embeddings 1-5, preprocessing
+# 6-8, thumbnails and previews 9-10.
+DEFAULT_PRIORITIES: tuple[tuple[str, int], ...] = (
+    ("file_embed_*", 3),
+    ("*_preprocess", 7),
+    ("thumbnail_generate", 9),
+    ("preview_generate", 10),
+)
+FALLBACK_PRIORITY = 6
+
+_TYPE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
+_ID_RE = re.compile(r"^(?:task_)?([0-9]{1,18})$")
+
+
+class TaskStatus(StrEnum):
+    PENDING = "pending"
+    BLOCKED = "blocked"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+    @property
+    def waiting(self) -> bool:
+        """Queued and not yet started: the states a plain cancel or a priority change applies to."""
+        return self in (TaskStatus.PENDING, TaskStatus.BLOCKED)
+
+
+TERMINAL = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
+
+# Running -> pending is an interruption (daemon stop or crash), never a user action.
+TRANSITIONS: Mapping[TaskStatus, frozenset[TaskStatus]] = {
+    TaskStatus.PENDING: frozenset({TaskStatus.RUNNING, TaskStatus.BLOCKED, TaskStatus.CANCELLED}),
+    TaskStatus.BLOCKED: frozenset({TaskStatus.PENDING, TaskStatus.CANCELLED}),
+    TaskStatus.RUNNING: frozenset(
+        {TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.PENDING}
+    ),
+    TaskStatus.COMPLETED: frozenset(),
+    TaskStatus.FAILED: frozenset(),
+    TaskStatus.CANCELLED: frozenset(),
+}
+
+
+def can_transition(src: TaskStatus, dst: TaskStatus) -> bool:
+    return dst in TRANSITIONS[src]
+
+
+class StopReason(StrEnum):
+    """How a cancelled task ended."""
+
+    NOT_STARTED = "not_started"
+    COOPERATIVE = "cooperative"
+    SIGTERM = "sigterm"
+    KILLED = "killed"
+
+
+def format_task_id(n: int) -> str:
+    return f"task_{n}"
+
+
+def parse_task_id(value: object) -> int:
+    """Accept `task_<n>`, `<n>` or an int; anything else is an invalid argument."""
+    if isinstance(value, bool):
+        raise InvalidArgument(f"invalid task id {value!r}: expected task_<n> or <n>")
+    if isinstance(value, int):
+        if value > 0:
+            return value
+        raise InvalidArgument(f"invalid task id {value}: ids start at 1")
+    if isinstance(value, str):
+        m = _ID_RE.match(value.strip())
+        if m and int(m.group(1)) > 0:
+            return int(m.group(1))
+    raise InvalidArgument(f"invalid task id {value!r}: expected task_<n> or <n>")
+
+
+def validate_priority(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgument(
+            f"priority must be an integer from {PRIORITY_MIN} to {PRIORITY_MAX}, got {value!r}"
+        )
+    if not PRIORITY_MIN <= value <= PRIORITY_MAX:
+        raise InvalidArgument(f"priority must be from {PRIORITY_MIN} to {PRIORITY_MAX}, got {value}")
+    return value
+
+
+def validate_type(value: object) -> str:
+    if not isinstance(value, str) or not _TYPE_RE.match(value):
+        raise InvalidArgument(f"invalid task type {value!r}: 1-100 characters of letters, digits and _ . : -")
+    return value
+
+
+def default_priority(task_type: str, overrides: Mapping[str, int] | None = None) -> int:
+    """The configured default for a type: exact override, then override pattern, then built-in bands."""
+    overrides = overrides or {}
+    if task_type in overrides:
+        return overrides[task_type]
+    for table in (overrides.items(), DEFAULT_PRIORITIES):
+        for pattern, priority in table:
+            if fnmatch.fnmatchcase(task_type, pattern):
+                return priority
+    return FALLBACK_PRIORITY
+
+
+@dataclass(slots=True)
+class Task:
+    id: int
+    type: str
+    status: TaskStatus
+    priority: int
+    data: dict[str, Any] = field(default_factory=dict)
+    depends_on: list[int] = field(default_factory=list)
+    progress: float = 0.0
+    current_operation: str | None = None
+    attempts: int = 0
+    error: str | None = None
+    blocked_reason: str | None = None
+    stop_reason: StopReason | None = None
+    retry_of: int | None = None
+    retried_as: int | None = None
+    created_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    worker_pid: int | None = None
+    log_path: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        """The public shape of a task, shared by the RPC, `--json` and the REST shim."""
+        return {
+            "id": format_task_id(self.id),
+            "type": self.type,
+            "status": str(self.status),
+            "priority": self.priority,
+            "data": self.data,
+            "depends_on": [format_task_id(d) for d in self.depends_on],
+            "progress": self.progress,
+            "current_operation": self.current_operation,
+            "attempts": self.attempts,
+            "error": self.error,
+            "blocked_reason": self.blocked_reason,
+            "stop_reason": str(self.stop_reason) if self.stop_reason else None,
+            "retry_of": format_task_id(self.retry_of) if self.retry_of else None,
+            "retried_as": format_task_id(self.retried_as) if self.retried_as else None,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "worker_pid": self.worker_pid,
+            "log_path": self.log_path,
+        }
+
+
+def dependency_state(deps: Iterable[tuple[int, TaskStatus]]) -> tuple[TaskStatus, str | None]:
+    """Where a task with these dependencies starts: pending, or blocked and why.
+
+    A cancelled dependency is handled by the caller (the dependent is cancelled with it).
+    """
+    waiting: list[int] = []
+    for dep_id, status in deps:
+        if status is TaskStatus.FAILED:
+            return TaskStatus.BLOCKED, f"dependency {format_task_id(dep_id)} failed"
+        if status is not TaskStatus.COMPLETED:
+            waiting.append(dep_id)
+    if waiting:
+        return TaskStatus.BLOCKED, "waiting for " + ", ".join(format_task_id(d) for d in sorted(waiting))
+    return TaskStatus.PENDING, None

@@ -1,0 +1,33 @@
+"""Which task runs next.
+
+The order itself, (priority, submission order) among pending tasks, is an index of the store; what is
+left here is the part the store cannot know: how many tasks of each type run now, against per-type
+limits, so that a type at its limit is skipped rather than blocking the queue.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+
+
+class Scheduler:
+    def __init__(self, type_limits: Mapping[str, int] | None = None) -> None:
+        self._limits = dict(type_limits or {})
+        self._running: Counter[str] = Counter()
+
+    def excluded_types(self) -> list[str]:
+        """Types that may not start another task now."""
+        return sorted(t for t, limit in self._limits.items() if self._running[t] >= limit)
+
+    def started(self, task_type: str) -> None:
+        self._running[task_type] += 1
+
+    def finished(self, task_type: str) -> None:
+        if self._running[task_type] <= 1:
+            del self._running[task_type]
+        else:
+            self._running[task_type] -= 1
+
+    def running(self, task_type: str) -> int:
+        return self._running[task_type]

@@ -1,0 +1,657 @@
+"""TaskService: every operation on tasks, used by every transport.
+
+Transports decode a request, call a method here and encode the answer; nothing here knows about
+sockets. All methods run on the daemon's event loop, which owns the store: a method's store work
+between two awaits is atomic with respect to every other request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from msearchd import __version__
+from msearchd.config import Settings
+from msearchd.errors import InvalidArgument, InvalidState, NotFound
+from msearchd.handlers import command
+from msearchd.model import (
+    TERMINAL,
+    StopReason,
+    Task,
+    TaskStatus,
+    default_priority,
+    dependency_state,
+    format_task_id,
+    parse_task_id,
+    validate_priority,
+    validate_type,
+)
+from msearchd.protocol import PROTOCOL_VERSION, check_params
+from msearchd.scheduler import Scheduler
+from msearchd.store import CHUNK, Store
+from msearchd.workers import Outcome, WorkerPool
+
+log = logging.getLogger("msearchd.service")
+
+LIST_LIMIT_MAX = 10_000
+PROGRESS_FLUSH_INTERVAL = 1.0
+SUBSCRIBER_BUFFER = 10_000
+
+
+class Subscription:
+    """A bounded stream of events for one client.
+
+    Progress events are dropped when the buffer is full; state changes never are: a subscriber too slow
+    to take them is ended with a final `overflow` event instead.
+    """
+
+    def __init__(self, task_ids: set[int] | None, types: set[str] | None) -> None:
+        self.task_ids = task_ids
+        self.types = types
+        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(SUBSCRIBER_BUFFER)
+        self.overflowed = False
+
+    def wants(self, event: dict[str, Any]) -> bool:
+        if self.task_ids is not None and event["task_id_n"] not in self.task_ids:
+            return False
+        return self.types is None or event["type"] in self.types
+
+    def offer(self, event: dict[str, Any]) -> None:
+        if self.overflowed:
+            return
+        if self.queue.full():
+            if event["event"] == "progress":
+                return
+            self.overflowed = True
+            self.queue.get_nowait()  # make room for the notice
+            self.queue.put_nowait({"event": "overflow", "message": "subscriber fell too far behind"})
+            return
+        self.queue.put_nowait(event)
+
+
+class TaskService:
+    def __init__(self, store: Store, settings: Settings, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.settings = settings
+        self.clock = clock
+        self.scheduler = Scheduler(settings.type_limits)
+        self.pool: WorkerPool | None = None
+        self.started_at = clock()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._progress: dict[int, tuple[float, str | None]] = {}
+        self._dirty: set[int] = set()
+        self._flush_wanted = asyncio.Event()
+        self._waiters: dict[int, list[tuple[frozenset[TaskStatus], asyncio.Future[None]]]] = {}
+        self._subscriptions: set[Subscription] = set()
+
+    # --- helpers ------------------------------------------------------------------------------------
+
+    def _require(self, ref: object) -> Task:
+        task_id = parse_task_id(ref)
+        task = self.store.get(task_id)
+        if task is None:
+            raise NotFound(f"task {format_task_id(task_id)} does not exist")
+        return task
+
+    def log_path(self, task_id: int) -> Path:
+        return self.settings.log_dir / f"{format_task_id(task_id)}.log"
+
+    def wire(self, task: Task) -> dict[str, Any]:
+        live = self._progress.get(task.id)
+        if live is not None and task.status is TaskStatus.RUNNING:
+            task.progress, task.current_operation = live
+        if task.started_at is not None and self.log_path(task.id).exists():
+            task.log_path = str(self.log_path(task.id))
+        return task.to_wire()
+
+    def _publish(self, event: str, task: Task, **extra: Any) -> None:
+        waiters = self._waiters.get(task.id)
+        if waiters:
+            for statuses, future in waiters:
+                if task.status in statuses and not future.done():
+                    future.set_result(None)
+        if not self._subscriptions:
+            return
+        payload = {
+            "event": event,
+            "task_id": format_task_id(task.id),
+            "task_id_n": task.id,
+            "type": task.type,
+            "status": str(task.status),
+            "time": self.clock(),
+            **extra,
+        }
+        for sub in list(self._subscriptions):
+            if sub.wants(payload):
+                sub.offer(payload)
+
+    def _publish_status(self, event: str, task_ids: Iterable[int], **extra: Any) -> None:
+        """Publish a state change for tasks changed in bulk, reading them back only if anyone listens."""
+        ids = [i for i in task_ids if self._subscriptions or i in self._waiters]
+        for task in self.store.get_many(ids):
+            self._publish(event, task, **extra)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # --- submit -------------------------------------------------------------------------------------
+
+    def _prepare(
+        self, task_type: object, data: object, priority: object, depends_on: object
+    ) -> dict[str, Any]:
+        """Validate one submission and work out where it starts; no writes."""
+        task_type = validate_type(task_type)
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise InvalidArgument("task data must be a map")
+        if task_type == "command" and "command" not in self.settings.handlers:
+            command.validate(data)
+        prio = (
+            default_priority(task_type, self.settings.priorities)
+            if priority is None
+            else validate_priority(priority)
+        )
+        if depends_on is None:
+            depends_on = []
+        if not isinstance(depends_on, list):
+            raise InvalidArgument("depends_on must be a list of task ids")
+        deps = [self._current_attempt(parse_task_id(d)) for d in dict.fromkeys(depends_on)]
+        dep_tasks = {t.id: t for t in self.store.get_many(deps)}
+        for dep in deps:
+            if dep not in dep_tasks:
+                raise NotFound(f"dependency {format_task_id(dep)} does not exist")
+            if dep_tasks[dep].status is TaskStatus.CANCELLED:
+                raise InvalidState(f"dependency {format_task_id(dep)} is cancelled")
+        status, reason = dependency_state((d, dep_tasks[d].status) for d in deps)
+        return {
+            "task_type": task_type,
+            "data": data,
+            "priority": prio,
+            "status": status,
+            "depends_on": sorted(set(deps)),
+            "blocked_reason": reason,
+        }
+
+    def _current_attempt(self, task_id: int) -> int:
+        """Follow a failed task's retries to the newest attempt, so new dependents wait for that one."""
+        seen = {task_id}
+        while True:
+            task = self.store.get(task_id)
+            if task is None or task.status is not TaskStatus.FAILED or task.retried_as is None:
+                return task_id
+            task_id = task.retried_as
+            if task_id in seen:
+                return task_id
+            seen.add(task_id)
+
+    async def submit(
+        self,
+        type: str,
+        data: dict[str, Any] | None = None,
+        priority: int | None = None,
+        depends_on: list[Any] | None = None,
+    ) -> dict[str, Any]:
+        spec = self._prepare(type, data, priority, depends_on)
+        task_id = self.store.insert(**spec, created_at=self.clock())
+        task = self.store.get(task_id)
+        assert task is not None
+        self._publish("submitted", task)
+        if task.status is TaskStatus.PENDING:
+            self.wake()
+        return self.wire(task)
+
+    async def submit_many(self, tasks: list[Any]) -> dict[str, Any]:
+        """Submit many tasks in one transaction: all are accepted, or none."""
+        specs = []
+        for i, item in enumerate(tasks):
+            if not isinstance(item, dict):
+                raise InvalidArgument(f"tasks[{i}] must be a map")
+            try:
+                params = check_params("submit", item)
+                specs.append(
+                    self._prepare(
+                        params["type"], params.get("data"), params.get("priority"), params.get("depends_on")
+                    )
+                )
+            except (InvalidArgument, InvalidState, NotFound) as exc:
+                raise type(exc)(f"tasks[{i}]: {exc.message}") from None
+        now = self.clock()
+        with self.store.transaction():
+            ids = [self.store.insert(**spec, created_at=now) for spec in specs]
+        self._publish_status("submitted", ids)
+        self.wake()
+        return {"task_ids": [format_task_id(i) for i in ids]}
+
+    async def follow_up(self, parent_id: int, params: dict[str, Any]) -> str:
+        params = check_params("submit", params)
+        task = await self.submit(**params)
+        log.info("%s submitted follow-up %s", format_task_id(parent_id), task["id"])
+        return str(task["id"])
+
+    # --- reads --------------------------------------------------------------------------------------
+
+    async def get(self, task_id: Any) -> dict[str, Any]:
+        return self.wire(self._require(task_id))
+
+    @staticmethod
+    def _statuses(status: str | list[Any] | None) -> list[str] | None:
+        if status is None:
+            return None
+        values = status.split(",") if isinstance(status, str) else status
+        out = []
+        for value in values:
+            try:
+                out.append(str(TaskStatus(str(value).strip())))
+            except ValueError:
+                names = ", ".join(s.value for s in TaskStatus)
+                raise InvalidArgument(f"unknown status {value!r}; one of: {names}") from None
+        return out
+
+    async def list_tasks(
+        self,
+        status: str | list[Any] | None = None,
+        type: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[dict[str, Any]]:
+        if not 1 <= limit <= LIST_LIMIT_MAX:
+            raise InvalidArgument(f"limit must be from 1 to {LIST_LIMIT_MAX}, got {limit}")
+        if offset < 0:
+            raise InvalidArgument(f"offset must be zero or more, got {offset}")
+        tasks = self.store.list(self._statuses(status), type, limit, offset)
+        return [self.wire(t) for t in tasks]
+
+    async def count(self, status: str | list[Any] | None = None, type: str | None = None) -> int:
+        return self.store.count(self._statuses(status), type)
+
+    def _workers(self) -> dict[str, int]:
+        pool = self.pool
+        return {"busy": pool.busy_count if pool else 0, "total": pool.size if pool else 0}
+
+    async def stats(self) -> dict[str, Any]:
+        by_status = {s.value: 0 for s in TaskStatus}
+        by_type: dict[str, dict[str, int]] = {}
+        for task_type, status, n in self.store.counts():
+            by_status[status] += n
+            by_type.setdefault(task_type, {})[status] = n
+        return {
+            "total": sum(by_status.values()),
+            "by_status": by_status,
+            "by_type": by_type,
+            "workers": self._workers(),
+        }
+
+    async def status(self) -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "protocol": PROTOCOL_VERSION,
+            "pid": os.getpid(),
+            "started_at": self.started_at,
+            "uptime": self.clock() - self.started_at,
+            "socket": str(self.settings.socket_path),
+            "state_dir": str(self.settings.state_dir),
+            "workers": self._workers(),
+            "pending": self.store.count([TaskStatus.PENDING.value]),
+        }
+
+    # --- finishing ----------------------------------------------------------------------------------
+
+    def _cascade_cancel(self, roots: Sequence[int]) -> int:
+        """Cancel every waiting task that depends, directly or not, on `roots`; returns how many."""
+        count = 0
+        frontier = list(roots)
+        while frontier:
+            nxt: list[int] = []
+            for root in frontier:
+                dependents = self.store.dependents(root)
+                if dependents:
+                    done = self.store.cancel_waiting(
+                        dependents, self.clock(), error=f"dependency {format_task_id(root)} was cancelled"
+                    )
+                    self._publish_status("cancelled", done, stop_reason=StopReason.NOT_STARTED.value)
+                    nxt += done
+            count += len(nxt)
+            frontier = nxt
+        return count
+
+    def _refresh_dependents(self, task_id: int) -> None:
+        """Re-derive the state of the tasks blocked on `task_id` after it finished or was replaced."""
+        for dep_id in self.store.dependents(task_id, statuses=(TaskStatus.BLOCKED.value,)):
+            status, reason = dependency_state(self.store.dependency_statuses(dep_id))
+            if status is TaskStatus.PENDING:
+                self.store.update(dep_id, status=status, blocked_reason=None)
+                task = self.store.get(dep_id)
+                assert task is not None
+                self._publish("unblocked", task)
+                self.wake()
+            else:
+                self.store.update(dep_id, blocked_reason=reason)
+
+    def _finish(self, task: Task, outcome: Outcome) -> int:
+        """Record how a running task ended and what follows for its dependents; returns cancelled count."""
+        live = self._progress.pop(task.id, None)
+        self._dirty.discard(task.id)
+        fields: dict[str, Any] = {
+            "status": outcome.status,
+            "finished_at": self.clock(),
+            "error": outcome.error,
+            "stop_reason": outcome.stop_reason,
+        }
+        if outcome.status is TaskStatus.COMPLETED:
+            fields["progress"] = 1.0
+        elif live is not None:
+            fields["progress"], fields["current_operation"] = live
+        cascaded = 0
+        with self.store.transaction():
+            self.store.update(task.id, **fields)
+            if outcome.status is TaskStatus.CANCELLED:
+                cascaded = self._cascade_cancel([task.id])
+            else:
+                self._refresh_dependents(task.id)
+        finished = self.store.get(task.id)
+        assert finished is not None
+        extra = {"stop_reason": outcome.stop_reason.value} if outcome.stop_reason else {}
+        if outcome.error:
+            extra["error"] = outcome.error
+        self._publish(outcome.status.value, finished, **extra)
+        return cascaded
+
+    # --- pool callbacks -----------------------------------------------------------------------------
+
+    def worker_idle(self) -> None:
+        self.wake()
+
+    def task_progress(self, task_id: int, progress: float | None, operation: str | None) -> None:
+        old_progress, old_op = self._progress.get(task_id, (0.0, None))
+        new = (
+            old_progress if progress is None else float(progress),
+            old_op if operation is None else operation,
+        )
+        self._progress[task_id] = new
+        self._dirty.add(task_id)
+        self._flush_wanted.set()
+        if self._subscriptions:
+            task = self.store.get(task_id)
+            if task is not None:
+                self._publish("progress", task, progress=new[0], current_operation=new[1])
+
+    def task_finished(self, task_id: int, outcome: Outcome) -> None:
+        task = self.store.get(task_id)
+        if task is None or task.status is not TaskStatus.RUNNING:
+            log.warning("%s reported %s but is not running", format_task_id(task_id), outcome.status)
+            return
+        self.scheduler.finished(task.type)
+        if outcome.status is TaskStatus.FAILED:
+            log.info("%s failed: %s", format_task_id(task_id), outcome.error)
+        self._finish(task, outcome)
+
+    # --- dispatch -----------------------------------------------------------------------------------
+
+    async def run_dispatcher(self) -> None:
+        """Start pending tasks whenever a worker is idle; sleeps until something changes."""
+        while not self._stopping:
+            self._wake.clear()
+            self._dispatch_ready()
+            await self._wake.wait()
+
+    def _dispatch_ready(self) -> None:
+        pool = self.pool
+        while pool is not None and pool.idle_count and not self._stopping:
+            task = self.store.claim_next(self.scheduler.excluded_types(), self.clock(), pool.next_idle_pid())
+            if task is None:
+                return
+            self.scheduler.started(task.type)
+            pool.dispatch(task, self.log_path(task.id))
+            self._publish("started", task, worker_pid=task.worker_pid, attempt=task.attempts)
+
+    async def run_progress_flusher(self) -> None:
+        """Persist progress at a bounded rate, and only while tasks report it."""
+        while True:
+            await self._flush_wanted.wait()
+            await asyncio.sleep(PROGRESS_FLUSH_INTERVAL)
+            self._flush_wanted.clear()
+            self.flush_progress()
+
+    def flush_progress(self) -> None:
+        if self._dirty:
+            self.store.save_progress((i, *self._progress[i]) for i in self._dirty if i in self._progress)
+            self._dirty.clear()
+
+    # --- control ------------------------------------------------------------------------------------
+
+    async def _stop_running(self, task: Task) -> tuple[Outcome, int]:
+        """Stop a running task for good; returns how it ended and how many dependents were cancelled."""
+        self.store.update(task.id, cancel_requested=1)
+        self._publish("cancel_requested", task)
+        outcome = None
+        if self.pool is not None:
+            outcome = await self.pool.terminate(task.id, self.settings.grace)
+        current = self.store.get(task.id)
+        assert current is not None
+        if current.status is not TaskStatus.RUNNING:  # a concurrent cancel recorded it already
+            return Outcome(current.status, current.error, current.stop_reason), 0
+        if outcome is None:
+            outcome = Outcome(TaskStatus.CANCELLED, stop_reason=StopReason.KILLED)
+        self.scheduler.finished(current.type)
+        return outcome, self._finish(current, outcome)
+
+    async def cancel(self, task_id: Any, running: bool = False) -> dict[str, Any]:
+        task = self._require(task_id)
+        ref = format_task_id(task.id)
+        if task.status in TERMINAL:
+            raise InvalidState(
+                f"{ref} is already {task.status}; only pending, blocked or running tasks can be cancelled"
+            )
+        if task.status is TaskStatus.RUNNING:
+            if not running:
+                raise InvalidState(f"{ref} is running; add --running (cancel_running=true) to stop it")
+            outcome, cascaded = await self._stop_running(task)
+            if outcome.status is not TaskStatus.CANCELLED:
+                raise InvalidState(f"{ref} {outcome.status} before the cancel took effect")
+        else:
+            with self.store.transaction():
+                self.store.cancel_waiting([task.id], self.clock())
+                cascaded = self._cascade_cancel([task.id])
+            self._publish_status("cancelled", [task.id], stop_reason=StopReason.NOT_STARTED.value)
+        return {"task": await self.get(task.id), "cancelled_dependents": cascaded}
+
+    async def _cancel_many(self, task_type: str | None, running: bool) -> dict[str, Any]:
+        """Cancel waiting tasks in bounded chunks, letting other requests through between them."""
+        max_id = self.store.max_id()
+        cancelled = cascaded = failed = 0
+        while True:
+            with self.store.transaction():
+                ids = self.store.cancel_waiting_batch(task_type, max_id, self.clock(), CHUNK)
+                if task_type is not None:
+                    cascaded += self._cascade_cancel(ids)
+            if not ids:
+                break
+            cancelled += len(ids)
+            self._publish_status("cancelled", ids, stop_reason=StopReason.NOT_STARTED.value)
+            await asyncio.sleep(0)
+        if running:
+            targets = [t for t in self.store.running() if task_type is None or t.type == task_type]
+            results = await asyncio.gather(*(self._stop_running(t) for t in targets))
+            for outcome, n in results:
+                cascaded += n
+                if outcome.status is TaskStatus.CANCELLED:
+                    cancelled += 1
+                else:
+                    failed += 1
+        return {
+            "cancelled": cancelled,
+            "failed": failed,
+            "total": cancelled + failed,
+            "cancelled_dependents": cascaded,
+        }
+
+    async def cancel_all(self, running: bool = False) -> dict[str, Any]:
+        return await self._cancel_many(None, running)
+
+    async def cancel_by_type(self, task_type: str, running: bool = False) -> dict[str, Any]:
+        validate_type(task_type)
+        return {**await self._cancel_many(task_type, running), "task_type": task_type}
+
+    async def set_priority(self, task_id: Any, priority: int) -> dict[str, Any]:
+        priority = validate_priority(priority)
+        task = self._require(task_id)
+        if not task.status.waiting:
+            raise InvalidState(
+                f"{format_task_id(task.id)} is {task.status}; only a pending or blocked task's priority can change"
+            )
+        old = task.priority
+        self.store.update(task.id, priority=priority)
+        task.priority = priority
+        self._publish("priority_changed", task, old_priority=old, priority=priority)
+        if task.status is TaskStatus.PENDING:
+            self.wake()
+        return self.wire(task)
+
+    async def retry(self, task_id: Any) -> dict[str, Any]:
+        old = self._require(task_id)
+        ref = format_task_id(old.id)
+        if old.status is not TaskStatus.FAILED:
+            raise InvalidState(f"{ref} is {old.status}; only failed tasks can be retried")
+        if old.retried_as is not None:
+            raise InvalidState(f"{ref} was already retried as {format_task_id(old.retried_as)}")
+        with self.store.transaction():
+            spec = self._prepare(old.type, old.data, old.priority, old.depends_on)
+            new_id = self.store.insert(**spec, retry_of=old.id, created_at=self.clock())
+            self.store.update(old.id, retried_as=new_id)
+            handed_over = self.store.replace_dependency(old.id, new_id)
+            for dependent in handed_over:
+                _, reason = dependency_state(self.store.dependency_statuses(dependent))
+                self.store.update(dependent, blocked_reason=reason)
+        new = self.store.get(new_id)
+        assert new is not None
+        self._publish("retried", old, new_task_id=format_task_id(new_id))
+        self._publish("submitted", new, retry_of=ref)
+        if new.status is TaskStatus.PENDING:
+            self.wake()
+        return {
+            "task_id": ref,
+            "new_task_id": format_task_id(new_id),
+            "task": self.wire(new),
+            "handed_over": [format_task_id(d) for d in handed_over],
+        }
+
+    async def retry_failed(self, task_type: str | None = None) -> list[dict[str, Any]]:
+        """Retry every failed task not yet retried, oldest first, so that a pipeline re-forms in order."""
+        results: list[dict[str, Any]] = []
+        after = 0
+        while True:
+            batch = [
+                t for t in self.store.list([TaskStatus.FAILED.value], task_type, CHUNK, 0) if t.id > after
+            ]
+            batch = [t for t in batch if t.retried_as is None]
+            if not batch:
+                return results
+            for task in batch:
+                try:
+                    answer = await self.retry(task.id)
+                    results.append({"task_id": answer["task_id"], "new_task_id": answer["new_task_id"]})
+                except (InvalidState, NotFound) as exc:
+                    results.append({"task_id": format_task_id(task.id), "error": exc.message})
+                after = task.id
+
+    async def wait(
+        self, task_ids: list[Any], statuses: list[Any] | None = None, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Block until every task is in one of `statuses` (default: finished), or the timeout passes."""
+        ids = list(dict.fromkeys(parse_task_id(t) for t in task_ids))
+        if not ids:
+            raise InvalidArgument("wait needs at least one task id")
+        wanted = frozenset(TaskStatus(s) for s in self._statuses(statuses) or []) or TERMINAL
+        tasks = {t.id: t for t in self.store.get_many(ids)}
+        for task_id in ids:
+            if task_id not in tasks:
+                raise NotFound(f"task {format_task_id(task_id)} does not exist")
+        loop = asyncio.get_running_loop()
+        futures: dict[int, asyncio.Future[None]] = {}
+        for task_id, task in tasks.items():
+            if task.status not in wanted:
+                futures[task_id] = loop.create_future()
+                self._waiters.setdefault(task_id, []).append((wanted, futures[task_id]))
+        timed_out = False
+        try:
+            if futures:
+                _, pending = await asyncio.wait(futures.values(), timeout=timeout)
+                timed_out = bool(pending)
+        finally:
+            for task_id, future in futures.items():
+                entries = [e for e in self._waiters.get(task_id, []) if e[1] is not future]
+                if entries:
+                    self._waiters[task_id] = entries
+                else:
+                    self._waiters.pop(task_id, None)
+        final = {t.id: t for t in self.store.get_many(ids)}
+        return {"tasks": [self.wire(final[i]) for i in ids], "timed_out": timed_out}
+
+    def subscribe(self, task_ids: list[Any] | None = None, types: list[Any] | None = None) -> Subscription:
+        ids = {parse_task_id(t) for t in task_ids} if task_ids else None
+        kinds = {validate_type(t) for t in types} if types else None
+        sub = Subscription(ids, kinds)
+        self._subscriptions.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        self._subscriptions.discard(sub)
+
+    # --- start and stop -----------------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Settle the tasks a previous daemon left running: it stopped without finishing them."""
+        for task in self.store.running():
+            ref = format_task_id(task.id)
+            if self.store.cancel_requested(task.id):
+                log.warning("%s: its cancel was under way when the daemon stopped; now cancelled", ref)
+                self._finish(task, Outcome(TaskStatus.CANCELLED, stop_reason=StopReason.KILLED))
+            elif task.attempts >= self.settings.max_attempts:
+                log.warning(
+                    "%s was interrupted on attempt %d of %d; marking it failed",
+                    ref,
+                    task.attempts,
+                    self.settings.max_attempts,
+                )
+                self._finish(
+                    task,
+                    Outcome(
+                        TaskStatus.FAILED,
+                        error=f"interrupted {task.attempts} times by a daemon stop; not retried",
+                    ),
+                )
+            else:
+                log.warning(
+                    "%s was interrupted (attempt %d of %d); back to pending",
+                    ref,
+                    task.attempts,
+                    self.settings.max_attempts,
+                )
+                self.store.update(task.id, status=TaskStatus.PENDING, worker_pid=None)
+        self.wake()
+
+    async def stop(self) -> None:
+        """Stop dispatching and stop running tasks; they go back to pending, not lost."""
+        self._stopping = True
+        self.wake()
+        if self.pool is not None:
+            outcomes = await self.pool.stop(self.settings.grace)
+            for task_id, outcome in outcomes.items():
+                task = self.store.get(task_id)
+                if task is None or task.status is not TaskStatus.RUNNING:
+                    continue
+                if outcome.status is TaskStatus.CANCELLED and not self.store.cancel_requested(task_id):
+                    log.info("%s stopped with the daemon; back to pending", format_task_id(task_id))
+                    self.store.update(task_id, status=TaskStatus.PENDING, worker_pid=None)
+                else:
+                    self._finish(task, outcome)
+        self.flush_progress()
+        for sub in list(self._subscriptions):
+            sub.offer({"event": "shutdown", "task_id_n": 0, "type": "", "message": "daemon stopping"})

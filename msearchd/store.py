@@ -1,0 +1,364 @@
+"""The durable task store: SQLite in WAL mode. The only module that speaks SQL.
+
+WAL with synchronous=NORMAL makes every commit durable against a crash of the daemon (kill -9): the
+commit is in the WAL before the call returns. Only a power loss can drop the last commits.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from msearchd.model import StopReason, Task, TaskStatus
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE tasks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    type TEXT NOT NULL,
+    status TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    progress REAL NOT NULL DEFAULT 0,
+    current_operation TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    blocked_reason TEXT,
+    stop_reason TEXT,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    retry_of INTEGER,
+    retried_as INTEGER,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    worker_pid INTEGER
+);
+CREATE INDEX tasks_queue ON tasks(priority, id) WHERE status = 'pending';
+CREATE INDEX tasks_status_type ON tasks(status, type);
+CREATE TABLE deps (
+    task_id INTEGER NOT NULL,
+    depends_on INTEGER NOT NULL,
+    PRIMARY KEY (task_id, depends_on)
+) WITHOUT ROWID;
+CREATE INDEX deps_reverse ON deps(depends_on, task_id);
+"""
+
+_COLUMNS = (
+    "id, type, status, priority, data, progress, current_operation, attempts, error, blocked_reason, "
+    "stop_reason, retry_of, retried_as, created_at, started_at, finished_at, worker_pid"
+)
+_UPDATABLE = frozenset(
+    {
+        "status",
+        "priority",
+        "progress",
+        "current_operation",
+        "attempts",
+        "error",
+        "blocked_reason",
+        "stop_reason",
+        "cancel_requested",
+        "retried_as",
+        "started_at",
+        "finished_at",
+        "worker_pid",
+    }
+)
+WAITING = (str(TaskStatus.PENDING), str(TaskStatus.BLOCKED))
+# Bound on how many ids one statement binds; SQLite's default limit is 32766.
+CHUNK = 5000
+
+
+def _pack(data: dict[str, Any]) -> bytes:
+    return msgpack.packb(data, use_bin_type=True)
+
+
+def _row_to_task(row: Sequence[Any], deps: list[int]) -> Task:
+    return Task(
+        id=row[0],
+        type=row[1],
+        status=TaskStatus(row[2]),
+        priority=row[3],
+        data=msgpack.unpackb(row[4], raw=False),
+        depends_on=deps,
+        progress=row[5],
+        current_operation=row[6],
+        attempts=row[7],
+        error=row[8],
+        blocked_reason=row[9],
+        stop_reason=StopReason(row[10]) if row[10] else None,
+        retry_of=row[11],
+        retried_as=row[12],
+        created_at=row[13],
+        started_at=row[14],
+        finished_at=row[15],
+        worker_pid=row[16],
+    )
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+class Store:
+    """Tasks and their dependencies in one SQLite file. Not thread-safe: the daemon's loop owns it."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = str(path)
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._depth = 0
+        self._migrate()
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _migrate(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"{self.path} has schema version {version}; this msearchd knows up to {SCHEMA_VERSION}"
+            )
+        if version == 0:
+            # executescript runs outside our transaction helper; the script is its own transaction.
+            self._db.executescript(f"BEGIN; {_SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One atomic, durable unit; nested uses join the outer transaction."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        self._depth = 1
+        try:
+            yield
+        except BaseException:
+            self._depth = 0
+            self._db.execute("ROLLBACK")
+            raise
+        self._depth = 0
+        self._db.execute("COMMIT")
+
+    # --- reads ------------------------------------------------------------------------------------
+
+    def _deps_map(self, ids: Sequence[int]) -> dict[int, list[int]]:
+        out: dict[int, list[int]] = {}
+        for start in range(0, len(ids), CHUNK):
+            part = ids[start : start + CHUNK]
+            rows = self._db.execute(
+                f"SELECT task_id, depends_on FROM deps WHERE task_id IN ({_marks(len(part))}) "
+                "ORDER BY task_id, depends_on",
+                part,
+            )
+            for task_id, dep in rows:
+                out.setdefault(task_id, []).append(dep)
+        return out
+
+    def _tasks(self, sql: str, args: Sequence[Any] = ()) -> list[Task]:
+        rows = self._db.execute(sql, args).fetchall()
+        deps = self._deps_map([r[0] for r in rows])
+        return [_row_to_task(r, deps.get(r[0], [])) for r in rows]
+
+    def get(self, task_id: int) -> Task | None:
+        tasks = self._tasks(f"SELECT {_COLUMNS} FROM tasks WHERE id = ?", (task_id,))
+        return tasks[0] if tasks else None
+
+    def get_many(self, ids: Sequence[int]) -> list[Task]:
+        out: list[Task] = []
+        for start in range(0, len(ids), CHUNK):
+            part = list(ids[start : start + CHUNK])
+            out += self._tasks(f"SELECT {_COLUMNS} FROM tasks WHERE id IN ({_marks(len(part))})", part)
+        return out
+
+    def statuses(self, ids: Iterable[int]) -> dict[int, TaskStatus]:
+        ids = list(ids)
+        out: dict[int, TaskStatus] = {}
+        for start in range(0, len(ids), CHUNK):
+            part = ids[start : start + CHUNK]
+            rows = self._db.execute(f"SELECT id, status FROM tasks WHERE id IN ({_marks(len(part))})", part)
+            out.update((i, TaskStatus(s)) for i, s in rows)
+        return out
+
+    @staticmethod
+    def _filters(statuses: Sequence[str] | None, task_type: str | None) -> tuple[str, list[Any]]:
+        clauses: list[str] = []
+        args: list[Any] = []
+        if statuses:
+            clauses.append(f"status IN ({_marks(len(statuses))})")
+            args += statuses
+        if task_type is not None:
+            clauses.append("type = ?")
+            args.append(task_type)
+        return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
+
+    def list(
+        self,
+        statuses: Sequence[str] | None = None,
+        task_type: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[Task]:
+        where, args = self._filters(statuses, task_type)
+        return self._tasks(
+            f"SELECT {_COLUMNS} FROM tasks{where} ORDER BY id LIMIT ? OFFSET ?", [*args, limit, offset]
+        )
+
+    def count(self, statuses: Sequence[str] | None = None, task_type: str | None = None) -> int:
+        where, args = self._filters(statuses, task_type)
+        return self._db.execute(f"SELECT count(*) FROM tasks{where}", args).fetchone()[0]
+
+    def counts(self) -> list[tuple[str, str, int]]:
+        """(type, status, count) for every pair present."""
+        return self._db.execute("SELECT type, status, count(*) FROM tasks GROUP BY status, type").fetchall()
+
+    def dependents(self, task_id: int, statuses: Sequence[str] = WAITING) -> list[int]:
+        rows = self._db.execute(
+            f"SELECT d.task_id FROM deps d JOIN tasks t ON t.id = d.task_id "
+            f"WHERE d.depends_on = ? AND t.status IN ({_marks(len(statuses))}) ORDER BY d.task_id",
+            (task_id, *statuses),
+        )
+        return [r[0] for r in rows]
+
+    def dependency_statuses(self, task_id: int) -> list[tuple[int, TaskStatus]]:
+        rows = self._db.execute(
+            "SELECT t.id, t.status FROM deps d JOIN tasks t ON t.id = d.depends_on WHERE d.task_id = ?",
+            (task_id,),
+        )
+        return [(i, TaskStatus(s)) for i, s in rows]
+
+    def ids_with_status(
+        self, statuses: Sequence[str], task_type: str | None = None, limit: int = CHUNK
+    ) -> list[int]:
+        where, args = self._filters(statuses, task_type)
+        rows = self._db.execute(f"SELECT id FROM tasks{where} ORDER BY id LIMIT ?", [*args, limit])
+        return [r[0] for r in rows]
+
+    def cancel_requested(self, task_id: int) -> bool:
+        row = self._db.execute("SELECT cancel_requested FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        return bool(row and row[0])
+
+    # --- writes -----------------------------------------------------------------------------------
+
+    def insert(
+        self,
+        *,
+        task_type: str,
+        data: dict[str, Any],
+        priority: int,
+        status: TaskStatus,
+        depends_on: Sequence[int] = (),
+        blocked_reason: str | None = None,
+        retry_of: int | None = None,
+        created_at: float,
+    ) -> int:
+        with self.transaction():
+            cur = self._db.execute(
+                "INSERT INTO tasks (type, status, priority, data, blocked_reason, retry_of, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (task_type, str(status), priority, _pack(data), blocked_reason, retry_of, created_at),
+            )
+            task_id = cur.lastrowid
+            assert task_id is not None
+            if depends_on:
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO deps (task_id, depends_on) VALUES (?, ?)",
+                    [(task_id, d) for d in depends_on],
+                )
+        return task_id
+
+    def update(self, task_id: int, **fields: Any) -> None:
+        unknown = set(fields) - _UPDATABLE
+        if unknown:
+            raise ValueError(f"not updatable: {sorted(unknown)}")
+        values = [str(v) if isinstance(v, TaskStatus | StopReason) else v for v in fields.values()]
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        self._db.execute(f"UPDATE tasks SET {assignments} WHERE id = ?", (*values, task_id))
+
+    def claim_next(self, exclude_types: Sequence[str], now: float, worker_pid: int) -> Task | None:
+        """Move the first pending task in (priority, id) order to running and return it."""
+        extra = f" AND type NOT IN ({_marks(len(exclude_types))})" if exclude_types else ""
+        with self.transaction():
+            row = self._db.execute(
+                f"SELECT id FROM tasks WHERE status = 'pending'{extra} ORDER BY priority, id LIMIT 1",
+                list(exclude_types),
+            ).fetchone()
+            if row is None:
+                return None
+            self._db.execute(
+                "UPDATE tasks SET status = 'running', started_at = ?, attempts = attempts + 1, progress = 0, "
+                "current_operation = NULL, error = NULL, worker_pid = ? WHERE id = ?",
+                (now, worker_pid, row[0]),
+            )
+            return self.get(row[0])
+
+    def cancel_waiting(self, ids: Sequence[int], now: float, error: str | None = None) -> list[int]:
+        """Cancel those of `ids` still pending or blocked; returns the ones it cancelled."""
+        done: list[int] = []
+        for start in range(0, len(ids), CHUNK):
+            part = list(ids[start : start + CHUNK])
+            rows = self._db.execute(
+                f"UPDATE tasks SET status = 'cancelled', finished_at = ?, stop_reason = 'not_started', "
+                f"error = ?, blocked_reason = NULL WHERE id IN ({_marks(len(part))}) "
+                "AND status IN ('pending', 'blocked') RETURNING id",
+                [now, error, *part],
+            ).fetchall()
+            done += sorted(r[0] for r in rows)
+        return done
+
+    def cancel_waiting_batch(
+        self, task_type: str | None, max_id: int, now: float, limit: int = CHUNK
+    ) -> list[int]:
+        """Cancel up to `limit` waiting tasks (of a type) with ids up to `max_id`; returns their ids."""
+        type_clause = " AND type = ?" if task_type is not None else ""
+        args: list[Any] = [now]
+        if task_type is not None:
+            args.append(task_type)
+        rows = self._db.execute(
+            "UPDATE tasks SET status = 'cancelled', finished_at = ?, stop_reason = 'not_started', "
+            "blocked_reason = NULL WHERE id IN (SELECT id FROM tasks WHERE status IN ('pending', 'blocked')"
+            f"{type_clause} AND id <= ? LIMIT ?) RETURNING id",
+            [*args, max_id, limit],
+        ).fetchall()
+        return sorted(r[0] for r in rows)
+
+    def max_id(self) -> int:
+        row = self._db.execute("SELECT max(id) FROM tasks").fetchone()
+        return row[0] or 0
+
+    def replace_dependency(self, old: int, new: int) -> list[int]:
+        """Point every waiting dependent of `old` at `new`; returns those dependents."""
+        dependents = self.dependents(old)
+        if dependents:
+            self._db.execute(
+                f"UPDATE OR IGNORE deps SET depends_on = ? WHERE depends_on = ? "
+                f"AND task_id IN ({_marks(len(dependents))})",
+                (new, old, *dependents),
+            )
+            self._db.execute(
+                f"DELETE FROM deps WHERE depends_on = ? AND task_id IN ({_marks(len(dependents))})",
+                (old, *dependents),
+            )
+        return dependents
+
+    def running(self) -> list[Task]:
+        return self._tasks(f"SELECT {_COLUMNS} FROM tasks WHERE status = 'running' ORDER BY id")
+
+    def save_progress(self, updates: Iterable[tuple[int, float, str | None]]) -> None:
+        with self.transaction():
+            self._db.executemany(
+                "UPDATE tasks SET progress = ?, current_operation = ? WHERE id = ? AND status = 'running'",
+                [(p, op, i) for i, p, op in updates],
+            )

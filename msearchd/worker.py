@@ -1,0 +1,186 @@
+"""What runs inside a worker process: receive a task, run its handler, report back.
+
+The daemon starts each worker in its own session (process group) and talks to it over a socket pair
+with the RPC's framing. Cancellation arrives as SIGTERM to the whole group: a handler that checks
+`ctx.cancelled` is left to finish by itself; any other is interrupted with `TaskCancelled`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import socket
+import sys
+import traceback
+from collections.abc import Mapping
+from types import FrameType
+from typing import Any
+
+from msearchd import protocol
+from msearchd.handlers import HandlerNotFound, TaskCancelled, TaskFailed, resolve
+
+_PR_SET_PDEATHSIG = 1
+
+
+class Context:
+    """The `ctx` a handler receives; see `msearchd.handlers.TaskContext`."""
+
+    def __init__(self, channel: socket.socket, task_id: str, log_path: str) -> None:
+        self._channel = channel
+        self.task_id = task_id
+        self.log_path = log_path
+        self.cancel_requested = False
+        self.checks_cancel = False
+        # While a frame is being written, an interrupt would leave half a frame on the channel.
+        self.sending = False
+        self.interrupt_deferred = False
+
+    def _send(self, message: dict[str, Any], *, reply: bool = False) -> dict[str, Any] | None:
+        self.sending = True
+        try:
+            self._channel.sendall(protocol.encode(message))
+            answer = protocol.recv_frame(self._channel) if reply else None
+        finally:
+            self.sending = False
+        if self.interrupt_deferred:
+            self.interrupt_deferred = False
+            raise TaskCancelled("sigterm")  # the interrupt held back while the frame was written
+        return answer
+
+    @property
+    def cancelled(self) -> bool:
+        self.checks_cancel = True
+        return self.cancel_requested
+
+    def progress(self, fraction: float, current_operation: str | None = None) -> None:
+        fraction = min(1.0, max(0.0, float(fraction)))
+        message: dict[str, Any] = {"op": "progress", "progress": fraction}
+        if current_operation is not None:
+            message["current_operation"] = str(current_operation)[:500]
+        self._send(message)
+
+    def set_operation(self, current_operation: str) -> None:
+        self._send({"op": "progress", "current_operation": str(current_operation)[:500]})
+
+    def submit(
+        self,
+        task_type: str,
+        data: Mapping[str, Any] | None = None,
+        *,
+        priority: int | None = None,
+        depends_on: list[str] | None = None,
+    ) -> str:
+        params = {
+            "type": task_type,
+            "data": dict(data or {}),
+            "priority": priority,
+            "depends_on": list(depends_on or []),
+        }
+        reply = self._send({"op": "submit", "params": params}, reply=True)
+        if reply is None:
+            raise TaskFailed("daemon went away while submitting a follow-up task")
+        if "error" in reply:
+            raise TaskFailed(f"follow-up {task_type} task refused: {reply['error']['message']}")
+        return str(reply["task_id"])
+
+
+class Worker:
+    def __init__(self, channel: socket.socket, handlers: Mapping[str, str], state_dir: str) -> None:
+        self.channel = channel
+        self.handlers = handlers
+        self.state_dir = state_dir
+        self.ctx: Context | None = None
+
+    def on_sigterm(self, _signum: int, _frame: FrameType | None) -> None:
+        ctx = self.ctx
+        if ctx is None:
+            sys.exit(0)  # idle: nothing to finish
+        if ctx.cancel_requested:
+            return
+        ctx.cancel_requested = True
+        if ctx.checks_cancel:
+            return
+        if ctx.sending:
+            ctx.interrupt_deferred = True
+            return
+        raise TaskCancelled("sigterm")
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.channel.sendall(protocol.encode(message))
+
+    def run_task(self, task: dict[str, Any]) -> bool:
+        """Run one task and report how it ended; False when the worker must exit afterwards."""
+        task_id = task["id"]
+        log_path = task["log_path"]
+        os.environ["MSEARCH_TASK_ID"] = task_id
+        self.ctx = ctx = Context(self.channel, task_id, log_path)
+        outcome: dict[str, Any]
+        try:
+            try:
+                handler = resolve(task["type"], self.handlers)
+                handler(ctx, task["data"])
+            finally:
+                # From here on a SIGTERM must not interrupt the reporting.
+                ctx.checks_cancel = True
+            if ctx.cancel_requested:
+                raise TaskCancelled("cooperative")
+            outcome = {"status": "completed"}
+        except TaskCancelled as exc:
+            outcome = {"status": "cancelled", "stop_reason": exc.stop_reason}
+        except (TaskFailed, HandlerNotFound) as exc:
+            outcome = {"status": "failed", "error": str(exc)}
+        except Exception as exc:
+            self._log_traceback(log_path)
+            outcome = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+        self.send({"op": "done", **outcome})
+        self.ctx = None
+        return not ctx.cancel_requested
+
+    @staticmethod
+    def _log_traceback(log_path: str) -> None:
+        try:
+            with open(log_path, "a") as log:
+                traceback.print_exc(file=log)
+        except OSError:
+            pass
+
+    def serve(self) -> None:
+        self.send({"op": "ready", "pid": os.getpid()})
+        while True:
+            message = protocol.recv_frame(self.channel)
+            if message is None:
+                return  # the daemon closed the channel: stop
+            if message.get("op") == "run" and not self.run_task(message["task"]):
+                return
+
+
+def _die_with_parent() -> None:
+    """Ask the kernel to kill this worker if the daemon dies, so no worker outlives a kill -9."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    fd, parent_pid, config = int(argv[0]), int(argv[1]), json.loads(argv[2])
+    _die_with_parent()
+    if os.getppid() != parent_pid:
+        return  # the daemon died before we could ask to die with it
+    channel = socket.socket(fileno=fd)
+    os.environ["MSEARCH_STATE_DIR"] = config["state_dir"]
+    worker = Worker(channel, config["handlers"], config["state_dir"])
+    signal.signal(signal.SIGTERM, worker.on_sigterm)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        worker.serve()
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+
+
+if __name__ == "__main__":
+    main()
