@@ -1,0 +1,207 @@
+"""Fixtures that run a real msearchd per test, and helpers that synchronise on events, never on sleep."""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from msearchd.client import Client
+
+TESTS = Path(__file__).parent
+BIN = Path(sys.executable).parent
+MSEARCHD = str(BIN / "msearchd")
+MSEARCHCTL = str(BIN / "msearchctl")
+START_TIMEOUT = 20.0
+
+HANDLERS_TOML = """
+[handlers]
+noop = "handlers:noop"
+fail = "handlers:fail"
+crash = "handlers:crash"
+stepper = "handlers:stepper"
+spawner = "handlers:spawner"
+stubborn = "handlers:stubborn"
+polite = "handlers:polite"
+heavy = "msearchd.handlers.command:run"
+"""
+
+
+@dataclass
+class Daemon:
+    """A msearchd process of this test, with its own socket and state folder."""
+
+    root: Path
+    workers: int
+    grace: float
+    config: Path
+    extra_args: tuple[str, ...] = ()
+    proc: subprocess.Popen[str] | None = None
+    lines: list[str] = field(default_factory=list)
+    _ready: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def socket(self) -> Path:
+        return self.root / "run" / "msearchd.sock"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MSEARCH_")}
+        env.update(MSEARCH_SOCKET=str(self.socket), MSEARCH_STATE_DIR=str(self.state_dir), PYTHONPATH=str(TESTS))
+        return env
+
+    def start(self) -> Daemon:
+        self._ready = threading.Event()
+        self.proc = subprocess.Popen(
+            [MSEARCHD, "--workers", str(self.workers), "--grace", str(self.grace), "--config", str(self.config),
+             "--log-level", "debug", *self.extra_args],
+            env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        threading.Thread(target=self._drain, args=(self.proc,), daemon=True).start()
+        if not self._ready.wait(START_TIMEOUT):
+            raise AssertionError("msearchd did not start:\n" + self.log)
+        if self.proc.poll() is not None:
+            raise AssertionError(f"msearchd exited with {self.proc.returncode}:\n" + self.log)
+        return self
+
+    def _drain(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            self.lines.append(line)
+            if " listening on " in line:
+                self._ready.set()
+        self._ready.set()  # ended: let start() see the exit instead of hanging
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def client(self) -> Client:
+        return Client(self.socket)
+
+    def ctl(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run the installed msearchctl as a user would."""
+        return subprocess.run(
+            [MSEARCHCTL, *args], env=self.env, input=stdin, capture_output=True, text=True, timeout=60,
+        )
+
+    def stop(self) -> int:
+        """SIGTERM and wait for a clean exit; returns the exit code."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        return self.proc.wait(timeout=30)
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def make_daemon() -> Iterator[Any]:
+    """Factory: make_daemon(workers=2, grace=1.0, config_extra="") -> a started Daemon."""
+    made: list[Daemon] = []
+    roots: list[Path] = []
+
+    def factory(workers: int = 2, grace: float = 1.0, config_extra: str = "", start: bool = True,
+                extra_args: tuple[str, ...] = ()) -> Daemon:
+        # Short paths: a Unix socket path is limited to 107 bytes.
+        root = Path(tempfile.mkdtemp(prefix="ms-", dir="/tmp"))
+        roots.append(root)
+        config = root / "msearchd.toml"
+        config.write_text(HANDLERS_TOML + config_extra)
+        d = Daemon(root=root, workers=workers, grace=grace, config=config, extra_args=extra_args)
+        made.append(d)
+        return d.start() if start else d
+
+    yield factory
+    for d in made:
+        if d.proc is not None and d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait(timeout=30)
+    for root in roots:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def daemon(make_daemon: Any) -> Daemon:
+    return make_daemon()
+
+
+@pytest.fixture
+def client(daemon: Daemon) -> Iterator[Client]:
+    with daemon.client() as c:
+        yield c
+
+
+class Fifo:
+    """A named pipe that tasks and the test use to signal each other, with deadlines."""
+
+    def __init__(self, folder: Path, name: str) -> None:
+        self.path = folder / name
+        os.mkfifo(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def read(self, timeout: float = 20.0) -> str:
+        """Wait until a writer has written one line and closed the pipe; returns the line."""
+        deadline = time.monotonic() + timeout
+        fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            data = b""
+            while not data.endswith(b"\n"):
+                left = deadline - time.monotonic()
+                ready, _, _ = select.select([fd], [], [], max(left, 0))
+                if not ready:
+                    raise AssertionError(f"nothing written to {self.path} within {timeout} s")
+                chunk = os.read(fd, 4096)
+                if not chunk:
+                    # The writer closed without a full line: wait for the next writer.
+                    os.close(fd)
+                    fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
+                data += chunk
+            return data.decode().strip()
+        finally:
+            os.close(fd)
+
+    def write(self, text: str = "go", timeout: float = 20.0) -> None:
+        """Write a line once a reader has opened the pipe."""
+        done = threading.Event()
+        error: list[BaseException] = []
+
+        def opener() -> None:
+            try:
+                with open(self.path, "w") as f:
+                    f.write(text + "\n")
+            except BaseException as exc:
+                error.append(exc)
+            done.set()
+
+        threading.Thread(target=opener, daemon=True).start()
+        if not done.wait(timeout):
+            raise AssertionError(f"no reader opened {self.path} within {timeout} s")
+        if error:
+            raise error[0]
+
+
+@pytest.fixture
+def fifo(tmp_path: Path) -> Any:
+    """Factory: fifo(name) -> Fifo in a fresh folder."""
+    return lambda name="fifo": Fifo(tmp_path, name)

@@ -1,0 +1,70 @@
+"""Python task handlers the tests configure in their daemons (see HANDLERS_TOML in conftest)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from typing import Any
+
+from msearchd.handlers import TaskContext, TaskFailed
+
+
+def _tell(path: str | None, text: str) -> None:
+    """Signal the test through a named pipe (the open blocks until the test reads)."""
+    if path:
+        with open(path, "w") as f:
+            f.write(text + "\n")
+
+
+def noop(ctx: TaskContext, data: dict[str, Any]) -> None:
+    for follow_up in data.get("follow_ups", []):
+        new_id = ctx.submit(follow_up["type"], follow_up.get("data"), priority=follow_up.get("priority"))
+        ctx.set_operation(f"submitted {new_id}")
+
+
+def fail(ctx: TaskContext, data: dict[str, Any]) -> None:
+    if data.get("exception"):
+        raise ValueError(data.get("message", "bad value"))
+    raise TaskFailed(data.get("message", "asked to fail"))
+
+
+def crash(ctx: TaskContext, data: dict[str, Any]) -> None:
+    os.kill(os.getpid(), getattr(signal, data.get("signal", "SIGSEGV")))
+
+
+def stepper(ctx: TaskContext, data: dict[str, Any]) -> None:
+    """One progress step for each line the test writes to data.fifo; ends at the line 'end'."""
+    steps = int(data["steps"])
+    with open(data["fifo"]) as gate:
+        for i in range(1, steps + 1):
+            line = gate.readline().strip()
+            if line == "":
+                raise TaskFailed("the test closed the step pipe early")
+            ctx.progress(i / steps, f"step {i} of {steps}")
+
+
+def spawner(ctx: TaskContext, data: dict[str, Any]) -> None:
+    """Start a grandchild that ignores SIGTERM, report its pid, then wait on it without checking cancel."""
+    child = subprocess.Popen(
+        ["sh", "-c", "trap '' TERM; sleep 1000"], start_new_session=data.get("escape", False)
+    )
+    _tell(data.get("fifo"), f"{os.getpid()} {child.pid}")
+    child.wait()
+
+
+def stubborn(ctx: TaskContext, data: dict[str, Any]) -> None:
+    """Claims to check for cancellation, then never stops: only SIGKILL ends it."""
+    _ = ctx.cancelled
+    _tell(data.get("fifo"), str(os.getpid()))
+    while True:
+        time.sleep(1)
+
+
+def polite(ctx: TaskContext, data: dict[str, Any]) -> None:
+    """Stops by itself soon after cancellation is asked."""
+    _tell(data.get("fifo"), str(os.getpid()))
+    while not ctx.cancelled:
+        time.sleep(0.005)
+    ctx.set_operation("cleaning up after cancel")

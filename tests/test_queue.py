@@ -1,0 +1,119 @@
+"""Queue order and priorities, through the Python client and a real daemon."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from msearchd.errors import InvalidArgument, InvalidState, NotFound
+
+
+def gate_task(client, fifo):
+    """A command that holds the only worker until the test writes to the pipe."""
+    task = client.submit("command", {"argv": ["sh", "-c", f"read line < {fifo}"]}, priority=0)
+    client.wait([task["id"]], statuses=["running"], timeout=20)
+    return task
+
+
+def recorder(client, out: Path, name: str, priority: int | None):
+    return client.submit("command", {"argv": ["sh", "-c", f"echo {name} >> {out}"]}, priority=priority)
+
+
+@pytest.mark.parametrize("workers", [1])
+def test_lower_priority_runs_first_and_fifo_within_a_priority(make_daemon, fifo, tmp_path, workers):
+    d = make_daemon(workers=workers)
+    out = tmp_path / "order.txt"
+    gate = fifo("gate")
+    with d.client() as c:
+        held = gate_task(c, gate)
+        plan = [("a9", 9), ("b3", 3), ("c9", 9), ("d0", 0), ("e3", 3), ("f11", 11), ("g0", 0)]
+        ids = [recorder(c, out, name, p)["id"] for name, p in plan]
+        gate.write()
+        result = c.wait([held["id"], *ids], timeout=30)
+        assert not result["timed_out"]
+        assert {t["status"] for t in result["tasks"]} == {"completed"}
+    assert out.read_text().split() == ["d0", "g0", "b3", "e3", "a9", "c9", "f11"]
+
+
+def test_priority_change_reorders_the_queue(make_daemon, fifo, tmp_path):
+    d = make_daemon(workers=1)
+    out = tmp_path / "order.txt"
+    gate = fifo("gate")
+    with d.client() as c:
+        held = gate_task(c, gate)
+        first = recorder(c, out, "first", 5)
+        last = recorder(c, out, "last", 5)
+        changed = c.set_priority(last["id"], 1)
+        assert changed["priority"] == 1
+        assert c.get(last["id"])["priority"] == 1
+        gate.write()
+        c.wait([held["id"], first["id"], last["id"]], timeout=30)
+    assert out.read_text().split() == ["last", "first"]
+
+
+def test_default_priorities_follow_the_type(client):
+    expected = {
+        "file_embed_video": 3,
+        "file_embed_image": 3,
+        "image_preprocess": 7,
+        "video_preprocess": 7,
+        "thumbnail_generate": 9,
+        "preview_generate": 10,
+        "file_scan": 6,
+    }
+    for task_type, priority in expected.items():
+        task = client.submit(task_type, {})
+        assert task["priority"] == priority, task_type
+    assert client.submit("command", {"argv": ["true"]})["priority"] == 6
+
+
+def test_configured_default_priority_wins(make_daemon):
+    d = make_daemon(config_extra="\n[priorities]\nthumbnail_generate = 2\n\"file_embed_*\" = 5\n")
+    with d.client() as c:
+        assert c.submit("thumbnail_generate")["priority"] == 2
+        assert c.submit("file_embed_audio")["priority"] == 5
+        assert c.submit("image_preprocess")["priority"] == 7
+
+
+@pytest.mark.parametrize("bad", [-1, 12, 100])
+def test_out_of_range_priority_is_refused(client, bad):
+    with pytest.raises(InvalidArgument, match="0 to 11"):
+        client.submit("command", {"argv": ["true"]}, priority=bad)
+    task = client.submit("file_scan")
+    with pytest.raises(InvalidArgument, match="0 to 11"):
+        client.set_priority(task["id"], bad)
+    assert client.get(task["id"])["priority"] == 6
+
+
+def test_priority_of_unknown_or_finished_task_is_refused(client):
+    with pytest.raises(NotFound, match="task_999 does not exist"):
+        client.set_priority("task_999", 1)
+    done = client.submit("command", {"argv": ["true"]})
+    client.wait([done["id"]], timeout=20)
+    with pytest.raises(InvalidState, match="only a pending or blocked"):
+        client.set_priority(done["id"], 1)
+
+
+def test_bare_numbers_and_task_ids_name_the_same_task(client):
+    task = client.submit("file_scan", {"path": "/srv/photos"})
+    number = int(task["id"].removeprefix("task_"))
+    assert client.get(number)["id"] == task["id"]
+    assert client.get(str(number))["data"] == {"path": "/srv/photos"}
+    with pytest.raises(InvalidArgument, match="expected task_<n> or <n>"):
+        client.get("task_x")
+
+
+def test_type_limit_lets_other_types_pass(make_daemon, fifo):
+    # "heavy" runs commands under another type name (see conftest), limited to one at a time.
+    d = make_daemon(workers=2, config_extra="\n[type_limits]\nheavy = 1\n")
+    gate = fifo("gate")
+    with d.client() as c:
+        first = c.submit("heavy", {"argv": ["sh", "-c", f"read line < {gate}"]}, priority=0)
+        c.wait([first["id"]], statuses=["running"], timeout=20)
+        second = c.submit("heavy", {"argv": ["true"]}, priority=0)
+        other = c.submit("command", {"argv": ["true"]}, priority=5)
+        assert c.wait([other["id"]], timeout=20)["tasks"][0]["status"] == "completed"
+        assert c.get(second["id"])["status"] == "pending"
+        gate.write()
+        assert c.wait([first["id"], second["id"]], timeout=20)["timed_out"] is False
