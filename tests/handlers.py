@@ -64,6 +64,7 @@ def stubborn(ctx: TaskContext, data: dict[str, Any]) -> None:
 
 def polite(ctx: TaskContext, data: dict[str, Any]) -> None:
     """Stops by itself soon after cancellation is asked."""
+    _ = ctx.cancelled  # opt in to cooperative cancel before telling the test we run
     _tell(data.get("fifo"), str(os.getpid()))
     while not ctx.cancelled:
         time.sleep(0.005)

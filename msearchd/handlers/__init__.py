@@ -19,8 +19,11 @@ class TaskFailed(Exception):
     """Raise from a handler to fail the task with exactly this message."""
 
 
-class TaskCancelled(Exception):
-    """Raised inside a handler when the task is cancelled and the handler does not check for it."""
+class TaskCancelled(BaseException):
+    """Raised inside a handler when the task is cancelled and the handler does not check for it.
+
+    A BaseException, like KeyboardInterrupt, so that a handler's `except Exception` does not swallow it.
+    """
 
     def __init__(self, stop_reason: str) -> None:
         super().__init__(stop_reason)
