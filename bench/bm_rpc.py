@@ -1,0 +1,116 @@
+"""2. Control RPC through msearchd.client.Client against a bare msgpack round trip to an echo server."""
+
+from __future__ import annotations
+
+import random
+import socket
+import struct
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgpack
+from benchlib import BENCH, PYTHON, Context, Gate, Row, median, ms, percentile, running_daemon, temp_root
+
+NAME = "rpc"
+HEADER = struct.Struct(">I")
+
+
+class BareClient:
+    """A blocking msgpack client with the daemon's framing and nothing else."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(str(path))
+        self.next_id = 0
+
+    def call(self, method: str, params: dict[str, Any]) -> Any:
+        self.next_id += 1
+        body = msgpack.packb({"id": self.next_id, "method": method, "params": params}, use_bin_type=True)
+        self.sock.sendall(HEADER.pack(len(body)) + body)
+        (length,) = HEADER.unpack(self.sock.recv(4, socket.MSG_WAITALL))
+        return msgpack.unpackb(self.sock.recv(length, socket.MSG_WAITALL), raw=False)["result"]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def start_echo(root: Path) -> tuple[subprocess.Popen[str], Path]:
+    path = root / "echo.sock"
+    proc = subprocess.Popen(
+        [PYTHON, str(BENCH / "echo_server.py"), str(path)], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != "ready":
+        raise RuntimeError("echo server did not start")
+    return proc, path
+
+
+def run(ctx: Context) -> None:
+    n = 1000 if ctx.quick else 5000
+    with temp_root() as root, running_daemon(root, workers=1) as d:
+        echo, echo_path = start_echo(root)
+        try:
+            gate = Gate(root)
+            with d.client() as c, d.client() as setup:
+                setup.submit("gate", gate.data(), priority=0)
+                gate.wait_holding(1)
+                ids = setup.submit_many([{"type": "noop", "data": {"i": i}} for i in range(2 * n)])[
+                    "task_ids"
+                ]
+                nums = [int(i.removeprefix("task_")) for i in ids]
+                bare = BareClient(echo_path)
+                ops: dict[str, Callable[[int], Any]] = {
+                    "cancel": lambda i: c.cancel(nums[i]),
+                    "set_priority": lambda i: c.set_priority(nums[n + i], i % 12),
+                    "get": lambda i: c.get(nums[n + i]),
+                    # The same requests, answered by the echo server: what the round trip alone costs.
+                    "bare cancel": lambda i: bare.call("cancel", {"task_id": nums[i], "running": False}),
+                    "bare set_priority": lambda i: bare.call(
+                        "set_priority", {"task_id": nums[n + i], "priority": i % 12}
+                    ),
+                    "bare get": lambda i: bare.call("get", {"task_id": nums[n + i]}),
+                }
+                for _ in range(50):  # warm up both sides; not counted
+                    c.get(nums[-1])
+                    bare.call("get", {"task_id": nums[-1]})
+                times: dict[str, list[float]] = {k: [] for k in ops}
+                rng = random.Random(2)
+                names = list(ops)
+                for i in range(n):
+                    rng.shuffle(names)
+                    for name in names:
+                        t0 = time.perf_counter()
+                        ops[name](i)
+                        times[name].append(ms(time.perf_counter() - t0))
+                bare.close()
+        finally:
+            echo.terminate()
+            echo.wait(timeout=10)
+    bare_all = [t for k, v in times.items() if k.startswith("bare") for t in v]
+    ctx.detail(
+        f"bare round trip over all request shapes: median {median(bare_all) * 1000:.0f} us, "
+        f"p99 {percentile(bare_all, 99) * 1000:.0f} us ({len(bare_all)} calls)"
+    )
+    for op in ("cancel", "set_priority", "get"):
+        ours, peer = times[op], times[f"bare {op}"]
+        ctx.add(Row(NAME, f"{op} median", median(ours), median(peer), "ms", "bare round trip", "ratio:<=2"))
+        ctx.add(
+            Row(
+                NAME,
+                f"{op} p99",
+                percentile(ours, 99),
+                percentile(peer, 99),
+                "ms",
+                "bare round trip",
+                "ratio:<=5",
+            )
+        )
+
+
+if __name__ == "__main__":
+    import sys
+
+    run(Context(quick="--quick" in sys.argv))

@@ -1,0 +1,34 @@
+"""The Huey peer: a SqliteHuey with a no-op task, importable by `huey_consumer huey_app.huey`.
+
+The database file comes from BENCH_HUEY_DB. fsync=False sets synchronous=OFF, which in WAL mode costs
+a commit no more than msearchd's synchronous=NORMAL does: the stricter comparison for us.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from huey import SqliteHuey
+
+huey = SqliteHuey("bench", filename=os.environ.get("BENCH_HUEY_DB", "huey-bench.db"), fsync=False)
+
+
+@huey.task()
+def noop(i: int | None = None) -> None:
+    return None
+
+
+@huey.task()
+def gate(path: str, started: str) -> None:
+    """Hold this worker until `path` exists, as the msearchd bench's gate handler does."""
+    (Path(started) / f"{os.getpid()}-{time.monotonic_ns()}").touch()
+    while not os.path.exists(path):  # noqa: PTH110
+        time.sleep(0.0005)
+
+
+@huey.task()
+def mark(path: str) -> None:
+    """Runs after every task enqueued before it: tells the bench the queue is drained."""
+    Path(path).touch()
