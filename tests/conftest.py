@@ -49,7 +49,6 @@ class Daemon:
     extra_args: tuple[str, ...] = ()
     proc: subprocess.Popen[str] | None = None
     lines: list[str] = field(default_factory=list)
-    _ready: threading.Event = field(default_factory=threading.Event)
 
     @property
     def socket(self) -> Path:
@@ -62,30 +61,46 @@ class Daemon:
     @property
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MSEARCH_")}
-        env.update(MSEARCH_SOCKET=str(self.socket), MSEARCH_STATE_DIR=str(self.state_dir), PYTHONPATH=str(TESTS))
+        env.update(
+            MSEARCH_SOCKET=str(self.socket), MSEARCH_STATE_DIR=str(self.state_dir), PYTHONPATH=str(TESTS)
+        )
         return env
 
     def start(self) -> Daemon:
-        self._ready = threading.Event()
+        ready = threading.Event()
         self.proc = subprocess.Popen(
-            [MSEARCHD, "--workers", str(self.workers), "--grace", str(self.grace), "--config", str(self.config),
-             "--log-level", "debug", *self.extra_args],
-            env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            [
+                MSEARCHD,
+                "--workers",
+                str(self.workers),
+                "--grace",
+                str(self.grace),
+                "--config",
+                str(self.config),
+                "--log-level",
+                "debug",
+                *self.extra_args,
+            ],
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
-        threading.Thread(target=self._drain, args=(self.proc,), daemon=True).start()
-        if not self._ready.wait(START_TIMEOUT):
+        threading.Thread(target=self._drain, args=(self.proc, ready), daemon=True).start()
+        if not ready.wait(START_TIMEOUT):
             raise AssertionError("msearchd did not start:\n" + self.log)
         if self.proc.poll() is not None:
             raise AssertionError(f"msearchd exited with {self.proc.returncode}:\n" + self.log)
         return self
 
-    def _drain(self, proc: subprocess.Popen[str]) -> None:
+    def _drain(self, proc: subprocess.Popen[str], ready: threading.Event) -> None:
         assert proc.stderr is not None
         for line in proc.stderr:
             self.lines.append(line)
             if " listening on " in line:
-                self._ready.set()
-        self._ready.set()  # ended: let start() see the exit instead of hanging
+                ready.set()
+        ready.set()  # ended: let start() see the exit instead of hanging
 
     @property
     def log(self) -> str:
@@ -97,7 +112,12 @@ class Daemon:
     def ctl(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         """Run the installed msearchctl as a user would."""
         return subprocess.run(
-            [MSEARCHCTL, *args], env=self.env, input=stdin, capture_output=True, text=True, timeout=60,
+            [MSEARCHCTL, *args],
+            env=self.env,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
 
     def stop(self) -> int:
@@ -115,17 +135,26 @@ class Daemon:
 
 @pytest.fixture
 def make_daemon() -> Iterator[Any]:
-    """Factory: make_daemon(workers=2, grace=1.0, config_extra="") -> a started Daemon."""
+    """Factory: make_daemon(workers=2, grace=1.0, ...) -> a started Daemon.
+
+    `settings` are top-level TOML keys, `config_extra` further tables after [handlers].
+    """
     made: list[Daemon] = []
     roots: list[Path] = []
 
-    def factory(workers: int = 2, grace: float = 1.0, config_extra: str = "", start: bool = True,
-                extra_args: tuple[str, ...] = ()) -> Daemon:
+    def factory(
+        workers: int = 2,
+        grace: float = 1.0,
+        config_extra: str = "",
+        settings: str = "",
+        start: bool = True,
+        extra_args: tuple[str, ...] = (),
+    ) -> Daemon:
         # Short paths: a Unix socket path is limited to 107 bytes.
         root = Path(tempfile.mkdtemp(prefix="ms-", dir="/tmp"))
         roots.append(root)
         config = root / "msearchd.toml"
-        config.write_text(HANDLERS_TOML + config_extra)
+        config.write_text(settings + HANDLERS_TOML + config_extra)
         d = Daemon(root=root, workers=workers, grace=grace, config=config, extra_args=extra_args)
         made.append(d)
         return d.start() if start else d

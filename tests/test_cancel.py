@@ -4,16 +4,9 @@ from __future__ import annotations
 
 import psutil
 import pytest
+from support import gone
 
 from msearchd.errors import InvalidState, NotFound
-
-
-def gone(pid: int) -> bool:
-    """True when no process has this pid any more (a zombie still counts as there)."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_DEAD
-    except psutil.NoSuchProcess:
-        return True
 
 
 def running_command(client, argv, fifo=None):
@@ -155,8 +148,13 @@ def test_cancel_by_type_touches_only_that_type(make_daemon, fifo):
         scans = [c.submit("file_scan")["id"] for _ in range(2)]
         after_thumb = c.submit("file_scan", depends_on=[thumbs[0]])
         result = c.cancel_by_type("thumbnail_generate")
-        assert result == {"cancelled": 3, "failed": 0, "total": 3, "task_type": "thumbnail_generate",
-                          "cancelled_dependents": 1}
+        assert result == {
+            "cancelled": 3,
+            "failed": 0,
+            "total": 3,
+            "task_type": "thumbnail_generate",
+            "cancelled_dependents": 1,
+        }
         assert all(c.get(i)["status"] == "pending" for i in scans)
         assert c.get(after_thumb["id"])["status"] == "cancelled"
         assert c.cancel_by_type("command")["total"] == 0  # the running command is spared

@@ -69,7 +69,7 @@ def test_default_priorities_follow_the_type(client):
 
 
 def test_configured_default_priority_wins(make_daemon):
-    d = make_daemon(config_extra="\n[priorities]\nthumbnail_generate = 2\n\"file_embed_*\" = 5\n")
+    d = make_daemon(config_extra='\n[priorities]\nthumbnail_generate = 2\n"file_embed_*" = 5\n')
     with d.client() as c:
         assert c.submit("thumbnail_generate")["priority"] == 2
         assert c.submit("file_embed_audio")["priority"] == 5
