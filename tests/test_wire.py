@@ -1,0 +1,182 @@
+"""Bad input of any kind on the socket gets an error answer or a closed connection, never a crash."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+
+import msgpack
+import pytest
+
+from msearchd import protocol
+from msearchd.errors import InvalidArgument, ProtocolError
+
+
+def raw(daemon) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(20)
+    sock.connect(str(daemon.socket))
+    return sock
+
+
+def frame(obj) -> bytes:
+    body = msgpack.packb(obj)
+    return struct.pack(">I", len(body)) + body
+
+
+def answer(sock: socket.socket):
+    return protocol.recv_frame(sock)
+
+
+def hello(sock: socket.socket) -> None:
+    sock.sendall(frame({"id": 0, "method": "hello", "params": {"protocol": protocol.PROTOCOL_VERSION}}))
+    assert "result" in answer(sock)
+
+
+def still_serving(daemon) -> None:
+    with daemon.client() as c:
+        assert c.status()["pid"] == daemon.proc.pid
+    assert daemon.proc.poll() is None
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",  # length prefix decodes as ~1.2 GB: over the limit
+        struct.pack(">I", protocol.MAX_FRAME + 1),
+        struct.pack(">I", 3) + b"\xc1\xc1\xc1",  # 0xc1 is never valid msgpack
+        frame([1, 2, 3]),  # not a map
+    ],
+    ids=["http", "huge", "undecodable", "not-a-map"],
+)
+def test_garbage_gets_an_error_then_a_closed_connection(daemon, payload):
+    sock = raw(daemon)
+    sock.sendall(payload)
+    reply = answer(sock)
+    assert reply["error"]["code"] == "protocol_error"
+    assert answer(sock) is None  # closed
+    sock.close()
+    still_serving(daemon)
+
+
+def test_truncated_frame_and_abrupt_close(daemon):
+    sock = raw(daemon)
+    sock.sendall(struct.pack(">I", 100) + b"\x81")
+    sock.close()
+    still_serving(daemon)
+
+
+def test_requests_before_hello_are_refused(daemon):
+    sock = raw(daemon)
+    sock.sendall(frame({"id": 1, "method": "stats", "params": {}}))
+    assert answer(sock)["error"] == {
+        "code": "protocol_error",
+        "message": "the first request on a connection must be hello",
+    }
+    hello(sock)
+    sock.sendall(frame({"id": 2, "method": "stats", "params": {}}))
+    assert "by_status" in answer(sock)["result"]
+
+
+def test_wrong_protocol_version(daemon):
+    sock = raw(daemon)
+    sock.sendall(frame({"id": 1, "method": "hello", "params": {"protocol": 99}}))
+    error = answer(sock)["error"]
+    assert error["code"] == "protocol_error" and "99" in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("request_", "code", "fragment"),
+    [
+        ({"id": 3, "method": "frobnicate", "params": {}}, "protocol_error", "unknown method 'frobnicate'"),
+        ({"id": 3, "method": 42}, "protocol_error", "needs a method name"),
+        ({"id": 3, "method": "get", "params": []}, "invalid_argument", "must be a map"),
+        ({"id": 3, "method": "get", "params": {}}, "invalid_argument", "needs the parameter 'task_id'"),
+        ({"id": 3, "method": "get", "params": {"task_id": 1.5}}, "invalid_argument", "must be str or int"),
+        ({"id": 3, "method": "cancel", "params": {"task_id": 1, "running": "yes"}}, "invalid_argument", "bool"),
+        ({"id": 3, "method": "set_priority", "params": {"task_id": 1, "priority": True}}, "invalid_argument",
+         "must be int"),
+        ({"id": 3, "method": "submit", "params": {"type": "x", "colour": 1}}, "invalid_argument", "'colour'"),
+        ({"id": 3, "method": "submit", "params": {"type": "bad type!"}}, "invalid_argument", "invalid task type"),
+        ({"id": 3, "method": "list", "params": {"limit": 0}}, "invalid_argument", "limit"),
+        ({"id": 3, "method": "list", "params": {"status": "sleeping"}}, "invalid_argument", "unknown status"),
+    ],
+)
+def test_bad_requests_get_error_answers_and_the_connection_goes_on(daemon, request_, code, fragment):
+    sock = raw(daemon)
+    hello(sock)
+    sock.sendall(frame(request_))
+    reply = answer(sock)
+    assert reply["id"] == 3
+    assert reply["error"]["code"] == code
+    assert fragment in reply["error"]["message"]
+    sock.sendall(frame({"id": 4, "method": "status", "params": {}}))
+    assert answer(sock)["result"]["pid"] == daemon.proc.pid
+
+
+def test_pipelined_requests_are_answered_in_order(daemon):
+    sock = raw(daemon)
+    hello(sock)
+    sock.sendall(b"".join(frame({"id": i, "method": "count", "params": {}}) for i in range(1, 101)))
+    assert [answer(sock)["id"] for _ in range(100)] == list(range(1, 101))
+
+
+def test_a_stuck_client_does_not_block_others(daemon):
+    stuck = raw(daemon)
+    stuck.sendall(struct.pack(">I", 1000) + b"\x80")  # a frame that never completes
+    still_serving(daemon)
+    stuck.close()
+
+
+def test_client_raises_typed_errors(client):
+    with pytest.raises(InvalidArgument) as info:
+        client.call("list", limit=-5)
+    assert info.value.code == "invalid_argument"
+    with pytest.raises(ProtocolError):
+        client.call("no_such_method")
+
+
+def _as_nobody(path: str, loosen: bool) -> int:
+    """In a forked child as uid 65534: 0 refused as expected, 1 served, 2 setup failed."""
+    pid = os.fork()
+    if pid == 0:
+        code = 2
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(10)
+            try:
+                s.connect(path)
+            except PermissionError:
+                code = 0 if not loosen else 2
+            else:
+                try:
+                    s.sendall(frame({"id": 0, "method": "hello", "params": {"protocol": 1}}))
+                    reply = s.recv(100)
+                except (ConnectionResetError, BrokenPipeError):
+                    reply = b""  # hung up on us
+                code = 0 if reply == b"" else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to act as another user")
+def test_other_users_are_refused(daemon):
+    # The socket folder is 0700: another uid cannot even reach the socket.
+    assert _as_nobody(str(daemon.socket), loosen=False) == 0
+    # Even with the permissions opened up, the daemon checks the peer's uid and hangs up.
+    opened = [daemon.root, daemon.socket.parent, daemon.socket]
+    modes = [p.stat().st_mode & 0o777 for p in opened]
+    for path in opened:
+        path.chmod(0o777)
+    try:
+        assert _as_nobody(str(daemon.socket), loosen=True) == 0
+    finally:
+        for path, mode in zip(opened, modes, strict=True):
+            path.chmod(mode)
+    assert "refused a connection from uid 65534" in daemon.log
+    still_serving(daemon)
