@@ -1,0 +1,165 @@
+"""4. Dispatch: how fast 2 workers drain a queue, against Huey's consumer and task-spooler (tsp).
+
+Every side is measured the same way: two "gate" tasks hold both workers while the queue fills, then
+the gate opens and the clock runs until the last task is done. Start-up and enqueueing are not timed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchlib import BENCH, BIN, Context, Gate, Row, clean_env, running_daemon, skip, temp_root
+from bm_submit import have_huey, load_huey
+
+NAME = "dispatch"
+WORKERS = 2
+
+
+def msearchd_drain(root: Path, n: int, task: dict[str, Any]) -> float:
+    """Seconds for 2 workers to run n copies of `task` once the gate opens."""
+    with running_daemon(root, workers=WORKERS) as d, d.client() as c:
+        d.warm_up(4)
+        gate = Gate(root)
+        for _ in range(WORKERS):
+            c.submit("gate", gate.data(), priority=0)
+        gate.wait_holding(WORKERS)
+        ids: list[str] = []
+        for start in range(0, n, 1000):
+            ids += c.submit_many([task] * min(1000, n - start))["task_ids"]
+        t0 = time.perf_counter()
+        gate.open()
+        result = c.wait(ids[-WORKERS:], timeout=600)
+        elapsed = time.perf_counter() - t0
+        if result["timed_out"] or any(t["status"] != "completed" for t in result["tasks"]):
+            raise RuntimeError(f"drain did not complete: {result}")
+        return elapsed
+
+
+def huey_drain(root: Path, n: int, worker_type: str) -> float:
+    app = load_huey(root / f"huey-{worker_type}.db")
+    gate = Gate(root, f"hgate-{worker_type}")
+    mark = root / f"hmark-{worker_type}"
+    for _ in range(WORKERS):
+        app.gate(str(gate.path), str(gate.started))
+    for i in range(n):
+        app.noop(i)
+    app.mark(str(mark))
+    env = clean_env(PYTHONPATH=str(BENCH), BENCH_HUEY_DB=str(root / f"huey-{worker_type}.db"))
+    consumer = subprocess.Popen(
+        [
+            str(BIN / "huey_consumer"),
+            "huey_app.huey",
+            "-w",
+            str(WORKERS),
+            "-k",
+            worker_type,
+            "-q",
+            "-C",
+            "-n",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        gate.wait_holding(WORKERS, timeout=60)
+        t0 = time.perf_counter()
+        gate.open()
+        deadline = t0 + 600
+        while not mark.exists():
+            if time.perf_counter() > deadline:
+                raise RuntimeError("huey did not drain its queue")
+            time.sleep(0.0005)
+        return time.perf_counter() - t0
+    finally:
+        consumer.terminate()
+        try:
+            consumer.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            consumer.kill()
+            consumer.wait()
+
+
+def tsp_drain(root: Path, n: int) -> float:
+    tsp = shutil.which("tsp")
+    assert tsp is not None
+    env = clean_env(TS_SOCKET=str(root / "tsp.sock"), TMPDIR=str(root))
+
+    def ts(*args: str) -> str:
+        done = subprocess.run([tsp, *args], env=env, capture_output=True, text=True, timeout=600, check=True)
+        return done.stdout.strip()
+
+    ts("-S", str(WORKERS))
+    gate = root / "tspgate"
+    for _ in range(WORKERS):
+        ts("sh", "-c", f"while [ ! -e {gate} ]; do sleep 0.001; done")
+    job_ids = [ts("true") for _ in range(n)]
+    t0 = time.perf_counter()
+    gate.touch()
+    for job in job_ids[-WORKERS:]:
+        ts("-w", job)
+    elapsed = time.perf_counter() - t0
+    ts("-K")  # stop this tsp server
+    return elapsed
+
+
+def run(ctx: Context) -> None:
+    n_py = 1000 if ctx.quick else 5000
+    n_cmd = 300 if ctx.quick else 1000
+    with temp_root() as root:
+        ours = n_py / msearchd_drain(root / "a", n_py, {"type": "noop"}) if _mk(root / "a") else 0.0
+        if have_huey():
+            proc = n_py / huey_drain(root, n_py, "process")
+            thread = n_py / huey_drain(root, n_py, "thread")
+            ctx.add(
+                Row(
+                    NAME,
+                    "no-op Python tasks/s, 2 workers",
+                    ours,
+                    proc,
+                    "/s",
+                    "huey consumer -w 2 -k process",
+                    "ratio:>=3",
+                )
+            )
+            ctx.add(
+                Row(NAME, "no-op Python tasks/s (info)", ours, thread, "/s", "huey consumer -w 2 -k thread")
+            )
+        else:
+            ctx.add(Row(NAME, "no-op Python tasks/s, 2 workers", ours, unit="/s"))
+            skip(ctx, NAME, "huey consumer", "huey is not installed (pip install -r bench/requirements.txt)")
+
+        cmd = {"type": "command", "data": {"argv": ["true"]}}
+        ours_cmd = n_cmd / msearchd_drain(root / "b", n_cmd, cmd) if _mk(root / "b") else 0.0
+        if shutil.which("tsp"):
+            theirs = n_cmd / tsp_drain(root, n_cmd)
+            ctx.add(
+                Row(
+                    NAME,
+                    "`command` tasks running `true`/s, 2 workers",
+                    ours_cmd,
+                    theirs,
+                    "/s",
+                    "tsp -S 2",
+                    "ratio:>=1.5",
+                )
+            )
+        else:
+            ctx.add(Row(NAME, "`command` tasks running `true`/s, 2 workers", ours_cmd, unit="/s"))
+            skip(ctx, NAME, "tsp", "task-spooler is not installed (apt-get install task-spooler)")
+
+
+def _mk(path: Path) -> bool:
+    path.mkdir()
+    return True
+
+
+if __name__ == "__main__":
+    _ = os
+    run(Context(quick="--quick" in sys.argv))
