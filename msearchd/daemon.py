@@ -15,6 +15,16 @@ from typing import IO
 
 from msearchd import __version__, config
 from msearchd.errors import InvalidArgument
+from msearchd.httpshim import (
+    TOKEN_ENV,
+    ListenAddress,
+    ShimSupervisor,
+    UsageError,
+    bind,
+    check_http_extra,
+    check_token_rule,
+    parse_listen,
+)
 from msearchd.rpc import RpcServer
 from msearchd.service import TaskService
 from msearchd.store import Store
@@ -57,6 +67,19 @@ def build_parser() -> argparse.ArgumentParser:
         "$XDG_CONFIG_HOME/msearch/msearchd.toml if present)",
     )
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default info")
+    parser.add_argument(
+        "--http",
+        metavar="[HOST:]PORT",
+        help="also serve the REST API (/api/v1/tasks...) on this address, host 127.0.0.1 by default, from a "
+        "child process that is restarted if it dies (needs the http extra: pip install 'msearchd[http]'). "
+        "To serve a daemon that is already running: python -m msearchd.http [HOST:]PORT --socket PATH",
+    )
+    parser.add_argument(
+        "--http-token",
+        metavar="TOKEN",
+        help=f"require 'Authorization: Bearer TOKEN' on every HTTP request (env {TOKEN_ENV}, which keeps it "
+        "out of the process list); needed to listen on anything but loopback",
+    )
     parser.add_argument("--version", action="version", version=f"msearchd {__version__}")
     return parser
 
@@ -92,11 +115,21 @@ def clear_stale_socket(path: Path) -> None:
     raise StartupError(f"another msearchd is already listening on {path}")
 
 
-async def serve(settings: config.Settings) -> None:
+def bind_http(address: ListenAddress) -> socket.socket:
+    try:
+        return bind(address)
+    except OSError as exc:
+        raise StartupError(f"cannot listen for HTTP on {address}: {exc.strerror or exc}") from None
+
+
+async def serve(
+    settings: config.Settings, http: ListenAddress | None = None, http_token: str | None = None
+) -> None:
     settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     settings.log_dir.mkdir(mode=0o700, exist_ok=True)
     lock = lock_state_dir(settings.state_dir)
     clear_stale_socket(settings.socket_path)
+    http_sock = bind_http(http) if http is not None else None
     store = Store(settings.db_path)
     killed = kill_leftovers(settings.state_dir)
     if killed:
@@ -129,11 +162,18 @@ async def serve(settings: config.Settings) -> None:
         settings.workers,
         settings.state_dir,
     )
+    shim: ShimSupervisor | None = None
+    if http is not None and http_sock is not None:
+        shim = ShimSupervisor(http_sock, http, settings.socket_path, http_token, reaper, settings.log_level)
+        shim.start()
 
     await stop.wait()
     log.info("stopping: running tasks go back to pending")
     server.stop_accepting()
+    shim_stopped = loop.create_task(shim.stop()) if shim is not None else None
     await service.stop()
+    if shim_stopped is not None:
+        await shim_stopped
     for task in background:
         task.cancel()
     reaper.stop()
@@ -159,13 +199,23 @@ def main(argv: list[str] | None = None) -> None:
     except InvalidArgument as exc:
         print(f"msearchd: {exc}", file=sys.stderr)
         sys.exit(2)
+    http = None
+    http_token = args.http_token or os.environ.get(TOKEN_ENV) or None
+    if args.http is not None:
+        try:
+            http = parse_listen(args.http)
+            check_token_rule(http, http_token)
+            check_http_extra()
+        except UsageError as exc:
+            print(f"msearchd: {exc}", file=sys.stderr)
+            sys.exit(2)
     logging.basicConfig(
         level=settings.log_level.upper(),
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        asyncio.run(serve(settings))
+        asyncio.run(serve(settings, http, http_token))
     except (StartupError, InvalidArgument) as exc:
         print(f"msearchd: {exc}", file=sys.stderr)
         sys.exit(1)

@@ -1,0 +1,1115 @@
+"""The REST shim: the task-control paths of the API document, served over HTTP as a client of the RPC.
+
+Run it beside the daemon with ``msearchd --http [HOST:]PORT``, or on its own against a running daemon:
+
+    python -m msearchd.http [HOST:]PORT [--socket PATH]
+
+It is a separate process on purpose: FastAPI and uvicorn are imported here only, and whatever happens to
+this process (a crash, a hang, a flood of requests) reaches the daemon only as RPC requests, like any
+other client's.
+"""
+
+# The answers are in Chinese, like the API document's, and use its full-width punctuation on purpose.
+# ruff: noqa: RUF001
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import ctypes
+import hmac
+import json
+import logging
+import math
+import os
+import re
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, cast
+from urllib.parse import unquote_plus, urlsplit
+
+import uvicorn
+from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
+from starlette.datastructures import Headers, UploadFile
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from msearchd import __version__
+from msearchd.client import AsyncClient
+from msearchd.config import default_socket_path
+from msearchd.errors import (
+    InvalidArgument,
+    InvalidState,
+    MsearchError,
+    NotFound,
+    ProtocolError,
+    Unavailable,
+)
+from msearchd.httpshim import (
+    EXIT_USAGE,
+    TOKEN_ENV,
+    UsageError,
+    bind,
+    bound_url,
+    check_token_rule,
+    is_loopback_name,
+    parse_listen,
+)
+from msearchd.model import PRIORITY_MAX, PRIORITY_MIN, TaskStatus
+
+log = logging.getLogger("msearchd.http")
+
+PREFIX = "/api/v1"
+MAX_BODY = 1024 * 1024
+RPC_TIMEOUT = 60.0
+MAX_CONNECTIONS = 64
+LIST_LIMIT_MAX = 10_000
+OFFSET_MAX = 2**62
+_PR_SET_PDEATHSIG = 1
+
+_ID_RE = re.compile(r"(?:task_)?([0-9]{1,18})")
+TASK_ID_PATTERN = r"^(task_)?[0-9]{1,18}$"
+TYPE_PATTERN = r"^[A-Za-z0-9_.:-]{1,100}$"
+_TYPE_RE = re.compile(TYPE_PATTERN)
+_STATUS_NAMES = "|".join(s.value for s in TaskStatus)
+STATUS_PATTERN = rf"^({_STATUS_NAMES})(,({_STATUS_NAMES}))*$"
+_TRUE = frozenset({"true", "1", "yes"})
+_FALSE = frozenset({"false", "0", "no"})
+# JSON Schema has no case-insensitive flag: spell every case out.
+BOOL_PATTERN = (
+    "^("
+    + "|".join("".join(f"[{c.upper()}{c}]" if c.isalpha() else c for c in w) for w in sorted(_TRUE | _FALSE))
+    + ")$"
+)
+
+
+# --- talking to the daemon ----------------------------------------------------------------------------
+
+
+class DaemonLink:
+    """A pool of RPC connections: requests run side by side, and a slow one (a cancel waiting out a
+    grace period) holds only its own connection."""
+
+    def __init__(
+        self, socket_path: Path, timeout: float = RPC_TIMEOUT, max_connections: int = MAX_CONNECTIONS
+    ) -> None:
+        self.socket_path = socket_path
+        self.timeout = timeout
+        self._idle: list[AsyncClient] = []
+        self._slots = asyncio.Semaphore(max_connections)
+
+    async def _take(self) -> AsyncClient:
+        while self._idle:
+            client = self._idle.pop()
+            if not client._reader.at_eof():  # the daemon closed it (it restarted): never reuse that one
+                return client
+            await self._discard(client)
+        try:
+            return await asyncio.wait_for(AsyncClient.connect(self.socket_path), self.timeout)
+        except TimeoutError:
+            raise Unavailable(
+                f"msearchd at {self.socket_path} did not answer within {self.timeout:g} s"
+            ) from None
+
+    @staticmethod
+    async def _discard(client: AsyncClient) -> None:
+        with contextlib.suppress(Exception):
+            await client.close()
+
+    async def call(self, method: str, **params: Any) -> Any:
+        async with self._slots:
+            client = await self._take()
+            try:
+                result = await asyncio.wait_for(client.call(method, **params), self.timeout)
+            except MsearchError as exc:
+                if isinstance(exc, Unavailable | ProtocolError):
+                    await self._discard(client)
+                else:
+                    self._idle.append(client)
+                raise
+            except TimeoutError:
+                await self._discard(client)
+                raise Unavailable(f"msearchd did not answer {method} within {self.timeout:g} s") from None
+            except (OverflowError, ValueError, TypeError) as exc:  # msgpack cannot encode the request
+                await self._discard(client)
+                raise InvalidArgument(f"cannot send this request to msearchd: {exc}") from None
+            except BaseException:
+                await self._discard(client)
+                raise
+            self._idle.append(client)
+            return result
+
+    async def close(self) -> None:
+        while self._idle:
+            await self._discard(self._idle.pop())
+
+
+def link(request: Request) -> DaemonLink:
+    return cast(DaemonLink, request.app.state.link)
+
+
+class ApiError(HTTPException):
+    """An answer with a status and a one-sentence `detail`."""
+
+
+def daemon_error(exc: MsearchError, not_found: str, conflict: str | None = None) -> ApiError:
+    """Map an RPC error to HTTP: not_found 404, invalid_state 409, invalid_argument 400, unavailable 503."""
+    if isinstance(exc, NotFound):
+        return ApiError(404, not_found)
+    if isinstance(exc, InvalidState):
+        return ApiError(409, conflict or f"当前状态不允许此操作: {exc.message}")
+    if isinstance(exc, InvalidArgument):
+        return ApiError(400, f"参数无效: {exc.message}")
+    if isinstance(exc, Unavailable):
+        return ApiError(503, f"msearchd守护进程不可用: {exc.message}")
+    log.error("msearchd answered with an error (%s): %s", exc.code, exc.message)
+    return ApiError(500, f"msearchd内部错误（{exc.code}）: {exc.message}")
+
+
+# --- JSON out -----------------------------------------------------------------------------------------
+
+
+def _json_safe(value: Any) -> Any:
+    """Replace what JSON cannot carry (NaN, infinities, bytes a msgpack client stored) by what it can."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, bytes | bytearray):
+        try:
+            return bytes(value).decode()
+        except UnicodeDecodeError:
+            return base64.b64encode(value).decode()
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+class ApiJSON(JSONResponse):
+    """Compact UTF-8 JSON that never fails on task data stored by other clients."""
+
+    def render(self, content: Any) -> bytes:
+        try:
+            text = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        except (ValueError, TypeError):
+            text = json.dumps(_json_safe(content), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        return text.encode()
+
+
+def detail(status: int, text: str, headers: Mapping[str, str] | None = None) -> ApiJSON:
+    return ApiJSON({"detail": text}, status, headers=dict(headers or {}))
+
+
+# --- parameters ---------------------------------------------------------------------------------------
+
+
+def task_number(raw: str) -> int | None:
+    """`task_<n>` or `<n>` as a number; None for anything else (to the client: an unknown task)."""
+    m = _ID_RE.fullmatch(raw)
+    if m is None or int(m.group(1)) == 0:
+        return None
+    return int(m.group(1))
+
+
+def bad(text: str) -> ApiError:
+    return ApiError(400, text)
+
+
+def form_bool(name: str, text: str) -> bool:
+    low = text.lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise bad(f"参数{name}的值无效: {text!r}（可用 true/false/1/0/yes/no）")
+
+
+def json_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return form_bool(name, value)
+    raise bad(
+        f"参数{name}必须是布尔值（true/false/1/0/yes/no），收到: {json.dumps(value, ensure_ascii=False)}"
+    )
+
+
+def _priority_range(name: str, value: int) -> int:
+    if not PRIORITY_MIN <= value <= PRIORITY_MAX:
+        raise bad(f"参数{name}必须是{PRIORITY_MIN}到{PRIORITY_MAX}之间的整数，收到: {value}")
+    return value
+
+
+def form_priority(name: str, text: str) -> int:
+    if re.fullmatch(r"-?[0-9]{1,30}", text) is None:
+        raise bad(f"参数{name}必须是{PRIORITY_MIN}到{PRIORITY_MAX}之间的整数，收到: {text!r}")
+    return _priority_range(name, int(text))
+
+
+def json_priority(name: str, value: Any) -> int:
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+        value = int(value)  # JSON does not tell 3 from 3.0
+    if isinstance(value, bool) or not isinstance(value, int):
+        given = json.dumps(value, ensure_ascii=False)
+        raise bad(f"参数{name}必须是{PRIORITY_MIN}到{PRIORITY_MAX}之间的整数，收到: {given}")
+    return _priority_range(name, value)
+
+
+def form_type(name: str, text: str) -> str:
+    if _TYPE_RE.fullmatch(text) is None:
+        raise bad(f"参数{name}的值无效: {text!r}（1到100个字母、数字或 _ . : -）")
+    return text
+
+
+def json_type(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise bad(f"参数{name}必须是字符串，收到: {json.dumps(value, ensure_ascii=False)}")
+    return form_type(name, value)
+
+
+def json_object(name: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise bad(f"参数{name}必须是JSON对象，收到: {json.dumps(value, ensure_ascii=False)[:100]}")
+    return value
+
+
+def json_optional_priority(name: str, value: Any) -> int | None:
+    return None if value is None else json_priority(name, value)
+
+
+def json_task_ids(name: str, value: Any) -> list[str | int]:
+    if not isinstance(value, list):
+        raise bad(f"参数{name}必须是任务ID的数组")
+    for item in value:
+        ok = (isinstance(item, str) and task_number(item) is not None) or (
+            isinstance(item, int) and not isinstance(item, bool) and 1 <= item < 10**18
+        )
+        if not ok:
+            raise bad(f"参数{name}中的任务ID无效: {json.dumps(item, ensure_ascii=False)}（task_<n> 或 <n>）")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class BodyParam:
+    """One parameter of a request body, as form field and as JSON member, with its OpenAPI schema."""
+
+    name: str
+    description: str
+    json_schema: dict[str, Any]
+    from_json: Callable[[str, Any], Any]
+    form_schema: dict[str, Any] | None = None  # None: JSON bodies only
+    from_form: Callable[[str, str], Any] | None = None
+    required: bool = False
+
+
+_BOOL_DOC = "true/false/1/0/yes/no（不区分大小写），默认 false"
+CANCEL_RUNNING = BodyParam(
+    "cancel_running",
+    "是否也取消正在运行的任务：" + _BOOL_DOC,
+    {"anyOf": [{"type": "boolean"}, {"type": "string", "pattern": BOOL_PATTERN}]},
+    json_bool,
+    {"type": "string", "pattern": BOOL_PATTERN},
+    form_bool,
+)
+PRIORITY = BodyParam(
+    "priority",
+    f"新优先级，{PRIORITY_MIN}-{PRIORITY_MAX}，数值越小越先执行",
+    {"type": "integer", "minimum": PRIORITY_MIN, "maximum": PRIORITY_MAX},
+    json_priority,
+    {"type": "integer", "minimum": PRIORITY_MIN, "maximum": PRIORITY_MAX},
+    form_priority,
+    required=True,
+)
+TASK_TYPE = BodyParam(
+    "task_type",
+    "任务类型，例如 image_preprocess",
+    {"type": "string", "pattern": TYPE_PATTERN},
+    json_type,
+    {"type": "string", "pattern": TYPE_PATTERN},
+    form_type,
+    required=True,
+)
+SUBMIT = (
+    BodyParam("type", "任务类型", {"type": "string", "pattern": TYPE_PATTERN}, json_type, required=True),
+    BodyParam("data", "任务数据（处理器的输入）", {"type": "object"}, json_object),
+    BodyParam(
+        "priority",
+        f"优先级 {PRIORITY_MIN}-{PRIORITY_MAX}；省略或 null 时按类型取默认值",
+        {"anyOf": [{"type": "integer", "minimum": PRIORITY_MIN, "maximum": PRIORITY_MAX}, {"type": "null"}]},
+        json_optional_priority,
+    ),
+    BodyParam(
+        "depends_on",
+        "先要完成的任务的ID",
+        {
+            "type": "array",
+            "items": {
+                "anyOf": [
+                    {"type": "string", "pattern": TASK_ID_PATTERN},
+                    {"type": "integer", "minimum": 1, "maximum": 10**18 - 1},
+                ]
+            },
+        },
+        json_task_ids,
+    ),
+)
+
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+def body_doc(params: tuple[BodyParam, ...]) -> dict[str, Any]:
+    """The OpenAPI requestBody of a route: a form (urlencoded or multipart) and JSON, same fields."""
+
+    def schema(form: bool) -> dict[str, Any]:
+        props = {
+            p.name: {
+                **(p.form_schema if form and p.form_schema else p.json_schema),
+                "description": p.description,
+            }
+            for p in params
+        }
+        out: dict[str, Any] = {"type": "object", "properties": props, "additionalProperties": False}
+        required = [p.name for p in params if p.required]
+        if required:
+            out["required"] = required
+        return out
+
+    content: dict[str, Any] = {}
+    if all(p.from_form is not None for p in params):
+        content.update({t: {"schema": schema(True)} for t in FORM_TYPES})
+    content["application/json"] = {"schema": schema(False)}
+    return {"requestBody": {"required": any(p.required for p in params), "content": content}}
+
+
+async def _read_body(request: Request) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise ApiError(413, f"请求体超过 {MAX_BODY // 1024} KiB")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _reject_constant(name: str) -> Any:
+    raise bad(f"请求体不是有效的JSON: 不支持 {name}")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise bad(f"请求体中的数超出范围: {text}")
+    return value
+
+
+def _parse_urlencoded(body: bytes) -> list[tuple[str, str]]:
+    pairs = []
+    try:
+        text = body.decode("ascii")  # urlencoded bodies are ASCII; UTF-8 travels percent-encoded
+        for piece in text.split("&"):
+            if not piece:
+                continue
+            name, eq, value = piece.partition("=")
+            if not eq:
+                raise bad(f"表单字段 {unquote_plus(name)!r} 没有值（应为 name=value）")
+            pairs.append((unquote_plus(name, errors="strict"), unquote_plus(value, errors="strict")))
+    except UnicodeDecodeError:
+        raise bad("表单内容不是有效的 UTF-8 URL 编码") from None
+    return pairs
+
+
+async def read_params(request: Request, params: tuple[BodyParam, ...]) -> dict[str, Any]:
+    """The route's body parameters, from a form or a JSON object; unknown, repeated or bad ones are 400."""
+    no_query(request, ())
+    body = await _read_body(request)
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    form_ok = all(p.from_form is not None for p in params)
+    raw: dict[str, Any] = {}
+    from_form = False
+    if not body.strip():
+        pass
+    elif ctype == "application/json" or (ctype.startswith("application/") and ctype.endswith("+json")):
+        try:
+            value = json.loads(body, parse_constant=_reject_constant, parse_float=_finite)
+        except (ValueError, RecursionError) as exc:
+            raise bad(f"请求体不是有效的JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise bad('JSON请求体必须是一个对象，例如 {"priority": 1}')
+        raw = value
+    elif ctype in FORM_TYPES and form_ok:
+        from_form = True
+        if ctype == FORM_TYPES[0]:
+            pairs = _parse_urlencoded(body)
+        else:
+            form = await request.form()
+            pairs = list(form.multi_items())  # type: ignore[arg-type]
+        for name, value in pairs:
+            if name in raw:
+                raise bad(f"参数{name}重复出现")
+            if isinstance(value, UploadFile):
+                raise bad(f"参数{name}必须是文本，不能是文件")
+            raw[name] = value
+    else:
+        accepted = " 或 ".join((*FORM_TYPES, "application/json") if form_ok else ("application/json",))
+        raise ApiError(415, f"不支持的 Content-Type {ctype or '（无）'}: 请使用 {accepted}")
+    known = {p.name: p for p in params}
+    unknown = [name for name in raw if name not in known]
+    if unknown:
+        allowed = "、".join(known) or "无"
+        raise bad(f"未知参数: {unknown[0]}（可用参数: {allowed}）")
+    out: dict[str, Any] = {}
+    for p in params:
+        if p.name not in raw:
+            if p.required:
+                raise bad(f"缺少参数: {p.name}")
+            continue
+        if from_form:
+            assert p.from_form is not None
+            out[p.name] = p.from_form(p.name, raw[p.name])
+        else:
+            out[p.name] = p.from_json(p.name, raw[p.name])
+    return out
+
+
+def no_query(request: Request, allowed: tuple[str, ...]) -> None:
+    """Refuse query parameters a route does not take, and repeated ones: a typo must not go unnoticed."""
+    seen: set[str] = set()
+    for name, _ in request.query_params.multi_items():
+        if name not in allowed:
+            where = f"（可用参数: {'、'.join(allowed)}）" if allowed else "（此接口不接受查询参数）"
+            raise bad(f"未知参数: {name}{where}")
+        if name in seen:
+            raise bad(f"参数{name}重复出现")
+        seen.add(name)
+
+
+# --- documentation models (the answers are built as dicts; these only describe them) -----------------
+
+
+class Task(BaseModel):
+    """A task as the RPC returns it."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str
+    type: str
+    status: Literal["pending", "blocked", "running", "completed", "failed", "cancelled"]
+    priority: int
+    data: dict[str, Any]
+    depends_on: list[str]
+    progress: float
+    current_operation: str | None
+    attempts: int
+    error: str | None
+    blocked_reason: str | None
+    stop_reason: str | None
+    retry_of: str | None
+    retried_as: str | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    worker_pid: int | None
+    log_path: str | None
+
+
+class ErrorBody(BaseModel):
+    detail: str
+
+
+class TaskList(BaseModel):
+    tasks: list[Task]
+    total: int
+    limit: int
+    offset: int
+
+
+class Workers(BaseModel):
+    busy: int
+    total: int
+
+
+class Stats(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    total: int
+    by_status: dict[str, int]
+    by_type: dict[str, dict[str, int]]
+    workers: Workers
+
+
+class CancelData(BaseModel):
+    task: Task
+    cancelled_dependents: int
+
+
+class CancelAnswer(BaseModel):
+    success: bool
+    message: str
+    data: CancelData
+
+
+class PriorityData(BaseModel):
+    task: Task
+
+
+class PriorityAnswer(BaseModel):
+    success: bool
+    message: str
+    data: PriorityData
+
+
+class CancelCounts(BaseModel):
+    cancelled: int
+    failed: int
+    total: int
+    cancelled_dependents: int
+
+
+class CancelAllAnswer(BaseModel):
+    success: bool
+    message: str
+    result: CancelCounts
+
+
+class TypeCancelCounts(CancelCounts):
+    task_type: str
+
+
+class CancelByTypeAnswer(BaseModel):
+    success: bool
+    message: str
+    result: TypeCancelCounts
+
+
+class RetryData(BaseModel):
+    new_task_id: str
+    task: Task
+    handed_over: list[str]
+
+
+class RetryAnswer(BaseModel):
+    success: bool
+    message: str
+    data: RetryData
+
+
+class SubmitData(BaseModel):
+    task_id: str
+    task: Task
+
+
+class SubmitAnswer(BaseModel):
+    success: bool
+    message: str
+    data: SubmitData
+
+
+_STATUS_TEXT = {
+    400: "参数无效（值不合法、缺少参数、未知参数）",
+    404: "任务不存在",
+    409: "任务的状态不允许此操作",
+    413: "请求体过大",
+    415: "不支持的 Content-Type",
+    500: "内部错误",
+    503: "msearchd 守护进程不可用",
+}
+
+
+def answers(
+    ok: type[BaseModel], *errors: int, body: bool = False, ok_status: int = 200
+) -> dict[int | str, Any]:
+    """The responses a route declares: its success and every error status it can give."""
+    codes = sorted({400, 500, 503, *errors, *((413, 415) if body else ())})
+    out: dict[int | str, Any] = {ok_status: {"model": ok}}
+    for code in codes:
+        out[code] = {"model": ErrorBody, "description": _STATUS_TEXT[code]}
+    return out
+
+
+TaskIdPath = Annotated[
+    str,
+    PathParam(
+        description="任务ID: task_<n> 或 <n>；其他写法视为不存在的任务（404）", examples=["task_12345"]
+    ),
+]
+
+
+# --- routes -------------------------------------------------------------------------------------------
+
+router = APIRouter(prefix=PREFIX, tags=["tasks"])
+
+
+def ref(n: int) -> str:
+    return f"task_{n}"
+
+
+@router.get("/tasks/stats", responses=answers(Stats), summary="获取任务统计信息")
+async def get_stats(request: Request) -> ApiJSON:
+    """Counts by status and by type, and how many workers are busy."""
+    no_query(request, ())
+    try:
+        return ApiJSON(await link(request).call("stats"))
+    except MsearchError as exc:
+        raise daemon_error(exc, "任务不存在") from None
+
+
+@router.get("/tasks", responses=answers(TaskList), summary="获取任务列表")
+async def list_tasks(
+    request: Request,
+    status: Annotated[
+        str | None,
+        Query(
+            pattern=STATUS_PATTERN, description="只列出这些状态的任务，多个用逗号分隔，例如 pending,running"
+        ),
+    ] = None,
+    task_type: Annotated[str | None, Query(pattern=TYPE_PATTERN, description="只列出这一类型的任务")] = None,
+    limit: Annotated[int, Query(ge=1, le=LIST_LIMIT_MAX, description="最多返回多少个")] = 100,
+    offset: Annotated[int, Query(ge=0, le=OFFSET_MAX, description="跳过前面多少个")] = 0,
+) -> ApiJSON:
+    """Tasks in submission order, with the total that match the filters (for paging)."""
+    no_query(request, ("status", "task_type", "limit", "offset"))
+    daemon = link(request)
+    try:
+        tasks, total = await asyncio.gather(
+            daemon.call("list", status=status, type=task_type, limit=limit, offset=offset),
+            daemon.call("count", status=status, type=task_type),
+        )
+    except MsearchError as exc:
+        raise daemon_error(exc, "任务不存在") from None
+    return ApiJSON({"tasks": tasks, "total": total, "limit": limit, "offset": offset})
+
+
+@router.post(
+    "/tasks",
+    status_code=201,
+    responses=answers(SubmitAnswer, 404, 409, body=True, ok_status=201),
+    openapi_extra=body_doc(SUBMIT),
+    summary="提交任务",
+)
+async def submit_task(request: Request) -> ApiJSON:
+    """Queue one task (JSON body). 404/409: a dependency is unknown or was cancelled."""
+    params = await read_params(request, SUBMIT)
+    try:
+        task = await link(request).call(
+            "submit",
+            type=params["type"],
+            data=params.get("data", {}),
+            priority=params.get("priority"),
+            depends_on=params.get("depends_on", []),
+        )
+    except MsearchError as exc:
+        raise daemon_error(
+            exc, f"依赖的任务不存在（{exc.message}）", f"依赖的任务已取消（{exc.message}）"
+        ) from None
+    return ApiJSON(
+        {
+            "success": True,
+            "message": f"任务已提交: {task['id']}",
+            "data": {"task_id": task["id"], "task": task},
+        },
+        201,
+    )
+
+
+@router.get("/tasks/{task_id}", responses=answers(Task, 404), summary="获取单个任务详情")
+async def get_task(request: Request, task_id: TaskIdPath) -> ApiJSON:
+    """Everything about one task."""
+    no_query(request, ())
+    n = task_number(task_id)
+    if n is None:
+        raise ApiError(404, f"任务不存在: {task_id}")
+    try:
+        return ApiJSON(await link(request).call("get", task_id=n))
+    except MsearchError as exc:
+        raise daemon_error(exc, f"任务不存在: {ref(n)}") from None
+
+
+async def _status_of(request: Request, n: int) -> dict[str, Any] | None:
+    """The task as it is now, to say why an operation was refused; None if that cannot be known."""
+    try:
+        return cast(dict[str, Any], await link(request).call("get", task_id=n))
+    except MsearchError:
+        return None
+
+
+@router.post(
+    "/tasks/cancel-all",
+    responses=answers(CancelAllAnswer, body=True),
+    openapi_extra=body_doc((CANCEL_RUNNING,)),
+    summary="取消所有任务",
+)
+async def cancel_all(request: Request) -> ApiJSON:
+    """Cancel every waiting task, and with cancel_running=true the running ones too."""
+    params = await read_params(request, (CANCEL_RUNNING,))
+    try:
+        result = await link(request).call("cancel_all", running=params.get("cancel_running", False))
+    except MsearchError as exc:
+        raise daemon_error(exc, "任务不存在") from None
+    return ApiJSON({"success": True, "message": f"已取消{result['cancelled']}个任务", "result": result})
+
+
+@router.post(
+    "/tasks/cancel-by-type",
+    responses=answers(CancelByTypeAnswer, body=True),
+    openapi_extra=body_doc((TASK_TYPE, CANCEL_RUNNING)),
+    summary="按类型取消任务",
+)
+async def cancel_by_type(request: Request) -> ApiJSON:
+    """Cancel every waiting task of one type (and what depends on them); running ones with cancel_running."""
+    params = await read_params(request, (TASK_TYPE, CANCEL_RUNNING))
+    task_type = params["task_type"]
+    try:
+        result = await link(request).call(
+            "cancel_by_type", task_type=task_type, running=params.get("cancel_running", False)
+        )
+    except MsearchError as exc:
+        raise daemon_error(exc, "任务不存在") from None
+    return ApiJSON(
+        {"success": True, "message": f"已取消{result['cancelled']}个{task_type}任务", "result": result}
+    )
+
+
+@router.post(
+    "/tasks/{task_id}/cancel",
+    responses=answers(CancelAnswer, 404, 409, body=True),
+    openapi_extra=body_doc((CANCEL_RUNNING,)),
+    summary="取消单个任务",
+)
+async def cancel_task(request: Request, task_id: TaskIdPath) -> ApiJSON:
+    """Cancel a waiting task (and its dependents); a running one only with cancel_running=true."""
+    params = await read_params(request, (CANCEL_RUNNING,))
+    n = task_number(task_id)
+    if n is None:
+        raise ApiError(404, "任务不存在或无法取消")
+    running = params.get("cancel_running", False)
+    try:
+        result = await link(request).call("cancel", task_id=n, running=running)
+    except InvalidState as exc:
+        now = await _status_of(request, n)
+        if now is not None and now["status"] == TaskStatus.RUNNING and not running:
+            why = f"任务正在运行，需设置cancel_running=true才能取消: {ref(n)}"
+        elif now is not None:
+            why = f"任务已结束（{now['status']}），无法取消: {ref(n)}"
+        else:
+            why = f"任务无法取消: {ref(n)}（{exc.message}）"
+        raise ApiError(409, why) from None
+    except MsearchError as exc:
+        raise daemon_error(exc, "任务不存在或无法取消") from None
+    return ApiJSON({"success": True, "message": f"任务已取消: {ref(n)}", "data": result})
+
+
+@router.post(
+    "/tasks/{task_id}/priority",
+    responses=answers(PriorityAnswer, 404, 409, body=True),
+    openapi_extra=body_doc((PRIORITY,)),
+    summary="更新任务优先级",
+)
+async def set_priority(request: Request, task_id: TaskIdPath) -> ApiJSON:
+    """Change the priority of a pending or blocked task."""
+    params = await read_params(request, (PRIORITY,))
+    n = task_number(task_id)
+    if n is None:
+        raise ApiError(404, "任务不存在")
+    priority = params["priority"]
+    try:
+        task = await link(request).call("set_priority", task_id=n, priority=priority)
+    except InvalidState as exc:
+        now = await _status_of(request, n)
+        status = now["status"] if now is not None else exc.message
+        raise ApiError(409, f"任务状态不是等待中，无法修改优先级: {status}") from None
+    except MsearchError as exc:
+        raise daemon_error(exc, "任务不存在") from None
+    return ApiJSON(
+        {"success": True, "message": f"任务优先级已更新: {ref(n)} -> {priority}", "data": {"task": task}}
+    )
+
+
+@router.post(
+    "/tasks/{task_id}/retry",
+    responses=answers(RetryAnswer, 404, 409, body=True),
+    openapi_extra=body_doc(()),
+    summary="重试失败任务",
+)
+async def retry_task(request: Request, task_id: TaskIdPath) -> ApiJSON:
+    """Queue a new task copying a failed one; only failed tasks, and each only once."""
+    await read_params(request, ())
+    n = task_number(task_id)
+    if n is None:
+        raise ApiError(404, f"任务不存在: {task_id}")
+    try:
+        result = await link(request).call("retry", task_id=n)
+    except InvalidState as exc:
+        now = await _status_of(request, n)
+        if now is not None and now["status"] != TaskStatus.FAILED:
+            why = f"任务状态不是失败，无法重试: {now['status']}"
+        elif now is not None and now.get("retried_as"):
+            why = f"任务已经重试过: {ref(n)} -> {now['retried_as']}"
+        else:
+            why = f"任务无法重试: {ref(n)}（{exc.message}）"
+        raise ApiError(409, why) from None
+    except MsearchError as exc:
+        raise daemon_error(exc, f"任务不存在: {ref(n)}") from None
+    data = {
+        "new_task_id": result["new_task_id"],
+        "task": result["task"],
+        "handed_over": result["handed_over"],
+    }
+    return ApiJSON({"success": True, "message": f"任务已重试: {ref(n)}", "data": data})
+
+
+# --- the application ----------------------------------------------------------------------------------
+
+
+class Guard:
+    """Outermost checks: the bearer token; without one, only loopback hosts and origins; no 500 unlogged.
+
+    Without a token the shim trusts whoever can reach loopback, so it refuses what a web page could
+    smuggle in: a foreign Host (DNS rebinding) or a foreign Origin (cross-site form posts).
+    """
+
+    def __init__(self, app: ASGIApp, token: str | None) -> None:
+        self.app = app
+        self.token = token.encode() if token else None
+
+    def _refusal(self, headers: Headers) -> ApiJSON | None:
+        if self.token is not None:
+            scheme, _, given = headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.token):
+                what = "缺少" if "authorization" not in headers else "无效的"
+                return detail(
+                    401,
+                    f"{what}访问令牌: 请发送 Authorization: Bearer <token>",
+                    {"WWW-Authenticate": "Bearer"},
+                )
+            return None
+        host = headers.get("host")
+        if host is not None and not is_loopback_name(urlsplit(f"//{host}").hostname or ""):
+            return detail(403, f"拒绝访问: Host {host!r} 不是本机地址（未设置令牌时只接受本机请求）")
+        origin = headers.get("origin")
+        if origin is not None and not is_loopback_name(urlsplit(origin).hostname or ""):
+            return detail(403, f"拒绝来自其他网站的请求: Origin {origin!r}")
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        refusal = self._refusal(Headers(scope=scope))
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception as exc:
+            log.exception("%s %s failed", scope.get("method"), scope.get("path"))
+            if started:
+                raise
+            await detail(500, f"内部错误: {type(exc).__name__}: {exc}")(scope, receive, send)
+
+
+def _validation_detail(exc: RequestValidationError) -> str:
+    """FastAPI's list of validation errors as one sentence naming the parameter."""
+    errors = exc.errors()
+    if not errors:
+        return "请求无效"
+    first = errors[0]
+    name = str(first.get("loc", ("", "?"))[-1])
+    kind = first.get("type", "")
+    given = first.get("input")
+    if kind == "missing":
+        return f"缺少参数: {name}"
+    if kind in ("int_parsing", "int_type", "int_from_float"):
+        return f"参数{name}必须是整数，收到: {given!r}"
+    bounds = first.get("ctx") or {}
+    if kind == "greater_than_equal":
+        return f"参数{name}必须大于或等于{bounds.get('ge')}，收到: {given!r}"
+    if kind == "less_than_equal":
+        return f"参数{name}必须小于或等于{bounds.get('le')}，收到: {given!r}"
+    if kind == "string_pattern_mismatch" and name == "status":
+        return (
+            f"参数status的值无效: {given!r}（可用: {', '.join(s.value for s in TaskStatus)}，多个用逗号分隔）"
+        )
+    return f"参数{name}的值无效: {given!r}（{first.get('msg', '')}）"
+
+
+def create_app(socket_path: Path, token: str | None = None, rpc_timeout: float = RPC_TIMEOUT) -> FastAPI:
+    """The FastAPI application for one daemon socket; `token` makes every request need a bearer token."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.link = DaemonLink(socket_path, rpc_timeout)
+        yield
+        await app.state.link.close()
+
+    app = FastAPI(
+        title="msearch task control",
+        version=__version__,
+        description="任务控制API：取消、调整优先级、重试、查询任务。msearchd 的 REST 接口（经由 RPC）。",
+        lifespan=lifespan,
+    )
+    app.include_router(router)
+
+    async def on_validation_error(request: Request, exc: Exception) -> ApiJSON:
+        assert isinstance(exc, RequestValidationError)
+        return detail(400, _validation_detail(exc))
+
+    async def on_http_error(request: Request, exc: Exception) -> ApiJSON:
+        assert isinstance(exc, HTTPException)
+        return detail(exc.status_code, str(exc.detail), exc.headers)
+
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(HTTPException, on_http_error)
+    app.add_middleware(Guard, token=token)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
+            for path in schema["paths"].values():
+                for operation in path.values():
+                    operation["responses"].pop("422", None)  # validation errors are answered with 400
+                    if token:
+                        operation["responses"]["401"] = {
+                            "description": "缺少或无效的访问令牌",
+                            "content": {
+                                "application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}
+                            },
+                        }
+                    else:
+                        operation["responses"]["403"] = {
+                            "description": "Host 或 Origin 不是本机（未设置令牌时）",
+                            "content": {
+                                "application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}
+                            },
+                        }
+            components = schema.setdefault("components", {})
+            for name in ("HTTPValidationError", "ValidationError"):
+                components.get("schemas", {}).pop(name, None)
+            if token:
+                components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+                schema["security"] = [{"bearer": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+# --- the process --------------------------------------------------------------------------------------
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, saying when it serves: the daemon and the tests wait for that line."""
+
+    url = ""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            log.info("http shim listening on %s (pid %d)", self.url, os.getpid())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m msearchd.http",
+        description="Serve the REST task-control API (/api/v1/tasks...) for a running msearchd, as a "
+        "client of its socket. msearchd --http [HOST:]PORT runs this for you beside the daemon; run it by "
+        "hand to serve a daemon that is already running. Listening on anything but loopback needs a token.",
+    )
+    parser.add_argument(
+        "listen", metavar="[HOST:]PORT", help="where to listen; the host defaults to 127.0.0.1"
+    )
+    parser.add_argument(
+        "--socket",
+        type=Path,
+        help="the daemon's RPC socket (env MSEARCH_SOCKET; default $XDG_RUNTIME_DIR/msearch/msearchd.sock)",
+    )
+    parser.add_argument(
+        "--token",
+        help=f"require 'Authorization: Bearer TOKEN' on every request (env {TOKEN_ENV}, which keeps it "
+        "out of the process list); needed to listen on anything but loopback",
+    )
+    parser.add_argument(
+        "--rpc-timeout",
+        type=float,
+        default=RPC_TIMEOUT,
+        help=f"answer 503 when the daemon takes longer than this many seconds (default {RPC_TIMEOUT:g})",
+    )
+    parser.add_argument("--access-log", action="store_true", help="log every request to stderr")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+    parser.add_argument("--fd", type=int, help=argparse.SUPPRESS)  # a listening socket from msearchd
+    parser.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
+    return parser
+
+
+def _die_with_parent(parent: int) -> None:
+    """Go when the daemon goes, even by SIGKILL: an orphan would hold the port the next daemon needs."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        sys.exit(0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.parent_pid is not None:
+        _die_with_parent(args.parent_pid)
+    token = args.token or os.environ.get(TOKEN_ENV) or None
+    try:
+        address = parse_listen(args.listen)
+        if args.fd is None:
+            check_token_rule(address, token)
+            sock = bind(address)
+        else:
+            sock = socket.socket(fileno=args.fd)
+            check_token_rule(parse_listen(bound_url(sock).removeprefix("http://")), token)
+    except UsageError as exc:
+        print(f"msearchd-http: {exc}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    except OSError as exc:
+        print(f"msearchd-http: cannot listen on {args.listen}: {exc.strerror or exc}", file=sys.stderr)
+        sys.exit(1)
+    if args.rpc_timeout <= 0:
+        print("msearchd-http: --rpc-timeout must be more than 0 seconds", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    socket_path = args.socket or default_socket_path()
+    app = create_app(socket_path, token, args.rpc_timeout)
+    config = uvicorn.Config(
+        app,
+        log_config=None,
+        log_level=args.log_level,
+        access_log=args.access_log,
+        timeout_graceful_shutdown=5,
+        server_header=False,
+    )
+    server = _Server(config)
+    server.url = bound_url(sock)
+    asyncio.run(server.serve(sockets=[sock]))
+
+
+if __name__ == "__main__":
+    main()
