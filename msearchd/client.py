@@ -139,14 +139,15 @@ class Client(_Methods):
     def events(
         self, task_ids: list[str | int] | None = None, types: list[str] | None = None
     ) -> Iterator[dict[str, Any]]:
-        """Subscribe on a connection of its own; yields events until the daemon ends the stream."""
+        """Subscribe on a connection of its own. The subscription is live when this returns; iterate to
+        receive events until the daemon ends the stream (close the iterator to stop early)."""
         stream = Client(self.path)
         try:
             stream.call("subscribe", task_ids=task_ids, types=types)
-            while (message := protocol.recv_frame(stream._sock)) is not None:
-                yield message["event"]
-        finally:
+        except BaseException:
             stream.close()
+            raise
+        return _event_stream(stream)
 
     def wait_closed(self) -> None:
         """Block until the daemon closes this connection, as it does once it has stopped."""
@@ -164,6 +165,14 @@ class Client(_Methods):
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+def _event_stream(stream: Client) -> Iterator[dict[str, Any]]:
+    try:
+        while (message := protocol.recv_frame(stream._sock)) is not None:
+            yield message["event"]
+    finally:
+        stream.close()
 
 
 class AsyncClient(_Methods):

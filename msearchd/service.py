@@ -344,10 +344,10 @@ class TaskService:
             "error": outcome.error,
             "stop_reason": outcome.stop_reason,
         }
+        if live is not None:
+            fields["progress"], fields["current_operation"] = live
         if outcome.status is TaskStatus.COMPLETED:
             fields["progress"] = 1.0
-        elif live is not None:
-            fields["progress"], fields["current_operation"] = live
         cascaded = 0
         with self.store.transaction():
             self.store.update(task.id, **fields)

@@ -1,0 +1,116 @@
+"""Handlers: the built-in command type, Python handlers, progress, follow-ups, crashes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from support import gone
+
+from msearchd.errors import InvalidArgument
+
+
+def finished(client, task):
+    result = client.wait([task["id"]], timeout=20)
+    assert not result["timed_out"]
+    return result["tasks"][0]
+
+
+def test_command_output_goes_to_its_log(client, tmp_path):
+    task = client.submit(
+        "command",
+        {"argv": ["sh", "-c", 'echo "out $GREETING"; echo err >&2; pwd'], "cwd": str(tmp_path),
+         "env": {"GREETING": "hello"}},
+    )
+    done = finished(client, task)
+    assert done["status"] == "completed"
+    assert done["progress"] == 1.0
+    log = Path(done["log_path"]).read_text().splitlines()
+    assert log == ["out hello", "err", str(tmp_path)]
+
+
+@pytest.mark.parametrize(
+    ("argv", "error"),
+    [
+        (["sh", "-c", "exit 3"], "command exited with code 3"),
+        (["sh", "-c", "kill -SEGV $$"], "command killed by SIGSEGV"),
+        (["/no/such/program"], "command not found: /no/such/program"),
+    ],
+)
+def test_command_failures_say_why(client, argv, error):
+    done = finished(client, client.submit("command", {"argv": argv}))
+    assert (done["status"], done["error"]) == ("failed", error)
+
+
+@pytest.mark.parametrize(
+    "data", [{}, {"argv": []}, {"argv": "ls -l"}, {"argv": ["ls", 3]}, {"argv": ["ls"], "env": {"A": 1}}]
+)
+def test_malformed_command_is_refused_at_submit(client, data):
+    with pytest.raises(InvalidArgument, match="command task"):
+        client.submit("command", data)
+    assert client.count() == 0
+
+
+def test_type_without_handler_fails_at_once(client):
+    done = finished(client, client.submit("image_preprocess", {"path": "/x.jpg"}))
+    assert (done["status"], done["error"]) == ("failed", "no handler for type image_preprocess")
+
+
+def test_python_handler_failures(client):
+    clean = finished(client, client.submit("fail", {"message": "corrupt file"}))
+    assert clean["error"] == "corrupt file"
+    raised = finished(client, client.submit("fail", {"exception": True, "message": "boom"}))
+    assert raised["error"] == "ValueError: boom"
+    assert "Traceback" in Path(raised["log_path"]).read_text()
+
+
+def test_handler_submits_follow_ups(client):
+    parent = client.submit("noop", {"follow_ups": [{"type": "file_scan", "data": {"dir": "/a"}, "priority": 2}]})
+    done = finished(client, parent)
+    assert done["status"] == "completed"
+    child_id = done["current_operation"].removeprefix("submitted ")
+    child = client.get(child_id)
+    assert (child["type"], child["data"], child["priority"]) == ("file_scan", {"dir": "/a"}, 2)
+
+
+def test_refused_follow_up_fails_the_parent(client):
+    parent = client.submit("noop", {"follow_ups": [{"type": "file_scan", "priority": 99}]})
+    done = finished(client, parent)
+    assert done["status"] == "failed"
+    assert done["error"].startswith("follow-up file_scan task refused: priority must be from 0 to 11")
+
+
+def test_progress_is_reported_and_kept(client, fifo):
+    gate = fifo("steps")
+    events = client.events(types=["stepper"])
+    task = client.submit("stepper", {"fifo": str(gate), "steps": 4})
+    seen = []
+    with open(gate.path, "w") as steps:  # opens once the handler runs and opens its end
+        steps.write("next\n")
+        steps.flush()
+        for event in events:
+            if event["event"] == "progress":
+                seen.append((event["progress"], event["current_operation"]))
+                assert client.get(task["id"])["progress"] == event["progress"]
+                if len(seen) < 4:
+                    steps.write("next\n")
+                    steps.flush()
+            elif event["event"] == "completed":
+                break
+    events.close()
+    assert seen == [(0.25, "step 1 of 4"), (0.5, "step 2 of 4"), (0.75, "step 3 of 4"), (1.0, "step 4 of 4")]
+    assert client.get(task["id"])["current_operation"] == "step 4 of 4"
+
+
+def test_worker_crash_fails_the_task_and_is_replaced(make_daemon):
+    d = make_daemon(workers=1)
+    with d.client() as c:
+        crashed = finished(c, c.submit("crash", {"signal": "SIGSEGV"}))
+        assert (crashed["status"], crashed["error"]) == ("failed", "worker killed by SIGSEGV")
+        assert gone(crashed["worker_pid"])
+        killed = finished(c, c.submit("crash", {"signal": "SIGKILL"}))
+        assert killed["error"] == "worker killed by SIGKILL"
+        after = finished(c, c.submit("noop"))
+        assert after["status"] == "completed"
+        assert after["worker_pid"] not in (crashed["worker_pid"], killed["worker_pid"])
+    assert "worker" in d.log and "SIGSEGV" in d.log

@@ -1,0 +1,883 @@
+"""The REST shim over real HTTP: a real daemon, a real listening shim, and http.client or curl as clients.
+
+Nothing here sleeps to synchronise: tests wait for a log line (a condition with a deadline), for a task
+state (the RPC `wait`), or for an answer on the port.
+"""
+
+# The expected answers are Chinese, like the API document's, with its full-width punctuation.
+# ruff: noqa: RUF001
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from email.message import Message
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+import psutil
+import pytest
+
+from conftest import MSEARCHD, Daemon
+from msearchd import protocol
+
+LISTEN_RE = re.compile(r"http shim listening on (http://\S+) \(pid (\d+)\)")
+DOC = Path(__file__).resolve().parents[2] / "shared" / "task-control-api.zh.md"
+DEADLINE = 30.0
+
+
+# --- helpers ------------------------------------------------------------------------------------------
+
+
+class Lines(list[str]):
+    """A log that wakes waiters on every new line: put in place of `Daemon.lines` before it starts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cond = threading.Condition()
+
+    def append(self, line: str) -> None:
+        with self.cond:
+            super().append(line)
+            self.cond.notify_all()
+
+    def wait_for(self, pattern: re.Pattern[str], count: int = 1, timeout: float = DEADLINE) -> list[re.Match[str]]:
+        """The first `count` matches of `pattern`, once that many lines have arrived."""
+
+        def matches() -> list[re.Match[str]]:
+            return [m for line in list(self) if (m := pattern.search(line))]
+
+        with self.cond:
+            if not self.cond.wait_for(lambda: len(matches()) >= count, timeout):
+                raise AssertionError(f"no {count} line(s) matching {pattern.pattern!r}; log:\n" + "".join(self))
+        return matches()
+
+
+@dataclass
+class Reply:
+    status: int
+    body: Any
+    headers: Message
+
+
+def call(
+    url: str,
+    method: str,
+    path: str,
+    *,
+    form: dict[str, str] | list[tuple[str, str]] | None = None,
+    json_body: Any = None,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = DEADLINE,
+) -> Reply:
+    """One HTTP request on a fresh connection; the body parsed as JSON."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
+    hdrs = dict(headers or {})
+    if form is not None:
+        body = urlencode(form).encode()
+        hdrs.setdefault("Content-Type", "application/x-www-form-urlencoded")
+    elif json_body is not None:
+        body = json.dumps(json_body).encode()
+        hdrs.setdefault("Content-Type", "application/json")
+    try:
+        conn.request(method, path, body=body, headers=hdrs)
+        resp = conn.getresponse()
+        raw = resp.read()
+    finally:
+        conn.close()
+    return Reply(resp.status, json.loads(raw) if raw else None, resp.headers)
+
+
+@dataclass
+class Shim:
+    url: str
+    pid: int
+
+    def get(self, path: str, **kw: Any) -> Reply:
+        return call(self.url, "GET", "/api/v1" + path, **kw)
+
+    def post(self, path: str, **kw: Any) -> Reply:
+        return call(self.url, "POST", "/api/v1" + path, **kw)
+
+
+def start_with_shim(make_daemon: Any, http: str = "127.0.0.1:0", extra: tuple[str, ...] = (), **kw: Any):
+    """A daemon started with --http, and its shim once it serves."""
+    d = make_daemon(start=False, extra_args=("--http", http, *extra), **kw)
+    d.lines = Lines()
+    d.start()
+    m = d.lines.wait_for(LISTEN_RE)[-1]
+    return d, Shim(m.group(1), int(m.group(2)))
+
+
+def dead(pid: int) -> bool:
+    """The process no longer runs (a zombie that init may never reap here counts as dead)."""
+    try:
+        return psutil.Process(pid).status() in (psutil.STATUS_DEAD, psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return True
+
+
+def wait_dead(pid: int, timeout: float = DEADLINE) -> None:
+    try:
+        psutil.Process(pid).wait(timeout)
+    except psutil.NoSuchProcess:
+        return
+    except psutil.TimeoutExpired:
+        assert dead(pid), f"process {pid} still runs after {timeout} s"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def hold_worker(c) -> dict[str, Any]:
+    """A task that keeps the only worker busy until cancelled or the daemon stops."""
+    task = c.submit("command", {"argv": ["sleep", "600"]}, priority=0)
+    assert c.wait([task["id"]], statuses=["running"], timeout=DEADLINE)["timed_out"] is False
+    return task
+
+
+def finished(c, task_type: str, data: dict[str, Any] | None = None) -> dict[str, Any]:
+    task = c.submit(task_type, data or {})
+    result = c.wait([task["id"]], timeout=DEADLINE)
+    assert result["timed_out"] is False
+    return result["tasks"][0]
+
+
+def number(task_id: str) -> str:
+    return task_id.removeprefix("task_")
+
+
+@pytest.fixture
+def served(make_daemon) -> Iterator[tuple[Daemon, Shim, Any]]:
+    """One worker, a shim, and an RPC client; stopped cleanly so that no task outlives the test."""
+    d, shim = start_with_shim(make_daemon, workers=1)
+    with d.client() as c:
+        yield d, shim, c
+    d.stop()
+
+
+class Standalone:
+    """`python -m msearchd.http` run by hand, its stderr collected in `lines`."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.lines = Lines()
+        base = {k: v for k, v in os.environ.items() if not k.startswith("MSEARCH_")}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "msearchd.http", *args],
+            env={**base, **(env or {})},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    def shim(self) -> Shim:
+        m = self.lines.wait_for(LISTEN_RE)[-1]
+        return Shim(m.group(1), int(m.group(2)))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        self.proc.wait(timeout=DEADLINE)
+
+
+@pytest.fixture
+def standalone() -> Iterator[Callable[..., Standalone]]:
+    made: list[Standalone] = []
+
+    def factory(*args: str, env: dict[str, str] | None = None) -> Standalone:
+        s = Standalone(*args, env=env)
+        made.append(s)
+        return s
+
+    yield factory
+    for s in made:
+        s.stop()
+
+
+class FakeDaemon:
+    """A Unix socket that greets like msearchd, then answers every request with `answer(request)`.
+
+    `answer` returning None means never answering: the request hangs until the client gives up.
+    """
+
+    def __init__(self, path: Path, answer: Callable[[dict[str, Any]], dict[str, Any] | None]) -> None:
+        self.path = path
+        self.answer = answer
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(str(path))
+        self.sock.listen(64)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                while (message := protocol.recv_frame(conn)) is not None:
+                    if message["method"] == "hello":
+                        reply: dict[str, Any] | None = {"protocol": protocol.PROTOCOL_VERSION, "server": "fake"}
+                        conn.sendall(protocol.encode({"id": message["id"], "result": reply}))
+                        continue
+                    reply = self.answer(message)
+                    if reply is not None:
+                        conn.sendall(protocol.encode({"id": message["id"], **reply}))
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+# --- the process: options, start-up, token rule -------------------------------------------------------
+
+
+def test_help_names_both_ways_to_run_the_shim():
+    daemon_help = subprocess.run([MSEARCHD, "--help"], capture_output=True, text=True, timeout=DEADLINE)
+    assert daemon_help.returncode == 0
+    for needle in ("--http [HOST:]PORT", "--http-token", "MSEARCH_HTTP_TOKEN", "python -m msearchd.http"):
+        assert needle in " ".join(daemon_help.stdout.split()), needle
+    shim_help = subprocess.run(
+        [sys.executable, "-m", "msearchd.http", "--help"], capture_output=True, text=True, timeout=DEADLINE
+    )
+    assert shim_help.returncode == 0
+    for needle in ("[HOST:]PORT", "--socket", "--token", "MSEARCH_HTTP_TOKEN"):
+        assert needle in shim_help.stdout, needle
+
+
+def test_daemon_and_cli_do_not_import_the_web_stack(make_daemon):
+    probe = (
+        "import sys, msearchd.daemon, msearchd.client, msearchctl.app;"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'fastapi', 'uvicorn', 'starlette', 'pydantic'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=DEADLINE)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+    # And a running daemon with a shim: pydantic's compiled core is mapped in the shim only.
+    d, shim = start_with_shim(make_daemon)
+    assert d.proc is not None
+    assert "pydantic_core" not in Path(f"/proc/{d.proc.pid}/maps").read_text()
+    assert "pydantic_core" in Path(f"/proc/{shim.pid}/maps").read_text()
+    assert psutil.Process(shim.pid).ppid() == d.proc.pid
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0:0", "[::]:0"])
+def test_listening_beyond_loopback_without_token_refuses_to_start(make_daemon, address):
+    d = make_daemon(start=False)
+    env = {**d.env, "MSEARCH_HTTP_TOKEN": ""}  # empty is no token
+    out = subprocess.run(
+        [MSEARCHD, "--config", str(d.config), "--http", address],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+    )
+    assert out.returncode == 2, out.stderr
+    assert "needs a token" in out.stderr and "--http-token" in out.stderr
+    assert not d.socket.exists()  # refused before starting anything
+    alone = subprocess.run(
+        [sys.executable, "-m", "msearchd.http", address, "--socket", str(d.socket)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+    )
+    assert alone.returncode == 2
+    assert "needs a token" in alone.stderr
+
+
+@pytest.mark.parametrize("address", ["localhost:http", "127.0.0.1:70000", ":8000", "::1:8000"])
+def test_a_malformed_address_is_a_usage_error(make_daemon, address):
+    d = make_daemon(start=False)
+    out = subprocess.run(
+        [MSEARCHD, "--config", str(d.config), "--http", address],
+        env=d.env,
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+    )
+    assert out.returncode == 2
+    assert out.stderr.startswith(f"msearchd: invalid HTTP address '{address}'")
+
+
+def test_a_busy_port_stops_the_daemon_with_a_sentence(make_daemon):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        d = make_daemon(start=False)
+        out = subprocess.run(
+            [MSEARCHD, "--config", str(d.config), "--http", f"127.0.0.1:{port}"],
+            env=d.env,
+            capture_output=True,
+            text=True,
+            timeout=DEADLINE,
+        )
+    assert out.returncode == 1
+    assert f"cannot listen for HTTP on 127.0.0.1:{port}: Address already in use" in out.stderr
+
+
+def test_token_is_required_when_given(make_daemon):
+    d, shim = start_with_shim(make_daemon, http="0.0.0.0:0", extra=("--http-token", "s3cret"))
+    assert shim.url.startswith("http://0.0.0.0:")
+    local = shim.url.replace("0.0.0.0", "127.0.0.1")
+    # The token reaches the shim through its environment, never its argv (visible to every user).
+    assert "s3cret" not in " ".join(psutil.Process(shim.pid).cmdline())
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic czNjcmV0"}, {"Authorization": "s3cret"}):
+        reply = call(local, "GET", "/api/v1/tasks/stats", headers=headers)
+        assert reply.status == 401, headers
+        assert reply.headers["WWW-Authenticate"] == "Bearer"
+        assert "Authorization: Bearer" in reply.body["detail"]
+        assert call(local, "GET", "/openapi.json", headers=headers).status == 401
+    refused = call(local, "POST", "/api/v1/tasks/cancel-all", form={"cancel_running": "true"})
+    assert refused.status == 401
+    for scheme in ("Bearer", "bearer"):
+        ok = call(local, "GET", "/api/v1/tasks/stats", headers={"Authorization": f"{scheme} s3cret"})
+        assert ok.status == 200
+        assert ok.body["workers"]["total"] == 2
+    schema = call(local, "GET", "/openapi.json", headers={"Authorization": "Bearer s3cret"}).body
+    assert schema["components"]["securitySchemes"] == {"bearer": {"type": "http", "scheme": "bearer"}}
+    assert all("401" in op["responses"] for path in schema["paths"].values() for op in path.values())
+
+
+def test_standalone_shim_takes_its_token_from_the_environment(make_daemon, standalone):
+    d = make_daemon()
+    shim = standalone("127.0.0.1:0", "--socket", str(d.socket), env={"MSEARCH_HTTP_TOKEN": "t0k"}).shim()
+    assert shim.get("/tasks/stats").status == 401
+    assert shim.get("/tasks/stats", headers={"Authorization": "Bearer t0k"}).status == 200
+
+
+def test_loopback_without_token_refuses_foreign_hosts_and_origins(served):
+    _, shim, _ = served
+    rebound = shim.get("/tasks/stats", headers={"Host": "evil.example:8000"})
+    assert rebound.status == 403
+    assert "evil.example" in rebound.body["detail"]
+    cross_site = shim.post("/tasks/cancel-all", form={"cancel_running": "true"}, headers={"Origin": "https://evil.example"})
+    assert cross_site.status == 403
+    assert "https://evil.example" in cross_site.body["detail"]
+    # A page of the local web UI (another port on localhost) is welcome.
+    assert shim.get("/tasks/stats", headers={"Origin": "http://localhost:8502"}).status == 200
+    assert shim.get("/tasks/stats", headers={"Host": f"localhost:{urlsplit(shim.url).port}"}).status == 200
+
+
+# --- the paths ----------------------------------------------------------------------------------------
+
+
+def test_submit_then_get_by_either_id(served):
+    _, shim, c = served
+    hold_worker(c)
+    reply = shim.post("/tasks", json_body={"type": "file_scan", "data": {"path": "/srv/照片"}, "priority": 4})
+    assert reply.status == 201
+    task_id = reply.body["data"]["task_id"]
+    assert reply.body["success"] is True
+    assert reply.body["message"] == f"任务已提交: {task_id}"
+    rpc = c.get(task_id)
+    assert rpc["data"] == {"path": "/srv/照片"} and rpc["priority"] == 4 and rpc["status"] == "pending"
+    assert reply.body["data"]["task"] == rpc
+    for ref in (task_id, number(task_id)):
+        got = shim.get(f"/tasks/{ref}")
+        assert got.status == 200
+        assert got.body == rpc  # every field of the RPC task, same values
+    dep = shim.post("/tasks", json_body={"type": "file_embed_image", "depends_on": [task_id]})
+    assert dep.status == 201
+    assert dep.body["data"]["task"]["status"] == "blocked"
+    assert dep.body["data"]["task"]["depends_on"] == [task_id]
+    assert dep.body["data"]["task"]["priority"] == 3  # the type's default
+
+
+def test_submit_refuses_bad_input(served):
+    _, shim, c = served
+    hold_worker(c)
+    cancelled = c.submit("file_scan")
+    c.cancel(cancelled["id"])
+    before = c.count()
+    cases = [
+        ({"data": {}}, 400, "缺少参数: type"),
+        ({"type": "file scan"}, 400, "参数type的值无效"),
+        ({"type": "file_scan", "priority": 12}, 400, "参数priority必须是0到11之间的整数，收到: 12"),
+        ({"type": "file_scan", "priority": "3"}, 400, "参数priority必须是0到11之间的整数"),
+        ({"type": "file_scan", "data": [1]}, 400, "参数data必须是JSON对象"),
+        ({"type": "file_scan", "depends_on": ["task_x"]}, 400, "参数depends_on中的任务ID无效"),
+        ({"type": "file_scan", "colour": "red"}, 400, "未知参数: colour"),
+        ({"type": "command", "data": {"argv": "ls"}}, 400, "参数无效: "),
+        ({"type": "file_scan", "depends_on": ["task_999"]}, 404, "依赖的任务不存在"),
+        ({"type": "file_scan", "depends_on": [cancelled["id"]]}, 409, "依赖的任务已取消"),
+    ]
+    for body, status, text in cases:
+        reply = shim.post("/tasks", json_body=body)
+        assert (reply.status, text in reply.body["detail"]) == (status, True), (body, reply.body)
+    form = shim.post("/tasks", form={"type": "file_scan"})
+    assert form.status == 415
+    assert "application/json" in form.body["detail"]
+    assert shim.post("/tasks", body=b'{"type": "file_scan", "data": {"x": NaN}}', headers={"Content-Type": "application/json"}).status == 400
+    assert c.count() == before  # nothing refused was queued
+
+
+def test_get_unknown_or_malformed_id_is_404(served):
+    _, shim, _ = served
+    for ref, shown in (("task_999", "task_999"), ("999", "task_999"), ("task_important_file", "task_important_file"), ("0", "0")):
+        reply = shim.get(f"/tasks/{ref}")
+        assert reply.status == 404
+        assert reply.body == {"detail": f"任务不存在: {shown}"}
+
+
+def test_list_filters_pages_and_counts(served):
+    _, shim, c = served
+    held = hold_worker(c)
+    scans = [c.submit("file_scan", {"i": i})["id"] for i in range(5)]
+    thumbs = [c.submit("thumbnail_generate")["id"] for _ in range(2)]
+    c.cancel(thumbs[0])
+
+    everything = shim.get("/tasks")
+    assert everything.status == 200
+    assert everything.body["total"] == 8 and (everything.body["limit"], everything.body["offset"]) == (100, 0)
+    assert [t["id"] for t in everything.body["tasks"]] == [held["id"], *scans, *thumbs]
+    assert everything.body["tasks"] == c.list()
+
+    pending = shim.get("/tasks?status=pending").body
+    assert [t["id"] for t in pending["tasks"]] == [*scans, thumbs[1]]
+    assert pending["total"] == 6
+    two = shim.get("/tasks?status=running,cancelled").body
+    assert [t["id"] for t in two["tasks"]] == [held["id"], thumbs[0]]
+    page = shim.get("/tasks?task_type=file_scan&limit=2&offset=2").body
+    assert [t["id"] for t in page["tasks"]] == scans[2:4]
+    assert (page["total"], page["limit"], page["offset"]) == (5, 2, 2)
+    assert shim.get("/tasks?task_type=nothing_of_this_type").body == {"tasks": [], "total": 0, "limit": 100, "offset": 0}
+
+    bad = {
+        "status=bogus": "参数status的值无效: 'bogus'",
+        "status=": "参数status的值无效: ''",
+        "limit=0": "参数limit必须大于或等于1，收到: '0'",
+        "limit=10001": "参数limit必须小于或等于10000",
+        "limit=ten": "参数limit必须是整数，收到: 'ten'",
+        "offset=-1": "参数offset必须大于或等于0",
+        "task_type=a%20b": "参数task_type的值无效",
+        "state=pending": "未知参数: state",
+        "limit=1&limit=2": "参数limit重复出现",
+    }
+    for query, text in bad.items():
+        reply = shim.get(f"/tasks?{query}")
+        assert reply.status == 400, query
+        assert reply.body["detail"].startswith(text), (query, reply.body)
+
+
+def test_stats_are_the_rpc_stats(served):
+    _, shim, c = served
+    finished(c, "fail")
+    finished(c, "noop")
+    hold_worker(c)
+    c.submit("file_scan")
+    reply = shim.get("/tasks/stats")
+    assert reply.status == 200
+    assert reply.body == c.stats()
+    assert reply.body["by_status"]["failed"] == 1 and reply.body["by_status"]["pending"] == 1
+    assert reply.body["workers"] == {"busy": 1, "total": 1}
+    assert shim.get("/tasks/stats?verbose=1").status == 400
+
+
+def test_priority(served):
+    _, shim, c = served
+    hold_worker(c)
+    task = c.submit("file_scan")["id"]
+    for ref, value in ((task, "0"), (number(task), "10")):
+        reply = shim.post(f"/tasks/{ref}/priority", form={"priority": value})
+        assert reply.status == 200
+        assert reply.body["success"] is True
+        assert reply.body["message"] == f"任务优先级已更新: {task} -> {value}"
+        assert c.get(task)["priority"] == int(value)
+        assert reply.body["data"]["task"]["priority"] == int(value)
+    as_json = shim.post(f"/tasks/{task}/priority", json_body={"priority": 2})
+    assert as_json.status == 200 and as_json.body["message"] == f"任务优先级已更新: {task} -> 2"
+
+    refused: list[tuple[dict[str, Any], str]] = [
+        ({"form": {"priority": "12"}}, "参数priority必须是0到11之间的整数，收到: 12"),
+        ({"form": {"priority": "-1"}}, "参数priority必须是0到11之间的整数，收到: -1"),
+        ({"form": {"priority": "abc"}}, "参数priority必须是0到11之间的整数，收到: 'abc'"),
+        ({"form": {"priority": "1.5"}}, "参数priority必须是0到11之间的整数，收到: '1.5'"),
+        ({"form": {"priority": ""}}, "参数priority必须是0到11之间的整数，收到: ''"),
+        ({"form": {"priority": " 1"}}, "参数priority必须是0到11之间的整数"),
+        ({"form": {"priority": "1_0"}}, "参数priority必须是0到11之间的整数"),
+        ({"form": {}}, "缺少参数: priority"),
+        ({}, "缺少参数: priority"),
+        ({"form": [("priority", "1"), ("priority", "2")]}, "参数priority重复出现"),
+        ({"form": {"priority": "1", "urgent": "yes"}}, "未知参数: urgent"),
+        ({"json_body": {"priority": True}}, "参数priority必须是0到11之间的整数，收到: true"),
+        ({"json_body": {"priority": "3"}}, "参数priority必须是0到11之间的整数"),
+        ({"json_body": {"priority": 3.5}}, "参数priority必须是0到11之间的整数"),
+        ({"json_body": [3]}, "JSON请求体必须是一个对象"),
+        ({"body": b"priority", "headers": {"Content-Type": "application/x-www-form-urlencoded"}}, "表单字段 'priority' 没有值"),
+    ]
+    for kw, text in refused:
+        reply = shim.post(f"/tasks/{task}/priority", **kw)
+        assert reply.status == 400, kw
+        assert reply.body["detail"].startswith(text), (kw, reply.body)
+    assert c.get(task)["priority"] == 2  # no refused value was applied
+
+    for ref in ("task_999", "999", "task_important_file"):
+        missing = shim.post(f"/tasks/{ref}/priority", form={"priority": "0"})
+        assert missing.status == 404
+        assert missing.body == {"detail": "任务不存在"}
+
+
+def test_priority_of_a_finished_task_is_409(make_daemon):
+    d, shim = start_with_shim(make_daemon, workers=1)
+    with d.client() as c:
+        done = finished(c, "noop")
+        reply = shim.post(f"/tasks/{done['id']}/priority", form={"priority": "1"})
+        assert reply.status == 409
+        assert reply.body == {"detail": "任务状态不是等待中，无法修改优先级: completed"}
+        assert c.get(done["id"])["priority"] == done["priority"]
+        running = hold_worker(c)
+        reply = shim.post(f"/tasks/{number(running['id'])}/priority", form={"priority": "5"})
+        assert reply.status == 409
+        assert reply.body == {"detail": "任务状态不是等待中，无法修改优先级: running"}
+    d.stop()
+
+
+def test_cancel_a_waiting_task(served):
+    _, shim, c = served
+    hold_worker(c)
+    root = c.submit("file_scan")["id"]
+    child = c.submit("file_embed_image", depends_on=[root])["id"]
+    reply = shim.post(f"/tasks/{number(root)}/cancel")
+    assert reply.status == 200
+    assert reply.body["success"] is True
+    assert reply.body["message"] == f"任务已取消: {root}"
+    assert reply.body["data"]["cancelled_dependents"] == 1
+    assert reply.body["data"]["task"]["status"] == "cancelled"
+    assert c.get(root)["status"] == "cancelled" and c.get(child)["status"] == "cancelled"
+
+    again = shim.post(f"/tasks/{root}/cancel")
+    assert again.status == 409
+    assert again.body == {"detail": f"任务已结束（cancelled），无法取消: {root}"}
+    for ref in ("task_999", "999", "task_important_file"):
+        missing = shim.post(f"/tasks/{ref}/cancel")
+        assert missing.status == 404
+        assert missing.body == {"detail": "任务不存在或无法取消"}
+
+    other = c.submit("file_scan")["id"]
+    bad = shim.post(f"/tasks/{other}/cancel", form={"cancel_running": "maybe"})
+    assert bad.status == 400
+    assert bad.body == {"detail": "参数cancel_running的值无效: 'maybe'（可用 true/false/1/0/yes/no）"}
+    assert shim.post(f"/tasks/{other}/cancel?cancel_running=true").status == 400  # form, not query
+    assert c.get(other)["status"] == "pending"
+    ok = shim.post(f"/tasks/{other}/cancel", json_body={"cancel_running": False})
+    assert ok.status == 200 and ok.body["message"] == f"任务已取消: {other}"
+
+
+def test_cancel_a_running_task_needs_cancel_running(served):
+    _, shim, c = served
+    running = hold_worker(c)["id"]
+    for form in (None, {"cancel_running": "false"}, {"cancel_running": "No"}, {"cancel_running": "0"}):
+        refused = shim.post(f"/tasks/{running}/cancel", form=form)
+        assert refused.status == 409
+        assert refused.body == {"detail": f"任务正在运行，需设置cancel_running=true才能取消: {running}"}
+    assert c.get(running)["status"] == "running"
+    ok = shim.post(f"/tasks/{running}/cancel", form={"cancel_running": "TRUE"})
+    assert ok.status == 200
+    assert ok.body["message"] == f"任务已取消: {running}"
+    assert ok.body["data"]["task"]["stop_reason"] in ("sigterm", "killed")
+    assert c.get(running)["status"] == "cancelled"
+
+
+@pytest.mark.parametrize("spelling", ["true", "1", "yes", "YES", "True"])
+def test_cancel_all(served, spelling):
+    _, shim, c = served
+    running = hold_worker(c)["id"]
+    waiting = [c.submit("file_scan")["id"] for _ in range(3)]
+    first = shim.post("/tasks/cancel-all", form={"cancel_running": "false"})
+    assert first.status == 200
+    assert first.body["success"] is True
+    assert first.body["message"] == "已取消3个任务"
+    assert first.body["result"] == {"cancelled": 3, "failed": 0, "total": 3, "cancelled_dependents": 0}
+    assert {c.get(t)["status"] for t in waiting} == {"cancelled"}
+    assert c.get(running)["status"] == "running"
+    assert shim.post("/tasks/cancel-all", form={"cancel_running": "maybe"}).status == 400
+    assert c.get(running)["status"] == "running"
+    second = shim.post("/tasks/cancel-all", form={"cancel_running": spelling})
+    assert second.status == 200
+    assert second.body["message"] == "已取消1个任务"
+    assert second.body["result"]["cancelled"] == 1
+    assert c.get(running)["status"] == "cancelled"
+    empty = shim.post("/tasks/cancel-all")
+    assert empty.body["message"] == "已取消0个任务"
+
+
+def test_cancel_by_type(served):
+    _, shim, c = served
+    running = c.submit("heavy", {"argv": ["sleep", "600"]}, priority=0)["id"]  # heavy runs commands
+    c.wait([running], statuses=["running"], timeout=DEADLINE)
+    images = [c.submit("image_preprocess")["id"] for _ in range(2)]
+    embed = c.submit("file_embed_image", depends_on=[images[0]])["id"]
+    thumb = c.submit("thumbnail_generate")["id"]
+    reply = shim.post("/tasks/cancel-by-type", form={"task_type": "image_preprocess"})
+    assert reply.status == 200
+    assert reply.body["success"] is True
+    assert reply.body["message"] == "已取消2个image_preprocess任务"
+    assert reply.body["result"] == {
+        "cancelled": 2,
+        "failed": 0,
+        "total": 2,
+        "cancelled_dependents": 1,
+        "task_type": "image_preprocess",
+    }
+    assert c.get(embed)["status"] == "cancelled"
+    assert c.get(thumb)["status"] == "pending"
+    keep = shim.post("/tasks/cancel-by-type", json_body={"task_type": "heavy"})
+    assert keep.body["message"] == "已取消0个heavy任务"
+    assert c.get(running)["status"] == "running"
+    stop = shim.post("/tasks/cancel-by-type", form={"task_type": "heavy", "cancel_running": "yes"})
+    assert stop.body["message"] == "已取消1个heavy任务"
+    assert c.get(running)["status"] == "cancelled"
+    for form, text in (
+        ({}, "缺少参数: task_type"),
+        ({"cancel_running": "true"}, "缺少参数: task_type"),
+        ({"task_type": "a b"}, "参数task_type的值无效"),
+        ({"task_type": "thumbnail_generate", "cancel_running": "2"}, "参数cancel_running的值无效"),
+    ):
+        bad = shim.post("/tasks/cancel-by-type", form=form)
+        assert bad.status == 400
+        assert bad.body["detail"].startswith(text)
+    assert c.get(thumb)["status"] == "pending"
+
+
+def test_retry(served):
+    _, shim, c = served
+    failed = finished(c, "fail", {"message": "disk full"})
+    assert failed["status"] == "failed"
+    completed = finished(c, "noop")
+    hold_worker(c)
+    reply = shim.post(f"/tasks/{number(failed['id'])}/retry")
+    assert reply.status == 200
+    assert reply.body["success"] is True
+    assert reply.body["message"] == f"任务已重试: {failed['id']}"
+    new_id = reply.body["data"]["new_task_id"]
+    new = c.get(new_id)
+    assert new["retry_of"] == failed["id"] and new["type"] == "fail" and new["data"] == {"message": "disk full"}
+    assert reply.body["data"]["task"] == new
+
+    again = shim.post(f"/tasks/{failed['id']}/retry")
+    assert again.status == 409
+    assert again.body == {"detail": f"任务已经重试过: {failed['id']} -> {new_id}"}
+    not_failed = shim.post(f"/tasks/{completed['id']}/retry")
+    assert not_failed.status == 409
+    assert not_failed.body == {"detail": "任务状态不是失败，无法重试: completed"}
+    pending = shim.post(f"/tasks/{new_id}/retry")
+    assert pending.body == {"detail": "任务状态不是失败，无法重试: pending"}
+    for ref, shown in (("task_999", "task_999"), ("999", "task_999"), ("task_important_file", "task_important_file")):
+        missing = shim.post(f"/tasks/{ref}/retry")
+        assert missing.status == 404
+        assert missing.body == {"detail": f"任务不存在: {shown}"}
+    assert shim.post(f"/tasks/{completed['id']}/retry", form={"force": "1"}).status == 400
+    assert c.count(status="pending") == 1  # only the one retry was queued
+
+
+def test_bodies_in_every_accepted_encoding(served):
+    _, shim, c = served
+    hold_worker(c)
+    task = c.submit("file_scan")["id"]
+    boundary = "XyZ"
+    multipart = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="priority"\r\n\r\n7\r\n--{boundary}--\r\n'
+    ).encode()
+    reply = shim.post(
+        f"/tasks/{task}/priority",
+        body=multipart,
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    assert reply.status == 200 and c.get(task)["priority"] == 7
+    utf8 = shim.post(f"/tasks/{task}/priority", body=b"priority=%EF%BC%95", headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert utf8.status == 400 and "'５'" in utf8.body["detail"]  # a full-width digit is not an integer
+    charset = shim.post(f"/tasks/{task}/priority", body=b'{"priority": 8}', headers={"Content-Type": "application/json; charset=utf-8"})
+    assert charset.status == 200 and c.get(task)["priority"] == 8
+    unsupported = shim.post(f"/tasks/{task}/priority", body=b"priority=1", headers={"Content-Type": "text/plain"})
+    assert unsupported.status == 415
+    assert "application/x-www-form-urlencoded" in unsupported.body["detail"]
+    broken = shim.post(f"/tasks/{task}/priority", body=b'{"priority": ', headers={"Content-Type": "application/json"})
+    assert broken.status == 400 and broken.body["detail"].startswith("请求体不是有效的JSON")
+    huge = shim.post(f"/tasks/{task}/priority", body=b"priority=1&x=" + b"a" * (1024 * 1024), headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert huge.status == 413
+    assert c.get(task)["priority"] == 8
+
+
+def test_openapi_describes_every_path_and_every_answer(served):
+    _, shim, c = served
+    schema = call(shim.url, "GET", "/openapi.json").body
+    ops = {(path, method) for path, item in schema["paths"].items() for method in item}
+    assert ops == {
+        ("/api/v1/tasks", "get"),
+        ("/api/v1/tasks", "post"),
+        ("/api/v1/tasks/stats", "get"),
+        ("/api/v1/tasks/{task_id}", "get"),
+        ("/api/v1/tasks/cancel-all", "post"),
+        ("/api/v1/tasks/cancel-by-type", "post"),
+        ("/api/v1/tasks/{task_id}/cancel", "post"),
+        ("/api/v1/tasks/{task_id}/priority", "post"),
+        ("/api/v1/tasks/{task_id}/retry", "post"),
+    }
+    text = json.dumps(schema)
+    assert "422" not in schema["paths"]["/api/v1/tasks"]["get"]["responses"]
+    assert "HTTPValidationError" not in text
+    forms = {"application/x-www-form-urlencoded", "multipart/form-data", "application/json"}
+    for path in ("cancel-all", "cancel-by-type", "{task_id}/cancel", "{task_id}/priority", "{task_id}/retry"):
+        body = schema["paths"][f"/api/v1/tasks/{path}"]["post"]["requestBody"]
+        assert set(body["content"]) == forms, path
+    priority = schema["paths"]["/api/v1/tasks/{task_id}/priority"]["post"]["requestBody"]
+    assert priority["required"] is True
+    form_schema = priority["content"]["application/x-www-form-urlencoded"]["schema"]
+    assert form_schema["required"] == ["priority"]
+    assert form_schema["properties"]["priority"]["minimum"] == 0 and form_schema["properties"]["priority"]["maximum"] == 11
+    assert set(schema["paths"]["/api/v1/tasks"]["post"]["requestBody"]["content"]) == {"application/json"}
+    params = {p["name"]: p for p in schema["paths"]["/api/v1/tasks"]["get"]["parameters"]}
+    assert set(params) == {"status", "task_type", "limit", "offset"}
+    assert params["limit"]["schema"]["maximum"] == 10000
+    # The documented task has every field the RPC returns.
+    hold_worker(c)
+    task = c.submit("file_scan")
+    documented = schema["components"]["schemas"]["Task"]["properties"]
+    assert set(task) <= set(documented)
+
+    # Every status an operation can give is declared: probe each with good and bad input.
+    probes: list[tuple[str, str, dict[str, Any]]] = []
+    for tid in (task["id"], number(task["id"]), "task_999", "bogus"):
+        probes += [
+            ("get", f"/api/v1/tasks/{tid}", {}),
+            ("post", f"/api/v1/tasks/{tid}/priority", {"form": {"priority": "5"}}),
+            ("post", f"/api/v1/tasks/{tid}/priority", {"form": {"priority": "50"}}),
+            ("post", f"/api/v1/tasks/{tid}/retry", {}),
+            ("post", f"/api/v1/tasks/{tid}/cancel", {"body": b"x", "headers": {"Content-Type": "text/plain"}}),
+            ("post", f"/api/v1/tasks/{tid}/cancel", {}),
+        ]
+    probes += [
+        ("get", "/api/v1/tasks", {}),
+        ("get", "/api/v1/tasks?limit=-5", {}),
+        ("get", "/api/v1/tasks/stats", {}),
+        ("post", "/api/v1/tasks", {"json_body": {"type": "noop"}}),
+        ("post", "/api/v1/tasks", {"json_body": {"type": "noop", "depends_on": [999]}}),
+        ("post", "/api/v1/tasks/cancel-by-type", {"form": {"task_type": "noop"}}),
+        ("post", "/api/v1/tasks/cancel-all", {"body": b" " * (1024 * 1024 + 1), "headers": {"Content-Type": "application/json"}}),
+        ("post", "/api/v1/tasks/cancel-all", {"form": {"cancel_running": "true"}}),
+    ]
+    seen = set()
+    for method, path, kw in probes:
+        reply = call(shim.url, method.upper(), path, **kw)
+        template = re.sub(r"/tasks/(?!stats|cancel-all|cancel-by-type)[^/?]+", "/tasks/{task_id}", path.split("?")[0])
+        declared = schema["paths"][template][method]["responses"]
+        assert str(reply.status) in declared, (method, path, reply.status, reply.body)
+        assert isinstance(reply.body.get("detail", ""), str)
+        seen.add(reply.status)
+    assert {200, 201, 400, 404, 409, 413, 415} <= seen
+
+
+# --- the document's examples, with curl ---------------------------------------------------------------
+
+EXAMPLES = {
+    "cancel": 'curl -X POST http://localhost:8000/api/v1/tasks/task_12345/cancel',
+    "priority_0": 'curl -X POST http://localhost:8000/api/v1/tasks/task_12345/priority -d "priority=0"',
+    "priority_10": 'curl -X POST http://localhost:8000/api/v1/tasks/task_12345/priority -d "priority=10"',
+    "cancel_all_false": 'curl -X POST http://localhost:8000/api/v1/tasks/cancel-all -d "cancel_running=false"',
+    "cancel_all_true": 'curl -X POST http://localhost:8000/api/v1/tasks/cancel-all -d "cancel_running=true"',
+    "by_type_image": 'curl -X POST http://localhost:8000/api/v1/tasks/cancel-by-type -d "task_type=image_preprocess"',
+    "by_type_video": 'curl -X POST http://localhost:8000/api/v1/tasks/cancel-by-type -d "task_type=file_embed_video&cancel_running=true"',
+    "list_pending": "curl -s http://localhost:8000/api/v1/tasks?status=pending | python3 -m json.tool",
+    "important_file": 'curl -X POST http://localhost:8000/api/v1/tasks/task_important_file/priority -d "priority=0"',
+    "by_type_thumbnail": 'curl -X POST http://localhost:8000/api/v1/tasks/cancel-by-type -d "task_type=thumbnail_generate"',
+    "retry": "curl -X POST http://localhost:8000/api/v1/tasks/task_12345/retry",
+    "list_failed": 'curl -s "http://localhost:8000/api/v1/tasks?status=failed" | python3 -m json.tool',
+    "preview_123": 'curl -X POST http://localhost:8000/api/v1/tasks/task_preview_123/priority -d "priority=10"',
+}
+
+
+def test_examples_are_the_documents():
+    if not DOC.exists():
+        pytest.skip(f"{DOC} is not beside this checkout")
+    in_doc = {line.strip() for line in DOC.read_text().splitlines() if line.strip().startswith("curl ")}
+    assert in_doc == set(EXAMPLES.values())
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+@pytest.mark.skipif(shutil.which("python3") is None, reason="the examples pipe into python3")
+def test_every_curl_example_of_the_document(served):
+    _, shim, c = served
+    port = urlsplit(shim.url).port
+
+    def run(name: str, task_id: str | None = None) -> Any:
+        command = EXAMPLES[name].replace("localhost:8000", f"localhost:{port}")
+        if task_id is not None:
+            command = command.replace("task_12345", task_id)
+        out = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=DEADLINE)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    failed = finished(c, "fail")["id"]
+    held = hold_worker(c)["id"]
+    p1, p2 = c.submit("file_scan")["id"], c.submit("file_scan")["id"]
+
+    listed = run("list_pending")
+    assert [t["id"] for t in listed["tasks"]] == [p1, p2] and listed["total"] == 2
+    assert [t["id"] for t in run("list_failed")["tasks"]] == [failed]
+    cancelled = run("cancel", p1)
+    assert (cancelled["success"], cancelled["message"]) == (True, f"任务已取消: {p1}")
+    assert c.get(p1)["status"] == "cancelled"
+    assert run("priority_0", p2)["message"] == f"任务优先级已更新: {p2} -> 0"
+    assert c.get(p2)["priority"] == 0
+    assert run("priority_10", p2)["message"] == f"任务优先级已更新: {p2} -> 10"
+    assert c.get(p2)["priority"] == 10
+    assert run("important_file") == {"detail": "任务不存在"}
+    assert run("preview_123") == {"detail": "任务不存在"}
+    retried = run("retry", failed)
+    assert retried["message"] == f"任务已重试: {failed}"
+    assert c.get(retried["data"]["new_task_id"])["retry_of"] == failed
+
+    for _ in range(2):
+        c.submit("image_preprocess")
+    assert run("by_type_image")["message"] == "已取消2个image_preprocess任务"
+    c.submit("thumbnail_generate")
+    assert run("by_type_thumbnail")["result"] == {
+        "cancelled": 1,
+        "failed": 0,
+        "total": 1,
+        "cancelled_dependents": 0,
+        "task_type": "thumbnail_generate",
+    }
+    c.submit("file_embed_video")
+    assert run("by_type_video")["message"] == "已取消1个file_embed_video任务"
+    # Left waiting: p2 and the retry; the held task runs on.
+    assert run("cancel_all_false")["message"] == "已取消2个任务"
+    assert c.get(held)["status"] == "running"
+    assert run("cancel_all_true") == {
+        "success": True,
+        "message": "已取消1个任务",
+        "result": {"cancelled": 1, "failed": 0, "total": 1, "cancelled_dependents": 0},
+    }
+    assert c.get(held)["status"] == "cancelled"
+
