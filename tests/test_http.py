@@ -29,8 +29,8 @@ from urllib.parse import urlencode, urlsplit
 
 import psutil
 import pytest
-
 from conftest import MSEARCHD, Daemon
+
 from msearchd import protocol
 
 LISTEN_RE = re.compile(r"http shim listening on (http://\S+) \(pid (\d+)\)")
@@ -53,7 +53,9 @@ class Lines(list[str]):
             super().append(line)
             self.cond.notify_all()
 
-    def wait_for(self, pattern: re.Pattern[str], count: int = 1, timeout: float = DEADLINE) -> list[re.Match[str]]:
+    def wait_for(
+        self, pattern: re.Pattern[str], count: int = 1, timeout: float = DEADLINE
+    ) -> list[re.Match[str]]:
         """The first `count` matches of `pattern`, once that many lines have arrived."""
 
         def matches() -> list[re.Match[str]]:
@@ -61,7 +63,9 @@ class Lines(list[str]):
 
         with self.cond:
             if not self.cond.wait_for(lambda: len(matches()) >= count, timeout):
-                raise AssertionError(f"no {count} line(s) matching {pattern.pattern!r}; log:\n" + "".join(self))
+                raise AssertionError(
+                    f"no {count} line(s) matching {pattern.pattern!r}; log:\n" + "".join(self)
+                )
         return matches()
 
 
@@ -245,7 +249,10 @@ class FakeDaemon:
             try:
                 while (message := protocol.recv_frame(conn)) is not None:
                     if message["method"] == "hello":
-                        reply: dict[str, Any] | None = {"protocol": protocol.PROTOCOL_VERSION, "server": "fake"}
+                        reply: dict[str, Any] | None = {
+                            "protocol": protocol.PROTOCOL_VERSION,
+                            "server": "fake",
+                        }
                         conn.sendall(protocol.encode({"id": message["id"], "result": reply}))
                         continue
                     reply = self.answer(message)
@@ -277,7 +284,8 @@ def test_help_names_both_ways_to_run_the_shim():
 def test_daemon_and_cli_do_not_import_the_web_stack(make_daemon):
     probe = (
         "import sys, msearchd.daemon, msearchd.client, msearchctl.app;"
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'fastapi', 'uvicorn', 'starlette', 'pydantic'}))"
+        "print(sorted({m.split('.')[0] for m in sys.modules}"
+        " & {'fastapi', 'uvicorn', 'starlette', 'pydantic'}))"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=DEADLINE)
     assert out.returncode == 0, out.stderr
@@ -347,12 +355,17 @@ def test_a_busy_port_stops_the_daemon_with_a_sentence(make_daemon):
 
 
 def test_token_is_required_when_given(make_daemon):
-    d, shim = start_with_shim(make_daemon, http="0.0.0.0:0", extra=("--http-token", "s3cret"))
+    _, shim = start_with_shim(make_daemon, http="0.0.0.0:0", extra=("--http-token", "s3cret"))
     assert shim.url.startswith("http://0.0.0.0:")
     local = shim.url.replace("0.0.0.0", "127.0.0.1")
     # The token reaches the shim through its environment, never its argv (visible to every user).
     assert "s3cret" not in " ".join(psutil.Process(shim.pid).cmdline())
-    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic czNjcmV0"}, {"Authorization": "s3cret"}):
+    for headers in (
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": "Basic czNjcmV0"},
+        {"Authorization": "s3cret"},
+    ):
         reply = call(local, "GET", "/api/v1/tasks/stats", headers=headers)
         assert reply.status == 401, headers
         assert reply.headers["WWW-Authenticate"] == "Bearer"
@@ -381,7 +394,9 @@ def test_loopback_without_token_refuses_foreign_hosts_and_origins(served):
     rebound = shim.get("/tasks/stats", headers={"Host": "evil.example:8000"})
     assert rebound.status == 403
     assert "evil.example" in rebound.body["detail"]
-    cross_site = shim.post("/tasks/cancel-all", form={"cancel_running": "true"}, headers={"Origin": "https://evil.example"})
+    cross_site = shim.post(
+        "/tasks/cancel-all", form={"cancel_running": "true"}, headers={"Origin": "https://evil.example"}
+    )
     assert cross_site.status == 403
     assert "https://evil.example" in cross_site.body["detail"]
     # A page of the local web UI (another port on localhost) is welcome.
@@ -438,13 +453,25 @@ def test_submit_refuses_bad_input(served):
     form = shim.post("/tasks", form={"type": "file_scan"})
     assert form.status == 415
     assert "application/json" in form.body["detail"]
-    assert shim.post("/tasks", body=b'{"type": "file_scan", "data": {"x": NaN}}', headers={"Content-Type": "application/json"}).status == 400
+    assert (
+        shim.post(
+            "/tasks",
+            body=b'{"type": "file_scan", "data": {"x": NaN}}',
+            headers={"Content-Type": "application/json"},
+        ).status
+        == 400
+    )
     assert c.count() == before  # nothing refused was queued
 
 
 def test_get_unknown_or_malformed_id_is_404(served):
     _, shim, _ = served
-    for ref, shown in (("task_999", "task_999"), ("999", "task_999"), ("task_important_file", "task_important_file"), ("0", "0")):
+    for ref, shown in (
+        ("task_999", "task_999"),
+        ("999", "task_999"),
+        ("task_important_file", "task_important_file"),
+        ("0", "0"),
+    ):
         reply = shim.get(f"/tasks/{ref}")
         assert reply.status == 404
         assert reply.body == {"detail": f"任务不存在: {shown}"}
@@ -471,7 +498,12 @@ def test_list_filters_pages_and_counts(served):
     page = shim.get("/tasks?task_type=file_scan&limit=2&offset=2").body
     assert [t["id"] for t in page["tasks"]] == scans[2:4]
     assert (page["total"], page["limit"], page["offset"]) == (5, 2, 2)
-    assert shim.get("/tasks?task_type=nothing_of_this_type").body == {"tasks": [], "total": 0, "limit": 100, "offset": 0}
+    assert shim.get("/tasks?task_type=nothing_of_this_type").body == {
+        "tasks": [],
+        "total": 0,
+        "limit": 100,
+        "offset": 0,
+    }
 
     bad = {
         "status=bogus": "参数status的值无效: 'bogus'",
@@ -534,7 +566,10 @@ def test_priority(served):
         ({"json_body": {"priority": "3"}}, "参数priority必须是0到11之间的整数"),
         ({"json_body": {"priority": 3.5}}, "参数priority必须是0到11之间的整数"),
         ({"json_body": [3]}, "JSON请求体必须是一个对象"),
-        ({"body": b"priority", "headers": {"Content-Type": "application/x-www-form-urlencoded"}}, "表单字段 'priority' 没有值"),
+        (
+            {"body": b"priority", "headers": {"Content-Type": "application/x-www-form-urlencoded"}},
+            "表单字段 'priority' 没有值",
+        ),
     ]
     for kw, text in refused:
         reply = shim.post(f"/tasks/{task}/priority", **kw)
@@ -682,7 +717,9 @@ def test_retry(served):
     assert reply.body["message"] == f"任务已重试: {failed['id']}"
     new_id = reply.body["data"]["new_task_id"]
     new = c.get(new_id)
-    assert new["retry_of"] == failed["id"] and new["type"] == "fail" and new["data"] == {"message": "disk full"}
+    assert (
+        new["retry_of"] == failed["id"] and new["type"] == "fail" and new["data"] == {"message": "disk full"}
+    )
     assert reply.body["data"]["task"] == new
 
     again = shim.post(f"/tasks/{failed['id']}/retry")
@@ -693,7 +730,11 @@ def test_retry(served):
     assert not_failed.body == {"detail": "任务状态不是失败，无法重试: completed"}
     pending = shim.post(f"/tasks/{new_id}/retry")
     assert pending.body == {"detail": "任务状态不是失败，无法重试: pending"}
-    for ref, shown in (("task_999", "task_999"), ("999", "task_999"), ("task_important_file", "task_important_file")):
+    for ref, shown in (
+        ("task_999", "task_999"),
+        ("999", "task_999"),
+        ("task_important_file", "task_important_file"),
+    ):
         missing = shim.post(f"/tasks/{ref}/retry")
         assert missing.status == 404
         assert missing.body == {"detail": f"任务不存在: {shown}"}
@@ -715,16 +756,32 @@ def test_bodies_in_every_accepted_encoding(served):
         headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
     )
     assert reply.status == 200 and c.get(task)["priority"] == 7
-    utf8 = shim.post(f"/tasks/{task}/priority", body=b"priority=%EF%BC%95", headers={"Content-Type": "application/x-www-form-urlencoded"})
+    utf8 = shim.post(
+        f"/tasks/{task}/priority",
+        body=b"priority=%EF%BC%95",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
     assert utf8.status == 400 and "'５'" in utf8.body["detail"]  # a full-width digit is not an integer
-    charset = shim.post(f"/tasks/{task}/priority", body=b'{"priority": 8}', headers={"Content-Type": "application/json; charset=utf-8"})
+    charset = shim.post(
+        f"/tasks/{task}/priority",
+        body=b'{"priority": 8}',
+        headers={"Content-Type": "application/json; charset=utf-8"},
+    )
     assert charset.status == 200 and c.get(task)["priority"] == 8
-    unsupported = shim.post(f"/tasks/{task}/priority", body=b"priority=1", headers={"Content-Type": "text/plain"})
+    unsupported = shim.post(
+        f"/tasks/{task}/priority", body=b"priority=1", headers={"Content-Type": "text/plain"}
+    )
     assert unsupported.status == 415
     assert "application/x-www-form-urlencoded" in unsupported.body["detail"]
-    broken = shim.post(f"/tasks/{task}/priority", body=b'{"priority": ', headers={"Content-Type": "application/json"})
+    broken = shim.post(
+        f"/tasks/{task}/priority", body=b'{"priority": ', headers={"Content-Type": "application/json"}
+    )
     assert broken.status == 400 and broken.body["detail"].startswith("请求体不是有效的JSON")
-    huge = shim.post(f"/tasks/{task}/priority", body=b"priority=1&x=" + b"a" * (1024 * 1024), headers={"Content-Type": "application/x-www-form-urlencoded"})
+    huge = shim.post(
+        f"/tasks/{task}/priority",
+        body=b"priority=1&x=" + b"a" * (1024 * 1024),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
     assert huge.status == 413
     assert c.get(task)["priority"] == 8
 
@@ -755,7 +812,10 @@ def test_openapi_describes_every_path_and_every_answer(served):
     assert priority["required"] is True
     form_schema = priority["content"]["application/x-www-form-urlencoded"]["schema"]
     assert form_schema["required"] == ["priority"]
-    assert form_schema["properties"]["priority"]["minimum"] == 0 and form_schema["properties"]["priority"]["maximum"] == 11
+    assert (
+        form_schema["properties"]["priority"]["minimum"] == 0
+        and form_schema["properties"]["priority"]["maximum"] == 11
+    )
     assert set(schema["paths"]["/api/v1/tasks"]["post"]["requestBody"]["content"]) == {"application/json"}
     params = {p["name"]: p for p in schema["paths"]["/api/v1/tasks"]["get"]["parameters"]}
     assert set(params) == {"status", "task_type", "limit", "offset"}
@@ -774,7 +834,11 @@ def test_openapi_describes_every_path_and_every_answer(served):
             ("post", f"/api/v1/tasks/{tid}/priority", {"form": {"priority": "5"}}),
             ("post", f"/api/v1/tasks/{tid}/priority", {"form": {"priority": "50"}}),
             ("post", f"/api/v1/tasks/{tid}/retry", {}),
-            ("post", f"/api/v1/tasks/{tid}/cancel", {"body": b"x", "headers": {"Content-Type": "text/plain"}}),
+            (
+                "post",
+                f"/api/v1/tasks/{tid}/cancel",
+                {"body": b"x", "headers": {"Content-Type": "text/plain"}},
+            ),
             ("post", f"/api/v1/tasks/{tid}/cancel", {}),
         ]
     probes += [
@@ -784,13 +848,19 @@ def test_openapi_describes_every_path_and_every_answer(served):
         ("post", "/api/v1/tasks", {"json_body": {"type": "noop"}}),
         ("post", "/api/v1/tasks", {"json_body": {"type": "noop", "depends_on": [999]}}),
         ("post", "/api/v1/tasks/cancel-by-type", {"form": {"task_type": "noop"}}),
-        ("post", "/api/v1/tasks/cancel-all", {"body": b" " * (1024 * 1024 + 1), "headers": {"Content-Type": "application/json"}}),
+        (
+            "post",
+            "/api/v1/tasks/cancel-all",
+            {"body": b" " * (1024 * 1024 + 1), "headers": {"Content-Type": "application/json"}},
+        ),
         ("post", "/api/v1/tasks/cancel-all", {"form": {"cancel_running": "true"}}),
     ]
     seen = set()
     for method, path, kw in probes:
         reply = call(shim.url, method.upper(), path, **kw)
-        template = re.sub(r"/tasks/(?!stats|cancel-all|cancel-by-type)[^/?]+", "/tasks/{task_id}", path.split("?")[0])
+        template = re.sub(
+            r"/tasks/(?!stats|cancel-all|cancel-by-type)[^/?]+", "/tasks/{task_id}", path.split("?")[0]
+        )
         declared = schema["paths"][template][method]["responses"]
         assert str(reply.status) in declared, (method, path, reply.status, reply.body)
         assert isinstance(reply.body.get("detail", ""), str)
@@ -800,20 +870,23 @@ def test_openapi_describes_every_path_and_every_answer(served):
 
 # --- the document's examples, with curl ---------------------------------------------------------------
 
+TASKS = "http://localhost:8000/api/v1/tasks"
 EXAMPLES = {
-    "cancel": 'curl -X POST http://localhost:8000/api/v1/tasks/task_12345/cancel',
-    "priority_0": 'curl -X POST http://localhost:8000/api/v1/tasks/task_12345/priority -d "priority=0"',
-    "priority_10": 'curl -X POST http://localhost:8000/api/v1/tasks/task_12345/priority -d "priority=10"',
-    "cancel_all_false": 'curl -X POST http://localhost:8000/api/v1/tasks/cancel-all -d "cancel_running=false"',
-    "cancel_all_true": 'curl -X POST http://localhost:8000/api/v1/tasks/cancel-all -d "cancel_running=true"',
-    "by_type_image": 'curl -X POST http://localhost:8000/api/v1/tasks/cancel-by-type -d "task_type=image_preprocess"',
-    "by_type_video": 'curl -X POST http://localhost:8000/api/v1/tasks/cancel-by-type -d "task_type=file_embed_video&cancel_running=true"',
-    "list_pending": "curl -s http://localhost:8000/api/v1/tasks?status=pending | python3 -m json.tool",
-    "important_file": 'curl -X POST http://localhost:8000/api/v1/tasks/task_important_file/priority -d "priority=0"',
-    "by_type_thumbnail": 'curl -X POST http://localhost:8000/api/v1/tasks/cancel-by-type -d "task_type=thumbnail_generate"',
-    "retry": "curl -X POST http://localhost:8000/api/v1/tasks/task_12345/retry",
-    "list_failed": 'curl -s "http://localhost:8000/api/v1/tasks?status=failed" | python3 -m json.tool',
-    "preview_123": 'curl -X POST http://localhost:8000/api/v1/tasks/task_preview_123/priority -d "priority=10"',
+    "cancel": f"curl -X POST {TASKS}/task_12345/cancel",
+    "priority_0": f'curl -X POST {TASKS}/task_12345/priority -d "priority=0"',
+    "priority_10": f'curl -X POST {TASKS}/task_12345/priority -d "priority=10"',
+    "cancel_all_false": f'curl -X POST {TASKS}/cancel-all -d "cancel_running=false"',
+    "cancel_all_true": f'curl -X POST {TASKS}/cancel-all -d "cancel_running=true"',
+    "by_type_image": f'curl -X POST {TASKS}/cancel-by-type -d "task_type=image_preprocess"',
+    "by_type_video": (
+        f'curl -X POST {TASKS}/cancel-by-type -d "task_type=file_embed_video&cancel_running=true"'
+    ),
+    "list_pending": f"curl -s {TASKS}?status=pending | python3 -m json.tool",
+    "important_file": f'curl -X POST {TASKS}/task_important_file/priority -d "priority=0"',
+    "by_type_thumbnail": f'curl -X POST {TASKS}/cancel-by-type -d "task_type=thumbnail_generate"',
+    "retry": f"curl -X POST {TASKS}/task_12345/retry",
+    "list_failed": f'curl -s "{TASKS}?status=failed" | python3 -m json.tool',
+    "preview_123": f'curl -X POST {TASKS}/task_preview_123/priority -d "priority=10"',
 }
 
 
@@ -881,3 +954,164 @@ def test_every_curl_example_of_the_document(served):
     }
     assert c.get(held)["status"] == "cancelled"
 
+
+# --- load, and a daemon that is away or broken --------------------------------------------------------
+
+
+def test_fifty_clients_at_once(served):
+    _, shim, c = served
+    hold_worker(c)
+    n = 50
+    start = threading.Barrier(n)
+
+    def client(i: int) -> str:
+        start.wait(DEADLINE)
+        made = shim.post("/tasks", json_body={"type": "file_scan", "data": {"i": i}})
+        assert made.status == 201, made.body
+        task_id = made.body["data"]["task_id"]
+        got = shim.get(f"/tasks/{number(task_id)}")
+        assert got.status == 200 and got.body["data"] == {"i": i}
+        moved = shim.post(f"/tasks/{task_id}/priority", form={"priority": str(i % 12)})
+        assert moved.body["message"] == f"任务优先级已更新: {task_id} -> {i % 12}"
+        assert shim.get("/tasks?status=pending&limit=1").status == 200
+        if i % 2:
+            gone = shim.post(f"/tasks/{task_id}/cancel")
+            assert gone.body["message"] == f"任务已取消: {task_id}"
+        return task_id
+
+    with ThreadPoolExecutor(n) as pool:
+        ids = list(pool.map(client, range(n)))
+    assert len(set(ids)) == n
+    tasks = {t["id"]: t for t in c.list(task_type="file_scan")}
+    assert set(tasks) == set(ids)
+    for i, task_id in enumerate(ids):
+        assert tasks[task_id]["data"] == {"i": i}
+        assert tasks[task_id]["priority"] == i % 12
+        assert tasks[task_id]["status"] == ("cancelled" if i % 2 else "pending")
+
+
+def test_unreachable_daemon_is_503(tmp_path, standalone):
+    shim = standalone("127.0.0.1:0", "--socket", str(tmp_path / "nobody.sock")).shim()
+    for method, path in (
+        ("GET", "/tasks"),
+        ("GET", "/tasks/task_1"),
+        ("POST", "/tasks/task_1/cancel"),
+        ("GET", "/tasks/stats"),
+    ):
+        reply = call(shim.url, method, "/api/v1" + path)
+        assert reply.status == 503, path
+        assert reply.body["detail"].startswith("msearchd守护进程不可用: cannot reach msearchd at ")
+
+
+def test_standalone_shim_follows_the_daemon_across_a_restart(make_daemon, standalone):
+    d = make_daemon(workers=1)
+    shim = standalone("127.0.0.1:0", "--socket", str(d.socket)).shim()
+    with d.client() as c:
+        task = c.submit("file_embed_audio", {"f": "a.wav"})
+    assert shim.get(f"/tasks/{task['id']}").body["data"] == {"f": "a.wav"}
+    assert d.stop() == 0
+    down = shim.get(f"/tasks/{task['id']}")
+    assert down.status == 503
+    d.start()
+    # The pooled connections died with the old daemon; the shim must not answer from them.
+    for _ in range(3):
+        back = shim.get(f"/tasks/{task['id']}")
+        assert back.status == 200 and back.body["id"] == task["id"]
+
+
+def test_daemon_errors_are_500_with_a_log_line_and_a_hang_is_503(tmp_path, standalone):
+    path = tmp_path / "fake.sock"
+
+    def answer(request: dict[str, Any]) -> dict[str, Any] | None:
+        if request["method"] == "stats":
+            return {"error": {"code": "internal", "message": "the store is on fire"}}
+        if request["method"] == "get":
+            return {"error": {"code": "surprise", "message": "a code nobody knows"}}
+        return None  # never answer
+
+    fake = FakeDaemon(path, answer)
+    try:
+        run = standalone("127.0.0.1:0", "--socket", str(path), "--rpc-timeout", "0.5")
+        shim = run.shim()
+        broken = shim.get("/tasks/stats")
+        assert broken.status == 500
+        assert broken.body == {"detail": "msearchd内部错误（internal）: the store is on fire"}
+        run.lines.wait_for(re.compile(r"ERROR msearchd.http: msearchd answered with an error \(internal\)"))
+        unknown = shim.get("/tasks/task_1")
+        assert unknown.status == 500 and "a code nobody knows" in unknown.body["detail"]
+        hung = shim.post("/tasks/task_1/cancel")
+        assert hung.status == 503
+        assert hung.body == {"detail": "msearchd守护进程不可用: msearchd did not answer cancel within 0.5 s"}
+    finally:
+        fake.close()
+
+
+# --- the shim's life beside the daemon ----------------------------------------------------------------
+
+
+def test_a_killed_shim_is_restarted_and_the_daemon_serves_meanwhile(make_daemon):
+    d, shim = start_with_shim(make_daemon, workers=1)
+    assert d.proc is not None
+    os.kill(shim.pid, signal.SIGKILL)
+    added = d.ctl("tasks", "add", "file_scan", "--json")
+    assert added.returncode == 0, added.stderr
+    assert d.ctl("tasks", "stats", "--json").returncode == 0
+    d.lines.wait_for(
+        re.compile(
+            rf"http shim \(pid {shim.pid}\) killed by SIGKILL after [0-9.]+ s; restarting it in 0.25 s"
+        )
+    )
+    restarted = d.lines.wait_for(LISTEN_RE, count=2)[1]
+    new_pid = int(restarted.group(2))
+    assert new_pid != shim.pid and restarted.group(1) == shim.url  # same port: the daemon kept the socket
+    assert psutil.Process(new_pid).ppid() == d.proc.pid
+    assert call(shim.url, "GET", "/api/v1/tasks/stats").body["total"] == 1
+    # A shim that keeps dying is restarted after a growing delay.
+    os.kill(new_pid, signal.SIGKILL)
+    d.lines.wait_for(re.compile(rf"http shim \(pid {new_pid}\) killed by SIGKILL .* restarting it in 0.50 s"))
+    d.lines.wait_for(LISTEN_RE, count=3)
+    assert d.stop() == 0
+
+
+def test_a_hung_shim_does_not_stall_the_daemon(make_daemon):
+    d, shim = start_with_shim(make_daemon, workers=1)
+    os.kill(shim.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(TimeoutError):
+            call(shim.url, "GET", "/api/v1/tasks/stats", timeout=1.0)
+        added = d.ctl("tasks", "add", "--json", "noop")
+        assert added.returncode == 0, added.stderr
+        task_id = json.loads(added.stdout)["id"]
+        waited = d.ctl("tasks", "wait", task_id, "--timeout", "20")
+        assert waited.returncode == 0, waited.stderr
+        shown = json.loads(d.ctl("tasks", "show", task_id, "--json").stdout)
+        assert shown["status"] == "completed"
+    finally:
+        # Stopping the daemon with its shim still stopped: the daemon resumes and ends it.
+        assert d.stop() == 0
+    wait_dead(shim.pid)
+    assert "ignored SIGTERM" not in d.log
+
+
+def test_stopping_the_daemon_ends_the_shim_and_frees_the_port(make_daemon):
+    port = free_port()
+    d, shim = start_with_shim(make_daemon, http=f"127.0.0.1:{port}")
+    assert shim.url == f"http://127.0.0.1:{port}"
+    assert d.stop() == 0
+    wait_dead(shim.pid)
+    with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port), timeout=5):
+        pass
+
+
+def test_a_daemon_killed_by_sigkill_takes_its_shim_along(make_daemon):
+    port = free_port()
+    d, shim = start_with_shim(make_daemon, http=f"127.0.0.1:{port}")
+    d.kill9()
+    wait_dead(shim.pid)
+    # Nothing holds the port any more: a new daemon on the same state serves it again.
+    d.lines = Lines()
+    d.start()
+    again = d.lines.wait_for(LISTEN_RE)[0]
+    assert again.group(1) == f"http://127.0.0.1:{port}"
+    assert call(again.group(1), "GET", "/api/v1/tasks/stats").status == 200
+    assert d.stop() == 0

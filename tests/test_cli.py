@@ -1,0 +1,193 @@
+"""The installed msearchctl, as a shell script would use it: output, --json shapes and exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+from support import gone
+
+from conftest import MSEARCHCTL
+
+TASK_KEYS = {
+    "id", "type", "status", "priority", "data", "depends_on", "progress", "current_operation", "attempts",
+    "error", "retry_of", "retried_as", "created_at", "started_at", "finished_at",
+}
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    return result.stdout
+
+
+def refused(result: subprocess.CompletedProcess[str], fragment: str) -> None:
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert result.stderr.startswith("msearchctl: ")
+    assert fragment in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr
+
+
+def test_add_show_list_with_json(daemon):
+    task = json.loads(ok(daemon.ctl("tasks", "add", "command", "--priority", "7", "--json", "--", "sleep", "30")))
+    assert TASK_KEYS <= set(task)
+    assert (task["type"], task["priority"], task["data"]) == ("command", 7, {"argv": ["sleep", "30"]})
+    plain = ok(daemon.ctl("tasks", "add", "file_scan", "--data", '{"dir": "/srv"}', "--depends-on", task["id"]))
+    second = plain.strip()
+    assert second.startswith("task_")
+    number = second.removeprefix("task_")
+    shown = json.loads(ok(daemon.ctl("tasks", "show", number, "--json")))
+    assert (shown["id"], shown["data"], shown["depends_on"], shown["status"]) == (
+        second, {"dir": "/srv"}, [task["id"]], "blocked")
+    listed = json.loads(ok(daemon.ctl("tasks", "list", "--status", "blocked", "--json")))
+    assert [t["id"] for t in listed] == [second]
+    listed = json.loads(ok(daemon.ctl("tasks", "list", "--type", "command", "--json")))
+    assert [t["id"] for t in listed] == [task["id"]]
+    human = ok(daemon.ctl("tasks", "show", second))
+    assert "waiting for " + task["id"] in human
+    table = ok(daemon.ctl("tasks", "list"))
+    assert [line.split("\t")[0] for line in table.splitlines()] == [task["id"], second]
+    daemon.ctl("tasks", "cancel", task["id"], "--running")
+
+
+def test_cancel_pending_and_running(make_daemon, fifo):
+    daemon = make_daemon(workers=1)  # the running task holds the only worker: the others stay queued
+    pipe = fifo("started")
+    running = json.loads(ok(daemon.ctl(
+        "tasks", "add", "command", "-p", "0", "--json", "--", "sh", "-c", f"echo $$ > {pipe}; exec sleep 1000")))
+    shell = int(pipe.read())
+    queued = ok(daemon.ctl("tasks", "add", "thumbnail_generate")).strip()
+    dependent = ok(daemon.ctl("tasks", "add", "file_scan", "--depends-on", queued)).strip()
+    assert ok(daemon.ctl("tasks", "cancel", queued)) == (
+        f"cancelled {queued} and 1 task(s) that depended on it\n")
+    refused(daemon.ctl("tasks", "cancel", running["id"]), "is running; add --running")
+    assert not gone(shell)
+    out = json.loads(ok(daemon.ctl("tasks", "cancel", running["id"], "--running", "--json")))
+    assert out["task"]["status"] == "cancelled" and out["task"]["stop_reason"] == "sigterm"
+    assert gone(shell)
+    refused(daemon.ctl("tasks", "cancel", dependent), "already cancelled")
+
+
+def test_priority_command(daemon):
+    sleeper = ok(daemon.ctl("tasks", "add", "command", "--", "sleep", "1000")).strip()
+    task = ok(daemon.ctl("tasks", "add", "thumbnail_generate", "--depends-on", sleeper)).strip()  # stays blocked
+    assert ok(daemon.ctl("tasks", "priority", task, "0")) == f"{task} priority 0\n"
+    assert json.loads(ok(daemon.ctl("tasks", "priority", task, "11", "--json")))["priority"] == 11
+    refused(daemon.ctl("tasks", "priority", task, "12"), "priority must be from 0 to 11, got 12")
+    refused(daemon.ctl("tasks", "priority", "task_999", "1"), "task task_999 does not exist")
+    usage = daemon.ctl("tasks", "priority", task, "high")
+    assert usage.returncode == 2 and "not a valid integer" in usage.stderr
+    daemon.ctl("tasks", "cancel", sleeper, "--running")
+
+
+def test_bulk_cancels_report_counts(make_daemon, fifo):
+    d = make_daemon(workers=1)
+    gate = fifo("gate")
+    held = ok(d.ctl("tasks", "add", "command", "-p", "0", "--", "sh", "-c", f"read x < {gate}")).strip()
+    with d.client() as c:
+        c.wait([held], statuses=["running"], timeout=20)
+    for _ in range(3):
+        ok(d.ctl("tasks", "add", "thumbnail_generate"))
+    ok(d.ctl("tasks", "add", "file_scan"))
+    by_type = json.loads(ok(d.ctl("tasks", "cancel-by-type", "thumbnail_generate", "--json")))
+    assert {k: by_type[k] for k in ("cancelled", "failed", "total", "task_type")} == {
+        "cancelled": 3, "failed": 0, "total": 3, "task_type": "thumbnail_generate"}
+    assert ok(d.ctl("tasks", "cancel-all")) == "cancelled 1 task(s)\n"
+    everything = json.loads(ok(d.ctl("tasks", "cancel-all", "--running", "--json")))
+    assert (everything["cancelled"], everything["failed"], everything["total"]) == (1, 0, 1)
+    with d.client() as c:
+        assert c.get(held)["status"] == "cancelled"
+
+
+def test_retry_reports_each_id(daemon):
+    failed = ok(daemon.ctl("tasks", "add", "command", "--", "sh", "-c", "exit 3")).strip()
+    done = ok(daemon.ctl("tasks", "add", "command", "--", "true")).strip()
+    with daemon.client() as c:
+        c.wait([failed, done], timeout=20)
+    result = daemon.ctl("tasks", "retry", failed, done, "task_404", "--json")
+    assert result.returncode == 1  # some were refused
+    answers = json.loads(result.stdout)
+    assert answers[0]["task_id"] == failed and answers[0]["new_task_id"].startswith("task_")
+    assert answers[1] == {"task_id": done, "error": f"{done} is completed; only failed tasks can be retried"}
+    assert answers[2] == {"task_id": "task_404", "error": "task task_404 does not exist"}
+    with daemon.client() as c:
+        c.wait([answers[0]["new_task_id"]], timeout=20)
+    out = ok(daemon.ctl("tasks", "retry", "--all-failed", "--type", "command"))
+    assert out.startswith(answers[0]["new_task_id"] + " -> task_")
+    assert ok(daemon.ctl("tasks", "retry", "--all-failed", "--type", "file_scan")) == "no failed tasks to retry\n"
+
+
+def test_stats_and_wait(daemon):
+    good = ok(daemon.ctl("tasks", "add", "command", "--", "true")).strip()
+    bad = ok(daemon.ctl("tasks", "add", "command", "--", "false")).strip()
+    assert daemon.ctl("tasks", "wait", good).returncode == 0
+    waited = daemon.ctl("tasks", "wait", good, bad, "--json")
+    assert waited.returncode == 1
+    assert [t["status"] for t in json.loads(waited.stdout)["tasks"]] == ["completed", "failed"]
+    stats = json.loads(ok(daemon.ctl("tasks", "stats", "--json")))
+    assert stats["by_status"]["completed"] == 1 and stats["by_status"]["failed"] == 1
+    assert stats["by_type"] == {"command": {"completed": 1, "failed": 1}}
+    assert stats["workers"] == {"busy": 0, "total": 2}
+    slow = ok(daemon.ctl("tasks", "add", "command", "--", "sleep", "1000")).strip()
+    timed_out = daemon.ctl("tasks", "wait", slow, "--timeout", "0.2")
+    assert timed_out.returncode == 4
+    daemon.ctl("tasks", "cancel", slow, "--running")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("tasks", "add", "command"),
+        ("tasks", "add", "file_scan", "--data", "{not json"),
+        ("tasks", "add", "file_scan", "--data", "[1]"),
+        ("tasks", "show", "banana"),
+        ("tasks", "retry"),
+        ("tasks", "retry", "1", "--all-failed"),
+        ("tasks", "retry", "1", "--type", "x"),
+        ("tasks", "list", "--limit", "0"),
+        ("tasks", "frobnicate"),
+        ("--no-such-flag",),
+    ],
+)
+def test_usage_errors_exit_2(daemon, args):
+    result = daemon.ctl(*args)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr and result.stderr.strip()
+    with daemon.client() as c:
+        assert c.count() == 0
+
+
+def test_daemon_status_and_stop(daemon):
+    status = json.loads(ok(daemon.ctl("daemon", "status", "--json")))
+    assert status["pid"] == daemon.proc.pid
+    assert ok(daemon.ctl("daemon", "status")).startswith("msearchd ")
+    assert ok(daemon.ctl("daemon", "stop")) == f"msearchd (pid {daemon.proc.pid}) stopped\n"
+    assert daemon.proc.wait(timeout=30) == 0
+    down = daemon.ctl("daemon", "status")
+    assert down.returncode == 3
+    assert "cannot reach msearchd" in down.stderr and "Traceback" not in down.stderr
+
+
+def test_unreachable_daemon_exits_3_for_every_command(tmp_path):
+    env = {**os.environ, "MSEARCH_SOCKET": str(tmp_path / "nobody.sock")}
+    for args in (("tasks", "list"), ("tasks", "cancel", "1"), ("tasks", "add", "file_scan"), ("daemon", "stop")):
+        result = subprocess.run([MSEARCHCTL, *args], env=env, capture_output=True, text=True, timeout=30)
+        assert result.returncode == 3, args
+        assert result.stderr.startswith("msearchctl: cannot reach msearchd at ")
+
+
+def test_socket_option_overrides_environment(daemon, tmp_path):
+    env = {**daemon.env, "MSEARCH_SOCKET": str(tmp_path / "wrong.sock")}
+    result = subprocess.run([MSEARCHCTL, "--socket", str(daemon.socket), "daemon", "status"], env=env,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+
+
+def test_help_answers_the_question(daemon):
+    top = ok(daemon.ctl("--help"))
+    assert "Exit codes" in top
+    cancel = ok(daemon.ctl("tasks", "cancel", "--help"))
+    assert "--running" in cancel and "SIGTERM" in cancel
