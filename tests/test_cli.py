@@ -12,8 +12,21 @@ from support import gone
 from conftest import MSEARCHCTL
 
 TASK_KEYS = {
-    "id", "type", "status", "priority", "data", "depends_on", "progress", "current_operation", "attempts",
-    "error", "retry_of", "retried_as", "created_at", "started_at", "finished_at",
+    "id",
+    "type",
+    "status",
+    "priority",
+    "data",
+    "depends_on",
+    "progress",
+    "current_operation",
+    "attempts",
+    "error",
+    "retry_of",
+    "retried_as",
+    "created_at",
+    "started_at",
+    "finished_at",
 }
 
 
@@ -32,16 +45,24 @@ def refused(result: subprocess.CompletedProcess[str], fragment: str) -> None:
 
 
 def test_add_show_list_with_json(daemon):
-    task = json.loads(ok(daemon.ctl("tasks", "add", "command", "--priority", "7", "--json", "--", "sleep", "30")))
+    task = json.loads(
+        ok(daemon.ctl("tasks", "add", "command", "--priority", "7", "--json", "--", "sleep", "30"))
+    )
     assert TASK_KEYS <= set(task)
     assert (task["type"], task["priority"], task["data"]) == ("command", 7, {"argv": ["sleep", "30"]})
-    plain = ok(daemon.ctl("tasks", "add", "file_scan", "--data", '{"dir": "/srv"}', "--depends-on", task["id"]))
+    plain = ok(
+        daemon.ctl("tasks", "add", "file_scan", "--data", '{"dir": "/srv"}', "--depends-on", task["id"])
+    )
     second = plain.strip()
     assert second.startswith("task_")
     number = second.removeprefix("task_")
     shown = json.loads(ok(daemon.ctl("tasks", "show", number, "--json")))
     assert (shown["id"], shown["data"], shown["depends_on"], shown["status"]) == (
-        second, {"dir": "/srv"}, [task["id"]], "blocked")
+        second,
+        {"dir": "/srv"},
+        [task["id"]],
+        "blocked",
+    )
     listed = json.loads(ok(daemon.ctl("tasks", "list", "--status", "blocked", "--json")))
     assert [t["id"] for t in listed] == [second]
     listed = json.loads(ok(daemon.ctl("tasks", "list", "--type", "command", "--json")))
@@ -56,13 +77,28 @@ def test_add_show_list_with_json(daemon):
 def test_cancel_pending_and_running(make_daemon, fifo):
     daemon = make_daemon(workers=1)  # the running task holds the only worker: the others stay queued
     pipe = fifo("started")
-    running = json.loads(ok(daemon.ctl(
-        "tasks", "add", "command", "-p", "0", "--json", "--", "sh", "-c", f"echo $$ > {pipe}; exec sleep 1000")))
+    running = json.loads(
+        ok(
+            daemon.ctl(
+                "tasks",
+                "add",
+                "command",
+                "-p",
+                "0",
+                "--json",
+                "--",
+                "sh",
+                "-c",
+                f"echo $$ > {pipe}; exec sleep 1000",
+            )
+        )
+    )
     shell = int(pipe.read())
     queued = ok(daemon.ctl("tasks", "add", "thumbnail_generate")).strip()
     dependent = ok(daemon.ctl("tasks", "add", "file_scan", "--depends-on", queued)).strip()
     assert ok(daemon.ctl("tasks", "cancel", queued)) == (
-        f"cancelled {queued} and 1 task(s) that depended on it\n")
+        f"cancelled {queued} and 1 task(s) that depended on it\n"
+    )
     refused(daemon.ctl("tasks", "cancel", running["id"]), "is running; add --running")
     assert not gone(shell)
     out = json.loads(ok(daemon.ctl("tasks", "cancel", running["id"], "--running", "--json")))
@@ -73,7 +109,9 @@ def test_cancel_pending_and_running(make_daemon, fifo):
 
 def test_priority_command(daemon):
     sleeper = ok(daemon.ctl("tasks", "add", "command", "--", "sleep", "1000")).strip()
-    task = ok(daemon.ctl("tasks", "add", "thumbnail_generate", "--depends-on", sleeper)).strip()  # stays blocked
+    task = ok(
+        daemon.ctl("tasks", "add", "thumbnail_generate", "--depends-on", sleeper)
+    ).strip()  # stays blocked
     assert ok(daemon.ctl("tasks", "priority", task, "0")) == f"{task} priority 0\n"
     assert json.loads(ok(daemon.ctl("tasks", "priority", task, "11", "--json")))["priority"] == 11
     refused(daemon.ctl("tasks", "priority", task, "12"), "priority must be from 0 to 11, got 12")
@@ -94,7 +132,11 @@ def test_bulk_cancels_report_counts(make_daemon, fifo):
     ok(d.ctl("tasks", "add", "file_scan"))
     by_type = json.loads(ok(d.ctl("tasks", "cancel-by-type", "thumbnail_generate", "--json")))
     assert {k: by_type[k] for k in ("cancelled", "failed", "total", "task_type")} == {
-        "cancelled": 3, "failed": 0, "total": 3, "task_type": "thumbnail_generate"}
+        "cancelled": 3,
+        "failed": 0,
+        "total": 3,
+        "task_type": "thumbnail_generate",
+    }
     assert ok(d.ctl("tasks", "cancel-all")) == "cancelled 1 task(s)\n"
     everything = json.loads(ok(d.ctl("tasks", "cancel-all", "--running", "--json")))
     assert (everything["cancelled"], everything["failed"], everything["total"]) == (1, 0, 1)
@@ -117,7 +159,10 @@ def test_retry_reports_each_id(daemon):
         c.wait([answers[0]["new_task_id"]], timeout=20)
     out = ok(daemon.ctl("tasks", "retry", "--all-failed", "--type", "command"))
     assert out.startswith(answers[0]["new_task_id"] + " -> task_")
-    assert ok(daemon.ctl("tasks", "retry", "--all-failed", "--type", "file_scan")) == "no failed tasks to retry\n"
+    assert (
+        ok(daemon.ctl("tasks", "retry", "--all-failed", "--type", "file_scan"))
+        == "no failed tasks to retry\n"
+    )
 
 
 def test_stats_and_wait(daemon):
@@ -173,7 +218,12 @@ def test_daemon_status_and_stop(daemon):
 
 def test_unreachable_daemon_exits_3_for_every_command(tmp_path):
     env = {**os.environ, "MSEARCH_SOCKET": str(tmp_path / "nobody.sock")}
-    for args in (("tasks", "list"), ("tasks", "cancel", "1"), ("tasks", "add", "file_scan"), ("daemon", "stop")):
+    for args in (
+        ("tasks", "list"),
+        ("tasks", "cancel", "1"),
+        ("tasks", "add", "file_scan"),
+        ("daemon", "stop"),
+    ):
         result = subprocess.run([MSEARCHCTL, *args], env=env, capture_output=True, text=True, timeout=30)
         assert result.returncode == 3, args
         assert result.stderr.startswith("msearchctl: cannot reach msearchd at ")
@@ -181,8 +231,13 @@ def test_unreachable_daemon_exits_3_for_every_command(tmp_path):
 
 def test_socket_option_overrides_environment(daemon, tmp_path):
     env = {**daemon.env, "MSEARCH_SOCKET": str(tmp_path / "wrong.sock")}
-    result = subprocess.run([MSEARCHCTL, "--socket", str(daemon.socket), "daemon", "status"], env=env,
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [MSEARCHCTL, "--socket", str(daemon.socket), "daemon", "status"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 0, result.stderr
 
 

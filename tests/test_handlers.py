@@ -19,8 +19,11 @@ def finished(client, task):
 def test_command_output_goes_to_its_log(client, tmp_path):
     task = client.submit(
         "command",
-        {"argv": ["sh", "-c", 'echo "out $GREETING"; echo err >&2; pwd'], "cwd": str(tmp_path),
-         "env": {"GREETING": "hello"}},
+        {
+            "argv": ["sh", "-c", 'echo "out $GREETING"; echo err >&2; pwd'],
+            "cwd": str(tmp_path),
+            "env": {"GREETING": "hello"},
+        },
     )
     done = finished(client, task)
     assert done["status"] == "completed"
@@ -65,7 +68,9 @@ def test_python_handler_failures(client):
 
 
 def test_handler_submits_follow_ups(client):
-    parent = client.submit("noop", {"follow_ups": [{"type": "file_scan", "data": {"dir": "/a"}, "priority": 2}]})
+    parent = client.submit(
+        "noop", {"follow_ups": [{"type": "file_scan", "data": {"dir": "/a"}, "priority": 2}]}
+    )
     done = finished(client, parent)
     assert done["status"] == "completed"
     child_id = done["current_operation"].removeprefix("submitted ")

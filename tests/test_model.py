@@ -1,0 +1,139 @@
+"""Unit tests of the pure parts: the task model, the scheduler, the protocol schema, the config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from msearchd import config, protocol
+from msearchd.errors import InvalidArgument, NotFound, ProtocolError, from_wire
+from msearchd.model import (
+    TERMINAL,
+    TRANSITIONS,
+    Task,
+    TaskStatus,
+    can_transition,
+    default_priority,
+    dependency_state,
+    parse_task_id,
+    validate_priority,
+)
+from msearchd.scheduler import Scheduler
+
+
+@pytest.mark.parametrize(("value", "expected"), [("task_12", 12), ("12", 12), (12, 12), (" task_3 ", 3)])
+def test_task_ids(value, expected):
+    assert parse_task_id(value) == expected
+
+
+@pytest.mark.parametrize(
+    "value", ["task_", "task_0", "0", "-1", "task_important_file", "", 0, -3, True, 1.0, None]
+)
+def test_bad_task_ids(value):
+    with pytest.raises(InvalidArgument):
+        parse_task_id(value)
+
+
+def test_priorities():
+    assert [validate_priority(p) for p in (0, 11)] == [0, 11]
+    for bad in (-1, 12, "3", 3.0, True):
+        with pytest.raises(InvalidArgument):
+            validate_priority(bad)
+    assert default_priority("file_embed_audio") == 3
+    assert default_priority("audio_preprocess") == 7
+    assert default_priority("preview_generate") == 10
+    assert default_priority("something_else") == 6
+    assert default_priority("thumbnail_generate", {"thumbnail_generate": 1}) == 1
+    assert default_priority("file_embed_video", {"file_embed_*": 4}) == 4
+
+
+def test_terminal_states_never_change():
+    for status in TERMINAL:
+        assert not TRANSITIONS[status]
+        assert status.terminal
+    assert can_transition(TaskStatus.BLOCKED, TaskStatus.PENDING)
+    assert not can_transition(TaskStatus.BLOCKED, TaskStatus.RUNNING)
+    assert not can_transition(TaskStatus.PENDING, TaskStatus.COMPLETED)
+    assert can_transition(TaskStatus.RUNNING, TaskStatus.PENDING)  # interrupted by a daemon stop
+
+
+def test_dependency_state():
+    assert dependency_state([]) == (TaskStatus.PENDING, None)
+    assert dependency_state([(1, TaskStatus.COMPLETED)]) == (TaskStatus.PENDING, None)
+    assert dependency_state([(3, TaskStatus.RUNNING), (2, TaskStatus.PENDING)]) == (
+        TaskStatus.BLOCKED,
+        "waiting for task_2, task_3",
+    )
+    assert dependency_state([(3, TaskStatus.RUNNING), (2, TaskStatus.FAILED)]) == (
+        TaskStatus.BLOCKED,
+        "dependency task_2 failed",
+    )
+
+
+def test_wire_shape():
+    wire = Task(
+        id=5, type="x", status=TaskStatus.PENDING, priority=2, depends_on=[1, 2], retry_of=4
+    ).to_wire()
+    assert wire["id"] == "task_5"
+    assert wire["depends_on"] == ["task_1", "task_2"]
+    assert wire["retry_of"] == "task_4" and wire["retried_as"] is None
+    assert wire["status"] == "pending"
+
+
+def test_scheduler_limits():
+    s = Scheduler({"file_embed_video": 1, "thumbnail_generate": 2})
+    assert s.excluded_types() == []
+    s.started("file_embed_video")
+    s.started("thumbnail_generate")
+    assert s.excluded_types() == ["file_embed_video"]
+    s.started("thumbnail_generate")
+    assert s.excluded_types() == ["file_embed_video", "thumbnail_generate"]
+    s.finished("file_embed_video")
+    s.finished("thumbnail_generate")
+    assert s.excluded_types() == []
+    assert s.running("thumbnail_generate") == 1
+
+
+def test_protocol_framing_round_trip():
+    message = {"id": 1, "method": "get", "params": {"task_id": "task_1"}}
+    encoded = protocol.encode(message)
+    assert int.from_bytes(encoded[:4], "big") == len(encoded) - 4
+    assert protocol.decode(encoded[4:]) == message
+    with pytest.raises(ProtocolError):
+        protocol.frame_length((protocol.MAX_FRAME + 1).to_bytes(4, "big"))
+    with pytest.raises(ProtocolError):
+        protocol.encode({"blob": b"x" * (protocol.MAX_FRAME + 1)})
+
+
+def test_check_params():
+    assert protocol.check_params("cancel", {"task_id": 3}) == {"task_id": 3}
+    with pytest.raises(ProtocolError, match="unknown method"):
+        protocol.check_params("nope", {})
+    with pytest.raises(InvalidArgument, match="needs the parameter 'task_id'"):
+        protocol.check_params("cancel", {"running": True})
+    with pytest.raises(InvalidArgument, match="'running' of cancel must be bool"):
+        protocol.check_params("cancel", {"task_id": 1, "running": 1})
+
+
+def test_errors_travel_by_code():
+    error = from_wire(NotFound("task task_1 does not exist").to_wire())
+    assert isinstance(error, NotFound) and error.message == "task task_1 does not exist"
+    odd = from_wire({"code": "future_code", "message": "m"})
+    assert odd.code == "future_code"
+
+
+def test_config_file_and_overrides(tmp_path: Path):
+    path = tmp_path / "c.toml"
+    path.write_text("workers = 3\ngrace = 2\n[priorities]\nthumbnail_generate = 1\n[type_limits]\nx = 2\n")
+    s = config.load(path, {"workers": 5, "grace": None})
+    assert (s.workers, s.grace, s.priorities, s.type_limits) == (5, 2.0, {"thumbnail_generate": 1}, {"x": 2})
+    path.write_text("colour = 1\n")
+    with pytest.raises(InvalidArgument, match="unknown setting"):
+        config.load(path, {})
+    path.write_text("[priorities]\nx = 12\n")
+    with pytest.raises(InvalidArgument, match="from 0 to 11"):
+        config.load(path, {})
+    path.write_text("workers = \n")
+    with pytest.raises(InvalidArgument, match="not valid TOML"):
+        config.load(path, {})

@@ -1,0 +1,145 @@
+"""Unit tests of the store: ordering, bulk cancel, dependencies, persistence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from msearchd.model import TaskStatus
+from msearchd.store import Store
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    s = Store(tmp_path / "tasks.db")
+    yield s
+    s.close()
+
+
+def add(store: Store, priority: int = 6, task_type: str = "t", status=TaskStatus.PENDING, deps=()) -> int:
+    return store.insert(
+        task_type=task_type,
+        data={"p": priority},
+        priority=priority,
+        status=status,
+        depends_on=deps,
+        created_at=1.0,
+    )
+
+
+def test_claim_order_is_priority_then_submission(store):
+    ids = [add(store, p) for p in (5, 1, 5, 0, 1)]
+    order = []
+    while (task := store.claim_next([], 2.0, worker_pid=9)) is not None:
+        order.append(task.id)
+        assert (task.status, task.attempts, task.worker_pid, task.started_at) == (
+            TaskStatus.RUNNING,
+            1,
+            9,
+            2.0,
+        )
+    assert order == [ids[3], ids[1], ids[4], ids[0], ids[2]]
+
+
+def test_claim_skips_excluded_types_and_blocked_tasks(store):
+    heavy = add(store, 0, "heavy")
+    add(store, 0, "light", status=TaskStatus.BLOCKED)
+    light = add(store, 9, "light")
+    claimed = store.claim_next(["heavy"], 1.0, 1)
+    assert claimed is not None and claimed.id == light
+    claimed = store.claim_next([], 1.0, 1)
+    assert claimed is not None and claimed.id == heavy
+    assert store.claim_next([], 1.0, 1) is None
+
+
+def test_cancel_waiting_batch_is_bounded_and_typed(store):
+    a = [add(store, 3, "a") for _ in range(7)]
+    b = add(store, 3, "b")
+    running = add(store, 3, "a")
+    store.update(running, status=TaskStatus.RUNNING)
+    first = store.cancel_waiting_batch("a", store.max_id(), 5.0, limit=5)
+    assert first == a[:5]
+    rest = store.cancel_waiting_batch("a", store.max_id(), 5.0, limit=5)
+    assert rest == a[5:]
+    assert store.cancel_waiting_batch("a", store.max_id(), 5.0) == []
+    assert store.statuses([b, running]) == {b: TaskStatus.PENDING, running: TaskStatus.RUNNING}
+    cancelled = store.get(a[0])
+    assert cancelled is not None
+    assert (cancelled.finished_at, cancelled.stop_reason) == (5.0, "not_started")
+
+
+def test_cancel_batch_respects_max_id(store):
+    old = add(store)
+    limit = store.max_id()
+    new = add(store)
+    assert store.cancel_waiting_batch(None, limit, 1.0) == [old]
+    assert store.statuses([new])[new] is TaskStatus.PENDING
+
+
+def test_dependencies_and_handover(store):
+    root = add(store)
+    child = add(store, status=TaskStatus.BLOCKED, deps=[root])
+    other = add(store)
+    grandchild = add(store, status=TaskStatus.BLOCKED, deps=[child, other])
+    assert store.dependents(root) == [child]
+    assert store.dependency_statuses(grandchild) == [(child, TaskStatus.BLOCKED), (other, TaskStatus.PENDING)]
+    replacement = add(store)
+    assert store.replace_dependency(root, replacement) == [child]
+    assert store.dependents(root) == []
+    task = store.get(child)
+    assert task is not None and task.depends_on == [replacement]
+
+
+def test_transaction_rolls_back(store):
+    with pytest.raises(RuntimeError), store.transaction():
+        add(store)
+        raise RuntimeError
+    assert store.count() == 0
+
+
+def test_data_and_state_survive_reopen(tmp_path: Path):
+    path = tmp_path / "tasks.db"
+    s = Store(path)
+    task_id = s.insert(
+        task_type="x",
+        data={"nested": {"list": [1, "two"]}, "bytes": b"\x00"},
+        priority=4,
+        status=TaskStatus.PENDING,
+        created_at=3.5,
+    )
+    s.update(task_id, priority=2)
+    s.close()
+    s = Store(path)
+    task = s.get(task_id)
+    assert task is not None
+    assert (task.data, task.priority, task.created_at) == (
+        {"nested": {"list": [1, "two"]}, "bytes": b"\x00"},
+        2,
+        3.5,
+    )
+    s.close()
+
+
+def test_newer_schema_is_refused(tmp_path: Path):
+    import sqlite3
+
+    path = tmp_path / "tasks.db"
+    Store(path).close()
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version=99")
+    db.close()
+    with pytest.raises(RuntimeError, match="schema version 99"):
+        Store(path)
+
+
+def test_progress_is_saved_only_for_running_tasks(store):
+    running = add(store)
+    store.update(running, status=TaskStatus.RUNNING)
+    done = add(store)
+    store.update(done, status=TaskStatus.COMPLETED, progress=1.0)
+    store.save_progress([(running, 0.5, "half"), (done, 0.1, "late")])
+    r, d = store.get(running), store.get(done)
+    assert r is not None and d is not None
+    assert (r.progress, r.current_operation) == (0.5, "half")
+    assert (d.progress, d.current_operation) == (1.0, None)
