@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -174,6 +175,8 @@ class Daemon:
     workers: int = 2
     grace: float = 1.0
     config_extra: str = ""
+    # Run the daemon under this prefix, e.g. [python, "-m", "cProfile", "-o", "out.prof"].
+    prefix: tuple[str, ...] = ()
     proc: subprocess.Popen[str] | None = None
     lines: list[str] = field(default_factory=list)
     _ready: threading.Event = field(default_factory=threading.Event)
@@ -212,6 +215,7 @@ class Daemon:
         self._ready = threading.Event()
         self.proc = subprocess.Popen(
             [
+                *self.prefix,
                 MSEARCHD,
                 "--workers",
                 str(self.workers),
@@ -287,26 +291,41 @@ def running_daemon(root: Path, **kwargs: Any) -> Iterator[Daemon]:
 
 
 class Gate:
-    """A file the `gate` handler polls for: tasks that hold workers busy until the bench opens it."""
+    """Tasks that hold workers busy, without using any CPU, until the bench opens the gate.
+
+    A gate task connects to this Unix socket and blocks reading from it; accepting its connection
+    tells the bench it holds a worker, and closing the connections releases them all at once.
+    """
 
     def __init__(self, root: Path, name: str = "gate") -> None:
-        self.path = root / name
-        self.started = root / f"{name}.started"
-        self.started.mkdir(exist_ok=True)
+        self.path = root / f"{name}.sock"
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(str(self.path))
+        self._listener.listen(64)
+        self._held: list[socket.socket] = []
 
     def data(self) -> dict[str, str]:
-        return {"path": str(self.path), "started": str(self.started)}
+        return {"socket": str(self.path)}
 
     def wait_holding(self, n: int, timeout: float = 30.0) -> None:
-        """Wait until n gate tasks are running (each leaves a mark in the started folder)."""
+        """Wait until n gate tasks are running (connected)."""
         deadline = time.monotonic() + timeout
-        while len(list(self.started.iterdir())) < n:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"gate tasks did not start ({len(list(self.started.iterdir()))}/{n})")
-            time.sleep(0.005)
+        while len(self._held) < n:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RuntimeError(f"gate tasks did not start ({len(self._held)}/{n})")
+            self._listener.settimeout(left)
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            self._held.append(conn)
 
     def open(self) -> None:
-        self.path.touch()
+        for conn in self._held:
+            conn.close()
+        self._held.clear()
+        self._listener.close()
 
 
 def skip(ctx: Context, bench: str, metric: str, why: str, target: str = "", unit: str = "") -> None:

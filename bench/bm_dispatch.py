@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchlib import BENCH, BIN, Context, Gate, Row, clean_env, running_daemon, skip, temp_root
+from benchlib import BENCH, BIN, PYTHON, Context, Gate, Row, clean_env, running_daemon, skip, temp_root
 from bm_submit import have_huey, load_huey
 
 NAME = "dispatch"
@@ -46,7 +46,7 @@ def huey_drain(root: Path, n: int, worker_type: str) -> float:
     gate = Gate(root, f"hgate-{worker_type}")
     mark = root / f"hmark-{worker_type}"
     for _ in range(WORKERS):
-        app.gate(str(gate.path), str(gate.started))
+        app.gate(str(gate.path))
     for i in range(n):
         app.noop(i)
     app.mark(str(mark))
@@ -96,12 +96,13 @@ def tsp_drain(root: Path, n: int) -> float:
         return done.stdout.strip()
 
     ts("-S", str(WORKERS))
-    gate = root / "tspgate"
+    gate = Gate(root, "tspgate")
     for _ in range(WORKERS):
-        ts("sh", "-c", f"while [ ! -e {gate} ]; do sleep 0.001; done")
+        ts(PYTHON, str(BENCH / "handlers.py"), str(gate.path))
+    gate.wait_holding(WORKERS, timeout=60)
     job_ids = [ts("true") for _ in range(n)]
     t0 = time.perf_counter()
-    gate.touch()
+    gate.open()
     for job in job_ids[-WORKERS:]:
         ts("-w", job)
     elapsed = time.perf_counter() - t0

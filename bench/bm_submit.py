@@ -12,6 +12,7 @@ from typing import Any
 
 import msgpack
 from benchlib import Context, Gate, Row, running_daemon, skip, temp_root
+from bm_rpc import BareClient, start_echo
 
 NAME = "submit"
 BATCH = 1000
@@ -62,18 +63,39 @@ def run(ctx: Context) -> None:
             if huey_app is not None:
                 for i in range(50):
                     huey_app.noop(i)
-            ours = theirs = 0.0
+            echo, echo_path = start_echo(root)
+            bare = BareClient(echo_path)
+            ours = theirs = ceiling = 0.0
             chunk = 100
             for start in range(0, singles, chunk):
                 t0 = time.perf_counter()
                 for i in range(start, start + chunk):
                     c.submit("noop", {"i": i})
                 ours += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                for i in range(start, start + chunk):
+                    params = {"type": "noop", "data": {"i": i}, "priority": None, "depends_on": []}
+                    bare.call("submit", params)
+                ceiling += time.perf_counter() - t0
                 if huey_app is not None:
                     t0 = time.perf_counter()
                     for i in range(start, start + chunk):
                         huey_app.noop(i)
                     theirs += time.perf_counter() - t0
+            bare.close()
+            echo.terminate()
+            echo.wait(timeout=10)
+            ctx.add(
+                Row(
+                    NAME,
+                    "single submits/s: round-trip ceiling (info)",
+                    singles / ceiling,
+                    singles / theirs if huey_app is not None else None,
+                    "/s",
+                    "huey enqueue",
+                    note="the same requests answered by the bare echo server",
+                )
+            )
             if huey_app is not None:
                 count = huey_app.huey.pending_count()
                 ctx.detail(f"huey queue holds {count} tasks after the run (expected {singles + 50})")

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import time
-from pathlib import Path
+import socket
 from typing import Any
 
 
@@ -13,8 +11,17 @@ def noop(ctx: Any, data: dict[str, Any]) -> None:
 
 
 def gate(ctx: Any, data: dict[str, Any]) -> None:
-    """Hold this worker until the file data.path exists; leave a mark in data.started first."""
-    (Path(data["started"]) / f"{os.getpid()}-{ctx.task_id}").touch()
-    path = data["path"]
-    while not os.path.exists(path):  # noqa: PTH110 - the cheapest check in a tight loop
-        time.sleep(0.0005)
+    """Hold this worker, idle, until the bench closes the connection (see benchlib.Gate)."""
+    hold(data["socket"])
+
+
+def hold(path: str) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.connect(path)
+        conn.recv(1)
+
+
+if __name__ == "__main__":  # a gate job for peers that run commands (tsp)
+    import sys
+
+    hold(sys.argv[1])

@@ -7,7 +7,6 @@ a commit no more than msearchd's synchronous=NORMAL does: the stricter compariso
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 from huey import SqliteHuey
@@ -21,11 +20,11 @@ def noop(i: int | None = None) -> None:
 
 
 @huey.task()
-def gate(path: str, started: str) -> None:
-    """Hold this worker until `path` exists, as the msearchd bench's gate handler does."""
-    (Path(started) / f"{os.getpid()}-{time.monotonic_ns()}").touch()
-    while not os.path.exists(path):  # noqa: PTH110
-        time.sleep(0.0005)
+def gate(socket_path: str) -> None:
+    """Hold this worker until the bench opens the gate, as the msearchd bench's gate handler does."""
+    from handlers import hold
+
+    hold(socket_path)
 
 
 @huey.task()
