@@ -194,6 +194,11 @@ def run(ctx: Context) -> None:
                 with Poller(other, noop_ids[-1], d.pid) as while_dispatching:
                     rates = [drain_rate(c, root, gate, r, noop_ids) for r in range(reps)]
                 rss += while_dispatching.rss
+                # Hold both workers again, so that the bulk cancel has the daemon to itself.
+                hold = Gate(root, "hold")
+                for _ in range(WORKERS):
+                    c.submit("gate", hold.data(), priority=0)
+                hold.wait_holding(WORKERS, timeout=300)
 
                 # Bulk cancel, while another connection keeps asking for one task.
                 with Poller(other, noop_ids[-1], d.pid) as during:
