@@ -430,6 +430,16 @@ def _parse_urlencoded(body: bytes) -> list[tuple[str, str]]:
     return pairs
 
 
+async def _parse_multipart(scope: Scope, body: bytes) -> list[tuple[str, str | UploadFile]]:
+    """Parse a multipart body already read (and size-checked) by replaying it to Starlette's parser."""
+
+    async def replay() -> Message:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    form = await Request(scope, replay).form()
+    return list(form.multi_items())
+
+
 async def read_params(request: Request, params: tuple[BodyParam, ...]) -> dict[str, Any]:
     """The route's body parameters, from a form or a JSON object; unknown, repeated or bad ones are 400."""
     no_query(request, ())
@@ -453,8 +463,7 @@ async def read_params(request: Request, params: tuple[BodyParam, ...]) -> dict[s
         if ctype == FORM_TYPES[0]:
             pairs = _parse_urlencoded(body)
         else:
-            form = await request.form()
-            pairs = list(form.multi_items())  # type: ignore[arg-type]
+            pairs = await _parse_multipart(request.scope, body)
         for name, value in pairs:
             if name in raw:
                 raise bad(f"参数{name}重复出现")

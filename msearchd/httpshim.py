@@ -112,7 +112,9 @@ def check_http_extra() -> None:
     """Fail early, in the daemon, when the `http` extra is not installed (without importing it)."""
     from importlib.util import find_spec
 
-    missing = [name for name in ("fastapi", "uvicorn", "multipart") if find_spec(name) is None]
+    missing = [name for name in ("fastapi", "uvicorn") if find_spec(name) is None]
+    if find_spec("python_multipart") is None and find_spec("multipart") is None:
+        missing.append("python-multipart")
     if missing:
         raise UsageError(
             f"--http needs {', '.join(missing)}, which are not installed: pip install 'msearchd[http]'"
