@@ -125,7 +125,7 @@ def add(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Queue a task. For type command, the argv after -- is what runs, e.g. `tasks add command -- sleep 30`."""
+    """Queue a task. For type command the argv after -- is what runs: `tasks add command -- sleep 30`."""
     payload: dict[str, Any] = {}
     if data is not None:
         try:
@@ -326,9 +326,18 @@ def wait(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Block until the tasks finish. Exit 0 if all completed, 1 if any failed or was cancelled, 4 on timeout."""
+    """Block until the tasks finish; on a terminal, show their progress meanwhile.
+
+    Exit 0 if all completed, 1 if any failed or was cancelled, 4 on timeout.
+    """
     refs = [task_ref(t) for t in task_ids]
     with daemon(ctx) as client:
+        if sys.stdout.isatty() and not as_json:
+            from msearchctl import render
+
+            with client.events(task_ids=refs) as stream:
+                render.follow(stream, [client.get(r) for r in refs], until_done=True, timeout=timeout)
+            timeout = 0  # what follow saw is final: collect the states without waiting again
         result = client.wait(refs, timeout=timeout)
     if as_json:
         print_json(result)
@@ -339,6 +348,79 @@ def wait(
         raise typer.Exit(EXIT_TIMEOUT)
     if any(t["status"] != "completed" for t in result["tasks"]):
         raise typer.Exit(EXIT_REFUSED)
+
+
+@tasks_app.command("watch")
+def watch(
+    ctx: typer.Context,
+    task_ids: Annotated[list[str] | None, typer.Argument(metavar="[ID]...", help="Only these tasks.")] = None,
+    task_types: Annotated[
+        list[str] | None, typer.Option("--type", "-t", help="Only tasks of this type; repeat for several.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Follow tasks live: state, progress, current operation, elapsed time.
+
+    On a terminal a live table; in a pipe or with --json one JSON event per line (NDJSON). Given task ids
+    it ends once they have all finished; otherwise it runs until interrupted.
+    """
+    refs = [task_ref(t) for t in task_ids or []]
+    from msearchctl import render
+
+    with daemon(ctx) as client, client.events(task_ids=refs or None, types=task_types or None) as stream:
+        if refs:
+            tasks = [client.get(r) for r in refs]
+        else:
+            active = ["pending", "blocked", "running"]
+            tasks = [t for kind in task_types or [None] for t in client.list(active, kind, limit=200)]
+        try:
+            if as_json or not sys.stdout.isatty():
+                render.event_lines(stream, tasks, until_done=bool(refs))
+            else:
+                render.follow(stream, tasks, until_done=bool(refs))
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
+
+
+@tasks_app.command("log")
+def show_log(
+    ctx: typer.Context,
+    task_id: TaskIdArg,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new output until the task ends.")
+    ] = False,
+) -> None:
+    """Print what a task wrote to its log: a command's stdout and stderr, a handler's traceback."""
+    ref = task_ref(task_id)
+    with daemon(ctx) as client:
+        path = Path(client.status()["state_dir"]) / "logs" / f"task_{ref}.log"
+        if not follow:
+            task = client.get(ref)
+            if not path.exists():
+                fail(f"{task['id']} has no log yet ({task['status']})", EXIT_REFUSED)
+            sys.stdout.buffer.write(path.read_bytes())
+            return
+        from msearchctl import render
+
+        with client.events(task_ids=[ref]) as stream:
+            try:
+                render.tail(path, stream, client.get(ref))
+            except KeyboardInterrupt:
+                raise typer.Exit(130) from None
+
+
+@tasks_app.command("history")
+def history(ctx: typer.Context, task_id: TaskIdArg, as_json: JsonOpt = False) -> None:
+    """What happened to a task, oldest first: state changes, priority changes, cancel requests and retries,
+    each with its time and the uid and pid of the client that asked."""
+    with daemon(ctx) as client:
+        entries = client.history(task_ref(task_id))
+    if as_json:
+        print_json(entries)
+    else:
+        from msearchctl import render
+
+        render.history(entries)
 
 
 # --- daemon -------------------------------------------------------------------------------------------

@@ -99,3 +99,145 @@ def stats(result: dict[str, Any]) -> None:
     console = Console()
     console.print(table)
     console.print(f"workers busy {w['busy']}/{w['total']}")
+
+
+FINISHED = frozenset({"completed", "failed", "cancelled"})
+
+
+class Board:
+    """The latest known state of each watched task, kept up to date from events."""
+
+    def __init__(self, tasks: list[dict[str, Any]]) -> None:
+        self.rows: dict[str, dict[str, Any]] = {t["id"]: dict(t) for t in tasks}
+
+    def apply(self, event: dict[str, Any]) -> None:
+        if "task_id" not in event:
+            return
+        row = self.rows.setdefault(
+            event["task_id"],
+            {
+                "id": event["task_id"],
+                "type": event["type"],
+                "progress": 0.0,
+                "current_operation": None,
+                "started_at": None,
+                "finished_at": None,
+                "error": None,
+            },
+        )
+        row["status"] = event["status"]
+        kind = event["event"]
+        if kind == "started":
+            row.update(started_at=event["time"], progress=0.0, current_operation=None)
+        elif kind == "progress":
+            row.update(progress=event["progress"], current_operation=event["current_operation"])
+        elif kind == "priority_changed":
+            row["priority"] = event["priority"]
+        if row["status"] in FINISHED:
+            row["finished_at"] = event["time"]
+            row["error"] = event.get("error") or row.get("error")
+            if kind == "completed":
+                row["progress"] = 1.0
+
+    def done(self) -> bool:
+        return all(r["status"] in FINISHED for r in self.rows.values())
+
+    def __rich__(self) -> Any:
+        from rich.progress_bar import ProgressBar
+        from rich.table import Table
+
+        table = Table(
+            "ID", "TYPE", "STATUS", "PROGRESS", "", "ELAPSED", "OPERATION", box=None, header_style="bold"
+        )
+        now = time.time()
+        for row in self.rows.values():
+            started = row.get("started_at")
+            end = row.get("finished_at") or now
+            elapsed = f"{end - started:.1f}s" if started else "-"
+            status = row["status"]
+            table.add_row(
+                row["id"],
+                row["type"],
+                f"[{STATUS_STYLE[status]}]{status}[/]",
+                ProgressBar(total=1.0, completed=row["progress"], width=20),
+                f"{row['progress'] * 100:3.0f}%",
+                elapsed,
+                row.get("error") or row.get("current_operation") or "",
+            )
+        return table
+
+
+def _next_event(stream: Any, deadline: float | None) -> dict[str, Any] | None:
+    """The next event, or None when the stream ended or the deadline passed."""
+    while deadline is None or time.monotonic() < deadline:
+        wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if stream.ready(wait if wait is None else min(wait, 0.5)):
+            return next(stream, None)
+    return None
+
+
+def follow(stream: Any, tasks: list[dict[str, Any]], until_done: bool, timeout: float | None = None) -> None:
+    """A live table on the terminal, redrawn from the event stream."""
+    from rich.live import Live
+
+    board = Board(tasks)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with Live(board, refresh_per_second=4, transient=False):
+        while not (until_done and board.done()):
+            event = _next_event(stream, deadline)
+            if event is None:
+                return
+            board.apply(event)
+
+
+def event_lines(stream: Any, tasks: list[dict[str, Any]], until_done: bool) -> None:
+    """One JSON object per event and line, for scripts."""
+    import json
+
+    board = Board(tasks)
+    while not (until_done and board.done()):
+        event = next(stream, None)
+        if event is None:
+            return
+        board.apply(event)
+        print(json.dumps(event, ensure_ascii=False), flush=True)
+
+
+def tail(path: Any, stream: Any, task: dict[str, Any]) -> None:
+    """Copy the log to stdout as it grows, until the task has finished."""
+    out = sys.stdout.buffer
+    position = 0
+
+    def pump() -> None:
+        nonlocal position
+        try:
+            with open(path, "rb") as log:
+                log.seek(position)
+                data = log.read()
+        except FileNotFoundError:
+            return
+        position += len(data)
+        out.write(data)
+        out.flush()
+
+    status = task["status"]
+    while status not in FINISHED:
+        pump()
+        # New output shows within a quarter second; the end of the task at once.
+        if stream.ready(0.25):
+            event = next(stream, None)
+            if event is None:
+                break
+            status = event["status"]
+    pump()
+
+
+def history(entries: list[dict[str, Any]]) -> None:
+    for entry in entries:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry["time"]))
+        stamp += f".{int(entry['time'] % 1 * 1000):03d}"
+        details = " ".join(
+            f"{k}={v}" for k, v in entry.items() if k not in ("time", "event", "uid", "pid") and v is not None
+        )
+        who = f" (uid {entry['uid']}, pid {entry['pid']})" if entry.get("uid") is not None else ""
+        print(f"{stamp}  {entry['event']:<20} {details}{who}".rstrip())

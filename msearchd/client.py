@@ -10,8 +10,10 @@ Errors arrive as `msearchd.errors.MsearchError` subclasses carrying the daemon's
 
 from __future__ import annotations
 
+import contextlib
+import select
 import socket
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -104,6 +106,9 @@ class _Methods:
     ) -> Any:
         return self.call("wait", task_ids=list(task_ids), statuses=statuses, timeout=timeout)
 
+    def history(self, task_id: str | int) -> Any:
+        return self.call("history", task_id=task_id)
+
     def status(self) -> Any:
         return self.call("status")
 
@@ -136,18 +141,16 @@ class Client(_Methods):
             raise Unavailable(f"lost the connection to msearchd: {exc.strerror or exc}") from None
         return _result(message, self._next_id)
 
-    def events(
-        self, task_ids: list[str | int] | None = None, types: list[str] | None = None
-    ) -> Iterator[dict[str, Any]]:
-        """Subscribe on a connection of its own. The subscription is live when this returns; iterate to
-        receive events until the daemon ends the stream (close the iterator to stop early)."""
+    def events(self, task_ids: list[str | int] | None = None, types: list[str] | None = None) -> EventStream:
+        """Subscribe on a connection of its own. The subscription is live when this returns: iterate the
+        stream for events until the daemon ends it, and close it to stop early."""
         stream = Client(self.path)
         try:
             stream.call("subscribe", task_ids=task_ids, types=types)
         except BaseException:
             stream.close()
             raise
-        return _event_stream(stream)
+        return EventStream(stream)
 
     def wait_closed(self) -> None:
         """Block until the daemon closes this connection, as it does once it has stopped."""
@@ -167,12 +170,38 @@ class Client(_Methods):
         self.close()
 
 
-def _event_stream(stream: Client) -> Iterator[dict[str, Any]]:
-    try:
-        while (message := protocol.recv_frame(stream._sock)) is not None:
-            yield message["event"]
-    finally:
-        stream.close()
+class EventStream:
+    """Events from a subscription, in order; `ready` lets a caller wait with a deadline."""
+
+    def __init__(self, connection: Client) -> None:
+        self._connection = connection
+
+    def ready(self, timeout: float | None) -> bool:
+        """True once an event (or the end of the stream) can be read without blocking."""
+        readable, _, _ = select.select([self._connection._sock], [], [], timeout)
+        return bool(readable)
+
+    def __iter__(self) -> EventStream:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        try:
+            message = protocol.recv_frame(self._connection._sock)
+        except OSError:
+            message = None
+        if message is None:
+            self.close()
+            raise StopIteration
+        return message["event"]
+
+    def close(self) -> None:
+        self._connection.close()
+
+    def __enter__(self) -> EventStream:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
 
 class AsyncClient(_Methods):
@@ -225,7 +254,5 @@ class AsyncClient(_Methods):
 
     async def close(self) -> None:
         self._writer.close()
-        try:
+        with contextlib.suppress(OSError):
             await self._writer.wait_closed()
-        except OSError:
-            pass

@@ -134,6 +134,7 @@ METHODS: dict[str, tuple[Param, ...]] = {
         _p("statuses", list, type(None)),
         _p("timeout", int, float, type(None)),
     ),
+    "history": (_p("task_id", *TaskRef, required=True),),
     "status": (),
     "shutdown": (),
     "subscribe": (_p("task_ids", list, type(None)), _p("types", list, type(None))),

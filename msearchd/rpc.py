@@ -14,16 +14,17 @@ from typing import Any
 
 from msearchd import protocol
 from msearchd.errors import InternalError, InvalidArgument, MsearchError, ProtocolError, Unavailable
-from msearchd.service import TaskService
+from msearchd.service import REQUESTER, TaskService
 
 log = logging.getLogger("msearchd.rpc")
 
 _PEERCRED = struct.Struct("3i")  # pid, uid, gid
 
 
-def peer_uid(sock: socket.socket) -> int:
-    _, uid, _ = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
-    return uid
+def peer_credentials(sock: socket.socket) -> tuple[int, int]:
+    """(pid, uid) of the process at the other end, as the kernel vouches for them."""
+    pid, uid, _ = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+    return pid, uid
 
 
 def prepare_socket_dir(path: Path) -> None:
@@ -60,6 +61,7 @@ class RpcServer:
             "retry": svc.retry,
             "retry_failed": svc.retry_failed,
             "wait": svc.wait,
+            "history": svc.history,
             "status": svc.status,
             "shutdown": self._shutdown,
         }
@@ -97,10 +99,11 @@ class RpcServer:
         assert current is not None
         self._connections.add(current)
         try:
-            sock = writer.get_extra_info("socket")
-            if peer_uid(sock) != os.getuid():
-                log.warning("refused a connection from uid %d", peer_uid(sock))
+            pid, uid = peer_credentials(writer.get_extra_info("socket"))
+            if uid != os.getuid():
+                log.warning("refused a connection from uid %d (pid %d)", uid, pid)
                 return
+            REQUESTER.set((uid, pid))  # this connection's task and the calls it makes see it
             await self._converse(reader, writer)
         except (ConnectionError, asyncio.CancelledError):
             pass

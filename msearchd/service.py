@@ -8,6 +8,7 @@ between two awaits is atomic with respect to every other request.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import time
@@ -37,6 +38,11 @@ from msearchd.store import CHUNK, Store
 from msearchd.workers import Outcome, WorkerPool
 
 log = logging.getLogger("msearchd.service")
+
+# Who asked for the operation under way, (uid, pid), as the transport saw it; recorded in task histories.
+REQUESTER: contextvars.ContextVar[tuple[int | None, int | None]] = contextvars.ContextVar(
+    "requester", default=(None, None)
+)
 
 LIST_LIMIT_MAX = 10_000
 PROGRESS_FLUSH_INTERVAL = 1.0
@@ -139,6 +145,12 @@ class TaskService:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def _record(self, task_ids: Iterable[int], event: str, **detail: Any) -> None:
+        """Add an entry to the history of each task, naming who asked."""
+        uid, pid = REQUESTER.get()
+        now = self.clock()
+        self.store.add_events((i, now, event, detail or None, uid, pid) for i in task_ids)
 
     # --- submit -------------------------------------------------------------------------------------
 
@@ -426,9 +438,11 @@ class TaskService:
 
     # --- control ------------------------------------------------------------------------------------
 
-    async def _stop_running(self, task: Task) -> tuple[Outcome, int]:
+    async def _stop_running(self, task: Task, by: str) -> tuple[Outcome, int]:
         """Stop a running task for good; returns how it ended and how many dependents were cancelled."""
-        self.store.update(task.id, cancel_requested=1)
+        with self.store.transaction():
+            self.store.update(task.id, cancel_requested=1)
+            self._record([task.id], "cancel_requested", by=by, running=True)
         self._publish("cancel_requested", task)
         outcome = None
         if self.pool is not None:
@@ -452,23 +466,26 @@ class TaskService:
         if task.status is TaskStatus.RUNNING:
             if not running:
                 raise InvalidState(f"{ref} is running; add --running (cancel_running=true) to stop it")
-            outcome, cascaded = await self._stop_running(task)
+            outcome, cascaded = await self._stop_running(task, by="cancel")
             if outcome.status is not TaskStatus.CANCELLED:
                 raise InvalidState(f"{ref} {outcome.status} before the cancel took effect")
         else:
             with self.store.transaction():
                 self.store.cancel_waiting([task.id], self.clock())
+                self._record([task.id], "cancel_requested", by="cancel", running=False)
                 cascaded = self._cascade_cancel([task.id])
             self._publish_status("cancelled", [task.id], stop_reason=StopReason.NOT_STARTED.value)
         return {"task": await self.get(task.id), "cancelled_dependents": cascaded}
 
     async def _cancel_many(self, task_type: str | None, running: bool) -> dict[str, Any]:
         """Cancel waiting tasks in bounded chunks, letting other requests through between them."""
+        by = "cancel-all" if task_type is None else "cancel-by-type"
         max_id = self.store.max_id()
         cancelled = cascaded = failed = 0
         while True:
             with self.store.transaction():
                 ids = self.store.cancel_waiting_batch(task_type, max_id, self.clock(), CHUNK)
+                self._record(ids, "cancel_requested", by=by, running=False)
                 if task_type is not None:
                     cascaded += self._cascade_cancel(ids)
             if not ids:
@@ -478,7 +495,7 @@ class TaskService:
             await asyncio.sleep(0)
         if running:
             targets = [t for t in self.store.running() if task_type is None or t.type == task_type]
-            results = await asyncio.gather(*(self._stop_running(t) for t in targets))
+            results = await asyncio.gather(*(self._stop_running(t, by=by) for t in targets))
             for outcome, n in results:
                 cascaded += n
                 if outcome.status is TaskStatus.CANCELLED:
@@ -503,11 +520,12 @@ class TaskService:
         priority = validate_priority(priority)
         task = self._require(task_id)
         if not task.status.waiting:
-            raise InvalidState(
-                f"{format_task_id(task.id)} is {task.status}; only a pending or blocked task's priority can change"
-            )
+            ref = format_task_id(task.id)
+            raise InvalidState(f"{ref} is {task.status}; only a pending or blocked task's priority changes")
         old = task.priority
-        self.store.update(task.id, priority=priority)
+        with self.store.transaction():
+            self.store.update(task.id, priority=priority)
+            self._record([task.id], "priority_changed", old=old, new=priority)
         task.priority = priority
         self._publish("priority_changed", task, old_priority=old, priority=priority)
         if task.status is TaskStatus.PENDING:
@@ -525,10 +543,12 @@ class TaskService:
             spec = self._prepare(old.type, old.data, old.priority, old.depends_on)
             new_id = self.store.insert(**spec, retry_of=old.id, created_at=self.clock())
             self.store.update(old.id, retried_as=new_id)
+            self._record([old.id], "retried", new_task_id=format_task_id(new_id))
             handed_over = self.store.replace_dependency(old.id, new_id)
             for dependent in handed_over:
                 _, reason = dependency_state(self.store.dependency_statuses(dependent))
                 self.store.update(dependent, blocked_reason=reason)
+            self._record(handed_over, "dependency_replaced", old=ref, new=format_task_id(new_id))
         new = self.store.get(new_id)
         assert new is not None
         self._publish("retried", old, new_task_id=format_task_id(new_id))
@@ -546,20 +566,15 @@ class TaskService:
         """Retry every failed task not yet retried, oldest first, so that a pipeline re-forms in order."""
         results: list[dict[str, Any]] = []
         after = 0
-        while True:
-            batch = [
-                t for t in self.store.list([TaskStatus.FAILED.value], task_type, CHUNK, 0) if t.id > after
-            ]
-            batch = [t for t in batch if t.retried_as is None]
-            if not batch:
-                return results
-            for task in batch:
+        while batch := self.store.failed_not_retried(task_type, after, CHUNK):
+            for task_id in batch:
                 try:
-                    answer = await self.retry(task.id)
+                    answer = await self.retry(task_id)
                     results.append({"task_id": answer["task_id"], "new_task_id": answer["new_task_id"]})
                 except (InvalidState, NotFound) as exc:
-                    results.append({"task_id": format_task_id(task.id), "error": exc.message})
-                after = task.id
+                    results.append({"task_id": format_task_id(task_id), "error": exc.message})
+            after = batch[-1]
+        return results
 
     async def wait(
         self, task_ids: list[Any], statuses: list[Any] | None = None, timeout: float | None = None
@@ -593,6 +608,37 @@ class TaskService:
                     self._waiters.pop(task_id, None)
         final = {t.id: t for t in self.store.get_many(ids)}
         return {"tasks": [self.wire(final[i]) for i in ids], "timed_out": timed_out}
+
+    async def history(self, task_id: Any) -> list[dict[str, Any]]:
+        """What happened to a task, oldest first: its lifecycle, and every request about it and by whom."""
+        task = self._require(task_id)
+        recorded = self.store.events(task.id)
+        changes = [e["old"] for e in recorded if e["event"] == "priority_changed"]
+        first: dict[str, Any] = {
+            "time": task.created_at,
+            "event": "submitted",
+            "priority": changes[0] if changes else task.priority,
+        }
+        if task.retry_of is not None:
+            first["retry_of"] = format_task_id(task.retry_of)
+        entries = [first, *recorded]
+        if task.started_at is not None:
+            entries.append(
+                {
+                    "time": task.started_at,
+                    "event": "started",
+                    "attempt": task.attempts,
+                    "worker_pid": task.worker_pid,
+                }
+            )
+        if task.finished_at is not None:
+            end: dict[str, Any] = {"time": task.finished_at, "event": str(task.status)}
+            if task.stop_reason:
+                end["stop_reason"] = str(task.stop_reason)
+            if task.error:
+                end["error"] = task.error
+            entries.append(end)
+        return sorted(entries, key=lambda e: e["time"])
 
     def subscribe(self, task_ids: list[Any] | None = None, types: list[Any] | None = None) -> Subscription:
         ids = {parse_task_id(t) for t in task_ids} if task_ids else None
@@ -634,7 +680,11 @@ class TaskService:
                     task.attempts,
                     self.settings.max_attempts,
                 )
-                self.store.update(task.id, status=TaskStatus.PENDING, worker_pid=None)
+                with self.store.transaction():
+                    self.store.update(task.id, status=TaskStatus.PENDING, worker_pid=None)
+                    self._record(
+                        [task.id], "requeued", reason="interrupted: the daemon stopped without finishing it"
+                    )
         self.wake()
 
     async def stop(self) -> None:
@@ -649,7 +699,9 @@ class TaskService:
                     continue
                 if outcome.status is TaskStatus.CANCELLED and not self.store.cancel_requested(task_id):
                     log.info("%s stopped with the daemon; back to pending", format_task_id(task_id))
-                    self.store.update(task_id, status=TaskStatus.PENDING, worker_pid=None)
+                    with self.store.transaction():
+                        self.store.update(task_id, status=TaskStatus.PENDING, worker_pid=None)
+                        self._record([task_id], "requeued", reason="stopped with the daemon")
                 else:
                     self._finish(task, outcome)
         self.flush_progress()

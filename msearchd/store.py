@@ -16,9 +16,7 @@ import msgpack
 
 from msearchd.model import StopReason, Task, TaskStatus
 
-SCHEMA_VERSION = 1
-
-_SCHEMA = """
+_SCHEMA_V1 = """
 CREATE TABLE tasks (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     type TEXT NOT NULL,
@@ -48,6 +46,24 @@ CREATE TABLE deps (
 ) WITHOUT ROWID;
 CREATE INDEX deps_reverse ON deps(depends_on, task_id);
 """
+
+# What was asked of a task and by whom; lifecycle times live in the task row itself.
+_SCHEMA_V2 = """
+CREATE TABLE task_events (
+    id INTEGER PRIMARY KEY,
+    task_id INTEGER NOT NULL,
+    time REAL NOT NULL,
+    event TEXT NOT NULL,
+    detail BLOB,
+    uid INTEGER,
+    pid INTEGER
+);
+CREATE INDEX task_events_task ON task_events(task_id, id);
+"""
+
+# Migration N brings a store from schema version N to N + 1; the version is SQLite's user_version.
+MIGRATIONS = (_SCHEMA_V1, _SCHEMA_V2)
+SCHEMA_VERSION = len(MIGRATIONS)
 
 _COLUMNS = (
     "id, type, status, priority, data, progress, current_operation, attempts, error, blocked_reason, "
@@ -127,9 +143,9 @@ class Store:
             raise RuntimeError(
                 f"{self.path} has schema version {version}; this msearchd knows up to {SCHEMA_VERSION}"
             )
-        if version == 0:
-            # executescript runs outside our transaction helper; the script is its own transaction.
-            self._db.executescript(f"BEGIN; {_SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
+        for step in range(version, SCHEMA_VERSION):
+            # executescript runs outside our transaction helper; each script is its own transaction.
+            self._db.executescript(f"BEGIN; {MIGRATIONS[step]} PRAGMA user_version={step + 1}; COMMIT;")
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -246,6 +262,16 @@ class Store:
         rows = self._db.execute(f"SELECT id FROM tasks{where} ORDER BY id LIMIT ?", [*args, limit])
         return [r[0] for r in rows]
 
+    def failed_not_retried(self, task_type: str | None, after: int, limit: int) -> list[int]:
+        type_clause = " AND type = ?" if task_type is not None else ""
+        args: list[Any] = [after] + ([task_type] if task_type is not None else []) + [limit]
+        rows = self._db.execute(
+            f"SELECT id FROM tasks WHERE status = 'failed' AND retried_as IS NULL AND id > ?{type_clause} "
+            "ORDER BY id LIMIT ?",
+            args,
+        )
+        return [r[0] for r in rows]
+
     def cancel_requested(self, task_id: int) -> bool:
         row = self._db.execute("SELECT cancel_requested FROM tasks WHERE id = ?", (task_id,)).fetchone()
         return bool(row and row[0])
@@ -352,6 +378,30 @@ class Store:
                 (old, *dependents),
             )
         return dependents
+
+    def add_events(
+        self, rows: Iterable[tuple[int, float, str, dict[str, Any] | None, int | None, int | None]]
+    ) -> None:
+        """Record (task_id, time, event, detail, uid, pid) rows."""
+        self._db.executemany(
+            "INSERT INTO task_events (task_id, time, event, detail, uid, pid) VALUES (?, ?, ?, ?, ?, ?)",
+            [(t, when, e, _pack(d) if d else None, uid, pid) for t, when, e, d, uid, pid in rows],
+        )
+
+    def events(self, task_id: int) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT time, event, detail, uid, pid FROM task_events WHERE task_id = ? ORDER BY id", (task_id,)
+        )
+        return [
+            {
+                "time": when,
+                "event": event,
+                **(msgpack.unpackb(detail, raw=False) if detail else {}),
+                "uid": uid,
+                "pid": pid,
+            }
+            for when, event, detail, uid, pid in rows
+        ]
 
     def running(self) -> list[Task]:
         return self._tasks(f"SELECT {_COLUMNS} FROM tasks WHERE status = 'running' ORDER BY id")

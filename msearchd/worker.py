@@ -7,6 +7,7 @@ with the RPC's framing. Cancellation arrives as SIGTERM to the whole group: a ha
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -176,10 +177,8 @@ def main(argv: list[str] | None = None) -> None:
     worker = Worker(channel, config["handlers"], config["state_dir"])
     signal.signal(signal.SIGTERM, worker.on_sigterm)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the daemon went away: stop
         worker.serve()
-    except (BrokenPipeError, ConnectionResetError):
-        pass
 
 
 if __name__ == "__main__":
