@@ -7,9 +7,8 @@ import os
 import subprocess
 
 import pytest
-from support import gone
-
 from conftest import MSEARCHCTL
+from support import gone
 
 TASK_KEYS = {
     "id",
@@ -48,7 +47,7 @@ def test_add_show_list_with_json(daemon):
     task = json.loads(
         ok(daemon.ctl("tasks", "add", "command", "--priority", "7", "--json", "--", "sleep", "30"))
     )
-    assert TASK_KEYS <= set(task)
+    assert set(task) >= TASK_KEYS
     assert (task["type"], task["priority"], task["data"]) == ("command", 7, {"argv": ["sleep", "30"]})
     plain = ok(
         daemon.ctl("tasks", "add", "file_scan", "--data", '{"dir": "/srv"}', "--depends-on", task["id"])
