@@ -191,10 +191,22 @@ def follow(stream: Any, tasks: list[dict[str, Any]], until_done: bool, timeout: 
 
 
 def event_lines(stream: Any, tasks: list[dict[str, Any]], until_done: bool) -> None:
-    """One JSON object per event and line, for scripts."""
+    """One JSON object per event and line, for scripts: a `state` event per task first, then the stream."""
     import json
 
     board = Board(tasks)
+    now = time.time()
+    for task in tasks:  # first where things stand; the stream was live before these were read
+        snapshot = {
+            "event": "state",
+            "task_id": task["id"],
+            "type": task["type"],
+            "status": task["status"],
+            "time": now,
+            "progress": task["progress"],
+            "current_operation": task["current_operation"],
+        }
+        print(json.dumps(snapshot, ensure_ascii=False), flush=True)
     while not (until_done and board.done()):
         event = next(stream, None)
         if event is None:

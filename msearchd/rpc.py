@@ -176,7 +176,7 @@ class RpcServer:
             writer.write(protocol.encode({"id": req_id, "result": {"subscribed": True}}))
             await writer.drain()
             while True:
-                getter = asyncio.ensure_future(sub.queue.get())
+                getter = asyncio.ensure_future(sub.next())
                 done, _ = await asyncio.wait({getter, closed}, return_when=asyncio.FIRST_COMPLETED)
                 if getter not in done:
                     getter.cancel()

@@ -12,6 +12,7 @@ import contextvars
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -50,16 +51,19 @@ SUBSCRIBER_BUFFER = 10_000
 
 
 class Subscription:
-    """A bounded stream of events for one client.
+    """A bounded stream of events for one client, which never holds the daemon up.
 
-    Progress events are dropped when the buffer is full; state changes never are: a subscriber too slow
-    to take them is ended with a final `overflow` event instead.
+    Progress is coalesced: a task has at most one progress event waiting, updated in place to the latest
+    value. State changes are never dropped: a subscriber that lets too many of them pile up is sent an
+    `overflow` event instead, and disconnected.
     """
 
     def __init__(self, task_ids: set[int] | None, types: set[str] | None) -> None:
         self.task_ids = task_ids
         self.types = types
-        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(SUBSCRIBER_BUFFER)
+        self._events: deque[dict[str, Any]] = deque()
+        self._progress: dict[int, dict[str, Any]] = {}
+        self._ready = asyncio.Event()
         self.overflowed = False
 
     def wants(self, event: dict[str, Any]) -> bool:
@@ -70,14 +74,28 @@ class Subscription:
     def offer(self, event: dict[str, Any]) -> None:
         if self.overflowed:
             return
-        if self.queue.full():
-            if event["event"] == "progress":
+        if event["event"] == "progress":
+            waiting = self._progress.get(event["task_id_n"])
+            if waiting is not None:
+                waiting.update(event)
                 return
+            event = self._progress[event["task_id_n"]] = dict(event)
+        elif len(self._events) >= SUBSCRIBER_BUFFER:
             self.overflowed = True
-            self.queue.get_nowait()  # make room for the notice
-            self.queue.put_nowait({"event": "overflow", "message": "subscriber fell too far behind"})
-            return
-        self.queue.put_nowait(event)
+            self._events.clear()
+            self._progress.clear()
+            event = {"event": "overflow", "message": "subscriber fell too far behind; reconnect to resume"}
+        self._events.append(event)
+        self._ready.set()
+
+    async def next(self) -> dict[str, Any]:
+        while not self._events:
+            self._ready.clear()
+            await self._ready.wait()
+        event = self._events.popleft()
+        if event["event"] == "progress":
+            self._progress.pop(event["task_id_n"], None)
+        return event
 
 
 class TaskService:

@@ -35,6 +35,7 @@ spawner = "handlers:spawner"
 stubborn = "handlers:stubborn"
 polite = "handlers:polite"
 heavy = "msearchd.handlers.command:run"
+chatty = "handlers:chatty"
 """
 
 

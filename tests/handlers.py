@@ -69,3 +69,10 @@ def polite(ctx: TaskContext, data: dict[str, Any]) -> None:
     while not ctx.cancelled:
         time.sleep(0.005)
     ctx.set_operation("cleaning up after cancel")
+
+
+def chatty(ctx: TaskContext, data: dict[str, Any]) -> None:
+    """Reports progress as fast as it can."""
+    n = int(data["reports"])
+    for i in range(1, n + 1):
+        ctx.progress(i / n, f"report {i}")
