@@ -7,6 +7,7 @@ import socket
 import subprocess
 
 from conftest import MSEARCHCTL
+
 from msearchd import protocol
 
 
