@@ -88,6 +88,8 @@ def stats(result: dict[str, Any]) -> None:
             print("\t".join([task_type, *(str(counts.get(s, 0)) for s in statuses)]))
         print("\t".join(["total", *(str(result["by_status"][s]) for s in statuses)]))
         print(f"workers busy {w['busy']}/{w['total']}")
+        for r in result["running"]:
+            print(f"{r['id']}\t{r['type']}\t{r['progress'] * 100:.0f}%\t{r['current_operation'] or ''}")
         return
     from rich.console import Console
     from rich.table import Table
@@ -99,6 +101,8 @@ def stats(result: dict[str, Any]) -> None:
     console = Console()
     console.print(table)
     console.print(f"workers busy {w['busy']}/{w['total']}")
+    for r in result["running"]:
+        console.print(f"  {r['id']} {r['type']} {r['progress'] * 100:.0f}% {r['current_operation'] or ''}")
 
 
 FINISHED = frozenset({"completed", "failed", "cancelled"})

@@ -311,11 +311,16 @@ class TaskService:
         for task_type, status, n in self.store.counts():
             by_status[status] += n
             by_type.setdefault(task_type, {})[status] = n
+        running = [
+            {k: w[k] for k in ("id", "type", "progress", "current_operation", "started_at")}
+            for w in map(self.wire, self.store.running())
+        ]
         return {
             "total": sum(by_status.values()),
             "by_status": by_status,
             "by_type": by_type,
             "workers": self._workers(),
+            "running": running,
         }
 
     async def status(self) -> dict[str, Any]:

@@ -175,7 +175,14 @@ def test_stats_and_wait(daemon):
     assert stats["by_status"]["completed"] == 1 and stats["by_status"]["failed"] == 1
     assert stats["by_type"] == {"command": {"completed": 1, "failed": 1}}
     assert stats["workers"] == {"busy": 0, "total": 2}
+    assert stats["running"] == []
     slow = ok(daemon.ctl("tasks", "add", "command", "--", "sleep", "1000")).strip()
+    with daemon.client() as c:
+        c.wait([slow], statuses=["running"], timeout=20)
+    stats = json.loads(ok(daemon.ctl("tasks", "stats", "--json")))
+    assert [r["id"] for r in stats["running"]] == [slow]
+    assert stats["workers"]["busy"] == 1
+    assert f"{slow}\tcommand\t0%" in ok(daemon.ctl("tasks", "stats"))
     timed_out = daemon.ctl("tasks", "wait", slow, "--timeout", "0.2")
     assert timed_out.returncode == 4
     daemon.ctl("tasks", "cancel", slow, "--running")
