@@ -28,14 +28,20 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int]:
 
 
 def prepare_socket_dir(path: Path) -> None:
-    """Create the socket's folder private to this user, and refuse one that others could use."""
+    """Create the socket's folder private to this user; refuse a folder someone else owns.
+
+    An existing folder is never chmod-ed (it may be shared, like /tmp); the socket itself is 0600 and
+    every peer's uid is checked.
+    """
     folder = path.parent
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not folder.exists():
+        folder.mkdir(mode=0o700, parents=True)
+        folder.chmod(0o700)  # mkdir's mode is filtered by the umask
     st = folder.lstat()
     if st.st_uid != os.getuid():
-        raise InvalidArgument(f"socket folder {folder} belongs to another user")
+        raise InvalidArgument(f"socket folder {folder} belongs to uid {st.st_uid}, not to this user")
     if st.st_mode & 0o077:
-        folder.chmod(0o700)
+        log.warning("socket folder %s is open to other users; the socket itself is 0600", folder)
 
 
 class RpcServer:

@@ -125,3 +125,13 @@ def test_socket_and_folder_are_private(daemon):
     assert oct(daemon.socket.stat().st_mode & 0o777) == oct(0o600)
     assert oct(daemon.socket.parent.stat().st_mode & 0o777) == oct(0o700)
     assert psutil.Process(daemon.proc.pid).uids().real == daemon.socket.stat().st_uid
+
+
+def test_an_existing_shared_socket_folder_is_left_alone(make_daemon):
+    d = make_daemon(start=False)
+    d.socket.parent.mkdir()
+    d.socket.parent.chmod(0o755)
+    d.start()
+    assert d.socket.parent.stat().st_mode & 0o777 == 0o755  # never chmod-ed: it may be /tmp
+    assert d.socket.stat().st_mode & 0o777 == 0o600
+    assert "is open to other users" in d.log
