@@ -22,19 +22,21 @@ def run(ctx: Context) -> None:
             subprocess.run([tsp, "-S", "2"], env=env, check=True, capture_output=True)
         ours: list[float] = []
         theirs: list[float] = []
-        for i in range(n):
-            t0 = time.perf_counter()
-            task = c.submit("noop")
-            result = c.wait([task["id"]], timeout=30)
-            ours.append(ms(time.perf_counter() - t0))
-            if result["tasks"][0]["status"] != "completed":
-                raise RuntimeError(f"no-op task ended {result['tasks'][0]['status']}")
-            if tsp and i % 2 == 0:  # half as many: each spawns two processes
+        try:
+            for i in range(n):
                 t0 = time.perf_counter()
-                subprocess.run([tsp, "-f", "true"], env=env, check=True, capture_output=True)
-                theirs.append(ms(time.perf_counter() - t0))
-        if tsp:
-            subprocess.run([tsp, "-K"], env=env, capture_output=True)
+                task = c.submit("noop")
+                result = c.wait([task["id"]], timeout=30)
+                ours.append(ms(time.perf_counter() - t0))
+                if result["tasks"][0]["status"] != "completed":
+                    raise RuntimeError(f"no-op task ended {result['tasks'][0]['status']}")
+                if tsp and i % 2 == 0:  # half as many: each spawns two processes
+                    t0 = time.perf_counter()
+                    subprocess.run([tsp, "-f", "true"], env=env, check=True, capture_output=True, timeout=30)
+                    theirs.append(ms(time.perf_counter() - t0))
+        finally:
+            if tsp:
+                subprocess.run([tsp, "-K"], env=env, capture_output=True, timeout=30)
     if theirs:
         ctx.add(
             Row(

@@ -52,7 +52,7 @@ def table(rows: list[Row]) -> str:
     for r in rows:
         ours = f"{fmt(r.ours)} {r.unit}".strip() if r.ours is not None else "-"
         peer = f"{fmt(r.peer)} {r.unit}".strip() if r.peer is not None else "-"
-        ratio = f"{r.ratio:.2f}x" if r.ratio is not None else ""
+        ratio = f"{fmt(r.ratio)}x" if r.ratio is not None else ""
         verdict = r.verdict
         if verdict == "SKIP" and r.note:
             verdict = f"SKIP ({r.note})"
