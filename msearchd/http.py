@@ -35,14 +35,16 @@ from typing import Annotated, Any, Literal, cast
 from urllib.parse import unquote_plus, urlsplit
 
 import uvicorn
-from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi import FastAPI, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict
 from starlette.datastructures import Headers, UploadFile
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from msearchd import __version__
@@ -78,8 +80,8 @@ LIST_LIMIT_MAX = 10_000
 OFFSET_MAX = 2**62
 _PR_SET_PDEATHSIG = 1
 
-_ID_RE = re.compile(r"(?:task_)?([0-9]{1,18})")
-TASK_ID_PATTERN = r"^(task_)?[0-9]{1,18}$"
+_ID_RE = re.compile(r"(?:task_)?0*([1-9][0-9]{0,17})")
+TASK_ID_PATTERN = r"^(task_)?0*[1-9][0-9]{0,17}$"
 TYPE_PATTERN = r"^[A-Za-z0-9_.:-]{1,100}$"
 _TYPE_RE = re.compile(TYPE_PATTERN)
 _STATUS_NAMES = "|".join(s.value for s in TaskStatus)
@@ -217,9 +219,7 @@ def detail(status: int, text: str, headers: Mapping[str, str] | None = None) -> 
 def task_number(raw: str) -> int | None:
     """`task_<n>` or `<n>` as a number; None for anything else (to the client: an unknown task)."""
     m = _ID_RE.fullmatch(raw)
-    if m is None or int(m.group(1)) == 0:
-        return None
-    return int(m.group(1))
+    return None if m is None else int(m.group(1))
 
 
 def bad(text: str) -> ApiError:
@@ -257,13 +257,21 @@ def form_priority(name: str, text: str) -> int:
     return _priority_range(name, int(text))
 
 
-def json_priority(name: str, value: Any) -> int:
+def _json_int(value: Any) -> int | None:
+    """An integer as JSON Schema sees one: 3 and 3.0 alike, never true or false."""
     if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
-        value = int(value)  # JSON does not tell 3 from 3.0
-    if isinstance(value, bool) or not isinstance(value, int):
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return None
+
+
+def json_priority(name: str, value: Any) -> int:
+    as_int = _json_int(value)
+    if as_int is None:
         given = json.dumps(value, ensure_ascii=False)
         raise bad(f"参数{name}必须是{PRIORITY_MIN}到{PRIORITY_MAX}之间的整数，收到: {given}")
-    return _priority_range(name, value)
+    return _priority_range(name, as_int)
 
 
 def form_type(name: str, text: str) -> str:
@@ -288,16 +296,19 @@ def json_optional_priority(name: str, value: Any) -> int | None:
     return None if value is None else json_priority(name, value)
 
 
-def json_task_ids(name: str, value: Any) -> list[str | int]:
+def json_task_ids(name: str, value: Any) -> list[int]:
+    """Task ids as numbers, so that the daemon reads `task_007` as the shim does."""
     if not isinstance(value, list):
         raise bad(f"参数{name}必须是任务ID的数组")
+    ids = []
     for item in value:
-        ok = (isinstance(item, str) and task_number(item) is not None) or (
-            isinstance(item, int) and not isinstance(item, bool) and 1 <= item < 10**18
-        )
-        if not ok:
+        n = task_number(item) if isinstance(item, str) else _json_int(item)
+        if n is not None and not 1 <= n < 10**18:
+            n = None
+        if n is None:
             raise bad(f"参数{name}中的任务ID无效: {json.dumps(item, ensure_ascii=False)}（task_<n> 或 <n>）")
-    return value
+        ids.append(n)
+    return ids
 
 
 @dataclass(frozen=True, slots=True)
@@ -655,14 +666,24 @@ TaskIdPath = Annotated[
 
 # --- routes -------------------------------------------------------------------------------------------
 
-router = APIRouter(prefix=PREFIX, tags=["tasks"])
+ROUTES: list[tuple[str, str, Callable[..., Any], dict[str, Any]]] = []
+
+
+def route(method: str, path: str, **options: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Record a route; `create_app` adds them in this order, fixed paths before /tasks/{task_id}."""
+
+    def record(endpoint: Callable[..., Any]) -> Callable[..., Any]:
+        ROUTES.append((method, PREFIX + path, endpoint, options))
+        return endpoint
+
+    return record
 
 
 def ref(n: int) -> str:
     return f"task_{n}"
 
 
-@router.get("/tasks/stats", responses=answers(Stats), summary="获取任务统计信息")
+@route("GET", "/tasks/stats", responses=answers(Stats), summary="获取任务统计信息")
 async def get_stats(request: Request) -> ApiJSON:
     """Counts by status and by type, and how many workers are busy."""
     no_query(request, ())
@@ -672,7 +693,7 @@ async def get_stats(request: Request) -> ApiJSON:
         raise daemon_error(exc, "任务不存在") from None
 
 
-@router.get("/tasks", responses=answers(TaskList), summary="获取任务列表")
+@route("GET", "/tasks", responses=answers(TaskList), summary="获取任务列表")
 async def list_tasks(
     request: Request,
     status: Annotated[
@@ -698,7 +719,8 @@ async def list_tasks(
     return ApiJSON({"tasks": tasks, "total": total, "limit": limit, "offset": offset})
 
 
-@router.post(
+@route(
+    "POST",
     "/tasks",
     status_code=201,
     responses=answers(SubmitAnswer, 404, 409, body=True, ok_status=201),
@@ -730,7 +752,7 @@ async def submit_task(request: Request) -> ApiJSON:
     )
 
 
-@router.get("/tasks/{task_id}", responses=answers(Task, 404), summary="获取单个任务详情")
+@route("GET", "/tasks/{task_id}", responses=answers(Task, 404), summary="获取单个任务详情")
 async def get_task(request: Request, task_id: TaskIdPath) -> ApiJSON:
     """Everything about one task."""
     no_query(request, ())
@@ -751,7 +773,8 @@ async def _status_of(request: Request, n: int) -> dict[str, Any] | None:
         return None
 
 
-@router.post(
+@route(
+    "POST",
     "/tasks/cancel-all",
     responses=answers(CancelAllAnswer, body=True),
     openapi_extra=body_doc((CANCEL_RUNNING,)),
@@ -767,7 +790,8 @@ async def cancel_all(request: Request) -> ApiJSON:
     return ApiJSON({"success": True, "message": f"已取消{result['cancelled']}个任务", "result": result})
 
 
-@router.post(
+@route(
+    "POST",
     "/tasks/cancel-by-type",
     responses=answers(CancelByTypeAnswer, body=True),
     openapi_extra=body_doc((TASK_TYPE, CANCEL_RUNNING)),
@@ -788,7 +812,8 @@ async def cancel_by_type(request: Request) -> ApiJSON:
     )
 
 
-@router.post(
+@route(
+    "POST",
     "/tasks/{task_id}/cancel",
     responses=answers(CancelAnswer, 404, 409, body=True),
     openapi_extra=body_doc((CANCEL_RUNNING,)),
@@ -817,7 +842,8 @@ async def cancel_task(request: Request, task_id: TaskIdPath) -> ApiJSON:
     return ApiJSON({"success": True, "message": f"任务已取消: {ref(n)}", "data": result})
 
 
-@router.post(
+@route(
+    "POST",
     "/tasks/{task_id}/priority",
     responses=answers(PriorityAnswer, 404, 409, body=True),
     openapi_extra=body_doc((PRIORITY,)),
@@ -843,7 +869,8 @@ async def set_priority(request: Request, task_id: TaskIdPath) -> ApiJSON:
     )
 
 
-@router.post(
+@route(
+    "POST",
     "/tasks/{task_id}/retry",
     responses=answers(RetryAnswer, 404, 409, body=True),
     openapi_extra=body_doc(()),
@@ -959,6 +986,27 @@ def _validation_detail(exc: RequestValidationError) -> str:
     return f"参数{name}的值无效: {given!r}（{first.get('msg', '')}）"
 
 
+_TASK_LINKS = {
+    "GetTask": "get_task",
+    "CancelTask": "cancel_task",
+    "SetPriority": "set_priority",
+    "RetryTask": "retry_task",
+}
+
+
+def allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
+    """Every method served on the request's path (Starlette names only the first route's).
+
+    A fixed path such as /tasks/cancel-all also matches /tasks/{task_id}; the fixed route is the one meant.
+    """
+    fixed: set[str] = set()
+    templated: set[str] = set()
+    for route in app.router.routes:
+        if isinstance(route, APIRoute) and route.matches(scope)[0] is not Match.NONE:
+            (templated if "{" in route.path else fixed).update(route.methods)
+    return sorted(fixed or templated)
+
+
 def create_app(socket_path: Path, token: str | None = None, rpc_timeout: float = RPC_TIMEOUT) -> FastAPI:
     """The FastAPI application for one daemon socket; `token` makes every request need a bearer token."""
 
@@ -973,8 +1021,10 @@ def create_app(socket_path: Path, token: str | None = None, rpc_timeout: float =
         version=__version__,
         description="任务控制API：取消、调整优先级、重试、查询任务。msearchd 的 REST 接口（经由 RPC）。",
         lifespan=lifespan,
+        generate_unique_id_function=lambda route: route.name,  # operation ids: the function names
     )
-    app.include_router(router)
+    for method, path, endpoint, options in ROUTES:
+        app.add_api_route(path, endpoint, methods=[method], tags=["tasks"], **options)
 
     async def on_validation_error(request: Request, exc: Exception) -> ApiJSON:
         assert isinstance(exc, RequestValidationError)
@@ -982,7 +1032,10 @@ def create_app(socket_path: Path, token: str | None = None, rpc_timeout: float =
 
     async def on_http_error(request: Request, exc: Exception) -> ApiJSON:
         assert isinstance(exc, HTTPException)
-        return detail(exc.status_code, str(exc.detail), exc.headers)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(app, request.scope))
+        return detail(exc.status_code, str(exc.detail), headers)
 
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(HTTPException, on_http_error)
@@ -1010,6 +1063,11 @@ def create_app(socket_path: Path, token: str | None = None, rpc_timeout: float =
                                 "application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}
                             },
                         }
+            # The id a submit returns is what the single-task paths take.
+            schema["paths"][f"{PREFIX}/tasks"]["post"]["responses"]["201"]["links"] = {
+                name: {"operationId": op, "parameters": {"task_id": "$response.body#/data/task_id"}}
+                for name, op in _TASK_LINKS.items()
+            }
             components = schema.setdefault("components", {})
             for name in ("HTTPValidationError", "ValidationError"):
                 components.get("schemas", {}).pop(name, None)

@@ -421,7 +421,8 @@ def test_submit_then_get_by_either_id(served):
         got = shim.get(f"/tasks/{ref}")
         assert got.status == 200
         assert got.body == rpc  # every field of the RPC task, same values
-    dep = shim.post("/tasks", json_body={"type": "file_embed_image", "depends_on": [task_id]})
+    padded = "task_" + number(task_id).zfill(25)  # leading zeros name the same task
+    dep = shim.post("/tasks", json_body={"type": "file_embed_image", "depends_on": [padded]})
     assert dep.status == 201
     assert dep.body["data"]["task"]["status"] == "blocked"
     assert dep.body["data"]["task"]["depends_on"] == [task_id]
@@ -441,6 +442,8 @@ def test_submit_refuses_bad_input(served):
         ({"type": "file_scan", "priority": "3"}, 400, "参数priority必须是0到11之间的整数"),
         ({"type": "file_scan", "data": [1]}, 400, "参数data必须是JSON对象"),
         ({"type": "file_scan", "depends_on": ["task_x"]}, 400, "参数depends_on中的任务ID无效"),
+        ({"type": "file_scan", "depends_on": ["0"]}, 400, "参数depends_on中的任务ID无效"),
+        ({"type": "file_scan", "depends_on": [True]}, 400, "参数depends_on中的任务ID无效"),
         ({"type": "file_scan", "colour": "red"}, 400, "未知参数: colour"),
         ({"type": "command", "data": {"argv": "ls"}}, 400, "参数无效: "),
         ({"type": "file_scan", "depends_on": ["task_999"]}, 404, "依赖的任务不存在"),
@@ -546,7 +549,7 @@ def test_priority(served):
         assert reply.body["message"] == f"任务优先级已更新: {task} -> {value}"
         assert c.get(task)["priority"] == int(value)
         assert reply.body["data"]["task"]["priority"] == int(value)
-    as_json = shim.post(f"/tasks/{task}/priority", json_body={"priority": 2})
+    as_json = shim.post(f"/tasks/{task}/priority", json_body={"priority": 2.0})  # JSON's integer
     assert as_json.status == 200 and as_json.body["message"] == f"任务优先级已更新: {task} -> 2"
 
     refused: list[tuple[dict[str, Any], str]] = [
@@ -783,6 +786,21 @@ def test_bodies_in_every_accepted_encoding(served):
     )
     assert huge.status == 413
     assert c.get(task)["priority"] == 8
+
+
+def test_wrong_method_is_405_naming_the_methods_served(served):
+    _, shim, _ = served
+    for method, path, allow in (
+        ("OPTIONS", "/tasks", "GET, POST"),
+        ("DELETE", "/tasks/task_1", "GET"),
+        ("GET", "/tasks/task_1/cancel", "POST"),
+        ("PUT", "/tasks/cancel-all", "POST"),  # not GET: /tasks/{task_id} is not what this path means
+        ("POST", "/tasks/stats", "GET"),
+    ):
+        reply = call(shim.url, method, "/api/v1" + path)
+        assert reply.status == 405, (method, path)
+        assert reply.headers["Allow"] == allow, (method, path)
+        assert reply.body == {"detail": "Method Not Allowed"}
 
 
 def test_openapi_describes_every_path_and_every_answer(served):
