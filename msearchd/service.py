@@ -35,7 +35,7 @@ from msearchd.model import (
 )
 from msearchd.protocol import PROTOCOL_VERSION, check_params
 from msearchd.scheduler import Scheduler
-from msearchd.store import CHUNK, Store
+from msearchd.store import CHUNK, WAITING, Store
 from msearchd.workers import Outcome, WorkerPool
 
 log = logging.getLogger("msearchd.service")
@@ -46,6 +46,8 @@ REQUESTER: contextvars.ContextVar[tuple[int | None, int | None]] = contextvars.C
 )
 
 LIST_LIMIT_MAX = 10_000
+# Rows a bulk cancel changes per transaction: small enough that other requests wait tens of ms at most.
+BULK_CHUNK = 2000
 PROGRESS_FLUSH_INTERVAL = 1.0
 SUBSCRIBER_BUFFER = 10_000
 
@@ -113,6 +115,7 @@ class TaskService:
         self._flush_wanted = asyncio.Event()
         self._waiters: dict[int, list[tuple[frozenset[TaskStatus], asyncio.Future[None]]]] = {}
         self._subscriptions: set[Subscription] = set()
+        self._default_priority: dict[str, int] = {}
 
     # --- helpers ------------------------------------------------------------------------------------
 
@@ -183,13 +186,23 @@ class TaskService:
             raise InvalidArgument("task data must be a map")
         if task_type == "command" and "command" not in self.settings.handlers:
             command.validate(data)
-        prio = (
-            default_priority(task_type, self.settings.priorities)
-            if priority is None
-            else validate_priority(priority)
-        )
-        if depends_on is None:
-            depends_on = []
+        if priority is None:
+            prio = self._default_priority.get(task_type)
+            if prio is None:
+                prio = self._default_priority[task_type] = default_priority(
+                    task_type, self.settings.priorities
+                )
+        else:
+            prio = validate_priority(priority)
+        if not depends_on:
+            return {
+                "task_type": task_type,
+                "data": data,
+                "priority": prio,
+                "status": TaskStatus.PENDING,
+                "depends_on": [],
+                "blocked_reason": None,
+            }
         if not isinstance(depends_on, list):
             raise InvalidArgument("depends_on must be a list of task ids")
         deps = [self._current_attempt(parse_task_id(d)) for d in dict.fromkeys(depends_on)]
@@ -229,9 +242,18 @@ class TaskService:
         depends_on: list[Any] | None = None,
     ) -> dict[str, Any]:
         spec = self._prepare(type, data, priority, depends_on)
-        task_id = self.store.insert(**spec, created_at=self.clock())
-        task = self.store.get(task_id)
-        assert task is not None
+        now = self.clock()
+        task_id = self.store.insert(**spec, created_at=now)
+        task = Task(
+            id=task_id,
+            type=spec["task_type"],
+            status=spec["status"],
+            priority=spec["priority"],
+            data=spec["data"],
+            depends_on=spec["depends_on"],
+            blocked_reason=spec["blocked_reason"],
+            created_at=now,
+        )
         self._publish("submitted", task)
         if task.status is TaskStatus.PENDING:
             self.wake()
@@ -252,9 +274,7 @@ class TaskService:
                 )
             except (InvalidArgument, InvalidState, NotFound) as exc:
                 raise type(exc)(f"tasks[{i}]: {exc.message}") from None
-        now = self.clock()
-        with self.store.transaction():
-            ids = [self.store.insert(**spec, created_at=now) for spec in specs]
+        ids = self.store.insert_many(specs, self.clock())
         self._publish_status("submitted", ids)
         self.wake()
         return {"task_ids": [format_task_id(i) for i in ids]}
@@ -341,7 +361,7 @@ class TaskService:
     def _cascade_cancel(self, roots: Sequence[int]) -> int:
         """Cancel every waiting task that depends, directly or not, on `roots`; returns how many."""
         count = 0
-        frontier = list(roots)
+        frontier = self.store.with_dependents(roots)
         while frontier:
             nxt: list[int] = []
             for root in frontier:
@@ -353,7 +373,7 @@ class TaskService:
                     self._publish_status("cancelled", done, stop_reason=StopReason.NOT_STARTED.value)
                     nxt += done
             count += len(nxt)
-            frontier = nxt
+            frontier = self.store.with_dependents(nxt)
         return count
 
     def _refresh_dependents(self, task_id: int) -> None:
@@ -361,8 +381,7 @@ class TaskService:
         for dep_id in self.store.dependents(task_id, statuses=(TaskStatus.BLOCKED.value,)):
             status, reason = dependency_state(self.store.dependency_statuses(dep_id))
             if status is TaskStatus.PENDING:
-                self.store.update(dep_id, status=status, blocked_reason=None)
-                task = self.store.get(dep_id)
+                task = self.store.update(dep_id, status=status, blocked_reason=None)
                 assert task is not None
                 self._publish("unblocked", task)
                 self.wake()
@@ -385,13 +404,16 @@ class TaskService:
             fields["progress"] = 1.0
         cascaded = 0
         with self.store.transaction():
-            self.store.update(task.id, **fields)
+            finished = self.store.update(task.id, expect=[TaskStatus.RUNNING.value], **fields)
+            if finished is None:
+                log.warning(
+                    "%s ended (%s) but was no longer running", format_task_id(task.id), outcome.status
+                )
+                return 0
             if outcome.status is TaskStatus.CANCELLED:
                 cascaded = self._cascade_cancel([task.id])
             else:
                 self._refresh_dependents(task.id)
-        finished = self.store.get(task.id)
-        assert finished is not None
         extra = {"stop_reason": outcome.stop_reason.value} if outcome.stop_reason else {}
         if outcome.error:
             extra["error"] = outcome.error
@@ -403,7 +425,8 @@ class TaskService:
     def worker_idle(self) -> None:
         self.wake()
 
-    def task_progress(self, task_id: int, progress: float | None, operation: str | None) -> None:
+    def task_progress(self, task: Task, progress: float | None, operation: str | None) -> None:
+        task_id = task.id
         old_progress, old_op = self._progress.get(task_id, (0.0, None))
         new = (
             old_progress if progress is None else float(progress),
@@ -413,18 +436,12 @@ class TaskService:
         self._dirty.add(task_id)
         self._flush_wanted.set()
         if self._subscriptions:
-            task = self.store.get(task_id)
-            if task is not None:
-                self._publish("progress", task, progress=new[0], current_operation=new[1])
+            self._publish("progress", task, progress=new[0], current_operation=new[1])
 
-    def task_finished(self, task_id: int, outcome: Outcome) -> None:
-        task = self.store.get(task_id)
-        if task is None or task.status is not TaskStatus.RUNNING:
-            log.warning("%s reported %s but is not running", format_task_id(task_id), outcome.status)
-            return
+    def task_finished(self, task: Task, outcome: Outcome) -> None:
         self.scheduler.finished(task.type)
         if outcome.status is TaskStatus.FAILED:
-            log.info("%s failed: %s", format_task_id(task_id), outcome.error)
+            log.info("%s failed: %s", format_task_id(task.id), outcome.error)
         self._finish(task, outcome)
 
     # --- dispatch -----------------------------------------------------------------------------------
@@ -437,13 +454,21 @@ class TaskService:
             await self._wake.wait()
 
     def _dispatch_ready(self) -> None:
+        """Claim a task for every idle worker in one transaction, then hand them out."""
         pool = self.pool
-        while pool is not None and pool.idle_count and not self._stopping:
-            task = self.store.claim_next(self.scheduler.excluded_types(), self.clock(), pool.next_idle_pid())
-            if task is None:
-                return
-            self.scheduler.started(task.type)
-            pool.dispatch(task, self.log_path(task.id))
+        if pool is None or self._stopping:
+            return
+        claimed: list[Task] = []
+        with self.store.transaction():
+            for pid in pool.idle_pids():
+                task = self.store.claim_next(self.scheduler.excluded_types(), self.clock(), pid)
+                if task is None:
+                    break
+                self.scheduler.started(task.type)
+                claimed.append(task)
+        for task in claimed:
+            assert task.worker_pid is not None
+            pool.dispatch(task, task.worker_pid, self.log_path(task.id))
             self._publish("started", task, worker_pid=task.worker_pid, attempt=task.attempts)
 
     async def run_progress_flusher(self) -> None:
@@ -494,21 +519,35 @@ class TaskService:
                 raise InvalidState(f"{ref} {outcome.status} before the cancel took effect")
         else:
             with self.store.transaction():
-                self.store.cancel_waiting([task.id], self.clock())
+                cancelled = self.store.update(
+                    task.id,
+                    expect=WAITING,
+                    status=TaskStatus.CANCELLED,
+                    finished_at=self.clock(),
+                    stop_reason=StopReason.NOT_STARTED,
+                    blocked_reason=None,
+                )
+                assert cancelled is not None  # nothing ran between the read and this write
                 self._record([task.id], "cancel_requested", by="cancel", running=False)
                 cascaded = self._cascade_cancel([task.id])
-            self._publish_status("cancelled", [task.id], stop_reason=StopReason.NOT_STARTED.value)
+            self._publish("cancelled", cancelled, stop_reason=StopReason.NOT_STARTED.value)
+            return {"task": self.wire(cancelled), "cancelled_dependents": cascaded}
         return {"task": await self.get(task.id), "cancelled_dependents": cascaded}
 
     async def _cancel_many(self, task_type: str | None, running: bool) -> dict[str, Any]:
         """Cancel waiting tasks in bounded chunks, letting other requests through between them."""
         by = "cancel-all" if task_type is None else "cancel-by-type"
+        uid, pid = REQUESTER.get()
+        detail: dict[str, Any] = {"by": by, "running": running}
+        if task_type is not None:
+            detail["task_type"] = task_type
+        with self.store.transaction():
+            request = self.store.add_bulk_request(self.clock(), "cancel_requested", detail, uid, pid)
         max_id = self.store.max_id()
         cancelled = cascaded = failed = 0
         while True:
             with self.store.transaction():
-                ids = self.store.cancel_waiting_batch(task_type, max_id, self.clock(), CHUNK)
-                self._record(ids, "cancel_requested", by=by, running=False)
+                ids = self.store.cancel_waiting_batch(task_type, max_id, self.clock(), BULK_CHUNK, request)
                 if task_type is not None:
                     cascaded += self._cascade_cancel(ids)
             if not ids:
@@ -547,9 +586,10 @@ class TaskService:
             raise InvalidState(f"{ref} is {task.status}; only a pending or blocked task's priority changes")
         old = task.priority
         with self.store.transaction():
-            self.store.update(task.id, priority=priority)
+            changed = self.store.update(task.id, expect=WAITING, priority=priority)
+            assert changed is not None  # nothing ran between the read and this write
             self._record([task.id], "priority_changed", old=old, new=priority)
-        task.priority = priority
+        task = changed
         self._publish("priority_changed", task, old_priority=old, priority=priority)
         if task.status is TaskStatus.PENDING:
             self.wake()

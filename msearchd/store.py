@@ -35,23 +35,26 @@ CREATE TABLE tasks (
     created_at REAL NOT NULL,
     started_at REAL,
     finished_at REAL,
-    worker_pid INTEGER
+    worker_pid INTEGER,
+    bulk_request INTEGER
 );
+-- The queue: the next task is the first entry. Statements that pick from it say INDEXED BY, since the
+-- planner would rather use tasks_status and sort every pending row.
 CREATE INDEX tasks_queue ON tasks(priority, id) WHERE status = 'pending';
-CREATE INDEX tasks_status_type ON tasks(status, type);
+-- Within one status, or one (type, status), entries are in id order: listing needs no sort.
+CREATE INDEX tasks_status ON tasks(status);
+CREATE INDEX tasks_type_status ON tasks(type, status);
 CREATE TABLE deps (
     task_id INTEGER NOT NULL,
     depends_on INTEGER NOT NULL,
     PRIMARY KEY (task_id, depends_on)
 ) WITHOUT ROWID;
 CREATE INDEX deps_reverse ON deps(depends_on, task_id);
-"""
-
-# What was asked of a task and by whom; lifecycle times live in the task row itself.
-_SCHEMA_V2 = """
+-- What was asked of a task and by whom. A bulk request (cancel-all) is one row without a task_id,
+-- which the tasks it cancelled point at (tasks.bulk_request); lifecycle times live in the task row.
 CREATE TABLE task_events (
     id INTEGER PRIMARY KEY,
-    task_id INTEGER NOT NULL,
+    task_id INTEGER,
     time REAL NOT NULL,
     event TEXT NOT NULL,
     detail BLOB,
@@ -62,12 +65,13 @@ CREATE INDEX task_events_task ON task_events(task_id, id);
 """
 
 # Migration N brings a store from schema version N to N + 1; the version is SQLite's user_version.
-MIGRATIONS = (_SCHEMA_V1, _SCHEMA_V2)
+MIGRATIONS = (_SCHEMA_V1,)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _COLUMNS = (
     "id, type, status, priority, data, progress, current_operation, attempts, error, blocked_reason, "
-    "stop_reason, retry_of, retried_as, created_at, started_at, finished_at, worker_pid"
+    "stop_reason, retry_of, retried_as, created_at, started_at, finished_at, worker_pid, "
+    "(SELECT group_concat(depends_on) FROM deps WHERE deps.task_id = tasks.id)"
 )
 _UPDATABLE = frozenset(
     {
@@ -95,14 +99,14 @@ def _pack(data: dict[str, Any]) -> bytes:
     return msgpack.packb(data, use_bin_type=True)
 
 
-def _row_to_task(row: Sequence[Any], deps: list[int]) -> Task:
+def _row_to_task(row: Sequence[Any]) -> Task:
     return Task(
         id=row[0],
         type=row[1],
         status=TaskStatus(row[2]),
         priority=row[3],
         data=msgpack.unpackb(row[4], raw=False),
-        depends_on=deps,
+        depends_on=sorted(int(d) for d in row[17].split(",")) if row[17] else [],
         progress=row[5],
         current_operation=row[6],
         attempts=row[7],
@@ -170,27 +174,12 @@ class Store:
 
     # --- reads ------------------------------------------------------------------------------------
 
-    def _deps_map(self, ids: Sequence[int]) -> dict[int, list[int]]:
-        out: dict[int, list[int]] = {}
-        for start in range(0, len(ids), CHUNK):
-            part = ids[start : start + CHUNK]
-            rows = self._db.execute(
-                f"SELECT task_id, depends_on FROM deps WHERE task_id IN ({_marks(len(part))}) "
-                "ORDER BY task_id, depends_on",
-                part,
-            )
-            for task_id, dep in rows:
-                out.setdefault(task_id, []).append(dep)
-        return out
-
     def _tasks(self, sql: str, args: Sequence[Any] = ()) -> list[Task]:
-        rows = self._db.execute(sql, args).fetchall()
-        deps = self._deps_map([r[0] for r in rows])
-        return [_row_to_task(r, deps.get(r[0], [])) for r in rows]
+        return [_row_to_task(r) for r in self._db.execute(sql, args)]
 
     def get(self, task_id: int) -> Task | None:
-        tasks = self._tasks(f"SELECT {_COLUMNS} FROM tasks WHERE id = ?", (task_id,))
-        return tasks[0] if tasks else None
+        row = self._db.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        return _row_to_task(row) if row else None
 
     def get_many(self, ids: Sequence[int]) -> list[Task]:
         out: list[Task] = []
@@ -227,10 +216,15 @@ class Store:
         limit: int = 100,
         offset: int = 0,
     ) -> list[Task]:
-        where, args = self._filters(statuses, task_type)
-        return self._tasks(
-            f"SELECT {_COLUMNS} FROM tasks{where} ORDER BY id LIMIT ? OFFSET ?", [*args, limit, offset]
-        )
+        """Tasks in id order. Several statuses are read one index range each and merged, not sorted."""
+        if not statuses or len(statuses) == 1:
+            where, args = self._filters(statuses, task_type)
+            return self._tasks(
+                f"SELECT {_COLUMNS} FROM tasks{where} ORDER BY id LIMIT ? OFFSET ?", [*args, limit, offset]
+            )
+        merged = [t for status in statuses for t in self.list([status], task_type, limit + offset, 0)]
+        merged.sort(key=lambda t: t.id)
+        return merged[offset : offset + limit]
 
     def count(self, statuses: Sequence[str] | None = None, task_type: str | None = None) -> int:
         where, args = self._filters(statuses, task_type)
@@ -248,19 +242,25 @@ class Store:
         )
         return [r[0] for r in rows]
 
+    def with_dependents(self, ids: Sequence[int]) -> list[int]:
+        """Those of `ids` that some waiting task depends on: the only ones a cascade needs to visit."""
+        out: list[int] = []
+        for start in range(0, len(ids), CHUNK):
+            part = list(ids[start : start + CHUNK])
+            rows = self._db.execute(
+                f"SELECT DISTINCT d.depends_on FROM deps d JOIN tasks t ON t.id = d.task_id "
+                f"WHERE d.depends_on IN ({_marks(len(part))}) AND t.status IN ('pending', 'blocked')",
+                part,
+            )
+            out += [r[0] for r in rows]
+        return sorted(out)
+
     def dependency_statuses(self, task_id: int) -> list[tuple[int, TaskStatus]]:
         rows = self._db.execute(
             "SELECT t.id, t.status FROM deps d JOIN tasks t ON t.id = d.depends_on WHERE d.task_id = ?",
             (task_id,),
         )
         return [(i, TaskStatus(s)) for i, s in rows]
-
-    def ids_with_status(
-        self, statuses: Sequence[str], task_type: str | None = None, limit: int = CHUNK
-    ) -> list[int]:
-        where, args = self._filters(statuses, task_type)
-        rows = self._db.execute(f"SELECT id FROM tasks{where} ORDER BY id LIMIT ?", [*args, limit])
-        return [r[0] for r in rows]
 
     def failed_not_retried(self, task_type: str | None, after: int, limit: int) -> list[int]:
         type_clause = " AND type = ?" if task_type is not None else ""
@@ -305,30 +305,65 @@ class Store:
                 )
         return task_id
 
-    def update(self, task_id: int, **fields: Any) -> None:
+    def insert_many(self, specs: Sequence[dict[str, Any]], created_at: float) -> list[int]:
+        """Insert many tasks (each spec as the keywords of `insert`) with one statement; returns their ids."""
+        with self.transaction():
+            row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'tasks'").fetchone()
+            first = (row[0] if row else 0) + 1
+            self._db.executemany(
+                "INSERT INTO tasks (type, status, priority, data, blocked_reason, retry_of, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        s["task_type"],
+                        str(s["status"]),
+                        s["priority"],
+                        _pack(s["data"]),
+                        s["blocked_reason"],
+                        s.get("retry_of"),
+                        created_at,
+                    )
+                    for s in specs
+                ],
+            )
+            # AUTOINCREMENT under the write lock hands out consecutive ids.
+            ids = list(range(first, first + len(specs)))
+            last = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'tasks'").fetchone()[0]
+            assert not ids or last == ids[-1], "ids of a batch insert were not consecutive"
+            deps = [(i, d) for i, spec in zip(ids, specs, strict=True) for d in spec["depends_on"]]
+            if deps:
+                self._db.executemany("INSERT OR IGNORE INTO deps (task_id, depends_on) VALUES (?, ?)", deps)
+        return ids
+
+    def update(self, task_id: int, expect: Sequence[str] | None = None, **fields: Any) -> Task | None:
+        """Change fields of a task, if its status is one of `expect` (when given); returns the task as it
+        now is, or None when there is no such task or its status was not as expected."""
         unknown = set(fields) - _UPDATABLE
         if unknown:
             raise ValueError(f"not updatable: {sorted(unknown)}")
         values = [str(v) if isinstance(v, TaskStatus | StopReason) else v for v in fields.values()]
         assignments = ", ".join(f"{name} = ?" for name in fields)
-        self._db.execute(f"UPDATE tasks SET {assignments} WHERE id = ?", (*values, task_id))
+        condition = f" AND status IN ({_marks(len(expect))})" if expect else ""
+        row = self._db.execute(
+            f"UPDATE tasks SET {assignments} WHERE id = ?{condition} RETURNING {_COLUMNS}",
+            (*values, task_id, *(expect or ())),
+        ).fetchone()
+        return _row_to_task(row) if row else None
 
     def claim_next(self, exclude_types: Sequence[str], now: float, worker_pid: int) -> Task | None:
-        """Move the first pending task in (priority, id) order to running and return it."""
+        """Move the first pending task in (priority, id) order to running and return it.
+
+        Call it inside a transaction: several claims then share one commit.
+        """
         extra = f" AND type NOT IN ({_marks(len(exclude_types))})" if exclude_types else ""
-        with self.transaction():
-            row = self._db.execute(
-                f"SELECT id FROM tasks WHERE status = 'pending'{extra} ORDER BY priority, id LIMIT 1",
-                list(exclude_types),
-            ).fetchone()
-            if row is None:
-                return None
-            self._db.execute(
-                "UPDATE tasks SET status = 'running', started_at = ?, attempts = attempts + 1, progress = 0, "
-                "current_operation = NULL, error = NULL, worker_pid = ? WHERE id = ?",
-                (now, worker_pid, row[0]),
-            )
-            return self.get(row[0])
+        row = self._db.execute(
+            f"UPDATE tasks SET status = 'running', started_at = ?, attempts = attempts + 1, progress = 0, "
+            f"current_operation = NULL, error = NULL, worker_pid = ? WHERE id = (SELECT id FROM tasks "
+            f"INDEXED BY tasks_queue WHERE status = 'pending'{extra} ORDER BY priority, id LIMIT 1) "
+            f"RETURNING {_COLUMNS}",
+            (now, worker_pid, *exclude_types),
+        ).fetchone()
+        return _row_to_task(row) if row else None
 
     def cancel_waiting(self, ids: Sequence[int], now: float, error: str | None = None) -> list[int]:
         """Cancel those of `ids` still pending or blocked; returns the ones it cancelled."""
@@ -345,17 +380,16 @@ class Store:
         return done
 
     def cancel_waiting_batch(
-        self, task_type: str | None, max_id: int, now: float, limit: int = CHUNK
+        self, task_type: str | None, max_id: int, now: float, limit: int, request: int
     ) -> list[int]:
-        """Cancel up to `limit` waiting tasks (of a type) with ids up to `max_id`; returns their ids."""
-        type_clause = " AND type = ?" if task_type is not None else ""
-        args: list[Any] = [now]
-        if task_type is not None:
-            args.append(task_type)
+        """Cancel up to `limit` waiting tasks (of a type) with ids up to `max_id`, for the bulk request
+        `request` (a task_events row); returns their ids."""
+        type_clause = "type = ? AND " if task_type is not None else ""
+        args: list[Any] = [now, request] + ([task_type] if task_type is not None else [])
         rows = self._db.execute(
             "UPDATE tasks SET status = 'cancelled', finished_at = ?, stop_reason = 'not_started', "
-            "blocked_reason = NULL WHERE id IN (SELECT id FROM tasks WHERE status IN ('pending', 'blocked')"
-            f"{type_clause} AND id <= ? LIMIT ?) RETURNING id",
+            f"blocked_reason = NULL, bulk_request = ? WHERE id IN (SELECT id FROM tasks WHERE {type_clause}"
+            "status IN ('pending', 'blocked') AND id <= ? LIMIT ?) RETURNING id",
             [*args, max_id, limit],
         ).fetchall()
         return sorted(r[0] for r in rows)
@@ -388,9 +422,23 @@ class Store:
             [(t, when, e, _pack(d) if d else None, uid, pid) for t, when, e, d, uid, pid in rows],
         )
 
+    def add_bulk_request(
+        self, time: float, event: str, detail: dict[str, Any], uid: int | None, pid: int | None
+    ) -> int:
+        """Record one request about many tasks; they point at it when it changes them."""
+        cur = self._db.execute(
+            "INSERT INTO task_events (task_id, time, event, detail, uid, pid) VALUES (NULL, ?, ?, ?, ?, ?)",
+            (time, event, _pack(detail), uid, pid),
+        )
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
     def events(self, task_id: int) -> list[dict[str, Any]]:
+        """A task's recorded requests, the bulk request that cancelled it among them."""
         rows = self._db.execute(
-            "SELECT time, event, detail, uid, pid FROM task_events WHERE task_id = ? ORDER BY id", (task_id,)
+            "SELECT time, event, detail, uid, pid FROM task_events WHERE task_id = ? "
+            "OR id = (SELECT bulk_request FROM tasks WHERE id = ?) ORDER BY id",
+            (task_id, task_id),
         )
         return [
             {

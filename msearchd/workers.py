@@ -46,9 +46,9 @@ class Outcome:
 class PoolListener(Protocol):
     def worker_idle(self) -> None: ...
 
-    def task_progress(self, task_id: int, progress: float | None, operation: str | None) -> None: ...
+    def task_progress(self, task: Task, progress: float | None, operation: str | None) -> None: ...
 
-    def task_finished(self, task_id: int, outcome: Outcome) -> None: ...
+    def task_finished(self, task: Task, outcome: Outcome) -> None: ...
 
     async def follow_up(self, parent_id: int, params: dict[str, Any]) -> str: ...
 
@@ -179,9 +179,8 @@ class WorkerPool:
     def busy_count(self) -> int:
         return sum(1 for w in self._workers if w.task is not None)
 
-    def next_idle_pid(self) -> int:
-        """The pid of the worker the next `dispatch` will use."""
-        return self._idle[-1].pid
+    def idle_pids(self) -> list[int]:
+        return [w.pid for w in self._idle]
 
     def _worker_for(self, task_id: int) -> WorkerProcess | None:
         return next((w for w in self._workers if w.task is not None and w.task.id == task_id), None)
@@ -238,7 +237,7 @@ class WorkerPool:
             self._respawn_delay = 0.0
             self._make_idle(worker)
         elif op == "progress" and task is not None:
-            self._listener.task_progress(task.id, message.get("progress"), message.get("current_operation"))
+            self._listener.task_progress(task, message.get("progress"), message.get("current_operation"))
         elif op == "submit" and task is not None and worker.writer is not None:
             try:
                 reply: dict[str, Any] = {
@@ -258,7 +257,7 @@ class WorkerPool:
                     worker.report.set_result(outcome)
                 return
             worker.task = None
-            self._listener.task_finished(task.id, outcome)
+            self._listener.task_finished(task, outcome)
             self._make_idle(worker)
         else:
             log.warning("worker %d: unexpected message %r", worker.pid, op)
@@ -280,7 +279,7 @@ class WorkerPool:
         if task is not None and not worker.stopping:
             log.warning("worker %d %s while running %s", worker.pid, how, format_task_id(task.id))
             worker.task = None
-            self._listener.task_finished(task.id, Outcome(TaskStatus.FAILED, error=f"worker {how}"))
+            self._listener.task_finished(task, Outcome(TaskStatus.FAILED, error=f"worker {how}"))
         elif not worker.stopping and not self._closing:
             log.warning("worker %d %s", worker.pid, how)
         if self._closing:
@@ -299,9 +298,10 @@ class WorkerPool:
 
     # --- work ---------------------------------------------------------------------------------------
 
-    def dispatch(self, task: Task, log_path: Path) -> int:
-        """Hand `task` to an idle worker; returns the worker's pid (= its process group)."""
-        worker = self._idle.pop()
+    def dispatch(self, task: Task, pid: int, log_path: Path) -> None:
+        """Hand `task` to the idle worker `pid`."""
+        worker = next(w for w in self._idle if w.pid == pid)
+        self._idle.remove(worker)
         assert worker.writer is not None
         worker.task = task
         payload = {
@@ -311,7 +311,6 @@ class WorkerPool:
             "log_path": str(log_path),
         }
         worker.writer.write(protocol.encode({"op": "run", "task": payload}))
-        return worker.pid
 
     async def terminate(self, task_id: int, grace: float) -> Outcome | None:
         """Stop a running task and everything it started; None if no worker runs it.
