@@ -353,7 +353,12 @@ TASK_TYPE = BodyParam(
 )
 SUBMIT = (
     BodyParam("type", "任务类型", {"type": "string", "pattern": TYPE_PATTERN}, json_type, required=True),
-    BodyParam("data", "任务数据（处理器的输入）", {"type": "object"}, json_object),
+    BodyParam(
+        "data",
+        "任务数据（处理器的输入）；其中的整数须在64位范围内",
+        {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/JsonValue"}},
+        json_object,
+    ),
     BodyParam(
         "priority",
         f"优先级 {PRIORITY_MIN}-{PRIORITY_MAX}；省略或 null 时按类型取默认值",
@@ -419,10 +424,35 @@ def _reject_constant(name: str) -> Any:
 
 
 def _finite(text: str) -> float:
+    """A JSON number with a fraction or exponent; JSON Schema counts 1e3 as an integer, and so do we."""
     value = float(text)
-    if not math.isfinite(value):
-        raise bad(f"请求体中的数超出范围: {text}")
+    if not math.isfinite(value) or (value.is_integer() and not INT_MIN <= value <= INT_MAX):
+        raise bad(f"请求体中的数超出范围: {text[:40]}")
     return value
+
+
+INT_MIN, INT_MAX = -(2**63), 2**64 - 1  # what msgpack, and so the daemon, can hold
+
+
+def _bounded_int(text: str) -> int:
+    value = int(text)
+    if not INT_MIN <= value <= INT_MAX:
+        raise bad(f"请求体中的整数超出64位范围: {text[:40]}")
+    return value
+
+
+# Any JSON value whose integers fit the daemon's 64 bits (other numbers: any finite one).
+JSON_VALUE_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": "null"},
+        {"type": "boolean"},
+        {"type": "string"},
+        {"type": "integer", "minimum": INT_MIN, "maximum": INT_MAX},
+        {"type": "number", "not": {"type": "integer"}},
+        {"type": "array", "items": {"$ref": "#/components/schemas/JsonValue"}},
+        {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/JsonValue"}},
+    ]
+}
 
 
 def _parse_urlencoded(body: bytes) -> list[tuple[str, str]]:
@@ -463,7 +493,9 @@ async def read_params(request: Request, params: tuple[BodyParam, ...]) -> dict[s
         pass
     elif ctype == "application/json" or (ctype.startswith("application/") and ctype.endswith("+json")):
         try:
-            value = json.loads(body, parse_constant=_reject_constant, parse_float=_finite)
+            value = json.loads(
+                body, parse_constant=_reject_constant, parse_float=_finite, parse_int=_bounded_int
+            )
         except (ValueError, RecursionError) as exc:
             raise bad(f"请求体不是有效的JSON: {exc}") from None
         if not isinstance(value, dict):
@@ -906,6 +938,14 @@ async def retry_task(request: Request, task_id: TaskIdPath) -> ApiJSON:
 # --- the application ----------------------------------------------------------------------------------
 
 
+def _is_local(url: str) -> bool:
+    """Whether a URL (or `//host:port`) names this machine; an unreadable one does not."""
+    try:
+        return is_loopback_name(urlsplit(url).hostname or "")
+    except ValueError:
+        return False
+
+
 class Guard:
     """Outermost checks: the bearer token; without one, only loopback hosts and origins; no 500 unlogged.
 
@@ -929,10 +969,10 @@ class Guard:
                 )
             return None
         host = headers.get("host")
-        if host is not None and not is_loopback_name(urlsplit(f"//{host}").hostname or ""):
+        if host is not None and not _is_local(f"//{host}"):
             return detail(403, f"拒绝访问: Host {host!r} 不是本机地址（未设置令牌时只接受本机请求）")
         origin = headers.get("origin")
-        if origin is not None and not is_loopback_name(urlsplit(origin).hostname or ""):
+        if origin is not None and not _is_local(origin):
             return detail(403, f"拒绝来自其他网站的请求: Origin {origin!r}")
         return None
 
@@ -1069,6 +1109,7 @@ def create_app(socket_path: Path, token: str | None = None, rpc_timeout: float =
                 for name, op in _TASK_LINKS.items()
             }
             components = schema.setdefault("components", {})
+            components.setdefault("schemas", {})["JsonValue"] = JSON_VALUE_SCHEMA
             for name in ("HTTPValidationError", "ValidationError"):
                 components.get("schemas", {}).pop(name, None)
             if token:

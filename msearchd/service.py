@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
 import logging
 import os
 import time
@@ -116,6 +117,7 @@ class TaskService:
         self._waiters: dict[int, list[tuple[frozenset[TaskStatus], asyncio.Future[None]]]] = {}
         self._subscriptions: set[Subscription] = set()
         self._default_priority: dict[str, int] = {}
+        self._finished: list[tuple[Task, Outcome]] = []
 
     # --- helpers ------------------------------------------------------------------------------------
 
@@ -138,25 +140,30 @@ class TaskService:
         return task.to_wire()
 
     def _publish(self, event: str, task: Task, **extra: Any) -> None:
-        waiters = self._waiters.get(task.id)
-        if waiters:
-            for statuses, future in waiters:
-                if task.status in statuses and not future.done():
-                    future.set_result(None)
-        if not self._subscriptions:
-            return
-        payload = {
-            "event": event,
-            "task_id": format_task_id(task.id),
-            "task_id_n": task.id,
-            "type": task.type,
-            "status": str(task.status),
-            "time": self.clock(),
-            **extra,
-        }
-        for sub in list(self._subscriptions):
-            if sub.wants(payload):
-                sub.offer(payload)
+        """Tell waiters and subscribers about a change, once it is committed."""
+        status = task.status
+        payload = None
+        if self._subscriptions:
+            payload = {
+                "event": event,
+                "task_id": format_task_id(task.id),
+                "task_id_n": task.id,
+                "type": task.type,
+                "status": str(status),
+                "time": self.clock(),
+                **extra,
+            }
+        if payload is not None or task.id in self._waiters:
+            self.store.after_commit(lambda: self._deliver(task.id, status, payload))
+
+    def _deliver(self, task_id: int, status: TaskStatus, payload: dict[str, Any] | None) -> None:
+        for statuses, future in self._waiters.get(task_id, ()):
+            if status in statuses and not future.done():
+                future.set_result(None)
+        if payload is not None:
+            for sub in list(self._subscriptions):
+                if sub.wants(payload):
+                    sub.offer(payload)
 
     def _publish_status(self, event: str, task_ids: Iterable[int], **extra: Any) -> None:
         """Publish a state change for tasks changed in bulk, reading them back only if anyone listens."""
@@ -381,7 +388,7 @@ class TaskService:
         for dep_id in self.store.dependents(task_id, statuses=(TaskStatus.BLOCKED.value,)):
             status, reason = dependency_state(self.store.dependency_statuses(dep_id))
             if status is TaskStatus.PENDING:
-                task = self.store.update(dep_id, status=status, blocked_reason=None)
+                task = self.store.update_returning(dep_id, status=status, blocked_reason=None)
                 assert task is not None
                 self._publish("unblocked", task)
                 self.wake()
@@ -404,12 +411,12 @@ class TaskService:
             fields["progress"] = 1.0
         cascaded = 0
         with self.store.transaction():
-            finished = self.store.update(task.id, expect=[TaskStatus.RUNNING.value], **fields)
-            if finished is None:
+            if not self.store.update(task.id, expect=[TaskStatus.RUNNING.value], **fields):
                 log.warning(
                     "%s ended (%s) but was no longer running", format_task_id(task.id), outcome.status
                 )
                 return 0
+            finished = dataclasses.replace(task, **fields)
             if outcome.status is TaskStatus.CANCELLED:
                 cascaded = self._cascade_cancel([task.id])
             else:
@@ -439,10 +446,18 @@ class TaskService:
             self._publish("progress", task, progress=new[0], current_operation=new[1])
 
     def task_finished(self, task: Task, outcome: Outcome) -> None:
-        self.scheduler.finished(task.type)
-        if outcome.status is TaskStatus.FAILED:
-            log.info("%s failed: %s", format_task_id(task.id), outcome.error)
-        self._finish(task, outcome)
+        """Queue the outcome: the dispatcher records all that arrived together in one transaction."""
+        self._finished.append((task, outcome))
+        self.wake()
+
+    def _settle(self) -> None:
+        """Record the outcomes the workers reported since the last time."""
+        batch, self._finished = self._finished, []
+        for task, outcome in batch:
+            self.scheduler.finished(task.type)
+            if outcome.status is TaskStatus.FAILED:
+                log.info("%s failed: %s", format_task_id(task.id), outcome.error)
+            self._finish(task, outcome)
 
     # --- dispatch -----------------------------------------------------------------------------------
 
@@ -456,18 +471,17 @@ class TaskService:
     def _dispatch_ready(self) -> None:
         """Claim a task for every idle worker in one transaction, then hand them out."""
         pool = self.pool
-        if pool is None or self._stopping:
-            return
         claimed: list[Task] = []
         with self.store.transaction():
-            for pid in pool.idle_pids():
+            self._settle()
+            for pid in pool.idle_pids() if pool is not None and not self._stopping else ():
                 task = self.store.claim_next(self.scheduler.excluded_types(), self.clock(), pid)
                 if task is None:
                     break
                 self.scheduler.started(task.type)
                 claimed.append(task)
         for task in claimed:
-            assert task.worker_pid is not None
+            assert pool is not None and task.worker_pid is not None
             pool.dispatch(task, task.worker_pid, self.log_path(task.id))
             self._publish("started", task, worker_pid=task.worker_pid, attempt=task.attempts)
 
@@ -488,6 +502,11 @@ class TaskService:
 
     async def _stop_running(self, task: Task, by: str) -> tuple[Outcome, int]:
         """Stop a running task for good; returns how it ended and how many dependents were cancelled."""
+        with self.store.transaction():
+            self._settle()  # it may have finished already, its outcome not yet recorded
+        current = self.store.get(task.id)
+        if current is None or current.status is not TaskStatus.RUNNING:
+            return Outcome(current.status if current else TaskStatus.CANCELLED), 0
         with self.store.transaction():
             self.store.update(task.id, cancel_requested=1)
             self._record([task.id], "cancel_requested", by=by, running=True)
@@ -519,15 +538,15 @@ class TaskService:
                 raise InvalidState(f"{ref} {outcome.status} before the cancel took effect")
         else:
             with self.store.transaction():
-                cancelled = self.store.update(
-                    task.id,
-                    expect=WAITING,
+                fields = dict(
                     status=TaskStatus.CANCELLED,
                     finished_at=self.clock(),
                     stop_reason=StopReason.NOT_STARTED,
                     blocked_reason=None,
                 )
-                assert cancelled is not None  # nothing ran between the read and this write
+                changed = self.store.update(task.id, expect=WAITING, **fields)
+                assert changed  # nothing ran between the read and this write
+                cancelled = dataclasses.replace(task, **fields)
                 self._record([task.id], "cancel_requested", by="cancel", running=False)
                 cascaded = self._cascade_cancel([task.id])
             self._publish("cancelled", cancelled, stop_reason=StopReason.NOT_STARTED.value)
@@ -587,9 +606,9 @@ class TaskService:
         old = task.priority
         with self.store.transaction():
             changed = self.store.update(task.id, expect=WAITING, priority=priority)
-            assert changed is not None  # nothing ran between the read and this write
+            assert changed  # nothing ran between the read and this write
             self._record([task.id], "priority_changed", old=old, new=priority)
-        task = changed
+        task.priority = priority
         self._publish("priority_changed", task, old_priority=old, priority=priority)
         if task.status is TaskStatus.PENDING:
             self.wake()
@@ -756,6 +775,8 @@ class TaskService:
         self.wake()
         if self.pool is not None:
             outcomes = await self.pool.stop(self.settings.grace)
+            with self.store.transaction():
+                self._settle()  # what finished before the stop
             for task_id, outcome in outcomes.items():
                 task = self.store.get(task_id)
                 if task is None or task.status is not TaskStatus.RUNNING:

@@ -7,7 +7,7 @@ commit is in the WAL before the call returns. Only a power loss can drop the las
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -136,6 +136,7 @@ class Store:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._depth = 0
+        self._after_commit: list[Callable[[], None]] = []
         self._migrate()
 
     def close(self) -> None:
@@ -150,6 +151,14 @@ class Store:
         for step in range(version, SCHEMA_VERSION):
             # executescript runs outside our transaction helper; each script is its own transaction.
             self._db.executescript(f"BEGIN; {MIGRATIONS[step]} PRAGMA user_version={step + 1}; COMMIT;")
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Run `callback` once the current transaction is committed (at once outside one); never if it
+        rolls back. So nobody hears of a change that a crash could still undo."""
+        if self._depth:
+            self._after_commit.append(callback)
+        else:
+            callback()
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -167,10 +176,14 @@ class Store:
             yield
         except BaseException:
             self._depth = 0
+            self._after_commit.clear()
             self._db.execute("ROLLBACK")
             raise
         self._depth = 0
         self._db.execute("COMMIT")
+        callbacks, self._after_commit = self._after_commit, []
+        for callback in callbacks:
+            callback()
 
     # --- reads ------------------------------------------------------------------------------------
 
@@ -335,19 +348,27 @@ class Store:
                 self._db.executemany("INSERT OR IGNORE INTO deps (task_id, depends_on) VALUES (?, ?)", deps)
         return ids
 
-    def update(self, task_id: int, expect: Sequence[str] | None = None, **fields: Any) -> Task | None:
-        """Change fields of a task, if its status is one of `expect` (when given); returns the task as it
-        now is, or None when there is no such task or its status was not as expected."""
+    def _update(self, task_id: int, expect: Sequence[str] | None, fields: dict[str, Any], tail: str) -> Any:
         unknown = set(fields) - _UPDATABLE
         if unknown:
             raise ValueError(f"not updatable: {sorted(unknown)}")
         values = [str(v) if isinstance(v, TaskStatus | StopReason) else v for v in fields.values()]
         assignments = ", ".join(f"{name} = ?" for name in fields)
         condition = f" AND status IN ({_marks(len(expect))})" if expect else ""
-        row = self._db.execute(
-            f"UPDATE tasks SET {assignments} WHERE id = ?{condition} RETURNING {_COLUMNS}",
+        return self._db.execute(
+            f"UPDATE tasks SET {assignments} WHERE id = ?{condition}{tail}",
             (*values, task_id, *(expect or ())),
-        ).fetchone()
+        )
+
+    def update(self, task_id: int, expect: Sequence[str] | None = None, **fields: Any) -> bool:
+        """Change fields of a task, if its status is one of `expect` (when given); False if it did not."""
+        return self._update(task_id, expect, fields, "").rowcount > 0
+
+    def update_returning(
+        self, task_id: int, expect: Sequence[str] | None = None, **fields: Any
+    ) -> Task | None:
+        """Like `update`, and return the task as it now is (None where `update` says False)."""
+        row = self._update(task_id, expect, fields, f" RETURNING {_COLUMNS}").fetchone()
         return _row_to_task(row) if row else None
 
     def claim_next(self, exclude_types: Sequence[str], now: float, worker_pid: int) -> Task | None:

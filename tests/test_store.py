@@ -184,11 +184,30 @@ def test_list_merges_statuses_in_id_order(store):
 
 def test_update_with_expected_status(store):
     task_id = add(store)
-    assert store.update(task_id, expect=["running"], priority=1) is None
+    assert store.update(task_id, expect=["running"], priority=1) is False
     assert store.get(task_id).priority == 6
-    changed = store.update(task_id, expect=["pending", "blocked"], priority=1)
-    assert changed is not None and changed.priority == 1
-    assert store.update(999, priority=1) is None
+    assert store.update(task_id, expect=["pending", "blocked"], priority=1) is True
+    assert store.update(999, priority=1) is False
+    changed = store.update_returning(task_id, expect=["pending"], priority=2, error="x")
+    assert changed is not None and (changed.priority, changed.error) == (2, "x")
+    assert store.update_returning(task_id, expect=["failed"], priority=3) is None
+
+
+def test_after_commit_runs_only_once_committed(store):
+    seen: list[str] = []
+    store.after_commit(lambda: seen.append("now"))
+    with store.transaction():
+        store.after_commit(lambda: seen.append("committed"))
+        with store.transaction():  # nested: joins the outer one
+            store.after_commit(lambda: seen.append("inner"))
+        assert seen == ["now"]
+    assert seen == ["now", "committed", "inner"]
+    with pytest.raises(RuntimeError), store.transaction():
+        store.after_commit(lambda: seen.append("rolled back"))
+        raise RuntimeError
+    with store.transaction():
+        pass
+    assert seen == ["now", "committed", "inner"]
 
 
 def test_claiming_and_listing_never_sort_the_queue(store):
