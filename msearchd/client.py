@@ -130,13 +130,14 @@ class Client(_Methods):
             self._sock.close()
             raise _no_daemon(self.path, exc) from None
         self._sock.settimeout(None)
+        self._reader = protocol.FrameReader(self._sock)
         self.server = self.call("hello", protocol=protocol.PROTOCOL_VERSION, client="msearchd.client")
 
     def call(self, method: str, **params: Any) -> Any:
         self._next_id += 1
         try:
             self._sock.sendall(protocol.encode(protocol.request(self._next_id, method, params)))
-            message = protocol.recv_frame(self._sock)
+            message = self._reader.read()
         except OSError as exc:
             raise Unavailable(f"lost the connection to msearchd: {exc.strerror or exc}") from None
         return _result(message, self._next_id)
@@ -178,6 +179,8 @@ class EventStream:
 
     def ready(self, timeout: float | None) -> bool:
         """True once an event (or the end of the stream) can be read without blocking."""
+        if self._connection._reader.pending():
+            return True
         readable, _, _ = select.select([self._connection._sock], [], [], timeout)
         return bool(readable)
 
@@ -186,7 +189,7 @@ class EventStream:
 
     def __next__(self) -> dict[str, Any]:
         try:
-            message = protocol.recv_frame(self._connection._sock)
+            message = self._connection._reader.read()
         except OSError:
             message = None
         if message is None:

@@ -66,6 +66,50 @@ async def read_frame(reader: asyncio.StreamReader) -> dict[str, Any] | None:
     return decode(body)
 
 
+class FrameReader:
+    """Blocking reads of whole messages from a socket, buffered: one recv usually brings a whole answer."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buffer = bytearray()
+
+    def pending(self) -> bool:
+        """True when bytes already received wait to be read."""
+        return bool(self._buffer)
+
+    def _fill(self, n: int) -> bool:
+        while len(self._buffer) < n:
+            chunk = self._sock.recv(max(65536, n - len(self._buffer)))
+            if not chunk:
+                if self._buffer:
+                    raise ProtocolError("connection closed inside a frame")
+                return False
+            self._buffer += chunk
+        return True
+
+    def read(self) -> dict[str, Any] | None:
+        """The next message; None when the peer closed the connection between messages."""
+        if not self._fill(_HEADER.size):
+            return None
+        length = frame_length(bytes(self._buffer[: _HEADER.size]))
+        if not self._fill(_HEADER.size + length):
+            raise ProtocolError("connection closed inside a frame")
+        body = bytes(self._buffer[_HEADER.size : _HEADER.size + length])
+        del self._buffer[: _HEADER.size + length]
+        return decode(body)
+
+
+def recv_frame(sock: socket.socket) -> dict[str, Any] | None:
+    """Blocking read of one message, unbuffered (never reads past it); None when the peer closed."""
+    header = _recv_exactly(sock, _HEADER.size)
+    if header is None:
+        return None
+    body = _recv_exactly(sock, frame_length(header))
+    if body is None:
+        raise ProtocolError("connection closed inside a frame")
+    return decode(body)
+
+
 def _recv_exactly(sock: socket.socket, n: int) -> bytes | None:
     buf = bytearray()
     while len(buf) < n:
@@ -76,17 +120,6 @@ def _recv_exactly(sock: socket.socket, n: int) -> bytes | None:
             return None
         buf += chunk
     return bytes(buf)
-
-
-def recv_frame(sock: socket.socket) -> dict[str, Any] | None:
-    """Blocking read of one message; None when the peer closed the connection."""
-    header = _recv_exactly(sock, _HEADER.size)
-    if header is None:
-        return None
-    body = _recv_exactly(sock, frame_length(header))
-    if body is None:
-        raise ProtocolError("connection closed inside a frame")
-    return decode(body)
 
 
 # --- message schema -----------------------------------------------------------------------------------

@@ -19,6 +19,8 @@ from msearchd.service import REQUESTER, TaskService
 log = logging.getLogger("msearchd.rpc")
 
 _PEERCRED = struct.Struct("3i")  # pid, uid, gid
+# Answers queue up to this many bytes on a connection before its handler waits for the client to read.
+WRITE_BUFFER = 256 * 1024
 
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int]:
@@ -159,7 +161,8 @@ class RpcServer:
                     "error": InternalError(f"internal error in {method}: {exc}").to_wire(),
                 }
             writer.write(protocol.encode(answer))
-            await writer.drain()
+            if writer.transport.get_write_buffer_size() > WRITE_BUFFER:
+                await writer.drain()  # a client that does not read its answers waits, alone
 
     @staticmethod
     def _hello(params: dict[str, Any]) -> dict[str, Any]:

@@ -28,8 +28,11 @@ _PR_SET_PDEATHSIG = 1
 class Context:
     """The `ctx` a handler receives; see `msearchd.handlers.TaskContext`."""
 
-    def __init__(self, channel: socket.socket, task_id: str, log_path: str) -> None:
+    def __init__(
+        self, channel: socket.socket, reader: protocol.FrameReader, task_id: str, log_path: str
+    ) -> None:
         self._channel = channel
+        self._reader = reader
         self.task_id = task_id
         self.log_path = log_path
         self.cancel_requested = False
@@ -42,7 +45,7 @@ class Context:
         self.sending = True
         try:
             self._channel.sendall(protocol.encode(message))
-            answer = protocol.recv_frame(self._channel) if reply else None
+            answer = self._reader.read() if reply else None
         finally:
             self.sending = False
         if self.interrupt_deferred:
@@ -90,6 +93,7 @@ class Context:
 class Worker:
     def __init__(self, channel: socket.socket, handlers: Mapping[str, str], state_dir: str) -> None:
         self.channel = channel
+        self.reader = protocol.FrameReader(channel)
         self.handlers = handlers
         self.state_dir = state_dir
         self.ctx: Context | None = None
@@ -124,7 +128,7 @@ class Worker:
         task_id = task["id"]
         log_path = task["log_path"]
         os.environ["MSEARCH_TASK_ID"] = task_id
-        self.ctx = ctx = Context(self.channel, task_id, log_path)
+        self.ctx = ctx = Context(self.channel, self.reader, task_id, log_path)
         outcome: dict[str, Any]
         try:
             try:
@@ -158,7 +162,7 @@ class Worker:
     def serve(self) -> None:
         self.send({"op": "ready", "pid": os.getpid()})
         while True:
-            message = protocol.recv_frame(self.channel)
+            message = self.reader.read()
             if message is None:
                 return  # the daemon closed the channel: stop
             if message.get("op") == "run" and not self.run_task(message["task"]):
