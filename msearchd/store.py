@@ -137,6 +137,7 @@ class Store:
         self._db.execute("PRAGMA busy_timeout=5000")
         self._depth = 0
         self._after_commit: list[Callable[[], None]] = []
+        self._update_sql: dict[tuple[Any, ...], str] = {}
         self._migrate()
 
     def close(self) -> None:
@@ -349,16 +350,17 @@ class Store:
         return ids
 
     def _update(self, task_id: int, expect: Sequence[str] | None, fields: dict[str, Any], tail: str) -> Any:
-        unknown = set(fields) - _UPDATABLE
-        if unknown:
-            raise ValueError(f"not updatable: {sorted(unknown)}")
+        key = (tuple(fields), tuple(expect or ()), tail)
+        sql = self._update_sql.get(key)
+        if sql is None:
+            unknown = set(fields) - _UPDATABLE
+            if unknown:
+                raise ValueError(f"not updatable: {sorted(unknown)}")
+            assignments = ", ".join(f"{name} = ?" for name in fields)
+            condition = f" AND status IN ({_marks(len(expect))})" if expect else ""
+            sql = self._update_sql[key] = f"UPDATE tasks SET {assignments} WHERE id = ?{condition}{tail}"
         values = [str(v) if isinstance(v, TaskStatus | StopReason) else v for v in fields.values()]
-        assignments = ", ".join(f"{name} = ?" for name in fields)
-        condition = f" AND status IN ({_marks(len(expect))})" if expect else ""
-        return self._db.execute(
-            f"UPDATE tasks SET {assignments} WHERE id = ?{condition}{tail}",
-            (*values, task_id, *(expect or ())),
-        )
+        return self._db.execute(sql, (*values, task_id, *(expect or ())))
 
     def update(self, task_id: int, expect: Sequence[str] | None = None, **fields: Any) -> bool:
         """Change fields of a task, if its status is one of `expect` (when given); False if it did not."""
