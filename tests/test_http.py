@@ -398,6 +398,8 @@ def test_loopback_without_token_refuses_foreign_hosts_and_origins(served):
     )
     assert cross_site.status == 403
     assert "https://evil.example" in cross_site.body["detail"]
+    unreadable = shim.get("/tasks/stats", headers={"Host": "[::1"})
+    assert unreadable.status == 403
     # A page of the local web UI (another port on localhost) is welcome.
     assert shim.get("/tasks/stats", headers={"Origin": "http://localhost:8502"}).status == 200
     assert shim.get("/tasks/stats", headers={"Host": f"localhost:{urlsplit(shim.url).port}"}).status == 200
@@ -409,13 +411,14 @@ def test_loopback_without_token_refuses_foreign_hosts_and_origins(served):
 def test_submit_then_get_by_either_id(served):
     _, shim, c = served
     hold_worker(c)
-    reply = shim.post("/tasks", json_body={"type": "file_scan", "data": {"path": "/srv/照片"}, "priority": 4})
+    data = {"path": "/srv/照片", "size": 2**64 - 1, "min": -(2**63), "ratio": 0.5, "tags": [None, True, {}]}
+    reply = shim.post("/tasks", json_body={"type": "file_scan", "data": data, "priority": 4})
     assert reply.status == 201
     task_id = reply.body["data"]["task_id"]
     assert reply.body["success"] is True
     assert reply.body["message"] == f"任务已提交: {task_id}"
     rpc = c.get(task_id)
-    assert rpc["data"] == {"path": "/srv/照片"} and rpc["priority"] == 4 and rpc["status"] == "pending"
+    assert rpc["data"] == data and rpc["priority"] == 4 and rpc["status"] == "pending"
     assert reply.body["data"]["task"] == rpc
     for ref in (task_id, number(task_id)):
         got = shim.get(f"/tasks/{ref}")
@@ -441,6 +444,12 @@ def test_submit_refuses_bad_input(served):
         ({"type": "file_scan", "priority": 12}, 400, "参数priority必须是0到11之间的整数，收到: 12"),
         ({"type": "file_scan", "priority": "3"}, 400, "参数priority必须是0到11之间的整数"),
         ({"type": "file_scan", "data": [1]}, 400, "参数data必须是JSON对象"),
+        (
+            {"type": "file_scan", "data": {"n": [2**64]}},
+            400,
+            "请求体中的整数超出64位范围: 18446744073709551616",
+        ),
+        ({"type": "file_scan", "data": {"n": -1e300}}, 400, "请求体中的数超出范围: -1e+300"),
         ({"type": "file_scan", "depends_on": ["task_x"]}, 400, "参数depends_on中的任务ID无效"),
         ({"type": "file_scan", "depends_on": ["0"]}, 400, "参数depends_on中的任务ID无效"),
         ({"type": "file_scan", "depends_on": [True]}, 400, "参数depends_on中的任务ID无效"),
@@ -1044,6 +1053,8 @@ def test_daemon_errors_are_500_with_a_log_line_and_a_hang_is_503(tmp_path, stand
             return {"error": {"code": "internal", "message": "the store is on fire"}}
         if request["method"] == "get":
             return {"error": {"code": "surprise", "message": "a code nobody knows"}}
+        if request["method"] == "cancel_all":
+            return {"result": "not the map the shim expects"}
         return None  # never answer
 
     fake = FakeDaemon(path, answer)
@@ -1056,6 +1067,10 @@ def test_daemon_errors_are_500_with_a_log_line_and_a_hang_is_503(tmp_path, stand
         run.lines.wait_for(re.compile(r"ERROR msearchd.http: msearchd answered with an error \(internal\)"))
         unknown = shim.get("/tasks/task_1")
         assert unknown.status == 500 and "a code nobody knows" in unknown.body["detail"]
+        odd = shim.post("/tasks/cancel-all")
+        assert odd.status == 500
+        assert odd.body["detail"].startswith("内部错误: TypeError: ")
+        run.lines.wait_for(re.compile(r"ERROR msearchd.http: POST /api/v1/tasks/cancel-all failed"))
         hung = shim.post("/tasks/task_1/cancel")
         assert hung.status == 503
         assert hung.body == {"detail": "msearchd守护进程不可用: msearchd did not answer cancel within 0.5 s"}
