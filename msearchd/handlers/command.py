@@ -51,6 +51,9 @@ def run(ctx: TaskContext, data: dict[str, Any]) -> None:
             raise TaskFailed(f"command not executable: {argv[0]}") from None
         except OSError as exc:
             raise TaskFailed(f"cannot start {argv[0]}: {exc.strerror}") from None
+        if ctx.cancelled:
+            # The group's SIGTERM came before the command existed: pass it on.
+            proc.terminate()
         ctx.set_operation(f"running {shlex.join(argv)} (pid {proc.pid})")
         code = proc.wait()
     if ctx.cancelled:
