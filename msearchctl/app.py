@@ -27,7 +27,8 @@ EXIT_TIMEOUT = 4
 app = typer.Typer(
     name="msearchctl",
     help="Control the msearch task daemon (msearchd): queue, reprioritise, cancel and retry tasks.\n\n"
-    "Exit codes: 0 done, 1 refused by the daemon, 2 usage error, 3 daemon unreachable, 4 wait timed out.",
+    "Exit codes: 0 done, 1 refused by the daemon, 2 usage error, 3 daemon unreachable, 4 wait timed out, "
+    "130 interrupted.",
     no_args_is_help=True,
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
@@ -61,7 +62,8 @@ def main_options(
             "--socket",
             envvar="MSEARCH_SOCKET",
             show_default=False,
-            help="Daemon socket [default: $XDG_RUNTIME_DIR/msearch/msearchd.sock]",
+            help="Daemon socket [default: $XDG_RUNTIME_DIR/msearch/msearchd.sock, or "
+            "/tmp/msearch-$UID/msearchd.sock without XDG_RUNTIME_DIR]",
         ),
     ] = None,
     version: Annotated[
@@ -107,7 +109,8 @@ def add(
     ctx: typer.Context,
     task_type: Annotated[str, typer.Argument(metavar="TYPE", help="Task type, e.g. command, file_scan.")],
     argv: Annotated[
-        list[str] | None, typer.Argument(metavar="[-- ARGV...]", help="For type command: what to run.")
+        list[str] | None,
+        typer.Argument(metavar="[-- ARGV...]", help="Stored as data.argv: for type command, what to run."),
     ] = None,
     priority: Annotated[
         int | None,
@@ -256,6 +259,8 @@ def cancel_all(ctx: typer.Context, running: RunningOpt = False, as_json: JsonOpt
     with daemon(ctx) as client:
         result = client.cancel_all(running=running)
     _print_counts(result, as_json, "task(s)")
+    if result["failed"]:
+        raise typer.Exit(EXIT_REFUSED)
 
 
 @tasks_app.command("cancel-by-type")
@@ -269,6 +274,8 @@ def cancel_by_type(
     with daemon(ctx) as client:
         result = client.cancel_by_type(task_type, running=running)
     _print_counts(result, as_json, f"{task_type} task(s)")
+    if result["failed"]:
+        raise typer.Exit(EXIT_REFUSED)
 
 
 @tasks_app.command("retry")

@@ -28,7 +28,8 @@ def _progress(task: dict[str, Any]) -> str:
 
 
 def _note(task: dict[str, Any]) -> str:
-    return task["error"] or task["blocked_reason"] or task["current_operation"] or ""
+    operation = task["current_operation"] if task["status"] == "running" else None
+    return task["error"] or task["blocked_reason"] or operation or ""
 
 
 def task_table(tasks: list[dict[str, Any]]) -> None:
@@ -58,7 +59,7 @@ def task_detail(task: dict[str, Any]) -> None:
         ("status", task["status"]),
         ("priority", task["priority"]),
         ("progress", f"{task['progress'] * 100:.0f}%"),
-        ("operation", task["current_operation"]),
+        ("operation" if task["status"] == "running" else "last operation", task["current_operation"]),
         ("attempts", task["attempts"]),
         ("error", task["error"]),
         ("blocked", task["blocked_reason"]),

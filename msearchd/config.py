@@ -108,6 +108,8 @@ def load(path: Path | None, overrides: Mapping[str, Any]) -> Settings:
     unknown = set(raw) - known
     _expect(not unknown, f"{where}: unknown setting(s): {', '.join(sorted(unknown))}")
 
+    for key in ("socket", "state_dir", "log_level"):
+        _expect(key not in raw or isinstance(raw[key], str), f"{where}: {key} must be a string")
     settings = Settings()
     if "socket" in raw and "MSEARCH_SOCKET" not in os.environ:
         settings.socket_path = Path(raw["socket"]).expanduser()

@@ -66,7 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="TOML settings file (env MSEARCH_CONFIG; default "
         "$XDG_CONFIG_HOME/msearch/msearchd.toml if present)",
     )
-    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default info")
+    parser.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="how much to log to stderr (default info)",
+    )
     parser.add_argument(
         "--http",
         metavar="[HOST:]PORT",
@@ -139,7 +143,7 @@ async def serve(
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # HUP: its terminal closed
         loop.add_signal_handler(sig, stop.set)
     reaper = Reaper()
     reaper.start()
