@@ -134,6 +134,9 @@ def test_config_file_and_overrides(tmp_path: Path):
     path.write_text("[priorities]\nx = 12\n")
     with pytest.raises(InvalidArgument, match="from 0 to 11"):
         config.load(path, {})
+    path.write_text("socket = 1\n")
+    with pytest.raises(InvalidArgument, match="socket must be a string"):
+        config.load(path, {})
     path.write_text("workers = \n")
     with pytest.raises(InvalidArgument, match="not valid TOML"):
         config.load(path, {})
