@@ -50,6 +50,7 @@ class Daemon:
     extra_args: tuple[str, ...] = ()
     proc: subprocess.Popen[str] | None = None
     lines: list[str] = field(default_factory=list)
+    _logged: threading.Condition = field(default_factory=threading.Condition)
 
     @property
     def socket(self) -> Path:
@@ -98,10 +99,22 @@ class Daemon:
     def _drain(self, proc: subprocess.Popen[str], ready: threading.Event) -> None:
         assert proc.stderr is not None
         for line in proc.stderr:
-            self.lines.append(line)
+            with self._logged:
+                self.lines.append(line)
+                self._logged.notify_all()
             if " listening on " in line:
                 ready.set()
         ready.set()  # ended: let start() see the exit instead of hanging
+
+    def wait_for_log(self, text: str, timeout: float = 20.0) -> str:
+        """The first log line containing `text`, waiting for the daemon to write it."""
+        with self._logged:
+            found = self._logged.wait_for(
+                lambda: next((ln for ln in self.lines if text in ln), None), timeout
+            )
+        if found is None:
+            raise AssertionError(f"msearchd did not log {text!r} within {timeout} s:\n{self.log}")
+        return found
 
     @property
     def log(self) -> str:

@@ -42,7 +42,7 @@ def test_kill9_with_queued_and_running_tasks_loses_nothing(make_daemon, fifo):
         assert interrupted["attempts"] == 1
         # Back in the queue (and, with a free worker, possibly started again at once).
         assert interrupted["status"] in ("pending", "running")
-        assert "interrupted" in d.log and running["id"] in d.log
+        assert running["id"] in d.wait_for_log("was interrupted")
         c.cancel(running["id"], running=True)
 
 
@@ -134,4 +134,4 @@ def test_an_existing_shared_socket_folder_is_left_alone(make_daemon):
     d.start()
     assert d.socket.parent.stat().st_mode & 0o777 == 0o755  # never chmod-ed: it may be /tmp
     assert d.socket.stat().st_mode & 0o777 == 0o600
-    assert "is open to other users" in d.log
+    d.wait_for_log("is open to other users")

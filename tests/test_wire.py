@@ -189,5 +189,5 @@ def test_other_users_are_refused(daemon):
     finally:
         for path, mode in zip(opened, modes, strict=True):
             path.chmod(mode)
-    assert "refused a connection from uid 65534" in daemon.log
+    daemon.wait_for_log("refused a connection from uid 65534")
     still_serving(daemon)
