@@ -499,7 +499,9 @@ def test_list_filters_pages_and_counts(served):
     assert everything.status == 200
     assert everything.body["total"] == 8 and (everything.body["limit"], everything.body["offset"]) == (100, 0)
     assert [t["id"] for t in everything.body["tasks"]] == [held["id"], *scans, *thumbs]
-    assert everything.body["tasks"] == c.list()
+    # Tasks that wait do not change between two reads; the running one may (progress, log file).
+    waiting = [t for t in c.list() if t["status"] != "running"]
+    assert [t for t in everything.body["tasks"] if t["status"] != "running"] == waiting
 
     pending = shim.get("/tasks?status=pending").body
     assert [t["id"] for t in pending["tasks"]] == [*scans, thumbs[1]]
@@ -541,7 +543,10 @@ def test_stats_are_the_rpc_stats(served):
     c.submit("file_scan")
     reply = shim.get("/tasks/stats")
     assert reply.status == 200
-    assert reply.body == c.stats()
+    rpc = c.stats()
+    for key in ("total", "by_status", "by_type", "workers"):
+        assert reply.body[key] == rpc[key], key
+    assert set(reply.body) == set(rpc)  # nothing of the RPC's answer left out
     assert reply.body["by_status"]["failed"] == 1 and reply.body["by_status"]["pending"] == 1
     assert reply.body["workers"] == {"busy": 1, "total": 1}
     assert shim.get("/tasks/stats?verbose=1").status == 400
@@ -651,8 +656,9 @@ def test_cancel_a_running_task_needs_cancel_running(served):
     ok = shim.post(f"/tasks/{running}/cancel", form={"cancel_running": "TRUE"})
     assert ok.status == 200
     assert ok.body["message"] == f"任务已取消: {running}"
-    assert ok.body["data"]["task"]["stop_reason"] in ("sigterm", "killed")
-    assert c.get(running)["status"] == "cancelled"
+    after = c.get(running)
+    assert after["status"] == "cancelled"
+    assert ok.body["data"]["task"] == after  # the task as it ended, stop_reason included
 
 
 @pytest.mark.parametrize("spelling", ["true", "1", "yes", "YES", "True"])
