@@ -946,18 +946,43 @@ def _is_local(url: str) -> bool:
         return False
 
 
+def _proc_net_address(host: str, port: int) -> str:
+    """An address as /proc/net/tcp{,6} writes it: each 32-bit word of the address in host order, in hex."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    raw = socket.inet_pton(family, host)
+    words = "".join(raw[i : i + 4][::-1].hex() for i in range(0, len(raw), 4))
+    return f"{words.upper()}:{port:04X}"
+
+
+def tcp_peer_uid(client: tuple[str, int], server: tuple[str, int]) -> int | None:
+    """The uid owning the client end of a TCP connection on this machine, from /proc/net/tcp."""
+    local, remote = _proc_net_address(*client), _proc_net_address(*server)
+    for table in ("/proc/net/tcp6", "/proc/net/tcp") if ":" in client[0] else ("/proc/net/tcp",):
+        try:
+            with open(table) as rows:
+                next(rows)
+                for row in rows:
+                    fields = row.split()
+                    if fields[1] == local and fields[2] == remote:
+                        return int(fields[7])
+        except OSError:
+            continue
+    return None
+
+
 class Guard:
     """Outermost checks: the bearer token; without one, only loopback hosts and origins; no 500 unlogged.
 
-    Without a token the shim trusts whoever can reach loopback, so it refuses what a web page could
-    smuggle in: a foreign Host (DNS rebinding) or a foreign Origin (cross-site form posts).
+    Without a token the shim trusts only this user on this machine, as the daemon's socket does: a
+    request must come from a loopback connection that the daemon's own uid opened, and must not carry
+    what a web page could smuggle in: a foreign Host (DNS rebinding) or a foreign Origin (cross-site posts).
     """
 
     def __init__(self, app: ASGIApp, token: str | None) -> None:
         self.app = app
         self.token = token.encode() if token else None
 
-    def _refusal(self, headers: Headers) -> ApiJSON | None:
+    def _refusal(self, scope: Scope, headers: Headers) -> ApiJSON | None:
         if self.token is not None:
             scheme, _, given = headers.get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.token):
@@ -968,6 +993,11 @@ class Guard:
                     {"WWW-Authenticate": "Bearer"},
                 )
             return None
+        client, server = scope.get("client"), scope.get("server")
+        uid = tcp_peer_uid(tuple(client), tuple(server)) if client and server else None
+        if uid != os.getuid():
+            who = "未知用户" if uid is None else f"uid {uid}"
+            return detail(403, f"拒绝访问: 请求来自{who}，未设置令牌时只接受与守护进程相同用户的本机请求")
         host = headers.get("host")
         if host is not None and not _is_local(f"//{host}"):
             return detail(403, f"拒绝访问: Host {host!r} 不是本机地址（未设置令牌时只接受本机请求）")
@@ -980,7 +1010,7 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        refusal = self._refusal(Headers(scope=scope))
+        refusal = self._refusal(scope, Headers(scope=scope))
         if refusal is not None:
             await refusal(scope, receive, send)
             return

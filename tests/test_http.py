@@ -1153,3 +1153,27 @@ def test_a_daemon_killed_by_sigkill_takes_its_shim_along(make_daemon):
     assert again.group(1) == f"http://127.0.0.1:{port}"
     assert call(again.group(1), "GET", "/api/v1/tasks/stats").status == 200
     assert d.stop() == 0
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to act as another user")
+def test_without_a_token_only_the_daemons_user_is_served(served):
+    """On loopback without a token, another local user must not reach the queue through HTTP."""
+    _, shim, c = served
+    url = urlsplit(shim.url)
+    pid = os.fork()
+    if pid == 0:
+        code = 2
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            conn = http.client.HTTPConnection(url.hostname, url.port, timeout=DEADLINE)
+            body = json.dumps({"type": "command", "data": {"argv": ["touch", "/tmp/pwned"]}})
+            conn.request("POST", "/api/v1/tasks", body=body, headers={"Content-Type": "application/json"})
+            response = conn.getresponse()
+            code = 0 if response.status == 403 and "uid 65534" in response.read().decode() else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert c.count() == 0
+    assert shim.get("/tasks/stats").status == 200  # the daemon's own user still is served
