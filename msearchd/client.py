@@ -232,6 +232,11 @@ class AsyncClient(_Methods):
         await client.call("hello", protocol=protocol.PROTOCOL_VERSION, client="msearchd.AsyncClient")
         return client
 
+    @property
+    def closed(self) -> bool:
+        """True once the connection ended (the daemon stopped or restarted): make a new client."""
+        return self._reader.at_eof() or self._writer.is_closing()
+
     async def call(self, method: str, **params: Any) -> Any:
         async with self._lock:
             self._next_id += 1

@@ -114,7 +114,7 @@ class DaemonLink:
     async def _take(self) -> AsyncClient:
         while self._idle:
             client = self._idle.pop()
-            if not client._reader.at_eof():  # the daemon closed it (it restarted): never reuse that one
+            if not client.closed:  # the daemon closed it (it restarted): never reuse that one
                 return client
             await self._discard(client)
         try:

@@ -25,7 +25,7 @@ DEFAULT_PRIORITIES: tuple[tuple[str, int], ...] = (
 FALLBACK_PRIORITY = 6
 
 _TYPE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
-_ID_RE = re.compile(r"^(?:task_)?([0-9]{1,18})$")
+_ID_RE = re.compile(r"^(?:task_)?0*([0-9]{1,18})$")
 
 
 class TaskStatus(StrEnum):

@@ -26,7 +26,10 @@ _HEADER = struct.Struct(">I")
 
 
 def encode(message: Mapping[str, Any]) -> bytes:
-    body = msgpack.packb(message, use_bin_type=True)
+    try:
+        body = msgpack.packb(message, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidArgument(f"cannot send this value: {exc}") from None
     if len(body) > MAX_FRAME:
         raise ProtocolError(f"message of {len(body)} bytes exceeds the {MAX_FRAME}-byte frame limit")
     return _HEADER.pack(len(body)) + body

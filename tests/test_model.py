@@ -140,3 +140,15 @@ def test_config_file_and_overrides(tmp_path: Path):
     path.write_text("workers = \n")
     with pytest.raises(InvalidArgument, match="not valid TOML"):
         config.load(path, {})
+
+
+def test_leading_zeros_do_not_count_against_the_id_length():
+    assert parse_task_id("task_" + "0" * 30 + "42") == 42
+    assert parse_task_id("007") == 7
+
+
+def test_values_msgpack_cannot_carry_are_invalid_arguments():
+    with pytest.raises(InvalidArgument, match="cannot send"):
+        protocol.encode({"n": 2**70})
+    with pytest.raises(InvalidArgument, match="cannot send"):
+        protocol.encode({"x": object()})
