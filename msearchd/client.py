@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import select
 import socket
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -250,17 +250,41 @@ class AsyncClient(_Methods):
 
     async def events(
         self, task_ids: list[str | int] | None = None, types: list[str] | None = None
-    ) -> AsyncIterator[dict[str, Any]]:
-        """An async iterator of events on a connection of its own."""
+    ) -> AsyncEventStream:
+        """Subscribe on a connection of its own; live when this returns. `async for` the events, and
+        close the stream to stop early."""
         stream = await AsyncClient.connect(self.path)
-        await stream.call("subscribe", task_ids=task_ids, types=types)
         try:
-            while (message := await protocol.read_frame(stream._reader)) is not None:
-                yield message["event"]
-        finally:
+            await stream.call("subscribe", task_ids=task_ids, types=types)
+        except BaseException:
             await stream.close()
+            raise
+        return AsyncEventStream(stream)
 
     async def close(self) -> None:
         self._writer.close()
         with contextlib.suppress(OSError):
             await self._writer.wait_closed()
+
+
+class AsyncEventStream:
+    """Events from a subscription, in order, for `async for`."""
+
+    def __init__(self, connection: AsyncClient) -> None:
+        self._connection = connection
+
+    def __aiter__(self) -> AsyncEventStream:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        try:
+            message = await protocol.read_frame(self._connection._reader)
+        except (OSError, ProtocolError):
+            message = None
+        if message is None:
+            await self.close()
+            raise StopAsyncIteration
+        return message["event"]
+
+    async def close(self) -> None:
+        await self._connection.close()

@@ -39,7 +39,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict
 from starlette.datastructures import Headers, UploadFile
@@ -935,6 +935,80 @@ async def retry_task(request: Request, task_id: TaskIdPath) -> ApiJSON:
     return ApiJSON({"success": True, "message": f"任务已重试: {ref(n)}", "data": data})
 
 
+SSE_KEEPALIVE = 15.0
+
+
+@route(
+    "GET",
+    "/events",
+    responses={
+        200: {
+            "description": "事件流（text/event-stream）：每个事件一条 `event: <类型>` 与 `data: <JSON>`",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        **{code: v for code, v in answers(ErrorBody).items() if code != 200},
+    },
+    response_class=StreamingResponse,
+    summary="实时任务事件（Server-Sent Events）",
+)
+async def events(
+    request: Request,
+    task_id: Annotated[
+        str | None, Query(pattern=r"^[\w,]+$", description="只要这些任务的事件，多个用逗号分隔")
+    ] = None,
+    task_type: Annotated[
+        str | None, Query(pattern=r"^[\w.:,-]+$", description="只要这些类型的任务的事件，多个用逗号分隔")
+    ] = None,
+) -> StreamingResponse:
+    """Live task events (submitted, started, progress, priority_changed, cancelled, failed, completed,
+    retried, ...), the daemon's event stream as Server-Sent Events. Progress a slow client has not read yet
+    is coalesced to the latest value; one that falls far behind gets an `overflow` event and is dropped."""
+    no_query(request, ("task_id", "task_type"))
+    ids: list[str | int] | None = None
+    if task_id:
+        numbers = [task_number(t) for t in task_id.split(",") if t]
+        if None in numbers:
+            raise bad(f"参数task_id的值无效: {task_id!r}（task_<n> 或 <n>，多个用逗号分隔）")
+        ids = [n for n in numbers if n is not None]
+    types = [t for t in task_type.split(",") if t] if task_type else None
+    try:
+        client = await AsyncClient.connect(link(request).socket_path)
+    except MsearchError as exc:
+        raise daemon_error(exc, "任务不存在") from None
+    try:
+        stream = await client.events(task_ids=ids, types=types)
+    except MsearchError as exc:
+        await client.close()
+        raise daemon_error(exc, "任务不存在") from None
+    await client.close()  # the stream has a connection of its own
+
+    async def frames() -> AsyncIterator[bytes]:
+        yield b": subscribed\n\n"  # the subscription is live from here
+        number = 0
+        pending: asyncio.Task[dict[str, Any]] | None = None
+        try:
+            while True:
+                pending = pending or asyncio.ensure_future(anext(stream))
+                done, _ = await asyncio.wait({pending}, timeout=SSE_KEEPALIVE)
+                if not done:
+                    yield b": keepalive\n\n"  # lets a vanished client be noticed
+                    continue
+                try:
+                    event = pending.result()
+                except StopAsyncIteration:
+                    return
+                pending = None
+                number += 1
+                data = json.dumps(_json_safe(event), ensure_ascii=False)
+                yield f"id: {number}\nevent: {event['event']}\ndata: {data}\n\n".encode()
+        finally:
+            if pending is not None:
+                pending.cancel()
+            await stream.close()
+
+    return StreamingResponse(frames(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
+
+
 # --- the application ----------------------------------------------------------------------------------
 
 
@@ -1128,7 +1202,7 @@ def create_app(socket_path: Path, token: str | None = None, rpc_timeout: float =
                         }
                     else:
                         operation["responses"]["403"] = {
-                            "description": "Host 或 Origin 不是本机（未设置令牌时）",
+                            "description": "未设置令牌时：请求不是本机同一用户发出，或 Host、Origin 不是本机",
                             "content": {
                                 "application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}
                             },

@@ -832,6 +832,7 @@ def test_openapi_describes_every_path_and_every_answer(served):
         ("/api/v1/tasks/{task_id}/cancel", "post"),
         ("/api/v1/tasks/{task_id}/priority", "post"),
         ("/api/v1/tasks/{task_id}/retry", "post"),
+        ("/api/v1/events", "get"),
     }
     text = json.dumps(schema)
     assert "422" not in schema["paths"]["/api/v1/tasks"]["get"]["responses"]
@@ -1177,3 +1178,59 @@ def test_without_a_token_only_the_daemons_user_is_served(served):
     assert os.waitstatus_to_exitcode(status) == 0
     assert c.count() == 0
     assert shim.get("/tasks/stats").status == 200  # the daemon's own user still is served
+
+
+def sse_events(response: http.client.HTTPResponse) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(event, data) pairs of a Server-Sent Events stream, as they arrive."""
+    kind, data = "", ""
+    while line := response.readline():
+        text = line.decode().rstrip("\n")
+        if text.startswith("event: "):
+            kind = text.removeprefix("event: ")
+        elif text.startswith("data: "):
+            data = text.removeprefix("data: ")
+        elif text == "" and kind:
+            yield kind, json.loads(data)
+            kind, data = "", ""
+
+
+def test_events_stream_as_server_sent_events(served, fifo):
+    _, shim, c = served
+    url = urlsplit(shim.url)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=DEADLINE)
+    conn.request("GET", "/api/v1/events?task_type=stepper,noop")
+    response = conn.getresponse()
+    assert response.status == 200
+    assert response.headers["Content-Type"].startswith("text/event-stream")
+    assert response.readline() == b": subscribed\n"  # live from here
+    gate = fifo("steps")
+    task = c.submit("stepper", {"fifo": str(gate), "steps": 2})
+    c.submit("file_scan")  # another type: not in this stream
+    seen = []
+    with open(gate.path, "w") as steps:
+        steps.write("next\n")
+        steps.flush()
+        for kind, event in sse_events(response):
+            assert event["task_id"] == task["id"] and event["event"] == kind
+            seen.append((kind, event.get("progress")))
+            if kind == "progress" and event["progress"] < 1:
+                steps.write("next\n")
+                steps.flush()
+            if kind == "completed":
+                break
+    conn.close()
+    assert seen == [
+        ("submitted", None),
+        ("started", None),
+        ("progress", 0.5),
+        ("progress", 1.0),
+        ("completed", None),
+    ]
+
+
+def test_events_refuse_bad_filters(served):
+    _, shim, _ = served
+    assert shim.get("/events?task_id=banana").status == 400
+    assert shim.get("/events?colour=red").status == 400
+    spec = call(shim.url, "GET", "/openapi.json")
+    assert "text/event-stream" in spec.body["paths"]["/api/v1/events"]["get"]["responses"]["200"]["content"]
