@@ -101,6 +101,16 @@ def print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, ensure_ascii=False))
 
 
+def output(value: Any, as_json: bool, view: str) -> None:
+    """Print an answer as JSON, or through the named view of `render` (imported only then: rich is slow)."""
+    if as_json:
+        print_json(value)
+        return
+    from msearchctl import render
+
+    getattr(render, view)(value)
+
+
 # --- tasks --------------------------------------------------------------------------------------------
 
 
@@ -173,12 +183,7 @@ def list_tasks(
     statuses = [s for value in status or [] for s in value.split(",") if s] or None
     with daemon(ctx) as client:
         tasks = client.list(statuses, task_type, limit, offset)
-    if as_json:
-        print_json(tasks)
-    else:
-        from msearchctl import render
-
-        render.task_table(tasks)
+    output(tasks, as_json, "task_table")
 
 
 @tasks_app.command("show")
@@ -186,12 +191,7 @@ def show(ctx: typer.Context, task_id: TaskIdArg, as_json: JsonOpt = False) -> No
     """Show everything about one task: state, progress, error, lineage, log file."""
     with daemon(ctx) as client:
         task = client.get(task_ref(task_id))
-    if as_json:
-        print_json(task)
-    else:
-        from msearchctl import render
-
-        render.task_detail(task)
+    output(task, as_json, "task_detail")
 
 
 @tasks_app.command("stats")
@@ -199,12 +199,7 @@ def stats(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Count tasks by state and by type, and show how many workers are busy."""
     with daemon(ctx) as client:
         result = client.stats()
-    if as_json:
-        print_json(result)
-    else:
-        from msearchctl import render
-
-        render.stats(result)
+    output(result, as_json, "stats")
 
 
 @tasks_app.command("cancel")
@@ -422,12 +417,7 @@ def history(ctx: typer.Context, task_id: TaskIdArg, as_json: JsonOpt = False) ->
     each with its time and the uid and pid of the client that asked."""
     with daemon(ctx) as client:
         entries = client.history(task_ref(task_id))
-    if as_json:
-        print_json(entries)
-    else:
-        from msearchctl import render
-
-        render.history(entries)
+    output(entries, as_json, "history")
 
 
 # --- daemon -------------------------------------------------------------------------------------------

@@ -18,14 +18,12 @@ import argparse
 import asyncio
 import base64
 import contextlib
-import ctypes
 import hmac
 import json
 import logging
 import math
 import os
 import re
-import signal
 import socket
 import sys
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -69,6 +67,7 @@ from msearchd.httpshim import (
     parse_listen,
 )
 from msearchd.model import PRIORITY_MAX, PRIORITY_MIN, TaskStatus
+from msearchd.prctl import die_with_parent
 
 log = logging.getLogger("msearchd.http")
 
@@ -78,7 +77,6 @@ RPC_TIMEOUT = 60.0
 MAX_CONNECTIONS = 64
 LIST_LIMIT_MAX = 10_000
 OFFSET_MAX = 2**62
-_PR_SET_PDEATHSIG = 1
 
 _ID_RE = re.compile(r"(?:task_)?0*([1-9][0-9]{0,17})")
 TASK_ID_PATTERN = r"^(task_)?0*[1-9][0-9]{0,17}$"
@@ -1273,14 +1271,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _die_with_parent(parent: int) -> None:
-    """Go when the daemon goes, even by SIGKILL: an orphan would hold the port the next daemon needs."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:
-        sys.exit(0)
-
-
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -1288,8 +1278,9 @@ def main(argv: list[str] | None = None) -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if args.parent_pid is not None:
-        _die_with_parent(args.parent_pid)
+    # Go when the daemon goes, even by SIGKILL: an orphan would hold the port the next daemon needs.
+    if args.parent_pid is not None and not die_with_parent(args.parent_pid):
+        sys.exit(0)
     token = args.token or os.environ.get(TOKEN_ENV) or None
     try:
         address = parse_listen(args.listen)

@@ -8,7 +8,6 @@ with the RPC's framing. Cancellation arrives as SIGTERM to the whole group: a ha
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import signal
@@ -21,8 +20,7 @@ from typing import Any
 
 from msearchd import protocol
 from msearchd.handlers import Handler, HandlerNotFound, TaskCancelled, TaskFailed, resolve
-
-_PR_SET_PDEATHSIG = 1
+from msearchd.prctl import die_with_parent
 
 
 class Context:
@@ -169,21 +167,11 @@ class Worker:
                 return
 
 
-def _die_with_parent() -> None:
-    """Ask the kernel to kill this worker if the daemon dies, so no worker outlives a kill -9."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        return
-
-
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     fd, parent_pid, config = int(argv[0]), int(argv[1]), json.loads(argv[2])
-    _die_with_parent()
-    if os.getppid() != parent_pid:
-        return  # the daemon died before we could ask to die with it
+    if not die_with_parent(parent_pid):  # so that no worker outlives a kill -9 of the daemon
+        return
     channel = socket.socket(fileno=fd)
     os.environ["MSEARCH_STATE_DIR"] = config["state_dir"]
     worker = Worker(channel, config["handlers"], config["state_dir"])

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import logging
 import os
@@ -27,10 +26,10 @@ import psutil
 from msearchd import protocol
 from msearchd.errors import MsearchError, ProtocolError
 from msearchd.model import StopReason, Task, TaskStatus, format_task_id
+from msearchd.prctl import become_subreaper
 
 log = logging.getLogger("msearchd.workers")
 
-_PR_SET_CHILD_SUBREAPER = 36
 # Marks every process a worker starts, so that leftovers of a crashed daemon can be found again.
 WORKER_MARK = "MSEARCH_WORKER_OF"
 _KILL_TIMEOUT = 5.0
@@ -66,9 +65,7 @@ class Reaper:
         self._watched: dict[int, asyncio.Future[int]] = {}
 
     def start(self) -> None:
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-        except (OSError, AttributeError):
+        if not become_subreaper():
             log.warning("cannot become a child subreaper; orphans of cancelled tasks go to init")
         asyncio.get_running_loop().add_signal_handler(signal.SIGCHLD, self.reap)
 
