@@ -775,6 +775,7 @@ class TaskService:
         self.wake()
         if self.pool is not None:
             outcomes = await self.pool.stop(self.settings.grace)
+            self.flush_progress()  # while the interrupted tasks still count as running
             with self.store.transaction():
                 self._settle()  # what finished before the stop
             for task_id, outcome in outcomes.items():

@@ -252,3 +252,24 @@ def test_help_answers_the_question(daemon):
     assert "Exit codes" in top
     cancel = ok(daemon.ctl("tasks", "cancel", "--help"))
     assert "--running" in cancel and "SIGTERM" in cancel
+
+
+def test_completion_script_is_offered(daemon):
+    script = ok(daemon.ctl("--show-completion"))
+    assert "_MSEARCHCTL_COMPLETE" in script  # the script calls back into msearchctl for the words
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_shell_completion_completes_commands(daemon, shell):
+    # What each shell's script asks the program when the user presses Tab after "msearchctl tasks ca":
+    env = {
+        **daemon.env,
+        "_MSEARCHCTL_COMPLETE": f"complete_{shell}",
+        "_TYPER_COMPLETE_ARGS": "msearchctl tasks ca",
+        "_TYPER_COMPLETE_FISH_ACTION": "get-args",
+        "COMP_WORDS": "msearchctl tasks ca",
+        "COMP_CWORD": "2",
+    }
+    result = subprocess.run([MSEARCHCTL], env=env, capture_output=True, text=True, timeout=30)
+    assert "cancel" in result.stdout and "cancel-all" in result.stdout and "cancel-by-type" in result.stdout
+    assert "retry" not in result.stdout

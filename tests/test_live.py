@@ -9,6 +9,7 @@ import subprocess
 from conftest import MSEARCHCTL
 
 from msearchd import protocol
+from msearchd.store import Store
 
 
 def test_watch_json_shows_each_step_in_order(daemon, fifo):
@@ -164,3 +165,23 @@ def test_wait_exit_codes_and_timeout(daemon):
     cancelled = daemon.ctl("tasks", "cancel", stuck, "--running")
     assert cancelled.returncode == 0
     assert daemon.ctl("tasks", "wait", stuck).returncode == 1
+
+
+def test_progress_survives_a_restart(make_daemon, fifo):
+    d = make_daemon(workers=1)
+    gate = fifo("steps")
+    with d.client() as c, c.events(types=["stepper"]) as stream:
+        task = c.submit("stepper", {"fifo": str(gate), "steps": 2})
+        with open(gate.path, "w") as steps:
+            steps.write("next\n")
+            steps.flush()
+            assert next(e for e in stream if e["event"] == "progress")["progress"] == 0.5
+            assert d.stop() == 0  # the handler is still waiting for its second step
+    store = Store(d.state_dir / "tasks.db")  # what a restarted daemon starts from
+    try:
+        saved = store.get(int(task["id"].removeprefix("task_")))
+        assert saved is not None
+        assert (saved.status, saved.progress, saved.current_operation) == ("pending", 0.5, "step 1 of 2")
+        assert [e["event"] for e in store.events(saved.id)] == ["requeued"]
+    finally:
+        store.close()
