@@ -48,7 +48,7 @@ REQUESTER: contextvars.ContextVar[tuple[int | None, int | None]] = contextvars.C
 
 LIST_LIMIT_MAX = 10_000
 # Rows a bulk cancel changes per transaction: small enough that other requests wait tens of ms at most.
-BULK_CHUNK = 2000
+BULK_CHUNK = 1000
 PROGRESS_FLUSH_INTERVAL = 1.0
 SUBSCRIBER_BUFFER = 10_000
 
