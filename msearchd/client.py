@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import select
 import socket
+from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -134,13 +135,29 @@ class Client(_Methods):
         self.server = self.call("hello", protocol=protocol.PROTOCOL_VERSION, client="msearchd.client")
 
     def call(self, method: str, **params: Any) -> Any:
+        req_id = self._new_id()
+        self._send(protocol.encode(protocol.request(req_id, method, params)))
+        return _result(self._read(), req_id)
+
+    def pipeline(self) -> Pipeline:
+        """Send many requests without waiting for each answer; see `Pipeline`."""
+        return Pipeline(self)
+
+    def _new_id(self) -> int:
         self._next_id += 1
+        return self._next_id
+
+    def _send(self, data: bytes) -> None:
         try:
-            self._sock.sendall(protocol.encode(protocol.request(self._next_id, method, params)))
-            message = self._reader.read()
+            self._sock.sendall(data)
         except OSError as exc:
             raise Unavailable(f"lost the connection to msearchd: {exc.strerror or exc}") from None
-        return _result(message, self._next_id)
+
+    def _read(self) -> dict[str, Any] | None:
+        try:
+            return self._reader.read()
+        except OSError as exc:
+            raise Unavailable(f"lost the connection to msearchd: {exc.strerror or exc}") from None
 
     def events(self, task_ids: list[str | int] | None = None, types: list[str] | None = None) -> EventStream:
         """Subscribe on a connection of its own. The subscription is live when this returns: iterate the
@@ -169,6 +186,73 @@ class Client(_Methods):
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+class Pipeline(_Methods):
+    """Requests sent one after another without waiting for each answer, on the client's connection.
+
+        with client.pipeline() as p:
+            for path in paths:
+                p.submit("file_scan", {"path": path})
+        ids = [task["id"] for task in p.results]
+
+    Each request is still a request of its own, answered on its own once it is durable; the daemon
+    runs those that arrive together in one commit, which is what makes this fast. Methods return
+    nothing; `results` (filled when the block ends, or by `finish()`) holds each answer in order, or
+    the `MsearchError` of a request that failed: a failure does not stop the others.
+    """
+
+    # Requests sent before the answers to earlier ones are read: bounded, so that neither side ever
+    # blocks writing to the other.
+    WINDOW = 256
+    WINDOW_BYTES = 64 * 1024
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+        self._frames: list[bytes] = []
+        self._size = 0
+        self._ids: list[int] = []
+        self._in_flight: deque[list[int]] = deque()
+        self.results: list[Any] = []
+
+    def call(self, method: str, **params: Any) -> None:
+        req_id = self._client._new_id()
+        frame = protocol.encode(protocol.request(req_id, method, params))
+        self._frames.append(frame)
+        self._ids.append(req_id)
+        self._size += len(frame)
+        if len(self._ids) >= self.WINDOW or self._size >= self.WINDOW_BYTES:
+            self._send_window()
+
+    def _send_window(self) -> None:
+        if self._ids:
+            self._client._send(b"".join(self._frames))
+            self._in_flight.append(self._ids)
+            self._frames, self._ids, self._size = [], [], 0
+        while len(self._in_flight) > 1:
+            self._collect(self._in_flight.popleft())
+
+    def _collect(self, ids: list[int]) -> None:
+        for req_id in ids:
+            message = self._client._read()
+            if message is not None and message.get("id") == req_id and "error" in message:
+                self.results.append(from_wire(message["error"]))
+            else:
+                self.results.append(_result(message, req_id))  # raises if the connection broke
+
+    def finish(self) -> list[Any]:
+        """Send what is left, read every answer; returns `results`."""
+        self._send_window()
+        while self._in_flight:
+            self._collect(self._in_flight.popleft())
+        return self.results
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        if exc_type is None:
+            self.finish()
 
 
 class EventStream:

@@ -69,37 +69,56 @@ async def read_frame(reader: asyncio.StreamReader) -> dict[str, Any] | None:
     return decode(body)
 
 
+class FrameBuffer:
+    """Bytes as they arrive, cut into messages: for readers that are handed data (asyncio protocols)."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._start = 0  # where the first unread frame begins
+
+    def feed(self, data: bytes) -> None:
+        if self._start:
+            del self._buffer[: self._start]
+            self._start = 0
+        self._buffer += data
+
+    def pending(self) -> bool:
+        """True when bytes of a message not yet returned are buffered."""
+        return len(self._buffer) > self._start
+
+    def next(self) -> dict[str, Any] | None:
+        """The next whole message, or None until more bytes arrive; ProtocolError for a bad frame."""
+        start, buffer = self._start, self._buffer
+        if len(buffer) - start < _HEADER.size:
+            return None
+        end = start + _HEADER.size + frame_length(bytes(buffer[start : start + _HEADER.size]))
+        if len(buffer) < end:
+            return None
+        self._start = end
+        return decode(bytes(buffer[start + _HEADER.size : end]))
+
+
 class FrameReader:
     """Blocking reads of whole messages from a socket, buffered: one recv usually brings a whole answer."""
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
-        self._buffer = bytearray()
+        self._frames = FrameBuffer()
 
     def pending(self) -> bool:
         """True when bytes already received wait to be read."""
-        return bool(self._buffer)
-
-    def _fill(self, n: int) -> bool:
-        while len(self._buffer) < n:
-            chunk = self._sock.recv(max(65536, n - len(self._buffer)))
-            if not chunk:
-                if self._buffer:
-                    raise ProtocolError("connection closed inside a frame")
-                return False
-            self._buffer += chunk
-        return True
+        return self._frames.pending()
 
     def read(self) -> dict[str, Any] | None:
         """The next message; None when the peer closed the connection between messages."""
-        if not self._fill(_HEADER.size):
-            return None
-        length = frame_length(bytes(self._buffer[: _HEADER.size]))
-        if not self._fill(_HEADER.size + length):
-            raise ProtocolError("connection closed inside a frame")
-        body = bytes(self._buffer[_HEADER.size : _HEADER.size + length])
-        del self._buffer[: _HEADER.size + length]
-        return decode(body)
+        while (message := self._frames.next()) is None:
+            chunk = self._sock.recv(65536)
+            if not chunk:
+                if self._frames.pending():
+                    raise ProtocolError("connection closed inside a frame")
+                return None
+            self._frames.feed(chunk)
+        return message
 
 
 def recv_frame(sock: socket.socket) -> dict[str, Any] | None:
@@ -177,6 +196,9 @@ METHODS: dict[str, tuple[Param, ...]] = {
 }
 
 
+_NAMES = {method: frozenset(p.name for p in spec) for method, spec in METHODS.items()}
+
+
 def check_params(method: str, params: object) -> dict[str, Any]:
     """Validate a request's params against the schema; the error names the offending parameter."""
     spec = METHODS.get(method)
@@ -186,10 +208,10 @@ def check_params(method: str, params: object) -> dict[str, Any]:
         params = {}
     if not isinstance(params, dict):
         raise InvalidArgument(f"params of {method} must be a map")
-    known = {p.name: p for p in spec}
-    for name in params:
-        if name not in known:
-            raise InvalidArgument(f"{method} takes no parameter {name!r}")
+    known = _NAMES[method]
+    if not known.issuperset(params):
+        name = next(n for n in params if n not in known)
+        raise InvalidArgument(f"{method} takes no parameter {name!r}")
     for p in spec:
         if p.name not in params:
             if p.required:

@@ -1,9 +1,15 @@
-"""The asyncio Unix-socket server: decode a request, call the service, encode the answer."""
+"""The asyncio Unix-socket server: decode a request, call the service, encode the answer.
+
+Requests are handled as their bytes arrive, without a task per request: most answers are ready at
+once. Requests that arrive together (a client that pipelines) are run in one group commit and
+answered together after it; an answer is only ever sent once what it reports is durable.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import os
 import socket
@@ -14,7 +20,7 @@ from typing import Any
 
 from msearchd import protocol
 from msearchd.errors import InternalError, InvalidArgument, MsearchError, ProtocolError, Unavailable
-from msearchd.service import REQUESTER, TaskService
+from msearchd.service import REQUESTER, Subscription, TaskService
 
 log = logging.getLogger("msearchd.rpc")
 
@@ -52,10 +58,11 @@ class RpcServer:
         self.path = path
         self._on_shutdown = on_shutdown
         self._server: asyncio.AbstractServer | None = None
-        self._connections: set[asyncio.Task[Any]] = set()
-        self._stopping = False
+        self.connections: set[Connection] = set()
+        self.stopping = False
         svc = service
-        self._methods: dict[str, Callable[..., Awaitable[Any]]] = {
+        # Each returns the result, or an awaitable of it when the answer has to wait for something.
+        self.methods: dict[str, Callable[..., Any]] = {
             "submit": svc.submit,
             "submit_many": svc.submit_many,
             "get": svc.get,
@@ -74,22 +81,23 @@ class RpcServer:
             "shutdown": self._shutdown,
         }
 
-    async def _shutdown(self) -> dict[str, Any]:
+    def _shutdown(self) -> dict[str, Any]:
         asyncio.get_running_loop().call_soon(self._on_shutdown)
         return {"stopping": True}
 
     async def start(self) -> None:
         prepare_socket_dir(self.path)
+        loop = asyncio.get_running_loop()
         old_umask = os.umask(0o177)
         try:
-            self._server = await asyncio.start_unix_server(self._serve, path=str(self.path), limit=2**20)
+            self._server = await loop.create_unix_server(lambda: Connection(self), path=str(self.path))
         finally:
             os.umask(old_umask)
         self.path.chmod(0o600)
 
     def stop_accepting(self) -> None:
         """Take no new connections, and answer new requests on open ones with `unavailable`."""
-        self._stopping = True
+        self.stopping = True
         if self._server is not None:
             self._server.close()
 
@@ -97,72 +105,236 @@ class RpcServer:
         self.stop_accepting()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
-        for conn in list(self._connections):
-            conn.cancel()
-        if self._connections:
-            await asyncio.wait(self._connections, timeout=1.0)
+        pending = [t for conn in list(self.connections) for t in conn.close()]
+        if pending:
+            await asyncio.wait(pending, timeout=1.0)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        current = asyncio.current_task()
-        assert current is not None
-        self._connections.add(current)
+
+# Submits pipelined one after another are written together, this many at most.
+SUBMIT_RUN = 1000
+
+# Methods whose pending answer is only a wait: dropped when the client goes away. Any other runs to
+# its end (a cancel under way finishes its work), its answer unsent.
+_ABANDONABLE = frozenset({"wait"})
+
+
+class Connection(asyncio.Protocol):
+    """One client. Its requests are answered in order; one that must wait holds back those after it."""
+
+    def __init__(self, server: RpcServer) -> None:
+        self._server = server
+        self._frames = protocol.FrameBuffer()
+        self._transport: asyncio.Transport | None = None
+        self._requester: tuple[int | None, int | None] = (None, None)
+        self._greeted = False
+        self._closed = False
+        self._waiting: asyncio.Task[None] | None = None  # the answer that holds the others back
+        self._waiting_method = ""
+        self._stream: asyncio.Task[None] | None = None  # set once the connection carries events
+        self._next: dict[str, Any] | None = None  # a request read ahead, not yet answered
+        self._bad_frame: ProtocolError | None = None  # met while reading ahead
+        self._writable = asyncio.Event()
+        self._writable.set()
+
+    # --- transport callbacks ------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        pid, uid = peer_credentials(transport.get_extra_info("socket"))
+        if uid != os.getuid():
+            log.warning("refused a connection from uid %d (pid %d)", uid, pid)
+            self._closed = True
+            transport.close()
+            return
+        self._requester = (uid, pid)
+        transport.set_write_buffer_limits(high=WRITE_BUFFER)
+        self._server.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self._server.connections.discard(self)
+        self._writable.set()
+        if self._stream is not None:
+            self._stream.cancel()
+        if self._waiting is not None and self._waiting_method in _ABANDONABLE:
+            self._waiting.cancel()
+
+    def pause_writing(self) -> None:
+        # A client that does not read its answers is not read from either, until it catches up.
+        self._writable.clear()
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+        if self._transport is not None and not self._closed:
+            self._transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        if self._stream is not None:
+            self._shut()  # a subscriber sends nothing but its goodbye
+            return
+        self._frames.feed(data)
+        if self._waiting is None:
+            self._answer_buffered()
+
+    def close(self) -> list[asyncio.Task[None]]:
+        """Stop serving this client; returns what is still running for it."""
+        running = [t for t in (self._waiting, self._stream) if t is not None and not t.done()]
+        for task in running:
+            task.cancel()
+        self._shut()
+        return running
+
+    # --- requests -----------------------------------------------------------------------------------
+
+    def _shut(self) -> None:
+        self._closed = True
+        if self._transport is not None:
+            self._transport.close()
+
+    def _answer_buffered(self) -> None:
+        """Answer every whole request received, in order, with one commit and one write."""
+        answers: list[bytes] = []
+        bad_frame = False
+        token = REQUESTER.set(self._requester)  # the calls made here, and the tasks they start, see it
         try:
-            pid, uid = peer_credentials(writer.get_extra_info("socket"))
-            if uid != os.getuid():
-                log.warning("refused a connection from uid %d (pid %d)", uid, pid)
-                return
-            REQUESTER.set((uid, pid))  # this connection's task and the calls it makes see it
-            await self._converse(reader, writer)
-        except (ConnectionError, asyncio.CancelledError):
-            pass
-        except Exception:
-            log.exception("connection handler failed")
+            with self._server.service.batch():
+                while self._waiting is None and self._stream is None and not self._closed:
+                    try:
+                        message = self._take()
+                    except ProtocolError as exc:
+                        # The stream cannot be resynchronised after a bad frame: answer once, then close.
+                        answers.append(protocol.encode({"id": None, "error": exc.to_wire()}))
+                        bad_frame = True
+                        break
+                    if message is None:
+                        break
+                    if self._plain_submit(message):
+                        answers += self._answer_submits(self._submit_run(message))
+                        continue
+                    answer = self._answer(message)
+                    if answer is not None:
+                        answers.append(answer)
+        except Exception as exc:  # the commit failed: none of these requests took effect
+            log.exception("commit failed")
+            error = InternalError(f"internal error: the changes could not be saved: {exc}").to_wire()
+            answers = [protocol.encode({"id": None, "error": error})]
+            bad_frame = True
         finally:
-            self._connections.discard(current)
-            writer.close()
+            REQUESTER.reset(token)
+        if self._transport is not None and not self._transport.is_closing():
+            if answers:
+                self._transport.write(b"".join(answers))
+            if bad_frame:
+                self._shut()
 
-    async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        greeted = False
-        while True:
+    def _take(self) -> dict[str, Any] | None:
+        """The next whole request received, if any."""
+        if self._next is not None:
+            message, self._next = self._next, None
+            return message
+        if self._bad_frame is not None:
+            raise self._bad_frame
+        return self._frames.next()
+
+    def _plain_submit(self, message: dict[str, Any]) -> bool:
+        params = message.get("params")
+        return (
+            message.get("method") == "submit"
+            and self._greeted
+            and not self._server.stopping
+            and isinstance(params, dict)
+            and not params.get("depends_on")
+        )
+
+    def _submit_run(self, first: dict[str, Any]) -> list[dict[str, Any]]:
+        """`first` and the submits right after it: a client that pipelines them gets them written
+        with one statement."""
+        run = [first]
+        while len(run) < SUBMIT_RUN:
             try:
-                message = await protocol.read_frame(reader)
+                message = self._frames.next()
             except ProtocolError as exc:
-                # The stream cannot be resynchronised after a bad frame: answer once, then close.
-                writer.write(protocol.encode({"id": None, "error": exc.to_wire()}))
-                await writer.drain()
-                return
+                self._bad_frame = exc  # answered after the run
+                break
             if message is None:
-                return
-            req_id = message.get("id")
-            method = message.get("method")
+                break
+            if not self._plain_submit(message):
+                self._next = message
+                break
+            run.append(message)
+        return run
+
+    def _answer_submits(self, run: list[dict[str, Any]]) -> list[bytes]:
+        answers: list[bytes | None] = []
+        checked: list[dict[str, Any]] = []
+        for message in run:
             try:
-                if not isinstance(method, str):
-                    raise ProtocolError("a request needs a method name")
-                params = protocol.check_params(method, message.get("params"))
-                if method == "hello":
-                    result = self._hello(params)
-                    greeted = True
-                elif not greeted:
-                    raise ProtocolError("the first request on a connection must be hello")
-                elif self._stopping:
-                    raise Unavailable("msearchd is stopping")
-                elif method == "subscribe":
-                    await self._stream(reader, writer, req_id, params)
-                    return
-                else:
-                    result = await self._methods[method](**params)
-                answer = {"id": req_id, "result": result}
+                checked.append(protocol.check_params("submit", message["params"]))
+                answers.append(None)
             except MsearchError as exc:
-                answer = {"id": req_id, "error": exc.to_wire()}
-            except Exception as exc:
-                log.exception("%s failed", method)
-                answer = {
-                    "id": req_id,
-                    "error": InternalError(f"internal error in {method}: {exc}").to_wire(),
-                }
-            writer.write(protocol.encode(answer))
-            if writer.transport.get_write_buffer_size() > WRITE_BUFFER:
-                await writer.drain()  # a client that does not read its answers waits, alone
+                answers.append(protocol.encode({"id": message.get("id"), "error": exc.to_wire()}))
+        results = iter(self._server.service.submit_each(checked))
+        out: list[bytes] = []
+        for message, answer in zip(run, answers, strict=True):
+            if answer is None:
+                result = next(results)
+                if isinstance(result, MsearchError):
+                    answer = protocol.encode({"id": message.get("id"), "error": result.to_wire()})
+                else:
+                    answer = protocol.encode({"id": message.get("id"), "result": result})
+            out.append(answer)
+        return out
+
+    def _answer(self, message: dict[str, Any]) -> bytes | None:
+        """The encoded answer to one request; None when it will come later."""
+        req_id = message.get("id")
+        method = message.get("method")
+        try:
+            if not isinstance(method, str):
+                raise ProtocolError("a request needs a method name")
+            params = protocol.check_params(method, message.get("params"))
+            if method == "hello":
+                result = self._hello(params)
+                self._greeted = True
+            elif not self._greeted:
+                raise ProtocolError("the first request on a connection must be hello")
+            elif self._server.stopping:
+                raise Unavailable("msearchd is stopping")
+            elif method == "subscribe":
+                sub = self._server.service.subscribe(**params)
+                self._stream = asyncio.ensure_future(self._send_events(sub))
+                result = {"subscribed": True}
+            else:
+                result = self._server.methods[method](**params)
+                if not isinstance(result, dict | list) and inspect.isawaitable(result):
+                    self._waiting_method = method
+                    self._waiting = asyncio.ensure_future(self._answer_later(req_id, method, result))
+                    return None
+            return protocol.encode({"id": req_id, "result": result})
+        except MsearchError as exc:
+            return protocol.encode({"id": req_id, "error": exc.to_wire()})
+        except Exception as exc:
+            log.exception("%s failed", method)
+            error = InternalError(f"internal error in {method}: {exc}").to_wire()
+            return protocol.encode({"id": req_id, "error": error})
+
+    async def _answer_later(self, req_id: Any, method: str, pending: Awaitable[Any]) -> None:
+        try:
+            answer = protocol.encode({"id": req_id, "result": await pending})
+        except MsearchError as exc:
+            answer = protocol.encode({"id": req_id, "error": exc.to_wire()})
+        except Exception as exc:
+            log.exception("%s failed", method)
+            error = InternalError(f"internal error in {method}: {exc}").to_wire()
+            answer = protocol.encode({"id": req_id, "error": error})
+        self._waiting = None
+        if self._closed or self._transport is None:
+            return
+        self._transport.write(answer)
+        self._answer_buffered()  # what arrived meanwhile
 
     @staticmethod
     def _hello(params: dict[str, Any]) -> dict[str, Any]:
@@ -175,26 +347,19 @@ class RpcServer:
             )
         return {"protocol": protocol.PROTOCOL_VERSION, "server": f"msearchd {__version__}"}
 
-    async def _stream(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, req_id: Any, params: dict[str, Any]
-    ) -> None:
-        """Turn the connection into a stream of events until the client closes it."""
-        sub = self.service.subscribe(**params)
-        closed = asyncio.ensure_future(reader.read(1))  # anything, or the end: the client is done
+    async def _send_events(self, sub: Subscription) -> None:
+        """Carry a subscription's events until the client closes the connection."""
+        service = self._server.service
         try:
-            writer.write(protocol.encode({"id": req_id, "result": {"subscribed": True}}))
-            await writer.drain()
-            while True:
-                getter = asyncio.ensure_future(sub.next())
-                done, _ = await asyncio.wait({getter, closed}, return_when=asyncio.FIRST_COMPLETED)
-                if getter not in done:
-                    getter.cancel()
+            while not self._closed:
+                event = await sub.next()
+                if self._closed or self._transport is None:
                     return
-                event = {k: v for k, v in getter.result().items() if k != "task_id_n"}
-                writer.write(protocol.encode({"event": event}))
-                await writer.drain()
-                if event["event"] in ("overflow", "shutdown"):
+                payload = {k: v for k, v in event.items() if k != "task_id_n"}
+                self._transport.write(protocol.encode({"event": payload}))
+                if payload["event"] in ("overflow", "shutdown"):
+                    self._shut()
                     return
+                await self._writable.wait()
         finally:
-            closed.cancel()
-            self.service.unsubscribe(sub)
+            service.unsubscribe(sub)

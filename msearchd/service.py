@@ -14,13 +14,14 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 from msearchd import __version__
 from msearchd.config import Settings
-from msearchd.errors import InvalidArgument, InvalidState, NotFound
+from msearchd.errors import InvalidArgument, InvalidState, MsearchError, NotFound
 from msearchd.handlers import command
 from msearchd.model import (
     TERMINAL,
@@ -119,6 +120,13 @@ class TaskService:
         self._default_priority: dict[str, int] = {}
         self._finished: list[tuple[Task, Outcome]] = []
 
+    def batch(self) -> AbstractContextManager[None]:
+        """Requests made inside share one commit at the end (group commit); each stays atomic alone.
+
+        A transport uses it for requests that arrived together, and answers them once it is over.
+        """
+        return self.store.group()
+
     # --- helpers ------------------------------------------------------------------------------------
 
     def _require(self, ref: object) -> Task:
@@ -172,7 +180,10 @@ class TaskService:
             self._publish(event, task, **extra)
 
     def wake(self) -> None:
-        self._wake.set()
+        """Let the dispatcher run, if it has anything to do: it shares the loop with the requests."""
+        pool = self.pool
+        if self._finished or self._stopping or pool is None or pool.idle_count:
+            self._wake.set()
 
     def _record(self, task_ids: Iterable[int], event: str, **detail: Any) -> None:
         """Add an entry to the history of each task, naming who asked."""
@@ -241,7 +252,7 @@ class TaskService:
                 return task_id
             seen.add(task_id)
 
-    async def submit(
+    def submit(
         self,
         type: str,
         data: dict[str, Any] | None = None,
@@ -250,7 +261,10 @@ class TaskService:
     ) -> dict[str, Any]:
         spec = self._prepare(type, data, priority, depends_on)
         now = self.clock()
-        task_id = self.store.insert(**spec, created_at=now)
+        return self._submitted(self.store.insert(**spec, created_at=now), spec, now)
+
+    def _submitted(self, task_id: int, spec: dict[str, Any], now: float) -> dict[str, Any]:
+        """Announce a task just written, and answer with it."""
         task = Task(
             id=task_id,
             type=spec["task_type"],
@@ -266,7 +280,43 @@ class TaskService:
             self.wake()
         return self.wire(task)
 
-    async def submit_many(self, tasks: list[Any]) -> dict[str, Any]:
+    def submit_each(self, requests: Sequence[dict[str, Any]]) -> list[dict[str, Any] | MsearchError]:
+        """Submit the tasks of separate requests that arrived together (checked params of `submit`).
+
+        Each is accepted or refused on its own, exactly as `submit` would, in order; those without
+        dependencies are written together, with one statement.
+        """
+        results: list[dict[str, Any] | MsearchError] = []
+        waiting: list[tuple[int, dict[str, Any]]] = []  # (index in results, spec), not yet written
+
+        def write_waiting() -> None:
+            if not waiting:
+                return
+            now = self.clock()
+            if len(waiting) == 1:
+                ids = [self.store.insert(**waiting[0][1], created_at=now)]
+            else:
+                ids = self.store.insert_many([spec for _, spec in waiting], now)
+            for (index, spec), task_id in zip(waiting, ids, strict=True):
+                results[index] = self._submitted(task_id, spec, now)
+            waiting.clear()
+
+        for params in requests:
+            try:
+                if params.get("depends_on"):
+                    write_waiting()  # it may name a task submitted just before it
+                    results.append(self.submit(**params))
+                    continue
+                spec = self._prepare(params["type"], params.get("data"), params.get("priority"), None)
+            except MsearchError as exc:
+                results.append(exc)
+                continue
+            waiting.append((len(results), spec))
+            results.append(spec)  # replaced by the answer once written
+        write_waiting()
+        return results
+
+    def submit_many(self, tasks: list[Any]) -> dict[str, Any]:
         """Submit many tasks in one transaction: all are accepted, or none."""
         specs = []
         for i, item in enumerate(tasks):
@@ -286,15 +336,15 @@ class TaskService:
         self.wake()
         return {"task_ids": [format_task_id(i) for i in ids]}
 
-    async def follow_up(self, parent_id: int, params: dict[str, Any]) -> str:
+    def follow_up(self, parent_id: int, params: dict[str, Any]) -> str:
         params = check_params("submit", params)
-        task = await self.submit(**params)
+        task = self.submit(**params)
         log.info("%s submitted follow-up %s", format_task_id(parent_id), task["id"])
         return str(task["id"])
 
     # --- reads --------------------------------------------------------------------------------------
 
-    async def get(self, task_id: Any) -> dict[str, Any]:
+    def get(self, task_id: Any) -> dict[str, Any]:
         return self.wire(self._require(task_id))
 
     @staticmethod
@@ -311,7 +361,7 @@ class TaskService:
                 raise InvalidArgument(f"unknown status {value!r}; one of: {names}") from None
         return out
 
-    async def list_tasks(
+    def list_tasks(
         self,
         status: str | list[Any] | None = None,
         type: str | None = None,
@@ -325,14 +375,14 @@ class TaskService:
         tasks = self.store.list(self._statuses(status), type, limit, offset)
         return [self.wire(t) for t in tasks]
 
-    async def count(self, status: str | list[Any] | None = None, type: str | None = None) -> int:
+    def count(self, status: str | list[Any] | None = None, type: str | None = None) -> int:
         return self.store.count(self._statuses(status), type)
 
     def _workers(self) -> dict[str, int]:
         pool = self.pool
         return {"busy": pool.busy_count if pool else 0, "total": pool.size if pool else 0}
 
-    async def stats(self) -> dict[str, Any]:
+    def stats(self) -> dict[str, Any]:
         by_status = {s.value: 0 for s in TaskStatus}
         by_type: dict[str, dict[str, int]] = {}
         for task_type, status, n in self.store.counts():
@@ -350,7 +400,7 @@ class TaskService:
             "running": running,
         }
 
-    async def status(self) -> dict[str, Any]:
+    def status(self) -> dict[str, Any]:
         return {
             "version": __version__,
             "protocol": PROTOCOL_VERSION,
@@ -471,10 +521,13 @@ class TaskService:
     def _dispatch_ready(self) -> None:
         """Claim a task for every idle worker in one transaction, then hand them out."""
         pool = self.pool
+        idle = pool.idle_pids() if pool is not None and not self._stopping else []
+        if not idle and not self._finished:
+            return
         claimed: list[Task] = []
         with self.store.transaction():
             self._settle()
-            for pid in pool.idle_pids() if pool is not None and not self._stopping else ():
+            for pid in idle:
                 task = self.store.claim_next(self.scheduler.excluded_types(), self.clock(), pid)
                 if task is None:
                     break
@@ -523,7 +576,9 @@ class TaskService:
         self.scheduler.finished(current.type)
         return outcome, self._finish(current, outcome)
 
-    async def cancel(self, task_id: Any, running: bool = False) -> dict[str, Any]:
+    def cancel(self, task_id: Any, running: bool = False) -> dict[str, Any] | Awaitable[dict[str, Any]]:
+        """Cancel a task. The answer comes at once for a waiting task; for a running one, an awaitable
+        that completes once nothing of the task is left."""
         task = self._require(task_id)
         ref = format_task_id(task.id)
         if task.status in TERMINAL:
@@ -533,25 +588,27 @@ class TaskService:
         if task.status is TaskStatus.RUNNING:
             if not running:
                 raise InvalidState(f"{ref} is running; add --running (cancel_running=true) to stop it")
-            outcome, cascaded = await self._stop_running(task, by="cancel")
-            if outcome.status is not TaskStatus.CANCELLED:
-                raise InvalidState(f"{ref} {outcome.status} before the cancel took effect")
-        else:
-            with self.store.transaction():
-                fields = dict(
-                    status=TaskStatus.CANCELLED,
-                    finished_at=self.clock(),
-                    stop_reason=StopReason.NOT_STARTED,
-                    blocked_reason=None,
-                )
-                changed = self.store.update(task.id, expect=WAITING, **fields)
-                assert changed  # nothing ran between the read and this write
-                cancelled = dataclasses.replace(task, **fields)
-                self._record([task.id], "cancel_requested", by="cancel", running=False)
-                cascaded = self._cascade_cancel([task.id])
-            self._publish("cancelled", cancelled, stop_reason=StopReason.NOT_STARTED.value)
-            return {"task": self.wire(cancelled), "cancelled_dependents": cascaded}
-        return {"task": await self.get(task.id), "cancelled_dependents": cascaded}
+            return self._cancel_running(task)
+        with self.store.transaction():
+            fields = dict(
+                status=TaskStatus.CANCELLED,
+                finished_at=self.clock(),
+                stop_reason=StopReason.NOT_STARTED,
+                blocked_reason=None,
+            )
+            changed = self.store.update(task.id, expect=WAITING, **fields)
+            assert changed  # nothing ran between the read and this write
+            cancelled = dataclasses.replace(task, **fields)
+            self._record([task.id], "cancel_requested", by="cancel", running=False)
+            cascaded = self._cascade_cancel([task.id])
+        self._publish("cancelled", cancelled, stop_reason=StopReason.NOT_STARTED.value)
+        return {"task": self.wire(cancelled), "cancelled_dependents": cascaded}
+
+    async def _cancel_running(self, task: Task) -> dict[str, Any]:
+        outcome, cascaded = await self._stop_running(task, by="cancel")
+        if outcome.status is not TaskStatus.CANCELLED:
+            raise InvalidState(f"{format_task_id(task.id)} {outcome.status} before the cancel took effect")
+        return {"task": self.get(task.id), "cancelled_dependents": cascaded}
 
     async def _cancel_many(self, task_type: str | None, running: bool) -> dict[str, Any]:
         """Cancel waiting tasks in bounded chunks, letting other requests through between them."""
@@ -597,7 +654,7 @@ class TaskService:
         validate_type(task_type)
         return {**await self._cancel_many(task_type, running), "task_type": task_type}
 
-    async def set_priority(self, task_id: Any, priority: int) -> dict[str, Any]:
+    def set_priority(self, task_id: Any, priority: int) -> dict[str, Any]:
         priority = validate_priority(priority)
         task = self._require(task_id)
         if not task.status.waiting:
@@ -614,7 +671,7 @@ class TaskService:
             self.wake()
         return self.wire(task)
 
-    async def retry(self, task_id: Any) -> dict[str, Any]:
+    def retry(self, task_id: Any) -> dict[str, Any]:
         old = self._require(task_id)
         ref = format_task_id(old.id)
         if old.status is not TaskStatus.FAILED:
@@ -644,14 +701,14 @@ class TaskService:
             "handed_over": [format_task_id(d) for d in handed_over],
         }
 
-    async def retry_failed(self, task_type: str | None = None) -> list[dict[str, Any]]:
+    def retry_failed(self, task_type: str | None = None) -> list[dict[str, Any]]:
         """Retry every failed task not yet retried, oldest first, so that a pipeline re-forms in order."""
         results: list[dict[str, Any]] = []
         after = 0
         while batch := self.store.failed_not_retried(task_type, after, CHUNK):
             for task_id in batch:
                 try:
-                    answer = await self.retry(task_id)
+                    answer = self.retry(task_id)
                     results.append({"task_id": answer["task_id"], "new_task_id": answer["new_task_id"]})
                 except (InvalidState, NotFound) as exc:
                     results.append({"task_id": format_task_id(task_id), "error": exc.message})
@@ -691,7 +748,7 @@ class TaskService:
         final = {t.id: t for t in self.store.get_many(ids)}
         return {"tasks": [self.wire(final[i]) for i in ids], "timed_out": timed_out}
 
-    async def history(self, task_id: Any) -> list[dict[str, Any]]:
+    def history(self, task_id: Any) -> list[dict[str, Any]]:
         """What happened to a task, oldest first: its lifecycle, and every request about it and by whom."""
         task = self._require(task_id)
         recorded = self.store.events(task.id)

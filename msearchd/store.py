@@ -136,6 +136,8 @@ class Store:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._depth = 0
+        self._grouping = False  # inside group(): transactions are savepoints of one shared transaction
+        self._group_open = False  # that shared transaction has begun
         self._after_commit: list[Callable[[], None]] = []
         self._update_sql: dict[tuple[Any, ...], str] = {}
         self._migrate()
@@ -156,20 +158,40 @@ class Store:
     def after_commit(self, callback: Callable[[], None]) -> None:
         """Run `callback` once the current transaction is committed (at once outside one); never if it
         rolls back. So nobody hears of a change that a crash could still undo."""
-        if self._depth:
+        if self._depth or self._group_open:
             self._after_commit.append(callback)
         else:
             callback()
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """One atomic, durable unit; nested uses join the outer transaction."""
+        """One atomic, durable unit; nested uses join the outer transaction.
+
+        Inside `group()` it is a savepoint of the group's transaction: it rolls back alone, and becomes
+        durable when the group commits.
+        """
         if self._depth:
             self._depth += 1
             try:
                 yield
             finally:
                 self._depth -= 1
+            return
+        if self._grouping:
+            self._begin_group()
+            self._db.execute("SAVEPOINT unit")
+            mark = len(self._after_commit)
+            self._depth = 1
+            try:
+                yield
+            except BaseException:
+                self._depth = 0
+                del self._after_commit[mark:]
+                self._db.execute("ROLLBACK TO unit")
+                self._db.execute("RELEASE unit")
+                raise
+            self._depth = 0
+            self._db.execute("RELEASE unit")
             return
         self._db.execute("BEGIN IMMEDIATE")
         self._depth = 1
@@ -182,6 +204,39 @@ class Store:
             raise
         self._depth = 0
         self._db.execute("COMMIT")
+        self._run_after_commit()
+
+    @contextmanager
+    def group(self) -> Iterator[None]:
+        """Commit every transaction opened inside with one commit at the end (group commit).
+
+        Each transaction inside stays atomic on its own (a savepoint); none is durable, and no
+        after-commit callback runs, before the group ends. Requests that arrive together share a
+        commit this way. A group that never writes costs nothing.
+        """
+        if self._grouping or self._depth:
+            yield
+            return
+        self._grouping = True
+        try:
+            yield
+            if self._group_open:
+                self._db.execute("COMMIT")
+        except BaseException:
+            self._after_commit.clear()
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
+        finally:
+            self._grouping = self._group_open = False
+        self._run_after_commit()
+
+    def _begin_group(self) -> None:
+        if not self._group_open:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._group_open = True
+
+    def _run_after_commit(self) -> None:
         callbacks, self._after_commit = self._after_commit, []
         for callback in callbacks:
             callback()
@@ -304,20 +359,28 @@ class Store:
         retry_of: int | None = None,
         created_at: float,
     ) -> int:
+        row = (task_type, str(status), priority, _pack(data), blocked_reason, retry_of, created_at)
+        if not depends_on and self._grouping and not self._depth:
+            # One statement is atomic by itself: in a group it needs no savepoint of its own.
+            self._begin_group()
+            return self._insert_row(row)
         with self.transaction():
-            cur = self._db.execute(
-                "INSERT INTO tasks (type, status, priority, data, blocked_reason, retry_of, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (task_type, str(status), priority, _pack(data), blocked_reason, retry_of, created_at),
-            )
-            task_id = cur.lastrowid
-            assert task_id is not None
+            task_id = self._insert_row(row)
             if depends_on:
                 self._db.executemany(
                     "INSERT OR IGNORE INTO deps (task_id, depends_on) VALUES (?, ?)",
                     [(task_id, d) for d in depends_on],
                 )
         return task_id
+
+    def _insert_row(self, row: tuple[Any, ...]) -> int:
+        cur = self._db.execute(
+            "INSERT INTO tasks (type, status, priority, data, blocked_reason, retry_of, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            row,
+        )
+        assert cur.lastrowid is not None
+        return cur.lastrowid
 
     def insert_many(self, specs: Sequence[dict[str, Any]], created_at: float) -> list[int]:
         """Insert many tasks (each spec as the keywords of `insert`) with one statement; returns their ids."""

@@ -49,7 +49,7 @@ class PoolListener(Protocol):
 
     def task_finished(self, task: Task, outcome: Outcome) -> None: ...
 
-    async def follow_up(self, parent_id: int, params: dict[str, Any]) -> str: ...
+    def follow_up(self, parent_id: int, params: dict[str, Any]) -> str: ...
 
 
 def describe_exit(status: int) -> str:
@@ -237,9 +237,7 @@ class WorkerPool:
             self._listener.task_progress(task, message.get("progress"), message.get("current_operation"))
         elif op == "submit" and task is not None and worker.writer is not None:
             try:
-                reply: dict[str, Any] = {
-                    "task_id": await self._listener.follow_up(task.id, message["params"])
-                }
+                reply: dict[str, Any] = {"task_id": self._listener.follow_up(task.id, message["params"])}
             except MsearchError as exc:
                 reply = {"error": exc.to_wire()}
             worker.writer.write(protocol.encode(reply))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -226,3 +227,42 @@ def test_claiming_and_listing_never_sort_the_queue(store):
     for sql in statements:
         plan = " | ".join(row[-1] for row in store._db.execute("EXPLAIN QUERY PLAN " + sql))
         assert "TEMP B-TREE" not in plan, (sql, plan)
+
+
+def test_group_commits_once_and_each_transaction_rolls_back_alone(store):
+    seen: list[str] = []
+    other = sqlite3.connect(store.path)  # another reader: sees only what is committed
+    with store.group():
+        kept = add(store)
+        store.after_commit(lambda: seen.append("kept"))
+        with pytest.raises(RuntimeError), store.transaction():
+            store.update(kept, priority=1)
+            store.after_commit(lambda: seen.append("rolled back"))
+            raise RuntimeError
+        with store.transaction():
+            second = add(store, deps=[kept])
+            store.after_commit(lambda: seen.append("second"))
+        assert other.execute("SELECT count(*) FROM tasks").fetchone()[0] == 0  # nothing durable yet
+        assert seen == []  # nobody hears of a change before it is durable
+    assert other.execute("SELECT count(*) FROM tasks").fetchone()[0] == 2
+    assert seen == ["kept", "second"]
+    assert store.get(kept).priority == 6  # the failed transaction's update is gone, the rest kept
+    assert store.get(second).depends_on == [kept]
+
+
+def test_a_group_that_fails_writes_nothing_and_one_that_reads_commits_nothing(store):
+    seen: list[str] = []
+    with pytest.raises(RuntimeError), store.group():
+        add(store)
+        store.after_commit(lambda: seen.append("lost"))
+        raise RuntimeError
+    assert store.count() == 0 and seen == []
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)
+    with store.group():
+        store.count()
+    store._db.set_trace_callback(None)
+    assert not any(s.split()[0] in ("BEGIN", "COMMIT") for s in statements)
+    with store.group():  # usable again after the failure
+        add(store)
+    assert store.count() == 1
