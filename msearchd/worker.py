@@ -172,6 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     fd, parent_pid, config = int(argv[0]), int(argv[1]), json.loads(argv[2])
     if not die_with_parent(parent_pid):  # so that no worker outlives a kill -9 of the daemon
         return
+    os.set_inheritable(fd, False)  # what tasks start must not get the daemon's channel
     channel = socket.socket(fileno=fd)
     os.environ["MSEARCH_STATE_DIR"] = config["state_dir"]
     worker = Worker(channel, config["handlers"], config["state_dir"])

@@ -119,3 +119,14 @@ def test_worker_crash_fails_the_task_and_is_replaced(make_daemon):
         assert after["status"] == "completed"
         assert after["worker_pid"] not in (crashed["worker_pid"], killed["worker_pid"])
     assert "killed by SIGSEGV while running" in d.wait_for_log("SIGSEGV")
+
+
+@pytest.mark.parametrize("cwd", [None, "/"], ids=["spawn", "with-cwd"])
+def test_a_command_gets_only_stdin_stdout_and_stderr(client, cwd):
+    """Nothing of the worker leaks into what it starts: not its channel to the daemon, nor other files."""
+    data = {"argv": ["sh", "-c", "ls /proc/$$/fd"]}
+    if cwd:
+        data["cwd"] = cwd
+    done = finished(client, client.submit("command", data))
+    assert done["status"] == "completed"
+    assert Path(done["log_path"]).read_text().split() == ["0", "1", "2"]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 from collections.abc import Mapping
@@ -37,14 +39,7 @@ def run(ctx: TaskContext, data: dict[str, Any]) -> None:
     _ = ctx.cancelled
     with open(ctx.log_path, "ab") as log:
         try:
-            proc = subprocess.Popen(
-                argv,
-                cwd=data.get("cwd"),
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+            pid = _start(argv, data.get("cwd"), env, log.fileno())
         except FileNotFoundError:
             raise TaskFailed(f"command not found: {argv[0]}") from None
         except PermissionError:
@@ -53,12 +48,56 @@ def run(ctx: TaskContext, data: dict[str, Any]) -> None:
             raise TaskFailed(f"cannot start {argv[0]}: {exc.strerror}") from None
         if ctx.cancelled:
             # The group's SIGTERM came before the command existed: pass it on.
-            proc.terminate()
-        ctx.set_operation(f"running {shlex.join(argv)} (pid {proc.pid})")
-        code = proc.wait()
+            os.kill(pid, signal.SIGTERM)
+        ctx.set_operation(f"running {shlex.join(argv)} (pid {pid})")
+        code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
     if ctx.cancelled:
         raise TaskCancelled("sigterm" if code == -signal.SIGTERM else "cooperative")
     if code < 0:
         raise TaskFailed(f"command killed by {signal.Signals(-code).name}")
     if code > 0:
         raise TaskFailed(f"command exited with code {code}")
+
+
+# Signals Python ignores for itself, which a command gets back at their defaults (as subprocess does).
+_RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
+
+
+def _start(argv: list[str], cwd: str | None, env: dict[str, str], log_fd: int) -> int:
+    """Start the command with stdin from /dev/null and its output in the log; returns its pid.
+
+    posix_spawn (vfork and exec) costs about 0.6 ms here against 0.9 ms for subprocess, which is
+    most of the time a short command takes. It cannot change folder, so a `cwd` goes through
+    subprocess.
+    """
+    if cwd is not None:
+        proc = subprocess.Popen(
+            argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log_fd, stderr=subprocess.STDOUT
+        )
+        proc.returncode = 0  # waited for with os.waitpid: keep Popen from reaping it on collection
+        return proc.pid
+    path = _which(argv[0], env.get("PATH", os.defpath))
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    try:
+        return os.posix_spawn(
+            path,
+            argv,
+            env,
+            file_actions=[
+                (os.POSIX_SPAWN_DUP2, devnull, 0),
+                (os.POSIX_SPAWN_DUP2, log_fd, 1),
+                (os.POSIX_SPAWN_DUP2, log_fd, 2),
+            ],
+            setsigdef=_RESET_SIGNALS,
+        )
+    finally:
+        os.close(devnull)
+
+
+@functools.cache
+def _which(name: str, search_path: str) -> str:
+    """Where `name` is on `search_path`; the name itself if it has a slash or is not found (then
+    the spawn fails with the error a shell would give)."""
+    if "/" in name:
+        return name
+    return shutil.which(name, path=search_path) or name
