@@ -109,6 +109,21 @@ class FrameReader:
         """True when bytes already received wait to be read."""
         return self._frames.pending()
 
+    def read_ready(self) -> list[dict[str, Any]]:
+        """Every whole message that can be had without blocking."""
+        while True:
+            try:
+                chunk = self._sock.recv(65536, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                break
+            if not chunk:
+                break  # the end: the next blocking read reports it
+            self._frames.feed(chunk)
+        messages = []
+        while (message := self._frames.next()) is not None:
+            messages.append(message)
+        return messages
+
     def read(self) -> dict[str, Any] | None:
         """The next message; None when the peer closed the connection between messages."""
         while (message := self._frames.next()) is None:

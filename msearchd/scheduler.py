@@ -20,6 +20,9 @@ class Scheduler:
         """Types that may not start another task now."""
         return sorted(t for t, limit in self._limits.items() if self._running[t] >= limit)
 
+    def limited(self, task_type: str) -> bool:
+        return task_type in self._limits
+
     def started(self, task_type: str) -> None:
         self._running[task_type] += 1
 

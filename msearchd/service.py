@@ -16,7 +16,6 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
-from pathlib import Path
 from typing import Any
 
 from msearchd import __version__
@@ -51,6 +50,16 @@ LIST_LIMIT_MAX = 10_000
 # Rows a bulk cancel changes per transaction: small enough that other requests wait tens of ms at most.
 BULK_CHUNK = 1000
 PROGRESS_FLUSH_INTERVAL = 1.0
+# A worker is handed the next tasks together when they are short: as many as are expected to take
+# this long in all, at most LEASE_MAX. A task submitted meanwhile, whatever its priority, waits for
+# them, so this bounds that wait.
+LEASE_WINDOW = 0.02
+# How long the outcome of a task in the middle of a lease may wait to be recorded, so that the
+# outcomes of a lease share a commit.
+SETTLE_DELAY = 0.01
+LEASE_MAX = 64
+DURATION_SAMPLES = 3  # runs of a type before its duration is trusted
+DURATION_WEIGHT = 0.2  # of the newest run in the moving mean
 SUBSCRIBER_BUFFER = 10_000
 
 
@@ -102,6 +111,26 @@ class Subscription:
         return event
 
 
+class Durations:
+    """How long tasks of each type have been taking lately: what decides whether they are leased."""
+
+    def __init__(self) -> None:
+        self._mean: dict[str, float] = {}
+        self._count: dict[str, int] = {}
+
+    def record(self, task_type: str, seconds: float) -> None:
+        n = self._count.get(task_type, 0)
+        mean = self._mean.get(task_type, seconds)
+        self._mean[task_type] = mean + (seconds - mean) * max(DURATION_WEIGHT, 1 / (n + 1))
+        self._count[task_type] = n + 1
+
+    def expected(self, task_type: str) -> float | None:
+        """The recent mean, once there are enough runs to go by; None before."""
+        if self._count.get(task_type, 0) < DURATION_SAMPLES:
+            return None
+        return self._mean[task_type]
+
+
 class TaskService:
     def __init__(self, store: Store, settings: Settings, clock: Callable[[], float] = time.time) -> None:
         self.store = store
@@ -119,6 +148,8 @@ class TaskService:
         self._subscriptions: set[Subscription] = set()
         self._default_priority: dict[str, int] = {}
         self._finished: list[tuple[Task, Outcome]] = []
+        self._durations = Durations()
+        self._log_dir = str(settings.log_dir)
 
     def batch(self) -> AbstractContextManager[None]:
         """Requests made inside share one commit at the end (group commit); each stays atomic alone.
@@ -136,15 +167,17 @@ class TaskService:
             raise NotFound(f"task {format_task_id(task_id)} does not exist")
         return task
 
-    def log_path(self, task_id: int) -> Path:
-        return self.settings.log_dir / f"{format_task_id(task_id)}.log"
+    def log_path(self, task_id: int) -> str:
+        return f"{self._log_dir}/{format_task_id(task_id)}.log"
 
     def wire(self, task: Task) -> dict[str, Any]:
         live = self._progress.get(task.id)
         if live is not None and task.status is TaskStatus.RUNNING:
             task.progress, task.current_operation = live
-        if task.started_at is not None and self.log_path(task.id).exists():
-            task.log_path = str(self.log_path(task.id))
+        if task.started_at is not None:
+            path = self.log_path(task.id)
+            if os.path.exists(path):  # noqa: PTH110 - a str: no Path object per task on the hot path
+                task.log_path = path
         return task.to_wire()
 
     def _publish(self, event: str, task: Task, **extra: Any) -> None:
@@ -445,16 +478,21 @@ class TaskService:
             else:
                 self.store.update(dep_id, blocked_reason=reason)
 
-    def _finish(self, task: Task, outcome: Outcome) -> int:
-        """Record how a running task ended and what follows for its dependents; returns cancelled count."""
+    def _finish(self, task: Task, outcome: Outcome, dependents: bool = True) -> int:
+        """Record how a running task ended and what follows for its dependents (`dependents`: it may
+        have some); returns how many were cancelled with it."""
         live = self._progress.pop(task.id, None)
         self._dirty.discard(task.id)
         fields: dict[str, Any] = {
             "status": outcome.status,
-            "finished_at": self.clock(),
+            "finished_at": outcome.finished_at or self.clock(),
             "error": outcome.error,
             "stop_reason": outcome.stop_reason,
         }
+        if outcome.started_at is not None:
+            fields["started_at"] = outcome.started_at
+        if outcome.stop_reason is StopReason.NOT_STARTED:  # taken back from a worker before its turn
+            fields["started_at"], fields["attempts"] = None, max(task.attempts - 1, 0)
         if live is not None:
             fields["progress"], fields["current_operation"] = live
         if outcome.status is TaskStatus.COMPLETED:
@@ -466,15 +504,15 @@ class TaskService:
                     "%s ended (%s) but was no longer running", format_task_id(task.id), outcome.status
                 )
                 return 0
-            finished = dataclasses.replace(task, **fields)
             if outcome.status is TaskStatus.CANCELLED:
                 cascaded = self._cascade_cancel([task.id])
-            else:
+            elif dependents:
                 self._refresh_dependents(task.id)
-        extra = {"stop_reason": outcome.stop_reason.value} if outcome.stop_reason else {}
-        if outcome.error:
-            extra["error"] = outcome.error
-        self._publish(outcome.status.value, finished, **extra)
+        if self._subscriptions or task.id in self._waiters:
+            extra = {"stop_reason": outcome.stop_reason.value} if outcome.stop_reason else {}
+            if outcome.error:
+                extra["error"] = outcome.error
+            self._publish(outcome.status.value, dataclasses.replace(task, **fields), **extra)
         return cascaded
 
     # --- pool callbacks -----------------------------------------------------------------------------
@@ -496,18 +534,32 @@ class TaskService:
             self._publish("progress", task, progress=new[0], current_operation=new[1])
 
     def task_finished(self, task: Task, outcome: Outcome) -> None:
-        """Queue the outcome: the dispatcher records all that arrived together in one transaction."""
+        """Queue the outcome: the dispatcher records those that arrived together in one transaction,
+        when the worker asks for more work (its lease is done), or SETTLE_DELAY later at most."""
         self._finished.append((task, outcome))
+        if len(self._finished) == 1:
+            asyncio.get_running_loop().call_later(SETTLE_DELAY, self.wake)
+
+    def tasks_returned(self, tasks: list[Task]) -> None:
+        """Tasks of a lease that never started: back in the queue, their start not counted."""
+        for task in tasks:
+            self.scheduler.finished(task.type)
+        self.store.unlease([task.id for task in tasks])
         self.wake()
 
     def _settle(self) -> None:
         """Record the outcomes the workers reported since the last time."""
         batch, self._finished = self._finished, []
+        if not batch:
+            return
+        with_dependents = set(self.store.with_dependents([task.id for task, _ in batch]))
         for task, outcome in batch:
             self.scheduler.finished(task.type)
+            if outcome.started_at is not None and outcome.finished_at is not None:
+                self._durations.record(task.type, outcome.finished_at - outcome.started_at)
             if outcome.status is TaskStatus.FAILED:
                 log.info("%s failed: %s", format_task_id(task.id), outcome.error)
-            self._finish(task, outcome)
+            self._finish(task, outcome, dependents=task.id in with_dependents)
 
     # --- dispatch -----------------------------------------------------------------------------------
 
@@ -524,19 +576,41 @@ class TaskService:
         idle = pool.idle_pids() if pool is not None and not self._stopping else []
         if not idle and not self._finished:
             return
-        claimed: list[Task] = []
+        leases: list[tuple[int, list[Task]]] = []
         with self.store.transaction():
             self._settle()
             for pid in idle:
-                task = self.store.claim_next(self.scheduler.excluded_types(), self.clock(), pid)
-                if task is None:
+                lease = self._lease(pid)
+                if not lease:
                     break
-                self.scheduler.started(task.type)
-                claimed.append(task)
-        for task in claimed:
-            assert pool is not None and task.worker_pid is not None
-            pool.dispatch(task, task.worker_pid, self.log_path(task.id))
-            self._publish("started", task, worker_pid=task.worker_pid, attempt=task.attempts)
+                leases.append((pid, lease))
+        for pid, lease in leases:
+            assert pool is not None
+            pool.dispatch(lease, pid, self.log_path)
+            for task in lease:
+                self._publish("started", task, worker_pid=pid, attempt=task.attempts)
+
+    def _lease(self, pid: int) -> list[Task]:
+        """The next task for worker `pid`, and after it, while they are known to take well under
+        LEASE_WINDOW together, the tasks that follow it in the queue: the worker runs them one after
+        the other without waiting for the daemon between them."""
+        now = self.clock()
+        first = self.store.claim_next(self.scheduler.excluded_types(), now, pid)
+        if first is None:
+            return []
+        self.scheduler.started(first.type)
+        budget = LEASE_WINDOW - (self._durations.expected(first.type) or LEASE_WINDOW)
+        ids: list[int] = []
+        for task_id, task_type in self.store.next_pending(LEASE_MAX - 1) if budget > 0 else ():
+            expected = self._durations.expected(task_type)
+            if expected is None or expected > budget or self.scheduler.limited(task_type):
+                break
+            budget -= expected
+            ids.append(task_id)
+        more = self.store.claim_ids(ids, now, pid) if ids else []
+        for task in more:
+            self.scheduler.started(task.type)
+        return [first, *more]
 
     async def run_progress_flusher(self) -> None:
         """Persist progress at a bounded rate, and only while tasks report it."""

@@ -451,6 +451,35 @@ class Store:
         ).fetchone()
         return _row_to_task(row) if row else None
 
+    def next_pending(self, limit: int) -> list[tuple[int, str]]:
+        """(id, type) of the first `limit` pending tasks, in queue order."""
+        return self._db.execute(
+            "SELECT id, type FROM tasks INDEXED BY tasks_queue WHERE status = 'pending' "
+            "ORDER BY priority, id LIMIT ?",
+            (limit,),
+        ).fetchall()
+
+    def claim_ids(self, ids: Sequence[int], now: float, worker_pid: int) -> list[Task]:
+        """Move these tasks, if still pending, to running for `worker_pid`; returns them in queue order."""
+        rows = self._db.execute(
+            f"UPDATE tasks SET status = 'running', started_at = ?, attempts = attempts + 1, progress = 0, "
+            f"current_operation = NULL, error = NULL, worker_pid = ? WHERE id IN ({_marks(len(ids))}) "
+            f"AND status = 'pending' RETURNING {_COLUMNS}",
+            (now, worker_pid, *ids),
+        ).fetchall()
+        return sorted(map(_row_to_task, rows), key=lambda t: (t.priority, t.id))
+
+    def unlease(self, ids: Sequence[int]) -> None:
+        """Put running tasks that never started back in the queue, as if they had not been claimed."""
+        with self.transaction():
+            for start in range(0, len(ids), CHUNK):
+                part = list(ids[start : start + CHUNK])
+                self._db.execute(
+                    "UPDATE tasks SET status = 'pending', started_at = NULL, attempts = attempts - 1, "
+                    f"worker_pid = NULL WHERE id IN ({_marks(len(part))}) AND status = 'running'",
+                    part,
+                )
+
     def cancel_waiting(self, ids: Sequence[int], now: float, error: str | None = None) -> list[int]:
         """Cancel those of `ids` still pending or blocked; returns the ones it cancelled."""
         done: list[int] = []

@@ -13,24 +13,24 @@ import os
 import signal
 import socket
 import sys
+import time
 import traceback
+from collections import deque
 from collections.abc import Mapping
 from types import FrameType
 from typing import Any
 
 from msearchd import protocol
 from msearchd.handlers import Handler, HandlerNotFound, TaskCancelled, TaskFailed, resolve
+from msearchd.lease import LeaseWord, Phase
 from msearchd.prctl import die_with_parent
 
 
 class Context:
     """The `ctx` a handler receives; see `msearchd.handlers.TaskContext`."""
 
-    def __init__(
-        self, channel: socket.socket, reader: protocol.FrameReader, task_id: str, log_path: str
-    ) -> None:
-        self._channel = channel
-        self._reader = reader
+    def __init__(self, worker: Worker, task_id: str, log_path: str) -> None:
+        self._worker = worker
         self.task_id = task_id
         self.log_path = log_path
         self.cancel_requested = False
@@ -42,8 +42,8 @@ class Context:
     def _send(self, message: dict[str, Any], *, reply: bool = False) -> dict[str, Any] | None:
         self.sending = True
         try:
-            self._channel.sendall(protocol.encode(message))
-            answer = self._reader.read() if reply else None
+            self._worker.send({**message, "id": self.task_id})
+            answer = self._worker.read_reply() if reply else None
         finally:
             self.sending = False
         if self.interrupt_deferred:
@@ -89,13 +89,21 @@ class Context:
 
 
 class Worker:
-    def __init__(self, channel: socket.socket, handlers: Mapping[str, str], state_dir: str) -> None:
+    """Runs the tasks of its lease in order, reporting each as it ends; see `msearchd.lease`."""
+
+    def __init__(
+        self, channel: socket.socket, word: LeaseWord, handlers: Mapping[str, str], state_dir: str
+    ) -> None:
         self.channel = channel
         self.reader = protocol.FrameReader(channel)
+        self.word = word
         self.handlers = handlers
         self.state_dir = state_dir
         self.ctx: Context | None = None
         self._handlers: dict[str, Handler] = {}
+        self._lease: deque[dict[str, Any]] = deque()
+        self._skips: set[int] = set()
+        self._held: list[dict[str, Any]] = []  # messages read while waiting for a reply
 
     def handler_for(self, task_type: str) -> Handler:
         """Resolve a type's handler once per worker: looking up entry points costs about a millisecond."""
@@ -107,7 +115,7 @@ class Worker:
     def on_sigterm(self, _signum: int, _frame: FrameType | None) -> None:
         ctx = self.ctx
         if ctx is None:
-            sys.exit(0)  # idle: nothing to finish
+            sys.exit(0)  # between tasks: nothing to finish; the daemon hands the rest out again
         if ctx.cancel_requested:
             return
         ctx.cancel_requested = True
@@ -121,12 +129,27 @@ class Worker:
     def send(self, message: dict[str, Any]) -> None:
         self.channel.sendall(protocol.encode(message))
 
+    def read_reply(self) -> dict[str, Any] | None:
+        """The daemon's answer to a request of a handler; orders met on the way are kept for later."""
+        while (message := self.reader.read()) is not None and "op" in message:
+            self._held.append(message)
+        return message
+
+    def _take_orders(self, messages: list[dict[str, Any]]) -> None:
+        for message in messages:
+            op = message.get("op")
+            if op == "run":
+                self._lease.extend(message["tasks"])
+            elif op == "skip":
+                self._skips.add(message["seq"])
+
     def run_task(self, task: dict[str, Any]) -> bool:
         """Run one task and report how it ended; False when the worker must exit afterwards."""
         task_id = task["id"]
         log_path = task["log_path"]
         os.environ["MSEARCH_TASK_ID"] = task_id
-        self.ctx = ctx = Context(self.channel, self.reader, task_id, log_path)
+        self.ctx = ctx = Context(self, task_id, log_path)
+        started = time.time()
         outcome: dict[str, Any]
         try:
             try:
@@ -145,7 +168,8 @@ class Worker:
         except Exception as exc:
             self._log_traceback(log_path)
             outcome = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
-        self.send({"op": "done", **outcome})
+        self.word.write(task["seq"], Phase.DONE)
+        self.send({"op": "done", "id": task_id, "started": started, "finished": time.time(), **outcome})
         self.ctx = None
         return not ctx.cancel_requested
 
@@ -160,22 +184,39 @@ class Worker:
     def serve(self) -> None:
         self.send({"op": "ready", "pid": os.getpid()})
         while True:
-            message = self.reader.read()
-            if message is None:
-                return  # the daemon closed the channel: stop
-            if message.get("op") == "run" and not self.run_task(message["task"]):
+            if self._held:
+                held, self._held = self._held, []
+                self._take_orders(held)
+            if not self._lease:
+                message = self.reader.read()
+                if message is None:
+                    return  # the daemon closed the channel: stop
+                self._take_orders([message])
+                continue
+            task = self._lease.popleft()
+            seq = task["seq"]
+            self.word.write(seq, Phase.REACHED)
+            self._take_orders(self.reader.read_ready())  # after REACHED: see msearchd.lease
+            if seq in self._skips:
+                self._skips.discard(seq)
+                self.word.write(seq, Phase.SKIPPED)
+                self.send({"op": "skipped", "id": task["id"]})
+                continue
+            self.word.write(seq, Phase.RUNNING)
+            if not self.run_task(task):
                 return
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    fd, parent_pid, config = int(argv[0]), int(argv[1]), json.loads(argv[2])
+    fd, word_fd, parent_pid = int(argv[0]), int(argv[1]), int(argv[2])
+    config = json.loads(argv[3])
     if not die_with_parent(parent_pid):  # so that no worker outlives a kill -9 of the daemon
         return
     os.set_inheritable(fd, False)  # what tasks start must not get the daemon's channel
     channel = socket.socket(fileno=fd)
     os.environ["MSEARCH_STATE_DIR"] = config["state_dir"]
-    worker = Worker(channel, config["handlers"], config["state_dir"])
+    worker = Worker(channel, LeaseWord.attach(word_fd), config["handlers"], config["state_dir"])
     signal.signal(signal.SIGTERM, worker.on_sigterm)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the daemon went away: stop

@@ -16,7 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,7 +25,8 @@ import psutil
 
 from msearchd import protocol
 from msearchd.errors import MsearchError, ProtocolError
-from msearchd.model import StopReason, Task, TaskStatus, format_task_id
+from msearchd.lease import LeaseWord, Phase
+from msearchd.model import StopReason, Task, TaskStatus, format_task_id, parse_task_id
 from msearchd.prctl import become_subreaper
 
 log = logging.getLogger("msearchd.workers")
@@ -40,6 +41,9 @@ class Outcome:
     status: TaskStatus
     error: str | None = None
     stop_reason: StopReason | None = None
+    # When the task ran, as the worker saw it (a task of a lease may start a little after its lease).
+    started_at: float | None = None
+    finished_at: float | None = None
 
 
 class PoolListener(Protocol):
@@ -48,6 +52,9 @@ class PoolListener(Protocol):
     def task_progress(self, task: Task, progress: float | None, operation: str | None) -> None: ...
 
     def task_finished(self, task: Task, outcome: Outcome) -> None: ...
+
+    def tasks_returned(self, tasks: list[Task]) -> None:
+        """Tasks of a lease that did not start and will not: back to the queue."""
 
     def follow_up(self, parent_id: int, params: dict[str, Any]) -> str: ...
 
@@ -142,12 +149,21 @@ class WorkerProcess:
     pid: int
     proc: subprocess.Popen[bytes]
     exited: asyncio.Future[int]
+    word: LeaseWord
     writer: asyncio.StreamWriter | None = None
     ready: bool = False
-    task: Task | None = None
+    # The tasks of its lease not yet reported, in order, each with its number (see msearchd.lease).
+    lease: dict[int, tuple[int, Task]] = field(default_factory=dict)
+    sent: int = 0  # lease entries numbered so far
     stopping: bool = False
-    report: asyncio.Future[Outcome] | None = None
     started: float = field(default=0.0)
+
+    def current(self) -> Task | None:
+        """The task it runs now, if any."""
+        at, phase = self.word.read()
+        if phase is Phase.RUNNING:
+            return next((task for seq, task in self.lease.values() if seq == at), None)
+        return None
 
 
 class WorkerPool:
@@ -162,6 +178,10 @@ class WorkerPool:
         self._workers: set[WorkerProcess] = set()
         self._idle: list[WorkerProcess] = []
         self._terminating: dict[int, asyncio.Future[Outcome]] = {}
+        # Outcomes a cancel or a stop waits for, by task id: they go there, not to the listener.
+        self._reports: dict[int, asyncio.Future[Outcome]] = {}
+        # Tasks taken back from a lease before they started: the worker's `skipped` needs no more.
+        self._taken_back: set[int] = set()
         self._closing = False
         self._respawn_delay = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -174,13 +194,13 @@ class WorkerPool:
 
     @property
     def busy_count(self) -> int:
-        return sum(1 for w in self._workers if w.task is not None)
+        return sum(1 for w in self._workers if w.lease)
 
     def idle_pids(self) -> list[int]:
         return [w.pid for w in self._idle]
 
     def _worker_for(self, task_id: int) -> WorkerProcess | None:
-        return next((w for w in self._workers if w.task is not None and w.task.id == task_id), None)
+        return next((w for w in self._workers if task_id in w.lease), None)
 
     # --- lifecycle ----------------------------------------------------------------------------------
 
@@ -196,20 +216,25 @@ class WorkerPool:
     def _spawn(self) -> None:
         loop = asyncio.get_running_loop()
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        word = LeaseWord.create()
         config = json.dumps({"handlers": self._handlers, "state_dir": str(self._state_dir)})
         env = {**os.environ, WORKER_MARK: str(self._state_dir)}
+        argv = [str(child.fileno()), str(word.fd), str(os.getpid()), config]
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "msearchd.worker", str(child.fileno()), str(os.getpid()), config],
-                pass_fds=(child.fileno(),),
+                [sys.executable, "-m", "msearchd.worker", *argv],
+                pass_fds=(child.fileno(), word.fd),
                 start_new_session=True,
                 stdin=subprocess.DEVNULL,
                 env=env,
             )
+        except BaseException:
+            word.close()
+            raise
         finally:
             child.close()
         worker = WorkerProcess(
-            pid=proc.pid, proc=proc, exited=self._reaper.watch(proc.pid), started=loop.time()
+            pid=proc.pid, proc=proc, exited=self._reaper.watch(proc.pid), word=word, started=loop.time()
         )
         self._workers.add(worker)
         self._background(self._serve(worker, parent))
@@ -228,7 +253,8 @@ class WorkerPool:
 
     async def _on_message(self, worker: WorkerProcess, message: dict[str, Any]) -> None:
         op = message.get("op")
-        task = worker.task
+        entry = worker.lease.get(parse_task_id(message["id"])) if "id" in message else None
+        task = entry[1] if entry is not None else None
         if op == "ready":
             worker.ready = True
             self._respawn_delay = 0.0
@@ -242,23 +268,33 @@ class WorkerPool:
                 reply = {"error": exc.to_wire()}
             worker.writer.write(protocol.encode(reply))
         elif op == "done" and task is not None:
+            del worker.lease[task.id]
             outcome = Outcome(
                 status=TaskStatus(message["status"]),
                 error=message.get("error"),
                 stop_reason=StopReason(message["stop_reason"]) if message.get("stop_reason") else None,
+                started_at=message.get("started"),
+                finished_at=message.get("finished"),
             )
-            if worker.report is not None:  # a cancel or shutdown is under way: it takes the outcome
-                if not worker.report.done():
-                    worker.report.set_result(outcome)
-                return
-            worker.task = None
-            self._listener.task_finished(task, outcome)
+            waiting = self._reports.pop(task.id, None)
+            if waiting is not None:  # a cancel or a stop under way takes the outcome
+                if not waiting.done():
+                    waiting.set_result(outcome)
+            else:
+                self._listener.task_finished(task, outcome)
             self._make_idle(worker)
-        else:
+        elif op == "skipped" and task is not None:
+            del worker.lease[task.id]
+            if task.id in self._taken_back:
+                self._taken_back.discard(task.id)
+            else:
+                self._listener.tasks_returned([task])  # skipped as one after a cancelled task
+            self._make_idle(worker)
+        elif op not in ("progress", "submit", "done", "skipped"):
             log.warning("worker %d: unexpected message %r", worker.pid, op)
 
     def _make_idle(self, worker: WorkerProcess) -> None:
-        if self._closing or worker.stopping:
+        if self._closing or worker.stopping or worker.lease or worker in self._idle:
             return
         self._idle.append(worker)
         self._listener.worker_idle()
@@ -270,13 +306,20 @@ class WorkerPool:
             self._idle.remove(worker)
         signal_group(worker.pid, signal.SIGKILL)  # whatever the worker left in its group
         how = describe_exit(status)
-        task = worker.task
-        if task is not None and not worker.stopping:
-            log.warning("worker %d %s while running %s", worker.pid, how, format_task_id(task.id))
-            worker.task = None
-            self._listener.task_finished(task, Outcome(TaskStatus.FAILED, error=f"worker {how}"))
+        current = worker.current()
+        left = [task for _, task in worker.lease.values() if task.id not in self._reports]
+        worker.lease.clear()
+        worker.word.close()
+        if current is not None and current in left and not worker.stopping:
+            log.warning("worker %d %s while running %s", worker.pid, how, format_task_id(current.id))
+            left.remove(current)
+            self._listener.task_finished(current, Outcome(TaskStatus.FAILED, error=f"worker {how}"))
         elif not worker.stopping and not self._closing:
             log.warning("worker %d %s", worker.pid, how)
+        returned = [task for task in left if task.id not in self._taken_back]
+        self._taken_back.difference_update(task.id for task in left)
+        if returned:
+            self._listener.tasks_returned(returned)
         if self._closing:
             return
         if not worker.ready:
@@ -293,26 +336,32 @@ class WorkerPool:
 
     # --- work ---------------------------------------------------------------------------------------
 
-    def dispatch(self, task: Task, pid: int, log_path: Path) -> None:
-        """Hand `task` to the idle worker `pid`."""
+    def dispatch(self, tasks: list[Task], pid: int, log_path: Callable[[int], str]) -> None:
+        """Hand `tasks` (a lease: run in this order) to the idle worker `pid`."""
         worker = next(w for w in self._idle if w.pid == pid)
         self._idle.remove(worker)
         assert worker.writer is not None
-        worker.task = task
-        payload = {
-            "id": format_task_id(task.id),
-            "type": task.type,
-            "data": task.data,
-            "log_path": str(log_path),
-        }
-        worker.writer.write(protocol.encode({"op": "run", "task": payload}))
+        payloads = []
+        for task in tasks:
+            worker.sent += 1
+            worker.lease[task.id] = (worker.sent, task)
+            payloads.append(
+                {
+                    "id": format_task_id(task.id),
+                    "seq": worker.sent,
+                    "type": task.type,
+                    "data": task.data,
+                    "log_path": log_path(task.id),
+                }
+            )
+        worker.writer.write(protocol.encode({"op": "run", "tasks": payloads}))
 
     async def terminate(self, task_id: int, grace: float) -> Outcome | None:
-        """Stop a running task and everything it started; None if no worker runs it.
+        """Stop a task of a lease and everything it started; None if no worker has it.
 
-        SIGTERM to the worker's process group; after `grace` seconds SIGKILL to the group and to every
-        descendant found, wherever it moved. Returns how the task ended: it may have finished on its
-        own just before the signal arrived.
+        One that has not started is taken back: it will not run. One that runs gets SIGTERM to the
+        worker's process group; after `grace` seconds SIGKILL to the group and to every descendant
+        found, wherever it moved. Returns how the task ended: it may have finished on its own first.
         """
         if task_id in self._terminating:
             return await asyncio.shield(self._terminating[task_id])
@@ -321,16 +370,47 @@ class WorkerPool:
             return None
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self._terminating[task_id] = future
+        report = asyncio.get_running_loop().create_future()
+        self._reports[task_id] = report
         try:
-            outcome = await self._stop_worker(worker, grace)
+            outcome = await self._end_entry(worker, task_id, report, grace)
         finally:
             del self._terminating[task_id]
+            self._reports.pop(task_id, None)
         future.set_result(outcome)
         return outcome
 
-    async def _stop_worker(self, worker: WorkerProcess, grace: float) -> Outcome:
+    async def _end_entry(
+        self, worker: WorkerProcess, task_id: int, report: asyncio.Future[Outcome], grace: float
+    ) -> Outcome:
+        seq = worker.lease[task_id][0]
+        # Take back this entry and those after it (which go back to the queue), then look where the
+        # worker is: the order matters, see msearchd.lease.
+        assert worker.writer is not None
+        for later, _ in worker.lease.values():
+            if later >= seq:
+                worker.writer.write(protocol.encode({"op": "skip", "seq": later}))
+        while worker.writer.transport.get_write_buffer_size():
+            await asyncio.sleep(0.001)  # the skips must be in the socket before the word is read
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 1.0
+        while True:
+            at, phase = worker.word.read()
+            if at == seq and phase is Phase.REACHED and loop.time() < deadline:
+                await asyncio.sleep(0.0002)  # deciding between our skip and starting it: microseconds
+                continue
+            break
+        if at < seq or (at == seq and phase is Phase.SKIPPED):
+            self._taken_back.add(task_id)
+            return Outcome(TaskStatus.CANCELLED, stop_reason=StopReason.NOT_STARTED)
+        if at == seq and phase is not Phase.DONE and not report.done():
+            return await self._stop_worker(worker, grace, report)
+        return await asyncio.shield(report)  # it ended: its outcome is on its way
+
+    async def _stop_worker(
+        self, worker: WorkerProcess, grace: float, report: asyncio.Future[Outcome]
+    ) -> Outcome:
         worker.stopping = True
-        worker.report = asyncio.get_running_loop().create_future()
         procs = descendants(worker.pid)
         signal_group(worker.pid, signal.SIGTERM)
         killed = False
@@ -350,18 +430,27 @@ class WorkerPool:
         survivors = await wait_gone(procs, _KILL_TIMEOUT)
         if survivors:
             log.error("processes %s of worker %d outlived SIGKILL", [p.pid for p in survivors], worker.pid)
-        worker.task = None
-        if worker.report.done():
-            return worker.report.result()
+        if report.done():
+            return report.result()
         return Outcome(TaskStatus.CANCELLED, stop_reason=StopReason.KILLED if killed else StopReason.SIGTERM)
 
     async def stop(self, grace: float) -> dict[int, Outcome]:
-        """Stop every worker; returns how each task that was running ended."""
+        """Stop every worker; returns how each task that was running ended. The tasks of leases
+        that had not started are returned to the listener."""
         self._closing = True
         self._idle.clear()
-        busy = [w for w in self._workers if w.task is not None]
-        ids = [w.task.id for w in busy if w.task is not None]
-        outcomes = await asyncio.gather(*(self.terminate(i, grace) for i in ids))
+        loop = asyncio.get_running_loop()
+        stopping: list[tuple[int, Any]] = []
+        for worker in list(self._workers):
+            if not worker.lease:
+                continue
+            current = worker.current() or next(iter(worker.lease.values()))[1]
+            report = self._reports[current.id] = loop.create_future()
+            stopping.append((current.id, self._stop_worker(worker, grace, report)))
+        ids = [task_id for task_id, _ in stopping]
+        outcomes = await asyncio.gather(*(stop for _, stop in stopping))
+        for task_id in ids:
+            self._reports.pop(task_id, None)
         for worker in list(self._workers):
             if worker.writer is not None:
                 worker.writer.close()  # an idle worker exits at end of channel
@@ -375,4 +464,4 @@ class WorkerPool:
                 await asyncio.wait(pending, timeout=_KILL_TIMEOUT)
         for task in list(self._tasks):
             task.cancel()
-        return {i: o for i, o in zip(ids, outcomes, strict=True) if o is not None}
+        return dict(zip(ids, outcomes, strict=True))

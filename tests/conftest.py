@@ -28,6 +28,7 @@ START_TIMEOUT = 20.0
 HANDLERS_TOML = """
 [handlers]
 noop = "handlers:noop"
+quick = "handlers:quick"
 fail = "handlers:fail"
 crash = "handlers:crash"
 stepper = "handlers:stepper"

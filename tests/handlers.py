@@ -24,6 +24,22 @@ def noop(ctx: TaskContext, data: dict[str, Any]) -> None:
         ctx.set_operation(f"submitted {new_id}")
 
 
+def quick(ctx: TaskContext, data: dict[str, Any]) -> None:
+    """Usually instant, so the daemon hands it out several at a time. Appends its id to data.record;
+    with data.started, tells the test it runs; with data.fifo, waits for a line there, with
+    data.sleep, sleeps (without looking at ctx.cancelled); with data.crash, kills its worker."""
+    if data.get("record"):
+        with open(data["record"], "a") as f:
+            f.write(ctx.task_id + "\n")
+    _tell(data.get("started"), "up")
+    time.sleep(data.get("sleep", 0))
+    if data.get("fifo"):
+        with open(data["fifo"]) as gate:
+            gate.readline()
+    if data.get("crash"):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def fail(ctx: TaskContext, data: dict[str, Any]) -> None:
     if data.get("exception"):
         raise ValueError(data.get("message", "bad value"))

@@ -32,14 +32,75 @@ def test_cancel_pending_task(make_daemon, fifo):
         assert c.get(queued["id"])["attempts"] == 0
 
 
-def test_cancel_running_needs_running_flag(client, tmp_path):
-    task = running_command(client, ["sleep", "1000"])
+def test_cancel_running_needs_running_flag(client, fifo):
+    pipe = fifo("started")
+    task = client.submit("command", {"argv": ["sh", "-c", f"echo up > {pipe}; exec sleep 1000"]})
+    pipe.read()  # the command runs: the worker started it
     with pytest.raises(InvalidState, match="is running; add --running"):
         client.cancel(task["id"])
     assert client.get(task["id"])["status"] == "running"
     result = client.cancel(task["id"], running=True)
     assert result["task"]["status"] == "cancelled"
     assert result["task"]["stop_reason"] == "sigterm"
+
+
+def leased_behind_a_blocked_task(c, fifo, tmp_path, n: int = 4):
+    """Hand the only worker a blocked `quick` task followed by n more that wait their turn in it."""
+    for _ in range(5):  # teach the daemon that quick tasks are short: they go out several at a time
+        c.wait([c.submit("quick")["id"]], timeout=20)
+    gate, hold = fifo("gate"), fifo("hold")
+    c.submit("stepper", {"fifo": str(gate), "steps": 1}, priority=0)
+    record = tmp_path / "ran"
+    head = c.submit("quick", {"fifo": str(hold), "record": str(record)})
+    queued = [c.submit("quick", {"record": str(record), "i": i}) for i in range(n)]
+    gate.write()  # the stepper ends: the worker's next lease is the head and the queued tasks
+    c.wait([t["id"] for t in queued], statuses=["running"], timeout=20)
+    return head, queued, hold, record
+
+
+def test_a_task_handed_out_but_not_started_is_taken_back_and_never_runs(make_daemon, fifo, tmp_path):
+    with make_daemon(workers=1).client() as c:
+        head, queued, hold, record = leased_behind_a_blocked_task(c, fifo, tmp_path)
+        target = queued[1]
+        with pytest.raises(InvalidState, match="is running; add --running"):
+            c.cancel(target["id"])  # it counts as running from the moment a worker has it
+        result = c.cancel(target["id"], running=True)
+        assert result["task"]["status"] == "cancelled"
+        assert result["task"]["stop_reason"] == "not_started"
+        assert result["task"]["attempts"] == 0 and result["task"]["started_at"] is None
+        hold.write()  # the head ends; the worker goes on with its lease
+        done = c.wait([t["id"] for t in [head, *queued]], timeout=20)
+        assert [t["status"] for t in done["tasks"]] == ["completed", "completed", "cancelled"] + [
+            "completed"
+        ] * (len(queued) - 2)
+        ran = record.read_text().split()
+        assert target["id"] not in ran
+        assert ran == [t["id"] for t in [head, *queued] if t is not target]  # in queue order
+
+
+def test_cancelling_a_running_task_puts_the_rest_of_its_lease_back_in_the_queue(make_daemon, fifo, tmp_path):
+    with make_daemon(workers=1).client() as c:
+        head, queued, _, record = leased_behind_a_blocked_task(c, fifo, tmp_path)
+        result = c.cancel(head["id"], running=True)
+        assert (result["task"]["status"], result["task"]["stop_reason"]) == ("cancelled", "sigterm")
+        done = c.wait([t["id"] for t in queued], timeout=20)
+        assert [(t["status"], t["attempts"]) for t in done["tasks"]] == [("completed", 1)] * len(queued)
+        assert record.read_text().split() == [t["id"] for t in [head, *queued]]
+
+
+def test_a_worker_that_dies_loses_only_the_task_it_was_running(make_daemon, fifo, tmp_path):
+    with make_daemon(workers=1).client() as c:
+        for _ in range(5):
+            c.wait([c.submit("quick")["id"]], timeout=20)
+        gate = fifo("gate")
+        c.submit("stepper", {"fifo": str(gate), "steps": 1}, priority=0)
+        crashing = c.submit("quick", {"crash": True})
+        after = [c.submit("quick", {"i": i}) for i in range(4)]
+        gate.write()
+        done = c.wait([crashing["id"]] + [t["id"] for t in after], timeout=20)
+        statuses = [(t["status"], t["attempts"]) for t in done["tasks"]]
+        assert statuses == [("failed", 1)] + [("completed", 1)] * len(after)
+        assert "worker killed by SIGKILL" in done["tasks"][0]["error"]
 
 
 def test_cancel_finished_task_is_refused(client):
@@ -89,9 +150,9 @@ def test_stop_reasons(client, fifo):
     assert client.cancel(stubborn["id"], running=True)["task"]["stop_reason"] == "killed"
     assert gone(pid)
 
-    plain = client.submit("stepper", {"fifo": str(pipe), "steps": 1}, priority=0)
-    client.wait([plain["id"]], statuses=["running"], timeout=20)
-    # stepper never looks at ctx.cancelled: SIGTERM interrupts it at once
+    plain = client.submit("quick", {"started": str(pipe), "sleep": 1000}, priority=0)
+    pipe.read()
+    # it never looks at ctx.cancelled: SIGTERM interrupts it at once
     assert client.cancel(plain["id"], running=True)["task"]["stop_reason"] == "sigterm"
 
 

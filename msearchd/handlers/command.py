@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import select
 import shlex
 import shutil
 import signal
@@ -49,7 +50,8 @@ def run(ctx: TaskContext, data: dict[str, Any]) -> None:
         if ctx.cancelled:
             # The group's SIGTERM came before the command existed: pass it on.
             os.kill(pid, signal.SIGTERM)
-        ctx.set_operation(f"running {shlex.join(argv)} (pid {pid})")
+        if not _ends_within(pid, QUIET_START):
+            ctx.set_operation(f"running {shlex.join(argv)} (pid {pid})")
         code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
     if ctx.cancelled:
         raise TaskCancelled("sigterm" if code == -signal.SIGTERM else "cooperative")
@@ -57,6 +59,21 @@ def run(ctx: TaskContext, data: dict[str, Any]) -> None:
         raise TaskFailed(f"command killed by {signal.Signals(-code).name}")
     if code > 0:
         raise TaskFailed(f"command exited with code {code}")
+
+
+# A command that ends this soon is not announced as the task's current operation: for a short
+# command that message would cost the daemon as much as the rest of the task.
+QUIET_START = 0.01
+
+
+def _ends_within(pid: int, seconds: float) -> bool:
+    """True if the child `pid` exits within `seconds` (it is not reaped)."""
+    fd = os.pidfd_open(pid)
+    try:
+        readable, _, _ = select.select([fd], [], [], seconds)
+    finally:
+        os.close(fd)
+    return bool(readable)
 
 
 # Signals Python ignores for itself, which a command gets back at their defaults (as subprocess does).
