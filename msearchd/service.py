@@ -553,13 +553,34 @@ class TaskService:
         if not batch:
             return
         with_dependents = set(self.store.with_dependents([task.id for task, _ in batch]))
+        plain: list[tuple[Task, Outcome]] = []  # completed, and nothing else to do: written together
         for task, outcome in batch:
             self.scheduler.finished(task.type)
             if outcome.started_at is not None and outcome.finished_at is not None:
                 self._durations.record(task.type, outcome.finished_at - outcome.started_at)
             if outcome.status is TaskStatus.FAILED:
                 log.info("%s failed: %s", format_task_id(task.id), outcome.error)
-            self._finish(task, outcome, dependents=task.id in with_dependents)
+            if (
+                outcome.status is TaskStatus.COMPLETED
+                and outcome.finished_at is not None
+                and task.id not in with_dependents
+                and task.id not in self._progress
+            ):
+                plain.append((task, outcome))
+            else:
+                self._finish(task, outcome, dependents=task.id in with_dependents)
+        if plain:
+            self.store.complete_many([(o.started_at, o.finished_at, t.id) for t, o in plain])
+            for task, outcome in plain:
+                if self._subscriptions or task.id in self._waiters:
+                    done = dataclasses.replace(
+                        task,
+                        status=TaskStatus.COMPLETED,
+                        progress=1.0,
+                        started_at=outcome.started_at or task.started_at,
+                        finished_at=outcome.finished_at,
+                    )
+                    self._publish(TaskStatus.COMPLETED.value, done)
 
     # --- dispatch -----------------------------------------------------------------------------------
 

@@ -469,6 +469,16 @@ class Store:
         ).fetchall()
         return sorted(map(_row_to_task, rows), key=lambda t: (t.priority, t.id))
 
+    def complete_many(self, rows: Sequence[tuple[float | None, float, int]]) -> None:
+        """Record (started_at, finished_at, id) of running tasks that completed."""
+        with self.transaction():
+            self._db.executemany(
+                "UPDATE tasks SET status = 'completed', progress = 1.0, started_at = "
+                "coalesce(?, started_at), finished_at = ?, error = NULL, stop_reason = NULL "
+                "WHERE id = ? AND status = 'running'",
+                rows,
+            )
+
     def unlease(self, ids: Sequence[int]) -> None:
         """Put running tasks that never started back in the queue, as if they had not been claimed."""
         with self.transaction():

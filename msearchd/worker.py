@@ -25,6 +25,9 @@ from msearchd.handlers import Handler, HandlerNotFound, TaskCancelled, TaskFaile
 from msearchd.lease import LeaseWord, Phase
 from msearchd.prctl import die_with_parent
 
+# The longest an outcome waits to be reported with those of the rest of its lease.
+REPORT_DELAY = 0.002
+
 
 class Context:
     """The `ctx` a handler receives; see `msearchd.handlers.TaskContext`."""
@@ -46,10 +49,13 @@ class Context:
             answer = self._worker.read_reply() if reply else None
         finally:
             self.sending = False
+        self.raise_deferred()
+        return answer
+
+    def raise_deferred(self) -> None:
         if self.interrupt_deferred:
             self.interrupt_deferred = False
-            raise TaskCancelled("sigterm")  # the interrupt held back while the frame was written
-        return answer
+            raise TaskCancelled("sigterm")  # the interrupt held back while a frame was written
 
     @property
     def cancelled(self) -> bool:
@@ -104,6 +110,12 @@ class Worker:
         self._lease: deque[dict[str, Any]] = deque()
         self._skips: set[int] = set()
         self._held: list[dict[str, Any]] = []  # messages read while waiting for a reply
+        # Outcomes not yet reported: those of a lease go in one message, when the lease is done or
+        # REPORT_DELAY after the first of them at the latest.
+        self._outbox: list[dict[str, Any]] = []
+        self.sending = False  # a frame is being written: a signal handler must not write another
+        self._flush_due = False
+        self._exit_due = False
 
     def handler_for(self, task_type: str) -> Handler:
         """Resolve a type's handler once per worker: looking up entry points costs about a millisecond."""
@@ -113,21 +125,56 @@ class Worker:
         return handler
 
     def on_sigterm(self, _signum: int, _frame: FrameType | None) -> None:
+        if self.sending:
+            self._flush_due = True
+        else:
+            self.flush()  # what ended is reported, even if SIGKILL follows
         ctx = self.ctx
         if ctx is None:
+            if self.sending:
+                self._exit_due = True
+                return
             sys.exit(0)  # between tasks: nothing to finish; the daemon hands the rest out again
         if ctx.cancel_requested:
             return
         ctx.cancel_requested = True
         if ctx.checks_cancel:
             return
-        if ctx.sending:
+        if ctx.sending or self.sending:
             ctx.interrupt_deferred = True
             return
         raise TaskCancelled("sigterm")
 
+    def on_sigalrm(self, _signum: int, _frame: FrameType | None) -> None:
+        """REPORT_DELAY passed since an outcome waits: report it, whatever the task does now."""
+        if self.sending:
+            self._flush_due = True
+        else:
+            self.flush()
+
     def send(self, message: dict[str, Any]) -> None:
-        self.channel.sendall(protocol.encode(message))
+        self.flush()  # outcomes first, in the order things happened
+        self._write(protocol.encode(message))
+
+    def flush(self) -> None:
+        if self._outbox:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            results, self._outbox = self._outbox, []
+            self._write(protocol.encode({"op": "done", "results": results}))
+
+    def _write(self, data: bytes) -> None:
+        self.sending = True
+        try:
+            self.channel.sendall(data)
+        finally:
+            self.sending = False
+        if self._flush_due:
+            self._flush_due = False
+            self.flush()
+        if self._exit_due:
+            sys.exit(0)
+        if self.ctx is not None and not self.ctx.sending:
+            self.ctx.raise_deferred()
 
     def read_reply(self) -> dict[str, Any] | None:
         """The daemon's answer to a request of a handler; orders met on the way are kept for later."""
@@ -169,8 +216,12 @@ class Worker:
             self._log_traceback(log_path)
             outcome = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
         self.word.write(task["seq"], Phase.DONE)
-        self.send({"op": "done", "id": task_id, "started": started, "finished": time.time(), **outcome})
         self.ctx = None
+        self._outbox.append({"id": task_id, "started": started, "finished": time.time(), **outcome})
+        if not self._lease or ctx.cancel_requested:
+            self.flush()
+        elif len(self._outbox) == 1:
+            signal.setitimer(signal.ITIMER_REAL, REPORT_DELAY)  # on_sigalrm reports it by then
         return not ctx.cancel_requested
 
     @staticmethod
@@ -218,6 +269,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ["MSEARCH_STATE_DIR"] = config["state_dir"]
     worker = Worker(channel, LeaseWord.attach(word_fd), config["handlers"], config["state_dir"])
     signal.signal(signal.SIGTERM, worker.on_sigterm)
+    signal.signal(signal.SIGALRM, worker.on_sigalrm)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the daemon went away: stop
         worker.serve()

@@ -253,6 +253,11 @@ class WorkerPool:
 
     async def _on_message(self, worker: WorkerProcess, message: dict[str, Any]) -> None:
         op = message.get("op")
+        if op == "done":
+            for result in message["results"]:
+                self._on_done(worker, result)
+            self._make_idle(worker)
+            return
         entry = worker.lease.get(parse_task_id(message["id"])) if "id" in message else None
         task = entry[1] if entry is not None else None
         if op == "ready":
@@ -267,22 +272,6 @@ class WorkerPool:
             except MsearchError as exc:
                 reply = {"error": exc.to_wire()}
             worker.writer.write(protocol.encode(reply))
-        elif op == "done" and task is not None:
-            del worker.lease[task.id]
-            outcome = Outcome(
-                status=TaskStatus(message["status"]),
-                error=message.get("error"),
-                stop_reason=StopReason(message["stop_reason"]) if message.get("stop_reason") else None,
-                started_at=message.get("started"),
-                finished_at=message.get("finished"),
-            )
-            waiting = self._reports.pop(task.id, None)
-            if waiting is not None:  # a cancel or a stop under way takes the outcome
-                if not waiting.done():
-                    waiting.set_result(outcome)
-            else:
-                self._listener.task_finished(task, outcome)
-            self._make_idle(worker)
         elif op == "skipped" and task is not None:
             del worker.lease[task.id]
             if task.id in self._taken_back:
@@ -290,8 +279,27 @@ class WorkerPool:
             else:
                 self._listener.tasks_returned([task])  # skipped as one after a cancelled task
             self._make_idle(worker)
-        elif op not in ("progress", "submit", "done", "skipped"):
+        elif op not in ("progress", "submit", "skipped"):
             log.warning("worker %d: unexpected message %r", worker.pid, op)
+
+    def _on_done(self, worker: WorkerProcess, result: dict[str, Any]) -> None:
+        entry = worker.lease.pop(parse_task_id(result["id"]), None)
+        if entry is None:
+            return
+        task = entry[1]
+        outcome = Outcome(
+            status=TaskStatus(result["status"]),
+            error=result.get("error"),
+            stop_reason=StopReason(result["stop_reason"]) if result.get("stop_reason") else None,
+            started_at=result.get("started"),
+            finished_at=result.get("finished"),
+        )
+        waiting = self._reports.pop(task.id, None)
+        if waiting is not None:  # a cancel or a stop under way takes the outcome
+            if not waiting.done():
+                waiting.set_result(outcome)
+        else:
+            self._listener.task_finished(task, outcome)
 
     def _make_idle(self, worker: WorkerProcess) -> None:
         if self._closing or worker.stopping or worker.lease or worker in self._idle:
@@ -306,18 +314,30 @@ class WorkerPool:
             self._idle.remove(worker)
         signal_group(worker.pid, signal.SIGKILL)  # whatever the worker left in its group
         how = describe_exit(status)
-        current = worker.current()
-        left = [task for _, task in worker.lease.values() if task.id not in self._reports]
+        at, phase = worker.word.read()
+        left = [(seq, task) for seq, task in worker.lease.values() if task.id not in self._reports]
         worker.lease.clear()
         worker.word.close()
-        if current is not None and current in left and not worker.stopping:
-            log.warning("worker %d %s while running %s", worker.pid, how, format_task_id(current.id))
-            left.remove(current)
-            self._listener.task_finished(current, Outcome(TaskStatus.FAILED, error=f"worker {how}"))
-        elif not worker.stopping and not self._closing:
+        returned: list[Task] = []
+        for seq, task in left:
+            if task.id in self._taken_back:
+                self._taken_back.discard(task.id)
+            elif seq < at or (seq == at and phase in (Phase.RUNNING, Phase.DONE)):
+                # It ran: its outcome died with the worker (or it was what killed it).
+                running = seq == at and phase is Phase.RUNNING
+                log.warning(
+                    "worker %d %s %s %s",
+                    worker.pid,
+                    how,
+                    "while running" if running else "before reporting the end of",
+                    format_task_id(task.id),
+                )
+                error = f"worker {how}" if running else f"worker {how} before reporting how this task ended"
+                self._listener.task_finished(task, Outcome(TaskStatus.FAILED, error=error))
+            else:
+                returned.append(task)
+        if not left and not worker.stopping and not self._closing:
             log.warning("worker %d %s", worker.pid, how)
-        returned = [task for task in left if task.id not in self._taken_back]
-        self._taken_back.difference_update(task.id for task in left)
         if returned:
             self._listener.tasks_returned(returned)
         if self._closing:

@@ -44,11 +44,12 @@ def test_watch_json_shows_each_step_in_order(daemon, fifo):
 
 
 def test_events_filter_by_type_and_carry_state_changes(client, fifo):
-    gate = fifo("gate")
+    gate, started = fifo("gate"), fifo("started")
     with client.events(types=["command"]) as stream:
-        held = client.submit("command", {"argv": ["sh", "-c", f"read x < {gate}"]}, priority=9)
+        script = f"echo up > {started}; read x < {gate}"
+        held = client.submit("command", {"argv": ["sh", "-c", script]}, priority=9)
         client.submit("noop")  # another type: not in this stream
-        client.wait([held["id"]], statuses=["running"], timeout=20)
+        started.read()  # it runs: a cancel now stops it with SIGTERM
         client.set_priority(client.submit("command", {"argv": ["true"]}, depends_on=[held["id"]])["id"], 1)
         client.cancel(held["id"], running=True)
         kinds = []

@@ -117,3 +117,21 @@ def test_type_limit_lets_other_types_pass(make_daemon, fifo):
         assert c.get(second["id"])["status"] == "pending"
         gate.write()
         assert c.wait([first["id"], second["id"]], timeout=20)["timed_out"] is False
+
+
+def test_a_task_of_a_lease_is_seen_to_end_while_the_next_one_still_runs(make_daemon, fifo):
+    """Short tasks go to a worker together and their ends are reported together, but never held
+    back for long by a task after them that turns out to be slow."""
+    with make_daemon(workers=1).client() as c:
+        for _ in range(5):  # quick tasks are short: they go out several at a time from now on
+            c.wait([c.submit("quick")["id"]], timeout=20)
+        gate, hold = fifo("gate"), fifo("hold")
+        c.submit("stepper", {"fifo": str(gate), "steps": 1}, priority=0)
+        first = c.submit("quick")
+        slow = c.submit("quick", {"fifo": str(hold)})
+        gate.write()  # the worker now gets both, in one lease
+        ended = c.wait([first["id"]], timeout=10)
+        assert not ended["timed_out"] and ended["tasks"][0]["status"] == "completed"
+        assert c.get(slow["id"])["status"] == "running"
+        hold.write()
+        assert c.wait([slow["id"]], timeout=20)["tasks"][0]["status"] == "completed"
