@@ -53,7 +53,7 @@ PROGRESS_FLUSH_INTERVAL = 1.0
 # A worker is handed the next tasks together when they are short: as many as are expected to take
 # this long in all, at most LEASE_MAX. A task submitted meanwhile, whatever its priority, waits for
 # them, so this bounds that wait.
-LEASE_WINDOW = 0.02
+LEASE_WINDOW = 0.05
 # How long the outcome of a task in the middle of a lease may wait to be recorded, so that the
 # outcomes of a lease share a commit.
 SETTLE_DELAY = 0.01
@@ -588,7 +588,12 @@ class TaskService:
         """Start pending tasks whenever a worker is idle; sleeps until something changes."""
         while not self._stopping:
             self._wake.clear()
-            self._dispatch_ready()
+            try:
+                self._dispatch_ready()
+            except Exception:  # a bug here must not stop all work; it is logged, and retried
+                log.exception("dispatching failed")
+                await asyncio.sleep(1.0)
+                self._wake.set()
             await self._wake.wait()
 
     def _dispatch_ready(self) -> None:

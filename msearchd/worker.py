@@ -26,7 +26,7 @@ from msearchd.lease import LeaseWord, Phase
 from msearchd.prctl import die_with_parent
 
 # The longest an outcome waits to be reported with those of the rest of its lease.
-REPORT_DELAY = 0.002
+REPORT_DELAY = 0.01
 
 
 class Context:
@@ -157,9 +157,13 @@ class Worker:
         self._write(protocol.encode(message))
 
     def flush(self) -> None:
+        # The list is only ever changed in place: SIGALRM may run this while the main flow is about
+        # to append to it, holding the list already. A report sent twice is ignored; one appended to
+        # a list no longer in use would be lost.
         if self._outbox:
             signal.setitimer(signal.ITIMER_REAL, 0)
-            results, self._outbox = self._outbox, []
+            results = self._outbox.copy()
+            self._outbox.clear()
             self._write(protocol.encode({"op": "done", "results": results}))
 
     def _write(self, data: bytes) -> None:

@@ -243,7 +243,10 @@ class WorkerPool:
         reader, worker.writer = await asyncio.open_unix_connection(sock=channel)
         try:
             while (message := await protocol.read_frame(reader)) is not None:
-                await self._on_message(worker, message)
+                try:
+                    await self._on_message(worker, message)
+                except Exception:  # one bad message must not leave the worker unheard
+                    log.exception("worker %d: cannot handle %r", worker.pid, message.get("op"))
         except (ProtocolError, ConnectionError) as exc:
             log.warning("worker %d: broken channel: %s", worker.pid, exc)
             signal_group(worker.pid, signal.SIGKILL)
