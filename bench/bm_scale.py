@@ -158,7 +158,7 @@ class Poller:
 
 def run(ctx: Context) -> None:
     n = 100_000 if ctx.quick else 1_000_000
-    reps = 3
+    reps = 7
     label = f"{n // 1000}k pending"
     with temp_root() as root:
         d = Daemon(root=root, workers=WORKERS)
@@ -191,8 +191,28 @@ def run(ctx: Context) -> None:
                 t_stats = calls(lambda i: c.stats(), 5)
                 rss.append(rss_mb(d.pid))
 
+                # Dispatch rate, in rounds alternating with a daemon over DRAIN pending tasks only,
+                # so that both see the machine alike; then one more round with `get` calls meanwhile.
+                d2 = Daemon(root=root / "small", workers=WORKERS)
+                (root / "small").mkdir()
+                gate2 = Gate(root / "small")
+                fill(d2.db_path, 0, gate2)
+                d2.start()
+                rates: list[float] = []
+                small: list[float] = []
+                try:
+                    with d2.client() as c2:
+                        for r in range(reps):
+                            rates.append(drain_rate(c, root, gate, r, noop_ids))
+                            small.append(drain_rate(c2, root / "small", gate2, r, None))
+                finally:
+                    d2.stop()
+                ctx.detail(
+                    "dispatch rounds, tasks/s: "
+                    + ", ".join(f"{a:,.0f} vs {b:,.0f}" for a, b in zip(rates, small, strict=True))
+                )
                 with Poller(other, noop_ids[-1], d.pid) as while_dispatching:
-                    rates = [drain_rate(c, root, gate, r, noop_ids) for r in range(reps)]
+                    drain_rate(c, root, gate, reps, noop_ids)
                 rss += while_dispatching.rss
                 # Hold both workers again, so that the bulk cancel has the daemon to itself.
                 hold = Gate(root, "hold")
@@ -214,18 +234,6 @@ def run(ctx: Context) -> None:
             f"cancel_by_type cancelled {answer['cancelled']:,} tasks; "
             f"{len(during.times)} gets answered meanwhile"
         )
-
-        # The same dispatch measurement with only DRAIN tasks pending.
-        d2 = Daemon(root=root / "small", workers=WORKERS)
-        (root / "small").mkdir()
-        gate2 = Gate(root / "small")
-        fill(d2.db_path, 0, gate2)
-        d2.start()
-        try:
-            with d2.client() as c2:
-                small = [drain_rate(c2, root / "small", gate2, r, None) for r in range(reps)]
-        finally:
-            d2.stop()
 
     ctx.add(Row(NAME, f"daemon RSS, max seen ({label})", max(rss), unit="MB", target="abs:<=150"))
     ctx.add(Row(NAME, f"worker processes RSS, sum of {WORKERS} (info)", workers_rss, unit="MB"))
