@@ -123,6 +123,7 @@ class Client(_Methods):
     def __init__(self, socket_path: Path | str | None = None, connect_timeout: float = 5.0) -> None:
         self.path = Path(socket_path) if socket_path else default_socket_path()
         self._next_id = 0
+        self._pipeline: Pipeline | None = None
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.settimeout(connect_timeout)
         try:
@@ -135,13 +136,18 @@ class Client(_Methods):
         self.server = self.call("hello", protocol=protocol.PROTOCOL_VERSION, client="msearchd.client")
 
     def call(self, method: str, **params: Any) -> Any:
+        if self._pipeline is not None:
+            raise ProtocolError("this client has a pipeline open: call through it, or after it ends")
         req_id = self._new_id()
         self._send(protocol.encode(protocol.request(req_id, method, params)))
         return _result(self._read(), req_id)
 
     def pipeline(self) -> Pipeline:
         """Send many requests without waiting for each answer; see `Pipeline`."""
-        return Pipeline(self)
+        if self._pipeline is not None:
+            raise ProtocolError("this client has a pipeline open already")
+        self._pipeline = Pipeline(self)
+        return self._pipeline
 
     def _new_id(self) -> int:
         self._next_id += 1
@@ -216,6 +222,8 @@ class Pipeline(_Methods):
         self.results: list[Any] = []
 
     def call(self, method: str, **params: Any) -> None:
+        if self._client._pipeline is not self:
+            raise ProtocolError("this pipeline has ended")
         req_id = self._client._new_id()
         frame = protocol.encode(protocol.request(req_id, method, params))
         self._frames.append(frame)
@@ -241,11 +249,24 @@ class Pipeline(_Methods):
                 self.results.append(_result(message, req_id))  # raises if the connection broke
 
     def finish(self) -> list[Any]:
-        """Send what is left, read every answer; returns `results`."""
-        self._send_window()
-        while self._in_flight:
-            self._collect(self._in_flight.popleft())
+        """Send what is left, read every answer; returns `results`. The client is free again."""
+        try:
+            self._send_window()
+            while self._in_flight:
+                self._collect(self._in_flight.popleft())
+        finally:
+            self._client._pipeline = None
         return self.results
+
+    def abandon(self) -> None:
+        """Send nothing more; read the answers to what was sent (the requests took effect), so that
+        the connection can go on."""
+        self._frames, self._ids, self._size = [], [], 0
+        try:
+            while self._in_flight:
+                self._collect(self._in_flight.popleft())
+        finally:
+            self._client._pipeline = None
 
     def __enter__(self) -> Pipeline:
         return self
@@ -253,6 +274,8 @@ class Pipeline(_Methods):
     def __exit__(self, exc_type: object, *_: object) -> None:
         if exc_type is None:
             self.finish()
+        else:
+            self.abandon()
 
 
 class EventStream:

@@ -6,9 +6,11 @@ import socket
 import struct
 
 import msgpack
+import pytest
 
 from msearchd import protocol
-from msearchd.errors import InvalidArgument, InvalidState, NotFound
+from msearchd.client import Pipeline
+from msearchd.errors import InvalidArgument, InvalidState, NotFound, ProtocolError
 
 
 def hold_the_worker(client, fifo) -> None:
@@ -55,7 +57,7 @@ def answers_in_order(client) -> None:
 
 def test_a_large_pipeline_needs_no_reader_thread(client):
     """More requests than fit in the socket buffers: the client reads answers as it goes."""
-    n = 3 * client.pipeline().WINDOW + 17
+    n = 3 * Pipeline.WINDOW + 17
     with client.pipeline() as p:
         for i in range(n):
             p.submit("file_scan", {"i": i, "pad": "x" * 200})
@@ -109,3 +111,18 @@ def test_requests_before_a_bad_frame_in_the_same_write_are_answered_and_kept(dae
     sock.close()
     with daemon.client() as c:
         assert c.get(answer["result"]["id"])["data"] == {"kept": True}
+
+
+def test_the_client_is_usable_again_after_a_pipeline_ends_or_fails(client):
+    with client.pipeline() as p:
+        p.submit("file_scan", {"n": 1})
+        with pytest.raises(ProtocolError, match="pipeline open"):
+            client.get("task_1")  # its answer would land among the pipeline's
+    with pytest.raises(RuntimeError), client.pipeline() as p:
+        for i in range(Pipeline.WINDOW + 5):  # one window sent: those requests take effect
+            p.submit("file_scan", {"n": 2 + i})
+        raise RuntimeError("the caller gave up")
+    with pytest.raises(ProtocolError, match="ended"):
+        p.submit("file_scan")
+    sent = Pipeline.WINDOW  # the requests of the window sent; the 5 after it never left
+    assert client.count(task_type="file_scan") == 1 + sent

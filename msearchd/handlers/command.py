@@ -70,10 +70,11 @@ def _ends_within(pid: int, seconds: float) -> bool:
     """True if the child `pid` exits within `seconds` (it is not reaped)."""
     fd = os.pidfd_open(pid)
     try:
-        readable, _, _ = select.select([fd], [], [], seconds)
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(seconds * 1000))
     finally:
         os.close(fd)
-    return bool(readable)
 
 
 # Signals Python ignores for itself, which a command gets back at their defaults (as subprocess does).
