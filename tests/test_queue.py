@@ -135,3 +135,12 @@ def test_a_task_of_a_lease_is_seen_to_end_while_the_next_one_still_runs(make_dae
         assert c.get(slow["id"])["status"] == "running"
         hold.write()
         assert c.wait([slow["id"]], timeout=20)["tasks"][0]["status"] == "completed"
+
+
+def test_hundreds_of_short_commands_all_complete(make_daemon):
+    """A soak of leases, batched reports and the report timer: every task ends, each run once."""
+    with make_daemon(workers=1).client() as c:
+        ids = c.submit_many([{"type": "command", "data": {"argv": ["true"]}}] * 400)["task_ids"]
+        done = c.wait(ids, timeout=120)
+        assert not done["timed_out"]
+        assert {(t["status"], t["attempts"]) for t in done["tasks"]} == {("completed", 1)}
