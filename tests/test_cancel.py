@@ -48,12 +48,13 @@ def leased_behind_a_blocked_task(c, fifo, tmp_path, n: int = 4):
     """Hand the only worker a blocked `quick` task followed by n more that wait their turn in it."""
     for _ in range(5):  # teach the daemon that quick tasks are short: they go out several at a time
         c.wait([c.submit("quick")["id"]], timeout=20)
-    gate, hold = fifo("gate"), fifo("hold")
+    gate, hold, started = fifo("gate"), fifo("hold"), fifo("started")
     c.submit("stepper", {"fifo": str(gate), "steps": 1}, priority=0)
     record = tmp_path / "ran"
-    head = c.submit("quick", {"fifo": str(hold), "record": str(record)})
+    head = c.submit("quick", {"fifo": str(hold), "record": str(record), "started": str(started)})
     queued = [c.submit("quick", {"record": str(record), "i": i}) for i in range(n)]
     gate.write()  # the stepper ends: the worker's next lease is the head and the queued tasks
+    started.read()  # the head runs, blocked on `hold`
     c.wait([t["id"] for t in queued], statuses=["running"], timeout=20)
     return head, queued, hold, record
 
