@@ -625,7 +625,8 @@ class TaskService:
         if first is None:
             return []
         self.scheduler.started(first.type)
-        budget = LEASE_WINDOW - (self._durations.expected(first.type) or LEASE_WINDOW)
+        expected = self._durations.expected(first.type)
+        budget = LEASE_WINDOW - expected if expected is not None else 0.0  # unknown: alone
         ids: list[int] = []
         for task_id, task_type in self.store.next_pending(LEASE_MAX - 1) if budget > 0 else ():
             expected = self._durations.expected(task_type)
