@@ -150,6 +150,7 @@ class TaskService:
         self._finished: list[tuple[Task, Outcome]] = []
         self._durations = Durations()
         self._log_dir = str(settings.log_dir)
+        self._checkpoints: set[asyncio.Task[None]] = set()
 
     def batch(self) -> AbstractContextManager[None]:
         """Requests made inside share one commit at the end (group commit); each stays atomic alone.
@@ -711,8 +712,26 @@ class TaskService:
             raise InvalidState(f"{format_task_id(task.id)} {outcome.status} before the cancel took effect")
         return {"task": self.get(task.id), "cancelled_dependents": cascaded}
 
+    async def _checkpoint_later(self) -> None:
+        """Checkpoint on a thread what a bulk change wrote, then let commits checkpoint again."""
+        try:
+            await asyncio.to_thread(self.store.checkpoint)
+        except Exception:
+            log.exception("checkpoint after a bulk change failed; the next commits will retry it")
+        finally:
+            self.store.resume_checkpoints()
+
     async def _cancel_many(self, task_type: str | None, running: bool) -> dict[str, Any]:
         """Cancel waiting tasks in bounded chunks, letting other requests through between them."""
+        self.store.pause_checkpoints()
+        try:
+            return await self._cancel_waiting_and_running(task_type, running)
+        finally:
+            task = asyncio.ensure_future(self._checkpoint_later())
+            self._checkpoints.add(task)
+            task.add_done_callback(self._checkpoints.discard)
+
+    async def _cancel_waiting_and_running(self, task_type: str | None, running: bool) -> dict[str, Any]:
         by = "cancel-all" if task_type is None else "cancel-by-type"
         uid, pid = REQUESTER.get()
         detail: dict[str, Any] = {"by": by, "running": running}
@@ -948,5 +967,7 @@ class TaskService:
                 else:
                     self._finish(task, outcome)
         self.flush_progress()
+        if self._checkpoints:
+            await asyncio.wait(self._checkpoints)
         for sub in list(self._subscriptions):
             sub.offer({"event": "shutdown", "task_id_n": 0, "type": "", "message": "daemon stopping"})

@@ -93,6 +93,8 @@ _UPDATABLE = frozenset(
 WAITING = (str(TaskStatus.PENDING), str(TaskStatus.BLOCKED))
 # Bound on how many ids one statement binds; SQLite's default limit is 32766.
 CHUNK = 5000
+# SQLite's default: a commit that leaves the WAL this many pages long checkpoints it.
+AUTOCHECKPOINT = 1000
 
 
 def _pack(data: dict[str, Any]) -> bytes:
@@ -140,6 +142,7 @@ class Store:
         self._group_open = False  # that shared transaction has begun
         self._after_commit: list[Callable[[], None]] = []
         self._update_sql: dict[tuple[Any, ...], str] = {}
+        self._checkpoints_paused = 0
         self._migrate()
 
     def close(self) -> None:
@@ -154,6 +157,32 @@ class Store:
         for step in range(version, SCHEMA_VERSION):
             # executescript runs outside our transaction helper; each script is its own transaction.
             self._db.executescript(f"BEGIN; {MIGRATIONS[step]} PRAGMA user_version={step + 1}; COMMIT;")
+
+    def pause_checkpoints(self) -> None:
+        """Keep checkpoints out of this connection's commits until `resume_checkpoints`.
+
+        SQLite copies the WAL back into the database file, and fsyncs both, inside the commit that
+        takes the WAL past AUTOCHECKPOINT pages. A bulk change of many rows would pay that every few
+        chunks, on the daemon's loop; paused, the WAL grows instead, and `checkpoint` copies it once,
+        from another thread. Pauses nest.
+        """
+        self._checkpoints_paused += 1
+        if self._checkpoints_paused == 1:
+            self._db.execute("PRAGMA wal_autocheckpoint=0")
+
+    def resume_checkpoints(self) -> None:
+        self._checkpoints_paused -= 1
+        if self._checkpoints_paused == 0:
+            self._db.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT}")
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database file. It uses a connection of its own, so it may run on
+        another thread while this store's connection goes on reading and writing."""
+        db = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            db.close()
 
     def after_commit(self, callback: Callable[[], None]) -> None:
         """Run `callback` once the current transaction is committed (at once outside one); never if it
@@ -177,8 +206,7 @@ class Store:
             finally:
                 self._depth -= 1
             return
-        if self._grouping:
-            self._begin_group()
+        if self._grouping and self._group_open:
             self._db.execute("SAVEPOINT unit")
             mark = len(self._after_commit)
             self._depth = 1
@@ -192,6 +220,21 @@ class Store:
                 raise
             self._depth = 0
             self._db.execute("RELEASE unit")
+            return
+        if self._grouping:
+            # The group's first writer: the group's transaction holds nothing else, so it is the
+            # unit's own, rolled back whole if the unit fails (a lone request needs no savepoint).
+            self._begin_group()
+            self._depth = 1
+            try:
+                yield
+            except BaseException:
+                self._depth = 0
+                self._group_open = False
+                self._after_commit.clear()
+                self._db.execute("ROLLBACK")
+                raise
+            self._depth = 0
             return
         self._db.execute("BEGIN IMMEDIATE")
         self._depth = 1

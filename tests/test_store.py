@@ -266,3 +266,63 @@ def test_a_group_that_fails_writes_nothing_and_one_that_reads_commits_nothing(st
     with store.group():  # usable again after the failure
         add(store)
     assert store.count() == 1
+
+
+def test_a_group_whose_first_transaction_fails_still_commits_the_next(store):
+    kept = add(store)
+    seen: list[str] = []
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)
+    with store.group():
+        with pytest.raises(RuntimeError), store.transaction():
+            store.update(kept, priority=1)
+            store.after_commit(lambda: seen.append("rolled back"))
+            raise RuntimeError
+        with store.transaction():
+            store.update(kept, priority=2)
+            store.after_commit(lambda: seen.append("second"))
+        with store.transaction():
+            store.update(kept, priority=3)
+    store._db.set_trace_callback(None)
+    assert store.get(kept).priority == 3 and seen == ["second"]
+    # A lone request in a group runs as the group's transaction itself, with no savepoint.
+    statements.clear()
+    store._db.set_trace_callback(statements.append)
+    with store.group(), store.transaction():
+        store.update(kept, priority=4)
+    store._db.set_trace_callback(None)
+    assert [s.split()[0] for s in statements] == ["BEGIN", "UPDATE", "COMMIT"]
+    assert sqlite3.connect(store.path).execute("SELECT priority FROM tasks").fetchone()[0] == 4
+
+
+def wal_pages(store: Store) -> int:
+    return Path(store.path + "-wal").stat().st_size // 4096
+
+
+def test_paused_checkpoints_let_the_wal_grow_until_a_checkpoint_from_another_thread(store):
+    import threading
+
+    def commits(n: int) -> None:
+        for i in range(n):
+            with store.transaction():
+                add(store, priority=i % 12)
+
+    commits(1500)  # checkpointed as it goes: the WAL restarts instead of growing
+    normal = wal_pages(store)
+    store.pause_checkpoints()
+    store.pause_checkpoints()  # pauses nest
+    commits(1500)
+    grown = wal_pages(store)
+    assert grown > normal + 1500  # at least a page a commit, none copied back
+    store.resume_checkpoints()
+    commits(500)
+    assert wal_pages(store) > grown  # still paused: one pause is left
+    worker = threading.Thread(target=store.checkpoint)
+    worker.start()
+    commits(200)  # the loop's connection keeps writing meanwhile
+    worker.join()
+    store.resume_checkpoints()
+    size = wal_pages(store)
+    commits(3000)  # more pages than the WAL holds: a WAL never checkpointed again would grow past it
+    assert wal_pages(store) < size + 100
+    assert sqlite3.connect(store.path).execute("SELECT count(*) FROM tasks").fetchone()[0] == 6700
