@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -25,9 +26,22 @@ MAX_FRAME = 16 * 1024 * 1024
 _HEADER = struct.Struct(">I")
 
 
+_packers = threading.local()
+
+
+def pack(value: object) -> bytes:
+    """msgpack bytes of `value`. msgpack.packb builds a Packer, and its buffer, at every call; this
+    keeps one a thread (a Packer is not safe to share between threads)."""
+    try:
+        packer = _packers.packer
+    except AttributeError:
+        packer = _packers.packer = msgpack.Packer(use_bin_type=True)
+    return packer.pack(value)
+
+
 def encode(message: Mapping[str, Any]) -> bytes:
     try:
-        body = msgpack.packb(message, use_bin_type=True)
+        body = pack(message)
     except (TypeError, ValueError, OverflowError) as exc:
         raise InvalidArgument(f"cannot send this value: {exc}") from None
     if len(body) > MAX_FRAME:
@@ -35,7 +49,7 @@ def encode(message: Mapping[str, Any]) -> bytes:
     return _HEADER.pack(len(body)) + body
 
 
-def decode(body: bytes) -> dict[str, Any]:
+def decode(body: bytes | memoryview) -> dict[str, Any]:
     try:
         message = msgpack.unpackb(body, raw=False)
     except Exception as exc:
@@ -91,11 +105,15 @@ class FrameBuffer:
         start, buffer = self._start, self._buffer
         if len(buffer) - start < _HEADER.size:
             return None
-        end = start + _HEADER.size + frame_length(bytes(buffer[start : start + _HEADER.size]))
+        (length,) = _HEADER.unpack_from(buffer, start)
+        if length > MAX_FRAME:
+            raise ProtocolError(f"frame of {length} bytes exceeds the {MAX_FRAME}-byte limit")
+        end = start + _HEADER.size + length
         if len(buffer) < end:
             return None
         self._start = end
-        return decode(bytes(buffer[start + _HEADER.size : end]))
+        with memoryview(buffer) as view:  # released before the buffer is resized: no copy of the frame
+            return decode(view[start + _HEADER.size : end])
 
 
 class FrameReader:

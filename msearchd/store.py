@@ -15,6 +15,7 @@ from typing import Any
 import msgpack
 
 from msearchd.model import StopReason, Task, TaskStatus
+from msearchd.protocol import pack
 
 _SCHEMA_V1 = """
 CREATE TABLE tasks (
@@ -98,7 +99,7 @@ AUTOCHECKPOINT = 1000
 
 
 def _pack(data: dict[str, Any]) -> bytes:
-    return msgpack.packb(data, use_bin_type=True)
+    return pack(data)
 
 
 def _row_to_task(row: Sequence[Any]) -> Task:

@@ -221,7 +221,7 @@ class Worker:
             outcome = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
         self.word.write(task["seq"], Phase.DONE)
         self.ctx = None
-        self._outbox.append({"id": task_id, "started": started, "finished": time.time(), **outcome})
+        self._outbox.append({"task": task["n"], "started": started, "finished": time.time(), **outcome})
         if not self._lease or ctx.cancel_requested:
             self.flush()
         elif len(self._outbox) == 1:

@@ -36,6 +36,10 @@ WORKER_MARK = "MSEARCH_WORKER_OF"
 _KILL_TIMEOUT = 5.0
 
 
+# How a worker's report names a status; looked up once per finished task.
+_STATUSES = {str(s): s for s in TaskStatus}
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     status: TaskStatus
@@ -286,14 +290,15 @@ class WorkerPool:
             log.warning("worker %d: unexpected message %r", worker.pid, op)
 
     def _on_done(self, worker: WorkerProcess, result: dict[str, Any]) -> None:
-        entry = worker.lease.pop(parse_task_id(result["id"]), None)
+        entry = worker.lease.pop(result["task"], None)
         if entry is None:
             return
         task = entry[1]
+        stop_reason = result.get("stop_reason")
         outcome = Outcome(
-            status=TaskStatus(result["status"]),
+            status=_STATUSES[result["status"]],
             error=result.get("error"),
-            stop_reason=StopReason(result["stop_reason"]) if result.get("stop_reason") else None,
+            stop_reason=StopReason(stop_reason) if stop_reason else None,
             started_at=result.get("started"),
             finished_at=result.get("finished"),
         )
@@ -371,6 +376,7 @@ class WorkerPool:
             payloads.append(
                 {
                     "id": format_task_id(task.id),
+                    "n": task.id,
                     "seq": worker.sent,
                     "type": task.type,
                     "data": task.data,
