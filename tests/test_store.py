@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from msearchd.model import TaskStatus
-from msearchd.store import Store
+from msearchd.store import AUTOCHECKPOINT, Store
 
 
 @pytest.fixture
@@ -307,13 +307,14 @@ def test_paused_checkpoints_let_the_wal_grow_until_a_checkpoint_from_another_thr
             with store.transaction():
                 add(store, priority=i % 12)
 
-    commits(1500)  # checkpointed as it goes: the WAL restarts instead of growing
+    commits(AUTOCHECKPOINT)  # at least two pages a commit: checkpointed, the WAL restarts
     normal = wal_pages(store)
+    assert normal < 2 * AUTOCHECKPOINT
     store.pause_checkpoints()
     store.pause_checkpoints()  # pauses nest
-    commits(1500)
+    commits(AUTOCHECKPOINT)
     grown = wal_pages(store)
-    assert grown > normal + 1500  # at least a page a commit, none copied back
+    assert grown > normal + AUTOCHECKPOINT  # none copied back
     store.resume_checkpoints()
     commits(500)
     assert wal_pages(store) > grown  # still paused: one pause is left
@@ -323,6 +324,7 @@ def test_paused_checkpoints_let_the_wal_grow_until_a_checkpoint_from_another_thr
     worker.join()
     store.resume_checkpoints()
     size = wal_pages(store)
-    commits(3000)  # more pages than the WAL holds: a WAL never checkpointed again would grow past it
+    commits(AUTOCHECKPOINT)  # a WAL never checkpointed again would grow past its size
     assert wal_pages(store) < size + 100
-    assert sqlite3.connect(store.path).execute("SELECT count(*) FROM tasks").fetchone()[0] == 6700
+    count = sqlite3.connect(store.path).execute("SELECT count(*) FROM tasks").fetchone()[0]
+    assert count == 3 * AUTOCHECKPOINT + 700
