@@ -147,7 +147,9 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
     reaper = Reaper()
     reaper.start()
-    pool = WorkerPool(settings.workers, settings.state_dir, settings.handlers, service, reaper)
+    pool = WorkerPool(
+        settings.workers, settings.state_dir, settings.log_dir, settings.handlers, service, reaper
+    )
     service.pool = pool
     server = RpcServer(service, settings.socket_path, stop.set)
     try:

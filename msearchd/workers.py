@@ -25,6 +25,7 @@ import psutil
 
 from msearchd import protocol
 from msearchd.errors import MsearchError, ProtocolError
+from msearchd.handlers.command import spare_path
 from msearchd.lease import LeaseWord, Phase
 from msearchd.model import StopReason, Task, TaskStatus, format_task_id, parse_task_id
 from msearchd.prctl import become_subreaper
@@ -172,10 +173,17 @@ class WorkerProcess:
 
 class WorkerPool:
     def __init__(
-        self, size: int, state_dir: Path, handlers: dict[str, str], listener: PoolListener, reaper: Reaper
+        self,
+        size: int,
+        state_dir: Path,
+        log_dir: Path,
+        handlers: dict[str, str],
+        listener: PoolListener,
+        reaper: Reaper,
     ) -> None:
         self.size = size
         self._state_dir = state_dir
+        self._log_dir = log_dir
         self._handlers = handlers
         self._listener = listener
         self._reaper = reaper
@@ -326,6 +334,7 @@ class WorkerPool:
         left = [(seq, task) for seq, task in worker.lease.values() if task.id not in self._reports]
         worker.lease.clear()
         worker.word.close()
+        spare_path(self._log_dir, worker.pid).unlink(missing_ok=True)  # the command handler's
         returned: list[Task] = []
         for seq, task in left:
             if task.id in self._taken_back:

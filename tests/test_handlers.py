@@ -130,3 +130,57 @@ def test_a_command_gets_only_stdin_stdout_and_stderr(client, cwd):
     done = finished(client, client.submit("command", data))
     assert done["status"] == "completed"
     assert Path(done["log_path"]).read_text().split() == ["0", "1", "2"]
+
+
+def test_each_command_log_holds_its_own_output_and_a_silent_command_leaves_none(make_daemon):
+    d = make_daemon(workers=1)  # one worker: every command's log comes from the same spare file
+    argvs = [["true"], ["sh", "-c", "echo one"], ["true"], ["sh", "-c", "echo two; echo err >&2"], ["true"]]
+    with d.client() as c:
+        ids = [c.submit("command", {"argv": argv})["id"] for argv in argvs]
+        done = {t["id"]: t for t in c.wait(ids, timeout=20)["tasks"]}
+    assert [done[i]["status"] for i in ids] == ["completed"] * 5
+    logs = [done[i]["log_path"] and Path(done[i]["log_path"]).read_text() for i in ids]
+    assert logs == [None, "one\n", None, "two\nerr\n", None]
+    assert sorted(p.name for p in (d.state_dir / "logs").glob("task_*.log")) == sorted(
+        f"{ids[i]}.log" for i in (1, 3)
+    )
+
+
+def test_what_a_command_leaves_running_writes_to_that_command_s_log(make_daemon, fifo):
+    d = make_daemon(workers=1)
+    gate, wrote = fifo("gate"), fifo("wrote")
+    script = f"(read x < {gate}; echo late; echo done > {wrote}) &"
+    with d.client() as c:
+        ids = [
+            c.submit("command", {"argv": argv})["id"]
+            for argv in (["sh", "-c", script], ["sh", "-c", "echo next"], ["true"])
+        ]
+        done = {t["id"]: t for t in c.wait(ids, timeout=20)["tasks"]}
+        gate.write()  # the process left behind writes only now, after the later commands ended
+        assert wrote.read() == "done"
+    left_behind, loud, silent = (done[i] for i in ids)
+    assert left_behind["log_path"] is not None  # kept: a process still had it open
+    assert Path(left_behind["log_path"]).read_text() == "late\n"
+    assert Path(loud["log_path"]).read_text() == "next\n"
+    assert silent["log_path"] is None
+    spare = d.state_dir / "logs" / ".spare" / str(silent["worker_pid"])
+    assert spare.exists() and spare.stat().st_size == 0
+    d.stop()
+    assert not spare.exists()  # removed with its worker
+
+
+def test_a_command_appends_to_the_log_an_earlier_attempt_left(tmp_path):
+    from msearchd.handlers import command
+
+    class Ctx:
+        task_id = "task_1"
+        log_path = str(tmp_path / "task_1.log")
+        cancelled = False
+
+        def set_operation(self, _: str) -> None: ...
+
+    Path(Ctx.log_path).write_text("first attempt\n")
+    command.run(Ctx(), {"argv": ["sh", "-c", "echo second attempt"]})
+    assert Path(Ctx.log_path).read_text() == "first attempt\nsecond attempt\n"
+    command.run(Ctx(), {"argv": ["true"]})  # silent, but the earlier output stays
+    assert Path(Ctx.log_path).read_text() == "first attempt\nsecond attempt\n"
