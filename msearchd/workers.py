@@ -25,7 +25,7 @@ import psutil
 
 from msearchd import protocol
 from msearchd.errors import MsearchError, ProtocolError
-from msearchd.handlers.command import spare_path
+from msearchd.handlers.command import clear_spares, spare_path
 from msearchd.lease import LeaseWord, Phase
 from msearchd.model import StopReason, Task, TaskStatus, format_task_id, parse_task_id
 from msearchd.prctl import become_subreaper
@@ -217,6 +217,7 @@ class WorkerPool:
     # --- lifecycle ----------------------------------------------------------------------------------
 
     def start(self) -> None:
+        clear_spares(self._log_dir)
         for _ in range(self.size):
             self._spawn()
 

@@ -177,8 +177,13 @@ def make_daemon() -> Iterator[Any]:
     yield factory
     for d in made:
         if d.proc is not None and d.proc.poll() is None:
-            d.proc.kill()
-            d.proc.wait(timeout=30)
+            # SIGTERM first: the daemon stops the commands its tasks run, which a SIGKILL would orphan.
+            d.proc.terminate()
+            try:
+                d.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                d.proc.kill()
+                d.proc.wait(timeout=30)
     for root in roots:
         shutil.rmtree(root, ignore_errors=True)
 

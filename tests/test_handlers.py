@@ -184,3 +184,16 @@ def test_a_command_appends_to_the_log_an_earlier_attempt_left(tmp_path):
     assert Path(Ctx.log_path).read_text() == "first attempt\nsecond attempt\n"
     command.run(Ctx(), {"argv": ["true"]})  # silent, but the earlier output stays
     assert Path(Ctx.log_path).read_text() == "first attempt\nsecond attempt\n"
+
+
+def test_spare_logs_an_earlier_daemon_left_are_removed_at_start(make_daemon):
+    d = make_daemon(start=False)
+    stale = d.state_dir / "logs" / ".spare" / "4242"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("output of a task of a daemon killed with -9\n")
+    d.start()
+    assert not stale.exists()
+    with d.client() as c:  # and the workers make their own
+        done = finished(c, c.submit("command", {"argv": ["true"]}))
+    assert done["status"] == "completed" and done["log_path"] is None
+    assert (stale.parent / str(done["worker_pid"])).exists()

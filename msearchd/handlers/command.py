@@ -124,6 +124,15 @@ def spare_path(log_folder: Path, worker_pid: int) -> Path:
     return log_folder / ".spare" / str(worker_pid)
 
 
+def clear_spares(log_folder: Path) -> None:
+    """Remove the spares of an earlier daemon's workers (one killed with -9 leaves them): none of
+    those workers runs any more."""
+    folder = log_folder / ".spare"
+    if folder.is_dir():
+        for path in folder.iterdir():
+            path.unlink(missing_ok=True)
+
+
 def _written_by_others(path: Path) -> bool:
     """True if some process still has the file open for writing: one the command left running in
     the background, say, whose output must stay in this task's log. The kernel grants a read lease
