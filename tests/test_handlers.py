@@ -169,21 +169,31 @@ def test_what_a_command_leaves_running_writes_to_that_command_s_log(make_daemon,
     assert not spare.exists()  # removed with its worker
 
 
-def test_a_command_appends_to_the_log_an_earlier_attempt_left(tmp_path):
+class CommandContext:
+    """What the command handler needs of a task's context, to run it in the test's own process."""
+
+    def __init__(self, log_path: Path) -> None:
+        self.task_id = log_path.stem
+        self.log_path = str(log_path)
+        self.cancelled = False
+
+    def set_operation(self, _: str) -> None:
+        pass
+
+
+def run_command(log_path: Path, argv: list[str]) -> str:
     from msearchd.handlers import command
 
-    class Ctx:
-        task_id = "task_1"
-        log_path = str(tmp_path / "task_1.log")
-        cancelled = False
+    command.run(CommandContext(log_path), {"argv": argv})
+    return log_path.read_text() if log_path.exists() else ""
 
-        def set_operation(self, _: str) -> None: ...
 
-    Path(Ctx.log_path).write_text("first attempt\n")
-    command.run(Ctx(), {"argv": ["sh", "-c", "echo second attempt"]})
-    assert Path(Ctx.log_path).read_text() == "first attempt\nsecond attempt\n"
-    command.run(Ctx(), {"argv": ["true"]})  # silent, but the earlier output stays
-    assert Path(Ctx.log_path).read_text() == "first attempt\nsecond attempt\n"
+def test_a_command_appends_to_the_log_an_earlier_attempt_left(tmp_path):
+    log = tmp_path / "task_1.log"
+    log.write_text("first attempt\n")
+    assert run_command(log, ["sh", "-c", "echo second attempt"]) == "first attempt\nsecond attempt\n"
+    # Silent, but the earlier output stays.
+    assert run_command(log, ["true"]) == "first attempt\nsecond attempt\n"
 
 
 def test_spare_logs_an_earlier_daemon_left_are_removed_at_start(make_daemon):
@@ -197,3 +207,17 @@ def test_spare_logs_an_earlier_daemon_left_are_removed_at_start(make_daemon):
         done = finished(c, c.submit("command", {"argv": ["true"]}))
     assert done["status"] == "completed" and done["log_path"] is None
     assert (stale.parent / str(done["worker_pid"])).exists()
+
+
+def test_commands_still_log_where_files_cannot_be_linked(tmp_path, monkeypatch):
+    from msearchd.handlers import command
+
+    def refuse(self: Path, target: Path) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(Path, "hardlink_to", refuse)
+    monkeypatch.setattr(command, "_spares", {})
+    argvs = (["sh", "-c", "echo one"], ["true"], ["sh", "-c", "echo three"])
+    logs = [run_command(tmp_path / f"task_{i}.log", argv) for i, argv in enumerate(argvs)]
+    assert logs == ["one\n", "", "three\n"]
+    assert (tmp_path / "task_1.log").exists()  # created as before: a silent command's log stays

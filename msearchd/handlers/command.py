@@ -97,7 +97,13 @@ class SpareLog:
 
     def __init__(self, folder: Path) -> None:
         self.path = spare_path(folder, os.getpid())
-        self.path.unlink(missing_ok=True)  # a worker of an earlier daemon with this pid left it
+        # False once something failed: logs are then created as usual, never linked to a file that
+        # might hold output.
+        self.usable = True
+        try:
+            self.path.unlink(missing_ok=True)  # a worker of an earlier daemon with this pid left it
+        except OSError:
+            self.usable = False
 
     def link(self, log: Path) -> None:
         """Give the spare the name `log`; FileExistsError if that name exists already."""
@@ -117,6 +123,8 @@ class SpareLog:
             self.path.unlink()  # the output keeps the file
         except FileNotFoundError:
             pass  # removed meanwhile: the next command makes a new spare
+        except OSError:
+            self.usable = False
 
 
 def spare_path(log_folder: Path, worker_pid: int) -> Path:
@@ -157,11 +165,16 @@ def _open_log(log: Path) -> tuple[int, SpareLog | None]:
     spare = _spares.get(log.parent)
     if spare is None:
         spare = _spares[log.parent] = SpareLog(log.parent)
+    if not spare.usable:
+        return os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666), None
     try:
         spare.link(log)
     except FileExistsError:  # an earlier attempt of this task wrote it: append to it
-        spare = None
-    return os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666), spare
+        return os.open(log, os.O_WRONLY | os.O_APPEND), None
+    except OSError:  # no hard links on this filesystem, say: create logs as usual from now on
+        spare.usable = False
+        return os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666), None
+    return os.open(log, os.O_WRONLY | os.O_APPEND), spare
 
 
 # Signals Python ignores for itself, which a command gets back at their defaults (as subprocess does).
