@@ -207,8 +207,8 @@ class Store:
     def transaction(self) -> Iterator[None]:
         """One atomic, durable unit; nested uses join the outer transaction.
 
-        Inside `group()` it is a savepoint of the group's transaction: it rolls back alone, and becomes
-        durable when the group commits.
+        Inside `group()` it is part of the group's transaction (a savepoint of it, unless it is the
+        first to write): it rolls back alone, and becomes durable when the group commits.
         """
         if self._depth:
             self._depth += 1
@@ -264,7 +264,7 @@ class Store:
     def group(self) -> Iterator[None]:
         """Commit every transaction opened inside with one commit at the end (group commit).
 
-        Each transaction inside stays atomic on its own (a savepoint); none is durable, and no
+        Each transaction inside stays atomic on its own (see `transaction`); none is durable, and no
         after-commit callback runs, before the group ends. Requests that arrive together share a
         commit this way. A group that never writes costs nothing.
         """
