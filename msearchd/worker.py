@@ -27,6 +27,8 @@ from msearchd.prctl import die_with_parent
 
 # The longest an outcome waits to be reported with those of the rest of its lease.
 REPORT_DELAY = 0.01
+# Set to the task's id while it runs: every process it starts inherits it (see workers.strays).
+TASK_ENV = "MSEARCH_TASK_ID"
 
 
 class Context:
@@ -198,7 +200,7 @@ class Worker:
         """Run one task and report how it ended; False when the worker must exit afterwards."""
         task_id = task["id"]
         log_path = task["log_path"]
-        os.environ["MSEARCH_TASK_ID"] = task_id
+        os.environ[TASK_ENV] = task_id
         self.ctx = ctx = Context(self, task_id, log_path)
         started = time.time()
         outcome: dict[str, Any]

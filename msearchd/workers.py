@@ -29,6 +29,7 @@ from msearchd.handlers.command import clear_spares, spare_path
 from msearchd.lease import LeaseWord, Phase
 from msearchd.model import StopReason, Task, TaskStatus, format_task_id, parse_task_id
 from msearchd.prctl import become_subreaper
+from msearchd.worker import TASK_ENV
 
 log = logging.getLogger("msearchd.workers")
 
@@ -112,6 +113,24 @@ def descendants(pid: int) -> list[psutil.Process]:
 def signal_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
+
+
+def strays(task_ref: str) -> list[psutil.Process]:
+    """Processes of task `task_ref` whose parent died, with their children.
+
+    The kernel hands an orphan to the daemon, a child subreaper, so it is no longer under the worker:
+    one a task moved out of the worker's process group (setsid) and left behind (a double fork, as
+    daemons do) escapes both the group's signals and the worker's tree. It still carries the task id
+    the worker put in the environment.
+    """
+    found: list[psutil.Process] = []
+    for child in psutil.Process().children():
+        try:
+            if child.environ().get(TASK_ENV) == task_ref:
+                found += [child, *child.children(recursive=True)]
+        except psutil.Error:
+            continue
+    return found
 
 
 def kill_all(procs: Iterable[psutil.Process]) -> None:
@@ -443,14 +462,15 @@ class WorkerPool:
             self._taken_back.add(task_id)
             return Outcome(TaskStatus.CANCELLED, stop_reason=StopReason.NOT_STARTED)
         if at == seq and phase is not Phase.DONE and not report.done():
-            return await self._stop_worker(worker, grace, report)
+            return await self._stop_worker(worker, task_id, grace, report)
         return await asyncio.shield(report)  # it ended: its outcome is on its way
 
     async def _stop_worker(
-        self, worker: WorkerProcess, grace: float, report: asyncio.Future[Outcome]
+        self, worker: WorkerProcess, task_id: int, grace: float, report: asyncio.Future[Outcome]
     ) -> Outcome:
         worker.stopping = True
-        procs = descendants(worker.pid)
+        task_ref = format_task_id(task_id)
+        procs = descendants(worker.pid) + strays(task_ref)
         signal_group(worker.pid, signal.SIGTERM)
         killed = False
         try:
@@ -467,6 +487,9 @@ class WorkerPool:
         signal_group(worker.pid, signal.SIGKILL)
         kill_all(procs)
         survivors = await wait_gone(procs, _KILL_TIMEOUT)
+        left = strays(task_ref)  # the children of what was just killed, handed to the daemon
+        kill_all(left)
+        survivors += await wait_gone(left, _KILL_TIMEOUT)
         if survivors:
             log.error("processes %s of worker %d outlived SIGKILL", [p.pid for p in survivors], worker.pid)
         if report.done():
@@ -485,7 +508,7 @@ class WorkerPool:
                 continue
             current = worker.current() or next(iter(worker.lease.values()))[1]
             report = self._reports[current.id] = loop.create_future()
-            stopping.append((current.id, self._stop_worker(worker, grace, report)))
+            stopping.append((current.id, self._stop_worker(worker, current.id, grace, report)))
         ids = [task_id for task_id, _ in stopping]
         outcomes = await asyncio.gather(*(stop for _, stop in stopping))
         for task_id in ids:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import shutil
@@ -15,7 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
+from support import dead
 
 from msearchd.client import Client
 
@@ -184,8 +187,39 @@ def make_daemon() -> Iterator[Any]:
             except subprocess.TimeoutExpired:
                 d.proc.kill()
                 d.proc.wait(timeout=30)
+    left = left_behind([d.state_dir for d in made if d.proc is not None])
     for root in roots:
         shutil.rmtree(root, ignore_errors=True)
+    assert not left, f"processes outlived their daemon: {left}"
+
+
+def left_behind(state_dirs: list[Path], timeout: float = 10.0) -> list[str]:
+    """Workers and whatever they started that still run once their daemon has stopped (workers die
+    with it, a moment later): each carries its daemon's state folder in MSEARCH_WORKER_OF. They are
+    killed, and described."""
+    marks = {str(p) for p in state_dirs}
+    if not marks:
+        return []
+
+    def alive() -> list[psutil.Process]:
+        found = []
+        for proc in psutil.process_iter():
+            try:
+                if proc.environ().get("MSEARCH_WORKER_OF") in marks and not dead(proc.pid):
+                    found.append(proc)
+            except psutil.Error:
+                continue
+        return found
+
+    deadline = time.monotonic() + timeout
+    while (procs := alive()) and time.monotonic() < deadline:
+        psutil.wait_procs(procs, timeout=max(0.0, deadline - time.monotonic()))
+    described = []
+    for proc in alive():
+        with contextlib.suppress(psutil.Error):
+            described.append(f"{proc.pid} {' '.join(proc.cmdline())}")
+            proc.kill()
+    return described
 
 
 @pytest.fixture

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import psutil
 import pytest
 from support import gone
@@ -127,6 +129,28 @@ def test_cancelled_command_leaves_no_process(client, fifo):
     result = client.cancel(task["id"], running=True)
     assert result["task"]["stop_reason"] == "killed"  # SIGTERM was ignored: SIGKILL after the grace period
     assert gone(shell) and gone(grandchild) and gone(worker)
+
+
+def test_cancel_kills_a_process_the_task_moved_out_of_its_tree(client, fifo):
+    """setsid and a double fork, as daemons start: the process leaves the worker's process group, and
+    its parent exits, so the kernel hands it to msearchd. The cancel still finds it, by the task id it
+    inherited."""
+    escaped_pid, moved = fifo("escaped"), fifo("moved")
+    script = (
+        f"setsid sh -c 'sleep 1000 & echo $! > {escaped_pid}'; "  # the inner shell exits at once
+        f"echo done > {moved}; exec sleep 1000"
+    )
+    task = client.submit("command", {"argv": ["sh", "-c", script]}, priority=0)
+    escaped = psutil.Process(int(escaped_pid.read()))
+    assert moved.read() == "done"  # its parent is gone: it is no longer under the worker
+    worker = client.get(task["id"])["worker_pid"]
+    assert escaped.ppid() != worker and escaped.pid not in {
+        p.pid for p in psutil.Process(worker).children(recursive=True)
+    }
+    assert os.getsid(escaped.pid) != os.getsid(worker)
+    result = client.cancel(task["id"], running=True)
+    assert result["task"]["stop_reason"] == "sigterm"
+    assert gone(escaped.pid) and gone(worker)
 
 
 def test_cancelled_python_handler_leaves_escaped_grandchild_dead(client, fifo):
