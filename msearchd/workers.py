@@ -470,7 +470,7 @@ class WorkerPool:
     ) -> Outcome:
         worker.stopping = True
         task_ref = format_task_id(task_id)
-        procs = descendants(worker.pid) + strays(task_ref)
+        procs = descendants(worker.pid)
         signal_group(worker.pid, signal.SIGTERM)
         killed = False
         try:
@@ -487,7 +487,9 @@ class WorkerPool:
         signal_group(worker.pid, signal.SIGKILL)
         kill_all(procs)
         survivors = await wait_gone(procs, _KILL_TIMEOUT)
-        left = strays(task_ref)  # the children of what was just killed, handed to the daemon
+        # What left the tree: started as daemons before the cancel, or children of what was just
+        # killed; either way handed to the daemon.
+        left = strays(task_ref)
         kill_all(left)
         survivors += await wait_gone(left, _KILL_TIMEOUT)
         if survivors:
