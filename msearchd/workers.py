@@ -280,7 +280,12 @@ class WorkerPool:
                 except Exception:  # one bad message must not leave the worker unheard
                     log.exception("worker %d: cannot handle %r", worker.pid, message.get("op"))
         except (ProtocolError, ConnectionError) as exc:
-            log.warning("worker %d: broken channel: %s", worker.pid, exc)
+            if (worker.stopping or self._closing) and isinstance(exc, ConnectionResetError):
+                # Stopped as asked: it exited without reading what was sent to it meanwhile (the skip
+                # of the entry it was stopped in).
+                log.debug("worker %d: channel reset as it stopped", worker.pid)
+            else:
+                log.warning("worker %d: broken channel: %s", worker.pid, exc)
             signal_group(worker.pid, signal.SIGKILL)
         worker.writer.close()
         status = await worker.exited
