@@ -6,7 +6,8 @@ starts entry `seq` it writes (seq, REACHED), then reads its channel for `skip` m
 sends `skip` first and reads the word after. If the word is below `seq`, the worker had not reached
 it when the daemon looked, so it reads the skip when it gets there: the entry will not run. A word
 at (seq, RUNNING) means it runs now, and only a signal stops it. Reading memory needs no answer from
-a worker that may be busy for a long time.
+a worker that may be busy for a long time. A cancel takes an entry back this way, and so does a lease
+that overran, for the entries after the one that runs far too long.
 """
 
 from __future__ import annotations

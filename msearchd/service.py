@@ -54,6 +54,9 @@ PROGRESS_FLUSH_INTERVAL = 1.0
 # this long in all, at most LEASE_MAX. A task submitted meanwhile, whatever its priority, waits for
 # them, so this bounds that wait.
 LEASE_WINDOW = 0.05
+# A lease whose tasks have not all started this long after it went out has a task running far longer
+# than expected: those after it go back to the queue, for a free worker or a later lease.
+LEASE_OVERRUN = 4 * LEASE_WINDOW
 # How long the outcome of a task in the middle of a lease may wait to be recorded, so that the
 # outcomes of a lease share a commit.
 SETTLE_DELAY = 0.01
@@ -613,7 +616,7 @@ class TaskService:
                 leases.append((pid, lease))
         for pid, lease in leases:
             assert pool is not None
-            pool.dispatch(lease, pid, self.log_path)
+            pool.dispatch(lease, pid, self.log_path, reclaim_after=LEASE_OVERRUN)
             for task in lease:
                 self._publish("started", task, worker_pid=pid, attempt=task.attempts)
 

@@ -312,14 +312,15 @@ class WorkerPool:
             except MsearchError as exc:
                 reply = {"error": exc.to_wire()}
             worker.writer.write(protocol.encode(reply))
-        elif op == "skipped" and task is not None:
-            del worker.lease[task.id]
-            if task.id in self._taken_back:
-                self._taken_back.discard(task.id)
-            else:
-                self._listener.tasks_returned([task])  # skipped as one after a cancelled task
+        elif op == "skipped":
+            if task is not None:  # None: reclaimed after an overrun, back in the queue already
+                del worker.lease[task.id]
+                if task.id in self._taken_back:
+                    self._taken_back.discard(task.id)
+                else:
+                    self._listener.tasks_returned([task])  # skipped as one after a cancelled task
             self._make_idle(worker)
-        elif op not in ("progress", "submit", "skipped"):
+        elif op not in ("progress", "submit"):
             log.warning("worker %d: unexpected message %r", worker.pid, op)
 
     def _on_done(self, worker: WorkerProcess, result: dict[str, Any]) -> None:
@@ -398,8 +399,11 @@ class WorkerPool:
 
     # --- work ---------------------------------------------------------------------------------------
 
-    def dispatch(self, tasks: list[Task], pid: int, log_path: Callable[[int], str]) -> None:
-        """Hand `tasks` (a lease: run in this order) to the idle worker `pid`."""
+    def dispatch(
+        self, tasks: list[Task], pid: int, log_path: Callable[[int], str], reclaim_after: float | None = None
+    ) -> None:
+        """Hand `tasks` (a lease: run in this order) to the idle worker `pid`. Those that have not
+        started `reclaim_after` seconds later are taken back (see `_reclaim`)."""
         worker = next(w for w in self._idle if w.pid == pid)
         self._idle.remove(worker)
         assert worker.writer is not None
@@ -418,6 +422,57 @@ class WorkerPool:
                 }
             )
         worker.writer.write(protocol.encode({"op": "run", "tasks": payloads}))
+        if reclaim_after is not None and len(tasks) > 1:
+            asyncio.get_running_loop().call_later(reclaim_after, self._overrun, worker, worker.sent)
+
+    def _overrun(self, worker: WorkerProcess, last: int) -> None:
+        """The lease ending with entry `last` is due: take back what has not started, if anything."""
+        if self._closing or worker.stopping or worker not in self._workers:
+            return
+        at, _ = worker.word.read()
+        if any(at < seq <= last for seq, _ in worker.lease.values()):
+            self._background(self._reclaim(worker, at, last))
+
+    async def _reclaim(self, worker: WorkerProcess, at: int, last: int) -> None:
+        """Put the entries after `at`, up to `last`, back in the queue, where a free worker takes them
+        instead of waiting behind the task that overran (the same steps as a cancel's, see
+        msearchd.lease)."""
+        tail = [
+            seq
+            for seq, task in worker.lease.values()
+            if at < seq <= last and task.id not in self._terminating
+        ]
+        assert worker.writer is not None
+        for seq in tail:
+            worker.writer.write(protocol.encode({"op": "skip", "seq": seq}))
+        while worker.writer.transport.get_write_buffer_size() and worker in self._workers:
+            await asyncio.sleep(0.001)  # the skips must be in the socket before the word is read
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 1.0
+        now_at, phase = worker.word.read() if worker in self._workers else (0, None)
+        while (
+            worker in self._workers and now_at in tail and phase is Phase.REACHED and loop.time() < deadline
+        ):
+            await asyncio.sleep(0.0002)  # deciding between our skip and starting it: microseconds
+            now_at, phase = worker.word.read() if worker in self._workers else (0, None)
+        if worker not in self._workers:
+            return  # it died meanwhile: _on_exit has dealt with its lease
+        returned: list[Task] = []
+        for task_id, (seq, task) in list(worker.lease.items()):
+            skipped = seq > now_at or (seq == now_at and phase is Phase.SKIPPED)
+            if seq in tail and skipped and task_id not in self._terminating:
+                del worker.lease[task_id]
+                returned.append(task)
+        if returned:
+            running = worker.current()
+            log.info(
+                "worker %d: %s overran its lease; %d task(s) after it go back to the queue",
+                worker.pid,
+                format_task_id(running.id) if running is not None else "a task",
+                len(returned),
+            )
+            self._listener.tasks_returned(returned)
+        self._make_idle(worker)  # what it ran meanwhile may have been the rest of its lease
 
     async def terminate(self, task_id: int, grace: float) -> Outcome | None:
         """Stop a task of a lease and everything it started; None if no worker has it.

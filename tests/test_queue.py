@@ -137,6 +137,26 @@ def test_a_task_of_a_lease_is_seen_to_end_while_the_next_one_still_runs(make_dae
         assert c.wait([slow["id"]], timeout=20)["tasks"][0]["status"] == "completed"
 
 
+def test_tasks_stuck_behind_a_slow_one_of_their_lease_go_to_a_free_worker(make_daemon, fifo):
+    """A lease is sized by how long its tasks usually take. When one of them runs far longer, those
+    after it go back to the queue instead of waiting for it, and the idle worker runs them."""
+    d = make_daemon(workers=2)
+    with d.client() as c:
+        for _ in range(5):  # quick tasks are short: they go out several at a time from now on
+            c.wait([c.submit("quick")["id"]], timeout=20)
+        hold = fifo("hold")
+        slow_one = {"type": "quick", "data": {"fifo": str(hold)}, "priority": 0}
+        slow, *after = c.submit_many([slow_one, *[{"type": "quick", "priority": 0}] * 3])["task_ids"]
+        d.wait_for_log("3 task(s) after it go back to the queue")  # all four went to one worker
+        done = c.wait(after, timeout=20)
+        assert not done["timed_out"]
+        assert {(t["status"], t["attempts"]) for t in done["tasks"]} == {("completed", 1)}
+        assert {t["worker_pid"] for t in done["tasks"]} != {c.get(slow)["worker_pid"]}
+        assert c.get(slow)["status"] == "running"
+        hold.write()
+        assert c.wait([slow], timeout=20)["tasks"][0]["status"] == "completed"
+
+
 def test_hundreds_of_short_commands_all_complete(make_daemon):
     """A soak of leases, batched reports and the report timer: every task ends, each run once."""
     with make_daemon(workers=1).client() as c:
