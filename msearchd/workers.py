@@ -435,28 +435,16 @@ class WorkerPool:
 
     async def _reclaim(self, worker: WorkerProcess, at: int, last: int) -> None:
         """Put the entries after `at`, up to `last`, back in the queue, where a free worker takes them
-        instead of waiting behind the task that overran (the same steps as a cancel's, see
-        msearchd.lease)."""
+        instead of waiting behind the task that overran."""
         tail = [
             seq
             for seq, task in worker.lease.values()
             if at < seq <= last and task.id not in self._terminating
         ]
-        assert worker.writer is not None
-        for seq in tail:
-            worker.writer.write(protocol.encode({"op": "skip", "seq": seq}))
-        while worker.writer.transport.get_write_buffer_size() and worker in self._workers:
-            await asyncio.sleep(0.001)  # the skips must be in the socket before the word is read
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 1.0
-        now_at, phase = worker.word.read() if worker in self._workers else (0, None)
-        while (
-            worker in self._workers and now_at in tail and phase is Phase.REACHED and loop.time() < deadline
-        ):
-            await asyncio.sleep(0.0002)  # deciding between our skip and starting it: microseconds
-            now_at, phase = worker.word.read() if worker in self._workers else (0, None)
-        if worker not in self._workers:
+        where = await self._skip(worker, tail)
+        if where is None:
             return  # it died meanwhile: _on_exit has dealt with its lease
+        now_at, phase = where
         returned: list[Task] = []
         for task_id, (seq, task) in list(worker.lease.items()):
             skipped = seq > now_at or (seq == now_at and phase is Phase.SKIPPED)
@@ -502,28 +490,39 @@ class WorkerPool:
         self, worker: WorkerProcess, task_id: int, report: asyncio.Future[Outcome], grace: float
     ) -> Outcome:
         seq = worker.lease[task_id][0]
-        # Take back this entry and those after it (which go back to the queue), then look where the
-        # worker is: the order matters, see msearchd.lease.
-        assert worker.writer is not None
-        for later, _ in worker.lease.values():
-            if later >= seq:
-                worker.writer.write(protocol.encode({"op": "skip", "seq": later}))
-        while worker.writer.transport.get_write_buffer_size():
-            await asyncio.sleep(0.001)  # the skips must be in the socket before the word is read
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 1.0
-        while True:
-            at, phase = worker.word.read()
-            if at == seq and phase is Phase.REACHED and loop.time() < deadline:
-                await asyncio.sleep(0.0002)  # deciding between our skip and starting it: microseconds
-                continue
-            break
+        # Take back this entry and those after it (which go back to the queue when it exits).
+        where = await self._skip(worker, [later for later, _ in worker.lease.values() if later >= seq])
+        if where is None:  # it died meanwhile, and this task with it unless it had reported
+            return (
+                report.result()
+                if report.done()
+                else Outcome(TaskStatus.CANCELLED, stop_reason=StopReason.KILLED)
+            )
+        at, phase = where
         if at < seq or (at == seq and phase is Phase.SKIPPED):
             self._taken_back.add(task_id)
             return Outcome(TaskStatus.CANCELLED, stop_reason=StopReason.NOT_STARTED)
         if at == seq and phase is not Phase.DONE and not report.done():
             return await self._stop_worker(worker, task_id, grace, report)
         return await asyncio.shield(report)  # it ended: its outcome is on its way
+
+    async def _skip(self, worker: WorkerProcess, seqs: list[int]) -> tuple[int, Phase | None] | None:
+        """Tell the worker to skip the entries `seqs`, then read where it is (None if it died): those
+        it had not reached will not run. The order matters, see msearchd.lease."""
+        assert worker.writer is not None
+        for seq in seqs:
+            worker.writer.write(protocol.encode({"op": "skip", "seq": seq}))
+        while worker.writer.transport.get_write_buffer_size() and worker in self._workers:
+            await asyncio.sleep(0.001)  # the skips must be in the socket before the word is read
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 1.0
+        while worker in self._workers:
+            at, phase = worker.word.read()
+            if at in seqs and phase is Phase.REACHED and loop.time() < deadline:
+                await asyncio.sleep(0.0002)  # deciding between our skip and starting it: microseconds
+                continue
+            return at, phase
+        return None
 
     async def _stop_worker(
         self, worker: WorkerProcess, task_id: int, grace: float, report: asyncio.Future[Outcome]
