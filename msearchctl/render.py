@@ -134,6 +134,8 @@ class Board:
         kind = event["event"]
         if kind == "started":
             row.update(started_at=event["time"], progress=0.0, current_operation=None)
+        elif kind == "requeued":
+            row["started_at"] = None
         elif kind == "progress":
             row.update(progress=event["progress"], current_operation=event["current_operation"])
         elif kind == "priority_changed":

@@ -548,7 +548,9 @@ class TaskService:
         """Tasks of a lease that never started: back in the queue, their start not counted."""
         for task in tasks:
             self.scheduler.finished(task.type)
-        self.store.unlease([task.id for task in tasks])
+        ids = [task.id for task in tasks]
+        self.store.unlease(ids)
+        self._publish_status("requeued", ids, reason="handed back before it started")  # `started` was told
         self.wake()
 
     def _settle(self) -> None:

@@ -141,7 +141,7 @@ def test_tasks_stuck_behind_a_slow_one_of_their_lease_go_to_a_free_worker(make_d
     """A lease is sized by how long its tasks usually take. When one of them runs far longer, those
     after it go back to the queue instead of waiting for it, and the idle worker runs them."""
     d = make_daemon(workers=2)
-    with d.client() as c:
+    with d.client() as c, c.events(types=["quick"]) as stream:
         for _ in range(5):  # quick tasks are short: they go out several at a time from now on
             c.wait([c.submit("quick")["id"]], timeout=20)
         hold = fifo("hold")
@@ -153,6 +153,20 @@ def test_tasks_stuck_behind_a_slow_one_of_their_lease_go_to_a_free_worker(make_d
         assert {(t["status"], t["attempts"]) for t in done["tasks"]} == {("completed", 1)}
         assert {t["worker_pid"] for t in done["tasks"]} != {c.get(slow)["worker_pid"]}
         assert c.get(slow)["status"] == "running"
+        # Watchers were told each went back to the queue between its two starts.
+        seen: dict[str, list[tuple[str, str]]] = {task_id: [] for task_id in after}
+        while any(steps[-1:] != [("completed", "completed")] for steps in seen.values()):
+            assert stream.ready(timeout=20), f"events stopped: {seen}"
+            event = next(stream)
+            if event.get("task_id") in seen:
+                seen[event["task_id"]].append((event["event"], event["status"]))
+        for steps in seen.values():
+            assert steps[-4:] == [
+                ("started", "running"),
+                ("requeued", "pending"),
+                ("started", "running"),
+                ("completed", "completed"),
+            ]
         hold.write()
         assert c.wait([slow], timeout=20)["tasks"][0]["status"] == "completed"
 

@@ -1,0 +1,15 @@
+"""The live table of `msearchctl tasks watch`, fed events as the daemon sends them."""
+
+from __future__ import annotations
+
+from msearchctl.render import Board
+
+
+def test_a_task_sent_back_to_the_queue_shows_pending_and_not_started():
+    board = Board([])
+    event = {"task_id": "task_1", "type": "quick"}
+    board.apply({**event, "event": "started", "status": "running", "time": 10.0})
+    assert (board.rows["task_1"]["status"], board.rows["task_1"]["started_at"]) == ("running", 10.0)
+    board.apply({**event, "event": "requeued", "status": "pending", "time": 10.2})
+    assert (board.rows["task_1"]["status"], board.rows["task_1"]["started_at"]) == ("pending", None)
+    assert not board.done()
