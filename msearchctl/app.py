@@ -206,7 +206,7 @@ def stats(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 def cancel(
     ctx: typer.Context, task_id: TaskIdArg, running: RunningOpt = False, as_json: JsonOpt = False
 ) -> None:
-    """Cancel a pending or blocked task (and the tasks that depend on it); --running to stop a running one."""
+    """Cancel a task that has not started, and those that depend on it; --running stops one that runs."""
     with daemon(ctx) as client:
         result = client.cancel(task_ref(task_id), running=running)
     if as_json:
@@ -250,7 +250,7 @@ def _print_counts(result: dict[str, Any], as_json: bool, what: str) -> None:
 
 @tasks_app.command("cancel-all")
 def cancel_all(ctx: typer.Context, running: RunningOpt = False, as_json: JsonOpt = False) -> None:
-    """Cancel every pending and blocked task; with --running, running ones too."""
+    """Cancel every task that has not started; with --running, running ones too."""
     with daemon(ctx) as client:
         result = client.cancel_all(running=running)
     _print_counts(result, as_json, "task(s)")
@@ -265,7 +265,7 @@ def cancel_by_type(
     running: RunningOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Cancel every pending and blocked task of one type; with --running, running ones too."""
+    """Cancel every task of one type that has not started; with --running, running ones too."""
     with daemon(ctx) as client:
         result = client.cancel_by_type(task_type, running=running)
     _print_counts(result, as_json, f"{task_type} task(s)")

@@ -685,17 +685,27 @@ class TaskService:
 
     def cancel(self, task_id: Any, running: bool = False) -> dict[str, Any] | Awaitable[dict[str, Any]]:
         """Cancel a task. The answer comes at once for a waiting task; for a running one, an awaitable
-        that completes once nothing of the task is left."""
-        task = self._require(task_id)
+        that completes once nothing of the task is left. A task that waits its turn in a worker's
+        lease has not started: it is cancelled like a pending one, `running` or not."""
+        return self._cancel(self._require(task_id), running, take_back=True)
+
+    def _cancel(
+        self, task: Task, running: bool, take_back: bool
+    ) -> dict[str, Any] | Awaitable[dict[str, Any]]:
         ref = format_task_id(task.id)
         if task.status in TERMINAL:
             raise InvalidState(
                 f"{ref} is already {task.status}; only pending, blocked or running tasks can be cancelled"
             )
         if task.status is TaskStatus.RUNNING:
-            if not running:
-                raise InvalidState(f"{ref} is running; add --running (cancel_running=true) to stop it")
-            return self._cancel_running(task)
+            if running:
+                return self._cancel_running(task)
+            if take_back and self.pool is not None and self.pool.waits_in_lease(task.id):
+                return self._cancel_handed_out(task)
+            raise InvalidState(f"{ref} is running; add --running (cancel_running=true) to stop it")
+        return self._cancel_waiting(task, by="cancel")
+
+    def _cancel_waiting(self, task: Task, by: str) -> dict[str, Any]:
         now = self.clock()
         with self.store.transaction():
             changed = self.store.update(
@@ -707,13 +717,38 @@ class TaskService:
                 blocked_reason=None,
             )
             assert changed  # nothing ran between the read and this write
-            self._record([task.id], "cancel_requested", by="cancel", running=False)
+            self._record([task.id], "cancel_requested", by=by, running=False)
             cascaded = self._cascade_cancel([task.id])
         # The task read above is this call's own copy: it becomes what was just written.
         task.status, task.finished_at = TaskStatus.CANCELLED, now
         task.stop_reason, task.blocked_reason = StopReason.NOT_STARTED, None
         self._publish("cancelled", task, stop_reason=StopReason.NOT_STARTED.value)
         return {"task": self.wire(task), "cancelled_dependents": cascaded}
+
+    async def _take_back(self, task: Task, by: str) -> int | None:
+        """Cancel a task that waits its turn in a worker's lease, as if it were pending: it never
+        runs. Returns how many dependents were cancelled with it; None if the worker started it
+        meanwhile."""
+        assert self.pool is not None
+        taken = await self.pool.take_back(task.id)
+        current = self._require(task.id)
+        if taken and current.status is TaskStatus.RUNNING:
+            self.scheduler.finished(current.type)
+            with self.store.transaction():
+                self._record([task.id], "cancel_requested", by=by, running=False)
+                outcome = Outcome(TaskStatus.CANCELLED, stop_reason=StopReason.NOT_STARTED)
+                return self._finish(current, outcome)
+        if current.status.waiting:  # its lease overran meanwhile: it is back in the queue
+            return int(self._cancel_waiting(current, by)["cancelled_dependents"])
+        return None
+
+    async def _cancel_handed_out(self, task: Task) -> dict[str, Any]:
+        cascaded = await self._take_back(task, by="cancel")
+        if cascaded is None:  # it runs, or ended, now: answer for that
+            answer = self._cancel(self._require(task.id), running=False, take_back=False)
+            assert isinstance(answer, dict)
+            return answer
+        return {"task": self.get(task.id), "cancelled_dependents": cascaded}
 
     async def _cancel_running(self, task: Task) -> dict[str, Any]:
         outcome, cascaded = await self._stop_running(task, by="cancel")
@@ -760,8 +795,8 @@ class TaskService:
             cancelled += len(ids)
             self._publish_status("cancelled", ids, stop_reason=StopReason.NOT_STARTED.value)
             await asyncio.sleep(0)
+        targets = [t for t in self.store.running() if task_type is None or t.type == task_type]
         if running:
-            targets = [t for t in self.store.running() if task_type is None or t.type == task_type]
             results = await asyncio.gather(*(self._stop_running(t, by=by) for t in targets))
             for outcome, n in results:
                 cascaded += n
@@ -769,6 +804,12 @@ class TaskService:
                     cancelled += 1
                 else:
                     failed += 1
+        elif self.pool is not None:  # those handed to a worker that has not started them are waiting
+            handed_out = [t for t in targets if self.pool.waits_in_lease(t.id)]
+            for n in await asyncio.gather(*(self._take_back(t, by=by) for t in handed_out)):
+                if n is not None:
+                    cancelled += 1
+                    cascaded += n
         return {
             "cancelled": cancelled,
             "failed": failed,

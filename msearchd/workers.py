@@ -208,7 +208,9 @@ class WorkerPool:
         self._reaper = reaper
         self._workers: set[WorkerProcess] = set()
         self._idle: list[WorkerProcess] = []
-        self._terminating: dict[int, asyncio.Future[Outcome]] = {}
+        # Stops and take-backs under way, by task id. A take-back that finds its task started ends
+        # with None: the task runs, and only a stop ends it.
+        self._terminating: dict[int, asyncio.Future[Outcome | None]] = {}
         # Outcomes a cancel or a stop waits for, by task id: they go there, not to the listener.
         self._reports: dict[int, asyncio.Future[Outcome]] = {}
         # Tasks taken back from a lease before they started: the worker's `skipped` needs no more.
@@ -448,7 +450,8 @@ class WorkerPool:
         returned: list[Task] = []
         for task_id, (seq, task) in list(worker.lease.items()):
             skipped = seq > now_at or (seq == now_at and phase is Phase.SKIPPED)
-            if seq in tail and skipped and task_id not in self._terminating:
+            mine = task_id not in self._terminating and task_id not in self._taken_back
+            if seq in tail and skipped and mine:
                 del worker.lease[task_id]
                 returned.append(task)
         if returned:
@@ -462,6 +465,38 @@ class WorkerPool:
             self._listener.tasks_returned(returned)
         self._make_idle(worker)  # what it ran meanwhile may have been the rest of its lease
 
+    def waits_in_lease(self, task_id: int) -> bool:
+        """Whether a worker holds this task in its lease and has not reached it yet."""
+        worker = self._worker_for(task_id)
+        if worker is None or task_id in self._terminating or task_id in self._taken_back:
+            return False
+        at, _ = worker.word.read()
+        return at < worker.lease[task_id][0]
+
+    async def take_back(self, task_id: int) -> bool:
+        """Take back a task that waits its turn in a worker's lease: it will not run, and the rest
+        of the lease runs on. False if the worker has reached it (it runs: only `terminate` stops
+        it), if it went back to the queue meanwhile, or if another stop of it is under way."""
+        worker = self._worker_for(task_id)
+        if worker is None or not self.waits_in_lease(task_id):
+            return False
+        seq = worker.lease[task_id][0]
+        future: asyncio.Future[Outcome | None] = asyncio.get_running_loop().create_future()
+        self._terminating[task_id] = future
+        taken = False
+        try:
+            where = await self._skip(worker, [seq])
+            if where is not None:  # None: it died, and its lease went back to the queue
+                at, phase = where
+                taken = at < seq or (at == seq and phase is Phase.SKIPPED)
+            if taken:
+                self._taken_back.add(task_id)
+        finally:
+            del self._terminating[task_id]
+            not_started = Outcome(TaskStatus.CANCELLED, stop_reason=StopReason.NOT_STARTED)
+            future.set_result(not_started if taken else None)
+        return taken
+
     async def terminate(self, task_id: int, grace: float) -> Outcome | None:
         """Stop a task of a lease and everything it started; None if no worker has it.
 
@@ -469,12 +504,14 @@ class WorkerPool:
         worker's process group; after `grace` seconds SIGKILL to the group and to every descendant
         found, wherever it moved. Returns how the task ended: it may have finished on its own first.
         """
-        if task_id in self._terminating:
-            return await asyncio.shield(self._terminating[task_id])
+        while task_id in self._terminating:  # another stop, or a take-back, is under way
+            outcome = await asyncio.shield(self._terminating[task_id])
+            if outcome is not None:
+                return outcome
         worker = self._worker_for(task_id)
         if worker is None:
             return None
-        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Outcome | None] = asyncio.get_running_loop().create_future()
         self._terminating[task_id] = future
         report = asyncio.get_running_loop().create_future()
         self._reports[task_id] = report

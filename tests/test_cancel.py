@@ -61,24 +61,52 @@ def leased_behind_a_blocked_task(c, fifo, tmp_path, n: int = 4):
     return head, queued, hold, record
 
 
-def test_a_task_handed_out_but_not_started_is_taken_back_and_never_runs(make_daemon, fifo, tmp_path):
+def test_a_task_handed_out_but_not_started_is_cancelled_like_a_pending_one(make_daemon, fifo, tmp_path):
+    """It counts as running from the moment a worker has it, but has not started: a plain cancel
+    takes it back, as one with --running does. Neither runs; the rest of the lease runs on."""
     with make_daemon(workers=1).client() as c:
         head, queued, hold, record = leased_behind_a_blocked_task(c, fifo, tmp_path)
-        target = queued[1]
+        plain, forced = queued[1], queued[2]
+        for target, running in ((plain, False), (forced, True)):
+            result = c.cancel(target["id"], running=running)
+            assert result["task"]["status"] == "cancelled"
+            assert result["task"]["stop_reason"] == "not_started"
+            assert result["task"]["attempts"] == 0 and result["task"]["started_at"] is None
         with pytest.raises(InvalidState, match="is running; add --running"):
-            c.cancel(target["id"])  # it counts as running from the moment a worker has it
-        result = c.cancel(target["id"], running=True)
-        assert result["task"]["status"] == "cancelled"
-        assert result["task"]["stop_reason"] == "not_started"
-        assert result["task"]["attempts"] == 0 and result["task"]["started_at"] is None
+            c.cancel(head["id"])  # the one it runs needs --running, as ever
+        events = [(e["event"], e.get("by"), e.get("running")) for e in c.history(plain["id"])]
+        assert events == [
+            ("submitted", None, None),
+            ("cancel_requested", "cancel", False),
+            ("cancelled", None, None),
+        ]
         hold.write()  # the head ends; the worker goes on with its lease
         done = c.wait([t["id"] for t in [head, *queued]], timeout=20)
-        assert [t["status"] for t in done["tasks"]] == ["completed", "completed", "cancelled"] + [
-            "completed"
-        ] * (len(queued) - 2)
+        assert [t["status"] for t in done["tasks"]] == [
+            "completed",
+            "completed",
+            "cancelled",
+            "cancelled",
+            "completed",
+        ]
         ran = record.read_text().split()
-        assert target["id"] not in ran
-        assert ran == [t["id"] for t in [head, *queued] if t is not target]  # in queue order
+        assert ran == [t["id"] for t in [head, *queued] if t not in (plain, forced)]  # in queue order
+
+
+def test_bulk_cancels_take_back_tasks_handed_out_but_not_started(make_daemon, fifo, tmp_path):
+    with make_daemon(workers=1).client() as c:
+        head, queued, hold, record = leased_behind_a_blocked_task(c, fifo, tmp_path)
+        waiting = c.submit("quick", {"record": str(record)})
+        result = c.cancel_by_type("quick")
+        assert (result["cancelled"], result["failed"]) == (len(queued) + 1, 0)
+        for task in [*queued, waiting]:
+            got = c.get(task["id"])
+            assert (got["status"], got["stop_reason"], got["attempts"]) == ("cancelled", "not_started", 0)
+        assert c.get(head["id"])["status"] == "running"  # not asked to stop what runs
+        hold.write()
+        last = c.submit("quick", {"record": str(record)})  # runs after whatever the lease still held
+        assert c.wait([head["id"], last["id"]], timeout=20)["tasks"][0]["status"] == "completed"
+        assert record.read_text().split() == [head["id"], last["id"]]
 
 
 def test_cancelling_a_running_task_puts_the_rest_of_its_lease_back_in_the_queue(make_daemon, fifo, tmp_path):

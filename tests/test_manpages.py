@@ -836,7 +836,7 @@ def edited(path: Path, old: str, new: str) -> Page:
 
 def test_page_edits_are_reported(tmp_path: Path) -> None:
     root, parser = ctl_root(), daemon.build_parser()
-    page = edited(CTL_PAGE, ".TP\n.B \\-\\-running\nAlso stop the task if it is running", "Also stop it")
+    page = edited(CTL_PAGE, ".TP\n.B \\-\\-running\nAlso stop the task if it runs", "Also stop it")
     assert "`msearchctl tasks cancel`: option --running is not documented" in "\n".join(
         ctl_problems(page, root, parser)
     )
