@@ -134,8 +134,8 @@ class Board:
         kind = event["event"]
         if kind == "started":
             row.update(started_at=event["time"], progress=0.0, current_operation=None)
-        elif kind == "requeued":
-            row["started_at"] = None
+        elif kind == "requeued" or event.get("stop_reason") == "not_started":
+            row["started_at"] = None  # handed to a worker, then taken back before it started
         elif kind == "progress":
             row.update(progress=event["progress"], current_operation=event["current_operation"])
         elif kind == "priority_changed":
