@@ -706,8 +706,9 @@ class TaskService:
         return self._cancel_waiting(task, by="cancel")
 
     def _cancel_waiting(self, task: Task, by: str) -> dict[str, Any]:
-        now = self.clock()
         with self.store.transaction():
+            self._record([task.id], "cancel_requested", by=by, running=False)
+            now = self.clock()  # after the request's time: the history lists the request first
             changed = self.store.update(
                 task.id,
                 expect=WAITING,
@@ -717,7 +718,6 @@ class TaskService:
                 blocked_reason=None,
             )
             assert changed  # nothing ran between the read and this write
-            self._record([task.id], "cancel_requested", by=by, running=False)
             cascaded = self._cascade_cancel([task.id])
         # The task read above is this call's own copy: it becomes what was just written.
         task.status, task.finished_at = TaskStatus.CANCELLED, now

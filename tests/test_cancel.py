@@ -28,6 +28,8 @@ def test_cancel_pending_task(make_daemon, fifo):
         assert result["task"]["stop_reason"] == "not_started"
         assert result["cancelled_dependents"] == 0
         assert c.get(queued["id"])["finished_at"] is not None
+        events = [e["event"] for e in c.history(queued["id"])]
+        assert events == ["submitted", "cancel_requested", "cancelled"]  # the request, then its effect
         gate.write()
         c.wait([held["id"]], timeout=20)
         # The cancelled task never ran, even once a worker was free.
