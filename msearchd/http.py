@@ -84,8 +84,10 @@ TYPE_PATTERN = r"^[A-Za-z0-9_.:-]{1,100}$"
 _TYPE_RE = re.compile(TYPE_PATTERN)
 _STATUS_NAMES = "|".join(s.value for s in TaskStatus)
 STATUS_PATTERN = rf"^({_STATUS_NAMES})(,({_STATUS_NAMES}))*$"
-_TRUE = frozenset({"true", "1", "yes"})
-_FALSE = frozenset({"false", "0", "no"})
+# The words a FastAPI (pydantic) form reads as booleans: an HTML checkbox sends "on".
+_TRUE = frozenset({"true", "1", "yes", "on", "t", "y"})
+_FALSE = frozenset({"false", "0", "no", "off", "f", "n"})
+_BOOL_WORDS = "true/false/1/0/yes/no/on/off"
 # JSON Schema has no case-insensitive flag: spell every case out.
 BOOL_PATTERN = (
     "^("
@@ -230,7 +232,7 @@ def form_bool(name: str, text: str) -> bool:
         return True
     if low in _FALSE:
         return False
-    raise bad(f"参数{name}的值无效: {text!r}（可用 true/false/1/0/yes/no）")
+    raise bad(f"参数{name}的值无效: {text!r}（可用 {_BOOL_WORDS}）")
 
 
 def json_bool(name: str, value: Any) -> bool:
@@ -238,9 +240,7 @@ def json_bool(name: str, value: Any) -> bool:
         return value
     if isinstance(value, str):
         return form_bool(name, value)
-    raise bad(
-        f"参数{name}必须是布尔值（true/false/1/0/yes/no），收到: {json.dumps(value, ensure_ascii=False)}"
-    )
+    raise bad(f"参数{name}必须是布尔值（{_BOOL_WORDS}），收到: {json.dumps(value, ensure_ascii=False)}")
 
 
 def _priority_range(name: str, value: int) -> int:
@@ -322,7 +322,7 @@ class BodyParam:
     required: bool = False
 
 
-_BOOL_DOC = "true/false/1/0/yes/no（不区分大小写），默认 false"
+_BOOL_DOC = f"{_BOOL_WORDS}（不区分大小写；t/f/y/n 亦可），默认 false"
 CANCEL_RUNNING = BodyParam(
     "cancel_running",
     "是否也取消正在运行的任务：" + _BOOL_DOC,
@@ -519,6 +519,8 @@ async def read_params(request: Request, params: tuple[BodyParam, ...]) -> dict[s
     if unknown:
         allowed = "、".join(known) or "无"
         raise bad(f"未知参数: {unknown[0]}（可用参数: {allowed}）")
+    if from_form:  # an empty field is an absent one, as in a FastAPI form
+        raw = {name: value for name, value in raw.items() if value != ""}
     out: dict[str, Any] = {}
     for p in params:
         if p.name not in raw:

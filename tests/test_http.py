@@ -571,7 +571,7 @@ def test_priority(served):
         ({"form": {"priority": "-1"}}, "参数priority必须是0到11之间的整数，收到: -1"),
         ({"form": {"priority": "abc"}}, "参数priority必须是0到11之间的整数，收到: 'abc'"),
         ({"form": {"priority": "1.5"}}, "参数priority必须是0到11之间的整数，收到: '1.5'"),
-        ({"form": {"priority": ""}}, "参数priority必须是0到11之间的整数，收到: ''"),
+        ({"form": {"priority": ""}}, "缺少参数: priority"),  # an empty field is an absent one
         ({"form": {"priority": " 1"}}, "参数priority必须是0到11之间的整数"),
         ({"form": {"priority": "1_0"}}, "参数priority必须是0到11之间的整数"),
         ({"form": {}}, "缺少参数: priority"),
@@ -638,7 +638,7 @@ def test_cancel_a_waiting_task(served):
     other = c.submit("file_scan")["id"]
     bad = shim.post(f"/tasks/{other}/cancel", form={"cancel_running": "maybe"})
     assert bad.status == 400
-    assert bad.body == {"detail": "参数cancel_running的值无效: 'maybe'（可用 true/false/1/0/yes/no）"}
+    assert bad.body == {"detail": "参数cancel_running的值无效: 'maybe'（可用 true/false/1/0/yes/no/on/off）"}
     assert shim.post(f"/tasks/{other}/cancel?cancel_running=true").status == 400  # form, not query
     assert c.get(other)["status"] == "pending"
     ok = shim.post(f"/tasks/{other}/cancel", json_body={"cancel_running": False})
@@ -648,7 +648,14 @@ def test_cancel_a_waiting_task(served):
 def test_cancel_a_running_task_needs_cancel_running(served):
     _, shim, c = served
     running = hold_worker(c)["id"]
-    for form in (None, {"cancel_running": "false"}, {"cancel_running": "No"}, {"cancel_running": "0"}):
+    for form in (
+        None,
+        {"cancel_running": "false"},
+        {"cancel_running": "No"},
+        {"cancel_running": "0"},
+        {"cancel_running": "off"},
+        {"cancel_running": ""},  # an empty field is an absent one: the default, false
+    ):
         refused = shim.post(f"/tasks/{running}/cancel", form=form)
         assert refused.status == 409
         assert refused.body == {"detail": f"任务正在运行，需设置cancel_running=true才能取消: {running}"}
@@ -661,7 +668,7 @@ def test_cancel_a_running_task_needs_cancel_running(served):
     assert ok.body["data"]["task"] == after  # the task as it ended, stop_reason included
 
 
-@pytest.mark.parametrize("spelling", ["true", "1", "yes", "YES", "True"])
+@pytest.mark.parametrize("spelling", ["true", "1", "yes", "YES", "True", "on", "t", "Y"])
 def test_cancel_all(served, spelling):
     _, shim, c = served
     running = hold_worker(c)["id"]
@@ -713,6 +720,7 @@ def test_cancel_by_type(served):
     for form, text in (
         ({}, "缺少参数: task_type"),
         ({"cancel_running": "true"}, "缺少参数: task_type"),
+        ({"task_type": "", "cancel_running": "true"}, "缺少参数: task_type"),
         ({"task_type": "a b"}, "参数task_type的值无效"),
         ({"task_type": "thumbnail_generate", "cancel_running": "2"}, "参数cancel_running的值无效"),
     ):
