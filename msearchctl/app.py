@@ -1,7 +1,7 @@
 """`msearchctl`: control msearchd from a shell. Each command parses its arguments and makes one call.
 
 Exit codes: 0 done; 1 refused by the daemon (unknown task, wrong state, bad value); 2 usage;
-3 daemon unreachable; 4 `tasks wait` timed out.
+3 daemon unreachable; 4 `tasks wait` timed out; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from msearchd.errors import MsearchError, Unavailable
 from msearchd.model import parse_task_id
 
 EXIT_REFUSED = 1
-EXIT_USAGE = 2
+EXIT_USAGE = 2  # click exits with it (typer.BadParameter, unknown options): named for the manual's check
 EXIT_UNREACHABLE = 3
 EXIT_TIMEOUT = 4
 
@@ -97,8 +97,19 @@ def task_ref(value: str) -> int:
         raise typer.BadParameter(exc.message) from None
 
 
+def _bytes_as_text(value: Any) -> str:
+    """Task data sent as bytes (from the Python API) has no JSON form: show it as text."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
 def print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, ensure_ascii=False))
+    print(json.dumps(value, indent=2, ensure_ascii=False, default=_bytes_as_text))
+
+
+def _no_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not a JSON value")
 
 
 def output(value: Any, as_json: bool, view: str) -> None:
@@ -142,9 +153,11 @@ def add(
     payload: dict[str, Any] = {}
     if data is not None:
         try:
-            payload = json.loads(data)
+            payload = json.loads(data, parse_constant=_no_constant)
         except json.JSONDecodeError as exc:
             raise typer.BadParameter(f"not valid JSON: {exc.msg}", param_hint="--data") from None
+        except ValueError as exc:  # NaN, Infinity: Python reads them, JSON has no such numbers
+            raise typer.BadParameter(f"not valid JSON: {exc}", param_hint="--data") from None
         if not isinstance(payload, dict):
             raise typer.BadParameter("must be a JSON object", param_hint="--data")
     if argv:
@@ -180,17 +193,22 @@ def list_tasks(
     as_json: JsonOpt = False,
 ) -> None:
     """List tasks, oldest first."""
-    statuses = [s for value in status or [] for s in value.split(",") if s] or None
+    statuses = [s.strip() for value in status or [] for s in value.split(",")]
+    if "" in statuses:
+        raise typer.BadParameter("a status cannot be empty", param_hint="--status")
+    if task_type is not None and not task_type:
+        raise typer.BadParameter("a type cannot be empty", param_hint="--type")
     with daemon(ctx) as client:
-        tasks = client.list(statuses, task_type, limit, offset)
+        tasks = client.list(statuses or None, task_type, limit, offset)
     output(tasks, as_json, "task_table")
 
 
 @tasks_app.command("show")
 def show(ctx: typer.Context, task_id: TaskIdArg, as_json: JsonOpt = False) -> None:
     """Show everything about one task: state, progress, error, lineage, log file."""
+    ref = task_ref(task_id)
     with daemon(ctx) as client:
-        task = client.get(task_ref(task_id))
+        task = client.get(ref)
     output(task, as_json, "task_detail")
 
 
@@ -207,8 +225,9 @@ def cancel(
     ctx: typer.Context, task_id: TaskIdArg, running: RunningOpt = False, as_json: JsonOpt = False
 ) -> None:
     """Cancel a task that has not started, and those that depend on it; --running stops one that runs."""
+    ref = task_ref(task_id)
     with daemon(ctx) as client:
-        result = client.cancel(task_ref(task_id), running=running)
+        result = client.cancel(ref, running=running)
     if as_json:
         print_json(result)
         return
@@ -220,7 +239,8 @@ def cancel(
     print(line)
 
 
-@tasks_app.command("priority")
+# A negative PRIORITY ("-1") is an argument for the daemon to refuse, not an unknown option.
+@tasks_app.command("priority", context_settings={"ignore_unknown_options": True})
 def priority(
     ctx: typer.Context,
     task_id: TaskIdArg,
@@ -228,8 +248,9 @@ def priority(
     as_json: JsonOpt = False,
 ) -> None:
     """Change the priority of a pending or blocked task."""
+    ref = task_ref(task_id)
     with daemon(ctx) as client:
-        task = client.set_priority(task_ref(task_id), value)
+        task = client.set_priority(ref, value)
     if as_json:
         print_json(task)
     else:
@@ -364,9 +385,12 @@ def watch(
     """Follow tasks live: state, progress, current operation, elapsed time.
 
     On a terminal a live table; in a pipe or with --json one JSON event per line (NDJSON). Given task ids
-    it ends once they have all finished; otherwise it runs until interrupted.
+    it ends once they have all finished; otherwise it runs until interrupted. Give ids or --type, not
+    both.
     """
     refs = [task_ref(t) for t in task_ids or []]
+    if refs and task_types:
+        raise typer.BadParameter("give task ids or --type, not both: the ids name the tasks already")
     from msearchctl import render
 
     with daemon(ctx) as client, client.events(task_ids=refs or None, types=task_types or None) as stream:
@@ -377,11 +401,13 @@ def watch(
             tasks = [t for kind in task_types or [None] for t in client.list(active, kind, limit=200)]
         try:
             if as_json or not sys.stdout.isatty():
-                render.event_lines(stream, tasks, until_done=bool(refs))
+                why = render.event_lines(stream, tasks, until_done=bool(refs))
             else:
-                render.follow(stream, tasks, until_done=bool(refs))
+                why = render.follow(stream, tasks, until_done=bool(refs))
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
+    if why == "overflow":
+        fail("fell too far behind the daemon's events, which dropped this watch; watch again", EXIT_REFUSED)
 
 
 @tasks_app.command("log")
@@ -398,25 +424,31 @@ def show_log(
         path = Path(client.status()["state_dir"]) / "logs" / f"task_{ref}.log"
         if not follow:
             task = client.get(ref)
-            if not path.exists():
-                fail(f"{task['id']} has no log yet ({task['status']})", EXIT_REFUSED)
-            sys.stdout.buffer.write(path.read_bytes())
-            return
+            if path.exists():
+                sys.stdout.buffer.write(path.read_bytes())
+            elif task["started_at"] is None and task["attempts"] == 0:
+                if task["status"] in ("pending", "blocked"):
+                    fail(f"{task['id']} has not started yet ({task['status']}): no log yet", EXIT_REFUSED)
+                fail(f"{task['id']} never ran ({task['status']}): it has no log", EXIT_REFUSED)
+            return  # it ran and wrote nothing: an empty log is not kept
         from msearchctl import render
 
         with client.events(task_ids=[ref]) as stream:
             try:
-                render.tail(path, stream, client.get(ref))
+                finished = render.tail(path, stream, client.get(ref))
             except KeyboardInterrupt:
                 raise typer.Exit(130) from None
+    if not finished:
+        fail(f"the daemon ended the stream before task_{ref} finished; the log may go on", EXIT_UNREACHABLE)
 
 
 @tasks_app.command("history")
 def history(ctx: typer.Context, task_id: TaskIdArg, as_json: JsonOpt = False) -> None:
     """What happened to a task, oldest first: state changes, priority changes, cancel requests and retries,
     each with its time and the uid and pid of the client that asked."""
+    ref = task_ref(task_id)
     with daemon(ctx) as client:
-        entries = client.history(task_ref(task_id))
+        entries = client.history(ref)
     output(entries, as_json, "history")
 
 

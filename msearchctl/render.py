@@ -1,6 +1,8 @@
 """Human output: rich tables on a terminal, plain tab-separated lines in a pipe.
 
-Imported only by the commands that print tables, so that rich costs nothing to the others.
+Imported only by the commands that print tables, so that rich costs nothing to the others. Text that
+comes from tasks (errors, current operations, type names) goes into rich as `Text`, never as markup:
+a `[/x]` in a command's error would otherwise be read as a tag, or be an error of its own.
 """
 
 from __future__ import annotations
@@ -44,10 +46,13 @@ def task_table(tasks: list[dict[str, Any]]) -> None:
         return
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(*columns, box=None, header_style="bold")
     for row in rows:
-        table.add_row(*row[:2], f"[{STATUS_STYLE[row[2]]}]{row[2]}[/]", *row[3:])
+        cells = [Text(cell) for cell in row]
+        cells[2].stylize(STATUS_STYLE[row[2]])
+        table.add_row(*cells)
     console = Console()
     console.print(table if rows else "no tasks")
 
@@ -94,16 +99,19 @@ def stats(result: dict[str, Any]) -> None:
         return
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
+    # Headers are the fixed state names: markup is safe there.
     table = Table("TYPE", *(f"[{STATUS_STYLE[s]}]{s}[/]" for s in statuses), box=None, header_style="bold")
     for task_type, counts in sorted(result["by_type"].items()):
-        table.add_row(task_type, *(str(counts.get(s, 0)) for s in statuses))
-    table.add_row("[bold]total[/]", *(f"[bold]{result['by_status'][s]}[/]" for s in statuses))
+        table.add_row(Text(task_type), *(str(counts.get(s, 0)) for s in statuses))
+    table.add_row(Text("total", "bold"), *(Text(str(result["by_status"][s]), "bold") for s in statuses))
     console = Console()
     console.print(table)
     console.print(f"workers busy {w['busy']}/{w['total']}")
     for r in result["running"]:
-        console.print(f"  {r['id']} {r['type']} {r['progress'] * 100:.0f}% {r['current_operation'] or ''}")
+        line = f"  {r['id']} {r['type']} {r['progress'] * 100:.0f}% {r['current_operation'] or ''}"
+        console.print(Text(line))
 
 
 FINISHED = frozenset({"completed", "failed", "cancelled"})
@@ -152,6 +160,7 @@ class Board:
     def __rich__(self) -> Any:
         from rich.progress_bar import ProgressBar
         from rich.table import Table
+        from rich.text import Text
 
         table = Table(
             "ID", "TYPE", "STATUS", "PROGRESS", "", "ELAPSED", "OPERATION", box=None, header_style="bold"
@@ -163,13 +172,13 @@ class Board:
             elapsed = f"{end - started:.1f}s" if started else "-"
             status = row["status"]
             table.add_row(
-                row["id"],
-                row["type"],
-                f"[{STATUS_STYLE[status]}]{status}[/]",
+                Text(row["id"]),
+                Text(row["type"]),
+                Text(status, STATUS_STYLE[status]),
                 ProgressBar(total=1.0, completed=row["progress"], width=20),
                 f"{row['progress'] * 100:3.0f}%",
                 elapsed,
-                row.get("error") or row.get("current_operation") or "",
+                Text(row.get("error") or row.get("current_operation") or ""),
             )
         return table
 
@@ -183,22 +192,27 @@ def _next_event(stream: Any, deadline: float | None) -> dict[str, Any] | None:
     return None
 
 
-def follow(stream: Any, tasks: list[dict[str, Any]], until_done: bool, timeout: float | None = None) -> None:
-    """A live table on the terminal, redrawn from the event stream."""
+def follow(stream: Any, tasks: list[dict[str, Any]], until_done: bool, timeout: float | None = None) -> str:
+    """A live table on the terminal, redrawn from the event stream. Returns why it stopped: see
+    `ended`."""
     from rich.live import Live
 
     board = Board(tasks)
     deadline = None if timeout is None else time.monotonic() + timeout
+    last = None
     with Live(board, refresh_per_second=4, transient=False):
         while not (until_done and board.done()):
             event = _next_event(stream, deadline)
             if event is None:
-                return
+                return ended(last) if deadline is None or time.monotonic() < deadline else "timeout"
             board.apply(event)
+            last = event
+    return "done"
 
 
-def event_lines(stream: Any, tasks: list[dict[str, Any]], until_done: bool) -> None:
-    """One JSON object per event and line, for scripts: a `state` event per task first, then the stream."""
+def event_lines(stream: Any, tasks: list[dict[str, Any]], until_done: bool) -> str:
+    """One JSON object per event and line, for scripts: a `state` event per task first, then the stream.
+    Returns why it stopped: see `ended`."""
     import json
 
     board = Board(tasks)
@@ -214,16 +228,26 @@ def event_lines(stream: Any, tasks: list[dict[str, Any]], until_done: bool) -> N
             "current_operation": task["current_operation"],
         }
         print(json.dumps(snapshot, ensure_ascii=False), flush=True)
+    last = None
     while not (until_done and board.done()):
         event = next(stream, None)
         if event is None:
-            return
+            return ended(last)
         board.apply(event)
         print(json.dumps(event, ensure_ascii=False), flush=True)
+        last = event
+    return "done"
 
 
-def tail(path: Any, stream: Any, task: dict[str, Any]) -> None:
-    """Copy the log to stdout as it grows, until the task has finished."""
+def ended(last: dict[str, Any] | None) -> str:
+    """Why a stream ended, from its last event: "overflow" (this reader fell too far behind and
+    missed events) or "closed" (the daemon stopped)."""
+    return "overflow" if last is not None and last.get("event") == "overflow" else "closed"
+
+
+def tail(path: Any, stream: Any, task: dict[str, Any]) -> bool:
+    """Copy the log to stdout as it grows, until the task has finished; False if the stream ended
+    first (the daemon stopped, or dropped this reader)."""
     out = sys.stdout.buffer
     position = 0
 
@@ -246,9 +270,11 @@ def tail(path: Any, stream: Any, task: dict[str, Any]) -> None:
         if stream.ready(0.25):
             event = next(stream, None)
             if event is None:
-                break
-            status = event["status"]
+                pump()
+                return False
+            status = event.get("status", status)  # `shutdown` and `overflow` name no task
     pump()
+    return True
 
 
 def history(entries: list[dict[str, Any]]) -> None:

@@ -131,9 +131,21 @@ class Client(_Methods):
         except OSError as exc:
             self._sock.close()
             raise _no_daemon(self.path, exc) from None
-        self._sock.settimeout(None)
+        # The timeout covers the hello too: a daemon that is stopped (SIGSTOP) or stuck still has its
+        # connections accepted by the kernel, and would otherwise leave us waiting for ever.
         self._reader = protocol.FrameReader(self._sock)
-        self.server = self.call("hello", protocol=protocol.PROTOCOL_VERSION, client="msearchd.client")
+        try:
+            self.server = self.call("hello", protocol=protocol.PROTOCOL_VERSION, client="msearchd.client")
+        except TimeoutError:
+            self._sock.close()
+            raise Unavailable(
+                f"msearchd at {self.path} accepted the connection but did not answer within "
+                f"{connect_timeout:g} s; is it stopped or overloaded?"
+            ) from None
+        except BaseException:
+            self._sock.close()
+            raise
+        self._sock.settimeout(None)
 
     def call(self, method: str, **params: Any) -> Any:
         if self._pipeline is not None:
@@ -162,8 +174,14 @@ class Client(_Methods):
     def _read(self) -> dict[str, Any] | None:
         try:
             return self._reader.read()
+        except TimeoutError:
+            raise  # only while connecting: the caller says what it means
         except OSError as exc:
             raise Unavailable(f"lost the connection to msearchd: {exc.strerror or exc}") from None
+        except ProtocolError:
+            if self._reader.closed:
+                raise Unavailable("msearchd closed the connection in the middle of an answer") from None
+            raise
 
     def events(self, task_ids: list[str | int] | None = None, types: list[str] | None = None) -> EventStream:
         """Subscribe on a connection of its own. The subscription is live when this returns: iterate the

@@ -122,6 +122,7 @@ class FrameReader:
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._frames = FrameBuffer()
+        self.closed = False  # the peer closed its end
 
     def pending(self) -> bool:
         """True when bytes already received wait to be read."""
@@ -147,6 +148,7 @@ class FrameReader:
         while (message := self._frames.next()) is None:
             chunk = self._sock.recv(65536)
             if not chunk:
+                self.closed = True
                 if self._frames.pending():
                     raise ProtocolError("connection closed inside a frame")
                 return None

@@ -114,6 +114,11 @@ class Subscription:
         return event
 
 
+def _type_filter(value: object) -> str | None:
+    """A type to filter by: none, or a valid name (a typo'd name would match nothing, silently)."""
+    return None if value is None else validate_type(value)
+
+
 class Durations:
     """How long tasks of each type have been taking lately: what decides whether they are leased."""
 
@@ -409,11 +414,11 @@ class TaskService:
             raise InvalidArgument(f"limit must be from 1 to {LIST_LIMIT_MAX}, got {limit}")
         if offset < 0:
             raise InvalidArgument(f"offset must be zero or more, got {offset}")
-        tasks = self.store.list(self._statuses(status), type, limit, offset)
+        tasks = self.store.list(self._statuses(status), _type_filter(type), limit, offset)
         return [self.wire(t) for t in tasks]
 
     def count(self, status: str | list[Any] | None = None, type: str | None = None) -> int:
-        return self.store.count(self._statuses(status), type)
+        return self.store.count(self._statuses(status), _type_filter(type))
 
     def _workers(self) -> dict[str, int]:
         pool = self.pool
@@ -873,6 +878,7 @@ class TaskService:
 
     def retry_failed(self, task_type: str | None = None) -> list[dict[str, Any]]:
         """Retry every failed task not yet retried, oldest first, so that a pipeline re-forms in order."""
+        task_type = _type_filter(task_type)
         results: list[dict[str, Any]] = []
         after = 0
         while batch := self.store.failed_not_retried(task_type, after, CHUNK):

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import pty
+import select
+import subprocess
+import time
+
 import psutil
 
 
@@ -20,3 +26,31 @@ def dead(pid: int) -> bool:
         return psutil.Process(pid).status() in (psutil.STATUS_DEAD, psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return True
+
+
+def on_terminal(argv: list[str], env: dict[str, str], timeout: float = 30.0) -> tuple[int, str]:
+    """Run a command with a pseudo-terminal as stdin, stdout and stderr, as in an interactive shell;
+    returns its exit status and all it wrote."""
+    main, child = pty.openpty()
+    env = {**env, "TERM": "xterm-256color", "COLUMNS": "200", "LINES": "50"}
+    proc = subprocess.Popen(argv, stdin=child, stdout=child, stderr=child, env=env, close_fds=True)
+    os.close(child)
+    out = bytearray()
+    deadline = time.monotonic() + timeout
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            if not select.select([main], [], [], left)[0]:
+                continue
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # EIO: every holder of the terminal's other end has closed it
+                break
+            if not chunk:
+                break
+            out += chunk
+        return proc.wait(timeout=max(deadline - time.monotonic(), 1.0)), out.decode(errors="replace")
+    finally:
+        os.close(main)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
+import threading
 
 import pytest
 from conftest import MSEARCHCTL
 from support import gone
+
+from msearchd import protocol
 
 TASK_KEYS = {
     "id",
@@ -114,6 +118,8 @@ def test_priority_command(daemon):
     assert ok(daemon.ctl("tasks", "priority", task, "0")) == f"{task} priority 0\n"
     assert json.loads(ok(daemon.ctl("tasks", "priority", task, "11", "--json")))["priority"] == 11
     refused(daemon.ctl("tasks", "priority", task, "12"), "priority must be from 0 to 11, got 12")
+    refused(daemon.ctl("tasks", "priority", task, "-1"), "priority must be from 0 to 11, got -1")
+    assert json.loads(ok(daemon.ctl("tasks", "show", task, "--json")))["priority"] == 11
     refused(daemon.ctl("tasks", "priority", "task_999", "1"), "task task_999 does not exist")
     usage = daemon.ctl("tasks", "priority", task, "high")
     assert usage.returncode == 2 and "not a valid integer" in usage.stderr
@@ -194,6 +200,11 @@ def test_stats_and_wait(daemon):
         ("tasks", "add", "command"),
         ("tasks", "add", "file_scan", "--data", "{not json"),
         ("tasks", "add", "file_scan", "--data", "[1]"),
+        ("tasks", "add", "file_scan", "--data", '{"x": NaN}'),
+        ("tasks", "list", "--status", ""),
+        ("tasks", "list", "--status", "pending,"),
+        ("tasks", "list", "--type", ""),
+        ("tasks", "watch", "1", "--type", "file_scan"),
         ("tasks", "show", "banana"),
         ("tasks", "retry"),
         ("tasks", "retry", "1", "--all-failed"),
@@ -209,6 +220,22 @@ def test_usage_errors_exit_2(daemon, args):
     assert "Traceback" not in result.stderr and result.stderr.strip()
     with daemon.client() as c:
         assert c.count() == 0
+
+
+def test_filters_name_real_types(daemon):
+    ok(daemon.ctl("tasks", "add", "file_scan"))
+    assert len(json.loads(ok(daemon.ctl("tasks", "list", "--type", "file_scan", "--json")))) == 1
+    refused(daemon.ctl("tasks", "list", "--type", "file scan"), "invalid task type 'file scan'")
+    refused(daemon.ctl("tasks", "retry", "--all-failed", "--type", "a/b"), "invalid task type 'a/b'")
+
+
+def test_task_data_sent_as_bytes_shows_as_text(daemon):
+    with daemon.client() as c:
+        task = c.submit("file_scan", {"name": b"caf\xc3\xa9 \xff"})  # from the Python API: msgpack bin
+    shown = json.loads(ok(daemon.ctl("tasks", "show", task["id"], "--json")))
+    assert shown["data"] == {"name": "café \\xff"}
+    listed = json.loads(ok(daemon.ctl("tasks", "list", "--json")))
+    assert [t["data"] for t in listed] == [{"name": "café \\xff"}]
 
 
 def test_daemon_status_and_stop(daemon):
@@ -233,6 +260,63 @@ def test_unreachable_daemon_exits_3_for_every_command(tmp_path):
         result = subprocess.run([MSEARCHCTL, *args], env=env, capture_output=True, text=True, timeout=30)
         assert result.returncode == 3, args
         assert result.stderr.startswith("msearchctl: cannot reach msearchd at ")
+
+
+def test_bad_task_ids_are_usage_errors_even_without_a_daemon(tmp_path):
+    env = {**os.environ, "MSEARCH_SOCKET": str(tmp_path / "nobody.sock")}
+    for args in (
+        ("tasks", "show", "foo"),
+        ("tasks", "cancel", "foo"),
+        ("tasks", "priority", "foo", "1"),
+        ("tasks", "history", "foo"),
+        ("tasks", "log", "foo"),
+        ("tasks", "wait", "foo"),
+    ):
+        result = subprocess.run([MSEARCHCTL, *args], env=env, capture_output=True, text=True, timeout=30)
+        assert result.returncode == 2, (args, result.stderr)
+        assert "invalid task id" in result.stderr and "cannot reach" not in result.stderr
+
+
+def test_a_daemon_that_does_not_answer_is_unreachable(tmp_path):
+    # What the kernel does for a stopped (SIGSTOP) daemon: it accepts the connection, nobody answers.
+    path = tmp_path / "stopped.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(path))
+        listener.listen()
+        env = {**os.environ, "MSEARCH_SOCKET": str(path)}
+        result = subprocess.run(
+            [MSEARCHCTL, "daemon", "status"], env=env, capture_output=True, text=True, timeout=60
+        )
+    assert result.returncode == 3, result.stderr
+    assert result.stderr == (
+        f"msearchctl: msearchd at {path} accepted the connection but did not answer within 5 s; "
+        "is it stopped or overloaded?\n"
+    )
+
+
+def test_an_answer_cut_short_means_the_daemon_went_away(tmp_path):
+    path = tmp_path / "cut.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(path))
+        listener.listen()
+
+        def answer_half() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                protocol.recv_frame(conn)  # the hello
+                conn.sendall(protocol.encode({"id": 1, "result": {}})[:-1])  # then gone, mid-frame
+
+        server = threading.Thread(target=answer_half)
+        server.start()
+        env = {**os.environ, "MSEARCH_SOCKET": str(path)}
+        result = subprocess.run(
+            [MSEARCHCTL, "daemon", "status"], env=env, capture_output=True, text=True, timeout=60
+        )
+        server.join(timeout=30)
+    assert (result.returncode, result.stderr) == (
+        3,
+        "msearchctl: msearchd closed the connection in the middle of an answer\n",
+    )
 
 
 def test_socket_option_overrides_environment(daemon, tmp_path):

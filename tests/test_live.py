@@ -7,6 +7,7 @@ import socket
 import subprocess
 
 from conftest import MSEARCHCTL
+from support import on_terminal
 
 from msearchd import protocol
 from msearchd.store import Store
@@ -123,7 +124,95 @@ def test_log_follow_ends_when_the_task_ends(daemon, fifo):
         blocked = c.submit("noop", depends_on=[failed["id"]])  # never starts: no log
     missing = daemon.ctl("tasks", "log", blocked["id"])
     assert missing.returncode == 1
-    assert missing.stderr == f"msearchctl: {blocked['id']} has no log yet (blocked)\n"
+    assert missing.stderr == f"msearchctl: {blocked['id']} has not started yet (blocked): no log yet\n"
+    with daemon.client() as c:
+        c.cancel(blocked["id"])
+    never = daemon.ctl("tasks", "log", blocked["id"])
+    assert (never.returncode, never.stderr) == (
+        1,
+        f"msearchctl: {blocked['id']} never ran (cancelled): it has no log\n",
+    )
+
+
+def test_log_of_a_task_that_wrote_nothing_is_empty(daemon):
+    with daemon.client() as c:
+        quiet = c.submit("command", {"argv": ["true"]})
+        assert c.wait([quiet["id"]], timeout=20)["tasks"][0]["status"] == "completed"
+    for follow in ((), ("--follow",)):
+        shown = daemon.ctl("tasks", "log", quiet["id"], *follow)
+        assert (shown.returncode, shown.stdout, shown.stderr) == (0, "", ""), follow
+
+
+def test_log_follow_says_so_when_the_daemon_stops_first(daemon, fifo):
+    gate = fifo("gate")
+    with daemon.client() as c:
+        task = c.submit("command", {"argv": ["sh", "-c", f"echo first; read x < {gate}"]})
+        c.wait([task["id"]], statuses=["running"], timeout=20)
+    tail = subprocess.Popen(
+        [MSEARCHCTL, "tasks", "log", task["id"], "--follow"],
+        env=daemon.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert tail.stdout is not None
+    assert tail.stdout.readline() == "first\n"  # following: the stream is open
+    assert daemon.ctl("daemon", "stop").returncode == 0
+    out, err = tail.communicate(timeout=30)
+    assert (tail.returncode, out) == (3, "")
+    assert err == f"msearchctl: the daemon ended the stream before {task['id']} finished; the log may go on\n"
+
+
+def test_watch_that_falls_behind_says_so_and_fails(make_daemon, fifo):
+    d = make_daemon(workers=1)
+    gate = fifo("gate")
+    with d.client() as c:
+        held = c.submit("command", {"argv": ["sh", "-c", f"read x < {gate}"]})  # the others stay queued
+        c.wait([held["id"]], statuses=["running"], timeout=20)
+        watch = subprocess.Popen(
+            [MSEARCHCTL, "tasks", "watch"],
+            env=d.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert watch.stdout is not None
+        assert json.loads(watch.stdout.readline())["task_id"] == held["id"]  # subscribed
+        # More state changes in one request than a subscriber may have waiting: it is dropped.
+        c.submit_many([{"type": "noop"}] * 10_001)
+        out, err = watch.communicate(timeout=60)
+    assert watch.returncode == 1
+    assert json.loads(out.splitlines()[-1])["event"] == "overflow"
+    assert (
+        err == "msearchctl: fell too far behind the daemon's events, which dropped this watch; watch again\n"
+    )
+
+
+def test_text_from_tasks_is_shown_as_written_on_a_terminal(make_daemon, fifo):
+    d = make_daemon(workers=1)
+    gate = fifo("gate")
+    odd = "[red]bold[/red] [/x]"  # rich markup, and a closing tag that closes nothing
+    with d.client() as c:
+        with c.events(types=["command"]) as stream:
+            failed = c.submit("command", {"argv": [odd]})
+            held = c.submit("command", {"argv": ["sh", "-c", f"read x < {gate}", odd]})
+            operation = None
+            for event in stream:  # the running one names its argv once it has run a while
+                if event["task_id"] == held["id"] and event.get("current_operation"):
+                    operation = event["current_operation"]
+                    break
+        assert c.get(failed["id"])["error"] == f"command not found: {odd}"
+    assert operation is not None and odd in operation
+    for args, code, expected in (
+        (("tasks", "list"), 0, [f"command not found: {odd}", operation]),
+        (("tasks", "stats"), 0, [operation]),
+        (("tasks", "wait", failed["id"]), 1, [f"command not found: {odd}"]),
+    ):
+        status, output = on_terminal([MSEARCHCTL, *args], d.env)
+        assert "Traceback" not in output, output
+        assert status == code, output
+        for text in expected:
+            assert text in output, (text, output)
 
 
 def test_history_records_requests_and_who_asked(make_daemon, fifo):
