@@ -257,7 +257,7 @@ class Worker:
             if seq in self._skips:
                 self._skips.discard(seq)
                 self.word.write(seq, Phase.SKIPPED)
-                self.send({"op": "skipped", "id": task["id"]})
+                self.send({"op": "skipped", "id": task["id"], "seq": seq})
                 continue
             self.word.write(seq, Phase.RUNNING)
             if not self.run_task(task):

@@ -40,6 +40,9 @@ _KILL_TIMEOUT = 5.0
 
 # How a worker's report names a status; looked up once per finished task.
 _STATUSES = {str(s): s for s in TaskStatus}
+# A worker that exited while something it forked keeps its channel open (a handler that forks without
+# exec) is no longer heard from: its channel is closed from this side after this long.
+_CHANNEL_GRACE = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +53,10 @@ class Outcome:
     # When the task ran, as the worker saw it (a task of a lease may start a little after its lease).
     started_at: float | None = None
     finished_at: float | None = None
+
+
+# A task taken out of a lease before the worker started it.
+NOT_STARTED = Outcome(TaskStatus.CANCELLED, stop_reason=StopReason.NOT_STARTED)
 
 
 class PoolListener(Protocol):
@@ -67,7 +74,11 @@ class PoolListener(Protocol):
 
 def describe_exit(status: int) -> str:
     if os.WIFSIGNALED(status):
-        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+        number = os.WTERMSIG(status)
+        try:
+            return f"killed by {signal.Signals(number).name}"
+        except ValueError:  # a real-time signal has no name
+            return f"killed by signal {number}"
     return f"exited with code {os.waitstatus_to_exitcode(status)}"
 
 
@@ -215,6 +226,9 @@ class WorkerPool:
         self._reports: dict[int, asyncio.Future[Outcome]] = {}
         # Tasks taken back from a lease before they started: the worker's `skipped` needs no more.
         self._taken_back: set[int] = set()
+        # Tasks the worker passed without running them while a stop of theirs was under way: that
+        # stop ends them, they do not go back to the queue.
+        self._passed: set[int] = set()
         self._closing = False
         self._respawn_delay = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -264,6 +278,7 @@ class WorkerPool:
             )
         except BaseException:
             word.close()
+            parent.close()
             raise
         finally:
             child.close()
@@ -275,6 +290,10 @@ class WorkerPool:
 
     async def _serve(self, worker: WorkerProcess, channel: socket.socket) -> None:
         reader, worker.writer = await asyncio.open_unix_connection(sock=channel)
+        loop = asyncio.get_running_loop()
+        worker.exited.add_done_callback(
+            lambda _: loop.call_later(_CHANNEL_GRACE, self._hang_up, worker, reader)
+        )
         try:
             while (message := await protocol.read_frame(reader)) is not None:
                 try:
@@ -292,6 +311,14 @@ class WorkerPool:
         worker.writer.close()
         status = await worker.exited
         self._on_exit(worker, status)
+
+    @staticmethod
+    def _hang_up(worker: WorkerProcess, reader: asyncio.StreamReader) -> None:
+        """The worker exited a while ago and its channel is still open: something it forked holds it.
+        Close it, so that its exit is dealt with (and its process group killed)."""
+        if worker.writer is not None and not reader.at_eof():
+            log.warning("worker %d exited, but a process it forked holds its channel open", worker.pid)
+            worker.writer.transport.abort()
 
     async def _on_message(self, worker: WorkerProcess, message: dict[str, Any]) -> None:
         op = message.get("op")
@@ -315,15 +342,26 @@ class WorkerPool:
                 reply = {"error": exc.to_wire()}
             worker.writer.write(protocol.encode(reply))
         elif op == "skipped":
-            if task is not None:  # None: reclaimed after an overrun, back in the queue already
-                del worker.lease[task.id]
-                if task.id in self._taken_back:
-                    self._taken_back.discard(task.id)
-                else:
-                    self._listener.tasks_returned([task])  # skipped as one after a cancelled task
+            if entry is not None and entry[0] == message.get("seq"):
+                self._on_skipped(worker, entry[1])
+            # Otherwise the entry was reclaimed after an overrun: back in the queue already, and
+            # perhaps leased again since, as a new entry this message is not about.
             self._make_idle(worker)
         elif op not in ("progress", "submit"):
             log.warning("worker %d: unexpected message %r", worker.pid, op)
+
+    def _on_skipped(self, worker: WorkerProcess, task: Task) -> None:
+        """The worker passed `task` in its lease without running it."""
+        del worker.lease[task.id]
+        if task.id in self._taken_back:
+            self._taken_back.discard(task.id)
+        elif task.id in self._terminating:  # the stop under way ends it; it did not start
+            self._passed.add(task.id)
+            report = self._reports.get(task.id)
+            if report is not None and not report.done():
+                report.set_result(NOT_STARTED)
+        else:
+            self._listener.tasks_returned([task])  # an entry after a task that was stopped
 
     def _on_done(self, worker: WorkerProcess, result: dict[str, Any]) -> None:
         entry = worker.lease.pop(result["task"], None)
@@ -359,6 +397,17 @@ class WorkerPool:
         signal_group(worker.pid, signal.SIGKILL)  # whatever the worker left in its group
         how = describe_exit(status)
         at, phase = worker.word.read()
+        for seq, task in worker.lease.values():  # what stops under way wait for
+            report = self._reports.get(task.id)
+            if report is None or report.done():
+                continue
+            if seq < at or (seq == at and phase is Phase.DONE):
+                report.set_result(
+                    Outcome(TaskStatus.FAILED, error=f"worker {how} before reporting how this task ended")
+                )
+            elif seq > at or phase is not Phase.RUNNING:
+                report.set_result(NOT_STARTED)
+            # The one running: the stop that ended the worker says how.
         left = [(seq, task) for seq, task in worker.lease.values() if task.id not in self._reports]
         worker.lease.clear()
         worker.word.close()
@@ -396,8 +445,14 @@ class WorkerPool:
         asyncio.get_running_loop().call_later(self._respawn_delay, self._respawn)
 
     def _respawn(self) -> None:
-        if not self._closing and len(self._workers) < self.size:
+        if self._closing or len(self._workers) >= self.size:
+            return
+        try:
             self._spawn()
+        except OSError as exc:  # out of memory or processes, for now: try again, later each time
+            self._respawn_delay = min(max(self._respawn_delay * 2, 0.5), 30.0)
+            log.error("cannot start a worker (%s); next try in %.1f s", exc, self._respawn_delay)
+            asyncio.get_running_loop().call_later(self._respawn_delay, self._respawn)
 
     # --- work ---------------------------------------------------------------------------------------
 
@@ -480,22 +535,41 @@ class WorkerPool:
         worker = self._worker_for(task_id)
         if worker is None or not self.waits_in_lease(task_id):
             return False
-        seq = worker.lease[task_id][0]
-        future: asyncio.Future[Outcome | None] = asyncio.get_running_loop().create_future()
+        seq, task = worker.lease[task_id]
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Outcome | None] = loop.create_future()
         self._terminating[task_id] = future
+        report: asyncio.Future[Outcome] = loop.create_future()
+        self._reports[task_id] = report
         taken = False
         try:
             where = await self._skip(worker, [seq])
-            if where is not None:  # None: it died, and its lease went back to the queue
+            if where is None:  # it died: what it did with the task is in the report
+                taken = report.done() and report.result() is NOT_STARTED
+            else:
                 at, phase = where
-                taken = at < seq or (at == seq and phase is Phase.SKIPPED)
-            if taken:
-                self._taken_back.add(task_id)
+                if at > seq and task_id not in self._passed:
+                    await asyncio.shield(report)  # it passed the entry: its message says how
+                taken = self._not_started(worker, task_id, seq, at, phase)
         finally:
             del self._terminating[task_id]
-            not_started = Outcome(TaskStatus.CANCELLED, stop_reason=StopReason.NOT_STARTED)
-            future.set_result(not_started if taken else None)
+            self._reports.pop(task_id, None)
+            self._passed.discard(task_id)
+            if not taken and report.done() and report.result() is not NOT_STARTED:
+                self._listener.task_finished(task, report.result())  # it ran: its outcome came here
+            future.set_result(NOT_STARTED if taken else None)
         return taken
+
+    def _not_started(
+        self, worker: WorkerProcess, task_id: int, seq: int, at: int, phase: Phase | None
+    ) -> bool:
+        """After a skip of entry `seq`, with the word read at (at, phase): whether the worker passed
+        the entry without starting it. If it did and has yet to say so, its `skipped` will find the
+        task taken back."""
+        passed = task_id in self._passed or at < seq or (at == seq and phase is Phase.SKIPPED)
+        if passed and task_id in worker.lease:
+            self._taken_back.add(task_id)
+        return passed
 
     async def terminate(self, task_id: int, grace: float) -> Outcome | None:
         """Stop a task of a lease and everything it started; None if no worker has it.
@@ -520,6 +594,7 @@ class WorkerPool:
         finally:
             del self._terminating[task_id]
             self._reports.pop(task_id, None)
+            self._passed.discard(task_id)
         future.set_result(outcome)
         return outcome
 
@@ -536,12 +611,12 @@ class WorkerPool:
                 else Outcome(TaskStatus.CANCELLED, stop_reason=StopReason.KILLED)
             )
         at, phase = where
-        if at < seq or (at == seq and phase is Phase.SKIPPED):
-            self._taken_back.add(task_id)
-            return Outcome(TaskStatus.CANCELLED, stop_reason=StopReason.NOT_STARTED)
+        if self._not_started(worker, task_id, seq, at, phase):
+            return NOT_STARTED
         if at == seq and phase is not Phase.DONE and not report.done():
             return await self._stop_worker(worker, task_id, grace, report)
-        return await asyncio.shield(report)  # it ended: its outcome is on its way
+        # It ended, or the worker passed it: its outcome, its `skipped` or the worker's exit says how.
+        return await asyncio.shield(report)
 
     async def _skip(self, worker: WorkerProcess, seqs: list[int]) -> tuple[int, Phase | None] | None:
         """Tell the worker to skip the entries `seqs`, then read where it is (None if it died): those

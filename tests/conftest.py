@@ -40,6 +40,7 @@ stubborn = "handlers:stubborn"
 polite = "handlers:polite"
 heavy = "msearchd.handlers.command:run"
 chatty = "handlers:chatty"
+forker = "handlers:forker"
 """
 
 

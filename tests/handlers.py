@@ -92,3 +92,15 @@ def chatty(ctx: TaskContext, data: dict[str, Any]) -> None:
     n = int(data["reports"])
     for i in range(1, n + 1):
         ctx.progress(i / n, f"report {i}")
+
+
+def forker(ctx: TaskContext, data: dict[str, Any]) -> None:
+    """Forks without exec, as multiprocessing does: the child inherits the worker's channel and
+    sleeps; tells the test the child's pid (data.started), then waits for ever."""
+    child = os.fork()
+    if child == 0:
+        time.sleep(3600)
+        os._exit(0)
+    _tell(data.get("started"), str(child))
+    while True:
+        time.sleep(3600)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -119,6 +121,28 @@ def test_worker_crash_fails_the_task_and_is_replaced(make_daemon):
         assert after["status"] == "completed"
         assert after["worker_pid"] not in (crashed["worker_pid"], killed["worker_pid"])
     assert "killed by SIGSEGV while running" in d.wait_for_log("SIGSEGV")
+
+
+def test_a_worker_killed_while_a_fork_of_it_lives_on_is_noticed(make_daemon, fifo):
+    """A handler that forks without exec (multiprocessing does) leaves the worker's channel open in
+    the child: the worker's death must still fail its task, end the child and bring a new worker."""
+    d = make_daemon(workers=1)
+    started = fifo("started")
+    with d.client() as c:
+        task = c.submit("forker", {"started": str(started)})
+        child = int(started.read())
+        worker = c.get(task["id"])["worker_pid"]
+        os.kill(worker, signal.SIGKILL)  # as the OOM killer would
+        done = c.wait([task["id"]], timeout=30)
+        assert not done["timed_out"]
+        assert (done["tasks"][0]["status"], done["tasks"][0]["error"]) == (
+            "failed",
+            "worker killed by SIGKILL",
+        )
+        assert gone(child)
+        after = finished(c, c.submit("noop"))
+        assert after["status"] == "completed" and after["worker_pid"] != worker
+    assert "a process it forked holds its channel open" in d.wait_for_log("holds its channel")
 
 
 @pytest.mark.parametrize("cwd", [None, "/"], ids=["spawn", "with-cwd"])

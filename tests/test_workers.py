@@ -1,0 +1,81 @@
+"""The worker pool's bookkeeping of leases, fed the messages a worker sends (no processes)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from msearchd.model import Task, TaskStatus
+from msearchd.workers import NOT_STARTED, Outcome, Reaper, WorkerPool, describe_exit
+
+
+class Listener:
+    def __init__(self) -> None:
+        self.returned: list[list[int]] = []
+        self.finished: list[tuple[int, Outcome]] = []
+
+    def worker_idle(self) -> None:
+        pass
+
+    def task_progress(self, task: Task, progress: float | None, operation: str | None) -> None:
+        pass
+
+    def task_finished(self, task: Task, outcome: Outcome) -> None:
+        self.finished.append((task.id, outcome))
+
+    def tasks_returned(self, tasks: list[Task]) -> None:
+        self.returned.append([t.id for t in tasks])
+
+    def follow_up(self, parent_id: int, params: dict[str, Any]) -> str:
+        raise AssertionError("not expected")
+
+
+def pool(tmp_path: Path) -> tuple[WorkerPool, Listener]:
+    listener = Listener()
+    return WorkerPool(0, tmp_path, tmp_path, {}, listener, Reaper()), listener
+
+
+def worker(*entries: tuple[int, int]) -> Any:
+    """A worker holding lease entries (seq, task id)."""
+    lease = {n: (seq, Task(n, "quick", TaskStatus.RUNNING, 5)) for seq, n in entries}
+    return SimpleNamespace(pid=1, lease=lease, stopping=False)
+
+
+def test_a_skip_names_the_entry_it_is_about(tmp_path):
+    """Task 5 was entry 2 of a lease that overran: it went back to the queue and was leased to the
+    same worker again as entry 4. The worker's late word that it skipped entry 2 must not take
+    entry 4 away (the task would run there, and be queued to run once more)."""
+    p, listener = pool(tmp_path)
+    w = worker((4, 5))
+    asyncio.run(p._on_message(w, {"op": "skipped", "id": "task_5", "seq": 2}))
+    assert listener.returned == []
+    assert w.lease[5][0] == 4
+    asyncio.run(p._on_message(w, {"op": "skipped", "id": "task_5", "seq": 4}))
+    assert listener.returned == [[5]]
+    assert w.lease == {}
+
+
+def test_a_skip_during_a_stop_of_the_task_ends_it_there(tmp_path):
+    """A cancel of task 7 is under way when the worker says it passed it: the cancel ends it as not
+    started; it does not go back to the queue."""
+
+    async def scenario() -> Outcome:
+        p, listener = pool(tmp_path)
+        w = worker((3, 7))
+        loop = asyncio.get_running_loop()
+        p._terminating[7] = loop.create_future()
+        report = p._reports[7] = loop.create_future()
+        await p._on_message(w, {"op": "skipped", "id": "task_7", "seq": 3})
+        assert listener.returned == [] and w.lease == {}
+        return await report
+
+    assert asyncio.run(scenario()) is NOT_STARTED
+
+
+def test_an_exit_by_any_signal_is_described(tmp_path):
+    assert describe_exit(signal.SIGKILL) == "killed by SIGKILL"  # a wait status: terminated by 9
+    assert describe_exit(signal.SIGRTMIN + 6) == f"killed by signal {signal.SIGRTMIN + 6}"
+    assert describe_exit(3 << 8) == "exited with code 3"
