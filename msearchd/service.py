@@ -149,6 +149,7 @@ class TaskService:
         self.started_at = clock()
         self._wake = asyncio.Event()
         self._stopping = False
+        self._bulk_cancels = 0  # bulk cancels under way: no task starts meanwhile
         self._progress: dict[int, tuple[float, str | None]] = {}
         self._dirty: set[int] = set()
         self._flush_wanted = asyncio.Event()
@@ -610,7 +611,7 @@ class TaskService:
     def _dispatch_ready(self) -> None:
         """Claim a task for every idle worker in one transaction, then hand them out."""
         pool = self.pool
-        idle = pool.idle_pids() if pool is not None and not self._stopping else []
+        idle = pool.idle_pids() if pool is not None and not (self._stopping or self._bulk_cancels) else []
         if not idle and not self._finished:
             return
         leases: list[tuple[int, list[Task]]] = []
@@ -790,16 +791,30 @@ class TaskService:
             request = self.store.add_bulk_request(self.clock(), "cancel_requested", detail, uid, pid)
         max_id = self.store.max_id()
         cancelled = cascaded = failed = 0
-        while True:
-            with self.store.transaction():
-                ids = self.store.cancel_waiting_batch(task_type, max_id, self.clock(), BULK_CHUNK, request)
-                if task_type is not None:
-                    cascaded += self._cascade_cancel(ids)
-            if not ids:
-                break
-            cancelled += len(ids)
-            self._publish_status("cancelled", ids, stop_reason=StopReason.NOT_STARTED.value)
-            await asyncio.sleep(0)
+        # Requests go on between chunks; starting tasks does not: the dispatcher, taking tasks by
+        # priority, would start ones this request is about to cancel.
+        self._bulk_cancels += 1
+        try:
+            while True:
+                with self.store.transaction():
+                    ids = self.store.cancel_waiting_batch(
+                        task_type, max_id, self.clock(), BULK_CHUNK, request
+                    )
+                    if task_type is not None:
+                        cascaded += self._cascade_cancel(ids)
+                if not ids:
+                    break
+                cancelled += len(ids)
+                self._publish_status("cancelled", ids, stop_reason=StopReason.NOT_STARTED.value)
+                await asyncio.sleep(0)
+            if task_type is None:  # tasks submitted meanwhile may depend on ones it cancelled
+                with self.store.transaction():
+                    cascaded += self._cascade_cancel(
+                        self.store.bulk_cancelled_with_newer_dependents(request, max_id)
+                    )
+        finally:
+            self._bulk_cancels -= 1
+            self.wake()
         targets = [t for t in self.store.running() if task_type is None or t.type == task_type]
         if running:
             results = await asyncio.gather(*(self._stop_running(t, by=by) for t in targets))

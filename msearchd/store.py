@@ -573,6 +573,17 @@ class Store:
         ).fetchall()
         return sorted(r[0] for r in rows)
 
+    def bulk_cancelled_with_newer_dependents(self, request: int, max_id: int) -> list[int]:
+        """Tasks cancelled by the bulk request `request` that a waiting task newer than `max_id`
+        depends on: submitted while the request ran, before the task it depends on was cancelled."""
+        rows = self._db.execute(
+            "SELECT DISTINCT d.depends_on FROM tasks t JOIN deps d ON d.task_id = t.id "
+            "JOIN tasks p ON p.id = d.depends_on "
+            "WHERE t.id > ? AND t.status IN ('pending', 'blocked') AND p.bulk_request = ?",
+            (max_id, request),
+        )
+        return sorted(r[0] for r in rows)
+
     def max_id(self) -> int:
         row = self._db.execute("SELECT max(id) FROM tasks").fetchone()
         return row[0] or 0

@@ -7,6 +7,7 @@ import pty
 import select
 import subprocess
 import time
+from typing import Any
 
 import psutil
 
@@ -54,3 +55,21 @@ def on_terminal(argv: list[str], env: dict[str, str], timeout: float = 30.0) -> 
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def wait_started(client: Any, task_id: str, timeout: float = 20.0) -> None:
+    """Wait until a worker runs the `command` task `task_id`. Its status says `running` as soon as
+    it is handed to a worker, a moment before the worker starts it, and a plain cancel takes back a
+    task in that moment; a command that runs names its pid as its current operation."""
+    deadline = time.monotonic() + timeout
+    with client.events(task_ids=[task_id]) as stream:
+        if client.get(task_id)["current_operation"]:
+            return
+        while (left := deadline - time.monotonic()) > 0:
+            if stream.ready(left):
+                event = next(stream, None)
+                if event is None:
+                    break
+                if event.get("current_operation"):
+                    return
+    raise AssertionError(f"{task_id} did not start within {timeout} s")

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import os
+import threading
 
 import psutil
 import pytest
-from support import gone
+from support import gone, wait_started
 
 from msearchd.errors import InvalidState, NotFound
 
 
 def running_command(client, argv, fifo=None):
     task = client.submit("command", {"argv": argv}, priority=0)
-    client.wait([task["id"]], statuses=["running"], timeout=20)
+    wait_started(client, task["id"])
     return task
 
 
@@ -307,3 +308,41 @@ def test_concurrent_cancels_of_one_running_task_agree(daemon, fifo):
     assert set(answers) <= {"cancelled", "invalid_state"}
     with daemon.client() as c:
         assert c.get(task["id"])["status"] == "cancelled"
+
+
+def test_cancel_all_is_not_outrun_by_the_dispatcher_nor_by_new_dependents(make_daemon, fifo):
+    """A cancel-all of many tasks works in chunks, answering other requests in between. Workers that
+    free up meanwhile start none of the tasks it is cancelling; a task submitted meanwhile that depends
+    on one of them is cancelled with it, not left blocked for ever."""
+    d = make_daemon(workers=2)
+    gates = [fifo(f"gate{i}") for i in range(2)]
+    with d.client() as c:
+        held = [c.submit("command", {"argv": ["sh", "-c", f"read x < {g}"]}, priority=0) for g in gates]
+        for task in held:
+            wait_started(c, task["id"])
+        ids = [i for _ in range(30) for i in c.submit_many([{"type": "noop"}] * 1000)["task_ids"]]
+        result: dict[str, int] = {}
+
+        def cancel_all() -> None:
+            with d.client() as other:
+                result.update(other.cancel_all())
+
+        with c.events(types=["noop"]) as stream:
+            canceller = threading.Thread(target=cancel_all)
+            canceller.start()
+            assert next(stream)["event"] == "cancelled"  # the first chunk is done; the rest is to come
+        for gate in gates:
+            gate.write()  # both workers free up while it goes on
+        try:
+            late = c.submit("noop", depends_on=[ids[-1]])["id"]
+        except InvalidState:  # the cancel-all reached that task first: nothing can wait on it
+            late = None
+        canceller.join(timeout=60)
+        assert result["cancelled"] == len(ids)
+        assert c.count(status="completed", task_type="noop") == 0
+        assert [t["status"] for t in c.wait([t["id"] for t in held], timeout=20)["tasks"]] == [
+            "completed"
+        ] * 2
+        if late is not None:
+            ended = c.wait([late], timeout=20)["tasks"][0]
+            assert (ended["status"], ended["error"]) == ("cancelled", f"dependency {ids[-1]} was cancelled")

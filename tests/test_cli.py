@@ -10,7 +10,7 @@ import threading
 
 import pytest
 from conftest import MSEARCHCTL
-from support import gone
+from support import gone, wait_started
 
 from msearchd import protocol
 
@@ -131,7 +131,7 @@ def test_bulk_cancels_report_counts(make_daemon, fifo):
     gate = fifo("gate")
     held = ok(d.ctl("tasks", "add", "command", "-p", "0", "--", "sh", "-c", f"read x < {gate}")).strip()
     with d.client() as c:
-        c.wait([held], statuses=["running"], timeout=20)
+        wait_started(c, held)
     for _ in range(3):
         ok(d.ctl("tasks", "add", "thumbnail_generate"))
     ok(d.ctl("tasks", "add", "file_scan"))

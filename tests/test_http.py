@@ -30,6 +30,7 @@ from urllib.parse import urlencode, urlsplit
 import psutil
 import pytest
 from conftest import MSEARCHD, Daemon
+from support import wait_started
 
 from msearchd import protocol
 
@@ -153,7 +154,7 @@ def free_port() -> int:
 def hold_worker(c) -> dict[str, Any]:
     """A task that keeps the only worker busy until cancelled or the daemon stops."""
     task = c.submit("command", {"argv": ["sleep", "600"]}, priority=0)
-    assert c.wait([task["id"]], statuses=["running"], timeout=DEADLINE)["timed_out"] is False
+    wait_started(c, task["id"], timeout=DEADLINE)
     return task
 
 

@@ -7,6 +7,7 @@ import struct
 
 import msgpack
 import pytest
+from support import wait_started
 
 from msearchd import protocol
 from msearchd.client import Pipeline
@@ -17,7 +18,7 @@ def hold_the_worker(client, fifo) -> None:
     """Keep the only worker busy, so that the tasks of the test stay pending."""
     gate = fifo("gate")
     busy = client.submit("command", {"argv": ["sh", "-c", f"read line < {gate}"]}, priority=0)
-    client.wait([busy["id"]], statuses=["running"], timeout=20)
+    wait_started(client, busy["id"])
 
 
 def test_each_request_of_a_pipeline_gets_its_own_answer_in_order(make_daemon, fifo):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from support import wait_started
 
 from msearchd.errors import InvalidArgument, InvalidState, NotFound
 
@@ -12,7 +13,7 @@ from msearchd.errors import InvalidArgument, InvalidState, NotFound
 def gate_task(client, fifo):
     """A command that holds the only worker until the test writes to the pipe."""
     task = client.submit("command", {"argv": ["sh", "-c", f"read line < {fifo}"]}, priority=0)
-    client.wait([task["id"]], statuses=["running"], timeout=20)
+    wait_started(client, task["id"])
     return task
 
 
