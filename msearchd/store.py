@@ -6,6 +6,8 @@ commit is in the WAL before the call returns. Only a power loss can drop the las
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -339,15 +341,26 @@ class Store:
         limit: int = 100,
         offset: int = 0,
     ) -> list[Task]:
-        """Tasks in id order. Several statuses are read one index range each and merged, not sorted."""
+        """Tasks in id order. Several statuses are read one index range each, their ids merged as
+        they come, and only the tasks of the page are read whole: a deep page costs ids, not rows."""
         if not statuses or len(statuses) == 1:
             where, args = self._filters(statuses, task_type)
             return self._tasks(
                 f"SELECT {_COLUMNS} FROM tasks{where} ORDER BY id LIMIT ? OFFSET ?", [*args, limit, offset]
             )
-        merged = [t for status in statuses for t in self.list([status], task_type, limit + offset, 0)]
-        merged.sort(key=lambda t: t.id)
-        return merged[offset : offset + limit]
+        type_clause, type_args = (" AND type = ?", [task_type]) if task_type is not None else ("", [])
+        ranges = [
+            (
+                row[0]
+                for row in self._db.execute(
+                    f"SELECT id FROM tasks WHERE status = ?{type_clause} ORDER BY id", [status, *type_args]
+                )
+            )
+            for status in statuses
+        ]
+        page = list(itertools.islice(heapq.merge(*ranges), offset, offset + limit))
+        found = {t.id: t for t in self.get_many(page)}
+        return [found[i] for i in page]
 
     def count(self, statuses: Sequence[str] | None = None, task_type: str | None = None) -> int:
         where, args = self._filters(statuses, task_type)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import sqlite3
 from pathlib import Path
 
@@ -181,6 +182,31 @@ def test_list_merges_statuses_in_id_order(store):
     both = store.list([TaskStatus.PENDING.value, TaskStatus.FAILED.value], limit=4, offset=1)
     assert [t.id for t in both] == ids[1:5]
     assert [t.id for t in store.list([TaskStatus.FAILED.value])] == ids[::2]
+
+
+def test_pages_of_several_statuses_match_the_whole_list(store):
+    rng = random.Random(5)
+    states = [TaskStatus.PENDING, TaskStatus.FAILED, TaskStatus.COMPLETED, TaskStatus.CANCELLED]
+    rows = []
+    for _ in range(300):
+        task_type = rng.choice(["a", "b"])
+        task_id = add(store, task_type=task_type)
+        status = rng.choice(states)
+        store.update(task_id, status=status)
+        rows.append((task_id, task_type, status.value))
+    wanted = [TaskStatus.FAILED.value, TaskStatus.PENDING.value, TaskStatus.CANCELLED.value]
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)
+    for task_type in (None, "a"):
+        expected = [i for i, t, s in rows if s in wanted and task_type in (None, t)]
+        for offset, limit in ((0, 10), (7, 50), (150, 100), (len(expected) - 3, 10), (len(expected) + 5, 10)):
+            page = store.list(wanted, task_type, limit, offset)
+            assert [t.id for t in page] == expected[offset : offset + limit], (task_type, offset, limit)
+            assert all(t.status.value in wanted for t in page)
+    store._db.set_trace_callback(None)
+    for sql in statements:  # walks indexes in id order: nothing is sorted
+        plan = " | ".join(row[-1] for row in store._db.execute("EXPLAIN QUERY PLAN " + sql))
+        assert "TEMP B-TREE" not in plan, (sql, plan)
 
 
 def test_update_with_expected_status(store):
