@@ -36,7 +36,7 @@ from msearchd.model import (
 )
 from msearchd.protocol import PROTOCOL_VERSION, check_params
 from msearchd.scheduler import Scheduler
-from msearchd.store import CHUNK, WAITING, Store
+from msearchd.store import WAITING, Store
 from msearchd.workers import Outcome, WorkerPool
 
 log = logging.getLogger("msearchd.service")
@@ -49,6 +49,8 @@ REQUESTER: contextvars.ContextVar[tuple[int | None, int | None]] = contextvars.C
 LIST_LIMIT_MAX = 10_000
 # Rows a bulk cancel changes per transaction: small enough that other requests wait tens of ms at most.
 BULK_CHUNK = 1000
+# A retry writes a new task and its history: a chunk of these holds the loop about 10 ms.
+RETRY_CHUNK = 200
 PROGRESS_FLUSH_INTERVAL = 1.0
 # A worker is handed the next tasks together when they are short: as many as are expected to take
 # this long in all, at most LEASE_MAX. A task submitted meanwhile, whatever its priority, waits for
@@ -891,19 +893,24 @@ class TaskService:
             "handed_over": [format_task_id(d) for d in handed_over],
         }
 
-    def retry_failed(self, task_type: str | None = None) -> list[dict[str, Any]]:
-        """Retry every failed task not yet retried, oldest first, so that a pipeline re-forms in order."""
+    async def retry_failed(self, task_type: str | None = None) -> list[dict[str, Any]]:
+        """Retry every failed task not yet retried, oldest first, so that a pipeline re-forms in order.
+        A night of failures can be tens of thousands: they go a chunk at a time, each chunk one
+        commit, and other requests are answered in between. Tasks that fail meanwhile (these
+        retries among them) are not part of the request."""
         task_type = _type_filter(task_type)
         results: list[dict[str, Any]] = []
-        after = 0
-        while batch := self.store.failed_not_retried(task_type, after, CHUNK):
-            for task_id in batch:
-                try:
-                    answer = self.retry(task_id)
-                    results.append({"task_id": answer["task_id"], "new_task_id": answer["new_task_id"]})
-                except (InvalidState, NotFound) as exc:
-                    results.append({"task_id": format_task_id(task_id), "error": exc.message})
+        after, max_id = 0, self.store.max_id()
+        while batch := self.store.failed_not_retried(task_type, after, max_id, RETRY_CHUNK):
+            with self.store.transaction():
+                for task_id in batch:
+                    try:
+                        answer = self.retry(task_id)
+                        results.append({"task_id": answer["task_id"], "new_task_id": answer["new_task_id"]})
+                    except (InvalidState, NotFound) as exc:  # refused before it wrote anything
+                        results.append({"task_id": format_task_id(task_id), "error": exc.message})
             after = batch[-1]
+            await asyncio.sleep(0)
         return results
 
     async def wait(

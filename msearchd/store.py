@@ -398,12 +398,13 @@ class Store:
         )
         return [(i, TaskStatus(s)) for i, s in rows]
 
-    def failed_not_retried(self, task_type: str | None, after: int, limit: int) -> list[int]:
+    def failed_not_retried(self, task_type: str | None, after: int, up_to: int, limit: int) -> list[int]:
+        """Up to `limit` failed tasks not yet retried with ids in (after, up_to], in id order."""
         type_clause = " AND type = ?" if task_type is not None else ""
-        args: list[Any] = [after] + ([task_type] if task_type is not None else []) + [limit]
+        args: list[Any] = [after, up_to] + ([task_type] if task_type is not None else []) + [limit]
         rows = self._db.execute(
-            f"SELECT id FROM tasks WHERE status = 'failed' AND retried_as IS NULL AND id > ?{type_clause} "
-            "ORDER BY id LIMIT ?",
+            "SELECT id FROM tasks WHERE status = 'failed' AND retried_as IS NULL AND id > ? AND id <= ?"
+            f"{type_clause} ORDER BY id LIMIT ?",
             args,
         )
         return [r[0] for r in rows]

@@ -109,3 +109,14 @@ def test_retry_all_failed_by_type(client):
     assert [r["task_id"] for r in results] == [b["id"], again]
     client.wait([r["new_task_id"] for r in results], timeout=20)
     assert {r["task_id"] for r in client.retry_failed()} == {r["new_task_id"] for r in results}
+
+
+def test_retry_all_failed_goes_through_many_chunks_in_order(client):
+    ids = client.submit_many([{"type": "fail"}] * 2_500)["task_ids"]
+    assert {t["status"] for t in client.wait(ids, timeout=60)["tasks"]} == {"failed"}
+    results = client.retry_failed("fail")
+    assert [r["task_id"] for r in results] == ids  # oldest first, each once, none skipped
+    new_ids = [r["new_task_id"] for r in results]
+    assert len(set(new_ids)) == len(ids) and not set(new_ids) & set(ids)
+    for r in results[::250]:
+        assert client.get(r["task_id"])["retried_as"] == r["new_task_id"]
