@@ -34,3 +34,10 @@ class Scheduler:
 
     def running(self, task_type: str) -> int:
         return self._running[task_type]
+
+    def snapshot(self) -> Counter[str]:
+        """The counts of running tasks, to `restore` if what changed them does not take place."""
+        return self._running.copy()
+
+    def restore(self, snapshot: Counter[str]) -> None:
+        self._running = snapshot.copy()

@@ -14,8 +14,8 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from msearchd import __version__
@@ -561,6 +561,20 @@ class TaskService:
         self._publish_status("requeued", ids, reason="handed back before it started")  # `started` was told
         self.wake()
 
+    @contextmanager
+    def _settling(self) -> Iterator[None]:
+        """A transaction that records outcomes and may start tasks. If it fails (a full disk), none
+        of it was written: the outcomes stay queued for the next try, and the counts of running
+        tasks by type are as they were."""
+        finished, running = list(self._finished), self.scheduler.snapshot()
+        try:
+            with self.store.transaction():
+                yield
+        except BaseException:
+            self._finished = finished  # nothing else ran meanwhile: the transaction does not wait
+            self.scheduler.restore(running)
+            raise
+
     def _settle(self) -> None:
         """Record the outcomes the workers reported since the last time."""
         batch, self._finished = self._finished, []
@@ -617,7 +631,7 @@ class TaskService:
         if not idle and not self._finished:
             return
         leases: list[tuple[int, list[Task]]] = []
-        with self.store.transaction():
+        with self._settling():
             self._settle()
             for pid in idle:
                 lease = self._lease(pid)
@@ -670,7 +684,7 @@ class TaskService:
 
     async def _stop_running(self, task: Task, by: str) -> tuple[Outcome, int]:
         """Stop a running task for good; returns how it ended and how many dependents were cancelled."""
-        with self.store.transaction():
+        with self._settling():
             self._settle()  # it may have finished already, its outcome not yet recorded
         current = self.store.get(task.id)
         if current is None or current.status is not TaskStatus.RUNNING:
@@ -1031,7 +1045,7 @@ class TaskService:
         if self.pool is not None:
             outcomes = await self.pool.stop(self.settings.grace)
             self.flush_progress()  # while the interrupted tasks still count as running
-            with self.store.transaction():
+            with self._settling():
                 self._settle()  # what finished before the stop
             for task_id, outcome in outcomes.items():
                 task = self.store.get(task_id)

@@ -259,7 +259,13 @@ class Store:
             self._db.execute("ROLLBACK")
             raise
         self._depth = 0
-        self._db.execute("COMMIT")
+        try:
+            self._db.execute("COMMIT")
+        except BaseException:  # a full disk, say: nothing is announced, and the next BEGIN works
+            self._after_commit.clear()
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
         self._run_after_commit()
 
     @contextmanager

@@ -354,3 +354,28 @@ def test_paused_checkpoints_let_the_wal_grow_until_a_checkpoint_from_another_thr
     assert wal_pages(store) < size + 100
     count = sqlite3.connect(store.path).execute("SELECT count(*) FROM tasks").fetchone()[0]
     assert count == 3 * AUTOCHECKPOINT + 700
+
+
+def test_a_commit_that_fails_announces_nothing_and_leaves_no_transaction(store):
+    real = store._db
+
+    class CommitFails:  # what a full disk or an I/O error does to the COMMIT
+        def __getattr__(self, name: str) -> object:
+            return getattr(real, name)
+
+        def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+            if sql == "COMMIT":
+                raise sqlite3.OperationalError("disk I/O error")
+            return real.execute(sql, *args)
+
+    seen: list[str] = []
+    store._db = CommitFails()
+    with pytest.raises(sqlite3.OperationalError), store.transaction():
+        add(store)
+        store.after_commit(lambda: seen.append("announced"))
+    store._db = real
+    assert not real.in_transaction
+    with store.transaction():  # the store goes on
+        kept = add(store)
+    assert seen == []
+    assert [t.id for t in store.list()] == [kept]
