@@ -696,6 +696,9 @@ class TaskService:
         outcome = None
         if self.pool is not None:
             outcome = await self.pool.terminate(task.id, self.settings.grace)
+        if outcome is None:  # no worker has it: it ended meanwhile, its outcome may wait to be recorded
+            with self._settling():
+                self._settle()
         current = self.store.get(task.id)
         assert current is not None
         if current.status is not TaskStatus.RUNNING:  # a concurrent cancel recorded it already
@@ -767,6 +770,8 @@ class TaskService:
     async def _cancel_handed_out(self, task: Task) -> dict[str, Any]:
         cascaded = await self._take_back(task, by="cancel")
         if cascaded is None:  # it runs, or ended, now: answer for that
+            with self._settling():
+                self._settle()  # if it ended, its outcome may wait to be recorded
             answer = self._cancel(self._require(task.id), running=False, take_back=False)
             assert isinstance(answer, dict)
             return answer

@@ -264,7 +264,12 @@ class WorkerPool:
     def _spawn(self) -> None:
         loop = asyncio.get_running_loop()
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        word = LeaseWord.create()
+        try:
+            word = LeaseWord.create()
+        except BaseException:
+            parent.close()
+            child.close()
+            raise
         config = json.dumps({"handlers": self._handlers, "state_dir": str(self._state_dir)})
         env = {**os.environ, WORKER_MARK: str(self._state_dir)}
         argv = [str(child.fileno()), str(word.fd), str(os.getpid()), config]
@@ -316,7 +321,7 @@ class WorkerPool:
     def _hang_up(worker: WorkerProcess, reader: asyncio.StreamReader) -> None:
         """The worker exited a while ago and its channel is still open: something it forked holds it.
         Close it, so that its exit is dealt with (and its process group killed)."""
-        if worker.writer is not None and not reader.at_eof():
+        if worker.writer is not None and not worker.writer.transport.is_closing() and not reader.at_eof():
             log.warning("worker %d exited, but a process it forked holds its channel open", worker.pid)
             worker.writer.transport.abort()
 
@@ -407,7 +412,9 @@ class WorkerPool:
                 )
             elif seq > at or phase is not Phase.RUNNING:
                 report.set_result(NOT_STARTED)
-            # The one running: the stop that ended the worker says how.
+            elif not worker.stopping:  # it died running it, on its own
+                report.set_result(Outcome(TaskStatus.FAILED, error=f"worker {how}"))
+            # Otherwise a stop ended the worker while it ran the task: that stop says how it ended.
         left = [(seq, task) for seq, task in worker.lease.values() if task.id not in self._reports]
         worker.lease.clear()
         worker.word.close()

@@ -1,15 +1,17 @@
-"""The worker pool's bookkeeping of leases, fed the messages a worker sends (no processes)."""
+"""The worker pool's bookkeeping of leases, fed what a worker sends or how it ends (no workers run)."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from msearchd.lease import LeaseWord, Phase
 from msearchd.model import Task, TaskStatus
-from msearchd.workers import NOT_STARTED, Outcome, Reaper, WorkerPool, describe_exit
+from msearchd.workers import NOT_STARTED, Outcome, Reaper, WorkerPool, WorkerProcess, describe_exit
 
 
 class Listener:
@@ -42,6 +44,13 @@ def worker(*entries: tuple[int, int]) -> Any:
     """A worker holding lease entries (seq, task id)."""
     lease = {n: (seq, Task(n, "quick", TaskStatus.RUNNING, 5)) for seq, n in entries}
     return SimpleNamespace(pid=1, lease=lease, stopping=False)
+
+
+def dead_pid() -> int:
+    """The pid of a process that has ended and been reaped: no process group carries it any more."""
+    proc = subprocess.Popen(["true"], start_new_session=True)
+    proc.wait()
+    return proc.pid
 
 
 def test_a_skip_names_the_entry_it_is_about(tmp_path):
@@ -79,3 +88,32 @@ def test_an_exit_by_any_signal_is_described(tmp_path):
     assert describe_exit(signal.SIGKILL) == "killed by SIGKILL"  # a wait status: terminated by 9
     assert describe_exit(signal.SIGRTMIN + 6) == f"killed by signal {signal.SIGRTMIN + 6}"
     assert describe_exit(3 << 8) == "exited with code 3"
+
+
+def test_a_worker_that_dies_settles_what_stops_of_its_tasks_wait_for(tmp_path):
+    """A cancel waits on a report for each of these tasks: the worker's death must answer all of
+    them, except the one a stop killed it over (that stop says how it ended)."""
+
+    async def scenario(stopping: bool) -> list[Outcome | None]:
+        p, _ = pool(tmp_path)
+        p._closing = True  # no replacement worker in this test
+        word = LeaseWord.create()
+        word.write(3, Phase.RUNNING)
+        w = WorkerProcess(
+            pid=dead_pid(), proc=SimpleNamespace(returncode=None), exited=None, word=word, stopping=stopping
+        )
+        w.lease = {n: (seq, Task(n, "quick", TaskStatus.RUNNING, 5)) for seq, n in ((2, 8), (3, 9), (4, 10))}
+        loop = asyncio.get_running_loop()
+        reports = {n: loop.create_future() for n in (8, 9, 10)}
+        p._reports.update(reports)
+        p._on_exit(w, signal.SIGKILL)  # a wait status: killed by SIGKILL
+        return [reports[n].result() if reports[n].done() else None for n in (8, 9, 10)]
+
+    ran, running, waiting = asyncio.run(scenario(stopping=False))
+    assert ran == Outcome(
+        TaskStatus.FAILED, error="worker killed by SIGKILL before reporting how this task ended"
+    )
+    assert running == Outcome(TaskStatus.FAILED, error="worker killed by SIGKILL")
+    assert waiting is NOT_STARTED
+    ran, running, waiting = asyncio.run(scenario(stopping=True))
+    assert running is None and waiting is NOT_STARTED
