@@ -348,7 +348,11 @@ class Store:
         offset: int = 0,
     ) -> list[Task]:
         """Tasks in id order. Several statuses are read one index range each, their ids merged as
-        they come, and only the tasks of the page are read whole: a deep page costs ids, not rows."""
+        they come, and only the tasks of the page are read whole: a deep page costs ids, not rows.
+        A type alone is read that way too, over every status: its index is in id order only within
+        one status, and sorting all tasks of a type took 12-19 ms with 100,000 of them."""
+        if task_type is not None and not statuses:
+            statuses = [s.value for s in TaskStatus]
         if not statuses or len(statuses) == 1:
             where, args = self._filters(statuses, task_type)
             return self._tasks(

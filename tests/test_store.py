@@ -197,12 +197,12 @@ def test_pages_of_several_statuses_match_the_whole_list(store):
     wanted = [TaskStatus.FAILED.value, TaskStatus.PENDING.value, TaskStatus.CANCELLED.value]
     statements: list[str] = []
     store._db.set_trace_callback(statements.append)
-    for task_type in (None, "a"):
-        expected = [i for i, t, s in rows if s in wanted and task_type in (None, t)]
+    for t_type, statuses in ((None, wanted), ("a", wanted), ("b", None)):
+        expected = [i for i, t, s in rows if (statuses is None or s in statuses) and t_type in (None, t)]
         for offset, limit in ((0, 10), (7, 50), (150, 100), (len(expected) - 3, 10), (len(expected) + 5, 10)):
-            page = store.list(wanted, task_type, limit, offset)
-            assert [t.id for t in page] == expected[offset : offset + limit], (task_type, offset, limit)
-            assert all(t.status.value in wanted for t in page)
+            page = store.list(statuses, t_type, limit, offset)
+            assert [t.id for t in page] == expected[offset : offset + limit], (t_type, offset, limit)
+            assert all(statuses is None or t.status.value in statuses for t in page)
     store._db.set_trace_callback(None)
     for sql in statements:  # walks indexes in id order: nothing is sorted
         plan = " | ".join(row[-1] for row in store._db.execute("EXPLAIN QUERY PLAN " + sql))
@@ -248,8 +248,9 @@ def test_claiming_and_listing_never_sort_the_queue(store):
     assert store.claim_next(["x"], 1.0, 1) is not None
     store.list([TaskStatus.PENDING.value], limit=5)
     store.list([TaskStatus.PENDING.value], task_type="t", limit=5)
+    store.list(task_type="t", limit=5)
     store._db.set_trace_callback(None)
-    assert len(statements) == 4
+    assert len(statements) == 4 + len(TaskStatus) + 1  # a type alone: a range per status, then the page
     for sql in statements:
         plan = " | ".join(row[-1] for row in store._db.execute("EXPLAIN QUERY PLAN " + sql))
         assert "TEMP B-TREE" not in plan, (sql, plan)
