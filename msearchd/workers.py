@@ -179,13 +179,33 @@ def kill_leftovers(state_dir: Path) -> int:
     return killed
 
 
+class _Orders(asyncio.Protocol):
+    """The writing side of a worker's channel; what the worker sends is read on another descriptor."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.ReadTransport)
+        transport.pause_reading()  # before the loop starts reading: this side never reads
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            log.debug("worker channel: cannot send any more: %s", exc)
+
+
+def send_order(worker: WorkerProcess, message: dict[str, Any]) -> None:
+    """Send `message` to `worker`, unless it can no longer be heard: it exited, and its exit says
+    what became of its lease."""
+    if worker.writer is not None and not worker.writer.is_closing():
+        worker.writer.write(protocol.encode(message))
+
+
 @dataclass(eq=False)
 class WorkerProcess:
     pid: int
     proc: subprocess.Popen[bytes]
     exited: asyncio.Future[int]
     word: LeaseWord
-    writer: asyncio.StreamWriter | None = None
+    # Where orders to it go: a descriptor of the channel of its own (see WorkerPool._serve).
+    writer: asyncio.Transport | None = None
     ready: bool = False
     # The tasks of its lease not yet reported, in order, each with its number (see msearchd.lease).
     lease: dict[int, tuple[int, Task]] = field(default_factory=dict)
@@ -294,10 +314,14 @@ class WorkerPool:
         self._background(self._serve(worker, parent))
 
     async def _serve(self, worker: WorkerProcess, channel: socket.socket) -> None:
-        reader, worker.writer = await asyncio.open_unix_connection(sock=channel)
         loop = asyncio.get_running_loop()
+        # Two descriptors of the channel: one to read, one to write. A write that fails because the
+        # worker has exited (a skip sent as it stopped) closes only its own, so that every report the
+        # worker sent before it exited is still read (one transport would stop reading at once).
+        reader, reports = await asyncio.open_unix_connection(sock=channel)
+        worker.writer, _ = await loop.create_unix_connection(_Orders, sock=channel.dup())
         worker.exited.add_done_callback(
-            lambda _: loop.call_later(_CHANNEL_GRACE, self._hang_up, worker, reader)
+            lambda _: loop.call_later(_CHANNEL_GRACE, self._hang_up, worker, reader, reports)
         )
         try:
             while (message := await protocol.read_frame(reader)) is not None:
@@ -308,22 +332,27 @@ class WorkerPool:
         except (ProtocolError, ConnectionError) as exc:
             if (worker.stopping or self._closing) and isinstance(exc, ConnectionResetError):
                 # Stopped as asked: it exited without reading what was sent to it meanwhile (the skip
-                # of the entry it was stopped in).
+                # of the entry it was stopped in), after all it sent had been read.
                 log.debug("worker %d: channel reset as it stopped", worker.pid)
             else:
                 log.warning("worker %d: broken channel: %s", worker.pid, exc)
             signal_group(worker.pid, signal.SIGKILL)
         worker.writer.close()
+        reports.close()
+        with contextlib.suppress(ConnectionError):
+            await reports.wait_closed()  # the reset, if any, was dealt with above
         status = await worker.exited
         self._on_exit(worker, status)
 
     @staticmethod
-    def _hang_up(worker: WorkerProcess, reader: asyncio.StreamReader) -> None:
+    def _hang_up(worker: WorkerProcess, reader: asyncio.StreamReader, reports: asyncio.StreamWriter) -> None:
         """The worker exited a while ago and its channel is still open: something it forked holds it.
         Close it, so that its exit is dealt with (and its process group killed)."""
-        if worker.writer is not None and not worker.writer.transport.is_closing() and not reader.at_eof():
+        if not reports.transport.is_closing() and not reader.at_eof():
             log.warning("worker %d exited, but a process it forked holds its channel open", worker.pid)
-            worker.writer.transport.abort()
+            reports.transport.abort()
+            if worker.writer is not None:
+                worker.writer.abort()
 
     async def _on_message(self, worker: WorkerProcess, message: dict[str, Any]) -> None:
         op = message.get("op")
@@ -340,12 +369,12 @@ class WorkerPool:
             self._make_idle(worker)
         elif op == "progress" and task is not None:
             self._listener.task_progress(task, message.get("progress"), message.get("current_operation"))
-        elif op == "submit" and task is not None and worker.writer is not None:
+        elif op == "submit" and task is not None:
             try:
                 reply: dict[str, Any] = {"task_id": self._listener.follow_up(task.id, message["params"])}
             except MsearchError as exc:
                 reply = {"error": exc.to_wire()}
-            worker.writer.write(protocol.encode(reply))
+            send_order(worker, reply)
         elif op == "skipped":
             if entry is not None and entry[0] == message.get("seq"):
                 self._on_skipped(worker, entry[1])
@@ -485,7 +514,7 @@ class WorkerPool:
                     "log_path": log_path(task.id),
                 }
             )
-        worker.writer.write(protocol.encode({"op": "run", "tasks": payloads}))
+        send_order(worker, {"op": "run", "tasks": payloads})
         if reclaim_after is not None and len(tasks) > 1:
             asyncio.get_running_loop().call_later(reclaim_after, self._overrun, worker, worker.sent)
 
@@ -630,8 +659,8 @@ class WorkerPool:
         it had not reached will not run. The order matters, see msearchd.lease."""
         assert worker.writer is not None
         for seq in seqs:
-            worker.writer.write(protocol.encode({"op": "skip", "seq": seq}))
-        while worker.writer.transport.get_write_buffer_size() and worker in self._workers:
+            send_order(worker, {"op": "skip", "seq": seq})
+        while worker.writer.get_write_buffer_size() and worker in self._workers:
             await asyncio.sleep(0.001)  # the skips must be in the socket before the word is read
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 1.0
@@ -694,8 +723,8 @@ class WorkerPool:
         for task_id in ids:
             self._reports.pop(task_id, None)
         for worker in list(self._workers):
-            if worker.writer is not None:
-                worker.writer.close()  # an idle worker exits at end of channel
+            if worker.writer is not None and not worker.writer.is_closing():
+                worker.writer.write_eof()  # an idle worker exits at end of channel
         exits = [w.exited for w in self._workers]
         if exits:
             _, pending = await asyncio.wait(exits, timeout=max(grace, 1.0))
