@@ -161,12 +161,17 @@ class Worker:
     def flush(self) -> None:
         # The list is only ever changed in place: SIGALRM may run this while the main flow is about
         # to append to it, holding the list already. A report sent twice is ignored; one appended to
-        # a list no longer in use would be lost.
+        # a list no longer in use would be lost. Once the reports are taken out of the list, `sending`
+        # keeps a SIGTERM from ending the worker before they are written.
         if self._outbox:
             signal.setitimer(signal.ITIMER_REAL, 0)
+            self.sending = True
             results = self._outbox.copy()
             self._outbox.clear()
-            self._write(protocol.encode({"op": "done", "results": results}))
+            if results:  # a signal handler may have sent them just before `sending` was set
+                self._write(protocol.encode({"op": "done", "results": results}))
+            else:
+                self.sending = False
 
     def _write(self, data: bytes) -> None:
         self.sending = True
@@ -221,9 +226,11 @@ class Worker:
         except Exception as exc:
             self._log_traceback(log_path)
             outcome = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+        # Reported before the word says DONE, and before a SIGTERM can find no task and end the
+        # worker: its flush sends this outcome.
+        self._outbox.append({"task": task["n"], "started": started, "finished": time.time(), **outcome})
         self.word.write(task["seq"], Phase.DONE)
         self.ctx = None
-        self._outbox.append({"task": task["n"], "started": started, "finished": time.time(), **outcome})
         if not self._lease or ctx.cancel_requested:
             self.flush()
         elif len(self._outbox) == 1:
