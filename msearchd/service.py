@@ -503,6 +503,10 @@ class TaskService:
         }
         if outcome.started_at is not None:
             fields["started_at"] = outcome.started_at
+        elif task.started_at is None:
+            # It ran after another task of its lease, and its worker died before saying when it
+            # started: by its end at the latest.
+            fields["started_at"] = fields["finished_at"]
         if outcome.stop_reason is StopReason.NOT_STARTED:  # taken back from a worker before its turn
             fields["started_at"], fields["attempts"] = None, max(task.attempts - 1, 0)
         if live is not None:
@@ -551,6 +555,16 @@ class TaskService:
         self._finished.append((task, outcome))
         if len(self._finished) == 1:
             asyncio.get_running_loop().call_later(SETTLE_DELAY, self.wake)
+
+    def task_started(self, task: Task) -> None:
+        """A task that waited its turn in a lease was seen running, and runs long: record its start,
+        so that a crash of the daemon from now on counts as an interrupted run of it."""
+        task.started_at = self.clock()
+        try:
+            with self.store.transaction():
+                self.store.mark_started(task.id, task.started_at)
+        except Exception as exc:  # a full disk: its outcome records its start
+            log.warning("cannot record the start of %s: %s", format_task_id(task.id), exc)
 
     def tasks_returned(self, tasks: list[Task]) -> None:
         """Tasks of a lease that never started: back in the queue, their start not counted."""
@@ -662,7 +676,7 @@ class TaskService:
                 break
             budget -= expected
             ids.append(task_id)
-        more = self.store.claim_ids(ids, now, pid) if ids else []
+        more = self.store.claim_ids(ids, pid) if ids else []
         for task in more:
             self.scheduler.started(task.type)
         return [first, *more]
@@ -1012,9 +1026,17 @@ class TaskService:
         """Settle the tasks a previous daemon left running: it stopped without finishing them."""
         for task in self.store.running():
             ref = format_task_id(task.id)
+            # Handed to a worker in a lease, after another task, and never started (see claim_ids).
+            started = task.started_at is not None
             if self.store.cancel_requested(task.id):
                 log.warning("%s: its cancel was under way when the daemon stopped; now cancelled", ref)
-                self._finish(task, Outcome(TaskStatus.CANCELLED, stop_reason=StopReason.KILLED))
+                reason = StopReason.KILLED if started else StopReason.NOT_STARTED
+                self._finish(task, Outcome(TaskStatus.CANCELLED, stop_reason=reason))
+            elif not started:
+                log.info("%s was handed to a worker but had not started; back to pending", ref)
+                with self.store.transaction():
+                    self.store.unlease([task.id])
+                    self._record([task.id], "requeued", reason="the daemon stopped before it started")
             elif task.attempts >= self.settings.max_attempts:
                 log.warning(
                     "%s was interrupted on attempt %d of %d; marking it failed",
@@ -1056,7 +1078,10 @@ class TaskService:
                 task = self.store.get(task_id)
                 if task is None or task.status is not TaskStatus.RUNNING:
                     continue
-                if outcome.status is TaskStatus.CANCELLED and not self.store.cancel_requested(task_id):
+                if outcome.stop_reason is StopReason.NOT_STARTED and not self.store.cancel_requested(task_id):
+                    with self.store.transaction():  # its worker stopped before it reached it
+                        self.store.unlease([task_id])
+                elif outcome.status is TaskStatus.CANCELLED and not self.store.cancel_requested(task_id):
                     log.info("%s stopped with the daemon; back to pending", format_task_id(task_id))
                     with self.store.transaction():
                         self.store.update(task_id, status=TaskStatus.PENDING, worker_pid=None)

@@ -537,15 +537,24 @@ class Store:
             (limit,),
         ).fetchall()
 
-    def claim_ids(self, ids: Sequence[int], now: float, worker_pid: int) -> list[Task]:
-        """Move these tasks, if still pending, to running for `worker_pid`; returns them in queue order."""
+    def claim_ids(self, ids: Sequence[int], worker_pid: int) -> list[Task]:
+        """Move these tasks, if still pending, to running for `worker_pid`, to run after the task it
+        runs now; returns them in queue order. None has started: `started_at` stays empty until its
+        start is known (see `mark_started`), and a task found running without one never started."""
         rows = self._db.execute(
-            f"UPDATE tasks SET status = 'running', started_at = ?, attempts = attempts + 1, progress = 0, "
+            f"UPDATE tasks SET status = 'running', started_at = NULL, attempts = attempts + 1, progress = 0, "
             f"current_operation = NULL, error = NULL, worker_pid = ? WHERE id IN ({_marks(len(ids))}) "
             f"AND status = 'pending' RETURNING {_COLUMNS}",
-            (now, worker_pid, *ids),
+            (worker_pid, *ids),
         ).fetchall()
         return sorted(map(_row_to_task, rows), key=lambda t: (t.priority, t.id))
+
+    def mark_started(self, task_id: int, started_at: float) -> None:
+        """Record the start of a running task claimed without one (see `claim_ids`)."""
+        self._db.execute(
+            "UPDATE tasks SET started_at = ? WHERE id = ? AND status = 'running' AND started_at IS NULL",
+            (started_at, task_id),
+        )
 
     def complete_many(self, rows: Sequence[tuple[float | None, float, int]]) -> None:
         """Record (started_at, finished_at, id) of running tasks that completed."""

@@ -66,6 +66,9 @@ class PoolListener(Protocol):
 
     def task_finished(self, task: Task, outcome: Outcome) -> None: ...
 
+    def task_started(self, task: Task) -> None:
+        """A task of a lease claimed without a start (it waited its turn) runs long: it started."""
+
     def tasks_returned(self, tasks: list[Task]) -> None:
         """Tasks of a lease that did not start and will not: back to the queue."""
 
@@ -522,9 +525,18 @@ class WorkerPool:
         """The lease ending with entry `last` is due: take back what has not started, if anything."""
         if self._closing or worker.stopping or worker not in self._workers:
             return
-        at, _ = worker.word.read()
+        at, phase = worker.word.read()
+        if phase is Phase.RUNNING:
+            self._note_start(worker, at)
         if any(at < seq <= last for seq, _ in worker.lease.values()):
             self._background(self._reclaim(worker, at, last))
+
+    def _note_start(self, worker: WorkerProcess, seq: int) -> None:
+        """Entry `seq` runs: make sure its start is on record. Those after the first of a lease were
+        claimed without one, and report it with their end: only one that runs long gets here."""
+        task = next((task for at, task in worker.lease.values() if at == seq), None)
+        if task is not None and task.started_at is None:
+            self._listener.task_started(task)
 
     async def _reclaim(self, worker: WorkerProcess, at: int, last: int) -> None:
         """Put the entries after `at`, up to `last`, back in the queue, where a free worker takes them
@@ -538,6 +550,8 @@ class WorkerPool:
         if where is None:
             return  # it died meanwhile: _on_exit has dealt with its lease
         now_at, phase = where
+        if phase is Phase.RUNNING:
+            self._note_start(worker, now_at)
         returned: list[Task] = []
         for task_id, (seq, task) in list(worker.lease.items()):
             skipped = seq > now_at or (seq == now_at and phase is Phase.SKIPPED)
