@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import psutil
 
 from msearchd import protocol
-from msearchd.errors import MsearchError, ProtocolError
+from msearchd.errors import InternalError, MsearchError, ProtocolError
 from msearchd.handlers.command import clear_spares, spare_path
 from msearchd.lease import LeaseWord, Phase
 from msearchd.model import StopReason, Task, TaskStatus, format_task_id, parse_task_id
@@ -373,10 +373,14 @@ class WorkerPool:
         elif op == "progress" and task is not None:
             self._listener.task_progress(task, message.get("progress"), message.get("current_operation"))
         elif op == "submit" and task is not None:
+            # Every request gets an answer, whatever goes wrong: the handler waits for it.
             try:
                 reply: dict[str, Any] = {"task_id": self._listener.follow_up(task.id, message["params"])}
             except MsearchError as exc:
                 reply = {"error": exc.to_wire()}
+            except Exception as exc:  # a bug, a full disk, a locked store
+                log.exception("%s: follow-up submit failed", format_task_id(task.id))
+                reply = {"error": InternalError(f"cannot submit the follow-up task: {exc}").to_wire()}
             send_order(worker, reply)
         elif op == "skipped":
             if entry is not None and entry[0] == message.get("seq"):

@@ -20,7 +20,12 @@ def _tell(path: str | None, text: str) -> None:
 
 def noop(ctx: TaskContext, data: dict[str, Any]) -> None:
     for follow_up in data.get("follow_ups", []):
-        new_id = ctx.submit(follow_up["type"], follow_up.get("data"), priority=follow_up.get("priority"))
+        new_id = ctx.submit(
+            follow_up["type"],
+            follow_up.get("data"),
+            priority=follow_up.get("priority"),
+            depends_on=follow_up.get("depends_on"),
+        )
         ctx.set_operation(f"submitted {new_id}")
 
 
