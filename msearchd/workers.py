@@ -668,6 +668,7 @@ class WorkerPool:
         if self._not_started(worker, task_id, seq, at, phase):
             return NOT_STARTED
         if at == seq and phase is not Phase.DONE and not report.done():
+            self._note_start(worker, seq)  # it runs: a crash of the daemon meanwhile interrupted it
             return await self._stop_worker(worker, task_id, grace, report)
         # It ended, or the worker passed it: its outcome, its `skipped` or the worker's exit says how.
         return await asyncio.shield(report)
