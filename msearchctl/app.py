@@ -32,9 +32,10 @@ app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
+    suggest_commands=False,  # click suggests already: typer's would repeat it
 )
-tasks_app = typer.Typer(help="Add, inspect and control tasks.", no_args_is_help=True)
-daemon_app = typer.Typer(help="Check on or stop the daemon.", no_args_is_help=True)
+tasks_app = typer.Typer(help="Add, inspect and control tasks.", no_args_is_help=True, suggest_commands=False)
+daemon_app = typer.Typer(help="Check on or stop the daemon.", no_args_is_help=True, suggest_commands=False)
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(daemon_app, name="daemon")
 
