@@ -25,6 +25,18 @@ def _when(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
 
 
+def _json(value: Any) -> str:
+    """Task data as JSON, as it was given; bytes (from the Python API) shown as text."""
+    import json
+
+    def as_text(item: Any) -> str:
+        if isinstance(item, bytes):
+            return item.decode("utf-8", "backslashreplace")
+        raise TypeError(f"{type(item).__name__} is not JSON serializable")
+
+    return json.dumps(value, ensure_ascii=False, default=as_text)
+
+
 def _progress(task: dict[str, Any]) -> str:
     return f"{task['progress'] * 100:.0f}%" if task["status"] == "running" else ""
 
@@ -77,7 +89,7 @@ def task_detail(task: dict[str, Any]) -> None:
         ("finished", _when(task["finished_at"]) if task["finished_at"] else None),
         ("worker pid", task["worker_pid"]),
         ("log", task["log_path"]),
-        ("data", task["data"]),
+        ("data", _json(task["data"])),
     ]
     width = max(len(k) for k, _ in fields)
     for key, value in fields:
@@ -93,10 +105,7 @@ def stats(result: dict[str, Any]) -> None:
         for task_type, counts in sorted(result["by_type"].items()):
             print("\t".join([task_type, *(str(counts.get(s, 0)) for s in statuses)]))
         print("\t".join(["total", *(str(result["by_status"][s]) for s in statuses)]))
-        print(f"workers busy {w['busy']}/{w['total']}")
-        for r in result["running"]:
-            print(f"{r['id']}\t{r['type']}\t{r['progress'] * 100:.0f}%\t{r['current_operation'] or ''}")
-        return
+        return  # one table, for scripts; workers and running tasks are in --json
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
