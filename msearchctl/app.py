@@ -14,15 +14,19 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
+from click.core import ParameterSource
 
 from msearchd.client import Client
 from msearchd.errors import MsearchError, Unavailable
 from msearchd.model import parse_task_id
 
+FINISHED = ("completed", "failed", "cancelled")
+
 EXIT_REFUSED = 1
 EXIT_USAGE = 2  # click exits with it (typer.BadParameter, unknown options): named for the manual's check
 EXIT_UNREACHABLE = 3
 EXIT_TIMEOUT = 4
+LIST_PAGE = 10_000  # the daemon's largest page, for list --all
 
 app = typer.Typer(
     name="msearchctl",
@@ -80,15 +84,31 @@ def fail(message: str, code: int) -> NoReturn:
 
 
 @contextmanager
-def daemon(ctx: typer.Context) -> Iterator[Client]:
-    """A connection to the daemon; its errors become one sentence on stderr and an exit code."""
+def daemon(ctx: typer.Context, wait: float | None = None) -> Iterator[Client]:
+    """A connection to the daemon (waiting up to `wait` seconds for it to answer); its errors become
+    one sentence on stderr and an exit code."""
     try:
-        with Client(ctx.obj) as client:
+        with Client(ctx.obj) if wait is None else _answering(ctx, wait) as client:
             yield client
     except Unavailable as exc:
         fail(exc.message, EXIT_UNREACHABLE)
     except MsearchError as exc:
         fail(exc.message, EXIT_REFUSED)
+
+
+def _answering(ctx: typer.Context, seconds: float) -> Client:
+    """A connection to the daemon once it answers, trying again until `seconds` have passed: for
+    scripts that start it and go on at once."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return Client(ctx.obj, connect_timeout=max(0.1, min(5.0, deadline - time.monotonic())))
+        except Unavailable as exc:
+            if time.monotonic() >= deadline:
+                raise Unavailable(f"msearchd did not answer within {seconds:g} s: {exc.message}") from None
+        time.sleep(0.05)  # no socket yet, or nobody accepts on it: the daemon is still starting
 
 
 def task_ref(value: str) -> int:
@@ -191,16 +211,33 @@ def list_tasks(
     task_type: Annotated[str | None, typer.Option("--type", "-t", help="Only tasks of this type.")] = None,
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=10_000, help="At most this many.")] = 100,
     offset: Annotated[int, typer.Option("--offset", min=0, help="Skip this many first.")] = 0,
+    every: Annotated[bool, typer.Option("--all", help="Every matching task, however many.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """List tasks, oldest first."""
+    """List tasks, oldest first: pages stay put while new tasks arrive, and ids read in order.
+
+    On a terminal, a list cut short by --limit says so on stderr.
+    """
     statuses = [s.strip() for value in status or [] for s in value.split(",")]
     if "" in statuses:
         raise typer.BadParameter("a status cannot be empty", param_hint="--status")
     if task_type is not None and not task_type:
         raise typer.BadParameter("a type cannot be empty", param_hint="--type")
+    if every and ctx.get_parameter_source("limit") is ParameterSource.COMMANDLINE:
+        raise typer.BadParameter("--all lists every task: give it or --limit, not both")
     with daemon(ctx) as client:
-        tasks = client.list(statuses or None, task_type, limit, offset)
+        if every:
+            tasks = []
+            while page := client.list(statuses or None, task_type, LIST_PAGE, offset + len(tasks)):
+                tasks += page
+                if len(page) < LIST_PAGE:
+                    break
+        else:
+            tasks = client.list(statuses or None, task_type, limit, offset)
+            if sys.stderr.isatty() and (len(tasks) == limit or offset):
+                total = client.count(statuses or None, task_type)
+                if len(tasks) < total:
+                    print(f"showing {len(tasks)} of {total} (--limit, --offset, --all)", file=sys.stderr)
     output(tasks, as_json, "task_table")
 
 
@@ -409,6 +446,11 @@ def watch(
             raise typer.Exit(130) from None
     if why == "overflow":
         fail("fell too far behind the daemon's events, which dropped this watch; watch again", EXIT_REFUSED)
+    if why == "closed":
+        if refs:
+            names = ", ".join(f"task_{r}" for r in refs)
+            fail(f"the daemon ended the stream before {names} finished; it has stopped", EXIT_UNREACHABLE)
+        fail("the daemon ended the stream: it has stopped", EXIT_UNREACHABLE)
 
 
 @tasks_app.command("log")
@@ -418,20 +460,38 @@ def show_log(
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep printing new output until the task ends.")
     ] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="Print the log's path and content as a JSON object (not with --follow)."),
+    ] = False,
 ) -> None:
     """Print what a task wrote to its log: a command's stdout and stderr, a handler's traceback."""
     ref = task_ref(task_id)
+    if follow and as_json:
+        raise typer.BadParameter("--json prints the log as it is now: give it or --follow, not both")
     with daemon(ctx) as client:
         path = Path(client.status()["state_dir"]) / "logs" / f"task_{ref}.log"
         if not follow:
             task = client.get(ref)
-            if path.exists():
-                sys.stdout.buffer.write(path.read_bytes())
-            elif task["started_at"] is None and task["attempts"] == 0:
+            try:
+                content = path.read_bytes()
+            except FileNotFoundError:
+                content = None
+            if content is None and task["started_at"] is None and task["attempts"] == 0:
                 if task["status"] in ("pending", "blocked"):
                     fail(f"{task['id']} has not started yet ({task['status']}): no log yet", EXIT_REFUSED)
                 fail(f"{task['id']} never ran ({task['status']}): it has no log", EXIT_REFUSED)
-            return  # it ran and wrote nothing: an empty log is not kept
+            if as_json:
+                text = None if content is None else content.decode("utf-8", "backslashreplace")
+                print_json(
+                    {"task_id": task["id"], "status": task["status"], "path": str(path), "content": text}
+                )
+            elif content:
+                sys.stdout.buffer.write(content)
+            elif sys.stderr.isatty():  # an empty log is not kept: say why nothing shows
+                yet = " yet" if task["status"] not in FINISHED else ""
+                print(f"msearchctl: {task['id']} has written nothing{yet}", file=sys.stderr)
+            return
         from msearchctl import render
 
         with client.events(task_ids=[ref]) as stream:
@@ -457,9 +517,22 @@ def history(ctx: typer.Context, task_id: TaskIdArg, as_json: JsonOpt = False) ->
 
 
 @daemon_app.command("status")
-def daemon_status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+def daemon_status(
+    ctx: typer.Context,
+    wait_for: Annotated[
+        float | None,
+        typer.Option(
+            "--wait",
+            metavar="SECONDS",
+            min=0,
+            show_default=False,
+            help="Wait up to this long for the daemon to answer, as after starting it.",
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
     """Say whether the daemon answers (exit 0) or not (exit 3), and how busy it is."""
-    with daemon(ctx) as client:
+    with daemon(ctx, wait_for) as client:
         result = client.status()
     if as_json:
         print_json(result)
