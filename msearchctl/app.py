@@ -17,7 +17,7 @@ import typer
 from click.core import ParameterSource
 
 from msearchd.client import Client
-from msearchd.errors import MsearchError, Unavailable
+from msearchd.errors import InvalidState, MsearchError, Unavailable
 from msearchd.model import parse_task_id
 
 FINISHED = ("completed", "failed", "cancelled")
@@ -265,7 +265,10 @@ def cancel(
     """Cancel a task that has not started, and those that depend on it; --running stops one that runs."""
     ref = task_ref(task_id)
     with daemon(ctx) as client:
-        result = client.cancel(ref, running=running)
+        try:
+            result = client.cancel(ref, running=running)
+        except InvalidState as exc:  # the daemon names the RPC parameter; here it is an option
+            fail(exc.message.replace("running=true", "--running"), EXIT_REFUSED)
     if as_json:
         print_json(result)
         return

@@ -727,7 +727,7 @@ class TaskService:
                 return self._cancel_running(task)
             if take_back and self.pool is not None and self.pool.waits_in_lease(task.id):
                 return self._cancel_handed_out(task)
-            raise InvalidState(f"{ref} is running; add --running (cancel_running=true) to stop it")
+            raise InvalidState(f"{ref} is running; add running=true to stop it")
         return self._cancel_waiting(task, by="cancel")
 
     def _cancel_waiting(self, task: Task, by: str) -> dict[str, Any]:
