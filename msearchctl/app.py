@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -20,7 +20,7 @@ from msearchd.client import Client
 from msearchd.errors import InvalidState, MsearchError, Unavailable
 from msearchd.model import parse_task_id
 
-FINISHED = ("completed", "failed", "cancelled")
+FINISHED = ("completed", "failed", "cancelled")  # the statuses a task ends in
 
 EXIT_REFUSED = 1
 EXIT_USAGE = 2  # click exits with it (typer.BadParameter, unknown options): named for the manual's check
@@ -43,8 +43,69 @@ daemon_app = typer.Typer(help="Check on or stop the daemon.", no_args_is_help=Tr
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(daemon_app, name="daemon")
 
+# --- completion: statuses are known here; types and ids come from the daemon, if it answers at once
+
+STATUSES = ("pending", "blocked", "running", "completed", "failed", "cancelled")
+ACTIVE = ("pending", "blocked", "running")
+COMPLETION_TIMEOUT = 0.5  # seconds: a shell waits for the answer
+COMPLETION_IDS = 200  # the newest tasks offered
+
+
+def _complete_statuses(incomplete: str) -> list[str]:
+    """Statuses, the last of a comma-separated list included."""
+    given, comma, last = incomplete.rpartition(",")
+    return [f"{given}{comma}{s}" for s in STATUSES if s.startswith(last)]
+
+
+def _completion_client(ctx: typer.Context) -> Client | None:
+    try:
+        return Client(ctx.find_root().params.get("socket"), connect_timeout=COMPLETION_TIMEOUT)
+    except MsearchError:
+        return None
+
+
+def _complete_types(ctx: typer.Context, incomplete: str) -> list[str]:
+    """The types of the tasks the daemon has."""
+    client = _completion_client(ctx)
+    if client is None:
+        return []
+    with client:
+        try:
+            types = client.stats()["by_type"]
+        except MsearchError:
+            return []
+    return sorted(t for t in types if t.startswith(incomplete))
+
+
+def _id_completion(statuses: tuple[str, ...] = ()) -> Callable[[typer.Context, str], list[tuple[str, str]]]:
+    """Completion of task ids in these statuses (any, if none), newest first, with type and status."""
+
+    def complete(ctx: typer.Context, incomplete: str) -> list[tuple[str, str]]:
+        client = _completion_client(ctx)
+        if client is None:
+            return []
+        wanted = list(statuses) or None
+        with client:
+            try:
+                total = client.count(wanted)
+                tasks = client.list(wanted, None, COMPLETION_IDS, max(0, total - COMPLETION_IDS))
+            except MsearchError:
+                return []
+        number = incomplete.lower().removeprefix("task_")
+        return [
+            (t["id"], f"{t['type']} {t['status']}")
+            for t in reversed(tasks)
+            if t["id"].removeprefix("task_").startswith(number)
+        ]
+
+    return complete
+
+
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of text.")]
-TaskIdArg = Annotated[str, typer.Argument(help="Task id: task_<n> or <n>.", show_default=False)]
+TaskIdArg = Annotated[
+    str,
+    typer.Argument(help="Task id: task_<n> or <n>.", show_default=False, autocompletion=_id_completion()),
+]
 RunningOpt = Annotated[
     bool, typer.Option("--running", help="Also stop running tasks (SIGTERM, grace period, then SIGKILL).")
 ]
@@ -149,7 +210,12 @@ def output(value: Any, as_json: bool, view: str) -> None:
 @tasks_app.command("add")
 def add(
     ctx: typer.Context,
-    task_type: Annotated[str, typer.Argument(metavar="TYPE", help="Task type, e.g. command, file_scan.")],
+    task_type: Annotated[
+        str,
+        typer.Argument(
+            metavar="TYPE", help="Task type, e.g. command, file_scan.", autocompletion=_complete_types
+        ),
+    ],
     argv: Annotated[
         list[str] | None,
         typer.Argument(metavar="[-- ARGV...]", help="Stored as data.argv: for type command, what to run."),
@@ -166,7 +232,11 @@ def add(
     data: Annotated[str | None, typer.Option("--data", help="Handler input as a JSON object.")] = None,
     depends_on: Annotated[
         list[str] | None,
-        typer.Option("--depends-on", help="Run only after this task completed; repeat for several."),
+        typer.Option(
+            "--depends-on",
+            help="Run only after this task completed; repeat for several.",
+            autocompletion=_id_completion(),
+        ),
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -206,9 +276,13 @@ def list_tasks(
             "-s",
             help="Only these states (pending, blocked, running, completed, failed, "
             "cancelled); repeat or separate with commas.",
+            autocompletion=_complete_statuses,
         ),
     ] = None,
-    task_type: Annotated[str | None, typer.Option("--type", "-t", help="Only tasks of this type.")] = None,
+    task_type: Annotated[
+        str | None,
+        typer.Option("--type", "-t", help="Only tasks of this type.", autocompletion=_complete_types),
+    ] = None,
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=10_000, help="At most this many.")] = 100,
     offset: Annotated[int, typer.Option("--offset", min=0, help="Skip this many first.")] = 0,
     every: Annotated[bool, typer.Option("--all", help="Every matching task, however many.")] = False,
@@ -323,7 +397,9 @@ def cancel_all(ctx: typer.Context, running: RunningOpt = False, as_json: JsonOpt
 @tasks_app.command("cancel-by-type")
 def cancel_by_type(
     ctx: typer.Context,
-    task_type: Annotated[str, typer.Argument(metavar="TYPE", help="e.g. thumbnail_generate.")],
+    task_type: Annotated[
+        str, typer.Argument(metavar="TYPE", help="e.g. thumbnail_generate.", autocompletion=_complete_types)
+    ],
     running: RunningOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -339,13 +415,19 @@ def cancel_by_type(
 def retry(
     ctx: typer.Context,
     task_ids: Annotated[
-        list[str] | None, typer.Argument(metavar="[ID]...", help="Failed tasks to retry.")
+        list[str] | None,
+        typer.Argument(
+            metavar="[ID]...", help="Failed tasks to retry.", autocompletion=_id_completion(("failed",))
+        ),
     ] = None,
     all_failed: Annotated[
         bool, typer.Option("--all-failed", help="Retry every failed task not yet retried.")
     ] = False,
     task_type: Annotated[
-        str | None, typer.Option("--type", "-t", help="With --all-failed: only this type.")
+        str | None,
+        typer.Option(
+            "--type", "-t", help="With --all-failed: only this type.", autocompletion=_complete_types
+        ),
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -384,7 +466,10 @@ def retry(
 @tasks_app.command("wait")
 def wait(
     ctx: typer.Context,
-    task_ids: Annotated[list[str], typer.Argument(metavar="ID...", help="Tasks to wait for.")],
+    task_ids: Annotated[
+        list[str],
+        typer.Argument(metavar="ID...", help="Tasks to wait for.", autocompletion=_id_completion(ACTIVE)),
+    ],
     timeout: Annotated[
         float | None, typer.Option("--timeout", min=0, help="Give up after this many seconds (exit 4).")
     ] = None,
@@ -417,9 +502,18 @@ def wait(
 @tasks_app.command("watch")
 def watch(
     ctx: typer.Context,
-    task_ids: Annotated[list[str] | None, typer.Argument(metavar="[ID]...", help="Only these tasks.")] = None,
+    task_ids: Annotated[
+        list[str] | None,
+        typer.Argument(metavar="[ID]...", help="Only these tasks.", autocompletion=_id_completion(ACTIVE)),
+    ] = None,
     task_types: Annotated[
-        list[str] | None, typer.Option("--type", "-t", help="Only tasks of this type; repeat for several.")
+        list[str] | None,
+        typer.Option(
+            "--type",
+            "-t",
+            help="Only tasks of this type; repeat for several.",
+            autocompletion=_complete_types,
+        ),
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:

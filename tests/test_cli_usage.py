@@ -137,3 +137,41 @@ def test_list_all_pages_through_every_task(make_daemon):
     assert len({t["id"] for t in listed}) == 10_051
     assert d.ctl("tasks", "list", "--all", "--limit", "5").returncode == 2
     d.ctl("tasks", "cancel", holder["id"], "--running")
+
+
+def completions(env: dict[str, str], line: str) -> list[str]:
+    """What bash is offered for the last word of `line` (empty when it ends with a space)."""
+    words = line.split(" ")
+    env = {
+        **env,
+        "_MSEARCHCTL_COMPLETE": "complete_bash",
+        "COMP_WORDS": line,
+        "COMP_CWORD": str(len(words) - 1),
+    }
+    result = subprocess.run([MSEARCHCTL], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    return [word for word in result.stdout.splitlines() if word]
+
+
+def test_completion_offers_statuses_types_and_ids(daemon, tmp_path):
+    with daemon.client() as c:
+        first = c.submit("file_scan", {})
+        second = c.submit("thumbnail_generate", {}, depends_on=[first["id"]])
+        c.wait([first["id"]], timeout=60)  # no handler: it fails, and `second` stays blocked
+    env = {**daemon.env, "PWD": str(tmp_path)}
+    (tmp_path / "task_file").touch()  # a file name is never offered
+    assert completions(env, "msearchctl tasks list --status p") == ["pending"]
+    assert completions(env, "msearchctl tasks list --status pending,b") == ["pending,blocked"]
+    assert completions(env, "msearchctl tasks list --type ") == ["file_scan", "thumbnail_generate"]
+    assert completions(env, "msearchctl tasks cancel-by-type th") == ["thumbnail_generate"]
+    assert completions(env, "msearchctl tasks show ") == [second["id"], first["id"]]  # newest first
+    assert completions(env, "msearchctl tasks show task_1") == [first["id"]]
+    assert completions(env, "msearchctl tasks retry ") == [first["id"]]  # only failed tasks
+    assert completions(env, "msearchctl tasks wait ") == [second["id"]]  # only unfinished tasks
+
+
+def test_completion_offers_nothing_from_a_daemon_that_is_down(make_daemon):
+    env = make_daemon(start=False).env
+    assert completions(env, "msearchctl tasks show ") == []
+    assert completions(env, "msearchctl tasks list --type ") == []
+    assert completions(env, "msearchctl tasks list --status c") == ["completed", "cancelled"]
