@@ -3,6 +3,7 @@
 A frame is a 4-byte big-endian length followed by one msgpack map. Requests are
 ``{id, method, params}``; answers ``{id, result}`` or ``{id, error: {code, message}}``. A connection
 starts with ``hello``; ``subscribe`` turns it into a stream of ``{event: {...}}`` frames.
+docs/protocol.md describes it for clients in other languages; a test holds it to `METHODS`.
 """
 
 from __future__ import annotations
