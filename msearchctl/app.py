@@ -18,9 +18,7 @@ from click.core import ParameterSource
 
 from msearchd.client import Client
 from msearchd.errors import InvalidState, MsearchError, Unavailable
-from msearchd.model import parse_task_id
-
-FINISHED = ("completed", "failed", "cancelled")  # the statuses a task ends in
+from msearchd.model import TERMINAL, TaskStatus, parse_task_id
 
 EXIT_REFUSED = 1
 EXIT_USAGE = 2  # click exits with it (typer.BadParameter, unknown options): named for the manual's check
@@ -45,8 +43,8 @@ app.add_typer(daemon_app, name="daemon")
 
 # --- completion: statuses are known here; types and ids come from the daemon, if it answers at once
 
-STATUSES = ("pending", "blocked", "running", "completed", "failed", "cancelled")
-ACTIVE = ("pending", "blocked", "running")
+STATUSES = tuple(s.value for s in TaskStatus)
+ACTIVE = tuple(s.value for s in TaskStatus if s not in TERMINAL)
 COMPLETION_TIMEOUT = 0.5  # seconds: a shell waits for the answer
 COMPLETION_IDS = 200  # the newest tasks offered
 
@@ -586,7 +584,7 @@ def show_log(
             elif content:
                 sys.stdout.buffer.write(content)
             elif sys.stderr.isatty():  # an empty log is not kept: say why nothing shows
-                yet = " yet" if task["status"] not in FINISHED else ""
+                yet = " yet" if task["status"] not in TERMINAL else ""
                 print(f"msearchctl: {task['id']} has written nothing{yet}", file=sys.stderr)
             return
         from msearchctl import render
