@@ -8,21 +8,23 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
+from click.core import ParameterSource
 
 from msearchd.client import Client
-from msearchd.errors import MsearchError, Unavailable
-from msearchd.model import parse_task_id
+from msearchd.errors import InvalidState, MsearchError, Unavailable
+from msearchd.model import TERMINAL, TaskStatus, parse_task_id
 
 EXIT_REFUSED = 1
 EXIT_USAGE = 2  # click exits with it (typer.BadParameter, unknown options): named for the manual's check
 EXIT_UNREACHABLE = 3
 EXIT_TIMEOUT = 4
+LIST_PAGE = 10_000  # the daemon's largest page, for list --all
 
 app = typer.Typer(
     name="msearchctl",
@@ -32,14 +34,76 @@ app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
+    suggest_commands=False,  # click suggests already: typer's would repeat it
 )
-tasks_app = typer.Typer(help="Add, inspect and control tasks.", no_args_is_help=True)
-daemon_app = typer.Typer(help="Check on or stop the daemon.", no_args_is_help=True)
+tasks_app = typer.Typer(help="Add, inspect and control tasks.", no_args_is_help=True, suggest_commands=False)
+daemon_app = typer.Typer(help="Check on or stop the daemon.", no_args_is_help=True, suggest_commands=False)
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(daemon_app, name="daemon")
 
+# --- completion: statuses are known here; types and ids come from the daemon, if it answers at once
+
+STATUSES = tuple(s.value for s in TaskStatus)
+ACTIVE = tuple(s.value for s in TaskStatus if s not in TERMINAL)
+COMPLETION_TIMEOUT = 0.5  # seconds: a shell waits for the answer
+COMPLETION_IDS = 200  # the newest tasks offered
+
+
+def _complete_statuses(incomplete: str) -> list[str]:
+    """Statuses, the last of a comma-separated list included."""
+    given, comma, last = incomplete.rpartition(",")
+    return [f"{given}{comma}{s}" for s in STATUSES if s.startswith(last)]
+
+
+def _completion_client(ctx: typer.Context) -> Client | None:
+    try:
+        return Client(ctx.find_root().params.get("socket"), connect_timeout=COMPLETION_TIMEOUT)
+    except MsearchError:
+        return None
+
+
+def _complete_types(ctx: typer.Context, incomplete: str) -> list[str]:
+    """The types of the tasks the daemon has."""
+    client = _completion_client(ctx)
+    if client is None:
+        return []
+    with client:
+        try:
+            types = client.stats()["by_type"]
+        except MsearchError:
+            return []
+    return sorted(t for t in types if t.startswith(incomplete))
+
+
+def _id_completion(statuses: tuple[str, ...] = ()) -> Callable[[typer.Context, str], list[tuple[str, str]]]:
+    """Completion of task ids in these statuses (any, if none), newest first, with type and status."""
+
+    def complete(ctx: typer.Context, incomplete: str) -> list[tuple[str, str]]:
+        client = _completion_client(ctx)
+        if client is None:
+            return []
+        wanted = list(statuses) or None
+        with client:
+            try:
+                total = client.count(wanted)
+                tasks = client.list(wanted, None, COMPLETION_IDS, max(0, total - COMPLETION_IDS))
+            except MsearchError:
+                return []
+        number = incomplete.lower().removeprefix("task_")
+        return [
+            (t["id"], f"{t['type']} {t['status']}")
+            for t in reversed(tasks)
+            if t["id"].removeprefix("task_").startswith(number)
+        ]
+
+    return complete
+
+
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of text.")]
-TaskIdArg = Annotated[str, typer.Argument(help="Task id: task_<n> or <n>.", show_default=False)]
+TaskIdArg = Annotated[
+    str,
+    typer.Argument(help="Task id: task_<n> or <n>.", show_default=False, autocompletion=_id_completion()),
+]
 RunningOpt = Annotated[
     bool, typer.Option("--running", help="Also stop running tasks (SIGTERM, grace period, then SIGKILL).")
 ]
@@ -79,15 +143,31 @@ def fail(message: str, code: int) -> NoReturn:
 
 
 @contextmanager
-def daemon(ctx: typer.Context) -> Iterator[Client]:
-    """A connection to the daemon; its errors become one sentence on stderr and an exit code."""
+def daemon(ctx: typer.Context, wait: float | None = None) -> Iterator[Client]:
+    """A connection to the daemon (waiting up to `wait` seconds for it to answer); its errors become
+    one sentence on stderr and an exit code."""
     try:
-        with Client(ctx.obj) as client:
+        with Client(ctx.obj) if wait is None else _answering(ctx, wait) as client:
             yield client
     except Unavailable as exc:
         fail(exc.message, EXIT_UNREACHABLE)
     except MsearchError as exc:
         fail(exc.message, EXIT_REFUSED)
+
+
+def _answering(ctx: typer.Context, seconds: float) -> Client:
+    """A connection to the daemon once it answers, trying again until `seconds` have passed: for
+    scripts that start it and go on at once."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return Client(ctx.obj, connect_timeout=max(0.1, min(5.0, deadline - time.monotonic())))
+        except Unavailable as exc:
+            if time.monotonic() >= deadline:
+                raise Unavailable(f"msearchd did not answer within {seconds:g} s: {exc.message}") from None
+        time.sleep(0.05)  # no socket yet, or nobody accepts on it: the daemon is still starting
 
 
 def task_ref(value: str) -> int:
@@ -128,7 +208,12 @@ def output(value: Any, as_json: bool, view: str) -> None:
 @tasks_app.command("add")
 def add(
     ctx: typer.Context,
-    task_type: Annotated[str, typer.Argument(metavar="TYPE", help="Task type, e.g. command, file_scan.")],
+    task_type: Annotated[
+        str,
+        typer.Argument(
+            metavar="TYPE", help="Task type, e.g. command, file_scan.", autocompletion=_complete_types
+        ),
+    ],
     argv: Annotated[
         list[str] | None,
         typer.Argument(metavar="[-- ARGV...]", help="Stored as data.argv: for type command, what to run."),
@@ -145,7 +230,11 @@ def add(
     data: Annotated[str | None, typer.Option("--data", help="Handler input as a JSON object.")] = None,
     depends_on: Annotated[
         list[str] | None,
-        typer.Option("--depends-on", help="Run only after this task completed; repeat for several."),
+        typer.Option(
+            "--depends-on",
+            help="Run only after this task completed; repeat for several.",
+            autocompletion=_id_completion(),
+        ),
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -185,21 +274,42 @@ def list_tasks(
             "-s",
             help="Only these states (pending, blocked, running, completed, failed, "
             "cancelled); repeat or separate with commas.",
+            autocompletion=_complete_statuses,
         ),
     ] = None,
-    task_type: Annotated[str | None, typer.Option("--type", "-t", help="Only tasks of this type.")] = None,
+    task_type: Annotated[
+        str | None,
+        typer.Option("--type", "-t", help="Only tasks of this type.", autocompletion=_complete_types),
+    ] = None,
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=10_000, help="At most this many.")] = 100,
     offset: Annotated[int, typer.Option("--offset", min=0, help="Skip this many first.")] = 0,
+    every: Annotated[bool, typer.Option("--all", help="Every matching task, however many.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """List tasks, oldest first."""
+    """List tasks, oldest first: pages stay put while new tasks arrive, and ids read in order.
+
+    On a terminal, a list cut short by --limit says so on stderr.
+    """
     statuses = [s.strip() for value in status or [] for s in value.split(",")]
     if "" in statuses:
         raise typer.BadParameter("a status cannot be empty", param_hint="--status")
     if task_type is not None and not task_type:
         raise typer.BadParameter("a type cannot be empty", param_hint="--type")
+    if every and ctx.get_parameter_source("limit") is ParameterSource.COMMANDLINE:
+        raise typer.BadParameter("--all lists every task: give it or --limit, not both")
     with daemon(ctx) as client:
-        tasks = client.list(statuses or None, task_type, limit, offset)
+        if every:
+            tasks = []
+            while page := client.list(statuses or None, task_type, LIST_PAGE, offset + len(tasks)):
+                tasks += page
+                if len(page) < LIST_PAGE:
+                    break
+        else:
+            tasks = client.list(statuses or None, task_type, limit, offset)
+            if sys.stderr.isatty() and (len(tasks) == limit or offset):
+                total = client.count(statuses or None, task_type)
+                if len(tasks) < total:
+                    print(f"showing {len(tasks)} of {total} (--limit, --offset, --all)", file=sys.stderr)
     output(tasks, as_json, "task_table")
 
 
@@ -227,7 +337,10 @@ def cancel(
     """Cancel a task that has not started, and those that depend on it; --running stops one that runs."""
     ref = task_ref(task_id)
     with daemon(ctx) as client:
-        result = client.cancel(ref, running=running)
+        try:
+            result = client.cancel(ref, running=running)
+        except InvalidState as exc:  # the daemon names the RPC parameter; here it is an option
+            fail(exc.message.replace("running=true", "--running"), EXIT_REFUSED)
     if as_json:
         print_json(result)
         return
@@ -282,7 +395,9 @@ def cancel_all(ctx: typer.Context, running: RunningOpt = False, as_json: JsonOpt
 @tasks_app.command("cancel-by-type")
 def cancel_by_type(
     ctx: typer.Context,
-    task_type: Annotated[str, typer.Argument(metavar="TYPE", help="e.g. thumbnail_generate.")],
+    task_type: Annotated[
+        str, typer.Argument(metavar="TYPE", help="e.g. thumbnail_generate.", autocompletion=_complete_types)
+    ],
     running: RunningOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -298,13 +413,19 @@ def cancel_by_type(
 def retry(
     ctx: typer.Context,
     task_ids: Annotated[
-        list[str] | None, typer.Argument(metavar="[ID]...", help="Failed tasks to retry.")
+        list[str] | None,
+        typer.Argument(
+            metavar="[ID]...", help="Failed tasks to retry.", autocompletion=_id_completion(("failed",))
+        ),
     ] = None,
     all_failed: Annotated[
         bool, typer.Option("--all-failed", help="Retry every failed task not yet retried.")
     ] = False,
     task_type: Annotated[
-        str | None, typer.Option("--type", "-t", help="With --all-failed: only this type.")
+        str | None,
+        typer.Option(
+            "--type", "-t", help="With --all-failed: only this type.", autocompletion=_complete_types
+        ),
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -343,7 +464,10 @@ def retry(
 @tasks_app.command("wait")
 def wait(
     ctx: typer.Context,
-    task_ids: Annotated[list[str], typer.Argument(metavar="ID...", help="Tasks to wait for.")],
+    task_ids: Annotated[
+        list[str],
+        typer.Argument(metavar="ID...", help="Tasks to wait for.", autocompletion=_id_completion(ACTIVE)),
+    ],
     timeout: Annotated[
         float | None, typer.Option("--timeout", min=0, help="Give up after this many seconds (exit 4).")
     ] = None,
@@ -376,9 +500,18 @@ def wait(
 @tasks_app.command("watch")
 def watch(
     ctx: typer.Context,
-    task_ids: Annotated[list[str] | None, typer.Argument(metavar="[ID]...", help="Only these tasks.")] = None,
+    task_ids: Annotated[
+        list[str] | None,
+        typer.Argument(metavar="[ID]...", help="Only these tasks.", autocompletion=_id_completion(ACTIVE)),
+    ] = None,
     task_types: Annotated[
-        list[str] | None, typer.Option("--type", "-t", help="Only tasks of this type; repeat for several.")
+        list[str] | None,
+        typer.Option(
+            "--type",
+            "-t",
+            help="Only tasks of this type; repeat for several.",
+            autocompletion=_complete_types,
+        ),
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -408,6 +541,11 @@ def watch(
             raise typer.Exit(130) from None
     if why == "overflow":
         fail("fell too far behind the daemon's events, which dropped this watch; watch again", EXIT_REFUSED)
+    if why == "closed":
+        if refs:
+            names = ", ".join(f"task_{r}" for r in refs)
+            fail(f"the daemon ended the stream before {names} finished; it has stopped", EXIT_UNREACHABLE)
+        fail("the daemon ended the stream: it has stopped", EXIT_UNREACHABLE)
 
 
 @tasks_app.command("log")
@@ -417,20 +555,38 @@ def show_log(
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep printing new output until the task ends.")
     ] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="Print the log's path and content as a JSON object (not with --follow)."),
+    ] = False,
 ) -> None:
     """Print what a task wrote to its log: a command's stdout and stderr, a handler's traceback."""
     ref = task_ref(task_id)
+    if follow and as_json:
+        raise typer.BadParameter("--json prints the log as it is now: give it or --follow, not both")
     with daemon(ctx) as client:
         path = Path(client.status()["state_dir"]) / "logs" / f"task_{ref}.log"
         if not follow:
             task = client.get(ref)
-            if path.exists():
-                sys.stdout.buffer.write(path.read_bytes())
-            elif task["started_at"] is None and task["attempts"] == 0:
+            try:
+                content = path.read_bytes()
+            except FileNotFoundError:
+                content = None
+            if content is None and task["started_at"] is None and task["attempts"] == 0:
                 if task["status"] in ("pending", "blocked"):
                     fail(f"{task['id']} has not started yet ({task['status']}): no log yet", EXIT_REFUSED)
                 fail(f"{task['id']} never ran ({task['status']}): it has no log", EXIT_REFUSED)
-            return  # it ran and wrote nothing: an empty log is not kept
+            if as_json:
+                text = None if content is None else content.decode("utf-8", "backslashreplace")
+                print_json(
+                    {"task_id": task["id"], "status": task["status"], "path": str(path), "content": text}
+                )
+            elif content:
+                sys.stdout.buffer.write(content)
+            elif sys.stderr.isatty():  # an empty log is not kept: say why nothing shows
+                yet = " yet" if task["status"] not in TERMINAL else ""
+                print(f"msearchctl: {task['id']} has written nothing{yet}", file=sys.stderr)
+            return
         from msearchctl import render
 
         with client.events(task_ids=[ref]) as stream:
@@ -456,9 +612,22 @@ def history(ctx: typer.Context, task_id: TaskIdArg, as_json: JsonOpt = False) ->
 
 
 @daemon_app.command("status")
-def daemon_status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+def daemon_status(
+    ctx: typer.Context,
+    wait_for: Annotated[
+        float | None,
+        typer.Option(
+            "--wait",
+            metavar="SECONDS",
+            min=0,
+            show_default=False,
+            help="Wait up to this long for the daemon to answer, as after starting it.",
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
     """Say whether the daemon answers (exit 0) or not (exit 3), and how busy it is."""
-    with daemon(ctx) as client:
+    with daemon(ctx, wait_for) as client:
         result = client.status()
     if as_json:
         print_json(result)

@@ -25,6 +25,18 @@ def _when(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
 
 
+def _json(value: Any) -> str:
+    """Task data as JSON, as it was given; bytes (from the Python API) shown as text."""
+    import json
+
+    def as_text(item: Any) -> str:
+        if isinstance(item, bytes):
+            return item.decode("utf-8", "backslashreplace")
+        raise TypeError(f"{type(item).__name__} is not JSON serializable")
+
+    return json.dumps(value, ensure_ascii=False, default=as_text)
+
+
 def _progress(task: dict[str, Any]) -> str:
     return f"{task['progress'] * 100:.0f}%" if task["status"] == "running" else ""
 
@@ -77,7 +89,7 @@ def task_detail(task: dict[str, Any]) -> None:
         ("finished", _when(task["finished_at"]) if task["finished_at"] else None),
         ("worker pid", task["worker_pid"]),
         ("log", task["log_path"]),
-        ("data", task["data"]),
+        ("data", _json(task["data"])),
     ]
     width = max(len(k) for k, _ in fields)
     for key, value in fields:
@@ -93,10 +105,7 @@ def stats(result: dict[str, Any]) -> None:
         for task_type, counts in sorted(result["by_type"].items()):
             print("\t".join([task_type, *(str(counts.get(s, 0)) for s in statuses)]))
         print("\t".join(["total", *(str(result["by_status"][s]) for s in statuses)]))
-        print(f"workers busy {w['busy']}/{w['total']}")
-        for r in result["running"]:
-            print(f"{r['id']}\t{r['type']}\t{r['progress'] * 100:.0f}%\t{r['current_operation'] or ''}")
-        return
+        return  # one table, for scripts; workers and running tasks are in --json
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
@@ -151,36 +160,59 @@ class Board:
         if row["status"] in FINISHED:
             row["finished_at"] = event["time"]
             row["error"] = event.get("error") or row.get("error")
+            row["stop_reason"] = event.get("stop_reason") or row.get("stop_reason")
+            row["current_operation"] = None  # what it did last is not what it does
             if kind == "completed":
                 row["progress"] = 1.0
 
     def done(self) -> bool:
         return all(r["status"] in FINISHED for r in self.rows.values())
 
-    def __rich__(self) -> Any:
+    def __rich_console__(self, console: Any, options: Any) -> Any:
+        from rich.console import Group
         from rich.progress_bar import ProgressBar
         from rich.table import Table
         from rich.text import Text
 
-        table = Table(
-            "ID", "TYPE", "STATUS", "PROGRESS", "", "ELAPSED", "OPERATION", box=None, header_style="bold"
-        )
+        # Every cell one line: a long type or operation is cut with an ellipsis, never wrapped, so
+        # the table keeps its height at any width; the operation gives way first.
+        table = Table(box=None, header_style="bold", pad_edge=False, collapse_padding=True)
+        for name in ("ID", "TYPE", "STATUS"):
+            table.add_column(name, no_wrap=True, overflow="ellipsis")
+        table.add_column("PROGRESS", no_wrap=True)
+        table.add_column("", no_wrap=True, justify="right")
+        table.add_column("ELAPSED", no_wrap=True, justify="right")
+        table.add_column("OPERATION")  # the one column rich may narrow: its cells do not wrap
+        bar_width = 20 if options.max_width >= 120 else 10
         now = time.time()
         for row in self.rows.values():
             started = row.get("started_at")
             end = row.get("finished_at") or now
             elapsed = f"{end - started:.1f}s" if started else "-"
             status = row["status"]
+            shows_progress = status in ("running", "completed")  # a bar only for work done
             table.add_row(
                 Text(row["id"]),
                 Text(row["type"]),
                 Text(status, STATUS_STYLE[status]),
-                ProgressBar(total=1.0, completed=row["progress"], width=20),
-                f"{row['progress'] * 100:3.0f}%",
+                ProgressBar(total=1.0, completed=row["progress"], width=bar_width) if shows_progress else "",
+                f"{row['progress'] * 100:3.0f}%" if shows_progress else "",
                 elapsed,
-                Text(row.get("error") or row.get("current_operation") or ""),
+                Text(_board_note(row), no_wrap=True, overflow="ellipsis"),
             )
-        return table
+        if self.rows:
+            yield table
+        else:
+            yield Group(table, Text("no active tasks; waiting for new ones", "dim"))
+
+
+def _board_note(row: dict[str, Any]) -> str:
+    """The last column of a watched task: what it does, or how it ended."""
+    if row["status"] == "running":
+        return row.get("current_operation") or ""
+    if row["status"] == "cancelled" and row.get("stop_reason"):
+        return f"stopped: {row['stop_reason']}"
+    return row.get("error") or row.get("blocked_reason") or ""
 
 
 def _next_event(stream: Any, deadline: float | None) -> dict[str, Any] | None:

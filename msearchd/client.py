@@ -91,7 +91,7 @@ class _Methods:
         return self.call("cancel_all", running=running)
 
     def cancel_by_type(self, task_type: str, running: bool = False) -> Any:
-        return self.call("cancel_by_type", task_type=task_type, running=running)
+        return self.call("cancel_by_type", type=task_type, running=running)
 
     def set_priority(self, task_id: str | int, priority: int) -> Any:
         return self.call("set_priority", task_id=task_id, priority=priority)
@@ -100,7 +100,7 @@ class _Methods:
         return self.call("retry", task_id=task_id)
 
     def retry_failed(self, task_type: str | None = None) -> Any:
-        return self.call("retry_failed", task_type=task_type)
+        return self.call("retry_failed", type=task_type)
 
     def wait(
         self, task_ids: list[str | int], statuses: list[str] | None = None, timeout: float | None = None

@@ -25,7 +25,7 @@ DEFAULT_PRIORITIES: tuple[tuple[str, int], ...] = (
 FALLBACK_PRIORITY = 6
 
 _TYPE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
-_ID_RE = re.compile(r"^(?:task_)?0*([0-9]{1,18})$")
+_ID_RE = re.compile(r"^(?:task_)?0*([0-9]{1,18})$", re.IGNORECASE)
 
 
 class TaskStatus(StrEnum):
@@ -88,8 +88,10 @@ def parse_task_id(value: object) -> int:
         raise InvalidArgument(f"invalid task id {value}: ids start at 1")
     if isinstance(value, str):
         m = _ID_RE.match(value.strip())
-        if m and int(m.group(1)) > 0:
-            return int(m.group(1))
+        if m:
+            if int(m.group(1)) > 0:
+                return int(m.group(1))
+            raise InvalidArgument(f"invalid task id {value!r}: ids start at 1")
     raise InvalidArgument(f"invalid task id {value!r}: expected task_<n> or <n>")
 
 

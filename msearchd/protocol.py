@@ -3,6 +3,7 @@
 A frame is a 4-byte big-endian length followed by one msgpack map. Requests are
 ``{id, method, params}``; answers ``{id, result}`` or ``{id, error: {code, message}}``. A connection
 starts with ``hello``; ``subscribe`` turns it into a stream of ``{event: {...}}`` frames.
+docs/protocol.md describes it for clients in other languages; a test holds it to `METHODS`.
 """
 
 from __future__ import annotations
@@ -215,10 +216,10 @@ METHODS: dict[str, tuple[Param, ...]] = {
     "stats": (),
     "cancel": (_p("task_id", *TaskRef, required=True), _p("running", bool)),
     "cancel_all": (_p("running", bool),),
-    "cancel_by_type": (_p("task_type", str, required=True), _p("running", bool)),
+    "cancel_by_type": (_p("type", str, required=True), _p("running", bool)),
     "set_priority": (_p("task_id", *TaskRef, required=True), _p("priority", int, required=True)),
     "retry": (_p("task_id", *TaskRef, required=True),),
-    "retry_failed": (_p("task_type", str, type(None)),),
+    "retry_failed": (_p("type", str, type(None)),),
     "wait": (
         _p("task_ids", list, required=True),
         _p("statuses", list, type(None)),
@@ -230,6 +231,13 @@ METHODS: dict[str, tuple[Param, ...]] = {
     "subscribe": (_p("task_ids", list, type(None)), _p("types", list, type(None))),
 }
 
+
+# One vocabulary: `type` names one task type, `types` several. Older names still work: method ->
+# {old name: the name it stands for}.
+ALIASES: dict[str, dict[str, str]] = {
+    "cancel_by_type": {"task_type": "type"},
+    "retry_failed": {"task_type": "type"},
+}
 
 _NAMES = {method: frozenset(p.name for p in spec) for method, spec in METHODS.items()}
 
@@ -243,6 +251,11 @@ def check_params(method: str, params: object) -> dict[str, Any]:
         params = {}
     if not isinstance(params, dict):
         raise InvalidArgument(f"params of {method} must be a map")
+    for old, name in ALIASES.get(method, {}).items():
+        if old in params:
+            if name in params:
+                raise InvalidArgument(f"{method} takes {name!r} or its old name {old!r}, not both")
+            params = {(name if n == old else n): v for n, v in params.items()}
     known = _NAMES[method]
     if not known.issuperset(params):
         name = next(n for n in params if n not in known)

@@ -306,7 +306,8 @@ class TaskService:
     ) -> dict[str, Any]:
         spec = self._prepare(type, data, priority, depends_on)
         now = self.clock()
-        return self._submitted(self.store.insert(**spec, created_at=now), spec, now)
+        task_id = self.store.insert(**spec, created_at=now, submitter=REQUESTER.get())
+        return self._submitted(task_id, spec, now)
 
     def _submitted(self, task_id: int, spec: dict[str, Any], now: float) -> dict[str, Any]:
         """Announce a task just written, and answer with it."""
@@ -337,11 +338,11 @@ class TaskService:
         def write_waiting() -> None:
             if not waiting:
                 return
-            now = self.clock()
+            now, submitter = self.clock(), REQUESTER.get()
             if len(waiting) == 1:
-                ids = [self.store.insert(**waiting[0][1], created_at=now)]
+                ids = [self.store.insert(**waiting[0][1], created_at=now, submitter=submitter)]
             else:
-                ids = self.store.insert_many([spec for _, spec in waiting], now)
+                ids = self.store.insert_many([spec for _, spec in waiting], now, submitter)
             for (index, spec), task_id in zip(waiting, ids, strict=True):
                 results[index] = self._submitted(task_id, spec, now)
             waiting.clear()
@@ -376,7 +377,7 @@ class TaskService:
                 )
             except (InvalidArgument, InvalidState, NotFound) as exc:
                 raise type(exc)(f"tasks[{i}]: {exc.message}") from None
-        ids = self.store.insert_many(specs, self.clock())
+        ids = self.store.insert_many(specs, self.clock(), REQUESTER.get())
         self._publish_status("submitted", ids)
         self.wake()
         return {"task_ids": [format_task_id(i) for i in ids]}
@@ -741,7 +742,7 @@ class TaskService:
                 return self._cancel_running(task)
             if take_back and self.pool is not None and self.pool.waits_in_lease(task.id):
                 return self._cancel_handed_out(task)
-            raise InvalidState(f"{ref} is running; add --running (cancel_running=true) to stop it")
+            raise InvalidState(f"{ref} is running; add running=true to stop it")
         return self._cancel_waiting(task, by="cancel")
 
     def _cancel_waiting(self, task: Task, by: str) -> dict[str, Any]:
@@ -905,7 +906,9 @@ class TaskService:
             raise InvalidState(f"{ref} was already retried as {format_task_id(old.retried_as)}")
         with self.store.transaction():
             spec = self._prepare(old.type, old.data, old.priority, old.depends_on)
-            new_id = self.store.insert(**spec, retry_of=old.id, created_at=self.clock())
+            new_id = self.store.insert(
+                **spec, retry_of=old.id, created_at=self.clock(), submitter=REQUESTER.get()
+            )
             self.store.update(old.id, retried_as=new_id)
             self._record([old.id], "retried", new_task_id=format_task_id(new_id))
             handed_over = self.store.replace_dependency(old.id, new_id)
@@ -991,6 +994,9 @@ class TaskService:
         }
         if task.retry_of is not None:
             first["retry_of"] = format_task_id(task.retry_of)
+        uid, pid = self.store.submitter(task.id)
+        if uid is not None:
+            first.update(uid=uid, pid=pid)
         entries = [first, *recorded]
         if task.started_at is not None:
             entries.append(

@@ -67,8 +67,14 @@ CREATE TABLE task_events (
 CREATE INDEX task_events_task ON task_events(task_id, id);
 """
 
+# Who submitted a task (the uid and pid of the client), written with the task itself.
+_SUBMITTER_V2 = """
+ALTER TABLE tasks ADD COLUMN submitted_uid INTEGER;
+ALTER TABLE tasks ADD COLUMN submitted_pid INTEGER;
+"""
+
 # Migration N brings a store from schema version N to N + 1; the version is SQLite's user_version.
-MIGRATIONS = (_SCHEMA_V1,)
+MIGRATIONS = (_SCHEMA_V1, _SUBMITTER_V2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _COLUMNS = (
@@ -436,8 +442,10 @@ class Store:
         blocked_reason: str | None = None,
         retry_of: int | None = None,
         created_at: float,
+        submitter: tuple[int | None, int | None] = (None, None),
     ) -> int:
         row = (task_type, str(status), priority, _pack(data), blocked_reason, retry_of, created_at)
+        row += submitter
         if not depends_on and self._grouping and not self._depth:
             # One statement is atomic by itself: in a group it needs no savepoint of its own.
             self._begin_group()
@@ -453,21 +461,27 @@ class Store:
 
     def _insert_row(self, row: tuple[Any, ...]) -> int:
         cur = self._db.execute(
-            "INSERT INTO tasks (type, status, priority, data, blocked_reason, retry_of, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO tasks (type, status, priority, data, blocked_reason, retry_of, created_at, "
+            "submitted_uid, submitted_pid) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             row,
         )
         assert cur.lastrowid is not None
         return cur.lastrowid
 
-    def insert_many(self, specs: Sequence[dict[str, Any]], created_at: float) -> list[int]:
+    def insert_many(
+        self,
+        specs: Sequence[dict[str, Any]],
+        created_at: float,
+        submitter: tuple[int | None, int | None] = (None, None),
+    ) -> list[int]:
         """Insert many tasks (each spec as the keywords of `insert`) with one statement; returns their ids."""
+        uid, pid = submitter
         with self.transaction():
             row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'tasks'").fetchone()
             first = (row[0] if row else 0) + 1
             self._db.executemany(
-                "INSERT INTO tasks (type, status, priority, data, blocked_reason, retry_of, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO tasks (type, status, priority, data, blocked_reason, retry_of, created_at, "
+                "submitted_uid, submitted_pid) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
                         s["task_type"],
@@ -477,6 +491,8 @@ class Store:
                         s["blocked_reason"],
                         s.get("retry_of"),
                         created_at,
+                        uid,
+                        pid,
                     )
                     for s in specs
                 ],
@@ -673,6 +689,13 @@ class Store:
             }
             for when, event, detail, uid, pid in rows
         ]
+
+    def submitter(self, task_id: int) -> tuple[int | None, int | None]:
+        """The uid and pid of the client that submitted the task, if one did."""
+        row = self._db.execute(
+            "SELECT submitted_uid, submitted_pid FROM tasks WHERE id = ?", (task_id,)
+        ).fetchone()
+        return (row[0], row[1]) if row else (None, None)
 
     def running(self) -> list[Task]:
         return self._tasks(f"SELECT {_COLUMNS} FROM tasks WHERE status = 'running' ORDER BY id")

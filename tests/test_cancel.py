@@ -41,7 +41,7 @@ def test_cancel_running_needs_running_flag(client, fifo):
     pipe = fifo("started")
     task = client.submit("command", {"argv": ["sh", "-c", f"echo up > {pipe}; exec sleep 1000"]})
     pipe.read()  # the command runs: the worker started it
-    with pytest.raises(InvalidState, match="is running; add --running"):
+    with pytest.raises(InvalidState, match="is running; add running=true"):
         client.cancel(task["id"])
     assert client.get(task["id"])["status"] == "running"
     result = client.cancel(task["id"], running=True)
@@ -76,7 +76,7 @@ def test_a_task_handed_out_but_not_started_is_cancelled_like_a_pending_one(make_
             assert result["task"]["status"] == "cancelled"
             assert result["task"]["stop_reason"] == "not_started"
             assert result["task"]["attempts"] == 0 and result["task"]["started_at"] is None
-        with pytest.raises(InvalidState, match="is running; add --running"):
+        with pytest.raises(InvalidState, match="is running; add running=true"):
             c.cancel(head["id"])  # the one it runs needs --running, as ever
         events = [(e["event"], e.get("by"), e.get("running")) for e in c.history(plain["id"])]
         assert events == [

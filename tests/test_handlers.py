@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -212,12 +213,14 @@ def run_command(log_path: Path, argv: list[str]) -> str:
     return log_path.read_text() if log_path.exists() else ""
 
 
-def test_a_command_appends_to_the_log_an_earlier_attempt_left(tmp_path):
+def test_a_command_appends_to_the_log_an_earlier_attempt_left_after_a_mark(tmp_path):
     log = tmp_path / "task_1.log"
     log.write_text("first attempt\n")
-    assert run_command(log, ["sh", "-c", "echo second attempt"]) == "first attempt\nsecond attempt\n"
-    # Silent, but the earlier output stays.
-    assert run_command(log, ["true"]) == "first attempt\nsecond attempt\n"
+    mark = r"\n--- another attempt, \d{4}-\d\d-\d\d \d\d:\d\d:\d\d ---\n"
+    second = run_command(log, ["sh", "-c", "echo second attempt"])
+    assert re.fullmatch(f"first attempt\n{mark}second attempt\n", second), second
+    # Silent, but the earlier output stays, and the attempt shows.
+    assert re.fullmatch(f"first attempt\n{mark}second attempt\n{mark}", run_command(log, ["true"]))
 
 
 def test_spare_logs_an_earlier_daemon_left_are_removed_at_start(make_daemon):

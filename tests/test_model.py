@@ -152,3 +152,16 @@ def test_values_msgpack_cannot_carry_are_invalid_arguments():
         protocol.encode({"n": 2**70})
     with pytest.raises(InvalidArgument, match="cannot send"):
         protocol.encode({"x": object()})
+
+
+def test_task_ids_are_read_in_any_case():
+    assert parse_task_id("TASK_3") == 3
+    assert parse_task_id("Task_12") == 12
+
+
+def test_id_zero_is_told_that_ids_start_at_one():
+    for value in ("0", "task_0", "000", 0):
+        with pytest.raises(InvalidArgument, match="ids start at 1"):
+            parse_task_id(value)
+    with pytest.raises(InvalidArgument, match="expected task_<n> or <n>"):
+        parse_task_id("job_3")

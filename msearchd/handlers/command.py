@@ -10,6 +10,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -166,15 +167,24 @@ def _open_log(log: Path) -> tuple[int, SpareLog | None]:
     if spare is None:
         spare = _spares[log.parent] = SpareLog(log.parent)
     if not spare.usable:
-        return os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666), None
+        return _append(log), None
     try:
         spare.link(log)
     except FileExistsError:  # an earlier attempt of this task wrote it: append to it
-        return os.open(log, os.O_WRONLY | os.O_APPEND), None
+        return _append(log), None
     except OSError:  # no hard links on this filesystem, say: create logs as usual from now on
         spare.usable = False
-        return os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666), None
+        return _append(log), None
     return os.open(log, os.O_WRONLY | os.O_APPEND), spare
+
+
+def _append(log: Path) -> int:
+    """An fd appending to the log; what an earlier attempt wrote there is followed by a line that
+    tells where this attempt begins."""
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    if os.fstat(fd).st_size:
+        os.write(fd, f"\n--- another attempt, {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n".encode())
+    return fd
 
 
 # Signals Python ignores for itself, which a command gets back at their defaults (as subprocess does).
