@@ -27,7 +27,7 @@ from msearchd.httpshim import (
 )
 from msearchd.rpc import RpcServer
 from msearchd.service import TaskService
-from msearchd.store import Store
+from msearchd.store import Store, UnusableStore
 from msearchd.workers import Reaper, WorkerPool, kill_leftovers
 
 log = logging.getLogger("msearchd")
@@ -90,7 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def lock_state_dir(state_dir: Path) -> IO[str]:
     """Hold a lock on the state folder for the daemon's lifetime: one daemon per store."""
-    lock = (state_dir / "msearchd.lock").open("a+")
+    fd = os.open(state_dir / "msearchd.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    os.fchmod(fd, 0o600)  # one an older msearchd made
+    lock = os.fdopen(fd, "a+")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -222,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     try:
         asyncio.run(serve(settings, http, http_token))
-    except (StartupError, InvalidArgument) as exc:
+    except (StartupError, InvalidArgument, UnusableStore) as exc:
         print(f"msearchd: {exc}", file=sys.stderr)
         sys.exit(1)
     except OSError as exc:
