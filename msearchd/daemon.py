@@ -25,9 +25,10 @@ from msearchd.httpshim import (
     check_token_rule,
     parse_listen,
 )
-from msearchd.rpc import RpcServer
+from msearchd.rpc import Listener, RpcServer, SocketRefused
 from msearchd.service import TaskService
 from msearchd.store import Store, UnusableStore
+from msearchd.trust import folder_problem
 from msearchd.workers import Reaper, WorkerPool, kill_leftovers
 
 log = logging.getLogger("msearchd")
@@ -88,6 +89,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def prepare_state_dir(settings: config.Settings) -> None:
+    """Create the state folder and its log folder private to this user; refuse ones that another user
+    owns or can write, who could plant a database or a log there."""
+    for folder, what in ((settings.state_dir, "state folder"), (settings.log_dir, "task log folder")):
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        problem = folder_problem(folder, what)
+        if problem is not None:
+            raise StartupError(problem)
+
+
 def lock_state_dir(state_dir: Path) -> IO[str]:
     """Hold a lock on the state folder for the daemon's lifetime: one daemon per store."""
     fd = os.open(state_dir / "msearchd.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
@@ -107,18 +118,13 @@ def lock_state_dir(state_dir: Path) -> IO[str]:
     return lock
 
 
-def clear_stale_socket(path: Path) -> None:
-    if not path.exists() and not path.is_symlink():
-        return
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+def claim_socket(path: Path) -> Listener:
     try:
-        probe.connect(str(path))
-    except OSError:
-        path.unlink()  # left by a daemon that did not stop cleanly
-        return
-    finally:
-        probe.close()
-    raise StartupError(f"another msearchd is already listening on {path}")
+        return Listener(path)
+    except SocketRefused as exc:
+        raise StartupError(str(exc)) from None
+    except OSError as exc:
+        raise StartupError(f"cannot listen on {path}: {exc.strerror or exc}") from None
 
 
 def bind_http(address: ListenAddress) -> socket.socket:
@@ -131,10 +137,9 @@ def bind_http(address: ListenAddress) -> socket.socket:
 async def serve(
     settings: config.Settings, http: ListenAddress | None = None, http_token: str | None = None
 ) -> None:
-    settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    settings.log_dir.mkdir(mode=0o700, exist_ok=True)
+    prepare_state_dir(settings)
     lock = lock_state_dir(settings.state_dir)
-    clear_stale_socket(settings.socket_path)
+    listener = claim_socket(settings.socket_path)
     http_sock = bind_http(http) if http is not None else None
     store = Store(settings.db_path)
     killed = kill_leftovers(settings.state_dir)
@@ -154,10 +159,7 @@ async def serve(
     )
     service.pool = pool
     server = RpcServer(service, settings.socket_path, stop.set)
-    try:
-        await server.start()
-    except OSError as exc:
-        raise StartupError(f"cannot listen on {settings.socket_path}: {exc.strerror}") from None
+    await server.start(listener)
     pool.start()
     background = [
         loop.create_task(service.run_dispatcher()),

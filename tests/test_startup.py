@@ -5,12 +5,18 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
+import socket
 import stat
+import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import Daemon
 
+from msearchd.client import Client
 from msearchd.store import SCHEMA_VERSION, Store
 
 NOBODY = 65534
@@ -96,6 +102,7 @@ def test_store_files_are_private(daemon):
     files = [
         daemon.state_dir / name for name in ("tasks.db", "tasks.db-wal", "tasks.db-shm", "msearchd.lock")
     ]
+    files.append(daemon.socket.with_name(daemon.socket.name + ".lock"))
     assert {f.name: oct(mode(f)) for f in files} == {f.name: oct(0o600) for f in files}
 
 
@@ -108,3 +115,144 @@ def test_store_files_an_older_daemon_made_readable_become_private(make_daemon):
     d.start()
     assert oct(mode(d.state_dir / "tasks.db")) == oct(0o600)
     assert oct(mode(d.state_dir / "msearchd.lock")) == oct(0o600)
+
+
+# --- folders ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("folder_mode", [0o777, 0o770, 0o702])
+def test_a_state_folder_others_can_write_is_refused(make_daemon, folder_mode):
+    d = make_daemon(start=False)
+    d.state_dir.mkdir()
+    d.state_dir.chmod(folder_mode)
+    line = refusal(d)
+    assert f"the state folder {d.state_dir} can be written by other users (mode {folder_mode:o})" in line
+    assert not (d.state_dir / "tasks.db").exists()
+
+
+def test_a_log_folder_others_can_write_is_refused(make_daemon):
+    d = make_daemon(start=False)
+    (d.state_dir / "logs").mkdir(parents=True)
+    (d.state_dir / "logs").chmod(0o777)
+    assert "the task log folder" in refusal(d)
+
+
+def test_a_state_folder_others_can_only_read_is_used(make_daemon):
+    d = make_daemon(start=False)
+    d.state_dir.mkdir()
+    d.state_dir.chmod(0o755)
+    d.start()
+    with d.client() as c:
+        assert c.status()["pid"] == d.proc.pid
+
+
+@as_root
+def test_a_state_folder_of_another_user_is_refused(make_daemon):
+    d = make_daemon(start=False)
+    d.state_dir.mkdir(mode=0o700)
+    os.chown(d.state_dir, NOBODY, NOBODY)
+    assert f"the state folder {d.state_dir} belongs to uid {NOBODY}, not to this user" in refusal(d)
+    assert not (d.state_dir / "tasks.db").exists()
+
+
+def test_a_socket_folder_others_can_write_is_refused(make_daemon):
+    d = make_daemon(start=False)
+    d.socket.parent.mkdir()
+    d.socket.parent.chmod(0o777)
+    assert f"the socket folder {d.socket.parent} can be written by other users" in refusal(d)
+    assert not d.socket.exists()
+
+
+@pytest.fixture
+def squat_folder() -> Iterator[Path]:
+    """A folder in /tmp that another user (nobody) made, as one squatting /tmp/msearch-UID would."""
+    folder = Path(tempfile.mkdtemp(prefix="ms-squat-", dir="/tmp"))
+    os.chown(folder, NOBODY, NOBODY)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@as_root
+def test_the_daemon_refuses_a_socket_folder_of_another_user(make_daemon, squat_folder):
+    d = make_daemon(start=False, extra_args=("--socket", str(squat_folder / "msearchd.sock")))
+    assert f"the socket folder {squat_folder} belongs to uid {NOBODY}, not to this user" in refusal(d)
+
+
+# --- the path given as the socket -------------------------------------------------------------------
+
+
+def test_a_file_that_is_not_a_socket_is_never_removed(make_daemon):
+    d = make_daemon(start=False)
+    notes = d.root / "notes.txt"
+    notes.write_text("keep me\n")
+    d.extra_args = ("--socket", str(notes))
+    assert f"{notes} exists and is not a socket" in refusal(d)
+    assert notes.read_text() == "keep me\n"
+
+
+def test_the_store_given_as_the_socket_keeps_its_tasks(make_daemon):
+    owner = make_daemon(start=False)
+    owner.state_dir.mkdir(mode=0o700)
+    store = Store(owner.state_dir / "tasks.db")
+    store.insert(task_type="x", data={}, priority=5, status="pending", created_at=1.0)
+    store.close()
+    other = make_daemon(start=False, extra_args=("--socket", str(owner.state_dir / "tasks.db")))
+    assert "tasks.db exists and is not a socket" in refusal(other)
+    owner.start()
+    with owner.client() as c:
+        assert [t["type"] for t in c.list()] == ["x"]
+
+
+def test_a_socket_left_by_a_killed_daemon_is_replaced(make_daemon):
+    d = make_daemon(start=False)
+    d.socket.parent.mkdir(mode=0o700)
+    left = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    left.bind(str(d.socket))
+    left.close()  # the file stays, with nobody listening
+    d.start()
+    with d.client() as c:
+        assert c.status()["pid"] == d.proc.pid
+
+
+def _start_quietly(d: Daemon) -> None:
+    with contextlib.suppress(AssertionError):  # the loser: the test looks at its exit
+        d.start()
+    if not started(d):
+        assert d.proc is not None
+        d.proc.wait(timeout=30)
+
+
+def test_of_two_daemons_started_together_on_one_socket_one_serves(make_daemon):
+    shared = make_daemon(start=False).root / "shared" / "msearchd.sock"
+    shared.parent.mkdir(mode=0o700)
+    for _ in range(4):
+        pair = [make_daemon(start=False, extra_args=("--socket", str(shared))) for _ in range(2)]
+        starters = [threading.Thread(target=_start_quietly, args=(d,)) for d in pair]
+        for t in starters:
+            t.start()
+        for t in starters:
+            t.join(60)
+        serving = [d for d in pair if d.proc is not None and d.proc.poll() is None]
+        assert len(serving) == 1, "\n".join(d.log for d in pair)
+        winner = serving[0]
+        loser = pair[1 - pair.index(winner)]
+        assert loser.proc is not None and loser.proc.returncode == 1
+        assert f"listening on {shared}" in refusal_of(loser), loser.log
+        # The loser has exited: the socket is still the winner's.
+        with Client(shared) as c:
+            assert c.status()["pid"] == winner.proc.pid
+        assert winner.stop() == 0
+        assert not shared.exists()
+
+
+def test_stopping_leaves_alone_a_socket_put_in_place_of_ours(daemon):
+    daemon.socket.unlink()
+    newcomer = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    newcomer.bind(str(daemon.socket))
+    newcomer.listen()
+    try:
+        inode = daemon.socket.lstat().st_ino
+        assert daemon.stop() == 0
+        assert daemon.socket.lstat().st_ino == inode
+    finally:
+        newcomer.close()
