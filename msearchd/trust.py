@@ -43,3 +43,11 @@ def folder_problem(folder: Path, what: str) -> str | None:
         mode = stat.S_IMODE(target.st_mode)
         return f"the {what} {folder} can be written by other users (mode {mode:o}); chmod go-w it"
     return None
+
+
+def peer_problem(sock: socket.socket) -> str | None:
+    """Why the process at the other end of `sock` must not be told anything, or None."""
+    pid, uid = peer_credentials(sock)
+    if uid != os.getuid():
+        return f"it is served by uid {uid} (pid {pid}), not by this user (uid {os.getuid()})"
+    return None

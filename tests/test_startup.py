@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
+import select
 import shutil
 import socket
 import stat
+import struct
+import subprocess
 import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgpack
 import pytest
-from conftest import Daemon
+from conftest import MSEARCHCTL, Daemon
 
-from msearchd.client import Client
+from msearchd.client import AsyncClient, Client
+from msearchd.errors import Unavailable
 from msearchd.store import SCHEMA_VERSION, Store
 
 NOBODY = 65534
@@ -256,3 +262,144 @@ def test_stopping_leaves_alone_a_socket_put_in_place_of_ours(daemon):
         assert daemon.socket.lstat().st_ino == inode
     finally:
         newcomer.close()
+
+
+# --- whom clients talk to ---------------------------------------------------------------------------
+
+
+def test_clients_refuse_a_socket_folder_others_can_write(daemon):
+    daemon.socket.parent.chmod(0o777)
+    with pytest.raises(Unavailable, match="can be written by other users"):
+        Client(daemon.socket)
+    with pytest.raises(Unavailable, match="can be written by other users"):
+        asyncio.run(AsyncClient.connect(daemon.socket))
+    ctl = daemon.ctl("daemon", "status")
+    assert ctl.returncode == 3
+    assert ctl.stderr.count("\n") == 1 and "can be written by other users" in ctl.stderr
+    daemon.socket.parent.chmod(0o700)
+    with daemon.client() as c:
+        assert c.status()["pid"] == daemon.proc.pid
+
+
+class Squatter:
+    """A server run by another user (nobody) on `path`: it answers every request as msearchd would and
+    reports, for each connection in turn, how many bytes it was sent."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        reports, self._report_to = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:
+            try:
+                os.close(reports)
+                self._serve()
+            finally:
+                os._exit(0)
+        os.close(self._report_to)
+        self._reports = os.fdopen(reports, "rb", buffering=0)
+        self._buffer = b""
+        assert self._line() == "ready"
+
+    def _serve(self) -> None:
+        os.setgid(NOBODY)
+        os.setuid(NOBODY)
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(str(self.path))
+        server.listen()
+        os.write(self._report_to, b"ready\n")
+        while True:
+            conn, _ = server.accept()
+            conn.settimeout(30)
+            received = b""
+            unanswered = b""
+            with contextlib.suppress(OSError):
+                while chunk := conn.recv(65536):
+                    received += chunk
+                    unanswered += chunk
+                    while (
+                        len(unanswered) >= 4 and len(unanswered) >= 4 + struct.unpack(">I", unanswered[:4])[0]
+                    ):
+                        size = struct.unpack(">I", unanswered[:4])[0]
+                        request = msgpack.unpackb(unanswered[4 : 4 + size])
+                        unanswered = unanswered[4 + size :]
+                        body = msgpack.packb(
+                            {"id": request.get("id"), "result": {"protocol": 1, "id": "task_666"}}
+                        )
+                        conn.sendall(struct.pack(">I", len(body)) + body)
+            conn.close()
+            os.write(self._report_to, f"{len(received)}\n".encode())
+
+    def _line(self, timeout: float = 30.0) -> str:
+        while b"\n" not in self._buffer:
+            ready, _, _ = select.select([self._reports], [], [], timeout)
+            assert ready, "the squatter reported nothing"
+            chunk = self._reports.read(4096)
+            assert chunk, "the squatter died"
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return line.decode()
+
+    def received(self) -> list[int]:
+        """Bytes sent on each connection made since the last call: ends with one of the test's own."""
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.connect(str(self.path))
+        probe.sendall(b"end")
+        probe.close()
+        sizes = []
+        while (size := int(self._line())) != 3:
+            sizes.append(size)
+        return sizes
+
+    def close(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, 9)
+        os.waitpid(self.pid, 0)
+        self._reports.close()
+
+
+@pytest.fixture
+def squatter(squat_folder: Path) -> Iterator[Squatter]:
+    s = Squatter(squat_folder / "msearchd.sock")
+    yield s
+    s.close()
+
+
+SECRET_COMMAND = ("sh", "-c", "curl -H 'Authorization: Bearer s3cr3t' http://example.invalid/")
+
+
+@as_root
+def test_clients_send_nothing_to_a_socket_in_another_users_folder(squatter):
+    with pytest.raises(Unavailable, match=f"belongs to uid {NOBODY}, not to this user"):
+        Client(squatter.path)
+    with pytest.raises(Unavailable, match=f"belongs to uid {NOBODY}, not to this user"):
+        asyncio.run(AsyncClient.connect(squatter.path))
+    ctl = subprocess.run(
+        [MSEARCHCTL, "--socket", str(squatter.path), "tasks", "add", "command", "--", *SECRET_COMMAND],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ctl.returncode == 3, ctl.stdout + ctl.stderr
+    assert ctl.stderr.count("\n") == 1 and "refusing to talk to msearchd" in ctl.stderr
+    assert "task_666" not in ctl.stdout
+    assert squatter.received() == []
+
+
+@as_root
+def test_clients_send_nothing_to_a_server_of_another_user(squatter):
+    # The folder is this user's now, private; the server in it is still nobody's.
+    os.chown(squatter.path.parent, os.getuid(), os.getgid())
+    squatter.path.parent.chmod(0o700)
+    with pytest.raises(Unavailable, match=f"served by uid {NOBODY} "):
+        Client(squatter.path)
+    with pytest.raises(Unavailable, match=f"served by uid {NOBODY} "):
+        asyncio.run(AsyncClient.connect(squatter.path))
+    ctl = subprocess.run(
+        [MSEARCHCTL, "--socket", str(squatter.path), "tasks", "add", "command", "--", *SECRET_COMMAND],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ctl.returncode == 3, ctl.stdout + ctl.stderr
+    assert ctl.stderr.count("\n") == 1 and f"served by uid {NOBODY}" in ctl.stderr
+    assert squatter.received() == [0, 0, 0]  # connected, checked, hung up
