@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from msearchd import protocol
+from msearchd.config import socket_lock_path
 from msearchd.errors import InternalError, MsearchError, ProtocolError, Unavailable
 from msearchd.service import REQUESTER, Subscription, TaskService
 from msearchd.trust import folder_problem, peer_credentials
@@ -84,8 +85,7 @@ class Listener:
 
 
 def _lock_beside(path: Path) -> int:
-    lock_path = path.with_name(path.name + ".lock")
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    fd = os.open(socket_lock_path(path), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -21,6 +21,7 @@ import msgpack
 import pytest
 from conftest import MSEARCHCTL, Daemon
 
+from msearchd import config
 from msearchd.client import AsyncClient, Client
 from msearchd.errors import Unavailable
 from msearchd.store import SCHEMA_VERSION, Store
@@ -108,7 +109,7 @@ def test_store_files_are_private(daemon):
     files = [
         daemon.state_dir / name for name in ("tasks.db", "tasks.db-wal", "tasks.db-shm", "msearchd.lock")
     ]
-    files.append(daemon.socket.with_name(daemon.socket.name + ".lock"))
+    files.append(config.socket_lock_path(daemon.socket))
     assert {f.name: oct(mode(f)) for f in files} == {f.name: oct(0o600) for f in files}
 
 
@@ -182,6 +183,18 @@ def squat_folder() -> Iterator[Path]:
 def test_the_daemon_refuses_a_socket_folder_of_another_user(make_daemon, squat_folder):
     d = make_daemon(start=False, extra_args=("--socket", str(squat_folder / "msearchd.sock")))
     assert f"the socket folder {squat_folder} belongs to uid {NOBODY}, not to this user" in refusal(d)
+
+
+def test_the_start_line_names_the_socket_and_the_state_folder_in_full(make_daemon):
+    d = make_daemon(start=False)
+    d.socket.parent.mkdir(mode=0o700)
+    d.extra_args = ("--socket", os.path.relpath(d.socket), "--state-dir", os.path.relpath(d.state_dir))
+    d.start()
+    line = d.wait_for_log(" listening on ")
+    assert f" listening on {d.socket} with " in line
+    assert line.endswith(f"; state in {d.state_dir}\n")
+    with d.client() as c:
+        assert c.status()["pid"] == d.proc.pid
 
 
 # --- the path given as the socket -------------------------------------------------------------------
