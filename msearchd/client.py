@@ -36,8 +36,10 @@ def _check_folder(path: Path) -> None:
     """Refuse a socket whose folder another user could have put it in, before connecting."""
     try:
         problem = folder_problem(path.parent, "socket folder")
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return  # connecting fails and says so
+    except OSError as exc:
+        problem = f"cannot look at the socket folder {path.parent}: {exc.strerror or exc}"
     if problem is not None:
         raise Unavailable(f"refusing to talk to msearchd at {path}: {problem}")
 

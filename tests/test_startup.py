@@ -294,6 +294,15 @@ def test_clients_refuse_a_socket_folder_others_can_write(daemon):
         assert c.status()["pid"] == daemon.proc.pid
 
 
+def test_a_missing_socket_folder_is_an_unreachable_daemon(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    for path in (tmp_path / "missing" / "msearchd.sock", tmp_path / "a-file" / "sub" / "msearchd.sock"):
+        with pytest.raises(Unavailable, match=f"cannot reach msearchd at {path} "):
+            Client(path)
+        with pytest.raises(Unavailable, match=f"cannot reach msearchd at {path} "):
+            asyncio.run(AsyncClient.connect(path))
+
+
 class Squatter:
     """A server run by another user (nobody) on `path`: it answers every request as msearchd would and
     reports, for each connection in turn, how many bytes it was sent."""
