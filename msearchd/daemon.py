@@ -139,9 +139,9 @@ async def serve(
 ) -> None:
     prepare_state_dir(settings)
     lock = lock_state_dir(settings.state_dir)
-    listener = claim_socket(settings.socket_path)
     http_sock = bind_http(http) if http is not None else None
     store = Store(settings.db_path)
+    listener = claim_socket(settings.socket_path)  # after what may fail: a refusal leaves no socket file
     killed = kill_leftovers(settings.state_dir)
     if killed:
         log.warning("killed %d process(es) left behind by a previous daemon", killed)

@@ -101,6 +101,7 @@ def test_a_damaged_store_is_refused_in_one_sentence(make_daemon, damage):
                 f.seek(8 * 4096)
                 f.write(b"\xa5" * 16 * 4096)
     assert refusal(d).startswith(f"msearchd: {db} is not a msearch database or is damaged: ")
+    assert not d.socket.exists()
 
 
 def test_store_files_are_private(daemon):
