@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from msearchd import protocol
 from msearchd.config import default_socket_path
 from msearchd.errors import ProtocolError, Unavailable, from_wire
+from msearchd.trust import folder_problem, peer_problem
 
 if TYPE_CHECKING:  # asyncio is imported only by AsyncClient: it costs the CLI ~35 ms to start
     import asyncio
@@ -29,6 +30,25 @@ if TYPE_CHECKING:  # asyncio is imported only by AsyncClient: it costs the CLI ~
 def _no_daemon(path: Path, exc: OSError) -> Unavailable:
     reason = exc.strerror or str(exc)
     return Unavailable(f"cannot reach msearchd at {path} ({reason}); is the daemon running?")
+
+
+def _check_folder(path: Path) -> None:
+    """Refuse a socket whose folder another user could have put it in, before connecting."""
+    try:
+        problem = folder_problem(path.parent, "socket folder")
+    except (FileNotFoundError, NotADirectoryError):
+        return  # connecting fails and says so
+    except OSError as exc:
+        problem = f"cannot look at the socket folder {path.parent}: {exc.strerror or exc}"
+    if problem is not None:
+        raise Unavailable(f"refusing to talk to msearchd at {path}: {problem}")
+
+
+def _check_peer(path: Path, sock: socket.socket) -> None:
+    """Refuse a server of another user before it is sent anything (a request can carry secrets)."""
+    problem = peer_problem(sock)
+    if problem is not None:
+        raise Unavailable(f"refusing to talk to msearchd at {path}: {problem}")
 
 
 def _result(message: dict[str, Any] | None, req_id: int) -> Any:
@@ -124,6 +144,7 @@ class Client(_Methods):
         self.path = Path(socket_path) if socket_path else default_socket_path()
         self._next_id = 0
         self._pipeline: Pipeline | None = None
+        _check_folder(self.path)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.settimeout(connect_timeout)
         try:
@@ -131,6 +152,11 @@ class Client(_Methods):
         except OSError as exc:
             self._sock.close()
             raise _no_daemon(self.path, exc) from None
+        try:
+            _check_peer(self.path, self._sock)
+        except Unavailable:
+            self._sock.close()
+            raise
         # The timeout covers the hello too: a daemon that is stopped (SIGSTOP) or stuck still has its
         # connections accepted by the kernel, and would otherwise leave us waiting for ever.
         self._reader = protocol.FrameReader(self._sock)
@@ -349,10 +375,18 @@ class AsyncClient(_Methods):
         import asyncio
 
         path = Path(socket_path) if socket_path else default_socket_path()
+        _check_folder(path)
         try:
             reader, writer = await asyncio.open_unix_connection(str(path), limit=protocol.MAX_FRAME + 4)
         except OSError as exc:
             raise _no_daemon(path, exc) from None
+        try:
+            _check_peer(path, writer.get_extra_info("socket"))
+        except Unavailable:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            raise
         client = cls(path, reader, writer)
         await client.call("hello", protocol=protocol.PROTOCOL_VERSION, client="msearchd.AsyncClient")
         return client

@@ -27,6 +27,11 @@ def default_socket_path() -> Path:
     return Path(env) if env else runtime_dir() / SOCKET_NAME
 
 
+def socket_lock_path(socket_path: Path) -> Path:
+    """The lock beside a socket that the daemon listening on it holds."""
+    return socket_path.with_name(socket_path.name + ".lock")
+
+
 def default_state_dir() -> Path:
     env = os.environ.get("MSEARCH_STATE_DIR")
     if env:
@@ -134,6 +139,9 @@ def load(path: Path | None, overrides: Mapping[str, Any]) -> Settings:
     for key, value in overrides.items():
         if value is not None:
             setattr(settings, key, value)
+    # Workers and the HTTP shim do not run in the folder msearchd was started from.
+    settings.socket_path = Path(os.path.normpath(settings.socket_path.absolute()))
+    settings.state_dir = Path(os.path.normpath(settings.state_dir.absolute()))
     validate(settings)
     return settings
 

@@ -25,9 +25,10 @@ from msearchd.httpshim import (
     check_token_rule,
     parse_listen,
 )
-from msearchd.rpc import RpcServer
+from msearchd.rpc import Listener, RpcServer, SocketRefused
 from msearchd.service import TaskService
-from msearchd.store import Store
+from msearchd.store import Store, UnusableStore
+from msearchd.trust import folder_problem
 from msearchd.workers import Reaper, WorkerPool, kill_leftovers
 
 log = logging.getLogger("msearchd")
@@ -88,9 +89,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def prepare_state_dir(settings: config.Settings) -> None:
+    """Create the state folder and its log folder private to this user; refuse ones that another user
+    owns or can write, who could plant a database or a log there."""
+    for folder, what in ((settings.state_dir, "state folder"), (settings.log_dir, "task log folder")):
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        problem = folder_problem(folder, what)
+        if problem is not None:
+            raise StartupError(problem)
+
+
 def lock_state_dir(state_dir: Path) -> IO[str]:
     """Hold a lock on the state folder for the daemon's lifetime: one daemon per store."""
-    lock = (state_dir / "msearchd.lock").open("a+")
+    fd = os.open(state_dir / "msearchd.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    os.fchmod(fd, 0o600)  # one an older msearchd made
+    lock = os.fdopen(fd, "a+")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -105,18 +118,13 @@ def lock_state_dir(state_dir: Path) -> IO[str]:
     return lock
 
 
-def clear_stale_socket(path: Path) -> None:
-    if not path.exists() and not path.is_symlink():
-        return
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+def claim_socket(path: Path) -> Listener:
     try:
-        probe.connect(str(path))
-    except OSError:
-        path.unlink()  # left by a daemon that did not stop cleanly
-        return
-    finally:
-        probe.close()
-    raise StartupError(f"another msearchd is already listening on {path}")
+        return Listener(path)
+    except SocketRefused as exc:
+        raise StartupError(str(exc)) from None
+    except OSError as exc:
+        raise StartupError(f"cannot listen on {path}: {exc.strerror or exc}") from None
 
 
 def bind_http(address: ListenAddress) -> socket.socket:
@@ -129,12 +137,11 @@ def bind_http(address: ListenAddress) -> socket.socket:
 async def serve(
     settings: config.Settings, http: ListenAddress | None = None, http_token: str | None = None
 ) -> None:
-    settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    settings.log_dir.mkdir(mode=0o700, exist_ok=True)
+    prepare_state_dir(settings)
     lock = lock_state_dir(settings.state_dir)
-    clear_stale_socket(settings.socket_path)
     http_sock = bind_http(http) if http is not None else None
     store = Store(settings.db_path)
+    listener = claim_socket(settings.socket_path)  # after what may fail: a refusal leaves no socket file
     killed = kill_leftovers(settings.state_dir)
     if killed:
         log.warning("killed %d process(es) left behind by a previous daemon", killed)
@@ -152,10 +159,7 @@ async def serve(
     )
     service.pool = pool
     server = RpcServer(service, settings.socket_path, stop.set)
-    try:
-        await server.start()
-    except OSError as exc:
-        raise StartupError(f"cannot listen on {settings.socket_path}: {exc.strerror}") from None
+    await server.start(listener)
     pool.start()
     background = [
         loop.create_task(service.run_dispatcher()),
@@ -222,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     try:
         asyncio.run(serve(settings, http, http_token))
-    except (StartupError, InvalidArgument) as exc:
+    except (StartupError, InvalidArgument, UnusableStore) as exc:
         print(f"msearchd: {exc}", file=sys.stderr)
         sys.exit(1)
     except OSError as exc:

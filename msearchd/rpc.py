@@ -9,47 +9,132 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import inspect
 import logging
 import os
 import socket
-import struct
+import stat
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from msearchd import protocol
-from msearchd.errors import InternalError, InvalidArgument, MsearchError, ProtocolError, Unavailable
+from msearchd.config import socket_lock_path
+from msearchd.errors import InternalError, MsearchError, ProtocolError, Unavailable
 from msearchd.service import REQUESTER, Subscription, TaskService
+from msearchd.trust import folder_problem, peer_credentials
 
 log = logging.getLogger("msearchd.rpc")
 
-_PEERCRED = struct.Struct("3i")  # pid, uid, gid
 # Answers queue up to this many bytes on a connection before its handler waits for the client to read.
 WRITE_BUFFER = 256 * 1024
 
 
-def peer_credentials(sock: socket.socket) -> tuple[int, int]:
-    """(pid, uid) of the process at the other end, as the kernel vouches for them."""
-    pid, uid, _ = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
-    return pid, uid
+class SocketRefused(Exception):
+    """A reason not to listen on the socket path, in one sentence."""
 
 
 def prepare_socket_dir(path: Path) -> None:
-    """Create the socket's folder private to this user; refuse a folder someone else owns.
+    """Create the socket's folder private to this user; refuse one that another user owns or can write.
 
-    An existing folder is never chmod-ed (it may be shared, like /tmp); the socket itself is 0600 and
-    every peer's uid is checked.
+    Such a user could put a socket of theirs in its place and be sent every request. An existing folder
+    is never chmod-ed: one that others may enter but not write (0755) is only logged.
     """
     folder = path.parent
     if not folder.exists():
-        folder.mkdir(mode=0o700, parents=True)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         folder.chmod(0o700)  # mkdir's mode is filtered by the umask
-    st = folder.lstat()
-    if st.st_uid != os.getuid():
-        raise InvalidArgument(f"socket folder {folder} belongs to uid {st.st_uid}, not to this user")
-    if st.st_mode & 0o077:
+    problem = folder_problem(folder, "socket folder")
+    if problem is not None:
+        raise SocketRefused(problem)
+    if folder.stat().st_mode & 0o077:
         log.warning("socket folder %s is open to other users; the socket itself is 0600", folder)
+
+
+class Listener:
+    """The socket path, claimed: a lock beside it, held for the daemon's life, and the socket bound.
+
+    The lock makes "is a daemon there already?" and the bind one step, so that of two daemons started
+    together only one listens. The socket's inode tells ours from one put in its place later, which
+    stopping must leave alone.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        prepare_socket_dir(path)
+        self._lock = _lock_beside(path)
+        try:
+            _clear_stale_socket(path)
+            self.sock = _bind(path)
+        except BaseException:
+            os.close(self._lock)
+            raise
+        bound = path.lstat()
+        self._identity = (bound.st_dev, bound.st_ino)
+
+    def release(self) -> None:
+        """Remove the socket if it is still ours, then unlock. The lock file stays: were it removed, two
+        daemons could each lock a file of that name, the removed one and a new one."""
+        with contextlib.suppress(FileNotFoundError):
+            now = self.path.lstat()
+            if (now.st_dev, now.st_ino) == self._identity:
+                self.path.unlink()
+        self.sock.close()
+        os.close(self._lock)
+
+
+def _lock_beside(path: Path) -> int:
+    fd = os.open(socket_lock_path(path), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise SocketRefused(f"another msearchd (pid {holder}) is starting or listening on {path}") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    os.fchmod(fd, 0o600)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
+
+
+def _clear_stale_socket(path: Path) -> None:
+    """Remove a socket that a daemon which did not stop cleanly left; refuse anything else."""
+    try:
+        found = path.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(found.st_mode):
+        raise SocketRefused(f"{path} exists and is not a socket; refusing to replace it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(5.0)
+    try:
+        probe.connect(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        path.unlink(missing_ok=True)  # nobody listens: left by a daemon that was killed
+        return
+    except TimeoutError:
+        pass  # its backlog is full: someone listens
+    finally:
+        probe.close()
+    raise SocketRefused(f"another msearchd is already listening on {path}")
+
+
+def _bind(path: Path) -> socket.socket:
+    """Bind without replacing anything at `path` (asyncio's own bind would remove a socket there)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    except BaseException:
+        sock.close()
+        raise
+    finally:
+        os.umask(old_umask)
+    return sock
 
 
 class RpcServer:
@@ -58,6 +143,7 @@ class RpcServer:
         self.path = path
         self._on_shutdown = on_shutdown
         self._server: asyncio.AbstractServer | None = None
+        self._listener: Listener | None = None
         self.connections: set[Connection] = set()
         self.stopping = False
         svc = service
@@ -85,15 +171,10 @@ class RpcServer:
         asyncio.get_running_loop().call_soon(self._on_shutdown)
         return {"stopping": True}
 
-    async def start(self) -> None:
-        prepare_socket_dir(self.path)
+    async def start(self, listener: Listener) -> None:
+        self._listener = listener
         loop = asyncio.get_running_loop()
-        old_umask = os.umask(0o177)
-        try:
-            self._server = await loop.create_unix_server(lambda: Connection(self), path=str(self.path))
-        finally:
-            os.umask(old_umask)
-        self.path.chmod(0o600)
+        self._server = await loop.create_unix_server(lambda: Connection(self), sock=listener.sock)
 
     def stop_accepting(self) -> None:
         """Take no new connections, and answer new requests on open ones with `unavailable`."""
@@ -103,8 +184,8 @@ class RpcServer:
 
     async def close(self) -> None:
         self.stop_accepting()
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        if self._listener is not None:
+            self._listener.release()
         pending = [t for conn in list(self.connections) for t in conn.close()]
         if pending:
             await asyncio.wait(pending, timeout=1.0)

@@ -6,8 +6,10 @@ commit is in the WAL before the call returns. Only a power loss can drop the las
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
+import os
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -146,13 +148,35 @@ def _marks(n: int) -> str:
     return ",".join("?" * n)
 
 
+class UnusableStore(Exception):
+    """The database file cannot serve as this msearchd's store; the message says why in one sentence."""
+
+
+# The database and the files SQLite keeps beside it (it gives those the database's mode when it makes them).
+_STORE_FILE_SUFFIXES = ("", "-wal", "-shm", "-journal")
+
+
+def _make_private(path: Path) -> None:
+    """Tasks hold commands, their environment and their data: only this user may read the store."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for suffix in _STORE_FILE_SUFFIXES:
+        with contextlib.suppress(FileNotFoundError):
+            path.with_name(path.name + suffix).chmod(0o600)  # made before stores were private
+
+
 class Store:
     """Tasks and their dependencies in one SQLite file. Not thread-safe: the daemon's loop owns it."""
 
     def __init__(self, path: Path | str) -> None:
         self.path = str(path)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        try:
+            _make_private(Path(path))
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.DatabaseError as exc:
+            raise UnusableStore(f"{self.path} is not a msearch database or is damaged: {exc}") from None
+        except (OSError, sqlite3.Error) as exc:
+            raise UnusableStore(f"cannot open the task store {self.path}: {exc}") from None
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT}")
@@ -168,14 +192,28 @@ class Store:
         self._db.close()
 
     def _migrate(self) -> None:
+        # A damaged file fails here, with one sentence, rather than in the middle of some later request
+        # (~35 ms for 100,000 tasks).
+        try:
+            problems = [row[0] for row in self._db.execute("PRAGMA quick_check(1)")]
+        except sqlite3.DatabaseError as exc:
+            problems = [str(exc)]
+        if problems != ["ok"]:
+            # SQLite heads its report with "*** in database main ***" on a line of its own.
+            detail = " ".join(ln for ln in problems[0].splitlines() if not ln.startswith("***"))
+            raise UnusableStore(f"{self.path} is not a msearch database or is damaged: {detail}")
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
-            raise RuntimeError(
-                f"{self.path} has schema version {version}; this msearchd knows up to {SCHEMA_VERSION}"
+            raise UnusableStore(
+                f"{self.path} was written by a newer msearchd "
+                f"(schema {version}; this one knows up to {SCHEMA_VERSION})"
             )
         for step in range(version, SCHEMA_VERSION):
             # executescript runs outside our transaction helper; each script is its own transaction.
-            self._db.executescript(f"BEGIN; {MIGRATIONS[step]} PRAGMA user_version={step + 1}; COMMIT;")
+            try:
+                self._db.executescript(f"BEGIN; {MIGRATIONS[step]} PRAGMA user_version={step + 1}; COMMIT;")
+            except sqlite3.Error as exc:
+                raise UnusableStore(f"{self.path} is not a msearch database or is damaged: {exc}") from None
 
     def pause_checkpoints(self) -> None:
         """Keep checkpoints out of this connection's commits until `resume_checkpoints`.

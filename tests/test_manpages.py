@@ -347,7 +347,8 @@ def state_file_names(tmp_path: Path) -> set[str]:
     lock = daemon.lock_state_dir(settings.state_dir)
     lock.close()
     lock_names = {p.name for p in settings.state_dir.iterdir()}
-    return {config.SOCKET_NAME, settings.db_path.name, settings.log_dir.name, *lock_names}
+    socket_lock = config.socket_lock_path(settings.socket_path).name
+    return {config.SOCKET_NAME, socket_lock, settings.db_path.name, settings.log_dir.name, *lock_names}
 
 
 # --- the checks -------------------------------------------------------------------------------------

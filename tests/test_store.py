@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import random
+import re
 import sqlite3
 from pathlib import Path
 
 import pytest
 
 from msearchd.model import TaskStatus
-from msearchd.store import AUTOCHECKPOINT, Store
+from msearchd.store import AUTOCHECKPOINT, SCHEMA_VERSION, Store, UnusableStore
 
 
 @pytest.fixture
@@ -136,7 +137,8 @@ def test_newer_schema_is_refused(tmp_path: Path):
     db = sqlite3.connect(path)
     db.execute("PRAGMA user_version=99")
     db.close()
-    with pytest.raises(RuntimeError, match="schema version 99"):
+    expected = f"written by a newer msearchd (schema 99; this one knows up to {SCHEMA_VERSION})"
+    with pytest.raises(UnusableStore, match=re.escape(expected)):
         Store(path)
 
 
