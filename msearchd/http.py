@@ -65,6 +65,7 @@ from msearchd.httpshim import (
     check_token_rule,
     is_loopback_name,
     parse_listen,
+    url_host,
 )
 from msearchd.model import PRIORITY_MAX, PRIORITY_MIN, TaskStatus
 from msearchd.prctl import die_with_parent
@@ -1029,8 +1030,12 @@ def _proc_net_address(host: str, port: int) -> str:
 
 
 def tcp_peer_uid(client: tuple[str, int], server: tuple[str, int]) -> int | None:
-    """The uid owning the client end of a TCP connection on this machine, from /proc/net/tcp."""
-    local, remote = _proc_net_address(*client), _proc_net_address(*server)
+    """The uid owning the client end of a TCP connection on this machine, from /proc/net/tcp; None when
+    no connection with these ends is found (or an end is not an address: nobody owns it)."""
+    try:
+        local, remote = _proc_net_address(*client), _proc_net_address(*server)
+    except (OSError, ValueError):
+        return None
     for table in ("/proc/net/tcp6", "/proc/net/tcp") if ":" in client[0] else ("/proc/net/tcp",):
         try:
             with open(table) as rows:
@@ -1044,12 +1049,39 @@ def tcp_peer_uid(client: tuple[str, int], server: tuple[str, int]) -> int | None
     return None
 
 
+# Methods that only read: a page of another origin may send them (it cannot read the answer).
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin(url: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of an origin or URL, as browsers compare them; None if unreadable."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or _DEFAULT_PORTS.get(parts.scheme.lower())
+    except ValueError:
+        return None
+    if not parts.hostname or port is None:
+        return None
+    return parts.scheme.lower(), parts.hostname.lower(), port
+
+
+def _own_origin(scope: Scope, host: str | None) -> str:
+    """The shim's origin as this request reached it: the Host it was sent to, else the bound address."""
+    if host is None:
+        address, port = scope["server"]
+        host = f"{url_host(address)}:{port}"
+    return f"{scope['scheme']}://{host}"
+
+
 class Guard:
     """Outermost checks: the bearer token; without one, only loopback hosts and origins; no 500 unlogged.
 
     Without a token the shim trusts only this user on this machine, as the daemon's socket does: a
     request must come from a loopback connection that the daemon's own uid opened, and must not carry
     what a web page could smuggle in: a foreign Host (DNS rebinding) or a foreign Origin (cross-site posts).
+    A request that changes something must moreover come from the shim's own origin, exactly: a form post
+    needs no preflight, so a page served on another local port could otherwise post to the shim.
     """
 
     def __init__(self, app: ASGIApp, token: str | None) -> None:
@@ -1078,15 +1110,23 @@ class Guard:
         origin = headers.get("origin")
         if origin is not None and not _is_local(origin):
             return detail(403, f"拒绝来自其他网站的请求: Origin {origin!r}")
+        if scope["method"] in SAFE_METHODS:
+            return None
+        site = headers.get("sec-fetch-site", "").lower()
+        if site in ("cross-site", "same-site"):
+            return detail(
+                403, f"拒绝其他网页发来的修改请求: Sec-Fetch-Site: {site}（只接受本服务自己的页面）"
+            )
+        own = _own_origin(scope, host)
+        if origin is not None and (_origin(origin) is None or _origin(origin) != _origin(own)):
+            return detail(
+                403, f"拒绝其他来源发来的修改请求: Origin {origin!r}（只接受本服务自己的来源 {own}）"
+            )
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
-            return
-        refusal = self._refusal(scope, Headers(scope=scope))
-        if refusal is not None:
-            await refusal(scope, receive, send)
             return
         started = False
 
@@ -1097,6 +1137,10 @@ class Guard:
             await send(message)
 
         try:
+            refusal = self._refusal(scope, Headers(scope=scope))
+            if refusal is not None:
+                await refusal(scope, receive, watch)
+                return
             await self.app(scope, receive, watch)
         except Exception as exc:
             log.exception("%s %s failed", scope.get("method"), scope.get("path"))
@@ -1202,7 +1246,8 @@ def create_app(socket_path: Path, token: str | None = None, rpc_timeout: float =
                         }
                     else:
                         operation["responses"]["403"] = {
-                            "description": "未设置令牌时：请求不是本机同一用户发出，或 Host、Origin 不是本机",
+                            "description": "未设置令牌时：请求不是本机同一用户发出，Host、Origin 不是本机，"
+                            "或修改请求来自其他来源（Origin、Sec-Fetch-Site）",
                             "content": {
                                 "application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}
                             },
@@ -1310,6 +1355,8 @@ def main(argv: list[str] | None = None) -> None:
         access_log=args.access_log,
         timeout_graceful_shutdown=5,
         server_header=False,
+        # Not behind a proxy: X-Forwarded-For must not replace the peer whose uid the Guard checks.
+        proxy_headers=False,
     )
     server = _Server(config)
     server.url = bound_url(sock)

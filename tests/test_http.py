@@ -33,6 +33,7 @@ from conftest import MSEARCHD, Daemon
 from support import wait_started
 
 from msearchd import protocol
+from msearchd.http import tcp_peer_uid
 
 LISTEN_RE = re.compile(r"http shim listening on (http://\S+) \(pid (\d+)\)")
 DOC = Path(__file__).resolve().parents[2] / "shared" / "task-control-api.zh.md"
@@ -404,6 +405,97 @@ def test_loopback_without_token_refuses_foreign_hosts_and_origins(served):
     # A page of the local web UI (another port on localhost) is welcome.
     assert shim.get("/tasks/stats", headers={"Origin": "http://localhost:8502"}).status == 200
     assert shim.get("/tasks/stats", headers={"Host": f"localhost:{urlsplit(shim.url).port}"}).status == 200
+
+
+def test_changes_come_only_from_the_shims_own_origin(served):
+    """A form post needs no preflight: a page on another local port must not cancel, retry or reprioritise."""
+    _, shim, c = served
+    held = hold_worker(c)["id"]
+    waiting = c.submit("file_scan")["id"]
+    port = urlsplit(shim.url).port
+    cancel_all = {"form": {"cancel_running": "on"}}
+    refused: list[tuple[str, str, dict[str, Any], str]] = [
+        ("POST", "/tasks/cancel-all", {**cancel_all, "headers": {"Origin": "http://127.0.0.1:9999"}}, "9999"),
+        # The same port under another name is another origin (and may be another server).
+        ("POST", "/tasks/cancel-all", {**cancel_all, "headers": {"Origin": f"http://localhost:{port}"}}, ""),
+        ("POST", "/tasks/cancel-all", {**cancel_all, "headers": {"Origin": f"http://[::1]:{port}"}}, ""),
+        ("POST", "/tasks/cancel-all", {**cancel_all, "headers": {"Origin": f"https://127.0.0.1:{port}"}}, ""),
+        ("POST", "/tasks/cancel-all", {**cancel_all, "headers": {"Origin": "null"}}, "null"),
+        (
+            "POST",
+            "/tasks/cancel-all",
+            {**cancel_all, "headers": {"Sec-Fetch-Site": "cross-site"}},
+            "cross-site",
+        ),
+        (
+            "POST",
+            "/tasks/cancel-all",
+            {**cancel_all, "headers": {"Sec-Fetch-Site": "same-site"}},
+            "same-site",
+        ),
+        (
+            "POST",
+            f"/tasks/{waiting}/priority",
+            {"form": {"priority": "0"}, "headers": {"Origin": "http://localhost:8502"}},
+            "8502",
+        ),
+        (
+            "POST",
+            f"/tasks/{held}/cancel",
+            {"form": {"cancel_running": "true"}, "headers": {"Origin": "http://127.0.0.1:1"}},
+            "",
+        ),
+    ]
+    for method in ("PUT", "PATCH", "DELETE"):
+        refused.append((method, f"/tasks/{waiting}", {"headers": {"Origin": "http://127.0.0.1:9999"}}, ""))
+    for method, path, kw, needle in refused:
+        reply = call(shim.url, method, "/api/v1" + path, **kw)
+        assert reply.status == 403, (method, path, kw, reply.body)
+        assert reply.body["detail"].startswith("拒绝"), reply.body
+        assert needle in reply.body["detail"]
+    assert c.get(held)["status"] == "running"
+    assert c.get(waiting)["status"] == "pending" and c.get(waiting)["priority"] != 0
+
+    # Reading stays open to the local web UI, and changes from the shim's own pages go through,
+    # under whichever loopback name the page was loaded.
+    assert shim.get("/tasks/stats", headers={"Origin": "http://127.0.0.1:9999"}).status == 200
+    own = {"Origin": f"http://127.0.0.1:{port}", "Sec-Fetch-Site": "same-origin"}
+    moved = shim.post(f"/tasks/{waiting}/priority", form={"priority": "0"}, headers=own)
+    assert moved.status == 200, moved.body
+    named = {"Host": f"localhost:{port}", "Origin": f"http://localhost:{port}"}
+    assert shim.post(f"/tasks/{waiting}/priority", form={"priority": "1"}, headers=named).status == 200
+    typed = shim.post(
+        f"/tasks/{waiting}/priority", form={"priority": "2"}, headers={"Sec-Fetch-Site": "none"}
+    )
+    assert typed.status == 200  # a request the user made by hand (no page involved)
+    assert c.get(waiting)["priority"] == 2
+    stopped = shim.post("/tasks/cancel-all", form={"cancel_running": "on"}, headers=own)
+    assert stopped.status == 200 and stopped.body["message"] == "已取消2个任务"
+
+
+def test_forwarding_headers_change_nothing(served):
+    """The shim is not behind a proxy: X-Forwarded-* headers name no client and no scheme."""
+    _, shim, _ = served
+    port = urlsplit(shim.url).port
+    for value in ("10.1.2.3", "203.0.113.9, 127.0.0.1", "not-an-address", "[::1]:80", ""):
+        reply = shim.get("/tasks/stats", headers={"X-Forwarded-For": value})
+        assert reply.status == 200, (value, reply.status, reply.body)
+    forwarded = {
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-Host": "evil.example",
+        "Forwarded": "for=10.1.2.3;proto=https",
+        "Origin": f"http://127.0.0.1:{port}",
+    }
+    assert shim.post("/tasks/cancel-all", headers=forwarded).status == 200
+    assert (
+        shim.post("/tasks/cancel-all", headers={**forwarded, "Origin": f"https://127.0.0.1:{port}"}).status
+        == 403
+    )
+
+
+def test_an_unreadable_peer_address_has_no_owner():
+    assert tcp_peer_uid(("not-an-address", 1), ("127.0.0.1", 8000)) is None
+    assert tcp_peer_uid(("127.0.0.1", 1), ("::1", 8000)) is None
 
 
 # --- the paths ----------------------------------------------------------------------------------------
