@@ -26,7 +26,7 @@ import os
 import re
 import socket
 import sys
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, cast
@@ -46,7 +46,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from msearchd import __version__
-from msearchd.client import AsyncClient
+from msearchd.client import AsyncClient, AsyncEventStream
 from msearchd.config import default_socket_path
 from msearchd.errors import (
     InvalidArgument,
@@ -937,6 +937,64 @@ async def retry_task(request: Request, task_id: TaskIdPath) -> ApiJSON:
 
 
 SSE_KEEPALIVE = 15.0
+# Each stream holds a connection to the client and one to the daemon, for as long as the client likes.
+MAX_EVENT_STREAMS = 32
+
+
+class StreamSlots:
+    """How many event streams are open, so that clients cannot pile up connections to the daemon."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open = 0
+
+    def take(self) -> None:
+        if self.open >= self.limit:
+            raise ApiError(503, f"同时打开的事件流已达上限（{self.limit}个），请先关闭不用的事件流再试")
+        self.open += 1
+        log.debug("event stream opened (%d open)", self.open)
+
+    def give_back(self) -> None:
+        self.open -= 1
+        log.debug("event stream closed (%d open)", self.open)
+
+
+class EventStreamResponse(StreamingResponse):
+    """Server-Sent Events that close the daemon's stream and give the slot back when the response ends,
+    however it ends: the client vanished (even before the first frame), the daemon stopped, or an error."""
+
+    def __init__(
+        self, frames: AsyncGenerator[bytes, None], stream: AsyncEventStream, slots: StreamSlots
+    ) -> None:
+        super().__init__(frames, media_type="text/event-stream", headers={"Cache-Control": "no-store"})
+        self._frames = frames
+        self._stream = stream
+        self._slots = slots
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            try:
+                await self._frames.aclose()  # cancels a pending read; no-op once it has ended
+                await self._stream.close()
+            finally:
+                self._slots.give_back()
+
+
+async def _subscribe(
+    socket_path: Path, ids: list[str | int] | None, types: list[str] | None
+) -> AsyncEventStream:
+    try:
+        client = await AsyncClient.connect(socket_path)
+    except MsearchError as exc:
+        raise daemon_error(exc, "任务不存在") from None
+    try:
+        return await client.events(task_ids=ids, types=types)
+    except MsearchError as exc:
+        raise daemon_error(exc, "任务不存在") from None
+    finally:
+        await client.close()  # the stream has a connection of its own
 
 
 @route(
@@ -963,7 +1021,8 @@ async def events(
 ) -> StreamingResponse:
     """Live task events (submitted, started, progress, priority_changed, cancelled, failed, completed,
     retried, ...), the daemon's event stream as Server-Sent Events. Progress a slow client has not read yet
-    is coalesced to the latest value; one that falls far behind gets an `overflow` event and is dropped."""
+    is coalesced to the latest value; one that falls far behind gets an `overflow` event and is dropped.
+    The number of streams open at once is capped (503 beyond)."""
     no_query(request, ("task_id", "task_type"))
     ids: list[str | int] | None = None
     if task_id:
@@ -972,18 +1031,15 @@ async def events(
             raise bad(f"参数task_id的值无效: {task_id!r}（task_<n> 或 <n>，多个用逗号分隔）")
         ids = [n for n in numbers if n is not None]
     types = [t for t in task_type.split(",") if t] if task_type else None
+    slots = cast(StreamSlots, request.app.state.event_streams)
+    slots.take()
     try:
-        client = await AsyncClient.connect(link(request).socket_path)
-    except MsearchError as exc:
-        raise daemon_error(exc, "任务不存在") from None
-    try:
-        stream = await client.events(task_ids=ids, types=types)
-    except MsearchError as exc:
-        await client.close()
-        raise daemon_error(exc, "任务不存在") from None
-    await client.close()  # the stream has a connection of its own
+        stream = await _subscribe(link(request).socket_path, ids, types)
+    except BaseException:
+        slots.give_back()
+        raise
 
-    async def frames() -> AsyncIterator[bytes]:
+    async def frames() -> AsyncGenerator[bytes, None]:
         yield b": subscribed\n\n"  # the subscription is live from here
         number = 0
         pending: asyncio.Task[dict[str, Any]] | None = None
@@ -1005,9 +1061,8 @@ async def events(
         finally:
             if pending is not None:
                 pending.cancel()
-            await stream.close()
 
-    return StreamingResponse(frames(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
+    return EventStreamResponse(frames(), stream, slots)
 
 
 # --- the application ----------------------------------------------------------------------------------
@@ -1201,6 +1256,7 @@ def create_app(socket_path: Path, token: str | None = None, rpc_timeout: float =
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.link = DaemonLink(socket_path, rpc_timeout)
+        app.state.event_streams = StreamSlots(MAX_EVENT_STREAMS)
         yield
         await app.state.link.close()
 

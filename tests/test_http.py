@@ -33,7 +33,7 @@ from conftest import MSEARCHD, Daemon
 from support import wait_started
 
 from msearchd import protocol
-from msearchd.http import tcp_peer_uid
+from msearchd.http import MAX_EVENT_STREAMS, tcp_peer_uid
 
 LISTEN_RE = re.compile(r"http shim listening on (http://\S+) \(pid (\d+)\)")
 DOC = Path(__file__).resolve().parents[2] / "shared" / "task-control-api.zh.md"
@@ -1335,3 +1335,63 @@ def test_events_refuse_bad_filters(served):
     assert shim.get("/events?colour=red").status == 400
     spec = call(shim.url, "GET", "/openapi.json")
     assert "text/event-stream" in spec.body["paths"]["/api/v1/events"]["get"]["responses"]["200"]["content"]
+
+
+def open_event_stream(shim: Shim, query: str = "") -> socket.socket:
+    """A raw connection reading /api/v1/events, once the subscription is live; closing it is a client
+    vanishing (no end of stream is ever sent)."""
+    url = urlsplit(shim.url)
+    sock = socket.create_connection((url.hostname, url.port), timeout=DEADLINE)
+    sock.sendall(f"GET /api/v1/events{query} HTTP/1.1\r\nHost: {url.netloc}\r\n\r\n".encode())
+    got = b""
+    while b": subscribed\n\n" not in got:
+        chunk = sock.recv(4096)
+        assert chunk, f"the shim closed the stream: {got!r}"
+        got += chunk
+    assert got.startswith(b"HTTP/1.1 200 "), got
+    return sock
+
+
+def refused_event_stream(shim: Shim) -> Reply:
+    """A request for /api/v1/events that must be refused: its answer, without waiting on a stream."""
+    url = urlsplit(shim.url)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=DEADLINE)
+    try:
+        conn.request("GET", "/api/v1/events")
+        response = conn.getresponse()
+        assert response.status != 200, "the stream was opened"
+        return Reply(response.status, json.loads(response.read()), response.headers)
+    finally:
+        conn.close()
+
+
+def test_event_streams_are_capped_and_a_vanished_client_frees_its_own(make_daemon, standalone):
+    d = make_daemon(workers=1)
+    run = standalone("127.0.0.1:0", "--socket", str(d.socket), "--log-level", "debug")
+    shim = run.shim()
+    streams = [open_event_stream(shim) for _ in range(MAX_EVENT_STREAMS)]
+    try:
+        over = refused_event_stream(shim)
+        assert over.status == 503
+        assert over.body == {
+            "detail": f"同时打开的事件流已达上限（{MAX_EVENT_STREAMS}个），请先关闭不用的事件流再试"
+        }
+        # A stream whose client vanished is closed on both sides, and its place is free again.
+        daemon_side = len(psutil.Process(shim.pid).net_connections("unix"))
+        streams.pop().close()
+        run.lines.wait_for(re.compile(rf"event stream closed \({MAX_EVENT_STREAMS - 1} open\)"))
+        assert len(psutil.Process(shim.pid).net_connections("unix")) == daemon_side - 1
+        streams.append(open_event_stream(shim))
+        assert refused_event_stream(shim).status == 503
+        # The streams still open are live.
+        with d.client() as c:
+            task = c.submit("noop")
+        seen = b""
+        while f'"task_id": "{task["id"]}"'.encode() not in seen:
+            chunk = streams[0].recv(65536)
+            assert chunk, seen
+            seen += chunk
+    finally:
+        for sock in streams:
+            sock.close()
+    run.lines.wait_for(re.compile(r"event stream closed \(0 open\)"))
