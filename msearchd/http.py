@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import errno
 import hmac
 import json
 import logging
@@ -90,14 +91,40 @@ _TRUE = frozenset({"true", "1", "yes", "on", "t", "y"})
 _FALSE = frozenset({"false", "0", "no", "off", "f", "n"})
 _BOOL_WORDS = "true/false/1/0/yes/no/on/off"
 # JSON Schema has no case-insensitive flag: spell every case out.
-BOOL_PATTERN = (
-    "^("
-    + "|".join("".join(f"[{c.upper()}{c}]" if c.isalpha() else c for c in w) for w in sorted(_TRUE | _FALSE))
-    + ")$"
+_BOOL_ALTERNATIVES = "|".join(
+    "".join(f"[{c.upper()}{c}]" if c.isalpha() else c for c in w) for w in sorted(_TRUE | _FALSE)
 )
+BOOL_PATTERN = f"^({_BOOL_ALTERNATIVES})$"
+# A form may also leave the field empty: that is an absent field, the default.
+FORM_BOOL_PATTERN = f"^({_BOOL_ALTERNATIVES})?$"
 
 
 # --- talking to the daemon ----------------------------------------------------------------------------
+
+
+class DaemonAway(Unavailable):
+    """The daemon could not be asked, said in the API document's language."""
+
+
+_SOCKET_ERRORS = {
+    errno.ENOENT: "套接字不存在",
+    errno.ECONNREFUSED: "没有进程在此套接字上监听",
+    errno.EACCES: "没有权限连接此套接字",
+}
+
+
+async def connect_daemon(socket_path: Path, timeout: float) -> AsyncClient:
+    """A new RPC connection; DaemonAway with the socket's path and why, if there is none."""
+    try:
+        return await asyncio.wait_for(AsyncClient.connect(socket_path), timeout)
+    except TimeoutError:
+        raise DaemonAway(f"{socket_path} 在{timeout:g}秒内没有回应连接") from None
+    except Unavailable as exc:
+        # The client raises it from the OSError of the connect, when there is one.
+        cause = exc.__context__
+        why = _SOCKET_ERRORS.get(cause.errno or 0) if isinstance(cause, OSError) else exc.message
+        where = f"{socket_path}（{why}）" if why else str(socket_path)
+        raise DaemonAway(f"无法连接 {where}，守护进程是否在运行？") from None
 
 
 class DaemonLink:
@@ -118,12 +145,7 @@ class DaemonLink:
             if not client.closed:  # the daemon closed it (it restarted): never reuse that one
                 return client
             await self._discard(client)
-        try:
-            return await asyncio.wait_for(AsyncClient.connect(self.socket_path), self.timeout)
-        except TimeoutError:
-            raise Unavailable(
-                f"msearchd at {self.socket_path} did not answer within {self.timeout:g} s"
-            ) from None
+        return await connect_daemon(self.socket_path, self.timeout)
 
     @staticmethod
     async def _discard(client: AsyncClient) -> None:
@@ -143,7 +165,7 @@ class DaemonLink:
                 raise
             except TimeoutError:
                 await self._discard(client)
-                raise Unavailable(f"msearchd did not answer {method} within {self.timeout:g} s") from None
+                raise DaemonAway(f"守护进程未在{self.timeout:g}秒内回答{method}请求") from None
             except (OverflowError, ValueError, TypeError) as exc:  # msgpack cannot encode the request
                 await self._discard(client)
                 raise InvalidArgument(f"cannot send this request to msearchd: {exc}") from None
@@ -175,7 +197,8 @@ def daemon_error(exc: MsearchError, not_found: str, conflict: str | None = None)
     if isinstance(exc, InvalidArgument):
         return ApiError(400, f"参数无效: {exc.message}")
     if isinstance(exc, Unavailable):
-        return ApiError(503, f"msearchd守护进程不可用: {exc.message}")
+        why = exc.message if isinstance(exc, DaemonAway) else "守护进程正在停止，或与它的连接中断"
+        return ApiError(503, f"msearchd守护进程不可用: {why}")
     log.error("msearchd answered with an error (%s): %s", exc.code, exc.message)
     return ApiError(500, f"msearchd内部错误（{exc.code}）: {exc.message}")
 
@@ -323,13 +346,13 @@ class BodyParam:
     required: bool = False
 
 
-_BOOL_DOC = f"{_BOOL_WORDS}（不区分大小写；t/f/y/n 亦可），默认 false"
+_BOOL_DOC = f"{_BOOL_WORDS}（不区分大小写；t/f/y/n 亦可），默认 false；表单中的空值视为未提供"
 CANCEL_RUNNING = BodyParam(
     "cancel_running",
     "是否也取消正在运行的任务：" + _BOOL_DOC,
     {"anyOf": [{"type": "boolean"}, {"type": "string", "pattern": BOOL_PATTERN}]},
     json_bool,
-    {"type": "string", "pattern": BOOL_PATTERN},
+    {"type": "string", "pattern": FORM_BOOL_PATTERN},
     form_bool,
 )
 PRIORITY = BodyParam(
@@ -712,6 +735,11 @@ def route(method: str, path: str, **options: Any) -> Callable[[Callable[..., Any
     return record
 
 
+def is_fixed_path(path: str) -> bool:
+    """Whether a path is one of the routes without parameters, such as /tasks/cancel-all."""
+    return any(path == fixed for _, fixed, _, _ in ROUTES if "{" not in fixed)
+
+
 def ref(n: int) -> str:
     return f"task_{n}"
 
@@ -788,6 +816,8 @@ async def submit_task(request: Request) -> ApiJSON:
 @route("GET", "/tasks/{task_id}", responses=answers(Task, 404), summary="获取单个任务详情")
 async def get_task(request: Request, task_id: TaskIdPath) -> ApiJSON:
     """Everything about one task."""
+    if is_fixed_path(request.scope["path"]):
+        raise HTTPException(405)  # /tasks/cancel-all is no task: it is a path of its own, for POST
     no_query(request, ())
     n = task_number(task_id)
     if n is None:
@@ -983,18 +1013,26 @@ class EventStreamResponse(StreamingResponse):
 
 
 async def _subscribe(
-    socket_path: Path, ids: list[str | int] | None, types: list[str] | None
+    socket_path: Path, timeout: float, ids: list[str | int] | None, types: list[str] | None
 ) -> AsyncEventStream:
     try:
-        client = await AsyncClient.connect(socket_path)
+        connection = await connect_daemon(socket_path, timeout)
     except MsearchError as exc:
         raise daemon_error(exc, "任务不存在") from None
     try:
-        return await client.events(task_ids=ids, types=types)
+        await asyncio.wait_for(connection.call("subscribe", task_ids=ids, types=types), timeout)
+    except TimeoutError:
+        await connection.close()
+        raise daemon_error(
+            DaemonAway(f"守护进程未在{timeout:g}秒内回答subscribe请求"), "任务不存在"
+        ) from None
     except MsearchError as exc:
+        await connection.close()
         raise daemon_error(exc, "任务不存在") from None
-    finally:
-        await client.close()  # the stream has a connection of its own
+    except BaseException:
+        await connection.close()
+        raise
+    return AsyncEventStream(connection)
 
 
 @route(
@@ -1034,7 +1072,8 @@ async def events(
     slots = cast(StreamSlots, request.app.state.event_streams)
     slots.take()
     try:
-        stream = await _subscribe(link(request).socket_path, ids, types)
+        daemon = link(request)
+        stream = await _subscribe(daemon.socket_path, daemon.timeout, ids, types)
     except BaseException:
         slots.give_back()
         raise
@@ -1277,9 +1316,15 @@ def create_app(socket_path: Path, token: str | None = None, rpc_timeout: float =
     async def on_http_error(request: Request, exc: Exception) -> ApiJSON:
         assert isinstance(exc, HTTPException)
         headers = dict(exc.headers or {})
+        text = str(exc.detail)
+        path = request.scope["path"]
         if exc.status_code == 405:
             headers["Allow"] = ", ".join(allowed_methods(app, request.scope))
-        return detail(exc.status_code, str(exc.detail), headers)
+            if not isinstance(exc, ApiError):  # the router's English phrase
+                text = f"不支持的请求方法: {request.method}（{path} 只接受 {headers['Allow']}）"
+        elif exc.status_code == 404 and not isinstance(exc, ApiError):
+            text = f"路径不存在: {path}"
+        return detail(exc.status_code, text, headers)
 
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(HTTPException, on_http_error)

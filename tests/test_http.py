@@ -911,12 +911,28 @@ def test_wrong_method_is_405_naming_the_methods_served(served):
         ("DELETE", "/tasks/task_1", "GET"),
         ("GET", "/tasks/task_1/cancel", "POST"),
         ("PUT", "/tasks/cancel-all", "POST"),  # not GET: /tasks/{task_id} is not what this path means
+        ("GET", "/tasks/cancel-all", "POST"),
+        ("GET", "/tasks/cancel-by-type", "POST"),
         ("POST", "/tasks/stats", "GET"),
     ):
         reply = call(shim.url, method, "/api/v1" + path)
-        assert reply.status == 405, (method, path)
+        assert reply.status == 405, (method, path, reply.body)
         assert reply.headers["Allow"] == allow, (method, path)
-        assert reply.body == {"detail": "Method Not Allowed"}
+        assert reply.body == {"detail": f"不支持的请求方法: {method}（/api/v1{path} 只接受 {allow}）"}
+
+
+def test_unknown_paths_are_404_in_the_documents_language(served):
+    _, shim, _ = served
+    for path in (
+        "/api/v1/task",
+        "/api/v2/tasks",
+        "/api/v1/tasks/task_1/cancel/now",
+        "/",
+    ):
+        for method in ("GET", "POST"):
+            reply = call(shim.url, method, path)
+            assert reply.status == 404, (method, path)
+            assert reply.body == {"detail": f"路径不存在: {path}"}, (method, path)
 
 
 def test_openapi_describes_every_path_and_every_answer(served):
@@ -1000,6 +1016,26 @@ def test_openapi_describes_every_path_and_every_answer(served):
         assert isinstance(reply.body.get("detail", ""), str)
         seen.add(reply.status)
     assert {200, 201, 400, 404, 409, 413, 415} <= seen
+
+
+def test_the_schema_of_cancel_running_says_what_the_shim_accepts(served):
+    """An empty form field is an absent one (false); in JSON an empty string is refused."""
+    _, shim, _ = served
+    schema = call(shim.url, "GET", "/openapi.json").body
+    body = schema["paths"]["/api/v1/tasks/cancel-all"]["post"]["requestBody"]["content"]
+    form_pattern = body["application/x-www-form-urlencoded"]["schema"]["properties"]["cancel_running"][
+        "pattern"
+    ]
+    assert body["multipart/form-data"]["schema"]["properties"]["cancel_running"]["pattern"] == form_pattern
+    json_kinds = body["application/json"]["schema"]["properties"]["cancel_running"]["anyOf"]
+    json_pattern = next(k["pattern"] for k in json_kinds if k["type"] == "string")
+    for value in ("", "on", "OFF", "True", "t", "Y", "0", "maybe", "2", " ", "true ", "nein"):
+        by_form = shim.post("/tasks/cancel-all", form={"cancel_running": value})
+        by_json = shim.post("/tasks/cancel-all", json_body={"cancel_running": value})
+        assert by_form.status in (200, 400) and by_json.status in (200, 400), value
+        assert (by_form.status == 200) == bool(re.fullmatch(form_pattern, value)), (value, by_form.body)
+        assert (by_json.status == 200) == bool(re.fullmatch(json_pattern, value)), (value, by_json.body)
+    assert re.fullmatch(form_pattern, "") and not re.fullmatch(json_pattern, "")
 
 
 # --- the document's examples, with curl ---------------------------------------------------------------
@@ -1125,7 +1161,8 @@ def test_fifty_clients_at_once(served):
 
 
 def test_unreachable_daemon_is_503(tmp_path, standalone):
-    shim = standalone("127.0.0.1:0", "--socket", str(tmp_path / "nobody.sock")).shim()
+    socket_path = tmp_path / "nobody.sock"
+    shim = standalone("127.0.0.1:0", "--socket", str(socket_path)).shim()
     for method, path in (
         ("GET", "/tasks"),
         ("GET", "/tasks/task_1"),
@@ -1134,7 +1171,10 @@ def test_unreachable_daemon_is_503(tmp_path, standalone):
     ):
         reply = call(shim.url, method, "/api/v1" + path)
         assert reply.status == 503, path
-        assert reply.body["detail"].startswith("msearchd守护进程不可用: cannot reach msearchd at ")
+        assert reply.body == {
+            "detail": f"msearchd守护进程不可用: 无法连接 {socket_path}（套接字不存在），守护进程是否在运行？"
+        }
+    assert refused_event_stream(shim).body == reply.body
 
 
 def test_standalone_shim_follows_the_daemon_across_a_restart(make_daemon, standalone):
@@ -1146,6 +1186,7 @@ def test_standalone_shim_follows_the_daemon_across_a_restart(make_daemon, standa
     assert d.stop() == 0
     down = shim.get(f"/tasks/{task['id']}")
     assert down.status == 503
+    assert down.body["detail"].startswith(f"msearchd守护进程不可用: 无法连接 {d.socket}")
     d.start()
     # The pooled connections died with the old daemon; the shim must not answer from them.
     for _ in range(3):
@@ -1181,7 +1222,7 @@ def test_daemon_errors_are_500_with_a_log_line_and_a_hang_is_503(tmp_path, stand
         run.lines.wait_for(re.compile(r"ERROR msearchd.http: POST /api/v1/tasks/cancel-all failed"))
         hung = shim.post("/tasks/task_1/cancel")
         assert hung.status == 503
-        assert hung.body == {"detail": "msearchd守护进程不可用: msearchd did not answer cancel within 0.5 s"}
+        assert hung.body == {"detail": "msearchd守护进程不可用: 守护进程未在0.5秒内回答cancel请求"}
     finally:
         fake.close()
 
