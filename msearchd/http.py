@@ -40,10 +40,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.routing import APIRoute
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict
 from starlette.datastructures import Headers, UploadFile
 from starlette.exceptions import HTTPException
-from starlette.routing import Match
+from starlette.routing import Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from msearchd import __version__
@@ -74,6 +75,7 @@ from msearchd.prctl import die_with_parent
 log = logging.getLogger("msearchd.http")
 
 PREFIX = "/api/v1"
+DOCS_ASSETS = "/docs/static"
 MAX_BODY = 1024 * 1024
 RPC_TIMEOUT = 60.0
 MAX_CONNECTIONS = 64
@@ -1286,6 +1288,8 @@ def allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
     for route in app.router.routes:
         if isinstance(route, APIRoute) and route.matches(scope)[0] is not Match.NONE:
             (templated if "{" in route.path else fixed).update(route.methods)
+        elif isinstance(route, Mount) and scope["path"].startswith(f"{route.path}/"):
+            fixed.update(("GET", "HEAD"))  # the files of /docs (the mount has changed the scope's root)
     return sorted(fixed or templated)
 
 
@@ -1299,12 +1303,14 @@ def create_app(socket_path: Path, token: str | None = None, rpc_timeout: float =
         yield
         await app.state.link.close()
 
-    app = FastAPI(
+    app = FastAPIOffline(  # /docs and /redoc with their scripts served from the package: no CDN
+        static_url=DOCS_ASSETS,
         title="msearch task control",
         version=__version__,
         description="任务控制API：取消、调整优先级、重试、查询任务。msearchd 的 REST 接口（经由 RPC）。",
         lifespan=lifespan,
         generate_unique_id_function=lambda route: route.name,  # operation ids: the function names
+        swagger_ui_parameters={"validatorUrl": None},  # no badge from swagger.io
     )
     for method, path, endpoint, options in ROUTES:
         app.add_api_route(path, endpoint, methods=[method], tags=["tasks"], **options)

@@ -115,6 +115,8 @@ def check_http_extra() -> None:
     missing = [name for name in ("fastapi", "uvicorn") if find_spec(name) is None]
     if find_spec("python_multipart") is None and find_spec("multipart") is None:
         missing.append("python-multipart")
+    if find_spec("fastapi_offline") is None:
+        missing.append("fastapi-offline")
     if missing:
         raise UsageError(
             f"--http needs {', '.join(missing)}, which are not installed: pip install 'msearchd[http]'"

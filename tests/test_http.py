@@ -109,6 +109,25 @@ def call(
 
 
 @dataclass
+class Raw:
+    status: int
+    body: bytes
+    headers: Message
+
+
+def http_get(url: str, path: str) -> Raw:
+    """A GET whose body is kept as bytes (a page, a script)."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=DEADLINE)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return Raw(resp.status, resp.read(), resp.headers)
+    finally:
+        conn.close()
+
+
+@dataclass
 class Shim:
     url: str
     pid: int
@@ -928,9 +947,14 @@ def test_unknown_paths_are_404_in_the_documents_language(served):
         "/api/v2/tasks",
         "/api/v1/tasks/task_1/cancel/now",
         "/",
+        "/docs/static/nope.js",
     ):
         for method in ("GET", "POST"):
             reply = call(shim.url, method, path)
+            if path.startswith("/docs/static/") and method == "POST":  # where files are served
+                assert reply.status == 405 and reply.headers["Allow"] == "GET, HEAD"
+                assert reply.body == {"detail": f"不支持的请求方法: POST（{path} 只接受 GET, HEAD）"}
+                continue
             assert reply.status == 404, (method, path)
             assert reply.body == {"detail": f"路径不存在: {path}"}, (method, path)
 
@@ -1036,6 +1060,27 @@ def test_the_schema_of_cancel_running_says_what_the_shim_accepts(served):
         assert (by_form.status == 200) == bool(re.fullmatch(form_pattern, value)), (value, by_form.body)
         assert (by_json.status == 200) == bool(re.fullmatch(json_pattern, value)), (value, by_json.body)
     assert re.fullmatch(form_pattern, "") and not re.fullmatch(json_pattern, "")
+
+
+def test_docs_need_nothing_but_the_shim(served):
+    """/docs and /redoc load their scripts, styles and icons from the shim: they work offline."""
+    _, shim, _ = served
+    for page in ("/docs", "/redoc"):
+        reply = http_get(shim.url, page)
+        assert reply.status == 200 and reply.headers["Content-Type"].startswith("text/html")
+        html = reply.body.decode()
+        assert "://" not in html, page  # no absolute URL: nothing from a CDN
+        urls = set(re.findall(r"""(?:src|href|spec-url)\s*=\s*["']([^"']+)["']""", html))
+        urls |= set(re.findall(r"""url\s*:\s*["']([^"']+)["']""", html))
+        assert any(u.endswith(".js") for u in urls), (page, urls)
+        assert "/openapi.json" in urls, (page, urls)
+        for url in urls:
+            assert url.startswith("/") and not url.startswith("//"), (page, url)
+            asset = http_get(shim.url, url)
+            assert asset.status == 200, (page, url)
+            assert asset.body, (page, url)
+    swagger = http_get(shim.url, "/docs").body.decode()
+    assert '"validatorUrl": null' in swagger  # no badge fetched from swagger.io either
 
 
 # --- the document's examples, with curl ---------------------------------------------------------------
