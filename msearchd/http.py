@@ -33,20 +33,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, cast
 from urllib.parse import unquote_plus, urlsplit
 
-import uvicorn
-from fastapi import FastAPI, Query, Request
-from fastapi import Path as PathParam
-from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, StreamingResponse
-from fastapi.routing import APIRoute
-from fastapi_offline import FastAPIOffline
-from pydantic import BaseModel, ConfigDict
-from starlette.datastructures import Headers, UploadFile
-from starlette.exceptions import HTTPException
-from starlette.routing import Match, Mount
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
 from msearchd import __version__
 from msearchd.client import AsyncClient, AsyncEventStream
 from msearchd.config import default_socket_path
@@ -64,6 +50,7 @@ from msearchd.httpshim import (
     UsageError,
     bind,
     bound_url,
+    check_http_extra,
     check_token_rule,
     is_loopback_name,
     parse_listen,
@@ -71,6 +58,30 @@ from msearchd.httpshim import (
 )
 from msearchd.model import PRIORITY_MAX, PRIORITY_MIN, TaskStatus
 from msearchd.prctl import die_with_parent
+
+try:
+    import uvicorn
+    from fastapi import FastAPI, Query, Request
+    from fastapi import Path as PathParam
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.openapi.utils import get_openapi
+    from fastapi.responses import JSONResponse, StreamingResponse
+    from fastapi.routing import APIRoute
+    from fastapi_offline import FastAPIOffline
+    from pydantic import BaseModel, ConfigDict
+    from starlette.datastructures import Headers, UploadFile
+    from starlette.exceptions import HTTPException
+    from starlette.routing import Match, Mount
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+except ImportError as exc:  # the http extra is not installed: say so in one sentence, as msearchd --http
+    if __name__ != "__main__":
+        raise
+    try:
+        check_http_extra("python -m msearchd.http", exc)
+    except UsageError as refusal:
+        print(f"msearchd-http: {refusal}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    raise
 
 log = logging.getLogger("msearchd.http")
 
@@ -1385,11 +1396,17 @@ class _Server(uvicorn.Server):
     """uvicorn's server, saying when it serves: the daemon and the tests wait for that line."""
 
     url = ""
+    socket_path = Path()
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         if self.started:
-            log.info("http shim listening on %s (pid %d)", self.url, os.getpid())
+            log.info(
+                "http shim listening on %s (pid %d) for msearchd at %s",
+                self.url,
+                os.getpid(),
+                self.socket_path,
+            )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1405,7 +1422,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--socket",
         type=Path,
-        help="the daemon's RPC socket (env MSEARCH_SOCKET; default $XDG_RUNTIME_DIR/msearch/msearchd.sock)",
+        metavar="PATH",
+        help="the daemon's RPC socket; by default the one msearchd and msearchctl use: env MSEARCH_SOCKET, "
+        "else $XDG_RUNTIME_DIR/msearch/msearchd.sock, or /tmp/msearch-UID/msearchd.sock when XDG_RUNTIME_DIR "
+        f"is unset (here: {default_socket_path()})",
     )
     parser.add_argument(
         "--token",
@@ -1467,6 +1487,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     server = _Server(config)
     server.url = bound_url(sock)
+    server.socket_path = socket_path
     asyncio.run(server.serve(sockets=[sock]))
 
 

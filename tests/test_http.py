@@ -201,9 +201,9 @@ def served(make_daemon) -> Iterator[tuple[Daemon, Shim, Any]]:
 class Standalone:
     """`python -m msearchd.http` run by hand, its stderr collected in `lines`."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None, unset: tuple[str, ...] = ()) -> None:
         self.lines = Lines()
-        base = {k: v for k, v in os.environ.items() if not k.startswith("MSEARCH_")}
+        base = {k: v for k, v in os.environ.items() if not k.startswith("MSEARCH_") and k not in unset}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "msearchd.http", *args],
             env={**base, **(env or {})},
@@ -233,8 +233,8 @@ class Standalone:
 def standalone() -> Iterator[Callable[..., Standalone]]:
     made: list[Standalone] = []
 
-    def factory(*args: str, env: dict[str, str] | None = None) -> Standalone:
-        s = Standalone(*args, env=env)
+    def factory(*args: str, env: dict[str, str] | None = None, unset: tuple[str, ...] = ()) -> Standalone:
+        s = Standalone(*args, env=env, unset=unset)
         made.append(s)
         return s
 
@@ -400,6 +400,46 @@ def test_token_is_required_when_given(make_daemon):
     schema = call(local, "GET", "/openapi.json", headers={"Authorization": "Bearer s3cret"}).body
     assert schema["components"]["securitySchemes"] == {"bearer": {"type": "http", "scheme": "bearer"}}
     assert all("401" in op["responses"] for path in schema["paths"].values() for op in path.values())
+
+
+def test_standalone_shim_serves_the_daemons_default_socket_and_says_which(tmp_path, standalone):
+    """Without --socket the shim finds the socket where msearchd puts it, as msearchctl does."""
+    fallback = standalone("127.0.0.1:0", unset=("XDG_RUNTIME_DIR",))
+    line = fallback.lines.wait_for(LISTEN_RE)[0].string
+    assert line.rstrip().endswith(f") for msearchd at /tmp/msearch-{os.getuid()}/msearchd.sock"), line
+
+    runtime = tmp_path / "run"
+    (runtime / "msearch").mkdir(mode=0o700, parents=True)
+    stats = {"total": 7, "by_status": {}, "by_type": {}, "workers": {"busy": 0, "total": 1}}
+    fake = FakeDaemon(runtime / "msearch" / "msearchd.sock", lambda request: {"result": stats})
+    try:
+        found = standalone("127.0.0.1:0", env={"XDG_RUNTIME_DIR": str(runtime)})
+        shim = found.shim()
+        line = found.lines.wait_for(LISTEN_RE)[0].string
+        assert line.rstrip().endswith(f") for msearchd at {runtime}/msearch/msearchd.sock"), line
+        assert shim.get("/tasks/stats").body == stats
+    finally:
+        fake.close()
+
+
+def test_without_the_http_extra_the_shim_says_so_in_one_sentence(tmp_path):
+    """The same sentence as msearchd --http, and the exit code of a usage error: no traceback."""
+    (tmp_path / "fastapi.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'fastapi'\", name='fastapi')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-m", "msearchd.http", "127.0.0.1:0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+    )
+    assert out.returncode == 2, out.stderr
+    assert out.stderr == (
+        "msearchd-http: python -m msearchd.http needs fastapi, which is not installed: "
+        "pip install 'msearchd[http]'\n"
+    )
 
 
 def test_standalone_shim_takes_its_token_from_the_environment(make_daemon, standalone):
