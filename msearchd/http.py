@@ -1028,6 +1028,7 @@ class EventStreamResponse(StreamingResponse):
 async def _subscribe(
     socket_path: Path, timeout: float, ids: list[str | int] | None, types: list[str] | None
 ) -> AsyncEventStream:
+    """A subscription on a connection of its own, refused with the same sentences as other requests."""
     try:
         connection = await connect_daemon(socket_path, timeout)
     except MsearchError as exc:
@@ -1225,7 +1226,8 @@ class Guard:
                 403, f"拒绝其他网页发来的修改请求: Sec-Fetch-Site: {site}（只接受本服务自己的页面）"
             )
         own = _own_origin(scope, host)
-        if origin is not None and (_origin(origin) is None or _origin(origin) != _origin(own)):
+        theirs = _origin(origin) if origin is not None else None
+        if origin is not None and (theirs is None or theirs != _origin(own)):
             return detail(
                 403, f"拒绝其他来源发来的修改请求: Origin {origin!r}（只接受本服务自己的来源 {own}）"
             )
