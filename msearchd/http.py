@@ -512,7 +512,10 @@ async def _parse_multipart(scope: Scope, body: bytes) -> list[tuple[str, str | U
     async def replay() -> Message:
         return {"type": "http.request", "body": body, "more_body": False}
 
-    form = await Request(scope, replay).form()
+    try:
+        form = await Request(scope, replay).form()
+    except HTTPException:  # Starlette's parser refuses it, in English
+        raise bad("multipart表单无法解析: 缺少boundary、字段缺少name，或格式有误") from None
     return list(form.multi_items())
 
 

@@ -933,6 +933,15 @@ def test_bodies_in_every_accepted_encoding(served):
         headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
     )
     assert reply.status == 200 and c.get(task)["priority"] == 7
+    for content_type, broken in (
+        (f"multipart/form-data; boundary={boundary}", multipart.replace(b'; name="priority"', b"")),
+        ("multipart/form-data", multipart),  # no boundary
+    ):
+        unreadable = shim.post(f"/tasks/{task}/priority", body=broken, headers={"Content-Type": content_type})
+        assert unreadable.status == 400
+        assert unreadable.body == {
+            "detail": "multipart表单无法解析: 缺少boundary、字段缺少name，或格式有误"
+        }, content_type
     utf8 = shim.post(
         f"/tasks/{task}/priority",
         body=b"priority=%EF%BC%95",
