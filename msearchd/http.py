@@ -1061,6 +1061,7 @@ async def _subscribe(
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
         },
         **{code: v for code, v in answers(ErrorBody).items() if code != 200},
+        503: {"model": ErrorBody, "description": "msearchd 守护进程不可用，或同时打开的事件流已达上限"},
     },
     response_class=StreamingResponse,
     summary="实时任务事件（Server-Sent Events）",

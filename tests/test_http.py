@@ -1470,6 +1470,7 @@ def test_events_refuse_bad_filters(served):
     assert shim.get("/events?colour=red").status == 400
     spec = call(shim.url, "GET", "/openapi.json")
     assert "text/event-stream" in spec.body["paths"]["/api/v1/events"]["get"]["responses"]["200"]["content"]
+    assert "事件流已达上限" in spec.body["paths"]["/api/v1/events"]["get"]["responses"]["503"]["description"]
 
 
 def open_event_stream(shim: Shim, query: str = "") -> socket.socket:
