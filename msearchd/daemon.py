@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="[HOST:]PORT",
         help="also serve the REST API (/api/v1/tasks...) on this address, host 127.0.0.1 by default, from a "
         "child process that is restarted if it dies (needs the http extra: pip install 'msearchd[http]'). "
-        "To serve a daemon that is already running: python -m msearchd.http [HOST:]PORT --socket PATH",
+        "To serve a daemon that is already running: python -m msearchd.http [HOST:]PORT [--socket PATH]",
     )
     parser.add_argument(
         "--http-token",

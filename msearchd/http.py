@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import errno
 import hmac
 import json
 import logging
@@ -26,27 +27,14 @@ import os
 import re
 import socket
 import sys
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, cast
 from urllib.parse import unquote_plus, urlsplit
 
-import uvicorn
-from fastapi import FastAPI, Query, Request
-from fastapi import Path as PathParam
-from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, StreamingResponse
-from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict
-from starlette.datastructures import Headers, UploadFile
-from starlette.exceptions import HTTPException
-from starlette.routing import Match
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
 from msearchd import __version__
-from msearchd.client import AsyncClient
+from msearchd.client import AsyncClient, AsyncEventStream
 from msearchd.config import default_socket_path
 from msearchd.errors import (
     InvalidArgument,
@@ -62,16 +50,43 @@ from msearchd.httpshim import (
     UsageError,
     bind,
     bound_url,
+    check_http_extra,
     check_token_rule,
     is_loopback_name,
     parse_listen,
+    url_host,
 )
 from msearchd.model import PRIORITY_MAX, PRIORITY_MIN, TaskStatus
 from msearchd.prctl import die_with_parent
 
+try:
+    import uvicorn
+    from fastapi import FastAPI, Query, Request
+    from fastapi import Path as PathParam
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.openapi.utils import get_openapi
+    from fastapi.responses import JSONResponse, StreamingResponse
+    from fastapi.routing import APIRoute
+    from fastapi_offline import FastAPIOffline
+    from pydantic import BaseModel, ConfigDict
+    from starlette.datastructures import Headers, UploadFile
+    from starlette.exceptions import HTTPException
+    from starlette.routing import Match, Mount
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+except ImportError as exc:  # the http extra is not installed: say so in one sentence, as msearchd --http
+    if __name__ != "__main__":
+        raise
+    try:
+        check_http_extra("python -m msearchd.http", exc)
+    except UsageError as refusal:
+        print(f"msearchd-http: {refusal}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    raise
+
 log = logging.getLogger("msearchd.http")
 
 PREFIX = "/api/v1"
+DOCS_ASSETS = "/docs/static"
 MAX_BODY = 1024 * 1024
 RPC_TIMEOUT = 60.0
 MAX_CONNECTIONS = 64
@@ -89,14 +104,40 @@ _TRUE = frozenset({"true", "1", "yes", "on", "t", "y"})
 _FALSE = frozenset({"false", "0", "no", "off", "f", "n"})
 _BOOL_WORDS = "true/false/1/0/yes/no/on/off"
 # JSON Schema has no case-insensitive flag: spell every case out.
-BOOL_PATTERN = (
-    "^("
-    + "|".join("".join(f"[{c.upper()}{c}]" if c.isalpha() else c for c in w) for w in sorted(_TRUE | _FALSE))
-    + ")$"
+_BOOL_ALTERNATIVES = "|".join(
+    "".join(f"[{c.upper()}{c}]" if c.isalpha() else c for c in w) for w in sorted(_TRUE | _FALSE)
 )
+BOOL_PATTERN = f"^({_BOOL_ALTERNATIVES})$"
+# A form may also leave the field empty: that is an absent field, the default.
+FORM_BOOL_PATTERN = f"^({_BOOL_ALTERNATIVES})?$"
 
 
 # --- talking to the daemon ----------------------------------------------------------------------------
+
+
+class DaemonAway(Unavailable):
+    """The daemon could not be asked, said in the API document's language."""
+
+
+_SOCKET_ERRORS = {
+    errno.ENOENT: "套接字不存在",
+    errno.ECONNREFUSED: "没有进程在此套接字上监听",
+    errno.EACCES: "没有权限连接此套接字",
+}
+
+
+async def connect_daemon(socket_path: Path, timeout: float) -> AsyncClient:
+    """A new RPC connection; DaemonAway with the socket's path and why, if there is none."""
+    try:
+        return await asyncio.wait_for(AsyncClient.connect(socket_path), timeout)
+    except TimeoutError:
+        raise DaemonAway(f"{socket_path} 在{timeout:g}秒内没有回应连接") from None
+    except Unavailable as exc:
+        # The client raises it from the OSError of the connect, when there is one.
+        cause = exc.__context__
+        why = _SOCKET_ERRORS.get(cause.errno or 0) if isinstance(cause, OSError) else exc.message
+        where = f"{socket_path}（{why}）" if why else str(socket_path)
+        raise DaemonAway(f"无法连接 {where}，守护进程是否在运行？") from None
 
 
 class DaemonLink:
@@ -117,12 +158,7 @@ class DaemonLink:
             if not client.closed:  # the daemon closed it (it restarted): never reuse that one
                 return client
             await self._discard(client)
-        try:
-            return await asyncio.wait_for(AsyncClient.connect(self.socket_path), self.timeout)
-        except TimeoutError:
-            raise Unavailable(
-                f"msearchd at {self.socket_path} did not answer within {self.timeout:g} s"
-            ) from None
+        return await connect_daemon(self.socket_path, self.timeout)
 
     @staticmethod
     async def _discard(client: AsyncClient) -> None:
@@ -142,7 +178,7 @@ class DaemonLink:
                 raise
             except TimeoutError:
                 await self._discard(client)
-                raise Unavailable(f"msearchd did not answer {method} within {self.timeout:g} s") from None
+                raise DaemonAway(f"守护进程未在{self.timeout:g}秒内回答{method}请求") from None
             except (OverflowError, ValueError, TypeError) as exc:  # msgpack cannot encode the request
                 await self._discard(client)
                 raise InvalidArgument(f"cannot send this request to msearchd: {exc}") from None
@@ -174,7 +210,8 @@ def daemon_error(exc: MsearchError, not_found: str, conflict: str | None = None)
     if isinstance(exc, InvalidArgument):
         return ApiError(400, f"参数无效: {exc.message}")
     if isinstance(exc, Unavailable):
-        return ApiError(503, f"msearchd守护进程不可用: {exc.message}")
+        why = exc.message if isinstance(exc, DaemonAway) else "守护进程正在停止，或与它的连接中断"
+        return ApiError(503, f"msearchd守护进程不可用: {why}")
     log.error("msearchd answered with an error (%s): %s", exc.code, exc.message)
     return ApiError(500, f"msearchd内部错误（{exc.code}）: {exc.message}")
 
@@ -322,13 +359,13 @@ class BodyParam:
     required: bool = False
 
 
-_BOOL_DOC = f"{_BOOL_WORDS}（不区分大小写；t/f/y/n 亦可），默认 false"
+_BOOL_DOC = f"{_BOOL_WORDS}（不区分大小写；t/f/y/n 亦可），默认 false；表单中的空值视为未提供"
 CANCEL_RUNNING = BodyParam(
     "cancel_running",
     "是否也取消正在运行的任务：" + _BOOL_DOC,
     {"anyOf": [{"type": "boolean"}, {"type": "string", "pattern": BOOL_PATTERN}]},
     json_bool,
-    {"type": "string", "pattern": BOOL_PATTERN},
+    {"type": "string", "pattern": FORM_BOOL_PATTERN},
     form_bool,
 )
 PRIORITY = BodyParam(
@@ -475,7 +512,10 @@ async def _parse_multipart(scope: Scope, body: bytes) -> list[tuple[str, str | U
     async def replay() -> Message:
         return {"type": "http.request", "body": body, "more_body": False}
 
-    form = await Request(scope, replay).form()
+    try:
+        form = await Request(scope, replay).form()
+    except HTTPException:  # Starlette's parser refuses it, in English
+        raise bad("multipart表单无法解析: 缺少boundary、字段缺少name，或格式有误") from None
     return list(form.multi_items())
 
 
@@ -711,6 +751,11 @@ def route(method: str, path: str, **options: Any) -> Callable[[Callable[..., Any
     return record
 
 
+def is_fixed_path(path: str) -> bool:
+    """Whether a path is one of the routes without parameters, such as /tasks/cancel-all."""
+    return any(path == fixed for _, fixed, _, _ in ROUTES if "{" not in fixed)
+
+
 def ref(n: int) -> str:
     return f"task_{n}"
 
@@ -787,6 +832,8 @@ async def submit_task(request: Request) -> ApiJSON:
 @route("GET", "/tasks/{task_id}", responses=answers(Task, 404), summary="获取单个任务详情")
 async def get_task(request: Request, task_id: TaskIdPath) -> ApiJSON:
     """Everything about one task."""
+    if is_fixed_path(request.scope["path"]):
+        raise HTTPException(405)  # /tasks/cancel-all is no task: it is a path of its own, for POST
     no_query(request, ())
     n = task_number(task_id)
     if n is None:
@@ -936,6 +983,73 @@ async def retry_task(request: Request, task_id: TaskIdPath) -> ApiJSON:
 
 
 SSE_KEEPALIVE = 15.0
+# Each stream holds a connection to the client and one to the daemon, for as long as the client likes.
+MAX_EVENT_STREAMS = 32
+
+
+class StreamSlots:
+    """How many event streams are open, so that clients cannot pile up connections to the daemon."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open = 0
+
+    def take(self) -> None:
+        if self.open >= self.limit:
+            raise ApiError(503, f"同时打开的事件流已达上限（{self.limit}个），请先关闭不用的事件流再试")
+        self.open += 1
+        log.debug("event stream opened (%d open)", self.open)
+
+    def give_back(self) -> None:
+        self.open -= 1
+        log.debug("event stream closed (%d open)", self.open)
+
+
+class EventStreamResponse(StreamingResponse):
+    """Server-Sent Events that close the daemon's stream and give the slot back when the response ends,
+    however it ends: the client vanished (even before the first frame), the daemon stopped, or an error."""
+
+    def __init__(
+        self, frames: AsyncGenerator[bytes, None], stream: AsyncEventStream, slots: StreamSlots
+    ) -> None:
+        super().__init__(frames, media_type="text/event-stream", headers={"Cache-Control": "no-store"})
+        self._frames = frames
+        self._stream = stream
+        self._slots = slots
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            try:
+                await self._frames.aclose()  # cancels a pending read; no-op once it has ended
+                await self._stream.close()
+            finally:
+                self._slots.give_back()
+
+
+async def _subscribe(
+    socket_path: Path, timeout: float, ids: list[str | int] | None, types: list[str] | None
+) -> AsyncEventStream:
+    """A subscription on a connection of its own, refused with the same sentences as other requests."""
+    try:
+        connection = await connect_daemon(socket_path, timeout)
+    except MsearchError as exc:
+        raise daemon_error(exc, "任务不存在") from None
+    try:
+        await asyncio.wait_for(connection.call("subscribe", task_ids=ids, types=types), timeout)
+    except TimeoutError:
+        await connection.close()
+        raise daemon_error(
+            DaemonAway(f"守护进程未在{timeout:g}秒内回答subscribe请求"), "任务不存在"
+        ) from None
+    except MsearchError as exc:
+        await connection.close()
+        raise daemon_error(exc, "任务不存在") from None
+    except BaseException:
+        await connection.close()
+        raise
+    return AsyncEventStream(connection)
 
 
 @route(
@@ -947,6 +1061,7 @@ SSE_KEEPALIVE = 15.0
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
         },
         **{code: v for code, v in answers(ErrorBody).items() if code != 200},
+        503: {"model": ErrorBody, "description": "msearchd 守护进程不可用，或同时打开的事件流已达上限"},
     },
     response_class=StreamingResponse,
     summary="实时任务事件（Server-Sent Events）",
@@ -962,7 +1077,8 @@ async def events(
 ) -> StreamingResponse:
     """Live task events (submitted, started, progress, priority_changed, cancelled, failed, completed,
     retried, ...), the daemon's event stream as Server-Sent Events. Progress a slow client has not read yet
-    is coalesced to the latest value; one that falls far behind gets an `overflow` event and is dropped."""
+    is coalesced to the latest value; one that falls far behind gets an `overflow` event and is dropped.
+    The number of streams open at once is capped (503 beyond)."""
     no_query(request, ("task_id", "task_type"))
     ids: list[str | int] | None = None
     if task_id:
@@ -971,18 +1087,16 @@ async def events(
             raise bad(f"参数task_id的值无效: {task_id!r}（task_<n> 或 <n>，多个用逗号分隔）")
         ids = [n for n in numbers if n is not None]
     types = [t for t in task_type.split(",") if t] if task_type else None
+    slots = cast(StreamSlots, request.app.state.event_streams)
+    slots.take()
     try:
-        client = await AsyncClient.connect(link(request).socket_path)
-    except MsearchError as exc:
-        raise daemon_error(exc, "任务不存在") from None
-    try:
-        stream = await client.events(task_ids=ids, types=types)
-    except MsearchError as exc:
-        await client.close()
-        raise daemon_error(exc, "任务不存在") from None
-    await client.close()  # the stream has a connection of its own
+        daemon = link(request)
+        stream = await _subscribe(daemon.socket_path, daemon.timeout, ids, types)
+    except BaseException:
+        slots.give_back()
+        raise
 
-    async def frames() -> AsyncIterator[bytes]:
+    async def frames() -> AsyncGenerator[bytes, None]:
         yield b": subscribed\n\n"  # the subscription is live from here
         number = 0
         pending: asyncio.Task[dict[str, Any]] | None = None
@@ -1004,9 +1118,8 @@ async def events(
         finally:
             if pending is not None:
                 pending.cancel()
-            await stream.close()
 
-    return StreamingResponse(frames(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
+    return EventStreamResponse(frames(), stream, slots)
 
 
 # --- the application ----------------------------------------------------------------------------------
@@ -1029,8 +1142,12 @@ def _proc_net_address(host: str, port: int) -> str:
 
 
 def tcp_peer_uid(client: tuple[str, int], server: tuple[str, int]) -> int | None:
-    """The uid owning the client end of a TCP connection on this machine, from /proc/net/tcp."""
-    local, remote = _proc_net_address(*client), _proc_net_address(*server)
+    """The uid owning the client end of a TCP connection on this machine, from /proc/net/tcp; None when
+    no connection with these ends is found (or an end is not an address: nobody owns it)."""
+    try:
+        local, remote = _proc_net_address(*client), _proc_net_address(*server)
+    except (OSError, ValueError):
+        return None
     for table in ("/proc/net/tcp6", "/proc/net/tcp") if ":" in client[0] else ("/proc/net/tcp",):
         try:
             with open(table) as rows:
@@ -1044,12 +1161,39 @@ def tcp_peer_uid(client: tuple[str, int], server: tuple[str, int]) -> int | None
     return None
 
 
+# Methods that only read: a page of another origin may send them (it cannot read the answer).
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin(url: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of an origin or URL, as browsers compare them; None if unreadable."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or _DEFAULT_PORTS.get(parts.scheme.lower())
+    except ValueError:
+        return None
+    if not parts.hostname or port is None:
+        return None
+    return parts.scheme.lower(), parts.hostname.lower(), port
+
+
+def _own_origin(scope: Scope, host: str | None) -> str:
+    """The shim's origin as this request reached it: the Host it was sent to, else the bound address."""
+    if host is None:
+        address, port = scope["server"]
+        host = f"{url_host(address)}:{port}"
+    return f"{scope['scheme']}://{host}"
+
+
 class Guard:
     """Outermost checks: the bearer token; without one, only loopback hosts and origins; no 500 unlogged.
 
     Without a token the shim trusts only this user on this machine, as the daemon's socket does: a
     request must come from a loopback connection that the daemon's own uid opened, and must not carry
     what a web page could smuggle in: a foreign Host (DNS rebinding) or a foreign Origin (cross-site posts).
+    A request that changes something must moreover come from the shim's own origin, exactly: a form post
+    needs no preflight, so a page served on another local port could otherwise post to the shim.
     """
 
     def __init__(self, app: ASGIApp, token: str | None) -> None:
@@ -1078,15 +1222,24 @@ class Guard:
         origin = headers.get("origin")
         if origin is not None and not _is_local(origin):
             return detail(403, f"拒绝来自其他网站的请求: Origin {origin!r}")
+        if scope["method"] in SAFE_METHODS:
+            return None
+        site = headers.get("sec-fetch-site", "").lower()
+        if site in ("cross-site", "same-site"):
+            return detail(
+                403, f"拒绝其他网页发来的修改请求: Sec-Fetch-Site: {site}（只接受本服务自己的页面）"
+            )
+        own = _own_origin(scope, host)
+        theirs = _origin(origin) if origin is not None else None
+        if origin is not None and (theirs is None or theirs != _origin(own)):
+            return detail(
+                403, f"拒绝其他来源发来的修改请求: Origin {origin!r}（只接受本服务自己的来源 {own}）"
+            )
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
-            return
-        refusal = self._refusal(scope, Headers(scope=scope))
-        if refusal is not None:
-            await refusal(scope, receive, send)
             return
         started = False
 
@@ -1097,6 +1250,10 @@ class Guard:
             await send(message)
 
         try:
+            refusal = self._refusal(scope, Headers(scope=scope))
+            if refusal is not None:
+                await refusal(scope, receive, watch)
+                return
             await self.app(scope, receive, watch)
         except Exception as exc:
             log.exception("%s %s failed", scope.get("method"), scope.get("path"))
@@ -1148,6 +1305,8 @@ def allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
     for route in app.router.routes:
         if isinstance(route, APIRoute) and route.matches(scope)[0] is not Match.NONE:
             (templated if "{" in route.path else fixed).update(route.methods)
+        elif isinstance(route, Mount) and scope["path"].startswith(f"{route.path}/"):
+            fixed.update(("GET", "HEAD"))  # the files of /docs (the mount has changed the scope's root)
     return sorted(fixed or templated)
 
 
@@ -1157,15 +1316,18 @@ def create_app(socket_path: Path, token: str | None = None, rpc_timeout: float =
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.link = DaemonLink(socket_path, rpc_timeout)
+        app.state.event_streams = StreamSlots(MAX_EVENT_STREAMS)
         yield
         await app.state.link.close()
 
-    app = FastAPI(
+    app = FastAPIOffline(  # /docs and /redoc with their scripts served from the package: no CDN
+        static_url=DOCS_ASSETS,
         title="msearch task control",
         version=__version__,
         description="任务控制API：取消、调整优先级、重试、查询任务。msearchd 的 REST 接口（经由 RPC）。",
         lifespan=lifespan,
         generate_unique_id_function=lambda route: route.name,  # operation ids: the function names
+        swagger_ui_parameters={"validatorUrl": None},  # no badge from swagger.io
     )
     for method, path, endpoint, options in ROUTES:
         app.add_api_route(path, endpoint, methods=[method], tags=["tasks"], **options)
@@ -1177,9 +1339,15 @@ def create_app(socket_path: Path, token: str | None = None, rpc_timeout: float =
     async def on_http_error(request: Request, exc: Exception) -> ApiJSON:
         assert isinstance(exc, HTTPException)
         headers = dict(exc.headers or {})
+        text = str(exc.detail)
+        path = request.scope["path"]
         if exc.status_code == 405:
             headers["Allow"] = ", ".join(allowed_methods(app, request.scope))
-        return detail(exc.status_code, str(exc.detail), headers)
+            if not isinstance(exc, ApiError):  # the router's English phrase
+                text = f"不支持的请求方法: {request.method}（{path} 只接受 {headers['Allow']}）"
+        elif exc.status_code == 404 and not isinstance(exc, ApiError):
+            text = f"路径不存在: {path}"
+        return detail(exc.status_code, text, headers)
 
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(HTTPException, on_http_error)
@@ -1202,7 +1370,8 @@ def create_app(socket_path: Path, token: str | None = None, rpc_timeout: float =
                         }
                     else:
                         operation["responses"]["403"] = {
-                            "description": "未设置令牌时：请求不是本机同一用户发出，或 Host、Origin 不是本机",
+                            "description": "未设置令牌时：请求不是本机同一用户发出，Host、Origin 不是本机，"
+                            "或修改请求来自其他来源（Origin、Sec-Fetch-Site）",
                             "content": {
                                 "application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}
                             },
@@ -1233,11 +1402,17 @@ class _Server(uvicorn.Server):
     """uvicorn's server, saying when it serves: the daemon and the tests wait for that line."""
 
     url = ""
+    socket_path = Path()
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         if self.started:
-            log.info("http shim listening on %s (pid %d)", self.url, os.getpid())
+            log.info(
+                "http shim listening on %s (pid %d) for msearchd at %s",
+                self.url,
+                os.getpid(),
+                self.socket_path,
+            )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1253,7 +1428,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--socket",
         type=Path,
-        help="the daemon's RPC socket (env MSEARCH_SOCKET; default $XDG_RUNTIME_DIR/msearch/msearchd.sock)",
+        metavar="PATH",
+        help="the daemon's RPC socket; by default the one msearchd and msearchctl use: env MSEARCH_SOCKET, "
+        "else $XDG_RUNTIME_DIR/msearch/msearchd.sock, or /tmp/msearch-UID/msearchd.sock when XDG_RUNTIME_DIR "
+        f"is unset (here: {default_socket_path()})",
     )
     parser.add_argument(
         "--token",
@@ -1310,9 +1488,12 @@ def main(argv: list[str] | None = None) -> None:
         access_log=args.access_log,
         timeout_graceful_shutdown=5,
         server_header=False,
+        # Not behind a proxy: X-Forwarded-For must not replace the peer whose uid the Guard checks.
+        proxy_headers=False,
     )
     server = _Server(config)
     server.url = bound_url(sock)
+    server.socket_path = socket_path
     asyncio.run(server.serve(sockets=[sock]))
 
 

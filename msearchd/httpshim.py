@@ -108,17 +108,25 @@ def check_token_rule(address: ListenAddress, token: str | None) -> None:
         )
 
 
-def check_http_extra() -> None:
-    """Fail early, in the daemon, when the `http` extra is not installed (without importing it)."""
+def check_http_extra(what: str = "--http", failed: ImportError | None = None) -> None:
+    """Fail early, in the daemon, when the `http` extra is not installed (without importing it); or
+    say why importing it `failed`."""
     from importlib.util import find_spec
 
     missing = [name for name in ("fastapi", "uvicorn") if find_spec(name) is None]
     if find_spec("python_multipart") is None and find_spec("multipart") is None:
         missing.append("python-multipart")
+    if find_spec("fastapi_offline") is None:
+        missing.append("fastapi-offline")
+    if not missing and isinstance(failed, ModuleNotFoundError) and failed.name:
+        missing.append(failed.name.partition(".")[0])  # a package they need
     if missing:
+        which = "which is" if len(missing) == 1 else "which are"
         raise UsageError(
-            f"--http needs {', '.join(missing)}, which are not installed: pip install 'msearchd[http]'"
+            f"{what} needs {', '.join(missing)}, {which} not installed: pip install 'msearchd[http]'"
         )
+    if failed is not None:
+        raise UsageError(f"{what} cannot import its web stack ({failed}): pip install -U 'msearchd[http]'")
 
 
 def bind(address: ListenAddress) -> socket.socket:

@@ -33,6 +33,7 @@ from conftest import MSEARCHD, Daemon
 from support import wait_started
 
 from msearchd import protocol
+from msearchd.http import MAX_EVENT_STREAMS, tcp_peer_uid
 
 LISTEN_RE = re.compile(r"http shim listening on (http://\S+) \(pid (\d+)\)")
 DOC = Path(__file__).resolve().parents[2] / "shared" / "task-control-api.zh.md"
@@ -105,6 +106,25 @@ def call(
     finally:
         conn.close()
     return Reply(resp.status, json.loads(raw) if raw else None, resp.headers)
+
+
+@dataclass
+class Raw:
+    status: int
+    body: bytes
+    headers: Message
+
+
+def http_get(url: str, path: str) -> Raw:
+    """A GET whose body is kept as bytes (a page, a script)."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=DEADLINE)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return Raw(resp.status, resp.read(), resp.headers)
+    finally:
+        conn.close()
 
 
 @dataclass
@@ -181,9 +201,9 @@ def served(make_daemon) -> Iterator[tuple[Daemon, Shim, Any]]:
 class Standalone:
     """`python -m msearchd.http` run by hand, its stderr collected in `lines`."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None, unset: tuple[str, ...] = ()) -> None:
         self.lines = Lines()
-        base = {k: v for k, v in os.environ.items() if not k.startswith("MSEARCH_")}
+        base = {k: v for k, v in os.environ.items() if not k.startswith("MSEARCH_") and k not in unset}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "msearchd.http", *args],
             env={**base, **(env or {})},
@@ -213,8 +233,8 @@ class Standalone:
 def standalone() -> Iterator[Callable[..., Standalone]]:
     made: list[Standalone] = []
 
-    def factory(*args: str, env: dict[str, str] | None = None) -> Standalone:
-        s = Standalone(*args, env=env)
+    def factory(*args: str, env: dict[str, str] | None = None, unset: tuple[str, ...] = ()) -> Standalone:
+        s = Standalone(*args, env=env, unset=unset)
         made.append(s)
         return s
 
@@ -382,6 +402,46 @@ def test_token_is_required_when_given(make_daemon):
     assert all("401" in op["responses"] for path in schema["paths"].values() for op in path.values())
 
 
+def test_standalone_shim_serves_the_daemons_default_socket_and_says_which(tmp_path, standalone):
+    """Without --socket the shim finds the socket where msearchd puts it, as msearchctl does."""
+    fallback = standalone("127.0.0.1:0", unset=("XDG_RUNTIME_DIR",))
+    line = fallback.lines.wait_for(LISTEN_RE)[0].string
+    assert line.rstrip().endswith(f") for msearchd at /tmp/msearch-{os.getuid()}/msearchd.sock"), line
+
+    runtime = tmp_path / "run"
+    (runtime / "msearch").mkdir(mode=0o700, parents=True)
+    stats = {"total": 7, "by_status": {}, "by_type": {}, "workers": {"busy": 0, "total": 1}}
+    fake = FakeDaemon(runtime / "msearch" / "msearchd.sock", lambda request: {"result": stats})
+    try:
+        found = standalone("127.0.0.1:0", env={"XDG_RUNTIME_DIR": str(runtime)})
+        shim = found.shim()
+        line = found.lines.wait_for(LISTEN_RE)[0].string
+        assert line.rstrip().endswith(f") for msearchd at {runtime}/msearch/msearchd.sock"), line
+        assert shim.get("/tasks/stats").body == stats
+    finally:
+        fake.close()
+
+
+def test_without_the_http_extra_the_shim_says_so_in_one_sentence(tmp_path):
+    """The same sentence as msearchd --http, and the exit code of a usage error: no traceback."""
+    (tmp_path / "fastapi.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'fastapi'\", name='fastapi')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-m", "msearchd.http", "127.0.0.1:0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+    )
+    assert out.returncode == 2, out.stderr
+    assert out.stderr == (
+        "msearchd-http: python -m msearchd.http needs fastapi, which is not installed: "
+        "pip install 'msearchd[http]'\n"
+    )
+
+
 def test_standalone_shim_takes_its_token_from_the_environment(make_daemon, standalone):
     d = make_daemon()
     shim = standalone("127.0.0.1:0", "--socket", str(d.socket), env={"MSEARCH_HTTP_TOKEN": "t0k"}).shim()
@@ -404,6 +464,97 @@ def test_loopback_without_token_refuses_foreign_hosts_and_origins(served):
     # A page of the local web UI (another port on localhost) is welcome.
     assert shim.get("/tasks/stats", headers={"Origin": "http://localhost:8502"}).status == 200
     assert shim.get("/tasks/stats", headers={"Host": f"localhost:{urlsplit(shim.url).port}"}).status == 200
+
+
+def test_changes_come_only_from_the_shims_own_origin(served):
+    """A form post needs no preflight: a page on another local port must not cancel, retry or reprioritise."""
+    _, shim, c = served
+    held = hold_worker(c)["id"]
+    waiting = c.submit("file_scan")["id"]
+    port = urlsplit(shim.url).port
+    cancel_all = {"form": {"cancel_running": "on"}}
+    refused: list[tuple[str, str, dict[str, Any], str]] = [
+        ("POST", "/tasks/cancel-all", {**cancel_all, "headers": {"Origin": "http://127.0.0.1:9999"}}, "9999"),
+        # The same port under another name is another origin (and may be another server).
+        ("POST", "/tasks/cancel-all", {**cancel_all, "headers": {"Origin": f"http://localhost:{port}"}}, ""),
+        ("POST", "/tasks/cancel-all", {**cancel_all, "headers": {"Origin": f"http://[::1]:{port}"}}, ""),
+        ("POST", "/tasks/cancel-all", {**cancel_all, "headers": {"Origin": f"https://127.0.0.1:{port}"}}, ""),
+        ("POST", "/tasks/cancel-all", {**cancel_all, "headers": {"Origin": "null"}}, "null"),
+        (
+            "POST",
+            "/tasks/cancel-all",
+            {**cancel_all, "headers": {"Sec-Fetch-Site": "cross-site"}},
+            "cross-site",
+        ),
+        (
+            "POST",
+            "/tasks/cancel-all",
+            {**cancel_all, "headers": {"Sec-Fetch-Site": "same-site"}},
+            "same-site",
+        ),
+        (
+            "POST",
+            f"/tasks/{waiting}/priority",
+            {"form": {"priority": "0"}, "headers": {"Origin": "http://localhost:8502"}},
+            "8502",
+        ),
+        (
+            "POST",
+            f"/tasks/{held}/cancel",
+            {"form": {"cancel_running": "true"}, "headers": {"Origin": "http://127.0.0.1:1"}},
+            "",
+        ),
+    ]
+    for method in ("PUT", "PATCH", "DELETE"):
+        refused.append((method, f"/tasks/{waiting}", {"headers": {"Origin": "http://127.0.0.1:9999"}}, ""))
+    for method, path, kw, needle in refused:
+        reply = call(shim.url, method, "/api/v1" + path, **kw)
+        assert reply.status == 403, (method, path, kw, reply.body)
+        assert reply.body["detail"].startswith("拒绝"), reply.body
+        assert needle in reply.body["detail"]
+    assert c.get(held)["status"] == "running"
+    assert c.get(waiting)["status"] == "pending" and c.get(waiting)["priority"] != 0
+
+    # Reading stays open to the local web UI, and changes from the shim's own pages go through,
+    # under whichever loopback name the page was loaded.
+    assert shim.get("/tasks/stats", headers={"Origin": "http://127.0.0.1:9999"}).status == 200
+    own = {"Origin": f"http://127.0.0.1:{port}", "Sec-Fetch-Site": "same-origin"}
+    moved = shim.post(f"/tasks/{waiting}/priority", form={"priority": "0"}, headers=own)
+    assert moved.status == 200, moved.body
+    named = {"Host": f"localhost:{port}", "Origin": f"http://localhost:{port}"}
+    assert shim.post(f"/tasks/{waiting}/priority", form={"priority": "1"}, headers=named).status == 200
+    typed = shim.post(
+        f"/tasks/{waiting}/priority", form={"priority": "2"}, headers={"Sec-Fetch-Site": "none"}
+    )
+    assert typed.status == 200  # a request the user made by hand (no page involved)
+    assert c.get(waiting)["priority"] == 2
+    stopped = shim.post("/tasks/cancel-all", form={"cancel_running": "on"}, headers=own)
+    assert stopped.status == 200 and stopped.body["message"] == "已取消2个任务"
+
+
+def test_forwarding_headers_change_nothing(served):
+    """The shim is not behind a proxy: X-Forwarded-* headers name no client and no scheme."""
+    _, shim, _ = served
+    port = urlsplit(shim.url).port
+    for value in ("10.1.2.3", "203.0.113.9, 127.0.0.1", "not-an-address", "[::1]:80", ""):
+        reply = shim.get("/tasks/stats", headers={"X-Forwarded-For": value})
+        assert reply.status == 200, (value, reply.status, reply.body)
+    forwarded = {
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-Host": "evil.example",
+        "Forwarded": "for=10.1.2.3;proto=https",
+        "Origin": f"http://127.0.0.1:{port}",
+    }
+    assert shim.post("/tasks/cancel-all", headers=forwarded).status == 200
+    assert (
+        shim.post("/tasks/cancel-all", headers={**forwarded, "Origin": f"https://127.0.0.1:{port}"}).status
+        == 403
+    )
+
+
+def test_an_unreadable_peer_address_has_no_owner():
+    assert tcp_peer_uid(("not-an-address", 1), ("127.0.0.1", 8000)) is None
+    assert tcp_peer_uid(("127.0.0.1", 1), ("::1", 8000)) is None
 
 
 # --- the paths ----------------------------------------------------------------------------------------
@@ -782,6 +933,15 @@ def test_bodies_in_every_accepted_encoding(served):
         headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
     )
     assert reply.status == 200 and c.get(task)["priority"] == 7
+    for content_type, broken in (
+        (f"multipart/form-data; boundary={boundary}", multipart.replace(b'; name="priority"', b"")),
+        ("multipart/form-data", multipart),  # no boundary
+    ):
+        unreadable = shim.post(f"/tasks/{task}/priority", body=broken, headers={"Content-Type": content_type})
+        assert unreadable.status == 400
+        assert unreadable.body == {
+            "detail": "multipart表单无法解析: 缺少boundary、字段缺少name，或格式有误"
+        }, content_type
     utf8 = shim.post(
         f"/tasks/{task}/priority",
         body=b"priority=%EF%BC%95",
@@ -819,12 +979,33 @@ def test_wrong_method_is_405_naming_the_methods_served(served):
         ("DELETE", "/tasks/task_1", "GET"),
         ("GET", "/tasks/task_1/cancel", "POST"),
         ("PUT", "/tasks/cancel-all", "POST"),  # not GET: /tasks/{task_id} is not what this path means
+        ("GET", "/tasks/cancel-all", "POST"),
+        ("GET", "/tasks/cancel-by-type", "POST"),
         ("POST", "/tasks/stats", "GET"),
     ):
         reply = call(shim.url, method, "/api/v1" + path)
-        assert reply.status == 405, (method, path)
+        assert reply.status == 405, (method, path, reply.body)
         assert reply.headers["Allow"] == allow, (method, path)
-        assert reply.body == {"detail": "Method Not Allowed"}
+        assert reply.body == {"detail": f"不支持的请求方法: {method}（/api/v1{path} 只接受 {allow}）"}
+
+
+def test_unknown_paths_are_404_in_the_documents_language(served):
+    _, shim, _ = served
+    for path in (
+        "/api/v1/task",
+        "/api/v2/tasks",
+        "/api/v1/tasks/task_1/cancel/now",
+        "/",
+        "/docs/static/nope.js",
+    ):
+        for method in ("GET", "POST"):
+            reply = call(shim.url, method, path)
+            if path.startswith("/docs/static/") and method == "POST":  # where files are served
+                assert reply.status == 405 and reply.headers["Allow"] == "GET, HEAD"
+                assert reply.body == {"detail": f"不支持的请求方法: POST（{path} 只接受 GET, HEAD）"}
+                continue
+            assert reply.status == 404, (method, path)
+            assert reply.body == {"detail": f"路径不存在: {path}"}, (method, path)
 
 
 def test_openapi_describes_every_path_and_every_answer(served):
@@ -908,6 +1089,47 @@ def test_openapi_describes_every_path_and_every_answer(served):
         assert isinstance(reply.body.get("detail", ""), str)
         seen.add(reply.status)
     assert {200, 201, 400, 404, 409, 413, 415} <= seen
+
+
+def test_the_schema_of_cancel_running_says_what_the_shim_accepts(served):
+    """An empty form field is an absent one (false); in JSON an empty string is refused."""
+    _, shim, _ = served
+    schema = call(shim.url, "GET", "/openapi.json").body
+    body = schema["paths"]["/api/v1/tasks/cancel-all"]["post"]["requestBody"]["content"]
+    form_pattern = body["application/x-www-form-urlencoded"]["schema"]["properties"]["cancel_running"][
+        "pattern"
+    ]
+    assert body["multipart/form-data"]["schema"]["properties"]["cancel_running"]["pattern"] == form_pattern
+    json_kinds = body["application/json"]["schema"]["properties"]["cancel_running"]["anyOf"]
+    json_pattern = next(k["pattern"] for k in json_kinds if k["type"] == "string")
+    for value in ("", "on", "OFF", "True", "t", "Y", "0", "maybe", "2", " ", "true ", "nein"):
+        by_form = shim.post("/tasks/cancel-all", form={"cancel_running": value})
+        by_json = shim.post("/tasks/cancel-all", json_body={"cancel_running": value})
+        assert by_form.status in (200, 400) and by_json.status in (200, 400), value
+        assert (by_form.status == 200) == bool(re.fullmatch(form_pattern, value)), (value, by_form.body)
+        assert (by_json.status == 200) == bool(re.fullmatch(json_pattern, value)), (value, by_json.body)
+    assert re.fullmatch(form_pattern, "") and not re.fullmatch(json_pattern, "")
+
+
+def test_docs_need_nothing_but_the_shim(served):
+    """/docs and /redoc load their scripts, styles and icons from the shim: they work offline."""
+    _, shim, _ = served
+    for page in ("/docs", "/redoc"):
+        reply = http_get(shim.url, page)
+        assert reply.status == 200 and reply.headers["Content-Type"].startswith("text/html")
+        html = reply.body.decode()
+        assert "://" not in html, page  # no absolute URL: nothing from a CDN
+        urls = set(re.findall(r"""(?:src|href|spec-url)\s*=\s*["']([^"']+)["']""", html))
+        urls |= set(re.findall(r"""url\s*:\s*["']([^"']+)["']""", html))
+        assert any(u.endswith(".js") for u in urls), (page, urls)
+        assert "/openapi.json" in urls, (page, urls)
+        for url in urls:
+            assert url.startswith("/") and not url.startswith("//"), (page, url)
+            asset = http_get(shim.url, url)
+            assert asset.status == 200, (page, url)
+            assert asset.body, (page, url)
+    swagger = http_get(shim.url, "/docs").body.decode()
+    assert '"validatorUrl": null' in swagger  # no badge fetched from swagger.io either
 
 
 # --- the document's examples, with curl ---------------------------------------------------------------
@@ -1033,7 +1255,8 @@ def test_fifty_clients_at_once(served):
 
 
 def test_unreachable_daemon_is_503(tmp_path, standalone):
-    shim = standalone("127.0.0.1:0", "--socket", str(tmp_path / "nobody.sock")).shim()
+    socket_path = tmp_path / "nobody.sock"
+    shim = standalone("127.0.0.1:0", "--socket", str(socket_path)).shim()
     for method, path in (
         ("GET", "/tasks"),
         ("GET", "/tasks/task_1"),
@@ -1042,7 +1265,10 @@ def test_unreachable_daemon_is_503(tmp_path, standalone):
     ):
         reply = call(shim.url, method, "/api/v1" + path)
         assert reply.status == 503, path
-        assert reply.body["detail"].startswith("msearchd守护进程不可用: cannot reach msearchd at ")
+        assert reply.body == {
+            "detail": f"msearchd守护进程不可用: 无法连接 {socket_path}（套接字不存在），守护进程是否在运行？"
+        }
+    assert refused_event_stream(shim).body == reply.body
 
 
 def test_standalone_shim_follows_the_daemon_across_a_restart(make_daemon, standalone):
@@ -1054,6 +1280,7 @@ def test_standalone_shim_follows_the_daemon_across_a_restart(make_daemon, standa
     assert d.stop() == 0
     down = shim.get(f"/tasks/{task['id']}")
     assert down.status == 503
+    assert down.body["detail"].startswith(f"msearchd守护进程不可用: 无法连接 {d.socket}")
     d.start()
     # The pooled connections died with the old daemon; the shim must not answer from them.
     for _ in range(3):
@@ -1089,7 +1316,7 @@ def test_daemon_errors_are_500_with_a_log_line_and_a_hang_is_503(tmp_path, stand
         run.lines.wait_for(re.compile(r"ERROR msearchd.http: POST /api/v1/tasks/cancel-all failed"))
         hung = shim.post("/tasks/task_1/cancel")
         assert hung.status == 503
-        assert hung.body == {"detail": "msearchd守护进程不可用: msearchd did not answer cancel within 0.5 s"}
+        assert hung.body == {"detail": "msearchd守护进程不可用: 守护进程未在0.5秒内回答cancel请求"}
     finally:
         fake.close()
 
@@ -1243,3 +1470,64 @@ def test_events_refuse_bad_filters(served):
     assert shim.get("/events?colour=red").status == 400
     spec = call(shim.url, "GET", "/openapi.json")
     assert "text/event-stream" in spec.body["paths"]["/api/v1/events"]["get"]["responses"]["200"]["content"]
+    assert "事件流已达上限" in spec.body["paths"]["/api/v1/events"]["get"]["responses"]["503"]["description"]
+
+
+def open_event_stream(shim: Shim, query: str = "") -> socket.socket:
+    """A raw connection reading /api/v1/events, once the subscription is live; closing it is a client
+    vanishing (no end of stream is ever sent)."""
+    url = urlsplit(shim.url)
+    sock = socket.create_connection((url.hostname, url.port), timeout=DEADLINE)
+    sock.sendall(f"GET /api/v1/events{query} HTTP/1.1\r\nHost: {url.netloc}\r\n\r\n".encode())
+    got = b""
+    while b": subscribed\n\n" not in got:
+        chunk = sock.recv(4096)
+        assert chunk, f"the shim closed the stream: {got!r}"
+        got += chunk
+    assert got.startswith(b"HTTP/1.1 200 "), got
+    return sock
+
+
+def refused_event_stream(shim: Shim) -> Reply:
+    """A request for /api/v1/events that must be refused: its answer, without waiting on a stream."""
+    url = urlsplit(shim.url)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=DEADLINE)
+    try:
+        conn.request("GET", "/api/v1/events")
+        response = conn.getresponse()
+        assert response.status != 200, "the stream was opened"
+        return Reply(response.status, json.loads(response.read()), response.headers)
+    finally:
+        conn.close()
+
+
+def test_event_streams_are_capped_and_a_vanished_client_frees_its_own(make_daemon, standalone):
+    d = make_daemon(workers=1)
+    run = standalone("127.0.0.1:0", "--socket", str(d.socket), "--log-level", "debug")
+    shim = run.shim()
+    streams = [open_event_stream(shim) for _ in range(MAX_EVENT_STREAMS)]
+    try:
+        over = refused_event_stream(shim)
+        assert over.status == 503
+        assert over.body == {
+            "detail": f"同时打开的事件流已达上限（{MAX_EVENT_STREAMS}个），请先关闭不用的事件流再试"
+        }
+        # A stream whose client vanished is closed on both sides, and its place is free again.
+        daemon_side = len(psutil.Process(shim.pid).net_connections("unix"))
+        streams.pop().close()
+        run.lines.wait_for(re.compile(rf"event stream closed \({MAX_EVENT_STREAMS - 1} open\)"))
+        assert len(psutil.Process(shim.pid).net_connections("unix")) == daemon_side - 1
+        streams.append(open_event_stream(shim))
+        assert refused_event_stream(shim).status == 503
+        # The streams still open are live.
+        with d.client() as c:
+            task = c.submit("noop")
+        seen = b""
+        while f'"task_id": "{task["id"]}"'.encode() not in seen:
+            chunk = streams[0].recv(65536)
+            assert chunk, seen
+            seen += chunk
+    finally:
+        for sock in streams:
+            sock.close()
+    run.lines.wait_for(re.compile(r"event stream closed \(0 open\)"))
