@@ -53,9 +53,17 @@ def prepare_socket_dir(path: Path) -> None:
 
 
 class RpcServer:
-    def __init__(self, service: TaskService, path: Path, on_shutdown: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        service: TaskService,
+        path: Path,
+        on_shutdown: Callable[[], None],
+        listening: socket.socket | None = None,
+    ) -> None:
         self.service = service
         self.path = path
+        # A socket a service manager made and handed over: it owns the path, and keeps it after we stop.
+        self._listening = listening
         self._on_shutdown = on_shutdown
         self._server: asyncio.AbstractServer | None = None
         self.connections: set[Connection] = set()
@@ -86,8 +94,11 @@ class RpcServer:
         return {"stopping": True}
 
     async def start(self) -> None:
-        prepare_socket_dir(self.path)
         loop = asyncio.get_running_loop()
+        if self._listening is not None:
+            self._server = await loop.create_unix_server(lambda: Connection(self), sock=self._listening)
+            return
+        prepare_socket_dir(self.path)
         old_umask = os.umask(0o177)
         try:
             self._server = await loop.create_unix_server(lambda: Connection(self), path=str(self.path))
@@ -103,8 +114,9 @@ class RpcServer:
 
     async def close(self) -> None:
         self.stop_accepting()
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        if self._listening is None:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
         pending = [t for conn in list(self.connections) for t in conn.close()]
         if pending:
             await asyncio.wait(pending, timeout=1.0)
