@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import IO
 
-from msearchd import __version__, config
+from msearchd import __version__, config, logformat, systemd
 from msearchd.errors import InvalidArgument
 from msearchd.httpshim import (
     TOKEN_ENV,
@@ -71,6 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level",
         choices=["debug", "info", "warning", "error"],
         help="how much to log to stderr (default info)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=logformat.FORMATS,
+        default="auto",
+        help="text: time, level, logger, message; journal: syslog priority prefixes (<3>...) and no time, "
+        "for systemd's journal; json: one JSON object a line; auto (default): journal when standard error "
+        "is the journal (JOURNAL_STREAM), else text",
     )
     parser.add_argument(
         "--http",
@@ -134,14 +142,38 @@ def bind_http(address: ListenAddress) -> socket.socket:
         raise StartupError(f"cannot listen for HTTP on {address}: {exc.strerror or exc}") from None
 
 
+# How often the status line a service manager shows is brought up to date.
+STATUS_INTERVAL = 5.0
+
+
+async def report_status(service: TaskService, notifier: systemd.Notifier) -> None:
+    """Keep the service manager's status line (`systemctl --user status msearchd`) current."""
+    while True:
+        status = service.status()
+        busy = status["workers"]["busy"]
+        notifier.notify(f"STATUS={status['pending']} tasks pending, {busy} running")
+        await asyncio.sleep(STATUS_INTERVAL)
+
+
 async def serve(
-    settings: config.Settings, http: ListenAddress | None = None, http_token: str | None = None
+    settings: config.Settings,
+    http: ListenAddress | None = None,
+    http_token: str | None = None,
+    log_format: str = "text",
 ) -> None:
+    notifier = systemd.Notifier()
+    activated = systemd.listen_sockets()
+    if len(activated) > 1:
+        raise StartupError(f"the service manager passed {len(activated)} sockets; msearchd takes one")
+    if activated:
+        settings.socket_path = Path(activated[0].getsockname())
     prepare_state_dir(settings)
     lock = lock_state_dir(settings.state_dir)
     http_sock = bind_http(http) if http is not None else None
     store = Store(settings.db_path)
-    listener = claim_socket(settings.socket_path)  # after what may fail: a refusal leaves no socket file
+    # After what may fail: a refusal leaves no socket file. A socket the service manager handed over is
+    # its own: it stays when the daemon stops.
+    listener = Listener.adopt(activated[0]) if activated else claim_socket(settings.socket_path)
     killed = kill_leftovers(settings.state_dir)
     if killed:
         log.warning("killed %d process(es) left behind by a previous daemon", killed)
@@ -166,19 +198,26 @@ async def serve(
         loop.create_task(service.run_progress_flusher()),
     ]
     log.info(
-        "msearchd %s listening on %s with %d workers; state in %s",
+        "msearchd %s listening on %s%s with %d workers; state in %s",
         __version__,
         settings.socket_path,
+        " (handed over by the service manager)" if activated else "",
         settings.workers,
         settings.state_dir,
     )
     shim: ShimSupervisor | None = None
     if http is not None and http_sock is not None:
-        shim = ShimSupervisor(http_sock, http, settings.socket_path, http_token, reaper, settings.log_level)
+        shim = ShimSupervisor(
+            http_sock, http, settings.socket_path, http_token, reaper, settings.log_level, log_format
+        )
         shim.start()
+    if notifier.active:
+        notifier.notify("READY=1", f"MAINPID={os.getpid()}")
+        background.append(loop.create_task(report_status(service, notifier)))
 
     await stop.wait()
     log.info("stopping: running tasks go back to pending")
+    notifier.notify("STOPPING=1", "STATUS=stopping: running tasks go back to pending")
     server.stop_accepting()
     shim_stopped = loop.create_task(shim.stop()) if shim is not None else None
     await service.stop()
@@ -190,6 +229,7 @@ async def serve(
     store.close()
     lock.close()
     await server.close()  # last: a client waiting for the end sees it only when all is released
+    notifier.close()
     log.info("stopped")
 
 
@@ -219,13 +259,10 @@ def main(argv: list[str] | None = None) -> None:
         except UsageError as exc:
             print(f"msearchd: {exc}", file=sys.stderr)
             sys.exit(2)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    log_format = logformat.resolve(args.log_format, systemd.journal_on_stderr())
+    logformat.configure(settings.log_level, log_format)
     try:
-        asyncio.run(serve(settings, http, http_token))
+        asyncio.run(serve(settings, http, http_token, log_format))
     except (StartupError, InvalidArgument, UnusableStore) as exc:
         print(f"msearchd: {exc}", file=sys.stderr)
         sys.exit(1)

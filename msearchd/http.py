@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, cast
 from urllib.parse import unquote_plus, urlsplit
 
-from msearchd import __version__
+from msearchd import __version__, logformat, systemd
 from msearchd.client import AsyncClient, AsyncEventStream
 from msearchd.config import default_socket_path
 from msearchd.errors import (
@@ -1446,6 +1446,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--access-log", action="store_true", help="log every request to stderr")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+    parser.add_argument(
+        "--log-format",
+        choices=logformat.FORMATS,
+        default="auto",
+        help="text, journal (syslog priority prefixes, no time) or json; auto: journal when standard "
+        "error is the journal, else text",
+    )
     parser.add_argument("--fd", type=int, help=argparse.SUPPRESS)  # a listening socket from msearchd
     parser.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     return parser
@@ -1453,11 +1460,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logformat.configure(args.log_level, logformat.resolve(args.log_format, systemd.journal_on_stderr()))
     # Go when the daemon goes, even by SIGKILL: an orphan would hold the port the next daemon needs.
     if args.parent_pid is not None and not die_with_parent(args.parent_pid):
         sys.exit(0)

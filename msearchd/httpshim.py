@@ -169,12 +169,14 @@ class ShimSupervisor:
         token: str | None,
         reaper: Reaper,
         log_level: str = "info",
+        log_format: str = "text",
     ) -> None:
         self.sock = sock
         self.address = address
         self.socket_path = socket_path
         self.token = token
         self.log_level = log_level
+        self.log_format = log_format
         self._reaper = reaper
         self._proc: subprocess.Popen[bytes] | None = None
         self._exited: asyncio.Future[int] | None = None
@@ -200,6 +202,8 @@ class ShimSupervisor:
             str(self.socket_path),
             "--log-level",
             self.log_level,
+            "--log-format",
+            self.log_format,
             "--fd",
             str(self.sock.fileno()),
             "--parent-pid",

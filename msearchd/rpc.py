@@ -63,7 +63,7 @@ class Listener:
     def __init__(self, path: Path) -> None:
         self.path = path
         prepare_socket_dir(path)
-        self._lock = _lock_beside(path)
+        self._lock: int | None = _lock_beside(path)
         try:
             _clear_stale_socket(path)
             self.sock = _bind(path)
@@ -71,17 +71,29 @@ class Listener:
             os.close(self._lock)
             raise
         bound = path.lstat()
-        self._identity = (bound.st_dev, bound.st_ino)
+        self._identity: tuple[int, int] | None = (bound.st_dev, bound.st_ino)
+
+    @classmethod
+    def adopt(cls, sock: socket.socket) -> Listener:
+        """A listening socket a service manager made and handed over (socket activation): the manager
+        owns its path and keeps it for the next start, so it is neither locked nor removed here."""
+        listener = cls.__new__(cls)
+        listener.path = Path(sock.getsockname())
+        listener.sock = sock
+        listener._lock = listener._identity = None
+        return listener
 
     def release(self) -> None:
         """Remove the socket if it is still ours, then unlock. The lock file stays: were it removed, two
         daemons could each lock a file of that name, the removed one and a new one."""
-        with contextlib.suppress(FileNotFoundError):
-            now = self.path.lstat()
-            if (now.st_dev, now.st_ino) == self._identity:
-                self.path.unlink()
+        if self._identity is not None:
+            with contextlib.suppress(FileNotFoundError):
+                now = self.path.lstat()
+                if (now.st_dev, now.st_ino) == self._identity:
+                    self.path.unlink()
         self.sock.close()
-        os.close(self._lock)
+        if self._lock is not None:
+            os.close(self._lock)
 
 
 def _lock_beside(path: Path) -> int:
@@ -138,7 +150,12 @@ def _bind(path: Path) -> socket.socket:
 
 
 class RpcServer:
-    def __init__(self, service: TaskService, path: Path, on_shutdown: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        service: TaskService,
+        path: Path,
+        on_shutdown: Callable[[], None],
+    ) -> None:
         self.service = service
         self.path = path
         self._on_shutdown = on_shutdown

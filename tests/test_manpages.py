@@ -75,6 +75,8 @@ _TEXT_MACROS = {"B", "I", "SM", "SB", "SH", "SS"}
 _ITEM_ENDS = {"PP", "LP", "P", "IP", "SH", "SS"}
 _LONG_OPTION = re.compile(r"(?<![\w-])(--[A-Za-z0-9][\w-]*)")
 _ANY_OPTION = re.compile(r"(?<![\w-])(--?[A-Za-z0-9][\w-]*)")
+# Options of other programs that the pages show in examples (systemctl, journalctl).
+OTHER_PROGRAMS_OPTIONS = {"--user", "--now", "--user-unit"}
 _SHELL_BREAKS = {"|", "||", "&&", "&", ";", ";;", ">", ">>", "2>", "<"}
 
 
@@ -445,7 +447,7 @@ def ctl_problems(page: Page, root: click.Group, daemon_parser: argparse.Argument
     env |= {str(p.envvar) for c in tree.values() for p in c.params if isinstance(p.envvar, str)}
     problems += environment_problems(page, env)
     known_options = all_ctl_options(root) | parser_options(daemon_parser)
-    problems += prose_option_problems(page, known_options)
+    problems += prose_option_problems(page, known_options | OTHER_PROGRAMS_OPTIONS)
     problems += example_problems(page, root, daemon_parser)
     see_also = page.section("SEE ALSO")
     if see_also is None or "msearchd(8)" not in see_also.text:
@@ -660,7 +662,7 @@ def daemon_problems(
 
     problems += exit_status_problems(page, exit_codes_of_daemon())
     problems += environment_problems(page, environment_read_by_daemon())
-    problems += prose_option_problems(page, known | all_ctl_options(root))
+    problems += prose_option_problems(page, known | all_ctl_options(root) | OTHER_PROGRAMS_OPTIONS)
     problems += example_problems(page, root, parser)
     see_also = page.section("SEE ALSO")
     if see_also is None or "msearchctl(1)" not in see_also.text:
@@ -746,7 +748,12 @@ def test_pages_render_without_warnings(path: Path) -> None:
 
 def test_pages_are_installed_with_the_package() -> None:
     data_files = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["data-files"]
-    installed = {Path(f).name: Path(dest).name for dest, files in data_files.items() for f in files}
+    installed = {
+        Path(f).name: Path(dest).name
+        for dest, files in data_files.items()
+        if dest.startswith("share/man/")
+        for f in files
+    }
     pages = {p.name: f"man{p.suffix[1:]}" for p in MAN.iterdir() if re.fullmatch(r"\.\d", p.suffix)}
     assert installed == pages
 

@@ -1,0 +1,1 @@
+complete --command msearchctl --no-files --arguments "(env _MSEARCHCTL_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) msearchctl)" --condition "env _MSEARCHCTL_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) msearchctl"
