@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import sys
 import time
 import traceback
@@ -29,6 +30,8 @@ from msearchd.prctl import die_with_parent
 REPORT_DELAY = 0.01
 # Set to the task's id while it runs: every process it starts inherits it (see workers.strays).
 TASK_ENV = "MSEARCH_TASK_ID"
+# Set to the daemon's state folder in every worker: a daemon finds what an earlier one left by it.
+WORKER_MARK = "MSEARCH_WORKER_OF"
 
 
 class Context:
@@ -232,9 +235,11 @@ class Worker:
 
     @staticmethod
     def _log_traceback(log_path: str) -> None:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
         try:
-            with open(log_path, "a") as log:
-                traceback.print_exc(file=log)
+            with open(os.open(log_path, flags, 0o600), "a") as log:  # never through a planted link
+                if stat.S_ISREG(os.fstat(log.fileno()).st_mode):
+                    traceback.print_exc(file=log)
         except OSError:
             pass
 

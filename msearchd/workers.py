@@ -15,7 +15,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,12 +28,11 @@ from msearchd.handlers.command import clear_spares, spare_path
 from msearchd.lease import LeaseWord, Phase
 from msearchd.model import StopReason, Task, TaskStatus, format_task_id, parse_task_id
 from msearchd.prctl import become_subreaper
-from msearchd.worker import TASK_ENV
+from msearchd.spawn import child_environ, child_folder, python_argv
+from msearchd.worker import TASK_ENV, WORKER_MARK
 
 log = logging.getLogger("msearchd.workers")
 
-# Marks every process a worker starts, so that leftovers of a crashed daemon can be found again.
-WORKER_MARK = "MSEARCH_WORKER_OF"
 _KILL_TIMEOUT = 5.0
 
 
@@ -271,15 +269,16 @@ class WorkerPool:
             child.close()
             raise
         config = json.dumps({"handlers": self._handlers, "state_dir": str(self._state_dir)})
-        env = {**os.environ, WORKER_MARK: str(self._state_dir)}
+        env = {**child_environ(), WORKER_MARK: str(self._state_dir)}
         argv = [str(child.fileno()), str(word.fd), str(os.getpid()), config]
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "msearchd.worker", *argv],
+                [*python_argv("msearchd.worker"), *argv],
                 pass_fds=(child.fileno(), word.fd),
                 start_new_session=True,
                 stdin=subprocess.DEVNULL,
                 env=env,
+                cwd=child_folder(),
             )
         except BaseException:
             word.close()

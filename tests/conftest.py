@@ -53,6 +53,8 @@ class Daemon:
     grace: float
     config: Path
     extra_args: tuple[str, ...] = ()
+    cwd: Path | None = None  # the folder it is started in (default: the test run's)
+    extra_env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[str] | None = None
     lines: list[str] = field(default_factory=list)
     _logged: threading.Condition = field(default_factory=threading.Condition)
@@ -71,6 +73,7 @@ class Daemon:
         env.update(
             MSEARCH_SOCKET=str(self.socket), MSEARCH_STATE_DIR=str(self.state_dir), PYTHONPATH=str(TESTS)
         )
+        env.update(self.extra_env)
         return env
 
     def start(self) -> Daemon:
@@ -89,6 +92,7 @@ class Daemon:
                 *self.extra_args,
             ],
             env=self.env,
+            cwd=self.cwd,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -168,13 +172,23 @@ def make_daemon() -> Iterator[Any]:
         settings: str = "",
         start: bool = True,
         extra_args: tuple[str, ...] = (),
+        cwd: Path | None = None,
+        extra_env: dict[str, str] | None = None,
     ) -> Daemon:
         # Short paths: a Unix socket path is limited to 107 bytes.
         root = Path(tempfile.mkdtemp(prefix="ms-", dir="/tmp"))
         roots.append(root)
         config = root / "msearchd.toml"
         config.write_text(settings + HANDLERS_TOML + config_extra)
-        d = Daemon(root=root, workers=workers, grace=grace, config=config, extra_args=extra_args)
+        d = Daemon(
+            root=root,
+            workers=workers,
+            grace=grace,
+            config=config,
+            extra_args=extra_args,
+            cwd=cwd,
+            extra_env=dict(extra_env or {}),
+        )
         made.append(d)
         return d.start() if start else d
 
