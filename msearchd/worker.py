@@ -24,11 +24,11 @@ from typing import Any
 from msearchd import protocol
 from msearchd.handlers import Handler, HandlerNotFound, TaskCancelled, TaskFailed, resolve
 from msearchd.lease import LeaseWord, Phase
-from msearchd.prctl import die_with_parent
+from msearchd.prctl import become_subreaper, die_with_parent
 
 # The longest an outcome waits to be reported with those of the rest of its lease.
 REPORT_DELAY = 0.01
-# Set to the task's id while it runs: every process it starts inherits it (see workers.strays).
+# Set to the task's id while it runs: every process it starts inherits it, to tell whose it is.
 TASK_ENV = "MSEARCH_TASK_ID"
 # Set to the daemon's state folder in every worker: a daemon finds what an earlier one left by it.
 WORKER_MARK = "MSEARCH_WORKER_OF"
@@ -121,6 +121,7 @@ class Worker:
         self.sending = False  # a frame is being written: a signal handler must not write another
         self._flush_due = False
         self._exit_due = False
+        self.adopts_orphans = False  # a child subreaper: see reap_adopted
 
     def handler_for(self, task_type: str) -> Handler:
         """Resolve a type's handler once per worker: looking up entry points costs about a millisecond."""
@@ -267,6 +268,16 @@ class Worker:
             self.word.write(seq, Phase.RUNNING)
             if not self.run_task(task):
                 return
+            if self.adopts_orphans:
+                reap_adopted()
+
+
+def reap_adopted() -> None:
+    """Reap what the task's processes orphaned and this worker adopted, once it exited. Between
+    tasks: while one runs, its handler may be waiting for a child of its own."""
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -279,6 +290,8 @@ def main(argv: list[str] | None = None) -> None:
     channel = socket.socket(fileno=fd)
     os.environ["MSEARCH_STATE_DIR"] = config["state_dir"]
     worker = Worker(channel, LeaseWord.attach(word_fd), config["handlers"], config["state_dir"])
+    # Without a cgroup, what a task orphans stays in this worker's tree, where the daemon finds it.
+    worker.adopts_orphans = config["subreaper"] and become_subreaper()
     signal.signal(signal.SIGTERM, worker.on_sigterm)
     signal.signal(signal.SIGALRM, worker.on_sigalrm)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
