@@ -10,9 +10,10 @@ double fork) and clear their environment (`env -i`). Two ways hold them anyway:
   stays in its tree while it lives; what reaches the daemon (a subreaper too) once a worker died is
   a leftover of that worker.
 
-A ledger in the state folder names the daemon's cgroup, or each worker's pid and start: a daemon
-started after a `kill -9` of this one kills what is still in that cgroup, or in those workers'
-sessions and process groups.
+A ledger in the state folder names the daemon's cgroup, or each worker's pid and start and, once a
+second, the processes under a worker that left its session: a daemon started after a `kill -9` of
+this one kills what is still in that cgroup, in those workers' sessions and process groups, or
+listed (a process that escaped less than a second before the `kill -9` may be missed).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 log = logging.getLogger("msearchd.containment")
@@ -32,6 +34,8 @@ log = logging.getLogger("msearchd.containment")
 LEDGER = "containment.json"
 CGROUP_PREFIX = "msearchd-"
 _POLL = 0.005
+# How often, without a cgroup, the processes that left their worker's session are listed in the ledger.
+LEDGER_PERIOD = 1.0
 
 
 def start_ticks(pid: int) -> int | None:
@@ -132,29 +136,43 @@ def _alive(pid: int, started: int | None) -> bool:
     return fields[0] not in (b"Z", b"X") and (started is None or int(fields[19]) == started)
 
 
+@dataclass
 class Ledger:
-    """What a later daemon on this state folder needs to kill what this one's workers left."""
+    """What a later daemon on this state folder needs to kill what this one's workers left: its
+    cgroup, or its workers and the processes that left their sessions (pid -> start ticks)."""
 
-    def __init__(self, state_dir: Path) -> None:
-        self.path = state_dir / LEDGER
+    path: Path
+    cgroup: Path | None = None
+    workers: dict[int, int] = field(default_factory=dict)
+    escaped: dict[int, int] = field(default_factory=dict)
 
-    def write(self, cgroup: Path | None, workers: dict[int, int]) -> None:
+    def save(self) -> None:
         temporary = self.path.with_name(self.path.name + ".new")
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         with open(fd, "w") as out:
-            json.dump({"cgroup": str(cgroup) if cgroup else None, "workers": list(workers.items())}, out)
+            json.dump(
+                {
+                    "cgroup": str(self.cgroup) if self.cgroup else None,
+                    "workers": list(self.workers.items()),
+                    "escaped": list(self.escaped.items()),
+                },
+                out,
+            )
         temporary.replace(self.path)
 
-    def read(self) -> tuple[Path | None, dict[int, int]]:
+    @classmethod
+    def load(cls, state_dir: Path) -> Ledger:
+        ledger = cls(state_dir / LEDGER)
         try:
-            raw = json.loads(self.path.read_text())
-            cgroup = Path(raw["cgroup"]) if raw["cgroup"] else None
-            return cgroup, {int(pid): int(ticks) for pid, ticks in raw["workers"]}
+            raw = json.loads(ledger.path.read_text())
+            ledger.cgroup = Path(raw["cgroup"]) if raw["cgroup"] else None
+            ledger.workers = {int(pid): int(ticks) for pid, ticks in raw["workers"]}
+            ledger.escaped = {int(pid): int(ticks) for pid, ticks in raw.get("escaped", [])}
         except FileNotFoundError:
-            return None, {}
+            pass
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.warning("ignoring the unreadable %s: %s", self.path, exc)
-            return None, {}
+            log.warning("ignoring the unreadable %s: %s", ledger.path, exc)
+        return ledger
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -176,8 +194,8 @@ def _is_daemon_cgroup(path: Path) -> bool:
 def kill_left_behind(state_dir: Path, timeout: float) -> int:
     """At start: kill what the workers of an earlier daemon on this state folder left running, by its
     ledger. Returns how many processes were killed."""
-    ledger = Ledger(state_dir)
-    cgroup, workers = ledger.read()
+    ledger = Ledger.load(state_dir)
+    cgroup = ledger.cgroup
     killed = 0
     if cgroup is not None and _is_daemon_cgroup(cgroup):
         killed += len(_members(cgroup))
@@ -186,8 +204,14 @@ def kill_left_behind(state_dir: Path, timeout: float) -> int:
         while _populated(cgroup) and time.monotonic() < deadline:
             time.sleep(_POLL)
         _remove_tree(cgroup)
-    if workers:
-        killed += _kill_sessions(workers)
+    if ledger.workers:
+        killed += _kill_sessions(ledger.workers)
+    uid = os.getuid()
+    for pid, ticks in ledger.escaped.items():
+        with contextlib.suppress(OSError):
+            if start_ticks(pid) == ticks and os.stat(f"/proc/{pid}").st_uid == uid:  # noqa: PTH116
+                _kill(pid)
+                killed += 1
     ledger.remove()
     return killed
 
@@ -222,14 +246,17 @@ class Containment:
     def __init__(self, state_dir: Path, use_cgroups: bool, known_child: Callable[[int], bool]) -> None:
         """`known_child(pid)`: whether a child of the daemon is one of its own (a worker, the shim),
         not a leftover."""
-        self._ledger = Ledger(state_dir)
         self._known_child = known_child
         self.cgroup = self._make_cgroup() if use_cgroups else None
         if not use_cgroups:
             log.info("cgroups = false: workers' processes are followed by session and parent")
-        self._workers: dict[int, int] = {}  # pid -> start, without a cgroup
+        self._ledger = Ledger(state_dir / LEDGER, self.cgroup)
+        self._workers = self._ledger.workers  # pid -> start, without a cgroup
         self._ending: dict[int, asyncio.Future[list[int]]] = {}
-        self._ledger.write(self.cgroup, self._workers)
+        self._ledger.save()
+        self._watching: asyncio.Task[None] | None = None
+        if self.cgroup is None:
+            self._watching = asyncio.get_running_loop().create_task(self._list_escaped())
 
     @staticmethod
     def _make_cgroup() -> Path | None:
@@ -265,7 +292,23 @@ class Containment:
         ticks = start_ticks(pid)
         if ticks is not None:
             self._workers[pid] = ticks
-            self._ledger.write(None, self._workers)
+            self._ledger.save()
+
+    async def _list_escaped(self) -> None:
+        """Keep the ledger's list of processes under the workers that left their sessions (which a
+        later daemon could not find by session) up to date."""
+        while True:
+            await asyncio.sleep(LEDGER_PERIOD)
+            escaped: dict[int, int] = {}
+            for worker in list(self._workers):
+                for pid in tree(worker):
+                    with contextlib.suppress(OSError):
+                        if os.getsid(pid) != worker and (ticks := start_ticks(pid)) is not None:
+                            escaped[pid] = ticks
+            if escaped != self._ledger.escaped:
+                self._ledger.escaped = escaped
+                self._ledger.save()
+                log.debug("ledger: processes %s left their worker's session", sorted(escaped))
 
     def kill(self, pid: int) -> list[int]:
         """SIGKILL worker `pid` and all it started, now; returns what was found (without a cgroup)."""
@@ -315,11 +358,13 @@ class Containment:
             await asyncio.sleep(_POLL)
         if pid in self._workers and not watched:
             del self._workers[pid]
-            self._ledger.write(None, self._workers)
+            self._ledger.save()
         return list(watched)
 
     async def close(self, timeout: float) -> list[int]:
         """At stop, once every worker was ended: kill what is left anywhere; the ledger goes."""
+        if self._watching is not None:
+            self._watching.cancel()
         if self._ending:
             await asyncio.gather(*self._ending.values())
         survivors: list[int] = []

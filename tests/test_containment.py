@@ -138,15 +138,20 @@ def test_workers_and_what_they_start_are_in_the_daemon_s_cgroup(make_daemon):
 
 
 def test_a_ledger_names_only_what_a_daemon_made(tmp_path):
-    """A ledger naming a cgroup a daemon did not make, or a worker whose pid another process took
-    since, kills nothing."""
-    from msearchd.containment import Ledger, cgroup2_root, kill_left_behind, start_ticks
+    """A ledger naming a cgroup a daemon did not make, or a process whose pid another one took since,
+    kills nothing."""
+    from msearchd.containment import LEDGER, Ledger, cgroup2_root, kill_left_behind, start_ticks
+
+    def ledger(**entries) -> None:
+        Ledger(tmp_path / LEDGER, **entries).save()
 
     sleeper = subprocess.Popen(["sleep", "1000"], start_new_session=True)
     try:
         ticks = start_ticks(sleeper.pid)
         assert ticks is not None
-        Ledger(tmp_path).write(None, {sleeper.pid: ticks + 1})  # the pid, reused by another process
+        ledger(workers={sleeper.pid: ticks + 1})  # the pid, reused by another process
+        assert kill_left_behind(tmp_path, 5.0) == 0
+        ledger(escaped={sleeper.pid: ticks - 1})
         assert kill_left_behind(tmp_path, 5.0) == 0
         assert sleeper.poll() is None
         root = cgroup2_root()
@@ -155,22 +160,42 @@ def test_a_ledger_names_only_what_a_daemon_made(tmp_path):
             foreign.mkdir()
             try:
                 (foreign / "cgroup.procs").write_text(str(sleeper.pid))
-                Ledger(tmp_path).write(foreign, {})
+                ledger(cgroup=foreign)
                 assert kill_left_behind(tmp_path, 5.0) == 0
-                assert sleeper.poll() is None
-                Ledger(tmp_path).write(root, {})  # the whole hierarchy: never
+                ledger(cgroup=root)  # the whole hierarchy: never
                 assert kill_left_behind(tmp_path, 5.0) == 0
                 assert sleeper.poll() is None
             finally:
                 sleeper.kill()
                 sleeper.wait()
                 foreign.rmdir()
-        else:
-            Ledger(tmp_path).write(None, {sleeper.pid: ticks})  # its own session: killed
-            assert kill_left_behind(tmp_path, 5.0) == 1
-            assert sleeper.wait(timeout=20) == -9
-        assert not (tmp_path / "containment.json").exists()
+            sleeper = subprocess.Popen(["sleep", "1000"], start_new_session=True)
+            ticks = start_ticks(sleeper.pid)
+        ledger(escaped={sleeper.pid: ticks})  # listed as it is: killed
+        assert kill_left_behind(tmp_path, 5.0) == 1
+        assert sleeper.wait(timeout=20) == -9
+        assert not (tmp_path / LEDGER).exists()
     finally:
         if sleeper.poll() is None:
             sleeper.kill()
             sleeper.wait()
+
+
+def test_without_a_cgroup_what_left_its_session_is_listed_for_the_next_daemon(make_daemon, fifo):
+    """setsid, a double fork and `env -i`, then kill -9 of the daemon: without a cgroup, the ledger
+    lists the process once a second, and the next daemon kills it."""
+    d = start(make_daemon, "processes", workers=1)
+    out = fifo("escaped")
+    with d.client() as c:
+        task = c.submit("command", {"argv": ["sh", "-c", f"{escape(out)}; exec sleep 1000"]}, priority=0)
+        escaped = int(out.read())
+    d.wait_for_log(f"processes [{escaped}] left their worker's session")
+    listed = json.loads((d.state_dir / "containment.json").read_text())["escaped"]
+    assert [pid for pid, _ in listed] == [escaped]
+    d.kill9()
+    assert not dead(escaped)
+    d.start()
+    assert dead(escaped), d.log
+    with d.client() as c:
+        c.wait([task["id"]], statuses=["running"], timeout=20)
+        c.cancel(task["id"], running=True)
