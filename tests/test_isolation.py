@@ -231,3 +231,15 @@ def test_planted_log_links_are_not_followed(make_daemon, tmp_path):
     assert third["status"] == "failed"
     assert [t.read_text() for t in targets] == ["precious\n"] * 3
     assert Path(fourth["log_path"]).read_text() == "fine\n"
+
+
+def test_the_http_shim_does_not_import_from_the_daemon_s_folder(make_daemon, tmp_path):
+    from test_http import start_with_shim
+
+    folder = tmp_path / "started-here"
+    folder.mkdir()
+    (folder / "json.py").write_text(PLANTED_JSON)
+    d, shim = start_with_shim(make_daemon, cwd=folder)
+    assert shim.get("/tasks").status == 200
+    assert not (folder / "planted-code-ran").exists()
+    assert Path(f"/proc/{shim.pid}/cwd").resolve() != folder.resolve()
