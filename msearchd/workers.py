@@ -649,8 +649,9 @@ class WorkerPool:
                 await asyncio.wait_for(asyncio.shield(worker.exited), _KILL_TIMEOUT)
             except TimeoutError:
                 log.error("worker %d survived SIGKILL for %.0f s", worker.pid, _KILL_TIMEOUT)
-        # Everything it started goes with it: what left its group, its session or its tree too.
-        await self._end_worker(worker.pid)
+        # Everything it started goes with it: what left its group, its session or its tree too (the
+        # worker's exit logs what outlives this).
+        await self._containment.end_worker(worker.pid, _KILL_TIMEOUT)
         if report.done():
             return report.result()
         return Outcome(TaskStatus.CANCELLED, stop_reason=StopReason.KILLED if killed else StopReason.SIGTERM)

@@ -239,7 +239,7 @@ def test_the_http_shim_does_not_import_from_the_daemon_s_folder(make_daemon, tmp
     folder = tmp_path / "started-here"
     folder.mkdir()
     (folder / "json.py").write_text(PLANTED_JSON)
-    d, shim = start_with_shim(make_daemon, cwd=folder)
+    _, shim = start_with_shim(make_daemon, cwd=folder)
     assert shim.get("/tasks").status == 200
     assert not (folder / "planted-code-ran").exists()
     assert Path(f"/proc/{shim.pid}/cwd").resolve() != folder.resolve()
