@@ -243,3 +243,28 @@ def test_the_http_shim_does_not_import_from_the_daemon_s_folder(make_daemon, tmp
     assert shim.get("/tasks").status == 200
     assert not (folder / "planted-code-ran").exists()
     assert Path(f"/proc/{shim.pid}/cwd").resolve() != folder.resolve()
+
+
+@pytest.mark.parametrize("planted", ["hard link", "symbolic link"])
+def test_a_replaced_spare_log_is_not_written_through(make_daemon, tmp_path, planted):
+    """A worker's spare log (logs/.spare/<pid>) replaced by a link elsewhere: the next command's log is
+    a file of its own, and the link's target is untouched."""
+    d = make_daemon(workers=1)
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    with d.client() as c:
+        first = finished(c, c.submit("command", {"argv": ["true"]}))
+        spare = d.state_dir / "logs" / ".spare" / str(first["worker_pid"])
+        assert spare.exists()
+        spare.unlink()
+        if planted == "hard link":
+            os.link(victim, spare)
+        else:
+            spare.symlink_to(victim)
+        second = finished(c, c.submit("command", {"argv": ["sh", "-c", "echo output"]}))
+        third = finished(c, c.submit("command", {"argv": ["sh", "-c", "echo more"]}))
+    assert second["worker_pid"] == first["worker_pid"]
+    assert victim.read_text() == "precious\n"
+    assert (second["status"], Path(second["log_path"]).read_text()) == ("completed", "output\n")
+    assert (third["status"], Path(third["log_path"]).read_text()) == ("completed", "more\n")
+    assert Path(second["log_path"]).stat().st_nlink == 1

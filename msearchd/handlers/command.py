@@ -129,6 +129,7 @@ class SpareLog:
         # False once something failed: logs are then created as usual, never linked to a file that
         # might hold output.
         self.usable = True
+        self.inode: int | None = None  # of the spare this worker made: a log links only to it
         try:
             self.path.unlink(missing_ok=True)  # a worker of an earlier daemon with this pid left it
         except OSError:
@@ -140,7 +141,9 @@ class SpareLog:
             log.hardlink_to(self.path)
         except FileNotFoundError:  # the first command of this worker, or the last one wrote output
             self.path.parent.mkdir(exist_ok=True)
-            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            self.inode = os.fstat(fd).st_ino
+            os.close(fd)
             log.hardlink_to(self.path)
 
     def take_back(self, log: Path, written: os.stat_result) -> None:
@@ -209,11 +212,29 @@ def _open_log(log: Path) -> tuple[int, SpareLog | None]:
         except OSError:  # no hard links on this filesystem, say: create logs as usual from now on
             spare.usable = False
         else:
-            return _open_nofollow(log, os.O_WRONLY | os.O_APPEND), spare
+            fd = _open_spare(log, spare)
+            if fd is not None:
+                return fd, spare
     try:
         return _open_nofollow(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL), None
     except FileExistsError:
         return _append_to_existing(log), None
+
+
+def _open_spare(log: Path, spare: SpareLog) -> int | None:
+    """An fd appending to `log`, just linked to the spare, if it is the file this worker made. If
+    something replaced the spare (a link elsewhere), the name goes again, and so do spares."""
+    try:
+        fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW)
+    except OSError:
+        fd = None
+    if fd is not None and os.fstat(fd).st_ino == spare.inode:
+        return fd
+    if fd is not None:
+        os.close(fd)
+    log.unlink()
+    spare.usable = False
+    return None
 
 
 def _open_nofollow(log: Path, flags: int) -> int:
