@@ -268,3 +268,10 @@ def test_a_replaced_spare_log_is_not_written_through(make_daemon, tmp_path, plan
     assert (second["status"], Path(second["log_path"]).read_text()) == ("completed", "output\n")
     assert (third["status"], Path(third["log_path"]).read_text()) == ("completed", "more\n")
     assert Path(second["log_path"]).stat().st_nlink == 1
+
+
+def test_msearchctl_says_in_one_sentence_why_a_command_is_refused(daemon):
+    answer = daemon.ctl("tasks", "add", "command", "--", "")
+    assert answer.returncode != 0
+    assert "Traceback" not in answer.stderr
+    assert "argv[0]" in answer.stderr and len(answer.stderr.strip().splitlines()) == 1, answer.stderr
