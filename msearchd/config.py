@@ -139,6 +139,8 @@ def load(path: Path | None, overrides: Mapping[str, Any]) -> Settings:
     for key, value in overrides.items():
         if value is not None:
             setattr(settings, key, value)
+    # Workers run in another folder: the paths they are given must not be relative to this one.
+    settings.state_dir = settings.state_dir.absolute()
     validate(settings)
     return settings
 

@@ -187,7 +187,7 @@ class ShimSupervisor:
             *python_argv("msearchd.http"),
             str(self.address),
             "--socket",
-            str(self.socket_path),
+            str(self.socket_path.absolute()),  # it runs in another folder
             "--log-level",
             self.log_level,
             "--fd",

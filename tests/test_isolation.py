@@ -275,3 +275,24 @@ def test_msearchctl_says_in_one_sentence_why_a_command_is_refused(daemon):
     assert answer.returncode != 0
     assert "Traceback" not in answer.stderr
     assert "argv[0]" in answer.stderr and len(answer.stderr.strip().splitlines()) == 1, answer.stderr
+
+
+def test_a_relative_state_folder_is_taken_from_the_daemon_s_folder(make_daemon, tmp_path):
+    """Workers run elsewhere: the paths they are given must not depend on the daemon's folder."""
+    folder = tmp_path / "started-here"
+    folder.mkdir()
+    d = make_daemon(workers=1, cwd=folder, extra_args=("--state-dir", "relative-state"))
+    with d.client() as c:
+        done = finished(c, c.submit("command", {"argv": ["sh", "-c", "echo out; echo $MSEARCH_STATE_DIR"]}))
+    assert done["log_path"] == f"{folder}/relative-state/logs/{done['id']}.log"
+    assert Path(done["log_path"]).read_text() == f"out\n{folder}/relative-state\n"
+
+
+def test_the_http_shim_reaches_a_daemon_on_a_relative_socket_path(make_daemon, tmp_path):
+    from test_http import start_with_shim
+
+    folder = tmp_path / "started-here"
+    folder.mkdir()
+    _, shim = start_with_shim(make_daemon, extra=("--socket", "d.sock"), cwd=folder)
+    assert (folder / "d.sock").is_socket()
+    assert shim.get("/tasks").status == 200
