@@ -253,7 +253,7 @@ class Containment:
         self._ledger = Ledger(state_dir / LEDGER, self.cgroup)
         self._workers = self._ledger.workers  # pid -> start, without a cgroup
         self._ending: dict[int, asyncio.Future[list[int]]] = {}
-        self._ledger.save()
+        self._save_ledger()
         self._watching: asyncio.Task[None] | None = None
         if self.cgroup is None:
             self._watching = asyncio.get_running_loop().create_task(self._list_escaped())
@@ -278,6 +278,16 @@ class Containment:
         log.info("workers run in cgroups under %s", cgroup)
         return cgroup
 
+    def _save_ledger(self) -> None:
+        """A ledger that cannot be written (a full disk) costs only what a daemon started after a
+        kill -9 of this one could find: say so, and go on."""
+        try:
+            self._ledger.save()
+        except OSError as exc:
+            log.warning(
+                "cannot write %s (%s): a later daemon may miss what this one leaves", self._ledger.path, exc
+            )
+
     def _worker_cgroup(self, pid: int) -> Path:
         assert self.cgroup is not None
         return self.cgroup / f"worker-{pid}"
@@ -292,7 +302,7 @@ class Containment:
         ticks = start_ticks(pid)
         if ticks is not None:
             self._workers[pid] = ticks
-            self._ledger.save()
+            self._save_ledger()
 
     async def _list_escaped(self) -> None:
         """Keep the ledger's list of processes under the workers that left their sessions (which a
@@ -307,7 +317,7 @@ class Containment:
                             escaped[pid] = ticks
             if escaped != self._ledger.escaped:
                 self._ledger.escaped = escaped
-                self._ledger.save()
+                self._save_ledger()
                 log.debug("ledger: processes %s left their worker's session", sorted(escaped))
 
     def kill(self, pid: int) -> list[int]:
@@ -351,14 +361,12 @@ class Containment:
             for found in self.kill(pid):
                 watched.setdefault(found, start_ticks(found))
             watched = {p: t for p, t in watched.items() if _alive(p, t)}
-            if not watched and not (self._known_child(pid) and _alive(pid, self._workers.get(pid))):
-                break
-            if loop.time() >= deadline:
+            if not watched or loop.time() >= deadline:
                 break
             await asyncio.sleep(_POLL)
         if pid in self._workers and not watched:
             del self._workers[pid]
-            self._ledger.save()
+            self._save_ledger()
         return list(watched)
 
     async def close(self, timeout: float) -> list[int]:
