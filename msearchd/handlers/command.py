@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -232,7 +233,8 @@ def _open_spare(log: Path, spare: SpareLog) -> int | None:
         return fd
     if fd is not None:
         os.close(fd)
-    log.unlink()
+    with contextlib.suppress(OSError):  # if the name stays, it is refused as a log below
+        log.unlink()
     spare.usable = False
     return None
 
