@@ -296,3 +296,14 @@ def test_the_http_shim_reaches_a_daemon_on_a_relative_socket_path(make_daemon, t
     _, shim = start_with_shim(make_daemon, extra=("--socket", "d.sock"), cwd=folder)
     assert (folder / "d.sock").is_socket()
     assert shim.get("/tasks").status == 200
+
+
+def test_the_command_handler_under_another_name_keeps_its_markers(client):
+    """`heavy` runs the command handler, unchecked at submit: a marker in data.env fails the task at
+    once, saying why, with no traceback."""
+    done = finished(client, client.submit("heavy", {"argv": ["true"], "env": {"MSEARCH_WORKER_OF": "/x"}}))
+    assert (done["status"], done["error"]) == (
+        "failed",
+        "data.env of a command task must not set MSEARCH_WORKER_OF: the worker sets it",
+    )
+    assert done["log_path"] is None

@@ -50,7 +50,10 @@ def validate(data: Mapping[str, Any]) -> None:
 
 
 def run(ctx: TaskContext, data: dict[str, Any]) -> None:
-    validate(data)
+    try:
+        validate(data)  # again: under another type's name it was not checked at submit
+    except InvalidArgument as exc:
+        raise TaskFailed(exc.message) from None
     argv: list[str] = data["argv"]
     cwd: str | None = data.get("cwd")
     # The worker's markers last: what the task starts must stay findable (see msearchd.workers).
