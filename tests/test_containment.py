@@ -199,3 +199,17 @@ def test_without_a_cgroup_what_left_its_session_is_listed_for_the_next_daemon(ma
     with d.client() as c:
         c.wait([task["id"]], statuses=["running"], timeout=20)
         c.cancel(task["id"], running=True)
+
+
+def test_the_cgroups_setting_is_a_boolean(tmp_path):
+    from msearchd import config
+    from msearchd.errors import InvalidArgument
+
+    toml = tmp_path / "msearchd.toml"
+    toml.write_text("cgroups = false\n")
+    assert config.load(toml, {}).cgroups is False
+    toml.write_text("")
+    assert config.load(toml, {}).cgroups is True
+    toml.write_text('cgroups = "no"\n')
+    with pytest.raises(InvalidArgument, match="cgroups must be true or false"):
+        config.load(toml, {})
