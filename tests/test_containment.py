@@ -108,8 +108,9 @@ def test_a_clean_stop_kills_what_finished_tasks_left(make_daemon, mode, fifo):
     assert not (d.state_dir / "containment.json").exists()
 
 
-def test_a_crashed_worker_takes_what_escaped_with_it(make_daemon, fifo):
-    d = start(make_daemon, "cgroup", workers=1)
+@pytest.mark.parametrize("mode", MODES)
+def test_a_crashed_worker_takes_what_escaped_with_it(make_daemon, mode, fifo):
+    d = start(make_daemon, mode, workers=1)
     out = fifo("escaped")
     with d.client() as c:
         task = c.submit("command", {"argv": ["sh", "-c", f"{escape(out)}; exec sleep 1000"]}, priority=0)
