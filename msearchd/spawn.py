@@ -14,6 +14,10 @@ from pathlib import Path
 
 # Variables only the daemon may see (the shim is handed the token on purpose).
 DAEMON_SECRETS = ("MSEARCH_HTTP_TOKEN",)
+# Set to the task's id while it runs: every process it starts inherits it, to tell whose it is.
+TASK_ENV = "MSEARCH_TASK_ID"
+# Set to the daemon's state folder in every worker: a daemon finds what an earlier one left by it.
+WORKER_MARK = "MSEARCH_WORKER_OF"
 
 
 def python_argv(module: str) -> list[str]:

@@ -25,13 +25,10 @@ from msearchd import protocol
 from msearchd.handlers import Handler, HandlerNotFound, TaskCancelled, TaskFailed, resolve
 from msearchd.lease import LeaseWord, Phase
 from msearchd.prctl import become_subreaper, die_with_parent
+from msearchd.spawn import TASK_ENV
 
 # The longest an outcome waits to be reported with those of the rest of its lease.
 REPORT_DELAY = 0.01
-# Set to the task's id while it runs: every process it starts inherits it, to tell whose it is.
-TASK_ENV = "MSEARCH_TASK_ID"
-# Set to the daemon's state folder in every worker: a daemon finds what an earlier one left by it.
-WORKER_MARK = "MSEARCH_WORKER_OF"
 
 
 class Context:

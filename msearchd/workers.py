@@ -31,8 +31,7 @@ from msearchd.handlers.command import clear_spares, spare_path
 from msearchd.lease import LeaseWord, Phase
 from msearchd.model import StopReason, Task, TaskStatus, format_task_id, parse_task_id
 from msearchd.prctl import become_subreaper
-from msearchd.spawn import child_environ, child_folder, python_argv
-from msearchd.worker import WORKER_MARK
+from msearchd.spawn import WORKER_MARK, child_environ, child_folder, python_argv
 
 log = logging.getLogger("msearchd.workers")
 

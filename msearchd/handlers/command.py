@@ -17,7 +17,7 @@ from typing import Any
 
 from msearchd.errors import InvalidArgument
 from msearchd.handlers import TaskCancelled, TaskContext, TaskFailed
-from msearchd.worker import TASK_ENV, WORKER_MARK
+from msearchd.spawn import TASK_ENV, WORKER_MARK
 
 # Variables the worker sets for what a task starts: a task may not set them.
 MARKERS = (TASK_ENV, WORKER_MARK)
