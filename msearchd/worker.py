@@ -270,8 +270,9 @@ class Worker:
 
 
 def reap_adopted() -> None:
-    """Reap what the task's processes orphaned and this worker adopted, once it exited. Between
-    tasks: while one runs, its handler may be waiting for a child of its own."""
+    """Reap what the tasks' processes orphaned and this worker adopted, once it exited. Only between
+    tasks (after each, and on SIGCHLD while idle): while one runs, its handler may be waiting for a
+    child of its own."""
     with contextlib.suppress(ChildProcessError):
         while os.waitpid(-1, os.WNOHANG)[0]:
             pass
@@ -289,6 +290,8 @@ def main(argv: list[str] | None = None) -> None:
     worker = Worker(channel, LeaseWord.attach(word_fd), config["handlers"], config["state_dir"])
     # Without a cgroup, what a task orphans stays in this worker's tree, where the daemon finds it.
     worker.adopts_orphans = config["subreaper"] and become_subreaper()
+    if worker.adopts_orphans:
+        signal.signal(signal.SIGCHLD, lambda _signum, _frame: worker.ctx is None and reap_adopted())
     signal.signal(signal.SIGTERM, worker.on_sigterm)
     signal.signal(signal.SIGALRM, worker.on_sigalrm)
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -214,3 +214,32 @@ def test_the_cgroups_setting_is_a_boolean(tmp_path):
     toml.write_text('cgroups = "no"\n')
     with pytest.raises(InvalidArgument, match="cgroups must be true or false"):
         config.load(toml, {})
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_orphan_that_exits_after_its_task_is_reaped(make_daemon, mode, fifo):
+    """What a task orphans is adopted (by the daemon, or without a cgroup by its worker) and reaped
+    once it exits, also after its task ended: no zombie is left."""
+    d = start(make_daemon, mode, workers=1)
+    out, gate = fifo("orphan"), fifo("gate")
+    script = f"setsid sh -c \"sh -c 'echo \\$\\$ > {out}; read x < {gate}' &\""
+    with d.client() as c:
+        task = c.submit("command", {"argv": ["sh", "-c", script]})
+        orphan = int(out.read())
+        assert c.wait([task["id"]], timeout=20)["tasks"][0]["status"] == "completed"
+        worker = c.get(task["id"])["worker_pid"]
+        assert psutil.Process(orphan).ppid() == (worker if mode == "processes" else d.proc.pid)
+        gate.write()  # it exits now, its parent long gone, its worker idle
+        assert gone_soon(orphan)
+
+
+def gone_soon(pid: int, timeout: float = 20.0) -> bool:
+    """True once `pid` is reaped (not a zombie), within `timeout`: the adopter reaps it on SIGCHLD,
+    a moment after it exits."""
+    try:
+        psutil.Process(pid).wait(timeout)
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.TimeoutExpired:
+        return False
+    return gone(pid)
