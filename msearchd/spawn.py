@@ -26,7 +26,10 @@ def python_argv(module: str) -> list[str]:
 
 def child_folder() -> str:
     """The children's working folder: the user's home, as for cron jobs and systemd user services."""
-    home = Path.home()
+    try:
+        home = Path.home()
+    except (RuntimeError, KeyError):  # no HOME, and no entry in the password database
+        return "/"
     return str(home) if home.is_absolute() and home.is_dir() else "/"
 
 
