@@ -60,6 +60,7 @@ class Settings:
     priorities: dict[str, int] = field(default_factory=dict)
     handlers: dict[str, str] = field(default_factory=dict)
     type_limits: dict[str, int] = field(default_factory=dict)
+    cgroups: bool = True
 
     @property
     def db_path(self) -> Path:
@@ -109,6 +110,7 @@ def load(path: Path | None, overrides: Mapping[str, Any]) -> Settings:
         "priorities",
         "handlers",
         "type_limits",
+        "cgroups",
     }
     unknown = set(raw) - known
     _expect(not unknown, f"{where}: unknown setting(s): {', '.join(sorted(unknown))}")
@@ -132,6 +134,9 @@ def load(path: Path | None, overrides: Mapping[str, Any]) -> Settings:
         settings.grace = float(raw["grace"])
     if "log_level" in raw:
         settings.log_level = str(raw["log_level"])
+    if "cgroups" in raw:
+        _expect(isinstance(raw["cgroups"], bool), f"{where}: cgroups must be true or false")
+        settings.cgroups = raw["cgroups"]
     settings.priorities = _table(raw, "priorities", int, where)
     settings.handlers = _table(raw, "handlers", str, where)
     settings.type_limits = _table(raw, "type_limits", int, where)

@@ -187,7 +187,13 @@ async def serve(
     reaper = Reaper()
     reaper.start()
     pool = WorkerPool(
-        settings.workers, settings.state_dir, settings.log_dir, settings.handlers, service, reaper
+        settings.workers,
+        settings.state_dir,
+        settings.log_dir,
+        settings.handlers,
+        service,
+        reaper,
+        cgroups=settings.cgroups,
     )
     service.pool = pool
     server = RpcServer(service, settings.socket_path, stop.set)

@@ -16,10 +16,10 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from msearchd.spawn import child_environ, child_folder, python_argv
 from msearchd.workers import Reaper, describe_exit
 
 log = logging.getLogger("msearchd.http")
@@ -194,12 +194,10 @@ class ShimSupervisor:
 
     def _argv(self) -> list[str]:
         return [
-            sys.executable,
-            "-m",
-            "msearchd.http",
+            *python_argv("msearchd.http"),
             str(self.address),
             "--socket",
-            str(self.socket_path),
+            str(self.socket_path.absolute()),  # it runs in another folder
             "--log-level",
             self.log_level,
             "--log-format",
@@ -214,8 +212,7 @@ class ShimSupervisor:
         self._restart = None
         if self._closing:
             return
-        env = dict(os.environ)
-        env.pop(TOKEN_ENV, None)
+        env = child_environ()
         if self.token:
             env[TOKEN_ENV] = self.token  # in the environment, not argv: argv is visible to every user
         loop = asyncio.get_running_loop()
@@ -226,6 +223,7 @@ class ShimSupervisor:
                 stdin=subprocess.DEVNULL,
                 env=env,
                 start_new_session=True,  # a terminal's Ctrl-C goes to the daemon, which stops the shim
+                cwd=child_folder(),
             )
         except OSError as exc:
             self._schedule_restart(f"could not be started ({exc.strerror or exc})", ran=0.0)

@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import sys
 import time
 import traceback
@@ -23,12 +24,11 @@ from typing import Any
 from msearchd import protocol
 from msearchd.handlers import Handler, HandlerNotFound, TaskCancelled, TaskFailed, resolve
 from msearchd.lease import LeaseWord, Phase
-from msearchd.prctl import die_with_parent
+from msearchd.prctl import become_subreaper, die_with_parent
+from msearchd.spawn import TASK_ENV
 
 # The longest an outcome waits to be reported with those of the rest of its lease.
 REPORT_DELAY = 0.01
-# Set to the task's id while it runs: every process it starts inherits it (see workers.strays).
-TASK_ENV = "MSEARCH_TASK_ID"
 
 
 class Context:
@@ -118,6 +118,7 @@ class Worker:
         self.sending = False  # a frame is being written: a signal handler must not write another
         self._flush_due = False
         self._exit_due = False
+        self.adopts_orphans = False  # a child subreaper: see reap_adopted
 
     def handler_for(self, task_type: str) -> Handler:
         """Resolve a type's handler once per worker: looking up entry points costs about a millisecond."""
@@ -239,9 +240,11 @@ class Worker:
 
     @staticmethod
     def _log_traceback(log_path: str) -> None:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
         try:
-            with open(log_path, "a") as log:
-                traceback.print_exc(file=log)
+            with open(os.open(log_path, flags, 0o600), "a") as log:  # never through a planted link
+                if stat.S_ISREG(os.fstat(log.fileno()).st_mode):
+                    traceback.print_exc(file=log)
         except OSError:
             pass
 
@@ -269,6 +272,17 @@ class Worker:
             self.word.write(seq, Phase.RUNNING)
             if not self.run_task(task):
                 return
+            if self.adopts_orphans:
+                reap_adopted()
+
+
+def reap_adopted() -> None:
+    """Reap what the tasks' processes orphaned and this worker adopted, once it exited. Only between
+    tasks (after each, and on SIGCHLD while idle): while one runs, its handler may be waiting for a
+    child of its own."""
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -281,6 +295,10 @@ def main(argv: list[str] | None = None) -> None:
     channel = socket.socket(fileno=fd)
     os.environ["MSEARCH_STATE_DIR"] = config["state_dir"]
     worker = Worker(channel, LeaseWord.attach(word_fd), config["handlers"], config["state_dir"])
+    # Without a cgroup, what a task orphans stays in this worker's tree, where the daemon finds it.
+    worker.adopts_orphans = config["subreaper"] and become_subreaper()
+    if worker.adopts_orphans:
+        signal.signal(signal.SIGCHLD, lambda _signum, _frame: worker.ctx is None and reap_adopted())
     signal.signal(signal.SIGTERM, worker.on_sigterm)
     signal.signal(signal.SIGALRM, worker.on_sigalrm)
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -1,8 +1,10 @@
-"""The worker pool: spawn, dispatch, progress, cancel (process-group kill), respawn.
+"""The worker pool: spawn, dispatch, progress, cancel (process-group signal, then kill all), respawn.
 
 Each worker is a long-lived Python process in its own session, so that it and everything it starts
-can be signalled as one process group. The daemon makes itself a child subreaper: whatever a task
-leaves orphaned is re-parented to the daemon, which reaps it, so a cancel leaves no zombie behind.
+can be signalled as one process group. Everything it starts is also held where a task cannot take it
+out (see msearchd.containment), and killed with the worker. The daemon makes itself a child
+subreaper: whatever a task leaves orphaned is re-parented to it (or to its worker), and reaped, so a
+cancel leaves no zombie behind.
 """
 
 from __future__ import annotations
@@ -15,8 +17,7 @@ import os
 import signal
 import socket
 import subprocess
-import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,17 +25,16 @@ from typing import Any, Protocol
 import psutil
 
 from msearchd import protocol
+from msearchd.containment import Containment, kill_left_behind
 from msearchd.errors import InternalError, MsearchError, ProtocolError
 from msearchd.handlers.command import clear_spares, spare_path
 from msearchd.lease import LeaseWord, Phase
 from msearchd.model import StopReason, Task, TaskStatus, format_task_id, parse_task_id
 from msearchd.prctl import become_subreaper
-from msearchd.worker import TASK_ENV
+from msearchd.spawn import WORKER_MARK, child_environ, child_folder, python_argv
 
 log = logging.getLogger("msearchd.workers")
 
-# Marks every process a worker starts, so that leftovers of a crashed daemon can be found again.
-WORKER_MARK = "MSEARCH_WORKER_OF"
 _KILL_TIMEOUT = 5.0
 
 
@@ -99,6 +99,10 @@ class Reaper:
     def stop(self) -> None:
         asyncio.get_running_loop().remove_signal_handler(signal.SIGCHLD)
 
+    def watches(self, pid: int) -> bool:
+        """Whether `pid` is a child of the daemon's own (a worker, the shim), not a task's leftover."""
+        return pid in self._watched
+
     def watch(self, pid: int) -> asyncio.Future[int]:
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._watched[pid] = future
@@ -117,59 +121,17 @@ class Reaper:
                 future.set_result(status)
 
 
-def descendants(pid: int) -> list[psutil.Process]:
-    try:
-        return psutil.Process(pid).children(recursive=True)
-    except psutil.Error:
-        return []
-
-
 def signal_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
 
 
-def strays(task_ref: str) -> list[psutil.Process]:
-    """Processes of task `task_ref` whose parent died, with their children.
-
-    The kernel hands an orphan to the daemon, a child subreaper, so it is no longer under the worker:
-    one a task moved out of the worker's process group (setsid) and left behind (a double fork, as
-    daemons do) escapes both the group's signals and the worker's tree. It still carries the task id
-    the worker put in the environment.
-    """
-    found: list[psutil.Process] = []
-    for child in psutil.Process().children():
-        try:
-            if child.environ().get(TASK_ENV) == task_ref:
-                found += [child, *child.children(recursive=True)]
-        except psutil.Error:
-            continue
-    return found
-
-
-def kill_all(procs: Iterable[psutil.Process]) -> None:
-    for proc in procs:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()  # psutil checks the pid still names the same process
-
-
-async def wait_gone(procs: Iterable[psutil.Process], timeout: float) -> list[psutil.Process]:
-    """Wait until none of `procs` exists any more (reaped, not a zombie); returns the survivors."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    alive = list(procs)
-    while True:
-        alive = [p for p in alive if p.is_running()]
-        if not alive or loop.time() >= deadline:
-            return alive
-        await asyncio.sleep(0.005)
-
-
 def kill_leftovers(state_dir: Path) -> int:
-    """Kill processes that workers of an earlier daemon on this state folder left behind."""
+    """Kill processes that workers of an earlier daemon on this state folder left behind: by its
+    ledger (its cgroup, or its workers' sessions), and any that still carries its mark."""
     mark = str(state_dir)
     me = os.getpid()
-    killed = 0
+    killed = kill_left_behind(state_dir, _KILL_TIMEOUT)
     for proc in psutil.process_iter(["uids"]):
         try:
             if proc.pid == me or proc.info["uids"].real != os.getuid():
@@ -233,8 +195,11 @@ class WorkerPool:
         handlers: dict[str, str],
         listener: PoolListener,
         reaper: Reaper,
+        cgroups: bool = True,
     ) -> None:
         self.size = size
+        self._use_cgroups = cgroups
+        self._containment: Containment | None = None
         self._state_dir = state_dir
         self._log_dir = log_dir
         self._handlers = handlers
@@ -276,6 +241,7 @@ class WorkerPool:
 
     def start(self) -> None:
         clear_spares(self._log_dir)
+        self._containment = Containment(self._state_dir, self._use_cgroups, self._reaper.watches)
         for _ in range(self.size):
             self._spawn()
 
@@ -293,16 +259,24 @@ class WorkerPool:
             parent.close()
             child.close()
             raise
-        config = json.dumps({"handlers": self._handlers, "state_dir": str(self._state_dir)})
-        env = {**os.environ, WORKER_MARK: str(self._state_dir)}
+        assert self._containment is not None
+        config = json.dumps(
+            {
+                "handlers": self._handlers,
+                "state_dir": str(self._state_dir),
+                "subreaper": self._containment.cgroup is None,  # see msearchd.containment
+            }
+        )
+        env = {**child_environ(), WORKER_MARK: str(self._state_dir)}
         argv = [str(child.fileno()), str(word.fd), str(os.getpid()), config]
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "msearchd.worker", *argv],
+                [*python_argv("msearchd.worker"), *argv],
                 pass_fds=(child.fileno(), word.fd),
                 start_new_session=True,
                 stdin=subprocess.DEVNULL,
                 env=env,
+                cwd=child_folder(),
             )
         except BaseException:
             word.close()
@@ -313,6 +287,11 @@ class WorkerPool:
         worker = WorkerProcess(
             pid=proc.pid, proc=proc, exited=self._reaper.watch(proc.pid), word=word, started=loop.time()
         )
+        try:
+            self._containment.add_worker(proc.pid)
+        except OSError as exc:  # it would run tasks out of reach: it goes, and the restart backs off
+            log.error("cannot hold worker %d in its cgroup (%s); stopping it", proc.pid, exc.strerror)
+            signal_group(proc.pid, signal.SIGKILL)
         self._workers.add(worker)
         self._background(self._serve(worker, parent))
 
@@ -435,7 +414,10 @@ class WorkerPool:
         self._workers.discard(worker)
         if worker in self._idle:
             self._idle.remove(worker)
-        signal_group(worker.pid, signal.SIGKILL)  # whatever the worker left in its group
+        if self._containment is not None:  # (a pool that was never started holds nothing)
+            # Whatever the worker left, wherever it went: killed now, and waited for in the background.
+            self._containment.kill(worker.pid)
+            self._background(self._end_worker(worker.pid))
         how = describe_exit(status)
         at, phase = worker.word.read()
         for seq, task in worker.lease.values():  # what stops under way wait for
@@ -486,6 +468,12 @@ class WorkerPool:
                 "worker %d %s before it was ready; next start in %.1f s", worker.pid, how, self._respawn_delay
             )
         asyncio.get_running_loop().call_later(self._respawn_delay, self._respawn)
+
+    async def _end_worker(self, pid: int) -> None:
+        assert self._containment is not None
+        survivors = await self._containment.end_worker(pid, _KILL_TIMEOUT)
+        if survivors:
+            log.error("processes %s of worker %d outlived SIGKILL", survivors, pid)
 
     def _respawn(self) -> None:
         if self._closing or len(self._workers) >= self.size:
@@ -694,32 +682,23 @@ class WorkerPool:
     async def _stop_worker(
         self, worker: WorkerProcess, task_id: int, grace: float, report: asyncio.Future[Outcome]
     ) -> Outcome:
+        assert self._containment is not None
         worker.stopping = True
-        task_ref = format_task_id(task_id)
-        procs = descendants(worker.pid)
+        log.debug("stopping worker %d running %s", worker.pid, format_task_id(task_id))
         signal_group(worker.pid, signal.SIGTERM)
         killed = False
         try:
             await asyncio.wait_for(asyncio.shield(worker.exited), grace)
         except TimeoutError:
-            procs += descendants(worker.pid)
             killed = True
-            signal_group(worker.pid, signal.SIGKILL)
-            kill_all(procs)
+            self._containment.kill(worker.pid)
             try:
                 await asyncio.wait_for(asyncio.shield(worker.exited), _KILL_TIMEOUT)
             except TimeoutError:
                 log.error("worker %d survived SIGKILL for %.0f s", worker.pid, _KILL_TIMEOUT)
-        signal_group(worker.pid, signal.SIGKILL)
-        kill_all(procs)
-        survivors = await wait_gone(procs, _KILL_TIMEOUT)
-        # What left the tree: started as daemons before the cancel, or children of what was just
-        # killed; either way handed to the daemon.
-        left = strays(task_ref)
-        kill_all(left)
-        survivors += await wait_gone(left, _KILL_TIMEOUT)
-        if survivors:
-            log.error("processes %s of worker %d outlived SIGKILL", [p.pid for p in survivors], worker.pid)
+        # Everything it started goes with it: what left its group, its session or its tree too (the
+        # worker's exit logs what outlives this).
+        await self._containment.end_worker(worker.pid, _KILL_TIMEOUT)
         if report.done():
             return report.result()
         return Outcome(TaskStatus.CANCELLED, stop_reason=StopReason.KILLED if killed else StopReason.SIGTERM)
@@ -752,6 +731,10 @@ class WorkerPool:
                     signal_group(worker.pid, signal.SIGKILL)
             if pending:
                 await asyncio.wait(pending, timeout=_KILL_TIMEOUT)
+        if self._containment is not None:
+            survivors = await self._containment.close(_KILL_TIMEOUT)
+            if survivors:
+                log.error("processes %s of the workers outlived SIGKILL", survivors)
         for task in list(self._tasks):
             task.cancel()
         return dict(zip(ids, outcomes, strict=True))

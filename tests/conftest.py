@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import select
 import shutil
@@ -53,6 +54,7 @@ class Daemon:
     grace: float
     config: Path
     extra_args: tuple[str, ...] = ()
+    cwd: Path | None = None  # the folder it is started in (default: the test run's)
     extra_env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[str] | None = None
     lines: list[str] = field(default_factory=list)
@@ -91,6 +93,7 @@ class Daemon:
                 *self.extra_args,
             ],
             env=self.env,
+            cwd=self.cwd,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -170,6 +173,7 @@ def make_daemon() -> Iterator[Any]:
         settings: str = "",
         start: bool = True,
         extra_args: tuple[str, ...] = (),
+        cwd: Path | None = None,
         extra_env: dict[str, str] | None = None,
     ) -> Daemon:
         # Short paths: a Unix socket path is limited to 107 bytes.
@@ -183,6 +187,7 @@ def make_daemon() -> Iterator[Any]:
             grace=grace,
             config=config,
             extra_args=extra_args,
+            cwd=cwd,
             extra_env=dict(extra_env or {}),
         )
         made.append(d)
@@ -206,17 +211,29 @@ def make_daemon() -> Iterator[Any]:
 
 def left_behind(state_dirs: list[Path], timeout: float = 10.0) -> list[str]:
     """Workers and whatever they started that still run once their daemon has stopped (workers die
-    with it, a moment later): each carries its daemon's state folder in MSEARCH_WORKER_OF. They are
-    killed, and described."""
+    with it, a moment later): each carries its daemon's state folder in MSEARCH_WORKER_OF, or is in
+    the cgroup its daemon left named in the state folder (after a kill -9). They are killed, and
+    described; such cgroups are removed."""
     marks = {str(p) for p in state_dirs}
     if not marks:
         return []
+    cgroups = []
+    for state_dir in state_dirs:
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            named = json.loads((state_dir / "containment.json").read_text())["cgroup"]
+            if named and Path(named).name.startswith("msearchd-"):
+                cgroups.append(Path(named))
 
     def alive() -> list[psutil.Process]:
         found = []
+        in_cgroups = set()
+        for listing in (path for cgroup in cgroups for path in cgroup.glob("**/cgroup.procs")):
+            with contextlib.suppress(OSError, ValueError):
+                in_cgroups.update(int(pid) for pid in listing.read_text().split())
         for proc in psutil.process_iter():
             try:
-                if proc.environ().get("MSEARCH_WORKER_OF") in marks and not dead(proc.pid):
+                mine = proc.pid in in_cgroups or proc.environ().get("MSEARCH_WORKER_OF") in marks
+                if mine and not dead(proc.pid):
                     found.append(proc)
             except psutil.Error:
                 continue
@@ -230,6 +247,10 @@ def left_behind(state_dirs: list[Path], timeout: float = 10.0) -> list[str]:
         with contextlib.suppress(psutil.Error):
             described.append(f"{proc.pid} {' '.join(proc.cmdline())}")
             proc.kill()
+    for cgroup in cgroups:
+        for folder in sorted(cgroup.glob("**/"), key=lambda p: len(p.parts), reverse=True):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
     return described
 
 

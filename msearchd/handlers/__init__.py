@@ -79,11 +79,12 @@ def _load(target: str, task_type: str) -> Handler:
 
 
 def resolve(task_type: str, configured: Mapping[str, str]) -> Handler:
-    """Configured handlers win over entry points, which win over the built-ins."""
+    """Configured handlers win over the built-ins, which win over entry points: an installed
+    package cannot take over a built-in type (and see every task's data) unless the config says so."""
     if task_type in configured:
         return _load(configured[task_type], task_type)
-    for ep in entry_points(group=ENTRY_POINT_GROUP, name=task_type):
-        return _load(ep.value, task_type)
     if task_type in BUILTIN:
         return _load(BUILTIN[task_type], task_type)
+    for ep in entry_points(group=ENTRY_POINT_GROUP, name=task_type):
+        return _load(ep.value, task_type)
     raise HandlerNotFound(f"no handler for type {task_type}")

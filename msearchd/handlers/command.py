@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
-import functools
 import os
 import select
 import shlex
-import shutil
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Mapping
@@ -17,6 +18,10 @@ from typing import Any
 
 from msearchd.errors import InvalidArgument
 from msearchd.handlers import TaskCancelled, TaskContext, TaskFailed
+from msearchd.spawn import TASK_ENV, WORKER_MARK
+
+# Variables the worker sets for what a task starts: a task may not set them.
+MARKERS = (TASK_ENV, WORKER_MARK)
 
 
 def validate(data: Mapping[str, Any]) -> None:
@@ -24,20 +29,36 @@ def validate(data: Mapping[str, Any]) -> None:
     argv = data.get("argv")
     if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
         raise InvalidArgument("a command task needs data.argv: a non-empty list of strings")
+    if not argv[0]:
+        raise InvalidArgument("data.argv[0] of a command task, the program to run, must not be empty")
+    if any("\0" in a for a in argv):
+        raise InvalidArgument("data.argv of a command task must not contain NUL bytes")
     cwd = data.get("cwd")
-    if cwd is not None and not isinstance(cwd, str):
-        raise InvalidArgument("data.cwd of a command task must be a string")
+    if cwd is not None and (not isinstance(cwd, str) or not cwd or "\0" in cwd):
+        raise InvalidArgument("data.cwd of a command task must be a folder name without NUL bytes")
     env = data.get("env")
-    if env is not None and not (
-        isinstance(env, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())
-    ):
+    if env is None:
+        return
+    if not (isinstance(env, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())):
         raise InvalidArgument("data.env of a command task must map strings to strings")
+    for name, value in env.items():
+        if not name or "=" in name or "\0" in name:
+            raise InvalidArgument(f"data.env of a command task: {name!r} is not a variable name")
+        if "\0" in value:
+            raise InvalidArgument(f"data.env of a command task: the value of {name} holds a NUL byte")
+        if name in MARKERS:
+            raise InvalidArgument(f"data.env of a command task must not set {name}: the worker sets it")
 
 
 def run(ctx: TaskContext, data: dict[str, Any]) -> None:
-    validate(data)
+    try:
+        validate(data)  # again: under another type's name it was not checked at submit
+    except InvalidArgument as exc:
+        raise TaskFailed(exc.message) from None
     argv: list[str] = data["argv"]
-    env = {**os.environ, **data.get("env", {})}
+    cwd: str | None = data.get("cwd")
+    # The worker's markers last: what the task starts must stay findable (see msearchd.workers).
+    env = {**os.environ, **data.get("env", {}), **{k: os.environ[k] for k in MARKERS if k in os.environ}}
     # Reading ctx.cancelled opts in to cooperative cancel: the worker then waits for the command to
     # end on the SIGTERM it receives with the whole process group, instead of interrupting us.
     _ = ctx.cancelled
@@ -45,13 +66,9 @@ def run(ctx: TaskContext, data: dict[str, Any]) -> None:
     log_fd, spare = _open_log(log)
     try:
         try:
-            pid = _start(argv, data.get("cwd"), env, log_fd)
-        except FileNotFoundError:
-            raise TaskFailed(f"command not found: {argv[0]}") from None
-        except PermissionError:
-            raise TaskFailed(f"command not executable: {argv[0]}") from None
+            pid = _start(argv, cwd, env, log_fd)
         except OSError as exc:
-            raise TaskFailed(f"cannot start {argv[0]}: {exc.strerror}") from None
+            raise TaskFailed(_start_error(exc, argv[0], cwd)) from None
         if ctx.cancelled:
             # The group's SIGTERM came before the command existed: pass it on.
             os.kill(pid, signal.SIGTERM)
@@ -59,15 +76,31 @@ def run(ctx: TaskContext, data: dict[str, Any]) -> None:
             ctx.set_operation(f"running {shlex.join(argv)} (pid {pid})")
         code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
     finally:
-        os.close(log_fd)
+        written = os.fstat(log_fd)
+        os.close(log_fd)  # first: our own fd would count as someone writing (see take_back)
         if spare is not None:
-            spare.take_back(log)
+            spare.take_back(log, written)
     if ctx.cancelled:
         raise TaskCancelled("sigterm" if code == -signal.SIGTERM else "cooperative")
     if code < 0:
         raise TaskFailed(f"command killed by {signal.Signals(-code).name}")
     if code > 0:
         raise TaskFailed(f"command exited with code {code}")
+
+
+def _start_error(exc: OSError, program: str, cwd: str | None) -> str:
+    """Why the command could not start, in the words of a shell: the folder or the program."""
+    if cwd is not None and exc.filename == cwd:
+        if isinstance(exc, FileNotFoundError):
+            return f"folder not found: {cwd}"
+        if isinstance(exc, NotADirectoryError):
+            return f"not a folder: {cwd}"
+        return f"cannot enter folder {cwd}: {exc.strerror}"
+    if isinstance(exc, FileNotFoundError):
+        return f"command not found: {program}"
+    if isinstance(exc, PermissionError):
+        return f"command not executable: {program}"
+    return f"cannot start {program}: {exc.strerror}"
 
 
 # A command that ends this soon is not announced as the task's current operation: for a short
@@ -101,6 +134,7 @@ class SpareLog:
         # False once something failed: logs are then created as usual, never linked to a file that
         # might hold output.
         self.usable = True
+        self.inode: int | None = None  # of the spare this worker made: a log links only to it
         try:
             self.path.unlink(missing_ok=True)  # a worker of an earlier daemon with this pid left it
         except OSError:
@@ -112,13 +146,16 @@ class SpareLog:
             log.hardlink_to(self.path)
         except FileNotFoundError:  # the first command of this worker, or the last one wrote output
             self.path.parent.mkdir(exist_ok=True)
-            self.path.touch()
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            self.inode = os.fstat(fd).st_ino
+            os.close(fd)
             log.hardlink_to(self.path)
 
-    def take_back(self, log: Path) -> None:
-        """After the command: an empty log nobody writes to becomes the spare again."""
+    def take_back(self, log: Path, written: os.stat_result) -> None:
+        """After the command: an empty log nobody writes to becomes the spare again. `written` is
+        the log as the command left it (its fd's stat)."""
         try:
-            if log.stat().st_size == 0 and not _written_by_others(log):
+            if written.st_size == 0 and not _written_by_others(log, written.st_ino):
                 log.unlink()
                 return
             self.path.unlink()  # the output keeps the file
@@ -142,12 +179,14 @@ def clear_spares(log_folder: Path) -> None:
             path.unlink(missing_ok=True)
 
 
-def _written_by_others(path: Path) -> bool:
+def _written_by_others(path: Path, inode: int) -> bool:
     """True if some process still has the file open for writing: one the command left running in
     the background, say, whose output must stay in this task's log. The kernel grants a read lease
-    only on a file nobody has open for writing."""
-    fd = os.open(path, os.O_RDONLY)
+    only on a file nobody has open for writing. Also true if `path` no longer names the file `inode`."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     try:
+        if os.fstat(fd).st_ino != inode:
+            return True
         fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
     except OSError:  # EAGAIN: open for writing; or leases are not available: keep the log
         return True
@@ -162,27 +201,67 @@ _spares: dict[Path, SpareLog] = {}
 
 
 def _open_log(log: Path) -> tuple[int, SpareLog | None]:
-    """An fd appending to the task's log, and the spare it was made from, if it was."""
+    """An fd appending to the task's log, and the spare it was made from, if it was.
+
+    A log is never opened through a symbolic link, nor appended to unless it is a plain file with
+    no other name: whoever could plant one in the logs folder would have the task write elsewhere.
+    """
     spare = _spares.get(log.parent)
     if spare is None:
         spare = _spares[log.parent] = SpareLog(log.parent)
-    if not spare.usable:
-        return _append(log), None
+    if spare.usable:
+        try:
+            spare.link(log)
+        except FileExistsError:  # an earlier attempt of this task wrote it: append to it
+            return _append_to_existing(log), None
+        except OSError:  # no hard links on this filesystem, say: create logs as usual from now on
+            spare.usable = False
+        else:
+            fd = _open_spare(log, spare)
+            if fd is not None:
+                return fd, spare
     try:
-        spare.link(log)
-    except FileExistsError:  # an earlier attempt of this task wrote it: append to it
-        return _append(log), None
-    except OSError:  # no hard links on this filesystem, say: create logs as usual from now on
-        spare.usable = False
-        return _append(log), None
-    return os.open(log, os.O_WRONLY | os.O_APPEND), spare
+        return _open_nofollow(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL), None
+    except FileExistsError:
+        return _append_to_existing(log), None
 
 
-def _append(log: Path) -> int:
-    """An fd appending to the log; what an earlier attempt wrote there is followed by a line that
-    tells where this attempt begins."""
-    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-    if os.fstat(fd).st_size:
+def _open_spare(log: Path, spare: SpareLog) -> int | None:
+    """An fd appending to `log`, just linked to the spare, if it is the file this worker made. If
+    something replaced the spare (a link elsewhere), the name goes again, and so do spares."""
+    try:
+        fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW)
+    except OSError:
+        fd = None
+    if fd is not None and os.fstat(fd).st_ino == spare.inode:
+        return fd
+    if fd is not None:
+        os.close(fd)
+    with contextlib.suppress(OSError):  # if the name stays, it is refused as a log below
+        log.unlink()
+    spare.usable = False
+    return None
+
+
+def _open_nofollow(log: Path, flags: int) -> int:
+    try:
+        return os.open(log, flags | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise TaskFailed(f"the task's log {log} is a symbolic link: not followed") from None
+        raise TaskFailed(f"cannot open the task's log {log}: {exc.strerror}") from None
+
+
+def _append_to_existing(log: Path) -> int:
+    """An fd appending to the log an earlier attempt left; O_NONBLOCK so that a planted FIFO cannot
+    block the worker."""
+    fd = _open_nofollow(log, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK)
+    found = os.fstat(fd)
+    if not stat.S_ISREG(found.st_mode) or found.st_nlink != 1:
+        os.close(fd)
+        raise TaskFailed(f"the task's log {log} is not a plain file of its own: not written")
+    os.set_blocking(fd, True)
+    if found.st_size:  # what an earlier attempt wrote is followed by a line that tells where this one begins
         os.write(fd, f"\n--- another attempt, {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n".encode())
     return fd
 
@@ -198,17 +277,23 @@ def _start(argv: list[str], cwd: str | None, env: dict[str, str], log_fd: int) -
     most of the time a short command takes. It cannot change folder, so a `cwd` goes through
     subprocess.
     """
+    program = find_program(argv[0], env.get("PATH", os.defpath))
     if cwd is not None:
         proc = subprocess.Popen(
-            argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log_fd, stderr=subprocess.STDOUT
+            argv,
+            executable=program,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_fd,
+            stderr=subprocess.STDOUT,
         )
         proc.returncode = 0  # waited for with os.waitpid: keep Popen from reaping it on collection
         return proc.pid
-    path = _which(argv[0], env.get("PATH", os.defpath))
     devnull = os.open(os.devnull, os.O_RDONLY)
     try:
         return os.posix_spawn(
-            path,
+            program,
             argv,
             env,
             file_actions=[
@@ -222,10 +307,21 @@ def _start(argv: list[str], cwd: str | None, env: dict[str, str], log_fd: int) -
         os.close(devnull)
 
 
-@functools.cache
-def _which(name: str, search_path: str) -> str:
-    """Where `name` is on `search_path`; the name itself if it has a slash or is not found (then
-    the spawn fails with the error a shell would give)."""
+def find_program(name: str, search_path: str) -> str:
+    """Where a shell would find `name`: itself if it has a slash, else the first executable file of
+    that name in the folders of `search_path`, looked up afresh each time (a program installed a
+    moment ago is found). Never the current folder: empty and relative entries of PATH are skipped.
+    FileNotFoundError if there is none."""
     if "/" in name:
         return name
-    return shutil.which(name, path=search_path) or name
+    for folder in search_path.split(os.pathsep):
+        if not folder.startswith("/"):
+            continue
+        candidate = f"{folder}/{name}"
+        try:
+            found = os.stat(candidate)  # noqa: PTH116 - a str: no Path object per lookup
+        except OSError:
+            continue
+        if stat.S_ISREG(found.st_mode) and os.access(candidate, os.X_OK):
+            return candidate
+    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), name)
