@@ -27,7 +27,7 @@ from msearchd.httpshim import (
 )
 from msearchd.rpc import RpcServer
 from msearchd.service import TaskService
-from msearchd.store import Store
+from msearchd.store import Store, disk_full
 from msearchd.workers import Reaper, WorkerPool, kill_leftovers
 
 log = logging.getLogger("msearchd")
@@ -98,10 +98,14 @@ def lock_state_dir(state_dir: Path) -> IO[str]:
         holder = lock.read().strip() or "unknown"
         lock.close()
         raise StartupError(f"another msearchd (pid {holder}) is using the state folder {state_dir}") from None
-    lock.seek(0)
-    lock.truncate()
-    lock.write(str(os.getpid()))
-    lock.flush()
+    try:  # the pid only names the holder in the message above: a full disk need not stop the start
+        lock.seek(0)
+        lock.truncate()
+        lock.write(str(os.getpid()))
+        lock.flush()
+    except OSError as exc:
+        if not disk_full(exc):
+            raise
     return lock
 
 
@@ -119,6 +123,10 @@ def clear_stale_socket(path: Path) -> None:
     raise StartupError(f"another msearchd is already listening on {path}")
 
 
+def full_disk(state_dir: Path, exc: Exception, what: str) -> str:
+    return f"the disk holding {state_dir} is full ({exc}): {what}; free some space and start msearchd again"
+
+
 def bind_http(address: ListenAddress) -> socket.socket:
     try:
         return bind(address)
@@ -134,12 +142,24 @@ async def serve(
     lock = lock_state_dir(settings.state_dir)
     clear_stale_socket(settings.socket_path)
     http_sock = bind_http(http) if http is not None else None
-    store = Store(settings.db_path)
+    try:
+        store = Store(settings.db_path)
+    except Exception as exc:
+        if disk_full(exc):
+            raise StartupError(full_disk(settings.state_dir, exc, "cannot open the task store")) from None
+        raise
     killed = kill_leftovers(settings.state_dir)
     if killed:
         log.warning("killed %d process(es) left behind by a previous daemon", killed)
     service = TaskService(store, settings)
-    service.recover()
+    try:
+        service.recover()
+    except Exception as exc:
+        store.close()
+        if disk_full(exc):
+            what = "cannot settle the tasks a previous daemon left running"
+            raise StartupError(full_disk(settings.state_dir, exc, what)) from None
+        raise
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

@@ -197,12 +197,13 @@ class RpcServer:
         self._full_refused += 1
         now = time.monotonic()
         if now - self._full_reported >= FULL_DISK_REPORT_INTERVAL:
+            since = f" ({self._full_refused} since the last report)" if self._full_refused > 1 else ""
             log.error(
-                "the disk holding %s is full (%s): requests that change something are refused "
-                "(%d since the last report)",
+                "the disk holding %s is full (%s): requests that change something are refused until "
+                "there is room%s",
                 folder,
                 exc,
-                self._full_refused,
+                since,
             )
             self._full_reported, self._full_refused = now, 0
         return Unavailable(f"the disk holding {folder} is full: {exc}; nothing of this request was saved")
