@@ -148,7 +148,12 @@ class Client(_Methods):
             req_id = self._new_id()
             hello = protocol.request(req_id, "hello", {"protocol": protocol.PROTOCOL_VERSION})
             hello["params"]["client"] = "msearchd.client"
-            self._send(protocol.encode(hello))
+            try:
+                self._send(protocol.encode(hello))
+            except Unavailable:
+                for refusal in self._reader.read_ready():  # it may have said why it hung up
+                    _check_answer(refusal, {req_id})
+                raise
             self.server = _result(self._read(), req_id)
         except TimeoutError:
             self._sock.close()

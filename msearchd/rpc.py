@@ -43,9 +43,12 @@ READ_BUFFER = 256 * 1024
 MAX_PENDING = 1000
 # How long one connection is served before the others get their turn.
 TURN_SECONDS = 0.01
-# Descriptors kept for the daemon's own work (database, workers, logs, the HTTP shim): connections
-# may use what the open-file limit leaves beyond these.
-FD_RESERVE_BASE = 64
+# Connections waiting to be accepted; asyncio also accepts up to this many at once, before any is
+# counted, so the descriptor reserve covers them.
+LISTEN_BACKLOG = 64
+# Descriptors kept for the daemon's own work (database, workers, logs, the HTTP shim) and for a burst
+# of accepts: connections may use what the open-file limit leaves beyond these.
+FD_RESERVE_BASE = 64 + LISTEN_BACKLOG
 FD_RESERVE_PER_WORKER = 8
 # A full disk is logged once in this many seconds, however many requests it refuses meanwhile.
 FULL_DISK_REPORT_INTERVAL = 60.0
@@ -79,7 +82,10 @@ class RpcServer:
         self.service = service
         self.path = path
         self._on_shutdown = on_shutdown
-        self._server: asyncio.AbstractServer | None = None
+        self._listener: socket.socket | None = None
+        self._accept_paused = False
+        self._accept_failure_reported = -FULL_DISK_REPORT_INTERVAL
+        self._setups: set[asyncio.Task[Any]] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self.connections: set[Connection] = set()
         self.stopping = False
@@ -117,21 +123,31 @@ class RpcServer:
 
     async def start(self) -> None:
         prepare_socket_dir(self.path)
-        loop = asyncio.get_running_loop()
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o177)
         try:
-            self._server = await loop.create_unix_server(lambda: Connection(self), path=str(self.path))
+            listener.bind(str(self.path))
+        except OSError:
+            listener.close()
+            raise
         finally:
             os.umask(old_umask)
         self.path.chmod(0o600)
+        listener.listen(LISTEN_BACKLOG)
+        listener.setblocking(False)
+        self._listener = listener
+        loop = asyncio.get_running_loop()
+        loop.add_reader(listener.fileno(), self._accept)
         if self.idle_timeout > 0:
             self._sweeper = loop.create_task(self._close_idle())
 
     def stop_accepting(self) -> None:
         """Take no new connections, and answer new requests on open ones with `unavailable`."""
         self.stopping = True
-        if self._server is not None:
-            self._server.close()
+        if self._listener is not None:
+            asyncio.get_running_loop().remove_reader(self._listener.fileno())
+            self._listener.close()
+            self._listener = None
 
     async def close(self) -> None:
         self.stop_accepting()
@@ -142,6 +158,64 @@ class RpcServer:
         pending = [t for conn in list(self.connections) for t in conn.close()]
         if pending:
             await asyncio.wait(pending, timeout=1.0)
+
+    def _accept(self) -> None:
+        """Take the clients waiting. Each is counted in, or refused, before the next is accepted:
+        clients can never take the descriptors the daemon keeps for its own work."""
+        loop = asyncio.get_running_loop()
+        for _ in range(LISTEN_BACKLOG):
+            if self._listener is None:
+                return
+            try:
+                sock, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # out of descriptors all the same (the limit was lowered, say)
+                self._pause_accepting(exc)
+                return
+            try:
+                pid, uid = peer_credentials(sock)
+            except OSError:
+                sock.close()
+                continue
+            if uid != os.getuid():
+                log.warning("refused a connection from uid %d (pid %d)", uid, pid)
+                sock.close()
+                continue
+            conn = Connection(self, (uid, pid))
+            refusal = self.admit(conn)
+            if refusal is not None:
+                with contextlib.suppress(OSError):
+                    sock.send(protocol.encode({"id": None, "error": Unavailable(refusal).to_wire()}))
+                sock.close()
+                continue
+            setup = loop.create_task(loop.connect_accepted_socket(lambda conn=conn: conn, sock))
+            self._setups.add(setup)
+            setup.add_done_callback(lambda task, conn=conn, sock=sock: self._set_up(task, conn, sock))
+
+    def _set_up(self, task: asyncio.Task[Any], conn: Connection, sock: socket.socket) -> None:
+        self._setups.discard(task)
+        if task.cancelled() or task.exception() is not None:
+            self.connections.discard(conn)
+            sock.close()
+
+    def _pause_accepting(self, exc: OSError) -> None:
+        """Accept nothing until a connection closes (or a second passes): the process is out of
+        descriptors, and every try would fail the same way."""
+        now = time.monotonic()
+        if now - self._accept_failure_reported >= FULL_DISK_REPORT_INTERVAL:
+            self._accept_failure_reported = now
+            log.warning("cannot accept a connection (%s); trying again when one closes", exc.strerror or exc)
+        loop = asyncio.get_running_loop()
+        if self._listener is not None and not self._accept_paused:
+            self._accept_paused = True
+            loop.remove_reader(self._listener.fileno())
+            loop.call_later(1.0, self.resume_accepting)
+
+    def resume_accepting(self) -> None:
+        if self._accept_paused and self._listener is not None:
+            self._accept_paused = False
+            asyncio.get_running_loop().add_reader(self._listener.fileno(), self._accept)
 
     # --- limits -------------------------------------------------------------------------------------
 
@@ -227,11 +301,11 @@ _Later = tuple[int, str, Any]
 class Connection(asyncio.Protocol):
     """One client. Its requests take effect in order; see the protocol module for the answers'."""
 
-    def __init__(self, server: RpcServer) -> None:
+    def __init__(self, server: RpcServer, requester: tuple[int, int]) -> None:
         self._server = server
         self._frames = protocol.FrameBuffer()
         self._transport: asyncio.Transport | None = None
-        self._requester: tuple[int | None, int | None] = (None, None)
+        self._requester = requester  # (uid, pid)
         self._greeted = False
         self._closed = False
         self._pending: dict[int, asyncio.Task[None] | None] = {}  # answered later, by id; None: not started
@@ -250,23 +324,14 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
-        pid, uid = peer_credentials(transport.get_extra_info("socket"))
-        if uid != os.getuid():
-            log.warning("refused a connection from uid %d (pid %d)", uid, pid)
-            self._closed = True
-            transport.close()
-            return
-        refusal = self._server.admit(self)
-        if refusal is not None:
-            transport.write(protocol.encode({"id": None, "error": Unavailable(refusal).to_wire()}))
-            self._shut()
-            return
-        self._requester = (uid, pid)
         transport.set_write_buffer_limits(high=WRITE_BUFFER)
+        if self._closed:  # closed before it was set up (the daemon is stopping, or made room)
+            transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self._server.connections.discard(self)
+        self._server.resume_accepting()
         self._writable.set()
         if self._turn is not None:
             self._turn.cancel()
@@ -302,7 +367,12 @@ class Connection(asyncio.Protocol):
 
     def idle(self) -> bool:
         """True when nothing is under way for this client, nor half sent: closing it loses nothing."""
-        return not self._closed and not self.busy() and not self._frames.pending()
+        return (
+            self._transport is not None
+            and not self._closed
+            and not self.busy()
+            and not self._frames.pending()
+        )
 
     def close(self) -> list[asyncio.Task[None]]:
         """Stop serving this client; returns what is still running for it."""
