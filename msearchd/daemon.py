@@ -123,6 +123,14 @@ def clear_stale_socket(path: Path) -> None:
     raise StartupError(f"another msearchd is already listening on {path}")
 
 
+def no_room(folder: Path) -> bool:
+    """True when the disk holding `folder` has no block left for this user."""
+    try:
+        return os.statvfs(folder).f_bavail == 0
+    except OSError:
+        return False
+
+
 def full_disk(state_dir: Path, exc: Exception, what: str) -> str:
     return f"the disk holding {state_dir} is full ({exc}): {what}; free some space and start msearchd again"
 
@@ -145,7 +153,8 @@ async def serve(
     try:
         store = Store(settings.db_path)
     except Exception as exc:
-        if disk_full(exc):
+        # SQLite says only "disk I/O error" when it cannot make its shared-memory file on a full disk.
+        if disk_full(exc) or no_room(settings.state_dir):
             raise StartupError(full_disk(settings.state_dir, exc, "cannot open the task store")) from None
         raise
     killed = kill_leftovers(settings.state_dir)
