@@ -112,6 +112,7 @@ class FrameBuffer:
     def __init__(self) -> None:
         self._buffer = bytearray()
         self._start = 0  # where the first unread frame begins
+        self.taken = 0  # frames returned so far: the number of the next one
 
     def feed(self, data: bytes) -> None:
         if self._start == len(self._buffer):
@@ -154,6 +155,7 @@ class FrameBuffer:
         if len(buffer) < end:
             return None
         self._start = end
+        self.taken += 1
         with memoryview(buffer) as view:  # released before the buffer is resized: no copy of the frame
             return decode(view[start + _HEADER.size : end])
 

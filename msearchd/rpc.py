@@ -21,6 +21,7 @@ import resource
 import socket
 import struct
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,9 @@ WRITE_BUFFER = 256 * 1024
 # Bytes of requests a connection may have sent that are not answered yet: beyond, it is not read from
 # until some are answered. A frame larger than this is still read whole (up to protocol.MAX_FRAME).
 READ_BUFFER = 256 * 1024
+# Frames larger than READ_BUFFER are read whole when the daemon has room for them: this many bytes for
+# all connections together. A connection whose frame does not fit is not read from until others are.
+LARGE_FRAMES = 64 * 1024 * 1024
 # Calls of one connection that may be under way at once (waits, mostly); beyond, its next requests
 # are read once some of these are answered.
 MAX_PENDING = 1000
@@ -86,6 +90,8 @@ class RpcServer:
         self._accept_paused = False
         self._accept_failure_reported = -FULL_DISK_REPORT_INTERVAL
         self._setups: set[asyncio.Task[Any]] = set()
+        self._large_free = LARGE_FRAMES
+        self._large_waiting: deque[Connection] = deque()  # for room for their next frame, in turn
         self._sweeper: asyncio.Task[None] | None = None
         self.connections: set[Connection] = set()
         self.stopping = False
@@ -244,6 +250,34 @@ class RpcServer:
         self.connections.add(conn)
         return None
 
+    def reserve_large(self, conn: Connection, size: int) -> bool:
+        """Room for a frame of `size` bytes (over READ_BUFFER) of `conn`; False puts it in line."""
+        first = bool(self._large_waiting) and self._large_waiting[0] is conn
+        if (first or not self._large_waiting) and size <= self._large_free:
+            if first:
+                self._large_waiting.popleft()
+            self._large_free -= size
+            return True
+        if not first and conn not in self._large_waiting:
+            self._large_waiting.append(conn)
+        return False
+
+    def release_large(self, size: int) -> None:
+        """Give back room a frame had; the connections in line take it in turn."""
+        self._large_free += size
+        while self._large_waiting:
+            conn = self._large_waiting[0]
+            if conn.closed:
+                self._large_waiting.popleft()
+                continue
+            conn.update_reading()  # takes its room, and leaves the line, if there is enough
+            if self._large_waiting and self._large_waiting[0] is conn:
+                break
+
+    def forget_large(self, conn: Connection) -> None:
+        with contextlib.suppress(ValueError):
+            self._large_waiting.remove(conn)
+
     def _report_limit(self, limit: int, action: str) -> None:
         now = time.monotonic()
         if now - self._limit_reported >= FULL_DISK_REPORT_INTERVAL:
@@ -315,6 +349,7 @@ class Connection(asyncio.Protocol):
         self._next: dict[str, Any] | None = None  # a request read ahead, not yet answered
         self._bad_frame: ProtocolError | None = None  # met while reading ahead
         self._turn: asyncio.Handle | None = None  # this connection's next turn, when one is due
+        self._large: tuple[int, int] | None = None  # (frame number, size) of a large frame given room
         self._writable = asyncio.Event()
         self._writable.set()
         self.last_active = time.monotonic()
@@ -331,6 +366,8 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self._server.connections.discard(self)
+        self._server.forget_large(self)
+        self._release_large()
         self._server.resume_accepting()
         self._writable.set()
         if self._turn is not None:
@@ -345,7 +382,7 @@ class Connection(asyncio.Protocol):
     def pause_writing(self) -> None:
         # A client that does not read its answers is not served, nor read from, until it catches up.
         self._writable.clear()
-        self._update_reading()
+        self.update_reading()
 
     def resume_writing(self) -> None:
         self._writable.set()
@@ -359,7 +396,7 @@ class Connection(asyncio.Protocol):
         elif self._turn is None:
             self._serve()  # else its turn comes: the others have theirs first
         else:
-            self._update_reading()
+            self.update_reading()
 
     def busy(self) -> bool:
         """True while a call is under way for this client, or it is subscribed."""
@@ -399,23 +436,40 @@ class Connection(asyncio.Protocol):
             and len(self._pending) < MAX_PENDING
         )
 
-    def _update_reading(self) -> None:
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def update_reading(self) -> None:
         """Read from the client while what it sent and is not answered is within bounds."""
         transport = self._transport
         if transport is None or self._closed:
             return
-        limit = max(READ_BUFFER, self._frames.head_size())  # the next frame is read whole
+        if self._large is not None and self._large[0] != self._frames.taken:
+            self._release_large()  # that frame is read
+        limit = READ_BUFFER
+        head = self._frames.head_size()
+        if head > READ_BUFFER:  # the next frame is read whole, once the daemon has room for it
+            if self._large is None and self._server.reserve_large(self, head):
+                self._large = (self._frames.taken, head)
+            if self._large is not None:
+                limit = head
         if self._writable.is_set() and self._frames.buffered() < limit:
             transport.resume_reading()
         else:
             transport.pause_reading()
+
+    def _release_large(self) -> None:
+        if self._large is not None:
+            size, self._large = self._large[1], None
+            self._server.release_large(size)
 
     def _schedule(self) -> None:
         """Give this connection a turn after the others', if it has requests to serve."""
         ready = self._next is not None or self._bad_frame is not None or self._frames.has_message()
         if ready and self._turn is None and self._can_serve():
             self._turn = asyncio.get_running_loop().call_soon(self._serve)
-        self._update_reading()
+        self.update_reading()
 
     def _serve(self) -> None:
         """One turn: answer the whole requests received, in order, for TURN_SECONDS at most, with

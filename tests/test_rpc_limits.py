@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import resource
 import select
 import socket
@@ -258,3 +259,39 @@ def test_idle_connections_cannot_use_up_the_daemons_descriptors(make_daemon, fif
     finally:
         for sock in idle:
             sock.close()
+
+
+def test_large_frames_of_many_connections_are_read_within_a_bound(daemon):
+    """Each connection may send a frame of up to 16 MiB; the daemon reads at most rpc.LARGE_FRAMES of
+    such frames at once, the others when there is room, instead of holding them all."""
+    n, pad = 8, 12 * 1024 * 1024
+    request = frame({"id": 1, "method": "count", "params": {}, "pad": b"x" * pad})
+    socks = [greeted(daemon) for _ in range(n)]
+    sent = [0] * n
+    for sock in socks:
+        sock.setblocking(False)
+    while True:
+        # All but the last byte: frames under way, which the daemon must hold until they end.
+        unsent = [s for s, k in zip(socks, sent, strict=True) if k < len(request) - 1]
+        _, writable, _ = select.select([], unsent, [], 2.0)
+        if not writable:
+            break  # none was read from for a while: the daemon holds what it can
+        for sock in writable:
+            i = socks.index(sock)
+            with contextlib.suppress(BlockingIOError):
+                sent[i] += sock.send(request[sent[i] : min(sent[i] + 1024 * 1024, len(request) - 1)])
+    assert sum(sent) < rpc.LARGE_FRAMES + n * 2 * 1024 * 1024, f"the daemon read {sum(sent)} bytes"
+    # As frames are answered, the room they had goes to the others: every one is answered.
+    for sock in socks:
+        sock.setblocking(True)
+        sock.settimeout(60)
+    threads = [
+        threading.Thread(target=sock.sendall, args=(request[k:],))
+        for sock, k in zip(socks, sent, strict=True)
+    ]
+    for t in threads:
+        t.start()
+    for sock in socks:
+        assert protocol.recv_frame(sock) == {"id": 1, "result": 0}
+    for t in threads:
+        t.join(60)
