@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import select
 import socket
+import struct
 from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
@@ -135,12 +136,24 @@ class Client(_Methods):
         self._next_id = 0
         self._pipeline: Pipeline | None = None
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.settimeout(connect_timeout)
+        # A blocking connect waits, for SO_SNDTIMEO at most, while the daemon's backlog is full, where
+        # a non-blocking one would fail at once.
+        seconds = int(connect_timeout)
+        micros = int((connect_timeout - seconds) * 1e6)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", seconds, micros))
         try:
             self._sock.connect(str(self.path))
+        except BlockingIOError:
+            self._sock.close()
+            raise Unavailable(
+                f"msearchd at {self.path} did not accept the connection within {connect_timeout:g} s; "
+                "is it stopped or overloaded?"
+            ) from None
         except OSError as exc:
             self._sock.close()
             raise _no_daemon(self.path, exc) from None
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 0, 0))
+        self._sock.settimeout(connect_timeout)
         # The timeout covers the hello too: a daemon that is stopped (SIGSTOP) or stuck still has its
         # connections accepted by the kernel, and would otherwise leave us waiting for ever.
         self._reader = protocol.FrameReader(self._sock)

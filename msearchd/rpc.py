@@ -94,6 +94,7 @@ class RpcServer:
         self._large_waiting: deque[Connection] = deque()  # for room for their next frame, in turn
         self._sweeper: asyncio.Task[None] | None = None
         self.connections: set[Connection] = set()
+        self.closing: set[Connection] = set()  # closed, their descriptors not yet given back
         self.stopping = False
         settings = service.settings
         self.idle_timeout = settings.idle_timeout
@@ -166,18 +167,24 @@ class RpcServer:
             await asyncio.wait(pending, timeout=1.0)
 
     def _accept(self) -> None:
-        """Take the clients waiting. Each is counted in, or refused, before the next is accepted:
-        clients can never take the descriptors the daemon keeps for its own work."""
+        """Take the clients waiting, one at a time. At the connection limit, the connection idle
+        longest is closed to make room (and no other client accepted until its descriptor is given
+        back); if none is idle, the client is refused. Clients never take the descriptors kept for
+        the daemon's own work."""
         loop = asyncio.get_running_loop()
         for _ in range(LISTEN_BACKLOG):
             if self._listener is None:
+                return
+            if self.closing and len(self.connections) + len(self.closing) >= self.connection_limit():
+                self._pause_accepting()  # until those descriptors are given back
                 return
             try:
                 sock, _ = self._listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # out of descriptors all the same (the limit was lowered, say)
-                self._pause_accepting(exc)
+                self._report_accept_failure(exc)
+                self._pause_accepting()
                 return
             try:
                 pid, uid = peer_credentials(sock)
@@ -188,33 +195,53 @@ class RpcServer:
                 log.warning("refused a connection from uid %d (pid %d)", uid, pid)
                 sock.close()
                 continue
+            limit = self.connection_limit()
+            full = len(self.connections) + len(self.closing) >= limit
+            if full:
+                idle = [c for c in self.connections if c.idle()]
+                if not idle:
+                    self._refuse(sock, limit)
+                    continue
+                self._report_limit(limit, "closing the longest idle ones to make room")
+                min(idle, key=lambda c: c.last_active).close()
             conn = Connection(self, (uid, pid))
-            refusal = self.admit(conn)
-            if refusal is not None:
-                with contextlib.suppress(OSError):
-                    sock.send(protocol.encode({"id": None, "error": Unavailable(refusal).to_wire()}))
-                sock.close()
-                continue
+            self.connections.add(conn)
             setup = loop.create_task(loop.connect_accepted_socket(lambda conn=conn: conn, sock))
             self._setups.add(setup)
             setup.add_done_callback(lambda task, conn=conn, sock=sock: self._set_up(task, conn, sock))
+            if full:
+                self._pause_accepting()
+                return
+
+    def _refuse(self, sock: socket.socket, limit: int) -> None:
+        self._report_limit(limit, "refusing new ones: none is idle")
+        refusal = Unavailable(
+            f"msearchd already serves {limit} connections, its limit; close some, or raise "
+            "max_connections or its open-file limit"
+        )
+        with contextlib.suppress(OSError):
+            sock.send(protocol.encode({"id": None, "error": refusal.to_wire()}))
+        sock.close()
 
     def _set_up(self, task: asyncio.Task[Any], conn: Connection, sock: socket.socket) -> None:
         self._setups.discard(task)
         if task.cancelled() or task.exception() is not None:
             self.connections.discard(conn)
+            self.closing.discard(conn)
             sock.close()
+            self.resume_accepting()
 
-    def _pause_accepting(self, exc: OSError) -> None:
-        """Accept nothing until a connection closes (or a second passes): the process is out of
-        descriptors, and every try would fail the same way."""
+    def _report_accept_failure(self, exc: OSError) -> None:
         now = time.monotonic()
         if now - self._accept_failure_reported >= FULL_DISK_REPORT_INTERVAL:
             self._accept_failure_reported = now
             log.warning("cannot accept a connection (%s); trying again when one closes", exc.strerror or exc)
-        loop = asyncio.get_running_loop()
+
+    def _pause_accepting(self) -> None:
+        """Accept nothing until a connection closes (or a second passes)."""
         if self._listener is not None and not self._accept_paused:
             self._accept_paused = True
+            loop = asyncio.get_running_loop()
             loop.remove_reader(self._listener.fileno())
             loop.call_later(1.0, self.resume_accepting)
 
@@ -232,23 +259,6 @@ class RpcServer:
         if soft == resource.RLIM_INFINITY:
             return self.max_connections
         return max(1, min(self.max_connections, soft - self.fd_reserve))
-
-    def admit(self, conn: Connection) -> str | None:
-        """Count a new client in; None, or why it is refused. At the limit, the connection idle
-        longest makes room for it."""
-        limit = self.connection_limit()
-        if len(self.connections) >= limit:
-            idle = [c for c in self.connections if c.idle()]
-            if not idle:
-                self._report_limit(limit, "refusing new ones")
-                return (
-                    f"msearchd already serves {limit} connections, its limit; close some, or raise "
-                    "max_connections or its open-file limit"
-                )
-            self._report_limit(limit, "closing the longest idle ones to make room")
-            min(idle, key=lambda c: c.last_active).close()
-        self.connections.add(conn)
-        return None
 
     def reserve_large(self, conn: Connection, size: int) -> bool:
         """Room for a frame of `size` bytes (over READ_BUFFER) of `conn`; False puts it in line."""
@@ -366,6 +376,7 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self._server.connections.discard(self)
+        self._server.closing.discard(self)
         self._server.forget_large(self)
         self._release_large()
         self._server.resume_accepting()
@@ -404,25 +415,22 @@ class Connection(asyncio.Protocol):
 
     def idle(self) -> bool:
         """True when nothing is under way for this client, nor half sent: closing it loses nothing."""
-        return (
-            self._transport is not None
-            and not self._closed
-            and not self.busy()
-            and not self._frames.pending()
-        )
+        return not self._closed and not self.busy() and not self._frames.pending()
 
     def close(self) -> list[asyncio.Task[None]]:
         """Stop serving this client; returns what is still running for it."""
         running = [t for t in (*self._pending.values(), self._stream) if t is not None and not t.done()]
         for task in running:
             task.cancel()
-        self._server.connections.discard(self)
         self._shut()
         return running
 
     # --- requests -----------------------------------------------------------------------------------
 
     def _shut(self) -> None:
+        if not self._closed and self in self._server.connections:
+            self._server.connections.discard(self)
+            self._server.closing.add(self)  # until connection_lost: its descriptor is still open
         self._closed = True
         if self._transport is not None:
             self._transport.close()
