@@ -274,8 +274,9 @@ class Pipeline(_Methods):
 
     Each request is still a request of its own, answered on its own once it is durable; the daemon
     runs those that arrive together in one commit, which is what makes this fast. Methods return
-    nothing; `results` (filled when the block ends, or by `finish()`) holds each answer in order, or
-    the `MsearchError` of a request that failed: a failure does not stop the others.
+    nothing; `results` (filled when the block ends, or by `finish()`) holds each answer in the order
+    of the requests, whatever order the answers came in (a `wait` is answered after the requests
+    behind it), or the `MsearchError` of a request that failed: a failure does not stop the others.
     """
 
     # Requests sent before the answers to earlier ones are read: bounded, so that neither side ever
