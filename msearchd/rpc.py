@@ -47,12 +47,11 @@ LARGE_FRAMES = 64 * 1024 * 1024
 MAX_PENDING = 1000
 # How long one connection is served before the others get their turn.
 TURN_SECONDS = 0.01
-# Connections waiting to be accepted; asyncio also accepts up to this many at once, before any is
-# counted, so the descriptor reserve covers them.
+# Clients waiting to be accepted, and how many are accepted in one go.
 LISTEN_BACKLOG = 64
-# Descriptors kept for the daemon's own work (database, workers, logs, the HTTP shim) and for a burst
-# of accepts: connections may use what the open-file limit leaves beyond these.
-FD_RESERVE_BASE = 64 + LISTEN_BACKLOG
+# Descriptors kept for the daemon's own work (database, workers, logs, the HTTP shim): connections
+# may use what the open-file limit leaves beyond these.
+FD_RESERVE_BASE = 64
 FD_RESERVE_PER_WORKER = 8
 # A full disk is logged once in this many seconds, however many requests it refuses meanwhile.
 FULL_DISK_REPORT_INTERVAL = 60.0
