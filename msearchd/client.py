@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import select
 import socket
+import struct
 from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from msearchd import protocol
 from msearchd.config import default_socket_path
-from msearchd.errors import ProtocolError, Unavailable, from_wire
+from msearchd.errors import MsearchError, ProtocolError, Unavailable, from_wire
 from msearchd.trust import folder_problem, peer_problem
 
 if TYPE_CHECKING:  # asyncio is imported only by AsyncClient: it costs the CLI ~35 ms to start
@@ -54,11 +55,20 @@ def _check_peer(path: Path, sock: socket.socket) -> None:
 def _result(message: dict[str, Any] | None, req_id: int) -> Any:
     if message is None:
         raise Unavailable("msearchd closed the connection")
-    if message.get("id") != req_id:
-        raise ProtocolError(f"answer for request {message.get('id')!r} while waiting for {req_id}")
+    _check_answer(message, {req_id})
     if "error" in message:
         raise from_wire(message["error"])
     return message.get("result")
+
+
+def _check_answer(message: dict[str, Any], expected: set[int] | dict[int, Any]) -> None:
+    """Refuse an answer to no request we are waiting for. An error with a null id is about the
+    connection or a request the daemon could not identify: it is raised."""
+    got = message.get("id")
+    if got is None and "error" in message:
+        raise from_wire(message["error"])
+    if got not in expected:
+        raise ProtocolError(f"answer for request {got!r}, which is not waiting for one")
 
 
 class _Methods:
@@ -142,13 +152,24 @@ class Client(_Methods):
 
     def __init__(self, socket_path: Path | str | None = None, connect_timeout: float = 5.0) -> None:
         self.path = Path(socket_path) if socket_path else default_socket_path()
+        self._connect_timeout = connect_timeout
         self._next_id = 0
         self._pipeline: Pipeline | None = None
         _check_folder(self.path)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.settimeout(connect_timeout)
+        # A blocking connect waits, for SO_SNDTIMEO at most, while the daemon's backlog is full, where
+        # a non-blocking one would fail at once.
+        seconds = int(connect_timeout)
+        micros = int((connect_timeout - seconds) * 1e6)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", seconds, micros))
         try:
             self._sock.connect(str(self.path))
+        except BlockingIOError:
+            self._sock.close()
+            raise Unavailable(
+                f"msearchd at {self.path} did not accept the connection within {connect_timeout:g} s; "
+                "is it stopped or overloaded?"
+            ) from None
         except OSError as exc:
             self._sock.close()
             raise _no_daemon(self.path, exc) from None
@@ -157,11 +178,22 @@ class Client(_Methods):
         except Unavailable:
             self._sock.close()
             raise
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 0, 0))
+        self._sock.settimeout(connect_timeout)
         # The timeout covers the hello too: a daemon that is stopped (SIGSTOP) or stuck still has its
         # connections accepted by the kernel, and would otherwise leave us waiting for ever.
         self._reader = protocol.FrameReader(self._sock)
         try:
-            self.server = self.call("hello", protocol=protocol.PROTOCOL_VERSION, client="msearchd.client")
+            req_id = self._new_id()
+            hello = protocol.request(req_id, "hello", {"protocol": protocol.PROTOCOL_VERSION})
+            hello["params"]["client"] = "msearchd.client"
+            try:
+                self._send(protocol.encode(hello))
+            except Unavailable:
+                for refusal in self._reader.read_ready():  # it may have said why it hung up
+                    _check_answer(refusal, {req_id})
+                raise
+            self.server = _result(self._read(), req_id)
         except TimeoutError:
             self._sock.close()
             raise Unavailable(
@@ -176,9 +208,29 @@ class Client(_Methods):
     def call(self, method: str, **params: Any) -> Any:
         if self._pipeline is not None:
             raise ProtocolError("this client has a pipeline open: call through it, or after it ends")
+        if self._closed_by_daemon():
+            self._reconnect()
         req_id = self._new_id()
         self._send(protocol.encode(protocol.request(req_id, method, params)))
         return _result(self._read(), req_id)
+
+    def _closed_by_daemon(self) -> bool:
+        """True when the daemon has closed this connection between calls (it closes idle ones)."""
+        if self._reader.pending():
+            return False
+        try:
+            return self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return True
+
+    def _reconnect(self) -> None:
+        """A new connection in place of one the daemon closed while nothing was asked on it."""
+        fresh = Client(self.path, self._connect_timeout)
+        self._sock.close()
+        self._sock, self._reader, self.server = fresh._sock, fresh._reader, fresh.server
+        self._next_id = max(self._next_id, fresh._next_id)
 
     def pipeline(self) -> Pipeline:
         """Send many requests without waiting for each answer; see `Pipeline`."""
@@ -248,8 +300,9 @@ class Pipeline(_Methods):
 
     Each request is still a request of its own, answered on its own once it is durable; the daemon
     runs those that arrive together in one commit, which is what makes this fast. Methods return
-    nothing; `results` (filled when the block ends, or by `finish()`) holds each answer in order, or
-    the `MsearchError` of a request that failed: a failure does not stop the others.
+    nothing; `results` (filled when the block ends, or by `finish()`) holds each answer in the order
+    of the requests, whatever order the answers came in (a `wait` is answered after the requests
+    behind it), or the `MsearchError` of a request that failed: a failure does not stop the others.
     """
 
     # Requests sent before the answers to earlier ones are read: bounded, so that neither side ever
@@ -263,6 +316,7 @@ class Pipeline(_Methods):
         self._size = 0
         self._ids: list[int] = []
         self._in_flight: deque[list[int]] = deque()
+        self._answers: dict[int, dict[str, Any] | None] = {}  # by id: None until it arrives
         self.results: list[Any] = []
 
     def call(self, method: str, **params: Any) -> None:
@@ -280,17 +334,23 @@ class Pipeline(_Methods):
         if self._ids:
             self._client._send(b"".join(self._frames))
             self._in_flight.append(self._ids)
+            self._answers.update(dict.fromkeys(self._ids))
             self._frames, self._ids, self._size = [], [], 0
         while len(self._in_flight) > 1:
             self._collect(self._in_flight.popleft())
 
     def _collect(self, ids: list[int]) -> None:
+        """Read until every request of `ids` is answered; answers come in any order, so those of
+        later requests are kept for their turn."""
         for req_id in ids:
-            message = self._client._read()
-            if message is not None and message.get("id") == req_id and "error" in message:
-                self.results.append(from_wire(message["error"]))
-            else:
-                self.results.append(_result(message, req_id))  # raises if the connection broke
+            while (message := self._answers[req_id]) is None:
+                message = self._client._read()
+                if message is None:
+                    raise Unavailable("msearchd closed the connection")
+                _check_answer(message, self._answers)
+                self._answers[message["id"]] = message
+            del self._answers[req_id]
+            self.results.append(from_wire(message["error"]) if "error" in message else message.get("result"))
 
     def finish(self) -> list[Any]:
         """Send what is left, read every answer; returns `results`. The client is free again."""
@@ -346,6 +406,9 @@ class EventStream:
         if message is None:
             self.close()
             raise StopIteration
+        if "event" not in message:  # the daemon refused something sent on this connection
+            self.close()
+            raise from_wire(message.get("error"))
         return message["event"]
 
     def close(self) -> None:
@@ -359,16 +422,18 @@ class EventStream:
 
 
 class AsyncClient(_Methods):
-    """An asyncio connection to msearchd. Create with `await AsyncClient.connect()`; calls are serialised."""
+    """An asyncio connection to msearchd. Create with `await AsyncClient.connect()`. Calls may run side
+    by side on it: each answer is matched to its call by id, so a `wait` does not hold up the others."""
 
     def __init__(self, path: Path, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        import asyncio
+
         self.path = path
         self._reader = reader
         self._writer = writer
         self._next_id = 0
-        import asyncio
-
-        self._lock = asyncio.Lock()
+        self._answers: dict[int, asyncio.Future[dict[str, Any]]] = {}  # calls waiting, by id
+        self._reading = asyncio.Lock()  # one call at a time reads, for all of them
 
     @classmethod
     async def connect(cls, socket_path: Path | str | None = None) -> AsyncClient:
@@ -397,15 +462,45 @@ class AsyncClient(_Methods):
         return self._reader.at_eof() or self._writer.is_closing()
 
     async def call(self, method: str, **params: Any) -> Any:
-        async with self._lock:
-            self._next_id += 1
+        import asyncio
+
+        self._next_id += 1
+        req_id = self._next_id
+        answer = self._answers[req_id] = asyncio.get_running_loop().create_future()
+        try:
             try:
-                self._writer.write(protocol.encode(protocol.request(self._next_id, method, params)))
+                self._writer.write(protocol.encode(protocol.request(req_id, method, params)))
                 await self._writer.drain()
-                message = await protocol.read_frame(self._reader)
+                while not answer.done():
+                    async with self._reading:
+                        if not answer.done():
+                            self._deliver(await protocol.read_frame(self._reader))
             except OSError as exc:
                 raise Unavailable(f"lost the connection to msearchd: {exc.strerror or exc}") from None
-            return _result(message, self._next_id)
+        finally:
+            del self._answers[req_id]
+        message = answer.result()
+        if "error" in message:
+            raise from_wire(message["error"])
+        return message.get("result")
+
+    def _deliver(self, message: dict[str, Any] | None) -> None:
+        """Hand an answer to the call waiting for it; the end of the connection, or an error about
+        it, to all of them."""
+        if message is None:
+            error: MsearchError = Unavailable("msearchd closed the connection")
+        else:
+            try:
+                _check_answer(message, self._answers)
+                answer = self._answers[message["id"]]
+                if not answer.done():  # else its caller gave up waiting
+                    answer.set_result(message)
+                return
+            except MsearchError as exc:
+                error = exc
+        for answer in self._answers.values():
+            if not answer.done():
+                answer.set_exception(error)
 
     async def events(
         self, task_ids: list[str | int] | None = None, types: list[str] | None = None
@@ -443,6 +538,9 @@ class AsyncEventStream:
         if message is None:
             await self.close()
             raise StopAsyncIteration
+        if "event" not in message:  # the daemon refused something sent on this connection
+            await self.close()
+            raise from_wire(message.get("error"))
         return message["event"]
 
     async def close(self) -> None:

@@ -61,6 +61,8 @@ class Settings:
     handlers: dict[str, str] = field(default_factory=dict)
     type_limits: dict[str, int] = field(default_factory=dict)
     cgroups: bool = True
+    idle_timeout: float = 600.0  # seconds; 0 keeps idle connections open
+    max_connections: int = 1000
 
     @property
     def db_path(self) -> Path:
@@ -111,6 +113,8 @@ def load(path: Path | None, overrides: Mapping[str, Any]) -> Settings:
         "handlers",
         "type_limits",
         "cgroups",
+        "idle_timeout",
+        "max_connections",
     }
     unknown = set(raw) - known
     _expect(not unknown, f"{where}: unknown setting(s): {', '.join(sorted(unknown))}")
@@ -122,7 +126,7 @@ def load(path: Path | None, overrides: Mapping[str, Any]) -> Settings:
         settings.socket_path = Path(raw["socket"]).expanduser()
     if "state_dir" in raw and "MSEARCH_STATE_DIR" not in os.environ:
         settings.state_dir = Path(raw["state_dir"]).expanduser()
-    for key in ("workers", "max_attempts"):
+    for key in ("workers", "max_attempts", "max_connections"):
         if key in raw:
             _expect(
                 isinstance(raw[key], int) and not isinstance(raw[key], bool),
@@ -132,6 +136,13 @@ def load(path: Path | None, overrides: Mapping[str, Any]) -> Settings:
     if "grace" in raw:
         _expect(isinstance(raw["grace"], int | float), f"{where}: grace must be a number of seconds")
         settings.grace = float(raw["grace"])
+    if "idle_timeout" in raw:
+        value = raw["idle_timeout"]
+        _expect(
+            isinstance(value, int | float) and not isinstance(value, bool),
+            f"{where}: idle_timeout must be a number of seconds",
+        )
+        settings.idle_timeout = float(value)
     if "log_level" in raw:
         settings.log_level = str(raw["log_level"])
     if "cgroups" in raw:
@@ -155,6 +166,12 @@ def validate(settings: Settings) -> None:
     _expect(settings.workers >= 1, f"workers must be at least 1, got {settings.workers}")
     _expect(settings.grace >= 0, f"grace must be zero or more seconds, got {settings.grace}")
     _expect(settings.max_attempts >= 1, f"max_attempts must be at least 1, got {settings.max_attempts}")
+    _expect(
+        settings.idle_timeout >= 0, f"idle_timeout must be zero or more seconds, got {settings.idle_timeout}"
+    )
+    _expect(
+        settings.max_connections >= 1, f"max_connections must be at least 1, got {settings.max_connections}"
+    )
     for name, p in settings.priorities.items():
         _expect(
             PRIORITY_MIN <= p <= PRIORITY_MAX,

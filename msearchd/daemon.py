@@ -27,7 +27,7 @@ from msearchd.httpshim import (
 )
 from msearchd.rpc import Listener, RpcServer, SocketRefused
 from msearchd.service import TaskService
-from msearchd.store import Store, UnusableStore
+from msearchd.store import Store, UnusableStore, disk_full
 from msearchd.trust import folder_problem
 from msearchd.workers import Reaper, WorkerPool, kill_leftovers
 
@@ -119,10 +119,14 @@ def lock_state_dir(state_dir: Path) -> IO[str]:
         holder = lock.read().strip() or "unknown"
         lock.close()
         raise StartupError(f"another msearchd (pid {holder}) is using the state folder {state_dir}") from None
-    lock.seek(0)
-    lock.truncate()
-    lock.write(str(os.getpid()))
-    lock.flush()
+    try:  # the pid only names the holder in the message above: a full disk need not stop the start
+        lock.seek(0)
+        lock.truncate()
+        lock.write(str(os.getpid()))
+        lock.flush()
+    except OSError as exc:
+        if not disk_full(exc):
+            raise
     return lock
 
 
@@ -133,6 +137,18 @@ def claim_socket(path: Path) -> Listener:
         raise StartupError(str(exc)) from None
     except OSError as exc:
         raise StartupError(f"cannot listen on {path}: {exc.strerror or exc}") from None
+
+
+def no_room(folder: Path) -> bool:
+    """True when the disk holding `folder` has no block left for this user."""
+    try:
+        return os.statvfs(folder).f_bavail == 0
+    except OSError:
+        return False
+
+
+def full_disk(state_dir: Path, exc: Exception, what: str) -> str:
+    return f"the disk holding {state_dir} is full ({exc}): {what}; free some space and start msearchd again"
 
 
 def bind_http(address: ListenAddress) -> socket.socket:
@@ -170,7 +186,13 @@ async def serve(
     prepare_state_dir(settings)
     lock = lock_state_dir(settings.state_dir)
     http_sock = bind_http(http) if http is not None else None
-    store = Store(settings.db_path)
+    try:
+        store = Store(settings.db_path)
+    except Exception as exc:
+        # SQLite says only "disk I/O error" when it cannot make its shared-memory file on a full disk.
+        if disk_full(exc) or no_room(settings.state_dir):
+            raise StartupError(full_disk(settings.state_dir, exc, "cannot open the task store")) from None
+        raise
     # After what may fail: a refusal leaves no socket file. A socket the service manager handed over is
     # its own: it stays when the daemon stops.
     listener = Listener.adopt(activated[0]) if activated else claim_socket(settings.socket_path)
@@ -178,7 +200,14 @@ async def serve(
     if killed:
         log.warning("killed %d process(es) left behind by a previous daemon", killed)
     service = TaskService(store, settings)
-    service.recover()
+    try:
+        service.recover()
+    except Exception as exc:
+        store.close()
+        if disk_full(exc):
+            what = "cannot settle the tasks a previous daemon left running"
+            raise StartupError(full_disk(settings.state_dir, exc, what)) from None
+        raise
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

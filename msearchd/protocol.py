@@ -1,8 +1,31 @@
 """The wire: framing and message schema, shared by the daemon and every client so they cannot drift.
 
-A frame is a 4-byte big-endian length followed by one msgpack map. Requests are
-``{id, method, params}``; answers ``{id, result}`` or ``{id, error: {code, message}}``. A connection
-starts with ``hello``; ``subscribe`` turns it into a stream of ``{event: {...}}`` frames.
+A frame is a 4-byte big-endian length followed by one msgpack map, of at most MAX_FRAME bytes.
+Requests are ``{id, method, params}``; answers ``{id, result}`` or ``{id, error: {code, message}}``.
+A connection starts with ``hello``; ``subscribe`` turns it into a stream of ``{event: {...}}`` frames,
+and a request sent on it after the ``subscribe`` is answered with a ``protocol_error`` and the
+connection is closed.
+
+Request ids. An ``id`` is an integer from 0 to 2**63 - 1, chosen by the client; it must differ from
+the id of every request of the connection not yet answered (it may be used again once answered). A
+request with any other id (null, a string, a float, a negative or larger number, a duplicate) is not
+run: it is answered with a ``protocol_error`` whose id is null, and the connection goes on. An
+answer with a null id also reports a frame that could not be read (then the connection is closed).
+
+Order. Match answers to requests by id: they may come out of order. Requests on one connection take
+effect in the order they were sent, and those that arrive together are committed together, each
+answered only once what it reports is durable. A ``wait`` changes nothing, so the requests behind
+it are served while it waits: their answers come before its own. A call that must finish work
+before it answers (``cancel`` of a running task, ``cancel_all``, ``cancel_by_type``,
+``retry_failed``) holds back the requests behind it until it is done, so that they see its effect.
+
+Limits. A connection may have at most 1,000 calls waiting for their answer (more are read once some
+are answered), and the daemon stops reading from a connection that has 256 KiB of requests it has
+not answered yet, or that does not read its answers, until it catches up. Connections idle for the
+daemon's ``idle_timeout`` are closed (one with a call under way or a subscription is not idle), and
+beyond its connection limit the connection idle longest is closed to make room, or, if none is idle,
+the new one gets a null-id ``unavailable`` error and is closed.
+
 docs/protocol.md describes it for clients in other languages; a test holds it to `METHODS`.
 """
 
@@ -24,6 +47,7 @@ if TYPE_CHECKING:  # asyncio costs the blocking CLI client ~15 ms of start-up
 
 PROTOCOL_VERSION = 1
 MAX_FRAME = 16 * 1024 * 1024
+MAX_ID = 2**63 - 1
 _HEADER = struct.Struct(">I")
 
 
@@ -90,8 +114,13 @@ class FrameBuffer:
     def __init__(self) -> None:
         self._buffer = bytearray()
         self._start = 0  # where the first unread frame begins
+        self.taken = 0  # frames returned so far: the number of the next one
 
     def feed(self, data: bytes) -> None:
+        if self._start == len(self._buffer):
+            self._buffer = bytearray(data)  # a fresh one: a large frame's memory is given back
+            self._start = 0
+            return
         if self._start:
             del self._buffer[: self._start]
             self._start = 0
@@ -100,6 +129,21 @@ class FrameBuffer:
     def pending(self) -> bool:
         """True when bytes of a message not yet returned are buffered."""
         return len(self._buffer) > self._start
+
+    def buffered(self) -> int:
+        """Bytes received and not yet returned as messages."""
+        return len(self._buffer) - self._start
+
+    def has_message(self) -> bool:
+        """True when a whole frame is buffered."""
+        size = self.head_size()
+        return 0 < size <= len(self._buffer) - self._start
+
+    def head_size(self) -> int:
+        """The size, header included, of the next frame as far as its header is known (0 before)."""
+        if len(self._buffer) - self._start < _HEADER.size:
+            return 0
+        return _HEADER.size + _HEADER.unpack_from(self._buffer, self._start)[0]
 
     def next(self) -> dict[str, Any] | None:
         """The next whole message, or None until more bytes arrive; ProtocolError for a bad frame."""
@@ -113,6 +157,7 @@ class FrameBuffer:
         if len(buffer) < end:
             return None
         self._start = end
+        self.taken += 1
         with memoryview(buffer) as view:  # released before the buffer is resized: no copy of the frame
             return decode(view[start + _HEADER.size : end])
 
@@ -272,6 +317,13 @@ def check_params(method: str, params: object) -> dict[str, Any]:
             kinds = " or ".join("null" if k is type(None) else k.__name__ for k in p.kinds)
             raise InvalidArgument(f"parameter {p.name!r} of {method} must be {kinds}, got {value!r}")
     return params
+
+
+def check_id(value: object) -> int:
+    """A request's id, if it is one a request may have (see the module's documentation)."""
+    if type(value) is not int or not 0 <= value <= MAX_ID:
+        raise ProtocolError(f"a request id must be an integer from 0 to 2**63 - 1, got {value!r}")
+    return value
 
 
 def request(req_id: int, method: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:

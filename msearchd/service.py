@@ -36,7 +36,7 @@ from msearchd.model import (
 )
 from msearchd.protocol import PROTOCOL_VERSION, check_params
 from msearchd.scheduler import Scheduler
-from msearchd.store import WAITING, Store
+from msearchd.store import WAITING, Store, disk_full
 from msearchd.workers import Outcome, WorkerPool
 
 log = logging.getLogger("msearchd.service")
@@ -66,6 +66,7 @@ LEASE_MAX = 64
 DURATION_SAMPLES = 3  # runs of a type before its duration is trusted
 DURATION_WEIGHT = 0.2  # of the newest run in the moving mean
 SUBSCRIBER_BUFFER = 10_000
+DISPATCH_RETRY_MAX = 30.0  # seconds between tries of a dispatch that keeps failing
 
 
 class Subscription:
@@ -628,15 +629,36 @@ class TaskService:
     # --- dispatch -----------------------------------------------------------------------------------
 
     async def run_dispatcher(self) -> None:
-        """Start pending tasks whenever a worker is idle; sleeps until something changes."""
+        """Start pending tasks whenever a worker is idle; sleeps until something changes.
+
+        A failure (a full disk, or a bug) must not stop all work: it is retried, less and less often
+        while it lasts, and logged once when it starts and once when it ends.
+        """
+        failures = 0
         while not self._stopping:
             self._wake.clear()
             try:
                 self._dispatch_ready()
-            except Exception:  # a bug here must not stop all work; it is logged, and retried
-                log.exception("dispatching failed")
-                await asyncio.sleep(1.0)
+            except Exception as exc:
+                failures += 1
+                delay = min(DISPATCH_RETRY_MAX, 2.0 ** (failures - 1))
+                if failures > 1:
+                    log.debug("dispatching still fails (attempt %d); next try in %g s", failures, delay)
+                elif disk_full(exc):
+                    log.error(
+                        "cannot record outcomes nor start tasks: the disk holding %s is full (%s); "
+                        "retrying until there is room",
+                        self.settings.state_dir,
+                        exc,
+                    )
+                else:
+                    log.exception("dispatching failed; retrying until it works")
+                await asyncio.sleep(delay)
                 self._wake.set()
+            else:
+                if failures:
+                    log.info("dispatching works again, after %d failed attempts", failures)
+                    failures = 0
             await self._wake.wait()
 
     def _dispatch_ready(self) -> None:

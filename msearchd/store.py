@@ -7,6 +7,7 @@ commit is in the WAL before the call returns. Only a power loss can drop the las
 from __future__ import annotations
 
 import contextlib
+import errno
 import heapq
 import itertools
 import os
@@ -142,6 +143,13 @@ def _row_to_task(row: Sequence[Any]) -> Task:
         finished_at=row[15],
         worker_pid=row[16],
     )
+
+
+def disk_full(exc: BaseException) -> bool:
+    """True when `exc` says the disk (or the quota) holding the store has no room left."""
+    if isinstance(exc, sqlite3.Error):
+        return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def _marks(n: int) -> str:

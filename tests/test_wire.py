@@ -191,3 +191,63 @@ def test_other_users_are_refused(daemon):
             path.chmod(mode)
     daemon.wait_for_log("refused a connection from uid 65534")
     still_serving(daemon)
+
+
+@pytest.mark.parametrize("bad_id", [None, "7", 1.0, -1, 2**63, True, [1]], ids=repr)
+def test_a_request_id_must_be_an_integer_from_0_to_2_63(daemon, bad_id):
+    sock = raw(daemon)
+    hello(sock)
+    sock.sendall(frame({"id": bad_id, "method": "submit", "params": {"type": "file_scan"}}))
+    reply = answer(sock)
+    assert reply["id"] is None
+    assert reply["error"]["code"] == "protocol_error"
+    assert "a request id must be an integer from 0 to 2**63 - 1" in reply["error"]["message"]
+    sock.sendall(frame({"id": 2**63 - 1, "method": "count", "params": {}}))
+    assert answer(sock) == {"id": 2**63 - 1, "result": 0}  # refused requests were not run
+
+
+def test_an_id_in_use_by_a_request_not_yet_answered_is_refused(daemon, client, fifo):
+    gate = fifo("gate")
+    task = client.submit("command", {"argv": ["sh", "-c", f"read line < {gate}"]}, priority=0)
+    sock = raw(daemon)
+    hello(sock)
+    sock.sendall(
+        frame({"id": 5, "method": "wait", "params": {"task_ids": [task["id"]]}})
+        + frame({"id": 5, "method": "submit", "params": {"type": "file_scan"}})
+        + frame({"id": 6, "method": "count", "params": {"type": "file_scan"}})
+    )
+    refused = answer(sock)
+    assert refused["id"] is None and refused["error"]["code"] == "protocol_error"
+    assert "request id 5 is already used" in refused["error"]["message"]
+    assert answer(sock) == {"id": 6, "result": 0}
+    gate.write()
+    waited = answer(sock)
+    assert waited["id"] == 5 and waited["result"]["tasks"][0]["status"] == "completed"
+    sock.sendall(frame({"id": 5, "method": "count", "params": {}}))  # answered: free again
+    assert answer(sock) == {"id": 5, "result": 1}
+
+
+def test_a_request_sent_behind_subscribe_is_answered_with_an_error(daemon):
+    sock = raw(daemon)
+    hello(sock)
+    sock.sendall(
+        frame({"id": 1, "method": "subscribe", "params": {}})
+        + frame({"id": 2, "method": "stats", "params": {}})
+    )
+    assert answer(sock) == {"id": 1, "result": {"subscribed": True}}
+    refused = answer(sock)
+    assert refused["id"] == 2 and refused["error"]["code"] == "protocol_error"
+    assert "carries the events of its subscription" in refused["error"]["message"]
+    assert answer(sock) is None  # closed
+    still_serving(daemon)
+
+
+def test_a_request_sent_later_on_a_subscribed_connection_is_answered_with_an_error(daemon):
+    sock = raw(daemon)
+    hello(sock)
+    sock.sendall(frame({"id": 1, "method": "subscribe", "params": {}}))
+    assert answer(sock) == {"id": 1, "result": {"subscribed": True}}
+    sock.sendall(frame({"id": 2, "method": "count", "params": {}}))
+    refused = answer(sock)
+    assert refused["id"] == 2 and "carries the events" in refused["error"]["message"]
+    assert answer(sock) is None
