@@ -241,7 +241,7 @@ class RpcServer:
     def stop_accepting(self) -> None:
         """Take no new connections, and answer new requests on open ones with `unavailable`."""
         self.stopping = True
-        if self._listener is not None:
+        if self._listener is not None and self._listener.sock.fileno() != -1:
             asyncio.get_running_loop().remove_reader(self._listener.sock.fileno())
             self._listener.sock.close()  # released (its path removed, its lock let go) by close()
 
