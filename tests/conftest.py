@@ -38,6 +38,8 @@ stepper = "handlers:stepper"
 spawner = "handlers:spawner"
 stubborn = "handlers:stubborn"
 polite = "handlers:polite"
+tidy = "handlers:tidy"
+dawdler = "handlers:dawdler"
 heavy = "msearchd.handlers.command:run"
 chatty = "handlers:chatty"
 forker = "handlers:forker"
@@ -53,6 +55,7 @@ class Daemon:
     grace: float | None  # None: no --grace flag, the configured or default grace applies
     config: Path
     extra_args: tuple[str, ...] = ()
+    extra_env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[str] | None = None
     lines: list[str] = field(default_factory=list)
     _logged: threading.Condition = field(default_factory=threading.Condition)
@@ -71,6 +74,7 @@ class Daemon:
         env.update(
             MSEARCH_SOCKET=str(self.socket), MSEARCH_STATE_DIR=str(self.state_dir), PYTHONPATH=str(TESTS)
         )
+        env.update(self.extra_env)
         return env
 
     def start(self) -> Daemon:
@@ -155,7 +159,8 @@ class Daemon:
 def make_daemon() -> Iterator[Any]:
     """Factory: make_daemon(workers=2, grace=1.0, ...) -> a started Daemon.
 
-    `settings` are top-level TOML keys, `config_extra` further tables after [handlers].
+    `settings` are top-level TOML keys, `config_extra` further tables after [handlers], `env` variables
+    added to (or replacing) the daemon's environment.
     """
     made: list[Daemon] = []
     roots: list[Path] = []
@@ -167,13 +172,16 @@ def make_daemon() -> Iterator[Any]:
         settings: str = "",
         start: bool = True,
         extra_args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
     ) -> Daemon:
         # Short paths: a Unix socket path is limited to 107 bytes.
         root = Path(tempfile.mkdtemp(prefix="ms-", dir="/tmp"))
         roots.append(root)
         config = root / "msearchd.toml"
         config.write_text(settings + HANDLERS_TOML + config_extra)
-        d = Daemon(root=root, workers=workers, grace=grace, config=config, extra_args=extra_args)
+        d = Daemon(
+            root=root, workers=workers, grace=grace, config=config, extra_args=extra_args, extra_env=env or {}
+        )
         made.append(d)
         return d.start() if start else d
 
