@@ -109,8 +109,8 @@ def tidy(ctx: TaskContext, data: dict[str, Any]) -> None:
             time.sleep(0.005)
         clean_up()
         return
-    _tell(data["started"], "up")
-    try:
+    try:  # from before it tells the test it runs: the interrupt may come at once
+        _tell(data["started"], "up")
         while True:
             time.sleep(3600)
     finally:
