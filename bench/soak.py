@@ -5,8 +5,9 @@ interruption in between.
     .venv/bin/python bench/soak.py --seconds 180
 
 Load (one client thread each, reconnecting after every kill): single submits, pipelined submits,
-priority and cancel storms on tasks that can never start, bulk cancels (now and then with --running),
-retries of failed tasks, and cancels of running tasks. The tasks are `command`s that append their
+priority and cancel storms on tasks that can never start, bulk cancels (now and then a burst of short
+commands followed at once by cancel-all --running), retries of failed tasks, and cancels of running
+tasks. The tasks are `command`s that append their
 MSEARCH_TASK_ID to a file when they start (some sleep, some fail), and `parked` tasks, blocked for
 good behind a task that always fails.
 
@@ -19,7 +20,8 @@ What is checked once the time is up, on a restarted daemon:
 - a task whose id is in the file more than once was interrupted in between as often: its history has
   a `requeued` entry for each interruption by a daemon stop, and its attempts count every run.
 
-It prints its figures and exits 1 when something acknowledged was lost or a rerun is unexplained.
+It prints its figures and exits 1 when something acknowledged was lost, a rerun is unexplained, or a
+task a cancel stopped ended `failed`.
 It is not a test: pytest does not collect it, and the figures depend on the machine.
 """
 
@@ -189,9 +191,11 @@ class Load(threading.Thread):
 
     # --- what tasks are submitted -------------------------------------------------------------------
 
-    def command(self) -> dict[str, Any]:
-        pause = self.rng.choice(["0", "0", "0", "0.05", "0.3", "1.5"])
-        code = 1 if self.rng.random() < 0.2 else 0
+    def command(self, pause: str | None = None, code: int | None = None) -> dict[str, Any]:
+        if pause is None:
+            pause = self.rng.choice(["0", "0", "0", "0.05", "0.3", "1.5"])
+        if code is None:
+            code = 1 if self.rng.random() < 0.2 else 0
         script = f'echo "$MSEARCH_TASK_ID" >> {self.runs}; sleep {pause}; exit {code}'
         return {
             "type": "command",
@@ -231,6 +235,10 @@ class Load(threading.Thread):
 
     def step_pipeliner(self, client: Client) -> None:
         specs = [self.command() if self.rng.random() < 0.3 else self.parked(client) for _ in range(200)]
+        self.pipelined(client, specs, "pipelined")
+        self.stopping.wait(self.rng.uniform(0.2, 1.0))
+
+    def pipelined(self, client: Client, specs: list[dict[str, Any]], how: str) -> None:
         pipeline = client.pipeline()
         for spec in specs:
             pipeline.submit(
@@ -245,8 +253,7 @@ class Load(threading.Thread):
                     self.ledger.count(f"submits refused ({answer.code})")
                     self.anchor = None
                 else:
-                    self.ledger.submit_acknowledged(answer, "pipelined")
-        self.stopping.wait(self.rng.uniform(0.2, 1.0))
+                    self.ledger.submit_acknowledged(answer, how)
 
     def step_storm(self, client: Client) -> None:
         """Priority changes, then cancels, in bursts, on parked tasks of its own."""
@@ -287,13 +294,16 @@ class Load(threading.Thread):
         self.stopping.wait(self.rng.uniform(0.5, 3.0))
         sent = self.ledger.now()
         roll = self.rng.random()
-        if roll < 0.5:
+        if roll < 0.4:
             client.cancel_by_type(PARKED)
             what = "cancel-by-type parked"
-        elif roll < 0.9:
+        elif roll < 0.75:
             client.cancel_all()
             what = "cancel-all"
         else:
+            # Short commands flooding the workers, then everything stopped at once, running or not.
+            burst = [self.command(pause="0", code=0) for _ in range(self.rng.choice([20, 300]))]
+            self.pipelined(client, burst, "burst")
             client.cancel_all(running=True)
             what = "cancel-all --running"
         with self.ledger.lock:
@@ -400,6 +410,12 @@ def check(
         t["id"]
         for t in tasks.values()
         if t["status"] == "failed" and "before reporting how this task ended" in (t["error"] or "")
+    ]
+    # Nothing kills a worker here but a cancel or a kill of the daemon (after which its tasks are
+    # requeued): a task failed this way was stopped by a cancel and must have ended cancelled.
+    problems += [
+        f"{task_id}: failed ('killed before reporting') where a cancel stopped it"
+        for task_id in killed_unreported
     ]
     figures = {
         "tasks in the store": len(tasks),
