@@ -235,16 +235,25 @@ def daemon(make_daemon: Any) -> Daemon:
     return make_daemon()
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+def _no_skip_under_ci(report: pytest.TestReport | pytest.CollectReport) -> None:
     """Under CI=true a skip fails: every skip here is for a missing tool, file or privilege, which CI
     must provide, so that a test cannot pass there by not running. An expected failure is no skip."""
-    outcome = yield
-    report = outcome.get_result()
     if os.environ.get("CI") == "true" and report.skipped and not hasattr(report, "wasxfail"):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
         report.longrepr = f"skipped under CI=true, where nothing may be missing: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    _no_skip_under_ci(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
+    outcome = yield
+    _no_skip_under_ci(outcome.get_result())  # a module skipped whole, as by pytest.importorskip
 
 
 @pytest.fixture
