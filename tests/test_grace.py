@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from support import dead
 
+from msearchd.client import Client
 from msearchd.errors import MsearchError
 from msearchd.store import Store
 
@@ -27,8 +28,6 @@ class Cancel(threading.Thread):
 
     def run(self) -> None:
         try:
-            from msearchd.client import Client
-
             with Client(self.socket) as c:
                 self.answer = c.cancel(self.task_id, running=True)
         except BaseException as exc:
