@@ -39,6 +39,8 @@ stepper = "handlers:stepper"
 spawner = "handlers:spawner"
 stubborn = "handlers:stubborn"
 polite = "handlers:polite"
+tidy = "handlers:tidy"
+dawdler = "handlers:dawdler"
 heavy = "msearchd.handlers.command:run"
 chatty = "handlers:chatty"
 forker = "handlers:forker"
@@ -51,7 +53,7 @@ class Daemon:
 
     root: Path
     workers: int
-    grace: float
+    grace: float | None  # None: no --grace flag, the configured or default grace applies
     config: Path
     extra_args: tuple[str, ...] = ()
     cwd: Path | None = None  # the folder it is started in (default: the test run's)
@@ -84,8 +86,7 @@ class Daemon:
                 MSEARCHD,
                 "--workers",
                 str(self.workers),
-                "--grace",
-                str(self.grace),
+                *(("--grace", str(self.grace)) if self.grace is not None else ()),
                 "--config",
                 str(self.config),
                 "--log-level",
@@ -161,14 +162,15 @@ class Daemon:
 def make_daemon() -> Iterator[Any]:
     """Factory: make_daemon(workers=2, grace=1.0, ...) -> a started Daemon.
 
-    `settings` are top-level TOML keys, `config_extra` further tables after [handlers].
+    `settings` are top-level TOML keys, `config_extra` further tables after [handlers], `env` variables
+    added to (or replacing) the daemon's environment.
     """
     made: list[Daemon] = []
     roots: list[Path] = []
 
     def factory(
         workers: int = 2,
-        grace: float = 1.0,
+        grace: float | None = 1.0,
         config_extra: str = "",
         settings: str = "",
         start: bool = True,
@@ -257,6 +259,27 @@ def left_behind(state_dirs: list[Path], timeout: float = 10.0) -> list[str]:
 @pytest.fixture
 def daemon(make_daemon: Any) -> Daemon:
     return make_daemon()
+
+
+def _no_skip_under_ci(report: pytest.TestReport | pytest.CollectReport) -> None:
+    """Under CI=true a skip fails: every skip here is for a missing tool, file or privilege, which CI
+    must provide, so that a test cannot pass there by not running. An expected failure is no skip."""
+    if os.environ.get("CI") == "true" and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI=true, where nothing may be missing: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    _no_skip_under_ci(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
+    outcome = yield
+    _no_skip_under_ci(outcome.get_result())  # a module skipped whole, as by pytest.importorskip
 
 
 @pytest.fixture

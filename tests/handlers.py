@@ -92,6 +92,52 @@ def polite(ctx: TaskContext, data: dict[str, Any]) -> None:
     ctx.set_operation("cleaning up after cancel")
 
 
+def tidy(ctx: TaskContext, data: dict[str, Any]) -> None:
+    """Cleans up after a cancel: tells data.told that the cancel reached it, waits for a line on
+    data.gate, works data.cleanup seconds, then writes data.done (each step if given). With
+    data.cooperative it watches ctx.cancelled and returns; otherwise it is interrupted and cleans up
+    on its way out."""
+
+    def clean_up() -> None:
+        _tell(data.get("told"), "cancelled")
+        if data.get("gate"):
+            with open(data["gate"]) as gate:
+                gate.readline()
+        time.sleep(data.get("cleanup", 0))
+        with open(data["done"], "w") as done:
+            done.write("cleaned up\n")
+
+    if data.get("cooperative"):
+        _ = ctx.cancelled
+        _tell(data["started"], "up")
+        while not ctx.cancelled:
+            time.sleep(0.005)
+        clean_up()
+        return
+    try:  # from before it tells the test it runs: the interrupt may come at once
+        _tell(data["started"], "up")
+        while True:
+            time.sleep(3600)
+    finally:
+        clean_up()
+
+
+def dawdler(ctx: TaskContext, data: dict[str, Any]) -> None:
+    """Never stops by itself: once it sees the cancel, it appends each of data.marks (seconds after
+    that moment, by its own clock) to data.record when that moment comes, then waits for SIGKILL."""
+    _ = ctx.cancelled
+    _tell(data.get("started"), "up")
+    while not ctx.cancelled:
+        time.sleep(0.005)
+    seen = time.monotonic()
+    for mark in sorted(data["marks"]):
+        time.sleep(max(0.0, seen + mark - time.monotonic()))
+        with open(data["record"], "a") as f:
+            f.write(f"{mark}\n")
+    while True:
+        time.sleep(3600)
+
+
 def chatty(ctx: TaskContext, data: dict[str, Any]) -> None:
     """Reports progress as fast as it can."""
     n = int(data["reports"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 
@@ -222,7 +223,10 @@ def test_history_records_requests_and_who_asked(make_daemon, fifo):
         held = c.submit("command", {"argv": ["sh", "-c", f"read x < {gate}"]}, priority=0)
         c.wait([held["id"]], statuses=["running"], timeout=20)
         task = c.submit("fail", {"message": "nope"}, priority=9)
-    assert d.ctl("tasks", "priority", task["id"], "4").returncode == 0
+    ctl = subprocess.Popen(
+        [MSEARCHCTL, "tasks", "priority", task["id"], "4"], env=d.env, stdout=subprocess.DEVNULL
+    )
+    assert ctl.wait(timeout=60) == 0
     gate.write()
     with d.client() as c:
         c.wait([task["id"]], timeout=20)
@@ -233,7 +237,8 @@ def test_history_records_requests_and_who_asked(make_daemon, fifo):
     assert entries[0]["priority"] == 9
     change = entries[1]
     assert (change["old"], change["new"]) == (9, 4)
-    assert change["uid"] is not None and change["pid"] not in (None, d.proc.pid)
+    assert (change["uid"], change["pid"]) == (os.getuid(), ctl.pid)
+    assert (entries[4]["uid"], entries[4]["pid"]) == (os.getuid(), os.getpid())
     assert entries[3]["error"] == "nope"
     assert entries[4]["new_task_id"] == new_id
     times = [e["time"] for e in entries]

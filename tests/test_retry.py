@@ -13,19 +13,31 @@ def failed_task(client, **kw):
     return task
 
 
-def test_retry_creates_a_linked_copy(client):
-    old = failed_task(client, priority=4)
-    answer = client.retry(old["id"])
-    assert answer["task_id"] == old["id"]
-    new = client.get(answer["new_task_id"])
-    assert new["id"] != old["id"]
-    assert (new["type"], new["data"], new["priority"]) == ("fail", {"message": "disk full"}, 4)
-    assert new["retry_of"] == old["id"]
-    assert new["attempts"] == 0 or new["status"] != "pending"
-    original = client.get(old["id"])
-    assert original["retried_as"] == new["id"]
-    assert original["status"] == "failed"  # retry never revives a task
-    assert original["error"] == "disk full"
+def test_retry_creates_a_linked_copy(make_daemon, fifo):
+    d = make_daemon(workers=1)
+    gate = fifo("gate")
+    with d.client() as client:
+        first, second = client.submit("noop")["id"], client.submit("noop")["id"]
+        assert not client.wait([first, second], timeout=20)["timed_out"]
+        old = failed_task(client, priority=4, depends_on=[first, second])
+        # The only worker is held: the copy stays as the retry made it.
+        held = client.submit("command", {"argv": ["sh", "-c", f"read line < {gate}"]}, priority=0)
+        client.wait([held["id"]], statuses=["running"], timeout=20)
+        answer = client.retry(old["id"])
+        assert answer["task_id"] == old["id"]
+        new = client.get(answer["new_task_id"])
+        assert new["id"] != old["id"]
+        assert (new["type"], new["data"], new["priority"]) == ("fail", {"message": "disk full"}, 4)
+        assert new["depends_on"] == [first, second]
+        assert new["retry_of"] == old["id"]
+        assert (new["status"], new["attempts"], new["error"], new["started_at"]) == ("pending", 0, None, None)
+        original = client.get(old["id"])
+        assert original["retried_as"] == new["id"]
+        assert original["status"] == "failed"  # retry never revives a task
+        assert (original["error"], original["attempts"]) == ("disk full", 1)
+        gate.write()
+        ended = client.wait([new["id"]], timeout=20)["tasks"][0]
+        assert (ended["status"], ended["attempts"]) == ("failed", 1)
 
 
 def test_only_failed_tasks_can_be_retried(client):
