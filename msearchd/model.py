@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -26,6 +27,12 @@ FALLBACK_PRIORITY = 6
 
 _TYPE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
 _ID_RE = re.compile(r"^(?:task_)?0*([0-9]{1,18})$")
+# Ids, offsets and counts are SQLite integers: signed 64-bit.
+INT_MAX = 2**63 - 1
+# Task data is shown as JSON by `--json` and the REST shim, and a page of 100 tasks must fit a 16 MiB
+# frame: data nested deeper, or larger (as msgpack), is refused at submit.
+DATA_DEPTH_MAX = 64
+DATA_BYTES_MAX = 64 * 1024
 
 
 class TaskStatus(StrEnum):
@@ -83,8 +90,10 @@ def parse_task_id(value: object) -> int:
     if isinstance(value, bool):
         raise InvalidArgument(f"invalid task id {value!r}: expected task_<n> or <n>")
     if isinstance(value, int):
-        if value > 0:
+        if 0 < value <= INT_MAX:
             return value
+        if value > INT_MAX:
+            raise InvalidArgument(f"invalid task id {value}: ids are at most {INT_MAX}")
         raise InvalidArgument(f"invalid task id {value}: ids start at 1")
     if isinstance(value, str):
         m = _ID_RE.match(value.strip())
@@ -101,6 +110,62 @@ def validate_priority(value: object) -> int:
     if not PRIORITY_MIN <= value <= PRIORITY_MAX:
         raise InvalidArgument(f"priority must be from {PRIORITY_MIN} to {PRIORITY_MAX}, got {value}")
     return value
+
+
+def parse_task_ids(values: Iterable[object]) -> list[int]:
+    """Task ids in order, each once (a list may name a task twice)."""
+    return list(dict.fromkeys(parse_task_id(v) for v in values))
+
+
+def _data_path(path: tuple[str | int, ...], shown: int = 8) -> str:
+    """Where in the data: `data.files[2].name`; a deep path shows its first steps only."""
+    steps = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path[:shown])
+    return "data" + steps + ("…" if len(path) > shown else "")
+
+
+def validate_data(data: dict[str, Any]) -> None:
+    """Refuse task data that has no JSON form, so that every task can be listed and shown for good.
+
+    Allowed: maps with string keys, lists, strings, bytes (shown as text), integers, finite floats,
+    booleans and null; at most DATA_DEPTH_MAX levels deep and about DATA_BYTES_MAX bytes as msgpack.
+    """
+    size = 0
+    # An explicit stack: a recursive walk would meet Python's recursion limit before the depth bound.
+    stack: list[tuple[object, tuple[str | int, ...]]] = [(data, ())]
+    while stack:
+        value, path = stack.pop()
+        kind = type(value)
+        if kind is str or kind is bytes:
+            size += len(value)  # type: ignore[arg-type]
+        elif kind is int or kind is bool or value is None:
+            size += 1
+        elif kind is float:
+            if not math.isfinite(value):  # type: ignore[arg-type]
+                raise InvalidArgument(f"{_data_path(path)} is {value}: task data has no NaN or infinity")
+            size += 9
+        elif kind is dict or kind is list:
+            if len(path) >= DATA_DEPTH_MAX:
+                raise InvalidArgument(
+                    f"{_data_path(path)} is nested too deep: task data has at most {DATA_DEPTH_MAX} levels"
+                )
+            size += 1
+            if kind is dict:
+                for key, item in value.items():  # type: ignore[union-attr]
+                    if type(key) is not str:
+                        raise InvalidArgument(
+                            f"{_data_path(path)} has the key {key!r}: keys of task data are strings"
+                        )
+                    size += len(key)
+                    stack.append((item, (*path, key)))
+            else:
+                stack.extend((item, (*path, i)) for i, item in enumerate(value))  # type: ignore[arg-type]
+        else:
+            raise InvalidArgument(
+                f"{_data_path(path)} holds a msgpack {kind.__name__}: task data is limited to "
+                "maps, lists, strings, bytes, numbers, booleans and null"
+            )
+        if size > DATA_BYTES_MAX:
+            raise InvalidArgument(f"task data exceeds {DATA_BYTES_MAX // 1024} KiB")
 
 
 def validate_type(value: object) -> str:

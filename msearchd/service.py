@@ -23,6 +23,7 @@ from msearchd.config import Settings
 from msearchd.errors import InvalidArgument, InvalidState, MsearchError, NotFound
 from msearchd.handlers import command
 from msearchd.model import (
+    INT_MAX,
     TERMINAL,
     StopReason,
     Task,
@@ -31,6 +32,8 @@ from msearchd.model import (
     dependency_state,
     format_task_id,
     parse_task_id,
+    parse_task_ids,
+    validate_data,
     validate_priority,
     validate_type,
 )
@@ -247,6 +250,7 @@ class TaskService:
             data = {}
         if not isinstance(data, dict):
             raise InvalidArgument("task data must be a map")
+        validate_data(data)
         if task_type == "command" and "command" not in self.settings.handlers:
             command.validate(data)
         if priority is None:
@@ -268,7 +272,7 @@ class TaskService:
             }
         if not isinstance(depends_on, list):
             raise InvalidArgument("depends_on must be a list of task ids")
-        deps = [self._current_attempt(parse_task_id(d)) for d in dict.fromkeys(depends_on)]
+        deps = [self._current_attempt(d) for d in parse_task_ids(depends_on)]
         dep_tasks = {t.id: t for t in self.store.get_many(deps)}
         for dep in deps:
             if dep not in dep_tasks:
@@ -415,8 +419,8 @@ class TaskService:
     ) -> list[dict[str, Any]]:
         if not 1 <= limit <= LIST_LIMIT_MAX:
             raise InvalidArgument(f"limit must be from 1 to {LIST_LIMIT_MAX}, got {limit}")
-        if offset < 0:
-            raise InvalidArgument(f"offset must be zero or more, got {offset}")
+        if not 0 <= offset <= INT_MAX:
+            raise InvalidArgument(f"offset must be from 0 to {INT_MAX}, got {offset}")
         tasks = self.store.list(self._statuses(status), _type_filter(type), limit, offset)
         return [self.wire(t) for t in tasks]
 
@@ -936,7 +940,7 @@ class TaskService:
         self, task_ids: list[Any], statuses: list[Any] | None = None, timeout: float | None = None
     ) -> dict[str, Any]:
         """Block until every task is in one of `statuses` (default: finished), or the timeout passes."""
-        ids = list(dict.fromkeys(parse_task_id(t) for t in task_ids))
+        ids = parse_task_ids(task_ids)
         if not ids:
             raise InvalidArgument("wait needs at least one task id")
         wanted = frozenset(TaskStatus(s) for s in self._statuses(statuses) or []) or TERMINAL
