@@ -94,8 +94,9 @@ _UPDATABLE = frozenset(
     }
 )
 WAITING = (str(TaskStatus.PENDING), str(TaskStatus.BLOCKED))
-# Bound on how many ids one statement binds; SQLite's default limit is 32766.
-CHUNK = 5000
+# Bound on how many ids one statement binds: under the 999 variables of SQLite builds before 3.32
+# (32,766 since).
+CHUNK = 900
 # A commit that leaves the WAL this many pages long (16 MB) checkpoints it: copies it back into the
 # database file and fsyncs both. SQLite's default is 1,000; each checkpoint costs its two fsyncs
 # whatever its size, and a page rewritten many times is copied once, so 4,000 costs a write ~20% less
@@ -380,11 +381,16 @@ class Store:
         """(type, status, count) for every pair present."""
         return self._db.execute("SELECT type, status, count(*) FROM tasks GROUP BY status, type").fetchall()
 
-    def dependents(self, task_id: int, statuses: Sequence[str] = WAITING) -> list[int]:
+    def dependents(
+        self, task_id: int, statuses: Sequence[str] = WAITING, after: int = 0, limit: int = -1
+    ) -> list[int]:
+        """Dependents of `task_id` in these statuses, in id order: those with ids above `after`, at
+        most `limit` of them (no bound when negative)."""
         rows = self._db.execute(
             f"SELECT d.task_id FROM deps d JOIN tasks t ON t.id = d.task_id "
-            f"WHERE d.depends_on = ? AND t.status IN ({_marks(len(statuses))}) ORDER BY d.task_id",
-            (task_id, *statuses),
+            f"WHERE d.depends_on = ? AND d.task_id > ? AND t.status IN ({_marks(len(statuses))}) "
+            "ORDER BY d.task_id LIMIT ?",
+            (task_id, after, *statuses, limit),
         )
         return [r[0] for r in rows]
 
@@ -612,18 +618,20 @@ class Store:
         row = self._db.execute("SELECT max(id) FROM tasks").fetchone()
         return row[0] or 0
 
-    def replace_dependency(self, old: int, new: int) -> list[int]:
-        """Point every waiting dependent of `old` at `new`; returns those dependents."""
-        dependents = self.dependents(old)
-        if dependents:
+    def replace_dependency(self, old: int, new: int, limit: int = CHUNK) -> list[int]:
+        """Point up to `limit` waiting dependents of `old` at `new` (the first ones by id); returns them.
+        Call it until it returns fewer than `limit`: each call binds at most CHUNK ids."""
+        dependents = self.dependents(old, limit=limit)
+        for start in range(0, len(dependents), CHUNK):
+            part = dependents[start : start + CHUNK]
             self._db.execute(
                 f"UPDATE OR IGNORE deps SET depends_on = ? WHERE depends_on = ? "
-                f"AND task_id IN ({_marks(len(dependents))})",
-                (new, old, *dependents),
+                f"AND task_id IN ({_marks(len(part))})",
+                (new, old, *part),
             )
             self._db.execute(
-                f"DELETE FROM deps WHERE depends_on = ? AND task_id IN ({_marks(len(dependents))})",
-                (old, *dependents),
+                f"DELETE FROM deps WHERE depends_on = ? AND task_id IN ({_marks(len(part))})",
+                (old, *part),
             )
         return dependents
 
@@ -646,6 +654,18 @@ class Store:
         )
         assert cur.lastrowid is not None
         return cur.lastrowid
+
+    def delete_events(self, ids: Sequence[int]) -> None:
+        for start in range(0, len(ids), CHUNK):
+            part = list(ids[start : start + CHUNK])
+            self._db.execute(f"DELETE FROM task_events WHERE id IN ({_marks(len(part))})", part)
+
+    def bulk_requests(self, event: str) -> list[tuple[int, dict[str, Any]]]:
+        """(row id, detail) of the requests about many tasks recorded as `event`, oldest first."""
+        rows = self._db.execute(
+            "SELECT id, detail FROM task_events WHERE task_id IS NULL AND event = ? ORDER BY id", (event,)
+        )
+        return [(i, msgpack.unpackb(d, raw=False) if d else {}) for i, d in rows]
 
     def events(self, task_id: int) -> list[dict[str, Any]]:
         """A task's recorded requests, the bulk request that cancelled it among them."""
