@@ -150,3 +150,32 @@ def test_dependents_left_unsettled_by_a_stop_are_settled_at_the_next_start(make_
             c.get(orphans[cancelled][-1])["error"] == f"dependency {format_task_id(cancelled)} was cancelled"
         )
         assert c.get(orphans[done][-1])["status"] in ("pending", "running", "failed")
+
+
+def test_a_stop_during_a_bulk_cancel_answers_it_with_what_was_done(make_daemon):
+    daemon = make_daemon(workers=1)
+    with daemon.client() as c:
+        hold_worker(c)
+        for _ in range(10):
+            c.submit_many([{"type": "file_scan", "priority": 11} for _ in range(10_000)])
+        sock = raw(daemon)
+        hello(sock)
+        sock.sendall(frame({"id": 4, "method": "cancel_all", "params": {}}))
+        until(lambda: c.count(status="cancelled") > 0, "the start of the bulk cancel")
+        daemon.proc.terminate()
+    sock.settimeout(DEADLINE)
+    reply = answer(sock)
+    assert reply is not None and reply["id"] == 4, reply
+    assert reply["error"]["code"] == "unavailable", reply
+    message = reply["error"]["message"]
+    assert message.startswith("msearchd is stopping; "), message
+    assert message.endswith(" tasks were cancelled before it stopped, the others were not"), message
+    done = int(message.split("; ")[1].split()[0])
+    assert 0 < done < 100_000
+    assert daemon.proc.wait(timeout=DEADLINE) == 0
+    assert "Traceback" not in daemon.log
+    assert "ProgrammingError" not in daemon.log
+    daemon.start()
+    with daemon.client() as c:
+        assert c.count(status="cancelled") == done
+        assert c.count(status="pending") == 100_000 - done + 1  # the held task went back to the queue
