@@ -363,10 +363,16 @@ class TaskService:
             if not waiting:
                 return
             now = self.clock()
-            if len(waiting) == 1:
-                ids = [self.store.insert(**waiting[0][1], created_at=now)]
-            else:
-                ids = self.store.insert_many([spec for _, spec in waiting], now)
+            try:
+                if len(waiting) == 1:
+                    ids = [self.store.insert(**waiting[0][1], created_at=now)]
+                else:
+                    ids = self.store.insert_many([spec for _, spec in waiting], now)
+            except MsearchError as exc:  # the database is locked: each of them is told
+                for index, _ in waiting:
+                    results[index] = exc
+                waiting.clear()
+                return
             for (index, spec), task_id in zip(waiting, ids, strict=True):
                 results[index] = self._submitted(task_id, spec, now)
             waiting.clear()

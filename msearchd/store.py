@@ -16,6 +16,7 @@ from typing import Any
 
 import msgpack
 
+from msearchd.errors import Unavailable
 from msearchd.model import StopReason, Task, TaskStatus
 from msearchd.protocol import pack
 
@@ -103,6 +104,9 @@ CHUNK = 900
 # on average and takes the checkpoints out of the 99th percentile of control calls (one commit in
 # several hundred pays ~10 ms instead of one in ~150 paying ~5 ms).
 AUTOCHECKPOINT = 4000
+# How long a write waits for another process's lock on the database (sqlite3 run by hand, say) before
+# it is refused as unavailable: the wait holds the daemon's loop, so every client waits with it.
+BUSY_TIMEOUT_MS = 20
 
 
 def _pack(data: dict[str, Any]) -> bytes:
@@ -149,7 +153,7 @@ class Store:
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         self._db.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT}")
         self._depth = 0
         self._grouping = False  # inside group(): transactions are savepoints of one shared transaction
@@ -250,7 +254,7 @@ class Store:
                 raise
             self._depth = 0
             return
-        self._db.execute("BEGIN IMMEDIATE")
+        self._begin()
         self._depth = 1
         try:
             yield
@@ -296,8 +300,18 @@ class Store:
 
     def _begin_group(self) -> None:
         if not self._group_open:
-            self._db.execute("BEGIN IMMEDIATE")
+            self._begin()
             self._group_open = True
+
+    def _begin(self) -> None:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+                raise
+            raise Unavailable(
+                f"the database {self.path} is locked by another process; try again once it lets go"
+            ) from None
 
     def _run_after_commit(self) -> None:
         callbacks, self._after_commit = self._after_commit, []
