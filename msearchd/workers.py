@@ -667,7 +667,7 @@ class WorkerPool:
         survivors = await wait_gone(procs, _KILL_TIMEOUT)
         # What left the tree: started as daemons before the cancel, or children of what was just
         # killed; either way handed to the daemon.
-        left = strays(task_ref)
+        left = await asyncio.to_thread(strays, task_ref)  # a scan of /proc: not on the loop
         kill_all(left)
         survivors += await wait_gone(left, _KILL_TIMEOUT)
         if survivors:
