@@ -55,6 +55,11 @@ class Settings:
     priorities: dict[str, int] = field(default_factory=dict)
     handlers: dict[str, str] = field(default_factory=dict)
     type_limits: dict[str, int] = field(default_factory=dict)
+    # Retention: finished tasks older than this many days, or beyond this many, are removed with their
+    # history and logs; a running task's log is cut to its last half beyond log_max_mib. 0: no bound.
+    keep_days: float = 30.0
+    keep_tasks: int = 100_000
+    log_max_mib: float = 64.0
 
     @property
     def db_path(self) -> Path:
@@ -104,6 +109,9 @@ def load(path: Path | None, overrides: Mapping[str, Any]) -> Settings:
         "priorities",
         "handlers",
         "type_limits",
+        "keep_days",
+        "keep_tasks",
+        "log_max_mib",
     }
     unknown = set(raw) - known
     _expect(not unknown, f"{where}: unknown setting(s): {', '.join(sorted(unknown))}")
@@ -115,7 +123,7 @@ def load(path: Path | None, overrides: Mapping[str, Any]) -> Settings:
         settings.socket_path = Path(raw["socket"]).expanduser()
     if "state_dir" in raw and "MSEARCH_STATE_DIR" not in os.environ:
         settings.state_dir = Path(raw["state_dir"]).expanduser()
-    for key in ("workers", "max_attempts"):
+    for key in ("workers", "max_attempts", "keep_tasks"):
         if key in raw:
             _expect(
                 isinstance(raw[key], int) and not isinstance(raw[key], bool),
@@ -125,6 +133,13 @@ def load(path: Path | None, overrides: Mapping[str, Any]) -> Settings:
     if "grace" in raw:
         _expect(isinstance(raw["grace"], int | float), f"{where}: grace must be a number of seconds")
         settings.grace = float(raw["grace"])
+    for key in ("keep_days", "log_max_mib"):
+        if key in raw:
+            _expect(
+                isinstance(raw[key], int | float) and not isinstance(raw[key], bool),
+                f"{where}: {key} must be a number",
+            )
+            setattr(settings, key, float(raw[key]))
     if "log_level" in raw:
         settings.log_level = str(raw["log_level"])
     settings.priorities = _table(raw, "priorities", int, where)
@@ -142,6 +157,9 @@ def validate(settings: Settings) -> None:
     _expect(settings.workers >= 1, f"workers must be at least 1, got {settings.workers}")
     _expect(settings.grace >= 0, f"grace must be zero or more seconds, got {settings.grace}")
     _expect(settings.max_attempts >= 1, f"max_attempts must be at least 1, got {settings.max_attempts}")
+    _expect(settings.keep_days >= 0, f"keep_days must be zero or more, got {settings.keep_days}")
+    _expect(settings.keep_tasks >= 0, f"keep_tasks must be zero or more, got {settings.keep_tasks}")
+    _expect(settings.log_max_mib >= 0, f"log_max_mib must be zero or more, got {settings.log_max_mib}")
     for name, p in settings.priorities.items():
         _expect(
             PRIORITY_MIN <= p <= PRIORITY_MAX,

@@ -38,6 +38,7 @@ from msearchd.model import (
     validate_type,
 )
 from msearchd.protocol import PROTOCOL_VERSION, check_params
+from msearchd.retention import Retention
 from msearchd.scheduler import Scheduler
 from msearchd.store import WAITING, Store
 from msearchd.workers import Outcome, WorkerPool
@@ -186,6 +187,7 @@ class TaskService:
         self._checkpoints: set[asyncio.Task[None]] = set()
         self._fanouts: set[asyncio.Task[Fanned]] = set()
         self._deferred: list[asyncio.Future[Fanned]] | None = None  # see _deferring
+        self.retention = Retention(store, settings, self.log_path, self._running_ids, clock)
 
     def batch(self) -> AbstractContextManager[None]:
         """Requests made inside share one commit at the end (group commit); each stays atomic alone.
@@ -202,6 +204,9 @@ class TaskService:
         if task is None:
             raise NotFound(f"task {format_task_id(task_id)} does not exist")
         return task
+
+    def _running_ids(self) -> list[int]:
+        return [task.id for task in self.store.running()]
 
     def log_path(self, task_id: int) -> str:
         return f"{self._log_dir}/{format_task_id(task_id)}.log"

@@ -95,6 +95,14 @@ _UPDATABLE = frozenset(
     }
 )
 WAITING = (str(TaskStatus.PENDING), str(TaskStatus.BLOCKED))
+_FINISHED = "('completed', 'failed', 'cancelled')"
+# A finished task `t` nothing unfinished refers to: no waiting or running task depends on it, and its
+# retry (if any) has finished.
+_UNREFERENCED = (
+    "NOT EXISTS (SELECT 1 FROM deps d JOIN tasks w ON w.id = d.task_id WHERE d.depends_on = t.id "
+    "AND w.status IN ('pending', 'blocked', 'running')) AND (t.retried_as IS NULL OR NOT EXISTS "
+    "(SELECT 1 FROM tasks r WHERE r.id = t.retried_as AND r.status IN ('pending', 'blocked', 'running')))"
+)
 # Bound on how many ids one statement binds: under the 999 variables of SQLite builds before 3.32
 # (32,766 since).
 CHUNK = 900
@@ -698,6 +706,55 @@ class Store:
             }
             for when, event, detail, uid, pid in rows
         ]
+
+    # --- retention --------------------------------------------------------------------------------
+
+    def prunable(self, finished_before: float, keep: int, limit: int) -> list[int]:
+        """Up to `limit` finished tasks that may go, oldest first: finished before `finished_before`,
+        or beyond the newest `keep` finished ones (no bound when `keep` is negative); never one a
+        waiting or running task depends on, nor one whose retry has not finished.
+
+        It reads on a connection of its own, so it may run on another thread: the deletion
+        (`prune`) checks again, under the write lock, what may have changed meanwhile.
+        """
+        db = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            if keep < 0:
+                newest_kept = None
+            else:
+                row = db.execute(
+                    f"SELECT id FROM tasks WHERE status IN {_FINISHED} ORDER BY id DESC LIMIT 1 OFFSET ?",
+                    (keep,),
+                ).fetchone()
+                newest_kept = row[0] if row else None
+            rows = db.execute(
+                f"SELECT id FROM tasks t WHERE status IN {_FINISHED} AND (finished_at < ? OR id <= ?) "
+                f"AND {_UNREFERENCED} ORDER BY id LIMIT ?",
+                (finished_before, newest_kept if newest_kept is not None else 0, limit),
+            )
+            return [r[0] for r in rows]
+        finally:
+            db.close()
+
+    def prune(self, ids: Sequence[int]) -> list[int]:
+        """Remove those of `ids` still finished and unreferenced, with their dependencies and events;
+        returns the ones removed. Call it inside a transaction."""
+        removed: list[int] = []
+        for start in range(0, len(ids), CHUNK):
+            part = list(ids[start : start + CHUNK])
+            rows = self._db.execute(
+                f"DELETE FROM tasks AS t WHERE id IN ({_marks(len(part))}) AND status IN {_FINISHED} "
+                f"AND {_UNREFERENCED} RETURNING id",
+                part,
+            ).fetchall()
+            gone = [r[0] for r in rows]
+            if gone:
+                marks = _marks(len(gone))
+                self._db.execute(f"DELETE FROM deps WHERE task_id IN ({marks})", gone)
+                self._db.execute(f"DELETE FROM task_events WHERE task_id IN ({marks})", gone)
+            removed += gone
+        return sorted(removed)
 
     def running(self) -> list[Task]:
         return self._tasks(f"SELECT {_COLUMNS} FROM tasks WHERE status = 'running' ORDER BY id")
