@@ -123,49 +123,81 @@ def _data_path(path: tuple[str | int, ...], shown: int = 8) -> str:
     return "data" + steps + ("…" if len(path) > shown else "")
 
 
+class _Unfit(Exception):
+    """Task data without a JSON form: `_explain` says where."""
+
+
+def _measure(value: object, depth: int) -> int:
+    """About how many bytes `value` takes as msgpack; _Unfit if it has no JSON form (the fast path:
+    no record of where it is)."""
+    kind = type(value)
+    if kind is str or kind is bytes:
+        return len(value)  # type: ignore[arg-type]
+    if kind is int or kind is bool or value is None:
+        return 1
+    if kind is float:
+        if math.isfinite(value):  # type: ignore[arg-type]
+            return 9
+        raise _Unfit
+    if depth >= DATA_DEPTH_MAX:
+        raise _Unfit
+    size = 1
+    if kind is dict:
+        for key, item in value.items():  # type: ignore[union-attr]
+            if type(key) is not str:
+                raise _Unfit
+            size += len(key) + _measure(item, depth + 1)
+    elif kind is list:
+        for item in value:  # type: ignore[union-attr]
+            size += _measure(item, depth + 1)
+    else:
+        raise _Unfit
+    return size
+
+
 def validate_data(data: dict[str, Any]) -> None:
     """Refuse task data that has no JSON form, so that every task can be listed and shown for good.
 
     Allowed: maps with string keys, lists, strings, bytes (shown as text), integers, finite floats,
     booleans and null; at most DATA_DEPTH_MAX levels deep and about DATA_BYTES_MAX bytes as msgpack.
     """
-    size = 0
+    try:
+        size = _measure(data, 0)
+    except _Unfit:
+        _explain(data)
+        raise InvalidArgument("task data has no JSON form") from None
+    if size > DATA_BYTES_MAX:
+        raise InvalidArgument(f"task data exceeds {DATA_BYTES_MAX // 1024} KiB")
+
+
+def _explain(data: dict[str, Any]) -> None:
+    """Raise the InvalidArgument that names the first place in `data` without a JSON form."""
     # An explicit stack: a recursive walk would meet Python's recursion limit before the depth bound.
     stack: list[tuple[object, tuple[str | int, ...]]] = [(data, ())]
     while stack:
         value, path = stack.pop()
         kind = type(value)
-        if kind is str or kind is bytes:
-            size += len(value)  # type: ignore[arg-type]
-        elif kind is int or kind is bool or value is None:
-            size += 1
-        elif kind is float:
-            if not math.isfinite(value):  # type: ignore[arg-type]
-                raise InvalidArgument(f"{_data_path(path)} is {value}: task data has no NaN or infinity")
-            size += 9
-        elif kind is dict or kind is list:
+        if kind is float and not math.isfinite(value):  # type: ignore[arg-type]
+            raise InvalidArgument(f"{_data_path(path)} is {value}: task data has no NaN or infinity")
+        if kind is dict or kind is list:
             if len(path) >= DATA_DEPTH_MAX:
                 raise InvalidArgument(
                     f"{_data_path(path)} is nested too deep: task data has at most {DATA_DEPTH_MAX} levels"
                 )
-            size += 1
             if kind is dict:
                 for key, item in value.items():  # type: ignore[union-attr]
                     if type(key) is not str:
                         raise InvalidArgument(
                             f"{_data_path(path)} has the key {key!r}: keys of task data are strings"
                         )
-                    size += len(key)
                     stack.append((item, (*path, key)))
             else:
                 stack.extend((item, (*path, i)) for i, item in enumerate(value))  # type: ignore[arg-type]
-        else:
+        elif kind not in (str, bytes, int, bool, float, type(None)):
             raise InvalidArgument(
                 f"{_data_path(path)} holds a msgpack {kind.__name__}: task data is limited to "
                 "maps, lists, strings, bytes, numbers, booleans and null"
             )
-        if size > DATA_BYTES_MAX:
-            raise InvalidArgument(f"task data exceeds {DATA_BYTES_MAX // 1024} KiB")
 
 
 def validate_type(value: object) -> str:
