@@ -112,6 +112,24 @@ def test_cancelling_a_task_cancels_a_large_fan_out_in_chunks(make_daemon):
         assert c.get(dependents[-1])["error"] == f"dependency {root} was cancelled"
 
 
+def test_cancelling_a_running_task_cancels_a_large_fan_out_in_chunks(make_daemon):
+    daemon = make_daemon(workers=1)
+    with daemon.client() as c:
+        root = c.submit("command", {"argv": ["sleep", "600"]})["id"]
+        wait_started(c, root)
+        dependents = add_dependents(c, root)
+        result = answered_midway(
+            daemon,
+            {"id": 6, "method": "cancel", "params": {"task_id": root, "running": True}},
+            lambda other: other.get(root)["status"] == "cancelled",
+            dependents[-1],
+            lambda task: task["status"] == "blocked",
+        )
+        assert result["cancelled_dependents"] == FAN
+        assert result["task"]["stop_reason"] in ("sigterm", "killed")
+        assert c.count(status="blocked") == 0
+
+
 def test_dependents_left_unsettled_by_a_stop_are_settled_at_the_next_start(make_daemon):
     daemon = make_daemon(start=False)
     daemon.state_dir.mkdir(parents=True)
