@@ -599,6 +599,9 @@ class TaskService:
     def _start_fanout(
         self, work: list[tuple[int, int]], markers: dict[int, list[int]], future: asyncio.Future[Fanned]
     ) -> None:
+        if self._stopping:  # its marks are in the store: the next start goes on with it
+            future.cancel()
+            return
         job = asyncio.ensure_future(self._run_fanout(work, markers))
         self._fanouts.add(job)
 
