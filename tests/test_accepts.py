@@ -137,8 +137,19 @@ def test_a_dependency_that_is_not_an_id_is_an_invalid_argument(daemon, item):
 def test_cli_offsets_and_ids_beyond_64_bits_are_refused_in_one_sentence(daemon):
     refused(daemon.ctl("tasks", "list", "--offset", str(TOO_BIG)), "offset must be from 0 to")
     refused(daemon.ctl("tasks", "list", "--offset", str(2**64)), "out of range")  # msgpack cannot carry it
-    for args in (("show",), ("cancel",), ("cancel", "--running"), ("history",), ("retry",), ("wait",)):
-        result = daemon.ctl("tasks", *args, str(TOO_BIG))
+    big = str(TOO_BIG)
+    for args in (
+        ("show", big),
+        ("cancel", big),
+        ("cancel", "--running", big),
+        ("history", big),
+        ("retry", big),
+        ("wait", big),
+        ("log", big),
+        ("priority", big, "3"),
+        ("add", "file_scan", "--depends-on", big),
+    ):
+        result = daemon.ctl("tasks", *args)
         assert result.returncode in (1, 2), (args, result)
         assert "Traceback" not in result.stderr
         assert "invalid task id" in result.stderr
