@@ -10,7 +10,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from msearchd.config import Settings
@@ -73,12 +73,14 @@ class Retention:
         settings: Settings,
         log_path: Callable[[int], str],
         running: Callable[[], list[int]],
+        keep_events: Sequence[str] = (),
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.settings = settings
         self.log_path = log_path
         self.running = running  # ids of the running tasks
+        self.keep_events = keep_events  # requests about many tasks that stand for work under way
         self.clock = clock
 
     async def run_pruner(self) -> None:
@@ -102,6 +104,7 @@ class Retention:
             before = self.clock() - days * 86400 if days else float("-inf")
             ids = await asyncio.to_thread(self.store.prunable, before, keep or -1, PRUNE_CHUNK)
             if not ids:
+                await self._prune_bulk_requests(before)
                 return total
             with self.store.transaction():
                 removed = self.store.prune(ids)
@@ -109,6 +112,15 @@ class Retention:
             await asyncio.to_thread(remove_logs, [self.log_path(i) for i in removed])
             if not removed:  # all of them changed meanwhile: look again later
                 return total
+
+    async def _prune_bulk_requests(self, before: float) -> None:
+        """Remove the records of old requests about many tasks once none of those tasks is left; the
+        marks of fan-outs under way stay."""
+        stale = await asyncio.to_thread(self.store.stale_bulk_requests, before, self.keep_events)
+        for start in range(0, len(stale), PRUNE_CHUNK):
+            with self.store.transaction():
+                self.store.delete_events(stale[start : start + PRUNE_CHUNK])
+            await asyncio.sleep(0)
 
     async def run_log_cap(self) -> None:
         """Cut the logs of running tasks that outgrow the cap."""

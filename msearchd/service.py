@@ -187,7 +187,7 @@ class TaskService:
         self._checkpoints: set[asyncio.Task[None]] = set()
         self._fanouts: set[asyncio.Task[Fanned]] = set()
         self._deferred: list[asyncio.Future[Fanned]] | None = None  # see _deferring
-        self.retention = Retention(store, settings, self.log_path, self._running_ids, clock)
+        self.retention = Retention(store, settings, self.log_path, self._running_ids, (FANOUT_EVENT,), clock)
 
     def batch(self) -> AbstractContextManager[None]:
         """Requests made inside share one commit at the end (group commit); each stays atomic alone.

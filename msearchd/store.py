@@ -737,6 +737,24 @@ class Store:
         finally:
             db.close()
 
+    def stale_bulk_requests(self, before: float, keep: Sequence[str]) -> list[int]:
+        """Requests about many tasks (cancel-all) made before `before` that no task points at any more,
+        but those recorded as one of `keep`. Like `prunable`, it reads on a connection of its own."""
+        db = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            used = {
+                r[0] for r in db.execute("SELECT DISTINCT bulk_request FROM tasks WHERE bulk_request > 0")
+            }
+            rows = db.execute(
+                f"SELECT id FROM task_events WHERE task_id IS NULL AND time < ? "
+                f"AND event NOT IN ({_marks(len(keep))}) ORDER BY id",
+                (before, *keep),
+            )
+            return [r[0] for r in rows if r[0] not in used]
+        finally:
+            db.close()
+
     def prune(self, ids: Sequence[int]) -> list[int]:
         """Remove those of `ids` still finished and unreferenced, with their dependencies and events;
         returns the ones removed. Call it inside a transaction."""

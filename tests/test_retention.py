@@ -56,8 +56,11 @@ def test_finished_tasks_older_than_the_bound_go_unless_something_unfinished_need
     daemon, store = seeded(make_daemon)
     old = time.time() - 40 * DAY
     done = add(store, TaskStatus.COMPLETED, old)
-    cancelled = add(store, TaskStatus.CANCELLED, old)
+    cancelled = add(store, TaskStatus.PENDING)
     store.add_events([(cancelled, old, "cancel_requested", {"by": "cancel"}, 0, 1)])
+    # A cancel-all of long ago: one row, which the tasks it cancelled point at.
+    request = store.add_bulk_request(old, "cancel_requested", {"by": "cancel-all"}, 0, 1)
+    assert store.cancel_waiting_batch(None, cancelled, old, 10, request) == [cancelled]
     failed = add(store, TaskStatus.FAILED, old)
     holder = add(store, TaskStatus.BLOCKED)  # nothing unblocks it: the tasks below stay unfinished
     retry = add(store, TaskStatus.BLOCKED, retry_of=failed, depends_on=[holder])
@@ -79,6 +82,7 @@ def test_finished_tasks_older_than_the_bound_go_unless_something_unfinished_need
     store = Store(daemon.state_dir / "tasks.db")
     try:
         assert store.events(cancelled) == []
+        assert store.bulk_requests("cancel_requested") == []  # nothing points at it any more
     finally:
         store.close()
 
