@@ -187,6 +187,7 @@ class TaskService:
         self._checkpoints: set[asyncio.Task[None]] = set()
         self._fanouts: set[asyncio.Task[Fanned]] = set()
         self._deferred: list[asyncio.Future[Fanned]] | None = None  # see _deferring
+        self._budget_of, self._budget = -1, 0  # dependents the current transaction may still settle
         self.retention = Retention(store, settings, self.log_path, self._running_ids, (FANOUT_EVENT,), clock)
 
     def batch(self) -> AbstractContextManager[None]:
@@ -507,15 +508,17 @@ class TaskService:
 
     def _fan_out(self, roots: Iterable[int]) -> Fanned:
         """Settle the waiting dependents of `roots` after the roots' states changed, and theirs in
-        turn: FANOUT_CHUNK of them in the current transaction, the rest in chunks after it commits."""
+        turn: FANOUT_CHUNK of them in the current transaction (in all, however many tasks it
+        finishes), the rest in chunks after it commits."""
         done = Fanned()
         work = deque((root, 0) for root in roots)
-        budget = FANOUT_CHUNK
-        while work and budget > 0:
+        if self.store.begun != self._budget_of:  # the budget is the transaction's, whoever spends it
+            self._budget_of, self._budget = self.store.begun, FANOUT_CHUNK
+        while work and self._budget > 0:
             root, after = work.popleft()
-            part, more, cursor, seen = self._fanout_step(root, after, budget)
+            part, more, cursor, seen = self._fanout_step(root, after, self._budget)
             done.add(part)
-            budget -= seen
+            self._budget -= seen
             if cursor is not None:
                 work.appendleft((root, cursor))
             work.extend((r, 0) for r in more)

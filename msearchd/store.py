@@ -169,6 +169,7 @@ class Store:
         self._after_commit: list[Callable[[], None]] = []
         self._update_sql: dict[tuple[Any, ...], str] = {}
         self._checkpoints_paused = 0
+        self.begun = 0  # transactions begun: tells one from the next
         self._migrate()
 
     def close(self) -> None:
@@ -312,6 +313,7 @@ class Store:
             self._group_open = True
 
     def _begin(self) -> None:
+        self.begun += 1
         try:
             self._db.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:

@@ -197,3 +197,32 @@ def test_a_stop_during_a_bulk_cancel_answers_it_with_what_was_done(make_daemon):
     with daemon.client() as c:
         assert c.count(status="cancelled") == done
         assert c.count(status="pending") == 100_000 - done + 1  # the held task went back to the queue
+
+
+def test_one_commit_settles_at_most_a_chunk_of_dependents_however_many_tasks_it_finishes(tmp_path):
+    import asyncio
+
+    from msearchd.config import Settings
+    from msearchd.service import FANOUT_CHUNK, TaskService
+    from msearchd.workers import Outcome
+
+    store = Store(tmp_path / "tasks.db")
+    service = TaskService(store, Settings(state_dir=tmp_path))
+    per_root = FANOUT_CHUNK * 3 // 4
+
+    async def scenario() -> None:
+        roots = [service.submit("quick")["id"] for _ in range(2)]
+        for root in roots:
+            service.submit_many([{"type": "file_scan", "depends_on": [root]} for _ in range(per_root)])
+        for _ in roots:  # as the dispatcher hands them to workers
+            task = store.claim_next([], 1.0, 4242)
+            assert task is not None
+            service.task_finished(task, Outcome(TaskStatus.COMPLETED, started_at=1.0, finished_at=2.0))
+        service._dispatch_ready()  # both outcomes in one transaction
+        assert store.count(["pending"]) == FANOUT_CHUNK
+        await asyncio.wait(set(service._fanouts))  # the rest, in chunks of their own
+        assert store.count(["pending"]) == 2 * per_root
+        assert store.count(["blocked"]) == 0
+
+    asyncio.run(scenario())
+    store.close()
