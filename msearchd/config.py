@@ -63,6 +63,11 @@ class Settings:
     cgroups: bool = True
     idle_timeout: float = 600.0  # seconds; 0 keeps idle connections open
     max_connections: int = 1000
+    # Retention: finished tasks older than this many days, or beyond this many, are removed with their
+    # history and logs; a running task's log is cut to its last half beyond log_max_mib. 0: no bound.
+    keep_days: float = 30.0
+    keep_tasks: int = 100_000
+    log_max_mib: float = 64.0
 
     @property
     def db_path(self) -> Path:
@@ -115,6 +120,9 @@ def load(path: Path | None, overrides: Mapping[str, Any]) -> Settings:
         "cgroups",
         "idle_timeout",
         "max_connections",
+        "keep_days",
+        "keep_tasks",
+        "log_max_mib",
     }
     unknown = set(raw) - known
     _expect(not unknown, f"{where}: unknown setting(s): {', '.join(sorted(unknown))}")
@@ -126,7 +134,7 @@ def load(path: Path | None, overrides: Mapping[str, Any]) -> Settings:
         settings.socket_path = Path(raw["socket"]).expanduser()
     if "state_dir" in raw and "MSEARCH_STATE_DIR" not in os.environ:
         settings.state_dir = Path(raw["state_dir"]).expanduser()
-    for key in ("workers", "max_attempts", "max_connections"):
+    for key in ("workers", "max_attempts", "max_connections", "keep_tasks"):
         if key in raw:
             _expect(
                 isinstance(raw[key], int) and not isinstance(raw[key], bool),
@@ -143,6 +151,13 @@ def load(path: Path | None, overrides: Mapping[str, Any]) -> Settings:
             f"{where}: idle_timeout must be a number of seconds",
         )
         settings.idle_timeout = float(value)
+    for key in ("keep_days", "log_max_mib"):
+        if key in raw:
+            _expect(
+                isinstance(raw[key], int | float) and not isinstance(raw[key], bool),
+                f"{where}: {key} must be a number",
+            )
+            setattr(settings, key, float(raw[key]))
     if "log_level" in raw:
         settings.log_level = str(raw["log_level"])
     if "cgroups" in raw:
@@ -172,6 +187,9 @@ def validate(settings: Settings) -> None:
     _expect(
         settings.max_connections >= 1, f"max_connections must be at least 1, got {settings.max_connections}"
     )
+    _expect(settings.keep_days >= 0, f"keep_days must be zero or more, got {settings.keep_days}")
+    _expect(settings.keep_tasks >= 0, f"keep_tasks must be zero or more, got {settings.keep_tasks}")
+    _expect(settings.log_max_mib >= 0, f"log_max_mib must be zero or more, got {settings.log_max_mib}")
     for name, p in settings.priorities.items():
         _expect(
             PRIORITY_MIN <= p <= PRIORITY_MAX,

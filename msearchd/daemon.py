@@ -81,6 +81,25 @@ def build_parser() -> argparse.ArgumentParser:
         "is the journal (JOURNAL_STREAM), else text",
     )
     parser.add_argument(
+        "--keep-days",
+        type=float,
+        metavar="DAYS",
+        help="remove finished tasks, their history and logs this many days after they finished "
+        "(default 30; 0: no age bound)",
+    )
+    parser.add_argument(
+        "--keep-tasks",
+        type=int,
+        metavar="N",
+        help="keep at most this many finished tasks, the newest (default 100000; 0: no bound)",
+    )
+    parser.add_argument(
+        "--log-max-mib",
+        type=float,
+        metavar="MIB",
+        help="cut a running task's log to its last half when it grows past this size (default 64; 0: no cap)",
+    )
+    parser.add_argument(
         "--http",
         metavar="[HOST:]PORT",
         help="also serve the REST API (/api/v1/tasks...) on this address, host 127.0.0.1 by default, from a "
@@ -231,6 +250,8 @@ async def serve(
     background = [
         loop.create_task(service.run_dispatcher()),
         loop.create_task(service.run_progress_flusher()),
+        loop.create_task(service.retention.run_pruner()),
+        loop.create_task(service.retention.run_log_cap()),
     ]
     log.info(
         "msearchd %s listening on %s%s with %d workers; state in %s",
@@ -279,6 +300,9 @@ def main(argv: list[str] | None = None) -> None:
                 "workers": args.workers,
                 "grace": args.grace,
                 "log_level": args.log_level,
+                "keep_days": args.keep_days,
+                "keep_tasks": args.keep_tasks,
+                "log_max_mib": args.log_max_mib,
             },
         )
     except InvalidArgument as exc:

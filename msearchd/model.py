@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -26,6 +27,12 @@ FALLBACK_PRIORITY = 6
 
 _TYPE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
 _ID_RE = re.compile(r"^(?:task_)?0*([0-9]{1,18})$", re.IGNORECASE)
+# Ids, offsets and counts are SQLite integers: signed 64-bit.
+INT_MAX = 2**63 - 1
+# Task data is shown as JSON by `--json` and the REST shim, and a page of 100 tasks must fit a 16 MiB
+# frame: data nested deeper, or larger (as msgpack), is refused at submit.
+DATA_DEPTH_MAX = 64
+DATA_BYTES_MAX = 64 * 1024
 
 
 class TaskStatus(StrEnum):
@@ -83,8 +90,10 @@ def parse_task_id(value: object) -> int:
     if isinstance(value, bool):
         raise InvalidArgument(f"invalid task id {value!r}: expected task_<n> or <n>")
     if isinstance(value, int):
-        if value > 0:
+        if 0 < value <= INT_MAX:
             return value
+        if value > INT_MAX:
+            raise InvalidArgument(f"invalid task id {value}: ids are at most {INT_MAX}")
         raise InvalidArgument(f"invalid task id {value}: ids start at 1")
     if isinstance(value, str):
         m = _ID_RE.match(value.strip())
@@ -103,6 +112,94 @@ def validate_priority(value: object) -> int:
     if not PRIORITY_MIN <= value <= PRIORITY_MAX:
         raise InvalidArgument(f"priority must be from {PRIORITY_MIN} to {PRIORITY_MAX}, got {value}")
     return value
+
+
+def parse_task_ids(values: Iterable[object]) -> list[int]:
+    """Task ids in order, each once (a list may name a task twice)."""
+    return list(dict.fromkeys(parse_task_id(v) for v in values))
+
+
+def _data_path(path: tuple[str | int, ...], shown: int = 8) -> str:
+    """Where in the data: `data.files[2].name`; a deep path shows its first steps only."""
+    steps = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path[:shown])
+    return "data" + steps + ("…" if len(path) > shown else "")
+
+
+class _Unfit(Exception):
+    """Task data without a JSON form: `_explain` says where."""
+
+
+def _measure(value: object, depth: int) -> int:
+    """About how many bytes `value` takes as msgpack; _Unfit if it has no JSON form (the fast path:
+    no record of where it is)."""
+    kind = type(value)
+    if kind is str or kind is bytes:
+        return len(value)  # type: ignore[arg-type]
+    if kind is int or kind is bool or value is None:
+        return 1
+    if kind is float:
+        if math.isfinite(value):  # type: ignore[arg-type]
+            return 9
+        raise _Unfit
+    if depth >= DATA_DEPTH_MAX:
+        raise _Unfit
+    size = 1
+    if kind is dict:
+        for key, item in value.items():  # type: ignore[union-attr]
+            if type(key) is not str:
+                raise _Unfit
+            size += len(key) + _measure(item, depth + 1)
+    elif kind is list:
+        for item in value:  # type: ignore[union-attr]
+            size += _measure(item, depth + 1)
+    else:
+        raise _Unfit
+    return size
+
+
+def validate_data(data: dict[str, Any]) -> None:
+    """Refuse task data that has no JSON form, so that every task can be listed and shown for good.
+
+    Allowed: maps with string keys, lists, strings, bytes (shown as text), integers, finite floats,
+    booleans and null; at most DATA_DEPTH_MAX levels deep and about DATA_BYTES_MAX bytes as msgpack.
+    """
+    try:
+        size = _measure(data, 0)
+    except _Unfit:
+        _explain(data)
+        raise InvalidArgument("task data has no JSON form") from None
+    if size > DATA_BYTES_MAX:
+        raise InvalidArgument(f"task data exceeds {DATA_BYTES_MAX // 1024} KiB")
+
+
+def _explain(data: dict[str, Any]) -> None:
+    """Raise the InvalidArgument that names the first place in `data` without a JSON form."""
+    # An explicit stack: a recursive walk would meet Python's recursion limit before the depth bound.
+    stack: list[tuple[object, tuple[str | int, ...]]] = [(data, ())]
+    while stack:
+        value, path = stack.pop()
+        kind = type(value)
+        if kind is float and not math.isfinite(value):  # type: ignore[arg-type]
+            raise InvalidArgument(f"{_data_path(path)} is {value}: task data has no NaN or infinity")
+        if kind is dict or kind is list:
+            if len(path) >= DATA_DEPTH_MAX:
+                raise InvalidArgument(
+                    f"{_data_path(path)} is nested too deep: task data has at most {DATA_DEPTH_MAX} levels"
+                )
+            if kind is dict:
+                for key, item in value.items():  # type: ignore[union-attr]
+                    if type(key) is not str:
+                        raise InvalidArgument(
+                            f"{_data_path(path)} has the key {key!r}: keys of task data are strings"
+                        )
+                    stack.append((item, (*path, key)))
+            else:
+                stack.extend((item, (*path, i)) for i, item in enumerate(value))  # type: ignore[arg-type]
+        elif kind not in (str, bytes, int, bool, float, type(None)):
+            raise InvalidArgument(
+                f"{_data_path(path)} holds a msgpack {kind.__name__}: task data is limited to "
+                "maps, lists, strings, bytes, numbers, booleans and null"
+            )
 
 
 def validate_type(value: object) -> str:

@@ -20,9 +20,10 @@ from typing import Any
 
 from msearchd import __version__
 from msearchd.config import Settings
-from msearchd.errors import InvalidArgument, InvalidState, MsearchError, NotFound
+from msearchd.errors import InvalidArgument, InvalidState, MsearchError, NotFound, Unavailable
 from msearchd.handlers import command
 from msearchd.model import (
+    INT_MAX,
     TERMINAL,
     StopReason,
     Task,
@@ -31,10 +32,13 @@ from msearchd.model import (
     dependency_state,
     format_task_id,
     parse_task_id,
+    parse_task_ids,
+    validate_data,
     validate_priority,
     validate_type,
 )
 from msearchd.protocol import PROTOCOL_VERSION, check_params
+from msearchd.retention import Retention
 from msearchd.scheduler import Scheduler
 from msearchd.store import WAITING, Store, disk_full
 from msearchd.workers import Outcome, WorkerPool
@@ -51,6 +55,12 @@ LIST_LIMIT_MAX = 10_000
 BULK_CHUNK = 1000
 # A retry writes a new task and its history: a chunk of these holds the loop about 10 ms.
 RETRY_CHUNK = 200
+# Dependents settled (cancelled, unblocked, handed over) in the transaction of the change that
+# concerns them; the rest go in chunks of as many, each its own transaction, other requests answered
+# in between. A chunk holds the loop about 20 ms.
+FANOUT_CHUNK = 1000
+# The bulk-request row that says "the dependents of task X are being settled": a restart goes on.
+FANOUT_EVENT = "dependents_pending"
 PROGRESS_FLUSH_INTERVAL = 1.0
 # A worker is handed the next tasks together when they are short: as many as are expected to take
 # this long in all, at most LEASE_MAX. A task submitted meanwhile, whatever its priority, waits for
@@ -117,6 +127,18 @@ class Subscription:
         return event
 
 
+@dataclasses.dataclass(slots=True)
+class Fanned:
+    """What settling the dependents of tasks did."""
+
+    cancelled: list[int] = dataclasses.field(default_factory=list)
+    handed_over: list[int] = dataclasses.field(default_factory=list)
+
+    def add(self, other: Fanned) -> None:
+        self.cancelled += other.cancelled
+        self.handed_over += other.handed_over
+
+
 def _type_filter(value: object) -> str | None:
     """A type to filter by: none, or a valid name (a typo'd name would match nothing, silently)."""
     return None if value is None else validate_type(value)
@@ -153,6 +175,7 @@ class TaskService:
         self._wake = asyncio.Event()
         self._stopping = False
         self._bulk_cancels = 0  # bulk cancels under way: no task starts meanwhile
+        self._bulk_ops: set[asyncio.Task[Any]] = set()  # requests that go in chunks (see _bulk)
         self._progress: dict[int, tuple[float, str | None]] = {}
         self._dirty: set[int] = set()
         self._flush_wanted = asyncio.Event()
@@ -163,6 +186,10 @@ class TaskService:
         self._durations = Durations()
         self._log_dir = str(settings.log_dir)
         self._checkpoints: set[asyncio.Task[None]] = set()
+        self._fanouts: set[asyncio.Task[Fanned]] = set()
+        self._deferred: list[asyncio.Future[Fanned]] | None = None  # see _deferring
+        self._budget_of, self._budget = -1, 0  # dependents the current transaction may still settle
+        self.retention = Retention(store, settings, self.log_path, self._running_ids, (FANOUT_EVENT,), clock)
 
     def batch(self) -> AbstractContextManager[None]:
         """Requests made inside share one commit at the end (group commit); each stays atomic alone.
@@ -179,6 +206,9 @@ class TaskService:
         if task is None:
             raise NotFound(f"task {format_task_id(task_id)} does not exist")
         return task
+
+    def _running_ids(self) -> list[int]:
+        return [task.id for task in self.store.running()]
 
     def log_path(self, task_id: int) -> str:
         return f"{self._log_dir}/{format_task_id(task_id)}.log"
@@ -248,6 +278,7 @@ class TaskService:
             data = {}
         if not isinstance(data, dict):
             raise InvalidArgument("task data must be a map")
+        validate_data(data)
         if task_type == "command" and "command" not in self.settings.handlers:
             command.validate(data)
         if priority is None:
@@ -269,7 +300,7 @@ class TaskService:
             }
         if not isinstance(depends_on, list):
             raise InvalidArgument("depends_on must be a list of task ids")
-        deps = [self._current_attempt(parse_task_id(d)) for d in dict.fromkeys(depends_on)]
+        deps = [self._current_attempt(d) for d in parse_task_ids(depends_on)]
         dep_tasks = {t.id: t for t in self.store.get_many(deps)}
         for dep in deps:
             if dep not in dep_tasks:
@@ -340,10 +371,16 @@ class TaskService:
             if not waiting:
                 return
             now, submitter = self.clock(), REQUESTER.get()
-            if len(waiting) == 1:
-                ids = [self.store.insert(**waiting[0][1], created_at=now, submitter=submitter)]
-            else:
-                ids = self.store.insert_many([spec for _, spec in waiting], now, submitter)
+            try:
+                if len(waiting) == 1:
+                    ids = [self.store.insert(**waiting[0][1], created_at=now, submitter=submitter)]
+                else:
+                    ids = self.store.insert_many([spec for _, spec in waiting], now, submitter)
+            except MsearchError as exc:  # the database is locked: each of them is told
+                for index, _ in waiting:
+                    results[index] = exc
+                waiting.clear()
+                return
             for (index, spec), task_id in zip(waiting, ids, strict=True):
                 results[index] = self._submitted(task_id, spec, now)
             waiting.clear()
@@ -417,8 +454,8 @@ class TaskService:
     ) -> list[dict[str, Any]]:
         if not 1 <= limit <= LIST_LIMIT_MAX:
             raise InvalidArgument(f"limit must be from 1 to {LIST_LIMIT_MAX}, got {limit}")
-        if offset < 0:
-            raise InvalidArgument(f"offset must be zero or more, got {offset}")
+        if not 0 <= offset <= INT_MAX:
+            raise InvalidArgument(f"offset must be from 0 to {INT_MAX}, got {offset}")
         tasks = self.store.list(self._statuses(status), _type_filter(type), limit, offset)
         return [self.wire(t) for t in tasks]
 
@@ -463,34 +500,169 @@ class TaskService:
     # --- finishing ----------------------------------------------------------------------------------
 
     def _cascade_cancel(self, roots: Sequence[int]) -> int:
-        """Cancel every waiting task that depends, directly or not, on `roots`; returns how many."""
-        count = 0
-        frontier = self.store.with_dependents(roots)
-        while frontier:
-            nxt: list[int] = []
-            for root in frontier:
-                dependents = self.store.dependents(root)
-                if dependents:
-                    done = self.store.cancel_waiting(
-                        dependents, self.clock(), error=f"dependency {format_task_id(root)} was cancelled"
-                    )
-                    self._publish_status("cancelled", done, stop_reason=StopReason.NOT_STARTED.value)
-                    nxt += done
-            count += len(nxt)
-            frontier = self.store.with_dependents(nxt)
-        return count
+        """Cancel every waiting task that depends, directly or not, on the cancelled `roots`; returns
+        how many it cancelled in the current transaction (see `_fan_out` for the rest)."""
+        return len(self._fan_out(self.store.with_dependents(roots)).cancelled)
 
     def _refresh_dependents(self, task_id: int) -> None:
-        """Re-derive the state of the tasks blocked on `task_id` after it finished or was replaced."""
-        for dep_id in self.store.dependents(task_id, statuses=(TaskStatus.BLOCKED.value,)):
-            status, reason = dependency_state(self.store.dependency_statuses(dep_id))
-            if status is TaskStatus.PENDING:
-                task = self.store.update_returning(dep_id, status=status, blocked_reason=None)
-                assert task is not None
+        """Re-derive the state of the tasks blocked on `task_id` after it finished."""
+        self._fan_out([task_id])
+
+    def _fan_out(self, roots: Iterable[int]) -> Fanned:
+        """Settle the waiting dependents of `roots` after the roots' states changed, and theirs in
+        turn: FANOUT_CHUNK of them in the current transaction (in all, however many tasks it
+        finishes), the rest in chunks after it commits."""
+        done = Fanned()
+        work = deque((root, 0) for root in roots)
+        if self.store.begun != self._budget_of:  # the budget is the transaction's, whoever spends it
+            self._budget_of, self._budget = self.store.begun, FANOUT_CHUNK
+        while work and self._budget > 0:
+            root, after = work.popleft()
+            part, more, cursor, seen = self._fanout_step(root, after, self._budget)
+            done.add(part)
+            self._budget -= seen
+            if cursor is not None:
+                work.appendleft((root, cursor))
+            work.extend((r, 0) for r in more)
+        if work:
+            self._defer(work)
+        return done
+
+    def _fanout_step(self, root: int, after: int, limit: int) -> tuple[Fanned, list[int], int | None, int]:
+        """Settle up to `limit` waiting dependents of `root` (ids above `after`) by the root's state.
+
+        Returns what it did, the tasks it cancelled that have dependents of their own, where to go on
+        (None: done) and how many dependents it looked at.
+        """
+        done = Fanned()
+        task = self.store.get(root)
+        if task is None:
+            return done, [], None, 0
+        ref = format_task_id(root)
+        if task.status is TaskStatus.CANCELLED:
+            ids = self.store.dependents(root, limit=limit)
+            done.cancelled = self.store.cancel_waiting(
+                ids, self.clock(), error=f"dependency {ref} was cancelled"
+            )
+            self._publish_status("cancelled", done.cancelled, stop_reason=StopReason.NOT_STARTED.value)
+        elif task.status is TaskStatus.FAILED and task.retried_as is not None:
+            target = self._current_attempt(root)
+            ids = done.handed_over = self.store.replace_dependency(root, target, limit)
+            self._record(ids, "dependency_replaced", old=ref, new=format_task_id(target))
+            done.cancelled = [d for d in ids if self._rederive(d)]
+        else:
+            ids = self.store.dependents(root, statuses=(TaskStatus.BLOCKED.value,), after=after, limit=limit)
+            done.cancelled = [d for d in ids if self._rederive(d)]
+        cursor = ids[-1] if len(ids) == limit else None
+        return done, self.store.with_dependents(done.cancelled), cursor, len(ids)
+
+    def _rederive(self, task_id: int) -> bool:
+        """Bring a waiting task in line with its dependencies; True if it was cancelled with one."""
+        deps = self.store.dependency_statuses(task_id)
+        gone = next((d for d, status in deps if status is TaskStatus.CANCELLED), None)
+        if gone is not None:
+            error = f"dependency {format_task_id(gone)} was cancelled"
+            cancelled = self.store.cancel_waiting([task_id], self.clock(), error=error)
+            self._publish_status("cancelled", cancelled, stop_reason=StopReason.NOT_STARTED.value)
+            return bool(cancelled)
+        status, reason = dependency_state(deps)
+        if status is TaskStatus.PENDING:
+            task = self.store.update_returning(
+                task_id, expect=[TaskStatus.BLOCKED.value], status=status, blocked_reason=None
+            )
+            if task is not None:
                 self._publish("unblocked", task)
                 self.wake()
+        else:
+            self.store.update(task_id, expect=WAITING, blocked_reason=reason)
+        return False
+
+    @contextmanager
+    def _deferring(self) -> Iterator[list[asyncio.Future[Fanned]]]:
+        """Collect, for the caller to await, the fan-outs that what runs inside leaves for later."""
+        outer, self._deferred = self._deferred, []
+        later = self._deferred
+        try:
+            yield later
+        finally:
+            self._deferred = outer
+
+    def _defer(self, work: Iterable[tuple[int, int]]) -> None:
+        """Go on with the fan-out from these (root, cursor) once the transaction commits. The roots
+        are recorded in it, so that if the daemon stops first, the next one goes on with them."""
+        markers: dict[int, list[int]] = {}
+        now = self.clock()
+        for root, _ in work:
+            if root not in markers:
+                markers[root] = [self.store.add_bulk_request(now, FANOUT_EVENT, {"task": root}, None, None)]
+        future: asyncio.Future[Fanned] = asyncio.get_running_loop().create_future()
+        if self._deferred is not None:
+            self._deferred.append(future)
+        queue = list(work)
+        self.store.after_commit(lambda: self._start_fanout(queue, markers, future))
+
+    def _start_fanout(
+        self, work: list[tuple[int, int]], markers: dict[int, list[int]], future: asyncio.Future[Fanned]
+    ) -> None:
+        if self._stopping:  # its marks are in the store: the next start goes on with it
+            future.cancel()
+            return
+        job = asyncio.ensure_future(self._run_fanout(work, markers))
+        self._fanouts.add(job)
+
+        def ended(job: asyncio.Task[Fanned]) -> None:
+            self._fanouts.discard(job)
+            if job.cancelled():
+                future.cancel()
+            elif (exc := job.exception()) is not None:
+                if not isinstance(exc, MsearchError):
+                    log.error("settling dependents failed: %s; the next start goes on with it", exc)
+                future.set_exception(exc)
+                future.exception()  # nobody may be waiting for it: it was logged
             else:
-                self.store.update(dep_id, blocked_reason=reason)
+                future.set_result(job.result())
+
+        job.add_done_callback(ended)
+
+    async def _run_fanout(self, work: list[tuple[int, int]], markers: dict[int, list[int]]) -> Fanned:
+        """Settle dependents a chunk at a time, each chunk one transaction, other requests in between."""
+        done = Fanned()
+        queue = deque(work)
+        while queue:
+            await asyncio.sleep(0)
+            root, after = queue[0]
+            added: dict[int, list[int]] = {}
+            with self.store.transaction():
+                part, more, cursor, _ = self._fanout_step(root, after, FANOUT_CHUNK)
+                if cursor is None:
+                    self.store.delete_events(markers.get(root, []))
+                now = self.clock()
+                for r in more:
+                    if r not in markers and r not in added:
+                        added[r] = [self.store.add_bulk_request(now, FANOUT_EVENT, {"task": r}, None, None)]
+            done.add(part)
+            if cursor is None:
+                queue.popleft()
+                markers.pop(root, None)
+            else:
+                queue[0] = (root, cursor)
+            markers.update(added)
+            queue.extend((r, 0) for r in added)
+        return done
+
+    async def _later(self, later: list[asyncio.Future[Fanned]]) -> Fanned:
+        """What the fan-outs left for later did, once they are done."""
+        done = Fanned()
+        for future in later:
+            try:
+                done.add(await asyncio.shield(future))
+            except asyncio.CancelledError:
+                if not future.cancelled():
+                    raise
+                raise Unavailable(
+                    "msearchd is stopping; the dependents not settled yet will be when it starts again"
+                ) from None
+        return done
 
     def _finish(self, task: Task, outcome: Outcome, dependents: bool = True) -> int:
         """Record how a running task ended and what follows for its dependents (`dependents`: it may
@@ -743,7 +915,11 @@ class TaskService:
         if outcome is None:
             outcome = Outcome(TaskStatus.CANCELLED, stop_reason=StopReason.KILLED)
         self.scheduler.finished(current.type)
-        return outcome, self._finish(current, outcome)
+        with self._deferring() as later:
+            cascaded = self._finish(current, outcome)
+        if later:
+            cascaded += len((await self._later(later)).cancelled)
+        return outcome, cascaded
 
     def cancel(self, task_id: Any, running: bool = False) -> dict[str, Any] | Awaitable[dict[str, Any]]:
         """Cancel a task. The answer comes at once for a waiting task; for a running one, an awaitable
@@ -767,8 +943,10 @@ class TaskService:
             raise InvalidState(f"{ref} is running; add running=true to stop it")
         return self._cancel_waiting(task, by="cancel")
 
-    def _cancel_waiting(self, task: Task, by: str) -> dict[str, Any]:
-        with self.store.transaction():
+    def _cancel_waiting(self, task: Task, by: str) -> dict[str, Any] | Awaitable[dict[str, Any]]:
+        """Cancel a pending or blocked task; an awaitable answer when its dependents are too many to
+        cancel at once."""
+        with self._deferring() as later, self.store.transaction():
             self._record([task.id], "cancel_requested", by=by, running=False)
             now = self.clock()  # after the request's time: the history lists the request first
             changed = self.store.update(
@@ -785,7 +963,14 @@ class TaskService:
         task.status, task.finished_at = TaskStatus.CANCELLED, now
         task.stop_reason, task.blocked_reason = StopReason.NOT_STARTED, None
         self._publish("cancelled", task, stop_reason=StopReason.NOT_STARTED.value)
-        return {"task": self.wire(task), "cancelled_dependents": cascaded}
+        answer = {"task": self.wire(task), "cancelled_dependents": cascaded}
+        return self._count_later(answer, later) if later else answer
+
+    async def _count_later(
+        self, answer: dict[str, Any], later: list[asyncio.Future[Fanned]]
+    ) -> dict[str, Any]:
+        answer["cancelled_dependents"] += len((await self._later(later)).cancelled)
+        return answer
 
     async def _take_back(self, task: Task, by: str) -> int | None:
         """Cancel a task that waits its turn in a worker's lease, as if it were pending: it never
@@ -796,12 +981,16 @@ class TaskService:
         current = self._require(task.id)
         if taken and current.status is TaskStatus.RUNNING:
             self.scheduler.finished(current.type)
-            with self.store.transaction():
+            with self._deferring() as later, self.store.transaction():
                 self._record([task.id], "cancel_requested", by=by, running=False)
                 outcome = Outcome(TaskStatus.CANCELLED, stop_reason=StopReason.NOT_STARTED)
-                return self._finish(current, outcome)
+                cascaded = self._finish(current, outcome)
+            return cascaded + len((await self._later(later)).cancelled)
         if current.status.waiting:  # its lease overran meanwhile: it is back in the queue
-            return int(self._cancel_waiting(current, by)["cancelled_dependents"])
+            answer = self._cancel_waiting(current, by)
+            if not isinstance(answer, dict):
+                answer = await answer
+            return int(answer["cancelled_dependents"])
         return None
 
     async def _cancel_handed_out(self, task: Task) -> dict[str, Any]:
@@ -810,8 +999,7 @@ class TaskService:
             with self._settling():
                 self._settle()  # if it ended, its outcome may wait to be recorded
             answer = self._cancel(self._require(task.id), running=False, take_back=False)
-            assert isinstance(answer, dict)
-            return answer
+            return answer if isinstance(answer, dict) else await answer
         return {"task": self.get(task.id), "cancelled_dependents": cascaded}
 
     async def _cancel_running(self, task: Task) -> dict[str, Any]:
@@ -829,11 +1017,28 @@ class TaskService:
         finally:
             self.store.resume_checkpoints()
 
+    @contextmanager
+    def _bulk(self) -> Iterator[None]:
+        """Mark the current request as one going in chunks: a stop waits for it to answer."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._bulk_ops.add(task)
+        try:
+            yield
+        finally:
+            self._bulk_ops.discard(task)
+
+    def _stopped_meanwhile(self, done: str) -> None:
+        """Between two chunks of a bulk request: end it if the daemon is stopping, saying how far it got."""
+        if self._stopping:
+            raise Unavailable(f"msearchd is stopping; {done} before it stopped, the others were not")
+
     async def _cancel_many(self, task_type: str | None, running: bool) -> dict[str, Any]:
         """Cancel waiting tasks in bounded chunks, letting other requests through between them."""
         self.store.pause_checkpoints()
         try:
-            return await self._cancel_waiting_and_running(task_type, running)
+            with self._bulk():
+                return await self._cancel_waiting_and_running(task_type, running)
         finally:
             task = asyncio.ensure_future(self._checkpoint_later())
             self._checkpoints.add(task)
@@ -849,30 +1054,37 @@ class TaskService:
             request = self.store.add_bulk_request(self.clock(), "cancel_requested", detail, uid, pid)
         max_id = self.store.max_id()
         cancelled = cascaded = failed = 0
+        later: list[asyncio.Future[Fanned]] = []
         # Requests go on between chunks; starting tasks does not: the dispatcher, taking tasks by
         # priority, would start ones this request is about to cancel.
         self._bulk_cancels += 1
         try:
             while True:
-                with self.store.transaction():
+                self._stopped_meanwhile(f"{cancelled} tasks were cancelled")
+                with self._deferring() as more, self.store.transaction():
                     ids = self.store.cancel_waiting_batch(
                         task_type, max_id, self.clock(), BULK_CHUNK, request
                     )
                     if task_type is not None:
                         cascaded += self._cascade_cancel(ids)
+                later += more
                 if not ids:
                     break
                 cancelled += len(ids)
                 self._publish_status("cancelled", ids, stop_reason=StopReason.NOT_STARTED.value)
                 await asyncio.sleep(0)
             if task_type is None:  # tasks submitted meanwhile may depend on ones it cancelled
-                with self.store.transaction():
+                with self._deferring() as more, self.store.transaction():
                     cascaded += self._cascade_cancel(
                         self.store.bulk_cancelled_with_newer_dependents(request, max_id)
                     )
+                later += more
         finally:
             self._bulk_cancels -= 1
             self.wake()
+        if later:
+            cascaded += len((await self._later(later)).cancelled)
+        self._stopped_meanwhile(f"{cancelled} tasks were cancelled")
         targets = [t for t in self.store.running() if task_type is None or t.type == task_type]
         if running:
             results = await asyncio.gather(*(self._stop_running(t, by=by) for t in targets))
@@ -919,7 +1131,19 @@ class TaskService:
             self.wake()
         return self.wire(task)
 
-    def retry(self, task_id: Any) -> dict[str, Any]:
+    def retry(self, task_id: Any) -> dict[str, Any] | Awaitable[dict[str, Any]]:
+        """Retry a failed task; an awaitable answer when it has too many dependents to hand over at once."""
+        with self._deferring() as later:
+            answer = self._retry(task_id)
+        return self._hand_over_later(answer, later) if later else answer
+
+    async def _hand_over_later(
+        self, answer: dict[str, Any], later: list[asyncio.Future[Fanned]]
+    ) -> dict[str, Any]:
+        answer["handed_over"] += [format_task_id(d) for d in (await self._later(later)).handed_over]
+        return answer
+
+    def _retry(self, task_id: Any) -> dict[str, Any]:
         old = self._require(task_id)
         ref = format_task_id(old.id)
         if old.status is not TaskStatus.FAILED:
@@ -933,11 +1157,7 @@ class TaskService:
             )
             self.store.update(old.id, retried_as=new_id)
             self._record([old.id], "retried", new_task_id=format_task_id(new_id))
-            handed_over = self.store.replace_dependency(old.id, new_id)
-            for dependent in handed_over:
-                _, reason = dependency_state(self.store.dependency_statuses(dependent))
-                self.store.update(dependent, blocked_reason=reason)
-            self._record(handed_over, "dependency_replaced", old=ref, new=format_task_id(new_id))
+            handed_over = self._fan_out([old.id]).handed_over
         new = self.store.get(new_id)
         assert new is not None
         self._publish("retried", old, new_task_id=format_task_id(new_id))
@@ -959,23 +1179,29 @@ class TaskService:
         task_type = _type_filter(task_type)
         results: list[dict[str, Any]] = []
         after, max_id = 0, self.store.max_id()
-        while batch := self.store.failed_not_retried(task_type, after, max_id, RETRY_CHUNK):
-            with self.store.transaction():
-                for task_id in batch:
-                    try:
-                        answer = self.retry(task_id)
-                        results.append({"task_id": answer["task_id"], "new_task_id": answer["new_task_id"]})
-                    except (InvalidState, NotFound) as exc:  # refused before it wrote anything
-                        results.append({"task_id": format_task_id(task_id), "error": exc.message})
-            after = batch[-1]
-            await asyncio.sleep(0)
+        with self._bulk():
+            while batch := self.store.failed_not_retried(task_type, after, max_id, RETRY_CHUNK):
+                self._stopped_meanwhile(f"{len(results)} failed tasks were retried")
+                with self._deferring() as later, self.store.transaction():
+                    for task_id in batch:
+                        try:
+                            answer = self._retry(task_id)
+                            results.append(
+                                {"task_id": answer["task_id"], "new_task_id": answer["new_task_id"]}
+                            )
+                        except (InvalidState, NotFound) as exc:  # refused before it wrote anything
+                            results.append({"task_id": format_task_id(task_id), "error": exc.message})
+                if later:  # dependents handed over in chunks: all of them before the next retries
+                    await self._later(later)
+                after = batch[-1]
+                await asyncio.sleep(0)
         return results
 
     async def wait(
         self, task_ids: list[Any], statuses: list[Any] | None = None, timeout: float | None = None
     ) -> dict[str, Any]:
         """Block until every task is in one of `statuses` (default: finished), or the timeout passes."""
-        ids = list(dict.fromkeys(parse_task_id(t) for t in task_ids))
+        ids = parse_task_ids(task_ids)
         if not ids:
             raise InvalidArgument("wait needs at least one task id")
         wanted = frozenset(TaskStatus(s) for s in self._statuses(statuses) or []) or TERMINAL
@@ -1091,12 +1317,27 @@ class TaskService:
                     self._record(
                         [task.id], "requeued", reason="interrupted: the daemon stopped without finishing it"
                     )
+        self._resume_fanouts()
         self.wake()
+
+    def _resume_fanouts(self) -> None:
+        """Go on settling the dependents the previous daemon left unsettled when it stopped."""
+        markers: dict[int, list[int]] = {}
+        for row, detail in self.store.bulk_requests(FANOUT_EVENT):
+            markers.setdefault(int(detail["task"]), []).append(row)
+        if markers:
+            log.warning("settling the dependents of %d task(s), left unsettled by a stop", len(markers))
+            future = asyncio.get_running_loop().create_future()
+            self._start_fanout([(root, 0) for root in markers], markers, future)
 
     async def stop(self) -> None:
         """Stop dispatching and stop running tasks; they go back to pending, not lost."""
         self._stopping = True
         self.wake()
+        for job in self._fanouts:  # each between two chunks: the next start goes on with it
+            job.cancel()
+        if self._fanouts:
+            await asyncio.wait(self._fanouts)
         if self.pool is not None:
             outcomes = await self.pool.stop(self.settings.grace)
             self.flush_progress()  # while the interrupted tasks still count as running
@@ -1117,6 +1358,8 @@ class TaskService:
                 else:
                     self._finish(task, outcome)
         self.flush_progress()
+        if self._bulk_ops:  # each ends at its next chunk, and answers
+            await asyncio.wait(self._bulk_ops)
         if self._checkpoints:
             await asyncio.wait(self._checkpoints)
         for sub in list(self._subscriptions):

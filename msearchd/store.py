@@ -19,6 +19,7 @@ from typing import Any
 
 import msgpack
 
+from msearchd.errors import Unavailable
 from msearchd.model import StopReason, Task, TaskStatus
 from msearchd.protocol import pack
 
@@ -103,14 +104,26 @@ _UPDATABLE = frozenset(
     }
 )
 WAITING = (str(TaskStatus.PENDING), str(TaskStatus.BLOCKED))
-# Bound on how many ids one statement binds; SQLite's default limit is 32766.
-CHUNK = 5000
+_FINISHED = "('completed', 'failed', 'cancelled')"
+# A finished task `t` nothing unfinished refers to: no waiting or running task depends on it, and its
+# retry (if any) has finished.
+_UNREFERENCED = (
+    "NOT EXISTS (SELECT 1 FROM deps d JOIN tasks w ON w.id = d.task_id WHERE d.depends_on = t.id "
+    "AND w.status IN ('pending', 'blocked', 'running')) AND (t.retried_as IS NULL OR NOT EXISTS "
+    "(SELECT 1 FROM tasks r WHERE r.id = t.retried_as AND r.status IN ('pending', 'blocked', 'running')))"
+)
+# Bound on how many ids one statement binds: under the 999 variables of SQLite builds before 3.32
+# (32,766 since).
+CHUNK = 900
 # A commit that leaves the WAL this many pages long (16 MB) checkpoints it: copies it back into the
 # database file and fsyncs both. SQLite's default is 1,000; each checkpoint costs its two fsyncs
 # whatever its size, and a page rewritten many times is copied once, so 4,000 costs a write ~20% less
 # on average and takes the checkpoints out of the 99th percentile of control calls (one commit in
 # several hundred pays ~10 ms instead of one in ~150 paying ~5 ms).
 AUTOCHECKPOINT = 4000
+# How long a write waits for another process's lock on the database (sqlite3 run by hand, say) before
+# it is refused as unavailable: the wait holds the daemon's loop, so every client waits with it.
+BUSY_TIMEOUT_MS = 20
 
 
 def _pack(data: dict[str, Any]) -> bytes:
@@ -186,7 +199,7 @@ class Store:
         except (OSError, sqlite3.Error) as exc:
             raise UnusableStore(f"cannot open the task store {self.path}: {exc}") from None
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         self._db.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT}")
         self._depth = 0
         self._grouping = False  # inside group(): transactions are savepoints of one shared transaction
@@ -194,6 +207,7 @@ class Store:
         self._after_commit: list[Callable[[], None]] = []
         self._update_sql: dict[tuple[Any, ...], str] = {}
         self._checkpoints_paused = 0
+        self.begun = 0  # transactions begun: tells one from the next
         self._migrate()
 
     def close(self) -> None:
@@ -301,7 +315,7 @@ class Store:
                 raise
             self._depth = 0
             return
-        self._db.execute("BEGIN IMMEDIATE")
+        self._begin()
         self._depth = 1
         try:
             yield
@@ -347,8 +361,19 @@ class Store:
 
     def _begin_group(self) -> None:
         if not self._group_open:
-            self._db.execute("BEGIN IMMEDIATE")
+            self._begin()
             self._group_open = True
+
+    def _begin(self) -> None:
+        self.begun += 1
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+                raise
+            raise Unavailable(
+                f"the database {self.path} is locked by another process; try again once it lets go"
+            ) from None
 
     def _run_after_commit(self) -> None:
         callbacks, self._after_commit = self._after_commit, []
@@ -432,11 +457,16 @@ class Store:
         """(type, status, count) for every pair present."""
         return self._db.execute("SELECT type, status, count(*) FROM tasks GROUP BY status, type").fetchall()
 
-    def dependents(self, task_id: int, statuses: Sequence[str] = WAITING) -> list[int]:
+    def dependents(
+        self, task_id: int, statuses: Sequence[str] = WAITING, after: int = 0, limit: int = -1
+    ) -> list[int]:
+        """Dependents of `task_id` in these statuses, in id order: those with ids above `after`, at
+        most `limit` of them (no bound when negative)."""
         rows = self._db.execute(
             f"SELECT d.task_id FROM deps d JOIN tasks t ON t.id = d.task_id "
-            f"WHERE d.depends_on = ? AND t.status IN ({_marks(len(statuses))}) ORDER BY d.task_id",
-            (task_id, *statuses),
+            f"WHERE d.depends_on = ? AND d.task_id > ? AND t.status IN ({_marks(len(statuses))}) "
+            "ORDER BY d.task_id LIMIT ?",
+            (task_id, after, *statuses, limit),
         )
         return [r[0] for r in rows]
 
@@ -683,18 +713,20 @@ class Store:
         row = self._db.execute("SELECT max(id) FROM tasks").fetchone()
         return row[0] or 0
 
-    def replace_dependency(self, old: int, new: int) -> list[int]:
-        """Point every waiting dependent of `old` at `new`; returns those dependents."""
-        dependents = self.dependents(old)
-        if dependents:
+    def replace_dependency(self, old: int, new: int, limit: int = CHUNK) -> list[int]:
+        """Point up to `limit` waiting dependents of `old` at `new` (the first ones by id); returns them.
+        Call it until it returns fewer than `limit`: each call binds at most CHUNK ids."""
+        dependents = self.dependents(old, limit=limit)
+        for start in range(0, len(dependents), CHUNK):
+            part = dependents[start : start + CHUNK]
             self._db.execute(
                 f"UPDATE OR IGNORE deps SET depends_on = ? WHERE depends_on = ? "
-                f"AND task_id IN ({_marks(len(dependents))})",
-                (new, old, *dependents),
+                f"AND task_id IN ({_marks(len(part))})",
+                (new, old, *part),
             )
             self._db.execute(
-                f"DELETE FROM deps WHERE depends_on = ? AND task_id IN ({_marks(len(dependents))})",
-                (old, *dependents),
+                f"DELETE FROM deps WHERE depends_on = ? AND task_id IN ({_marks(len(part))})",
+                (old, *part),
             )
         return dependents
 
@@ -717,6 +749,18 @@ class Store:
         )
         assert cur.lastrowid is not None
         return cur.lastrowid
+
+    def delete_events(self, ids: Sequence[int]) -> None:
+        for start in range(0, len(ids), CHUNK):
+            part = list(ids[start : start + CHUNK])
+            self._db.execute(f"DELETE FROM task_events WHERE id IN ({_marks(len(part))})", part)
+
+    def bulk_requests(self, event: str) -> list[tuple[int, dict[str, Any]]]:
+        """(row id, detail) of the requests about many tasks recorded as `event`, oldest first."""
+        rows = self._db.execute(
+            "SELECT id, detail FROM task_events WHERE task_id IS NULL AND event = ? ORDER BY id", (event,)
+        )
+        return [(i, msgpack.unpackb(d, raw=False) if d else {}) for i, d in rows]
 
     def events(self, task_id: int) -> list[dict[str, Any]]:
         """A task's recorded requests, the bulk request that cancelled it among them."""
@@ -742,6 +786,73 @@ class Store:
             "SELECT submitted_uid, submitted_pid FROM tasks WHERE id = ?", (task_id,)
         ).fetchone()
         return (row[0], row[1]) if row else (None, None)
+
+    # --- retention --------------------------------------------------------------------------------
+
+    def prunable(self, finished_before: float, keep: int, limit: int) -> list[int]:
+        """Up to `limit` finished tasks that may go, oldest first: finished before `finished_before`,
+        or beyond the newest `keep` finished ones (no bound when `keep` is negative); never one a
+        waiting or running task depends on, nor one whose retry has not finished.
+
+        It reads on a connection of its own, so it may run on another thread: the deletion
+        (`prune`) checks again, under the write lock, what may have changed meanwhile.
+        """
+        db = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            if keep < 0:
+                newest_kept = None
+            else:
+                row = db.execute(
+                    f"SELECT id FROM tasks WHERE status IN {_FINISHED} ORDER BY id DESC LIMIT 1 OFFSET ?",
+                    (keep,),
+                ).fetchone()
+                newest_kept = row[0] if row else None
+            rows = db.execute(
+                f"SELECT id FROM tasks t WHERE status IN {_FINISHED} AND (finished_at < ? OR id <= ?) "
+                f"AND {_UNREFERENCED} ORDER BY id LIMIT ?",
+                (finished_before, newest_kept if newest_kept is not None else 0, limit),
+            )
+            return [r[0] for r in rows]
+        finally:
+            db.close()
+
+    def stale_bulk_requests(self, before: float, keep: Sequence[str]) -> list[int]:
+        """Requests about many tasks (cancel-all) made before `before` that no task points at any more,
+        but those recorded as one of `keep`. Like `prunable`, it reads on a connection of its own."""
+        db = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            used = {
+                r[0] for r in db.execute("SELECT DISTINCT bulk_request FROM tasks WHERE bulk_request > 0")
+            }
+            rows = db.execute(
+                f"SELECT id FROM task_events WHERE task_id IS NULL AND time < ? "
+                f"AND event NOT IN ({_marks(len(keep))}) ORDER BY id",
+                (before, *keep),
+            )
+            return [r[0] for r in rows if r[0] not in used]
+        finally:
+            db.close()
+
+    def prune(self, ids: Sequence[int]) -> list[int]:
+        """Remove those of `ids` still finished and unreferenced, with their dependencies and events;
+        returns the ones removed. Call it inside a transaction."""
+        removed: list[int] = []
+        for start in range(0, len(ids), CHUNK):
+            part = list(ids[start : start + CHUNK])
+            rows = self._db.execute(
+                f"DELETE FROM tasks AS t WHERE id IN ({_marks(len(part))}) AND status IN {_FINISHED} "
+                f"AND {_UNREFERENCED} RETURNING id",
+                part,
+            ).fetchall()
+            gone = [r[0] for r in rows]
+            if gone:
+                marks = _marks(len(gone))
+                self._db.execute(f"DELETE FROM deps WHERE task_id IN ({marks})", gone)
+                self._db.execute(f"DELETE FROM task_events WHERE task_id IN ({marks})", gone)
+            removed += gone
+        return sorted(removed)
 
     def running(self) -> list[Task]:
         return self._tasks(f"SELECT {_COLUMNS} FROM tasks WHERE status = 'running' ORDER BY id")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from msearchd.model import (
     default_priority,
     dependency_state,
     parse_task_id,
+    validate_data,
     validate_priority,
 )
 from msearchd.scheduler import Scheduler
@@ -28,7 +30,8 @@ def test_task_ids(value, expected):
 
 
 @pytest.mark.parametrize(
-    "value", ["task_", "task_0", "0", "-1", "task_important_file", "", 0, -3, True, 1.0, None]
+    "value",
+    ["task_", "task_0", "0", "-1", "task_important_file", "", 0, -3, True, 1.0, None, 2**63, 2**64, {"a": 1}],
 )
 def test_bad_task_ids(value):
     with pytest.raises(InvalidArgument):
@@ -165,3 +168,19 @@ def test_id_zero_is_told_that_ids_start_at_one():
             parse_task_id(value)
     with pytest.raises(InvalidArgument, match="expected task_<n> or <n>"):
         parse_task_id("job_3")
+
+
+def test_task_data_must_have_a_json_form():
+    validate_data({"a": [1, 2.5, "s", b"b", None, True, {"b": {}}], "n": 2**64 - 1})
+    for bad, where in (
+        ({"a": [0, float("nan")]}, "data.a[1] is nan"),
+        ({"a": {1: 2}}, "data.a has the key 1"),
+        ({"a": ()}, "data.a holds a msgpack tuple"),
+    ):
+        with pytest.raises(InvalidArgument, match=re.escape(where)):
+            validate_data(bad)
+    deep: dict = {}
+    for _ in range(200):
+        deep = {"k": deep}
+    with pytest.raises(InvalidArgument, match=re.escape("data.k.k.k.k.k.k.k.k… is nested too deep")):
+        validate_data(deep)

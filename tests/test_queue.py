@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
 from support import wait_started
 
-from msearchd.errors import InvalidArgument, InvalidState, NotFound
+from msearchd.errors import InvalidArgument, InvalidState, NotFound, Unavailable
 
 
 def gate_task(client, fifo):
@@ -179,3 +180,27 @@ def test_hundreds_of_short_commands_all_complete(make_daemon):
         done = c.wait(ids, timeout=120)
         assert not done["timed_out"]
         assert {(t["status"], t["attempts"]) for t in done["tasks"]} == {("completed", 1)}
+
+
+def test_a_database_locked_by_another_process_refuses_writes_and_answers_reads(daemon):
+    with daemon.client() as c:
+        kept = c.submit("file_scan", priority=11)
+        other = sqlite3.connect(daemon.state_dir / "tasks.db", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # as sqlite3 run by hand would
+        try:
+            with pytest.raises(Unavailable, match="is locked by another process"):
+                c.submit("file_scan")
+            with pytest.raises(Unavailable, match="is locked by another process"):
+                c.set_priority(kept["id"], 3)
+            with c.pipeline() as p:
+                p.submit("file_scan")
+                p.submit("file_scan")
+                p.status()
+            assert [type(r) for r in p.results[:2]] == [Unavailable, Unavailable]
+            assert p.results[2]["pid"] == daemon.proc.pid  # the connection goes on, reads are answered
+            assert c.get(kept["id"])["priority"] == 11
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert c.submit("file_scan")["status"] == "pending"
+        assert c.set_priority(kept["id"], 3)["priority"] == 3

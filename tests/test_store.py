@@ -382,3 +382,35 @@ def test_a_commit_that_fails_announces_nothing_and_leaves_no_transaction(store):
         kept = add(store)
     assert seen == []
     assert [t.id for t in store.list()] == [kept]
+
+
+def test_statements_bind_no_more_ids_than_old_sqlite_builds_allow(store):
+    # SQLite builds before 3.32 allow 999 variables a statement (32,766 since): a hand-over of more
+    # dependents than that failed with "too many SQL variables".
+    store._db.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+    root = add(store)
+    with store.transaction():
+        dependents = store.insert_many(
+            [
+                {
+                    "task_type": "t",
+                    "data": {},
+                    "priority": 6,
+                    "status": TaskStatus.BLOCKED,
+                    "depends_on": [root],
+                    "blocked_reason": None,
+                }
+                for _ in range(2500)
+            ],
+            1.0,
+        )
+    new = add(store)
+    moved: list[int] = []
+    while part := store.replace_dependency(root, new):
+        moved += part
+    assert moved == dependents
+    assert store.dependents(new, limit=10, after=dependents[4]) == dependents[5:15]
+    assert [t.id for t in store.get_many(dependents)] == dependents
+    assert set(store.statuses(dependents).values()) == {TaskStatus.BLOCKED}
+    assert store.with_dependents([new, *dependents]) == [new]
+    assert store.cancel_waiting(dependents, 2.0) == dependents
