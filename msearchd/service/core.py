@@ -1,0 +1,138 @@
+"""The core of `TaskService`: the loop's state, who asked (`REQUESTER`), group commit, events to waiters.
+
+Every operation family is a mixin beside this module; this one holds what they all share.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import os
+import time
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
+from typing import Any
+
+from msearchd.config import Settings
+from msearchd.errors import NotFound
+from msearchd.model import (
+    Task,
+    TaskStatus,
+    format_task_id,
+    parse_task_id,
+)
+from msearchd.retention import Retention
+from msearchd.scheduler import Scheduler
+from msearchd.service.dispatch import FANOUT_EVENT, Durations, Fanned
+from msearchd.service.wait import Subscription
+from msearchd.store import Store
+from msearchd.workers import Outcome, WorkerPool
+
+# Who asked for the operation under way, (uid, pid), as the transport saw it; recorded in task histories.
+REQUESTER: contextvars.ContextVar[tuple[int | None, int | None]] = contextvars.ContextVar(
+    "requester", default=(None, None)
+)
+
+
+class ServiceCore:
+    """The state every operation shares, and publishing changes to waiters and subscribers."""
+
+    def __init__(self, store: Store, settings: Settings, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.settings = settings
+        self.clock = clock
+        self.scheduler = Scheduler(settings.type_limits)
+        self.pool: WorkerPool | None = None
+        self.started_at = clock()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._bulk_cancels = 0  # bulk cancels under way: no task starts meanwhile
+        self._bulk_ops: set[asyncio.Task[Any]] = set()  # requests that go in chunks (see _bulk)
+        self._progress: dict[int, tuple[float, str | None]] = {}
+        self._dirty: set[int] = set()
+        self._flush_wanted = asyncio.Event()
+        self._waiters: dict[int, list[tuple[frozenset[TaskStatus], asyncio.Future[None]]]] = {}
+        self._subscriptions: set[Subscription] = set()
+        self._default_priority: dict[str, int] = {}
+        self._finished: list[tuple[Task, Outcome]] = []
+        self._durations = Durations()
+        self._log_dir = str(settings.log_dir)
+        self._checkpoints: set[asyncio.Task[None]] = set()
+        self._fanouts: set[asyncio.Task[Fanned]] = set()
+        self._deferred: list[asyncio.Future[Fanned]] | None = None  # see _deferring
+        self._budget_of, self._budget = -1, 0  # dependents the current transaction may still settle
+        self.retention = Retention(store, settings, self.log_path, self._running_ids, (FANOUT_EVENT,), clock)
+
+    def batch(self) -> AbstractContextManager[None]:
+        """Requests made inside share one commit at the end (group commit); each stays atomic alone.
+
+        A transport uses it for requests that arrived together, and answers them once it is over.
+        """
+        return self.store.group()
+
+    def _require(self, ref: object) -> Task:
+        task_id = parse_task_id(ref)
+        task = self.store.get(task_id)
+        if task is None:
+            raise NotFound(f"task {format_task_id(task_id)} does not exist")
+        return task
+
+    def _running_ids(self) -> list[int]:
+        return [task.id for task in self.store.running()]
+
+    def log_path(self, task_id: int) -> str:
+        return f"{self._log_dir}/{format_task_id(task_id)}.log"
+
+    def wire(self, task: Task) -> dict[str, Any]:
+        live = self._progress.get(task.id)
+        if live is not None and task.status is TaskStatus.RUNNING:
+            task.progress, task.current_operation = live
+        if task.started_at is not None:
+            path = self.log_path(task.id)
+            if os.path.exists(path):  # noqa: PTH110 - a str: no Path object per task on the hot path
+                task.log_path = path
+        return task.to_wire()
+
+    def _publish(self, event: str, task: Task, **extra: Any) -> None:
+        """Tell waiters and subscribers about a change, once it is committed."""
+        status = task.status
+        payload = None
+        if self._subscriptions:
+            payload = {
+                "event": event,
+                "task_id": format_task_id(task.id),
+                "task_id_n": task.id,
+                "type": task.type,
+                "status": str(status),
+                "time": self.clock(),
+                **extra,
+            }
+        if payload is not None or task.id in self._waiters:
+            self.store.after_commit(lambda: self._deliver(task.id, status, payload))
+
+    def _deliver(self, task_id: int, status: TaskStatus, payload: dict[str, Any] | None) -> None:
+        for statuses, future in self._waiters.get(task_id, ()):
+            if status in statuses and not future.done():
+                future.set_result(None)
+        if payload is not None:
+            for sub in list(self._subscriptions):
+                if sub.wants(payload):
+                    sub.offer(payload)
+
+    def _publish_status(self, event: str, task_ids: Iterable[int], **extra: Any) -> None:
+        """Publish a state change for tasks changed in bulk, reading them back only if anyone listens."""
+        ids = [i for i in task_ids if self._subscriptions or i in self._waiters]
+        for task in self.store.get_many(ids):
+            self._publish(event, task, **extra)
+
+    def wake(self) -> None:
+        """Let the dispatcher run, if it has anything to do: it shares the loop with the requests."""
+        pool = self.pool
+        if self._finished or self._stopping or pool is None or pool.idle_count:
+            self._wake.set()
+
+    def _record(self, task_ids: Iterable[int], event: str, **detail: Any) -> None:
+        """Add an entry to the history of each task, naming who asked."""
+        uid, pid = REQUESTER.get()
+        now = self.clock()
+        self.store.add_events((i, now, event, detail or None, uid, pid) for i in task_ids)

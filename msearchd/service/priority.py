@@ -1,0 +1,45 @@
+"""Changing the priority of a task that has not started."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from msearchd.errors import InvalidState
+from msearchd.model import (
+    Task,
+    TaskStatus,
+    format_task_id,
+    validate_priority,
+)
+from msearchd.store import WAITING, Store
+
+
+class Prioritising:
+    """The priority operations of `TaskService`; the core state they use is declared below."""
+
+    if TYPE_CHECKING:
+        store: Store
+
+        def _publish(self, event: str, task: Task, **extra: Any) -> None: ...
+        def _record(self, task_ids: Iterable[int], event: str, **detail: Any) -> None: ...
+        def _require(self, ref: object) -> Task: ...
+        def wake(self) -> None: ...
+        def wire(self, task: Task) -> dict[str, Any]: ...
+
+    def set_priority(self, task_id: Any, priority: int) -> dict[str, Any]:
+        priority = validate_priority(priority)
+        task = self._require(task_id)
+        if not task.status.waiting:
+            ref = format_task_id(task.id)
+            raise InvalidState(f"{ref} is {task.status}; only a pending or blocked task's priority changes")
+        old = task.priority
+        with self.store.transaction():
+            changed = self.store.update(task.id, expect=WAITING, priority=priority)
+            assert changed  # nothing ran between the read and this write
+            self._record([task.id], "priority_changed", old=old, new=priority)
+        task.priority = priority
+        self._publish("priority_changed", task, old_priority=old, priority=priority)
+        if task.status is TaskStatus.PENDING:
+            self.wake()
+        return self.wire(task)

@@ -1,0 +1,145 @@
+"""Questions about tasks and the daemon: get, list, count, stats, status, history."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from msearchd import __version__
+from msearchd.config import Settings
+from msearchd.errors import InvalidArgument
+from msearchd.model import (
+    INT_MAX,
+    Task,
+    TaskStatus,
+    format_task_id,
+    validate_type,
+)
+from msearchd.protocol import PROTOCOL_VERSION
+from msearchd.store import Store
+from msearchd.workers import WorkerPool
+
+LIST_LIMIT_MAX = 10_000
+
+
+def type_filter(value: object) -> str | None:
+    """A type to filter by: none, or a valid name (a typo'd name would match nothing, silently)."""
+    return None if value is None else validate_type(value)
+
+
+class Querying:
+    """The query operations of `TaskService`; the core state they use is declared below."""
+
+    if TYPE_CHECKING:
+        clock: Callable[[], float]
+        pool: WorkerPool | None
+        settings: Settings
+        started_at: float
+        store: Store
+
+        def _require(self, ref: object) -> Task: ...
+        def wire(self, task: Task) -> dict[str, Any]: ...
+
+    def get(self, task_id: Any) -> dict[str, Any]:
+        return self.wire(self._require(task_id))
+
+    @staticmethod
+    def _statuses(status: str | list[Any] | None) -> list[str] | None:
+        if status is None:
+            return None
+        values = status.split(",") if isinstance(status, str) else status
+        out = []
+        for value in values:
+            try:
+                out.append(str(TaskStatus(str(value).strip())))
+            except ValueError:
+                names = ", ".join(s.value for s in TaskStatus)
+                raise InvalidArgument(f"unknown status {value!r}; one of: {names}") from None
+        return out
+
+    def list_tasks(
+        self,
+        status: str | list[Any] | None = None,
+        type: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[dict[str, Any]]:
+        if not 1 <= limit <= LIST_LIMIT_MAX:
+            raise InvalidArgument(f"limit must be from 1 to {LIST_LIMIT_MAX}, got {limit}")
+        if not 0 <= offset <= INT_MAX:
+            raise InvalidArgument(f"offset must be from 0 to {INT_MAX}, got {offset}")
+        tasks = self.store.list(self._statuses(status), type_filter(type), limit, offset)
+        return [self.wire(t) for t in tasks]
+
+    def count(self, status: str | list[Any] | None = None, type: str | None = None) -> int:
+        return self.store.count(self._statuses(status), type_filter(type))
+
+    def _workers(self) -> dict[str, int]:
+        pool = self.pool
+        return {"busy": pool.busy_count if pool else 0, "total": pool.size if pool else 0}
+
+    def stats(self) -> dict[str, Any]:
+        by_status = {s.value: 0 for s in TaskStatus}
+        by_type: dict[str, dict[str, int]] = {}
+        for task_type, status, n in self.store.counts():
+            by_status[status] += n
+            by_type.setdefault(task_type, {})[status] = n
+        running = [
+            {k: w[k] for k in ("id", "type", "progress", "current_operation", "started_at")}
+            for w in map(self.wire, self.store.running())
+        ]
+        return {
+            "total": sum(by_status.values()),
+            "by_status": by_status,
+            "by_type": by_type,
+            "workers": self._workers(),
+            "running": running,
+        }
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "protocol": PROTOCOL_VERSION,
+            "pid": os.getpid(),
+            "started_at": self.started_at,
+            "uptime": self.clock() - self.started_at,
+            "socket": str(self.settings.socket_path),
+            "state_dir": str(self.settings.state_dir),
+            "workers": self._workers(),
+            "pending": self.store.count([TaskStatus.PENDING.value]),
+        }
+
+    def history(self, task_id: Any) -> list[dict[str, Any]]:
+        """What happened to a task, oldest first: its lifecycle, and every request about it and by whom."""
+        task = self._require(task_id)
+        recorded = self.store.events(task.id)
+        changes = [e["old"] for e in recorded if e["event"] == "priority_changed"]
+        first: dict[str, Any] = {
+            "time": task.created_at,
+            "event": "submitted",
+            "priority": changes[0] if changes else task.priority,
+        }
+        if task.retry_of is not None:
+            first["retry_of"] = format_task_id(task.retry_of)
+        uid, pid = self.store.submitter(task.id)
+        if uid is not None:
+            first.update(uid=uid, pid=pid)
+        entries = [first, *recorded]
+        if task.started_at is not None:
+            entries.append(
+                {
+                    "time": task.started_at,
+                    "event": "started",
+                    "attempt": task.attempts,
+                    "worker_pid": task.worker_pid,
+                }
+            )
+        if task.finished_at is not None:
+            end: dict[str, Any] = {"time": task.finished_at, "event": str(task.status)}
+            if task.stop_reason:
+                end["stop_reason"] = str(task.stop_reason)
+            if task.error:
+                end["error"] = task.error
+            entries.append(end)
+        return sorted(entries, key=lambda e: e["time"])

@@ -1,0 +1,199 @@
+"""Submitting tasks: one, several answered each on its own, a batch that is all or nothing, a follow-up."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from msearchd.config import Settings
+from msearchd.errors import InvalidArgument, InvalidState, MsearchError, NotFound
+from msearchd.handlers import command
+from msearchd.model import (
+    Task,
+    TaskStatus,
+    default_priority,
+    dependency_state,
+    format_task_id,
+    parse_task_ids,
+    validate_data,
+    validate_priority,
+    validate_type,
+)
+from msearchd.protocol import check_params
+from msearchd.service.core import REQUESTER
+from msearchd.store import Store
+
+log = logging.getLogger("msearchd.service")
+
+
+class Submitting:
+    """The submit operations of `TaskService`; the core state they use is declared below."""
+
+    if TYPE_CHECKING:
+        _default_priority: dict[str, int]
+        clock: Callable[[], float]
+        settings: Settings
+        store: Store
+
+        def _publish(self, event: str, task: Task, **extra: Any) -> None: ...
+        def _publish_status(self, event: str, task_ids: Iterable[int], **extra: Any) -> None: ...
+        def wake(self) -> None: ...
+        def wire(self, task: Task) -> dict[str, Any]: ...
+
+    def _prepare(
+        self, task_type: object, data: object, priority: object, depends_on: object
+    ) -> dict[str, Any]:
+        """Validate one submission and work out where it starts; no writes."""
+        task_type = validate_type(task_type)
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise InvalidArgument("task data must be a map")
+        validate_data(data)
+        if task_type == "command" and "command" not in self.settings.handlers:
+            command.validate(data)
+        if priority is None:
+            prio = self._default_priority.get(task_type)
+            if prio is None:
+                prio = self._default_priority[task_type] = default_priority(
+                    task_type, self.settings.priorities
+                )
+        else:
+            prio = validate_priority(priority)
+        if not depends_on:
+            return {
+                "task_type": task_type,
+                "data": data,
+                "priority": prio,
+                "status": TaskStatus.PENDING,
+                "depends_on": [],
+                "blocked_reason": None,
+            }
+        if not isinstance(depends_on, list):
+            raise InvalidArgument("depends_on must be a list of task ids")
+        deps = [self._current_attempt(d) for d in parse_task_ids(depends_on)]
+        dep_tasks = {t.id: t for t in self.store.get_many(deps)}
+        for dep in deps:
+            if dep not in dep_tasks:
+                raise NotFound(f"dependency {format_task_id(dep)} does not exist")
+            if dep_tasks[dep].status is TaskStatus.CANCELLED:
+                raise InvalidState(f"dependency {format_task_id(dep)} is cancelled")
+        status, reason = dependency_state((d, dep_tasks[d].status) for d in deps)
+        return {
+            "task_type": task_type,
+            "data": data,
+            "priority": prio,
+            "status": status,
+            "depends_on": sorted(set(deps)),
+            "blocked_reason": reason,
+        }
+
+    def _current_attempt(self, task_id: int) -> int:
+        """Follow a failed task's retries to the newest attempt, so new dependents wait for that one."""
+        seen = {task_id}
+        while True:
+            task = self.store.get(task_id)
+            if task is None or task.status is not TaskStatus.FAILED or task.retried_as is None:
+                return task_id
+            task_id = task.retried_as
+            if task_id in seen:
+                return task_id
+            seen.add(task_id)
+
+    def submit(
+        self,
+        type: str,
+        data: dict[str, Any] | None = None,
+        priority: int | None = None,
+        depends_on: list[Any] | None = None,
+    ) -> dict[str, Any]:
+        spec = self._prepare(type, data, priority, depends_on)
+        now = self.clock()
+        task_id = self.store.insert(**spec, created_at=now, submitter=REQUESTER.get())
+        return self._submitted(task_id, spec, now)
+
+    def _submitted(self, task_id: int, spec: dict[str, Any], now: float) -> dict[str, Any]:
+        """Announce a task just written, and answer with it."""
+        task = Task(
+            id=task_id,
+            type=spec["task_type"],
+            status=spec["status"],
+            priority=spec["priority"],
+            data=spec["data"],
+            depends_on=spec["depends_on"],
+            blocked_reason=spec["blocked_reason"],
+            created_at=now,
+        )
+        self._publish("submitted", task)
+        if task.status is TaskStatus.PENDING:
+            self.wake()
+        return self.wire(task)
+
+    def submit_each(self, requests: Sequence[dict[str, Any]]) -> list[dict[str, Any] | MsearchError]:
+        """Submit the tasks of separate requests that arrived together (checked params of `submit`).
+
+        Each is accepted or refused on its own, exactly as `submit` would, in order; those without
+        dependencies are written together, with one statement.
+        """
+        results: list[dict[str, Any] | MsearchError] = []
+        waiting: list[tuple[int, dict[str, Any]]] = []  # (index in results, spec), not yet written
+
+        def write_waiting() -> None:
+            if not waiting:
+                return
+            now, submitter = self.clock(), REQUESTER.get()
+            try:
+                if len(waiting) == 1:
+                    ids = [self.store.insert(**waiting[0][1], created_at=now, submitter=submitter)]
+                else:
+                    ids = self.store.insert_many([spec for _, spec in waiting], now, submitter)
+            except MsearchError as exc:  # the database is locked: each of them is told
+                for index, _ in waiting:
+                    results[index] = exc
+                waiting.clear()
+                return
+            for (index, spec), task_id in zip(waiting, ids, strict=True):
+                results[index] = self._submitted(task_id, spec, now)
+            waiting.clear()
+
+        for params in requests:
+            try:
+                if params.get("depends_on"):
+                    write_waiting()  # it may name a task submitted just before it
+                    results.append(self.submit(**params))
+                    continue
+                spec = self._prepare(params["type"], params.get("data"), params.get("priority"), None)
+            except MsearchError as exc:
+                results.append(exc)
+                continue
+            waiting.append((len(results), spec))
+            results.append(spec)  # replaced by the answer once written
+        write_waiting()
+        return results
+
+    def submit_many(self, tasks: list[Any]) -> dict[str, Any]:
+        """Submit many tasks in one transaction: all are accepted, or none."""
+        specs = []
+        for i, item in enumerate(tasks):
+            if not isinstance(item, dict):
+                raise InvalidArgument(f"tasks[{i}] must be a map")
+            try:
+                params = check_params("submit", item)
+                specs.append(
+                    self._prepare(
+                        params["type"], params.get("data"), params.get("priority"), params.get("depends_on")
+                    )
+                )
+            except (InvalidArgument, InvalidState, NotFound) as exc:
+                raise type(exc)(f"tasks[{i}]: {exc.message}") from None
+        ids = self.store.insert_many(specs, self.clock(), REQUESTER.get())
+        self._publish_status("submitted", ids)
+        self.wake()
+        return {"task_ids": [format_task_id(i) for i in ids]}
+
+    def follow_up(self, parent_id: int, params: dict[str, Any]) -> str:
+        params = check_params("submit", params)
+        task = self.submit(**params)
+        log.info("%s submitted follow-up %s", format_task_id(parent_id), task["id"])
+        return str(task["id"])

@@ -1,0 +1,125 @@
+"""Waiting for a task to reach a state, and subscriptions to the stream of events."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from msearchd.errors import InvalidArgument, NotFound
+from msearchd.model import (
+    TERMINAL,
+    Task,
+    TaskStatus,
+    format_task_id,
+    parse_task_id,
+    parse_task_ids,
+    validate_type,
+)
+from msearchd.store import Store
+
+SUBSCRIBER_BUFFER = 10_000
+
+
+class Subscription:
+    """A bounded stream of events for one client, which never holds the daemon up.
+
+    Progress is coalesced: a task has at most one progress event waiting, updated in place to the latest
+    value. State changes are never dropped: a subscriber that lets too many of them pile up is sent an
+    `overflow` event instead, and disconnected.
+    """
+
+    def __init__(self, task_ids: set[int] | None, types: set[str] | None) -> None:
+        self.task_ids = task_ids
+        self.types = types
+        self._events: deque[dict[str, Any]] = deque()
+        self._progress: dict[int, dict[str, Any]] = {}
+        self._ready = asyncio.Event()
+        self.overflowed = False
+
+    def wants(self, event: dict[str, Any]) -> bool:
+        if self.task_ids is not None and event["task_id_n"] not in self.task_ids:
+            return False
+        return self.types is None or event["type"] in self.types
+
+    def offer(self, event: dict[str, Any]) -> None:
+        if self.overflowed:
+            return
+        if event["event"] == "progress":
+            waiting = self._progress.get(event["task_id_n"])
+            if waiting is not None:
+                waiting.update(event)
+                return
+            event = self._progress[event["task_id_n"]] = dict(event)
+        elif len(self._events) >= SUBSCRIBER_BUFFER:
+            self.overflowed = True
+            self._events.clear()
+            self._progress.clear()
+            event = {"event": "overflow", "message": "subscriber fell too far behind; reconnect to resume"}
+        self._events.append(event)
+        self._ready.set()
+
+    async def next(self) -> dict[str, Any]:
+        while not self._events:
+            self._ready.clear()
+            await self._ready.wait()
+        event = self._events.popleft()
+        if event["event"] == "progress":
+            self._progress.pop(event["task_id_n"], None)
+        return event
+
+
+class Waiting:
+    """The wait operations of `TaskService`; the core state they use is declared below."""
+
+    if TYPE_CHECKING:
+        _subscriptions: set[Subscription]
+        _waiters: dict[int, list[tuple[frozenset[TaskStatus], asyncio.Future[None]]]]
+        store: Store
+
+        def wire(self, task: Task) -> dict[str, Any]: ...
+        @staticmethod
+        def _statuses(status: str | list[Any] | None) -> list[str] | None: ...
+
+    async def wait(
+        self, task_ids: list[Any], statuses: list[Any] | None = None, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Block until every task is in one of `statuses` (default: finished), or the timeout passes."""
+        ids = parse_task_ids(task_ids)
+        if not ids:
+            raise InvalidArgument("wait needs at least one task id")
+        wanted = frozenset(TaskStatus(s) for s in self._statuses(statuses) or []) or TERMINAL
+        tasks = {t.id: t for t in self.store.get_many(ids)}
+        for task_id in ids:
+            if task_id not in tasks:
+                raise NotFound(f"task {format_task_id(task_id)} does not exist")
+        loop = asyncio.get_running_loop()
+        futures: dict[int, asyncio.Future[None]] = {}
+        for task_id, task in tasks.items():
+            if task.status not in wanted:
+                futures[task_id] = loop.create_future()
+                self._waiters.setdefault(task_id, []).append((wanted, futures[task_id]))
+        timed_out = False
+        try:
+            if futures:
+                _, pending = await asyncio.wait(futures.values(), timeout=timeout)
+                timed_out = bool(pending)
+        finally:
+            for task_id, future in futures.items():
+                entries = [e for e in self._waiters.get(task_id, []) if e[1] is not future]
+                if entries:
+                    self._waiters[task_id] = entries
+                else:
+                    self._waiters.pop(task_id, None)
+        final = {t.id: t for t in self.store.get_many(ids)}
+        return {"tasks": [self.wire(final[i]) for i in ids], "timed_out": timed_out}
+
+    def subscribe(self, task_ids: list[Any] | None = None, types: list[Any] | None = None) -> Subscription:
+        ids = {parse_task_id(t) for t in task_ids} if task_ids else None
+        kinds = {validate_type(t) for t in types} if types else None
+        sub = Subscription(ids, kinds)
+        self._subscriptions.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        self._subscriptions.discard(sub)
