@@ -8,8 +8,9 @@ One module per operation family, named as the operation is in the RPC and the cl
 `cancel`, `retry`, ...), and a small `core` with the state they share. The families are mixins of one
 class rather than objects of their own: the transports keep calling one `TaskService`, the operations
 call each other as methods (a cancel settles dependents, a retry hands over), and no family needs a
-reference to the others. Each mixin declares, under TYPE_CHECKING, the core state and the methods of
-other families it uses. A new family is one module and one line in the class below.
+reference to the others. For type checkers each mixin derives from `ServiceCore` (at run time the
+core is the last base of `TaskService`) and declares the methods of other families it calls. A new
+family is one module and one line in the class below.
 """
 
 from msearchd.service.cancel import BULK_CHUNK, Cancelling

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from msearchd.config import Settings
 from msearchd.errors import InvalidState, Unavailable
 from msearchd.model import (
     TERMINAL,
@@ -18,11 +17,15 @@ from msearchd.model import (
     format_task_id,
     validate_type,
 )
-from msearchd.scheduler import Scheduler
 from msearchd.service.core import REQUESTER
 from msearchd.service.dispatch import Fanned
-from msearchd.store import WAITING, Store
-from msearchd.workers import Outcome, WorkerPool
+from msearchd.store import WAITING
+from msearchd.workers import Outcome
+
+if TYPE_CHECKING:
+    from msearchd.service.core import ServiceCore
+else:
+    ServiceCore = object  # TaskService puts the real one last among its bases
 
 log = logging.getLogger("msearchd.service")
 
@@ -31,26 +34,11 @@ log = logging.getLogger("msearchd.service")
 BULK_CHUNK = 1000
 
 
-class Cancelling:
-    """The cancel operations of `TaskService`; the core state they use is declared below."""
+class Cancelling(ServiceCore):
+    """The cancel operations of `TaskService`."""
 
     if TYPE_CHECKING:
-        _bulk_cancels: int
-        _bulk_ops: set[asyncio.Task[Any]]
-        _checkpoints: set[asyncio.Task[None]]
-        _stopping: bool
-        clock: Callable[[], float]
-        pool: WorkerPool | None
-        scheduler: Scheduler
-        settings: Settings
-        store: Store
 
-        def _publish(self, event: str, task: Task, **extra: Any) -> None: ...
-        def _publish_status(self, event: str, task_ids: Iterable[int], **extra: Any) -> None: ...
-        def _record(self, task_ids: Iterable[int], event: str, **detail: Any) -> None: ...
-        def _require(self, ref: object) -> Task: ...
-        def wake(self) -> None: ...
-        def wire(self, task: Task) -> dict[str, Any]: ...
         def get(self, task_id: Any) -> dict[str, Any]: ...
         def _cascade_cancel(self, roots: Sequence[int]) -> int: ...
         @contextmanager

@@ -11,11 +11,10 @@ import asyncio
 import dataclasses
 import logging
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from msearchd.config import Settings
 from msearchd.errors import MsearchError, Unavailable
 from msearchd.model import (
     StopReason,
@@ -24,10 +23,13 @@ from msearchd.model import (
     dependency_state,
     format_task_id,
 )
-from msearchd.scheduler import Scheduler
-from msearchd.service.wait import Subscription
-from msearchd.store import WAITING, Store, disk_full
-from msearchd.workers import Outcome, WorkerPool
+from msearchd.store import WAITING, disk_full
+from msearchd.workers import Outcome
+
+if TYPE_CHECKING:
+    from msearchd.service.core import ServiceCore
+else:
+    ServiceCore = object  # TaskService puts the real one last among its bases
 
 log = logging.getLogger("msearchd.service")
 
@@ -89,35 +91,11 @@ class Durations:
         return self._mean[task_type]
 
 
-class Dispatching:
-    """The dispatch operations of `TaskService`; the core state they use is declared below."""
+class Dispatching(ServiceCore):
+    """The dispatch operations of `TaskService`."""
 
     if TYPE_CHECKING:
-        _budget: int
-        _budget_of: int
-        _bulk_cancels: int
-        _deferred: list[asyncio.Future[Fanned]] | None
-        _dirty: set[int]
-        _durations: Durations
-        _fanouts: set[asyncio.Task[Fanned]]
-        _finished: list[tuple[Task, Outcome]]
-        _flush_wanted: asyncio.Event
-        _progress: dict[int, tuple[float, str | None]]
-        _stopping: bool
-        _subscriptions: set[Subscription]
-        _waiters: dict[int, list[tuple[frozenset[TaskStatus], asyncio.Future[None]]]]
-        _wake: asyncio.Event
-        clock: Callable[[], float]
-        pool: WorkerPool | None
-        scheduler: Scheduler
-        settings: Settings
-        store: Store
 
-        def _publish(self, event: str, task: Task, **extra: Any) -> None: ...
-        def _publish_status(self, event: str, task_ids: Iterable[int], **extra: Any) -> None: ...
-        def _record(self, task_ids: Iterable[int], event: str, **detail: Any) -> None: ...
-        def log_path(self, task_id: int) -> str: ...
-        def wake(self) -> None: ...
         def _current_attempt(self, task_id: int) -> int: ...
 
     def _cascade_cancel(self, roots: Sequence[int]) -> int:

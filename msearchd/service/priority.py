@@ -2,30 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from msearchd.errors import InvalidState
 from msearchd.model import (
-    Task,
     TaskStatus,
     format_task_id,
     validate_priority,
 )
-from msearchd.store import WAITING, Store
+from msearchd.store import WAITING
+
+if TYPE_CHECKING:
+    from msearchd.service.core import ServiceCore
+else:
+    ServiceCore = object  # TaskService puts the real one last among its bases
 
 
-class Prioritising:
-    """The priority operations of `TaskService`; the core state they use is declared below."""
-
-    if TYPE_CHECKING:
-        store: Store
-
-        def _publish(self, event: str, task: Task, **extra: Any) -> None: ...
-        def _record(self, task_ids: Iterable[int], event: str, **detail: Any) -> None: ...
-        def _require(self, ref: object) -> Task: ...
-        def wake(self) -> None: ...
-        def wire(self, task: Task) -> dict[str, Any]: ...
+class Prioritising(ServiceCore):
+    """The priority operations of `TaskService`."""
 
     def set_priority(self, task_id: Any, priority: int) -> dict[str, Any]:
         priority = validate_priority(priority)

@@ -3,24 +3,24 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from msearchd import __version__
-from msearchd.config import Settings
 from msearchd.errors import InvalidArgument
 from msearchd.model import (
     INT_MAX,
-    Task,
     TaskStatus,
     format_task_id,
     validate_type,
 )
 from msearchd.protocol import PROTOCOL_VERSION
-from msearchd.store import Store
-from msearchd.workers import WorkerPool
 
 LIST_LIMIT_MAX = 10_000
+
+if TYPE_CHECKING:
+    from msearchd.service.core import ServiceCore
+else:
+    ServiceCore = object  # TaskService puts the real one last among its bases
 
 
 def type_filter(value: object) -> str | None:
@@ -28,18 +28,8 @@ def type_filter(value: object) -> str | None:
     return None if value is None else validate_type(value)
 
 
-class Querying:
-    """The query operations of `TaskService`; the core state they use is declared below."""
-
-    if TYPE_CHECKING:
-        clock: Callable[[], float]
-        pool: WorkerPool | None
-        settings: Settings
-        started_at: float
-        store: Store
-
-        def _require(self, ref: object) -> Task: ...
-        def wire(self, task: Task) -> dict[str, Any]: ...
+class Querying(ServiceCore):
+    """The query operations of `TaskService`."""
 
     def get(self, task_id: Any) -> dict[str, Any]:
         return self.wire(self._require(task_id))

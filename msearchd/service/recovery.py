@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from msearchd.config import Settings
 from msearchd.model import (
     StopReason,
     Task,
@@ -16,28 +15,21 @@ from msearchd.model import (
     format_task_id,
 )
 from msearchd.service.dispatch import FANOUT_EVENT, Fanned
-from msearchd.service.wait import Subscription
-from msearchd.store import Store
-from msearchd.workers import Outcome, WorkerPool
+from msearchd.workers import Outcome
+
+if TYPE_CHECKING:
+    from msearchd.service.core import ServiceCore
+else:
+    ServiceCore = object  # TaskService puts the real one last among its bases
 
 log = logging.getLogger("msearchd.service")
 
 
-class Recovering:
-    """The recovery operations of `TaskService`; the core state they use is declared below."""
+class Recovering(ServiceCore):
+    """The recovery operations of `TaskService`."""
 
     if TYPE_CHECKING:
-        _bulk_ops: set[asyncio.Task[Any]]
-        _checkpoints: set[asyncio.Task[None]]
-        _fanouts: set[asyncio.Task[Fanned]]
-        _stopping: bool
-        _subscriptions: set[Subscription]
-        pool: WorkerPool | None
-        settings: Settings
-        store: Store
 
-        def _record(self, task_ids: Iterable[int], event: str, **detail: Any) -> None: ...
-        def wake(self) -> None: ...
         def _finish(self, task: Task, outcome: Outcome, dependents: bool = True) -> int: ...
         def _settle(self) -> None: ...
         @contextmanager

@@ -3,37 +3,33 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from msearchd.errors import InvalidState, NotFound
 from msearchd.model import (
-    Task,
     TaskStatus,
     format_task_id,
 )
 from msearchd.service.core import REQUESTER
 from msearchd.service.dispatch import Fanned
 from msearchd.service.query import type_filter
-from msearchd.store import Store
 
 # A retry writes a new task and its history: a chunk of these holds the loop about 10 ms.
 RETRY_CHUNK = 200
 
+if TYPE_CHECKING:
+    from msearchd.service.core import ServiceCore
+else:
+    ServiceCore = object  # TaskService puts the real one last among its bases
 
-class Retrying:
-    """The retry operations of `TaskService`; the core state they use is declared below."""
+
+class Retrying(ServiceCore):
+    """The retry operations of `TaskService`."""
 
     if TYPE_CHECKING:
-        clock: Callable[[], float]
-        store: Store
 
-        def _publish(self, event: str, task: Task, **extra: Any) -> None: ...
-        def _record(self, task_ids: Iterable[int], event: str, **detail: Any) -> None: ...
-        def _require(self, ref: object) -> Task: ...
-        def wake(self) -> None: ...
-        def wire(self, task: Task) -> dict[str, Any]: ...
         def _prepare(
             self, task_type: object, data: object, priority: object, depends_on: object
         ) -> dict[str, Any]: ...

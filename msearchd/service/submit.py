@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from msearchd.config import Settings
 from msearchd.errors import InvalidArgument, InvalidState, MsearchError, NotFound
 from msearchd.handlers import command
 from msearchd.model import (
@@ -22,24 +21,17 @@ from msearchd.model import (
 )
 from msearchd.protocol import check_params
 from msearchd.service.core import REQUESTER
-from msearchd.store import Store
+
+if TYPE_CHECKING:
+    from msearchd.service.core import ServiceCore
+else:
+    ServiceCore = object  # TaskService puts the real one last among its bases
 
 log = logging.getLogger("msearchd.service")
 
 
-class Submitting:
-    """The submit operations of `TaskService`; the core state they use is declared below."""
-
-    if TYPE_CHECKING:
-        _default_priority: dict[str, int]
-        clock: Callable[[], float]
-        settings: Settings
-        store: Store
-
-        def _publish(self, event: str, task: Task, **extra: Any) -> None: ...
-        def _publish_status(self, event: str, task_ids: Iterable[int], **extra: Any) -> None: ...
-        def wake(self) -> None: ...
-        def wire(self, task: Task) -> dict[str, Any]: ...
+class Submitting(ServiceCore):
+    """The submit operations of `TaskService`."""
 
     def _prepare(
         self, task_type: object, data: object, priority: object, depends_on: object

@@ -9,16 +9,19 @@ from typing import TYPE_CHECKING, Any
 from msearchd.errors import InvalidArgument, NotFound
 from msearchd.model import (
     TERMINAL,
-    Task,
     TaskStatus,
     format_task_id,
     parse_task_id,
     parse_task_ids,
     validate_type,
 )
-from msearchd.store import Store
 
 SUBSCRIBER_BUFFER = 10_000
+
+if TYPE_CHECKING:
+    from msearchd.service.core import ServiceCore
+else:
+    ServiceCore = object  # TaskService puts the real one last among its bases
 
 
 class Subscription:
@@ -69,15 +72,11 @@ class Subscription:
         return event
 
 
-class Waiting:
-    """The wait operations of `TaskService`; the core state they use is declared below."""
+class Waiting(ServiceCore):
+    """The wait operations of `TaskService`."""
 
     if TYPE_CHECKING:
-        _subscriptions: set[Subscription]
-        _waiters: dict[int, list[tuple[frozenset[TaskStatus], asyncio.Future[None]]]]
-        store: Store
 
-        def wire(self, task: Task) -> dict[str, Any]: ...
         @staticmethod
         def _statuses(status: str | list[Any] | None) -> list[str] | None: ...
 
