@@ -15,7 +15,7 @@ from pathlib import Path
 
 from msearchd.config import Settings
 from msearchd.errors import MsearchError
-from msearchd.store import Store
+from msearchd.store import TaskStore
 
 log = logging.getLogger("msearchd.retention")
 
@@ -69,7 +69,7 @@ class Retention:
 
     def __init__(
         self,
-        store: Store,
+        store: TaskStore,
         settings: Settings,
         log_path: Callable[[int], str],
         running: Callable[[], list[int]],

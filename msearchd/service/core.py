@@ -25,7 +25,7 @@ from msearchd.retention import Retention
 from msearchd.scheduler import Scheduler
 from msearchd.service.dispatch import FANOUT_EVENT, Durations, Fanned
 from msearchd.service.wait import Subscription
-from msearchd.store import Store
+from msearchd.store import TaskStore
 from msearchd.workers import Outcome, WorkerPool
 
 # Who asked for the operation under way, (uid, pid), as the transport saw it; recorded in task histories.
@@ -37,7 +37,7 @@ REQUESTER: contextvars.ContextVar[tuple[int | None, int | None]] = contextvars.C
 class ServiceCore:
     """The state every operation shares, and publishing changes to waiters and subscribers."""
 
-    def __init__(self, store: Store, settings: Settings, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: TaskStore, settings: Settings, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.settings = settings
         self.clock = clock

@@ -1,7 +1,10 @@
-"""The durable task store: SQLite in WAL mode. The only module that speaks SQL.
+"""The task store in SQLite, WAL mode: `Store`, the implementation of `msearchd.store.TaskStore`.
 
 WAL with synchronous=NORMAL makes every commit durable against a crash of the daemon (kill -9): the
 commit is in the WAL before the call returns. Only a power loss can drop the last commits.
+
+Longer than most modules: it is one class over one connection, whose queries share the transaction
+state and the column list; the schema and its migrations are in `schema`.
 """
 
 from __future__ import annotations
@@ -22,64 +25,7 @@ import msgpack
 from msearchd.errors import Unavailable
 from msearchd.model import StopReason, Task, TaskStatus
 from msearchd.protocol import pack
-
-_SCHEMA_V1 = """
-CREATE TABLE tasks (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    type TEXT NOT NULL,
-    status TEXT NOT NULL,
-    priority INTEGER NOT NULL,
-    data BLOB NOT NULL,
-    progress REAL NOT NULL DEFAULT 0,
-    current_operation TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    error TEXT,
-    blocked_reason TEXT,
-    stop_reason TEXT,
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
-    retry_of INTEGER,
-    retried_as INTEGER,
-    created_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL,
-    worker_pid INTEGER,
-    bulk_request INTEGER
-);
--- The queue: the next task is the first entry. Statements that pick from it say INDEXED BY, since the
--- planner would rather use tasks_status and sort every pending row.
-CREATE INDEX tasks_queue ON tasks(priority, id) WHERE status = 'pending';
--- Within one status, or one (type, status), entries are in id order: listing needs no sort.
-CREATE INDEX tasks_status ON tasks(status);
-CREATE INDEX tasks_type_status ON tasks(type, status);
-CREATE TABLE deps (
-    task_id INTEGER NOT NULL,
-    depends_on INTEGER NOT NULL,
-    PRIMARY KEY (task_id, depends_on)
-) WITHOUT ROWID;
-CREATE INDEX deps_reverse ON deps(depends_on, task_id);
--- What was asked of a task and by whom. A bulk request (cancel-all) is one row without a task_id,
--- which the tasks it cancelled point at (tasks.bulk_request); lifecycle times live in the task row.
-CREATE TABLE task_events (
-    id INTEGER PRIMARY KEY,
-    task_id INTEGER,
-    time REAL NOT NULL,
-    event TEXT NOT NULL,
-    detail BLOB,
-    uid INTEGER,
-    pid INTEGER
-);
-CREATE INDEX task_events_task ON task_events(task_id, id);
-"""
-
-# Who submitted a task (the uid and pid of the client), written with the task itself.
-_SUBMITTER_V2 = """
-ALTER TABLE tasks ADD COLUMN submitted_uid INTEGER;
-ALTER TABLE tasks ADD COLUMN submitted_pid INTEGER;
-"""
-
-# Migration N brings a store from schema version N to N + 1; the version is SQLite's user_version.
-MIGRATIONS = (_SCHEMA_V1, _SUBMITTER_V2)
-SCHEMA_VERSION = len(MIGRATIONS)
+from msearchd.store.schema import MIGRATIONS, SCHEMA_VERSION
 
 _COLUMNS = (
     "id, type, status, priority, data, progress, current_operation, attempts, error, blocked_reason, "

@@ -1,0 +1,209 @@
+"""The task store: what the service asks of it (`TaskStore`), and the SQLite implementation (`Store`).
+
+The service, retention and the daemon use only the methods of `TaskStore`; a second implementation
+(PostgreSQL, beside `sqlite` as `postgres`) honours the semantics in their docstrings. SQL lives in the
+implementations, nowhere else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
+
+from msearchd.model import Task, TaskStatus
+from msearchd.store.schema import MIGRATIONS, SCHEMA_VERSION
+from msearchd.store.sqlite import (
+    AUTOCHECKPOINT,
+    CHUNK,
+    WAITING,
+    Store,
+    UnusableStore,
+    disk_full,
+)
+
+__all__ = [
+    "AUTOCHECKPOINT",
+    "CHUNK",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "WAITING",
+    "Store",
+    "TaskStore",
+    "UnusableStore",
+    "disk_full",
+]
+
+
+class TaskStore(Protocol):
+    """Tasks, their dependencies and their history, durable; owned by the daemon's loop (one thread).
+
+    Writes happen inside `transaction()`; reads see the current transaction's writes. Changes are
+    announced (`after_commit`) only once durable. Errors: a full disk raises an error `disk_full`
+    recognises; a store another process holds raises `Unavailable`.
+    """
+
+    begun: int
+    """Transactions begun so far: two units of work with the same value shared a transaction."""
+
+    def close(self) -> None:
+        """Release the store; nothing is called on it after."""
+
+    def pause_checkpoints(self) -> None:
+        """Keep checkpoints out of this connection's commits until `resume_checkpoints`."""
+
+    def resume_checkpoints(self) -> None:
+        """End one `pause_checkpoints`; the last one lets commits checkpoint again."""
+
+    def checkpoint(self) -> None:
+        """Make the log of commits part of the main file; safe to call from another thread."""
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Run `callback` once the current transaction commits (at once outside one); never on rollback."""
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """One atomic, durable unit, its write lock taken at once; nested uses join the outer one."""
+
+    def group(self) -> AbstractContextManager[None]:
+        """One commit for every transaction inside (group commit); each still rolls back alone."""
+
+    def get(self, task_id: int) -> Task | None:
+        """The task with this id, as last committed or written in the current transaction; None if none."""
+
+    def get_many(self, ids: Sequence[int]) -> list[Task]:
+        """The tasks of `ids` that exist, in any order; any number of ids."""
+
+    def list(
+        self,
+        statuses: Sequence[str] | None = None,
+        task_type: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[Task]:
+        """Tasks in id order, a page of them; a deep page must cost no more than the ids before it."""
+
+    def count(self, statuses: Sequence[str] | None = None, task_type: str | None = None) -> int:
+        """How many tasks `list` would return with no limit."""
+
+    def counts(self) -> list[tuple[str, str, int]]:
+        """(type, status, count) for every pair present."""
+
+    def dependents(
+        self, task_id: int, statuses: Sequence[str] = ..., after: int = 0, limit: int = -1
+    ) -> list[int]:
+        """Dependents of `task_id` in these statuses with ids above `after`, in id order; limit < 0: all."""
+
+    def with_dependents(self, ids: Sequence[int]) -> list[int]:
+        """Those of `ids` that some waiting task depends on: the only ones a cascade needs to visit."""
+
+    def dependency_statuses(self, task_id: int) -> list[tuple[int, TaskStatus]]:
+        """(id, status) of each task `task_id` depends on."""
+
+    def failed_not_retried(self, task_type: str | None, after: int, up_to: int, limit: int) -> list[int]:
+        """Up to `limit` failed tasks not yet retried with ids in (after, up_to], in id order."""
+
+    def cancel_requested(self, task_id: int) -> bool:
+        """Whether a cancel of the running task `task_id` was recorded."""
+
+    def insert(
+        self,
+        *,
+        task_type: str,
+        data: dict[str, Any],
+        priority: int,
+        status: TaskStatus,
+        depends_on: Sequence[int] = (),
+        blocked_reason: str | None = None,
+        retry_of: int | None = None,
+        created_at: float,
+        submitter: tuple[int | None, int | None] = (None, None),
+    ) -> int:
+        """Add one task, its dependencies and submitter with it; its id is above every earlier one."""
+
+    def insert_many(
+        self,
+        specs: Sequence[dict[str, Any]],
+        created_at: float,
+        submitter: tuple[int | None, int | None] = (None, None),
+    ) -> list[int]:
+        """Insert many tasks (each spec as the keywords of `insert`) with one statement; returns their ids."""
+
+    def update(self, task_id: int, expect: Sequence[str] | None = None, **fields: Any) -> bool:
+        """Change fields of a task, if its status is one of `expect` (when given); False if it did not."""
+
+    def update_returning(
+        self, task_id: int, expect: Sequence[str] | None = None, **fields: Any
+    ) -> Task | None:
+        """Like `update`, and return the task as it now is (None where `update` says False)."""
+
+    def claim_next(self, exclude_types: Sequence[str], now: float, worker_pid: int) -> Task | None:
+        """Claim the first pending task by (priority, id) of a type not excluded: running, attempts + 1."""
+
+    def next_pending(self, limit: int) -> list[tuple[int, str]]:
+        """(id, type) of the first `limit` pending tasks, in queue order."""
+
+    def claim_ids(self, ids: Sequence[int], worker_pid: int) -> list[Task]:
+        """Claim those of `ids` still pending for a worker, `started_at` left empty; in queue order."""
+
+    def mark_started(self, task_id: int, started_at: float) -> None:
+        """Record the start of a running task claimed without one (see `claim_ids`)."""
+
+    def complete_many(self, rows: Sequence[tuple[float | None, float, int]]) -> None:
+        """Record (started_at, finished_at, id) of running tasks that completed."""
+
+    def unlease(self, ids: Sequence[int]) -> None:
+        """Put running tasks that never started back in the queue, as if they had not been claimed."""
+
+    def cancel_waiting(self, ids: Sequence[int], now: float, error: str | None = None) -> list[int]:
+        """Cancel those of `ids` still pending or blocked; returns the ones it cancelled."""
+
+    def cancel_waiting_batch(
+        self, task_type: str | None, max_id: int, now: float, limit: int, request: int
+    ) -> list[int]:
+        """Cancel up to `limit` waiting tasks (of a type), ids up to `max_id`, for bulk request `request`."""
+
+    def bulk_cancelled_with_newer_dependents(self, request: int, max_id: int) -> list[int]:
+        """Tasks `request` cancelled that a waiting task newer than `max_id` (came meanwhile) depends on."""
+
+    def max_id(self) -> int:
+        """The highest task id given so far (0 with none): ids only grow, never reused."""
+
+    def replace_dependency(self, old: int, new: int, limit: int = ...) -> list[int]:
+        """Point up to `limit` waiting dependents of `old` at `new`, first by id; returns them."""
+
+    def add_events(
+        self, rows: Iterable[tuple[int, float, str, dict[str, Any] | None, int | None, int | None]]
+    ) -> None:
+        """Record (task_id, time, event, detail, uid, pid) rows."""
+
+    def add_bulk_request(
+        self, time: float, event: str, detail: dict[str, Any], uid: int | None, pid: int | None
+    ) -> int:
+        """Record one request about many tasks; they point at it when it changes them."""
+
+    def delete_events(self, ids: Sequence[int]) -> None:
+        """Remove history rows (bulk requests done with) by row id."""
+
+    def bulk_requests(self, event: str) -> list[tuple[int, dict[str, Any]]]:
+        """(row id, detail) of the requests about many tasks recorded as `event`, oldest first."""
+
+    def events(self, task_id: int) -> list[dict[str, Any]]:
+        """A task's recorded requests, the bulk request that cancelled it among them."""
+
+    def submitter(self, task_id: int) -> tuple[int | None, int | None]:
+        """The uid and pid of the client that submitted the task, if one did."""
+
+    def prunable(self, finished_before: float, keep: int, limit: int) -> list[int]:
+        """Up to `limit` finished tasks, oldest first, past age or count, nothing unfinished refers to."""
+
+    def stale_bulk_requests(self, before: float, keep: Sequence[str]) -> list[int]:
+        """Bulk requests older than `before` that no task points at, but those recorded as one of `keep`."""
+
+    def prune(self, ids: Sequence[int]) -> list[int]:
+        """Remove those of `ids` still prunable, with dependencies and events; returns the ones removed."""
+
+    def running(self) -> list[Task]:
+        """Every task in status running, leased but not started ones among them."""
+
+    def save_progress(self, updates: Iterable[tuple[int, float, str | None]]) -> None:
+        """Record (id, progress, current_operation) of running tasks; others are left alone."""
