@@ -1,0 +1,300 @@
+"""The task routes of the API document, under /api/v1."""
+
+# The answers are in Chinese, like the API document's, and use its full-width punctuation on purpose.
+# ruff: noqa: RUF001
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Annotated, Any, cast
+
+from fastapi import Query, Request
+from starlette.exceptions import HTTPException
+
+from msearchd.errors import (
+    InvalidState,
+    MsearchError,
+)
+from msearchd.http.answers import (
+    ApiError,
+    ApiJSON,
+    CancelAllAnswer,
+    CancelAnswer,
+    CancelByTypeAnswer,
+    PriorityAnswer,
+    RetryAnswer,
+    Stats,
+    SubmitAnswer,
+    Task,
+    TaskList,
+    answers,
+    daemon_error,
+)
+from msearchd.http.link import daemon_link
+from msearchd.http.params import (
+    CANCEL_RUNNING,
+    LIST_LIMIT_MAX,
+    OFFSET_MAX,
+    PRIORITY,
+    STATUS_PATTERN,
+    SUBMIT,
+    TASK_TYPE,
+    TYPE_PATTERN,
+    TaskIdPath,
+    body_doc,
+    no_query,
+    read_params,
+    task_number,
+)
+from msearchd.model import TaskStatus
+
+log = logging.getLogger("msearchd.http")
+
+
+PREFIX = "/api/v1"
+
+
+ROUTES: list[tuple[str, str, Callable[..., Any], dict[str, Any]]] = []
+
+
+def route(method: str, path: str, **options: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Record a route; `create_app` adds them in this order, fixed paths before /tasks/{task_id}."""
+
+    def record(endpoint: Callable[..., Any]) -> Callable[..., Any]:
+        ROUTES.append((method, PREFIX + path, endpoint, options))
+        return endpoint
+
+    return record
+
+
+def is_fixed_path(path: str) -> bool:
+    """Whether a path is one of the routes without parameters, such as /tasks/cancel-all."""
+    return any(path == fixed for _, fixed, _, _ in ROUTES if "{" not in fixed)
+
+
+def ref(n: int) -> str:
+    return f"task_{n}"
+
+
+@route("GET", "/tasks/stats", responses=answers(Stats), summary="获取任务统计信息")
+async def get_stats(request: Request) -> ApiJSON:
+    """Counts by status and by type, and how many workers are busy."""
+    no_query(request, ())
+    try:
+        return ApiJSON(await daemon_link(request).call("stats"))
+    except MsearchError as exc:
+        raise daemon_error(exc, "任务不存在") from None
+
+
+@route("GET", "/tasks", responses=answers(TaskList), summary="获取任务列表")
+async def list_tasks(
+    request: Request,
+    status: Annotated[
+        str | None,
+        Query(
+            pattern=STATUS_PATTERN, description="只列出这些状态的任务，多个用逗号分隔，例如 pending,running"
+        ),
+    ] = None,
+    task_type: Annotated[str | None, Query(pattern=TYPE_PATTERN, description="只列出这一类型的任务")] = None,
+    limit: Annotated[int, Query(ge=1, le=LIST_LIMIT_MAX, description="最多返回多少个")] = 100,
+    offset: Annotated[int, Query(ge=0, le=OFFSET_MAX, description="跳过前面多少个")] = 0,
+) -> ApiJSON:
+    """Tasks in submission order, with the total that match the filters (for paging)."""
+    no_query(request, ("status", "task_type", "limit", "offset"))
+    daemon = daemon_link(request)
+    try:
+        tasks, total = await asyncio.gather(
+            daemon.call("list", status=status, type=task_type, limit=limit, offset=offset),
+            daemon.call("count", status=status, type=task_type),
+        )
+    except MsearchError as exc:
+        raise daemon_error(exc, "任务不存在") from None
+    return ApiJSON({"tasks": tasks, "total": total, "limit": limit, "offset": offset})
+
+
+@route(
+    "POST",
+    "/tasks",
+    status_code=201,
+    responses=answers(SubmitAnswer, 404, 409, body=True, ok_status=201),
+    openapi_extra=body_doc(SUBMIT),
+    summary="提交任务",
+)
+async def submit_task(request: Request) -> ApiJSON:
+    """Queue one task (JSON body). 404/409: a dependency is unknown or was cancelled."""
+    params = await read_params(request, SUBMIT)
+    try:
+        task = await daemon_link(request).call(
+            "submit",
+            type=params["type"],
+            data=params.get("data", {}),
+            priority=params.get("priority"),
+            depends_on=params.get("depends_on", []),
+        )
+    except MsearchError as exc:
+        raise daemon_error(
+            exc, f"依赖的任务不存在（{exc.message}）", f"依赖的任务已取消（{exc.message}）"
+        ) from None
+    return ApiJSON(
+        {
+            "success": True,
+            "message": f"任务已提交: {task['id']}",
+            "data": {"task_id": task["id"], "task": task},
+        },
+        201,
+    )
+
+
+@route("GET", "/tasks/{task_id}", responses=answers(Task, 404), summary="获取单个任务详情")
+async def get_task(request: Request, task_id: TaskIdPath) -> ApiJSON:
+    """Everything about one task."""
+    if is_fixed_path(request.scope["path"]):
+        raise HTTPException(405)  # /tasks/cancel-all is no task: it is a path of its own, for POST
+    no_query(request, ())
+    n = task_number(task_id)
+    if n is None:
+        raise ApiError(404, f"任务不存在: {task_id}")
+    try:
+        return ApiJSON(await daemon_link(request).call("get", task_id=n))
+    except MsearchError as exc:
+        raise daemon_error(exc, f"任务不存在: {ref(n)}") from None
+
+
+async def _status_of(request: Request, n: int) -> dict[str, Any] | None:
+    """The task as it is now, to say why an operation was refused; None if that cannot be known."""
+    try:
+        return cast(dict[str, Any], await daemon_link(request).call("get", task_id=n))
+    except MsearchError:
+        return None
+
+
+@route(
+    "POST",
+    "/tasks/cancel-all",
+    responses=answers(CancelAllAnswer, body=True),
+    openapi_extra=body_doc((CANCEL_RUNNING,)),
+    summary="取消所有任务",
+)
+async def cancel_all(request: Request) -> ApiJSON:
+    """Cancel every waiting task, and with cancel_running=true the running ones too."""
+    params = await read_params(request, (CANCEL_RUNNING,))
+    try:
+        result = await daemon_link(request).call("cancel_all", running=params.get("cancel_running", False))
+    except MsearchError as exc:
+        raise daemon_error(exc, "任务不存在") from None
+    return ApiJSON({"success": True, "message": f"已取消{result['cancelled']}个任务", "result": result})
+
+
+@route(
+    "POST",
+    "/tasks/cancel-by-type",
+    responses=answers(CancelByTypeAnswer, body=True),
+    openapi_extra=body_doc((TASK_TYPE, CANCEL_RUNNING)),
+    summary="按类型取消任务",
+)
+async def cancel_by_type(request: Request) -> ApiJSON:
+    """Cancel every waiting task of one type (and what depends on them); running ones with cancel_running."""
+    params = await read_params(request, (TASK_TYPE, CANCEL_RUNNING))
+    task_type = params["task_type"]
+    try:
+        result = await daemon_link(request).call(
+            "cancel_by_type", task_type=task_type, running=params.get("cancel_running", False)
+        )
+    except MsearchError as exc:
+        raise daemon_error(exc, "任务不存在") from None
+    return ApiJSON(
+        {"success": True, "message": f"已取消{result['cancelled']}个{task_type}任务", "result": result}
+    )
+
+
+@route(
+    "POST",
+    "/tasks/{task_id}/cancel",
+    responses=answers(CancelAnswer, 404, 409, body=True),
+    openapi_extra=body_doc((CANCEL_RUNNING,)),
+    summary="取消单个任务",
+)
+async def cancel_task(request: Request, task_id: TaskIdPath) -> ApiJSON:
+    """Cancel a waiting task (and its dependents); a running one only with cancel_running=true."""
+    params = await read_params(request, (CANCEL_RUNNING,))
+    n = task_number(task_id)
+    if n is None:
+        raise ApiError(404, "任务不存在或无法取消")
+    running = params.get("cancel_running", False)
+    try:
+        result = await daemon_link(request).call("cancel", task_id=n, running=running)
+    except InvalidState as exc:
+        now = await _status_of(request, n)
+        if now is not None and now["status"] == TaskStatus.RUNNING and not running:
+            why = f"任务正在运行，需设置cancel_running=true才能取消: {ref(n)}"
+        elif now is not None:
+            why = f"任务已结束（{now['status']}），无法取消: {ref(n)}"
+        else:
+            why = f"任务无法取消: {ref(n)}（{exc.message}）"
+        raise ApiError(409, why) from None
+    except MsearchError as exc:
+        raise daemon_error(exc, "任务不存在或无法取消") from None
+    return ApiJSON({"success": True, "message": f"任务已取消: {ref(n)}", "data": result})
+
+
+@route(
+    "POST",
+    "/tasks/{task_id}/priority",
+    responses=answers(PriorityAnswer, 404, 409, body=True),
+    openapi_extra=body_doc((PRIORITY,)),
+    summary="更新任务优先级",
+)
+async def set_priority(request: Request, task_id: TaskIdPath) -> ApiJSON:
+    """Change the priority of a pending or blocked task."""
+    params = await read_params(request, (PRIORITY,))
+    n = task_number(task_id)
+    if n is None:
+        raise ApiError(404, "任务不存在")
+    priority = params["priority"]
+    try:
+        task = await daemon_link(request).call("set_priority", task_id=n, priority=priority)
+    except InvalidState as exc:
+        now = await _status_of(request, n)
+        status = now["status"] if now is not None else exc.message
+        raise ApiError(409, f"任务状态不是等待中，无法修改优先级: {status}") from None
+    except MsearchError as exc:
+        raise daemon_error(exc, "任务不存在") from None
+    return ApiJSON(
+        {"success": True, "message": f"任务优先级已更新: {ref(n)} -> {priority}", "data": {"task": task}}
+    )
+
+
+@route(
+    "POST",
+    "/tasks/{task_id}/retry",
+    responses=answers(RetryAnswer, 404, 409, body=True),
+    openapi_extra=body_doc(()),
+    summary="重试失败任务",
+)
+async def retry_task(request: Request, task_id: TaskIdPath) -> ApiJSON:
+    """Queue a new task copying a failed one; only failed tasks, and each only once."""
+    await read_params(request, ())
+    n = task_number(task_id)
+    if n is None:
+        raise ApiError(404, f"任务不存在: {task_id}")
+    try:
+        result = await daemon_link(request).call("retry", task_id=n)
+    except InvalidState as exc:
+        now = await _status_of(request, n)
+        if now is not None and now["status"] != TaskStatus.FAILED:
+            why = f"任务状态不是失败，无法重试: {now['status']}"
+        elif now is not None and now.get("retried_as"):
+            why = f"任务已经重试过: {ref(n)} -> {now['retried_as']}"
+        else:
+            why = f"任务无法重试: {ref(n)}（{exc.message}）"
+        raise ApiError(409, why) from None
+    except MsearchError as exc:
+        raise daemon_error(exc, f"任务不存在: {ref(n)}") from None
+    data = {
+        "new_task_id": result["new_task_id"],
+        "task": result["task"],
+        "handed_over": result["handed_over"],
+    }
+    return ApiJSON({"success": True, "message": f"任务已重试: {ref(n)}", "data": data})
