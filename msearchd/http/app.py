@@ -22,18 +22,16 @@ from starlette.types import Scope
 
 from msearchd import __version__
 from msearchd.http.answers import ApiError, ApiJSON, detail
+from msearchd.http.bodies import shared_schemas
 from msearchd.http.events import MAX_EVENT_STREAMS, StreamSlots
 from msearchd.http.guard import Guard
 from msearchd.http.link import RPC_TIMEOUT, DaemonLink
-from msearchd.http.params import JSON_VALUE_SCHEMA, validation_detail
+from msearchd.http.params import validation_detail
 from msearchd.http.routes import PREFIX, ROUTES
 
 log = logging.getLogger("msearchd.http")
 
-
 DOCS_ASSETS = "/docs/static"
-
-
 _TASK_LINKS = {
     "GetTask": "get_task",
     "CancelTask": "cancel_task",
@@ -129,7 +127,7 @@ def create_app(socket_path: Path, token: str | None = None, rpc_timeout: float =
                 for name, op in _TASK_LINKS.items()
             }
             components = schema.setdefault("components", {})
-            components.setdefault("schemas", {})["JsonValue"] = JSON_VALUE_SCHEMA
+            components.setdefault("schemas", {}).update(shared_schemas())
             for name in ("HTTPValidationError", "ValidationError"):
                 components.get("schemas", {}).pop(name, None)
             if token:

@@ -27,10 +27,7 @@ from msearchd.http.routes import route
 
 log = logging.getLogger("msearchd.http")
 
-
 SSE_KEEPALIVE = 15.0
-
-
 # Each stream holds a connection to the client and one to the daemon, for as long as the client likes.
 MAX_EVENT_STREAMS = 32
 

@@ -62,8 +62,6 @@ def tcp_peer_uid(client: tuple[str, int], server: tuple[str, int]) -> int | None
 
 # Methods that only read: a page of another origin may send them (it cannot read the answer).
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-
-
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 

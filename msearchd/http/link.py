@@ -24,10 +24,7 @@ from msearchd.errors import (
 
 log = logging.getLogger("msearchd.http")
 
-
 RPC_TIMEOUT = 60.0
-
-
 MAX_CONNECTIONS = 64
 
 

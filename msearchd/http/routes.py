@@ -32,30 +32,30 @@ from msearchd.http.answers import (
     answers,
     daemon_error,
 )
+from msearchd.http.bodies import (
+    CancelBody,
+    NoBody,
+    PriorityBody,
+    SubmitBody,
+    TypeCancelBody,
+    openapi_body,
+    read_body,
+)
 from msearchd.http.link import daemon_link
 from msearchd.http.params import (
-    CANCEL_RUNNING,
     LIST_LIMIT_MAX,
     OFFSET_MAX,
-    PRIORITY,
     STATUS_PATTERN,
-    SUBMIT,
-    TASK_TYPE,
     TYPE_PATTERN,
     TaskIdPath,
-    body_doc,
     no_query,
-    read_params,
     task_number,
 )
 from msearchd.model import TaskStatus
 
 log = logging.getLogger("msearchd.http")
 
-
 PREFIX = "/api/v1"
-
-
 ROUTES: list[tuple[str, str, Callable[..., Any], dict[str, Any]]] = []
 
 
@@ -119,19 +119,19 @@ async def list_tasks(
     "/tasks",
     status_code=201,
     responses=answers(SubmitAnswer, 404, 409, body=True, ok_status=201),
-    openapi_extra=body_doc(SUBMIT),
+    openapi_extra=openapi_body(SubmitBody),
     summary="提交任务",
 )
 async def submit_task(request: Request) -> ApiJSON:
     """Queue one task (JSON body). 404/409: a dependency is unknown or was cancelled."""
-    params = await read_params(request, SUBMIT)
+    body = await read_body(request, SubmitBody)
     try:
         task = await daemon_link(request).call(
             "submit",
-            type=params["type"],
-            data=params.get("data", {}),
-            priority=params.get("priority"),
-            depends_on=params.get("depends_on", []),
+            type=body.type,
+            data=body.data,
+            priority=body.priority,
+            depends_on=body.depends_on,
         )
     except MsearchError as exc:
         raise daemon_error(
@@ -174,14 +174,14 @@ async def _status_of(request: Request, n: int) -> dict[str, Any] | None:
     "POST",
     "/tasks/cancel-all",
     responses=answers(CancelAllAnswer, body=True),
-    openapi_extra=body_doc((CANCEL_RUNNING,)),
+    openapi_extra=openapi_body(CancelBody),
     summary="取消所有任务",
 )
 async def cancel_all(request: Request) -> ApiJSON:
     """Cancel every waiting task, and with cancel_running=true the running ones too."""
-    params = await read_params(request, (CANCEL_RUNNING,))
+    body = await read_body(request, CancelBody)
     try:
-        result = await daemon_link(request).call("cancel_all", running=params.get("cancel_running", False))
+        result = await daemon_link(request).call("cancel_all", running=body.cancel_running)
     except MsearchError as exc:
         raise daemon_error(exc, "任务不存在") from None
     return ApiJSON({"success": True, "message": f"已取消{result['cancelled']}个任务", "result": result})
@@ -191,16 +191,16 @@ async def cancel_all(request: Request) -> ApiJSON:
     "POST",
     "/tasks/cancel-by-type",
     responses=answers(CancelByTypeAnswer, body=True),
-    openapi_extra=body_doc((TASK_TYPE, CANCEL_RUNNING)),
+    openapi_extra=openapi_body(TypeCancelBody),
     summary="按类型取消任务",
 )
 async def cancel_by_type(request: Request) -> ApiJSON:
     """Cancel every waiting task of one type (and what depends on them); running ones with cancel_running."""
-    params = await read_params(request, (TASK_TYPE, CANCEL_RUNNING))
-    task_type = params["task_type"]
+    body = await read_body(request, TypeCancelBody)
+    task_type = body.task_type
     try:
         result = await daemon_link(request).call(
-            "cancel_by_type", task_type=task_type, running=params.get("cancel_running", False)
+            "cancel_by_type", task_type=task_type, running=body.cancel_running
         )
     except MsearchError as exc:
         raise daemon_error(exc, "任务不存在") from None
@@ -213,16 +213,16 @@ async def cancel_by_type(request: Request) -> ApiJSON:
     "POST",
     "/tasks/{task_id}/cancel",
     responses=answers(CancelAnswer, 404, 409, body=True),
-    openapi_extra=body_doc((CANCEL_RUNNING,)),
+    openapi_extra=openapi_body(CancelBody),
     summary="取消单个任务",
 )
 async def cancel_task(request: Request, task_id: TaskIdPath) -> ApiJSON:
     """Cancel a waiting task (and its dependents); a running one only with cancel_running=true."""
-    params = await read_params(request, (CANCEL_RUNNING,))
+    body = await read_body(request, CancelBody)
     n = task_number(task_id)
     if n is None:
         raise ApiError(404, "任务不存在或无法取消")
-    running = params.get("cancel_running", False)
+    running = body.cancel_running
     try:
         result = await daemon_link(request).call("cancel", task_id=n, running=running)
     except InvalidState as exc:
@@ -243,16 +243,16 @@ async def cancel_task(request: Request, task_id: TaskIdPath) -> ApiJSON:
     "POST",
     "/tasks/{task_id}/priority",
     responses=answers(PriorityAnswer, 404, 409, body=True),
-    openapi_extra=body_doc((PRIORITY,)),
+    openapi_extra=openapi_body(PriorityBody),
     summary="更新任务优先级",
 )
 async def set_priority(request: Request, task_id: TaskIdPath) -> ApiJSON:
     """Change the priority of a pending or blocked task."""
-    params = await read_params(request, (PRIORITY,))
+    body = await read_body(request, PriorityBody)
     n = task_number(task_id)
     if n is None:
         raise ApiError(404, "任务不存在")
-    priority = params["priority"]
+    priority = body.priority
     try:
         task = await daemon_link(request).call("set_priority", task_id=n, priority=priority)
     except InvalidState as exc:
@@ -270,12 +270,12 @@ async def set_priority(request: Request, task_id: TaskIdPath) -> ApiJSON:
     "POST",
     "/tasks/{task_id}/retry",
     responses=answers(RetryAnswer, 404, 409, body=True),
-    openapi_extra=body_doc(()),
+    openapi_extra=openapi_body(NoBody),
     summary="重试失败任务",
 )
 async def retry_task(request: Request, task_id: TaskIdPath) -> ApiJSON:
     """Queue a new task copying a failed one; only failed tasks, and each only once."""
-    await read_params(request, ())
+    await read_body(request, NoBody)
     n = task_number(task_id)
     if n is None:
         raise ApiError(404, f"任务不存在: {task_id}")
