@@ -248,6 +248,9 @@ METHODS: dict[str, tuple[Param, ...]] = {
         _p("data", dict),
         _p("priority", int, type(None)),
         _p("depends_on", list),
+        _p("key", str, type(None)),
+        _p("on_conflict", str),
+        _p("running", bool),
     ),
     "submit_many": (_p("tasks", list, required=True),),
     "get": (_p("task_id", *TaskRef, required=True),),
@@ -274,6 +277,30 @@ METHODS: dict[str, tuple[Param, ...]] = {
     "status": (),
     "shutdown": (),
     "subscribe": (_p("task_ids", list, type(None)), _p("types", list, type(None))),
+    "cancel_selected": (
+        _p("select", dict, type(None)),
+        _p("running", bool),
+        _p("dry_run", bool),
+        _p("up_to", int, type(None)),
+        _p("expect", int, type(None)),
+    ),
+    "set_priority_selected": (
+        _p("priority", int, required=True),
+        _p("select", dict, type(None)),
+        _p("dry_run", bool),
+        _p("up_to", int, type(None)),
+        _p("expect", int, type(None)),
+    ),
+    "retry_selected": (
+        _p("select", dict, type(None)),
+        _p("dry_run", bool),
+        _p("up_to", int, type(None)),
+        _p("expect", int, type(None)),
+    ),
+    "pause": (_p("types", list, type(None)),),
+    "resume": (_p("types", list, type(None)),),
+    "drain": (_p("types", list, type(None)), _p("timeout", int, float, type(None))),
+    "queue": (),
 }
 
 

@@ -223,6 +223,13 @@ class RpcServer:
             "history": svc.history,
             "status": svc.status,
             "shutdown": self._shutdown,
+            "cancel_selected": svc.cancel_selected,
+            "set_priority_selected": svc.set_priority_selected,
+            "retry_selected": svc.retry_selected,
+            "pause": svc.pause,
+            "resume": svc.resume,
+            "drain": svc.drain,
+            "queue": svc.queue_state,
         }
 
     def _shutdown(self) -> dict[str, Any]:
@@ -682,6 +689,7 @@ class Connection(asyncio.Protocol):
             and not self._server.stopping
             and isinstance(params, dict)
             and not params.get("depends_on")
+            and params.get("key") is None
         )
 
     def _submit_run(self, first: dict[str, Any]) -> list[dict[str, Any]]:

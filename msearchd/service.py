@@ -20,6 +20,7 @@ from typing import Any
 
 from msearchd import __version__
 from msearchd.config import Settings
+from msearchd.control import Controlling
 from msearchd.errors import InvalidArgument, InvalidState, MsearchError, NotFound, Unavailable
 from msearchd.handlers import command
 from msearchd.model import (
@@ -164,7 +165,7 @@ class Durations:
         return self._mean[task_type]
 
 
-class TaskService:
+class TaskService(Controlling):
     def __init__(self, store: Store, settings: Settings, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.settings = settings
@@ -190,6 +191,7 @@ class TaskService:
         self._deferred: list[asyncio.Future[Fanned]] | None = None  # see _deferring
         self._budget_of, self._budget = -1, 0  # dependents the current transaction may still settle
         self.retention = Retention(store, settings, self.log_path, self._running_ids, (FANOUT_EVENT,), clock)
+        self._apply_pauses()
 
     def batch(self) -> AbstractContextManager[None]:
         """Requests made inside share one commit at the end (group commit); each stays atomic alone.
@@ -335,8 +337,13 @@ class TaskService:
         data: dict[str, Any] | None = None,
         priority: int | None = None,
         depends_on: list[Any] | None = None,
-    ) -> dict[str, Any]:
+        key: str | None = None,
+        on_conflict: str = "keep",
+        running: bool = False,
+    ) -> dict[str, Any] | Awaitable[dict[str, Any]]:
         spec = self._prepare(type, data, priority, depends_on)
+        if key is not None:
+            return self._submit_keyed(spec, key, on_conflict, running)
         now = self.clock()
         task_id = self.store.insert(**spec, created_at=now, submitter=REQUESTER.get())
         return self._submitted(task_id, spec, now)
@@ -406,6 +413,8 @@ class TaskService:
         for i, item in enumerate(tasks):
             if not isinstance(item, dict):
                 raise InvalidArgument(f"tasks[{i}] must be a map")
+            if item.get("key") is not None:
+                raise InvalidArgument(f"tasks[{i}]: submit_many takes no keys; submit keyed tasks one by one")
             try:
                 params = check_params("submit", item)
                 specs.append(
@@ -482,6 +491,7 @@ class TaskService:
             "by_type": by_type,
             "workers": self._workers(),
             "running": running,
+            "paused": [t for t, *_ in self.store.pauses()],
         }
 
     def status(self) -> dict[str, Any]:
@@ -837,6 +847,8 @@ class TaskService:
         """Claim a task for every idle worker in one transaction, then hand them out."""
         pool = self.pool
         idle = pool.idle_pids() if pool is not None and not (self._stopping or self._bulk_cancels) else []
+        if self.scheduler.all_paused:
+            idle = []
         if not idle and not self._finished:
             return
         leases: list[tuple[int, list[Task]]] = []
