@@ -172,7 +172,9 @@ def test_ids_and_created_time_select(client):
     assert selected(client, {"ids": [ids["thumb"][0], ids["nas_video"][0]]}) == sorted(
         [ids["thumb"][0], ids["nas_video"][0]]
     )
-    assert selected(client, {"newer_than": middle}) == sorted(ids["home_video"] + ids["thumb"] + ids["thumb2"])
+    assert selected(client, {"newer_than": middle}) == sorted(
+        ids["home_video"] + ids["thumb"] + ids["thumb2"]
+    )
     assert selected(client, {"older_than": middle}) == sorted(ids["nas_video"] + ids["nas_image"])
     assert len(selected(client, {"newer_than": "1h"})) == 5
     assert selected(client, {"older_than": "1d"}) == []
