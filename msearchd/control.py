@@ -370,10 +370,8 @@ class Controlling(_Base):
         self.store.add_bulk_request(now, event, {"types": types}, uid, pid)
         payload = {
             "event": event,
-            "task_id": None,
-            "task_id_n": 0,
+            "task_id_n": 0,  # about no task: only a subscriber to every task hears of it
             "type": "",
-            "status": "",
             "time": now,
             "types": types,
             "uid": uid,

@@ -321,3 +321,82 @@ def test_watchers_hear_of_a_pause(client, daemon):
         assert stream.ready(20)
         event = next(stream)
         assert event["event"] == "queue_paused" and event["types"] == ["quick"]
+
+
+# --- msearchctl ---------------------------------------------------------------------------------------
+
+
+def ctl_ok(d, *args: str) -> str:
+    result = d.ctl(*args)
+    assert result.returncode == 0, (args, result.stdout, result.stderr)
+    return result.stdout
+
+
+def test_cli_add_with_a_key(daemon):
+    ctl_ok(daemon, "queue", "pause")
+    first = ctl_ok(daemon, "tasks", "add", "file_scan", "--key", "scan:/a", "--data", '{"v": 1}').strip()
+    again = daemon.ctl("tasks", "add", "file_scan", "--key", "scan:/a")
+    assert again.stdout.strip() == first and "key scan:/a: kept" in again.stderr
+    replaced = daemon.ctl("tasks", "add", "file_scan", "--key", "scan:/a", "--on-conflict", "replace")
+    assert replaced.stdout.strip() != first and f"replaced {first}" in replaced.stderr
+    usage = daemon.ctl("tasks", "add", "file_scan", "--on-conflict", "replace")
+    assert usage.returncode == 2 and "go with --key" in usage.stderr
+
+
+def test_cli_selections_dry_run_then_run(daemon):
+    with daemon.client() as c:
+        ids = seed(c)
+    args = ("tasks", "cancel", "--type", "file_embed_*", "--where", "path^=/mnt/nas/")
+    preview = ctl_ok(daemon, *args, "--dry-run")
+    assert "would cancel 2 task(s)" in preview
+    assert "file_embed_video: 1 pending" in preview and ids["nas_image"][0] in preview
+    up_to = preview.split("--up-to ")[1].split()[0]
+    assert ctl_ok(daemon, *args, "--up-to", up_to) == "cancelled 2 task(s)\n"
+    out = ctl_ok(daemon, "tasks", "priority", "--type", "thumbnail_generate", "11")
+    assert out == "gave 2 task(s) priority 11 (2 selected)\n"
+    with daemon.client() as c:
+        assert {t["priority"] for t in c.list("pending", "thumbnail_generate")} == {11}
+    assert "would give priority 0 to 1 task(s)" in ctl_ok(
+        daemon, "tasks", "priority", "--with-priority", "5", "--dry-run", "0"
+    )
+    usage = daemon.ctl("tasks", "cancel", "--older-than", "yesterday")
+    assert usage.returncode == 1 and "older_than must be a duration" in usage.stderr
+
+
+def test_cli_retry_failed_selection(daemon):
+    with daemon.client() as c:
+        failed = c.submit("fail", {"path": "/mnt/nas/a"})["id"]
+        other = c.submit("fail", {"path": "/home/a"})["id"]
+        c.wait([failed, other], timeout=20)
+        c.pause()
+    assert "would retry 1 task(s)" in ctl_ok(
+        daemon,
+        "tasks",
+        "retry",
+        "--failed",
+        "--type",
+        "fa*",
+        "--where",
+        "path^=/mnt/",
+        "--newer-than",
+        "1d",
+        "--dry-run",
+    )
+    out = ctl_ok(daemon, "tasks", "retry", "--failed", "--type", "fa*", "--where", "path^=/mnt/")
+    assert out.startswith(f"{failed} -> task_") and other not in out
+
+
+def test_cli_queue_pause_drain_resume(make_daemon, fifo):
+    d = make_daemon(workers=1)
+    gate = fifo("gate")
+    with d.client() as c:
+        run = c.submit("command", {"argv": ["sh", "-c", f"read line < {gate}"]})
+        wait_started(c, run["id"])
+    assert "paused quick since" in ctl_ok(d, "queue", "pause", "--type", "quick")
+    timed_out = d.ctl("queue", "drain", "--timeout", "0.1")
+    assert timed_out.returncode == 4 and run["id"] in timed_out.stdout
+    stats = d.ctl("tasks", "stats")
+    assert "queue paused: nothing starts" in stats.stderr
+    gate.write()
+    assert ctl_ok(d, "queue", "drain", "--timeout", "20") == "drained: nothing runs\n"
+    assert ctl_ok(d, "queue", "resume") == "queue running: nothing paused\n"
