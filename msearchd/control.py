@@ -392,8 +392,9 @@ class Controlling(_Base):
 
         uid, pid = REQUESTER.get()
         with self.store.transaction():
-            self.store.add_pauses(names, self.clock(), uid, pid)
-            self._queue_changed("queue_paused", names)
+            added = self.store.add_pauses(names, self.clock(), uid, pid)
+            if added:  # pausing what is paused already changes nothing: no history entry
+                self._queue_changed("queue_paused", added)
         self._apply_pauses()
         return self.queue_state()
 
@@ -402,7 +403,8 @@ class Controlling(_Base):
         names = None if not types else self._pause_types(types)
         with self.store.transaction():
             resumed = self.store.remove_pauses(names)
-            self._queue_changed("queue_resumed", names or resumed)
+            if resumed:
+                self._queue_changed("queue_resumed", resumed)
         self._apply_pauses()
         self.wake()
         return self.queue_state()

@@ -321,6 +321,12 @@ def json_type(name: str, value: Any) -> str:
     return form_type(name, value)
 
 
+def json_text(name: str, value: Any, nullable: bool = False) -> str | None:
+    if isinstance(value, str) or (nullable and value is None):
+        return value
+    raise bad(f"参数{name}必须是字符串: {json.dumps(value, ensure_ascii=False)}")
+
+
 def json_object(name: str, value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise bad(f"参数{name}必须是JSON对象，收到: {json.dumps(value, ensure_ascii=False)[:100]}")
@@ -413,6 +419,24 @@ SUBMIT = (
             },
         },
         json_task_ids,
+    ),
+    BodyParam(
+        "key",
+        "键：同一键至多一个未结束的任务（可选）",
+        {"anyOf": [{"type": "string", "minLength": 1, "maxLength": 512}, {"type": "null"}]},
+        lambda name, value: json_text(name, value, nullable=True),
+    ),
+    BodyParam(
+        "on_conflict",
+        "已有相同键的未结束任务时：keep（默认，回答已有任务）或 replace（取消等待中的旧任务，提交新任务）",
+        {"type": "string", "enum": ["keep", "replace"]},
+        json_text,
+    ),
+    BodyParam(
+        "replace_running",
+        "replace 时旧任务正在运行也将其停止；默认 false",
+        {"type": "boolean"},
+        json_bool,
     ),
 )
 
@@ -637,6 +661,7 @@ class Stats(BaseModel):
     by_status: dict[str, int]
     by_type: dict[str, dict[str, int]]
     workers: Workers
+    paused: list[str] = []  # paused types; * is the whole queue
 
 
 class CancelData(BaseModel):
@@ -814,18 +839,21 @@ async def submit_task(request: Request) -> ApiJSON:
             data=params.get("data", {}),
             priority=params.get("priority"),
             depends_on=params.get("depends_on", []),
+            **{k: params[k] for k in ("key", "on_conflict") if params.get(k) is not None},
+            **({"running": params["replace_running"]} if "replace_running" in params else {}),
         )
     except MsearchError as exc:
         raise daemon_error(
             exc, f"依赖的任务不存在（{exc.message}）", f"依赖的任务已取消（{exc.message}）"
         ) from None
+    kept = task.get("key_outcome") == "kept"  # nothing new: the task that holds the key
     return ApiJSON(
         {
             "success": True,
-            "message": f"任务已提交: {task['id']}",
+            "message": f"已有相同键的任务: {task['id']}" if kept else f"任务已提交: {task['id']}",
             "data": {"task_id": task["id"], "task": task},
         },
-        201,
+        200 if kept else 201,
     )
 
 
@@ -1329,7 +1357,9 @@ def create_app(socket_path: Path, token: str | None = None, rpc_timeout: float =
         generate_unique_id_function=lambda route: route.name,  # operation ids: the function names
         swagger_ui_parameters={"validatorUrl": None},  # no badge from swagger.io
     )
-    for method, path, endpoint, options in ROUTES:
+    from msearchd import http_control  # paths beyond the document: selections, the queue's pause
+
+    for method, path, endpoint, options in (*ROUTES, *http_control.ROUTES):
         app.add_api_route(path, endpoint, methods=[method], tags=["tasks"], **options)
 
     async def on_validation_error(request: Request, exc: Exception) -> ApiJSON:

@@ -996,12 +996,17 @@ class Store:
         """(type, since, uid, pid) of each paused type; '*' is the whole queue."""
         return self._db.execute("SELECT type, time, uid, pid FROM queue_pauses ORDER BY type").fetchall()
 
-    def add_pauses(self, types: Sequence[str], time: float, uid: int | None, pid: int | None) -> None:
-        """Pause these types (those paused already keep who paused them first)."""
-        self._db.executemany(
-            "INSERT OR IGNORE INTO queue_pauses (type, time, uid, pid) VALUES (?, ?, ?, ?)",
-            [(t, time, uid, pid) for t in types],
-        )
+    def add_pauses(self, types: Sequence[str], time: float, uid: int | None, pid: int | None) -> list[str]:
+        """Pause these types; returns those not paused before (the others keep who paused them)."""
+        added = []
+        for t in types:
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO queue_pauses (type, time, uid, pid) VALUES (?, ?, ?, ?)",
+                (t, time, uid, pid),
+            )
+            if cur.rowcount:
+                added.append(t)
+        return added
 
     def remove_pauses(self, types: Sequence[str] | None) -> list[str]:
         """Resume these types (all, when None); returns those that were paused."""
