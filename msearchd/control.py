@@ -32,7 +32,7 @@ KEY_MAX = 512  # characters of a key
 ON_CONFLICT = ("keep", "replace")
 # Ids a selection scans per step: each step is one transaction when it changes tasks, other requests
 # answered in between.
-SELECT_WINDOW = 2000
+SELECT_WINDOW = 500
 RETRY_STEP = 200  # retries per transaction: each writes a task and its history
 ALL_TYPES = "*"  # the pause of the whole queue
 QUEUE_EVENTS = ("queue_paused", "queue_resumed")
@@ -156,15 +156,21 @@ class Controlling(_Base):
             await asyncio.sleep(0)
 
     async def _preview(
-        self, selection: Selection, statuses: Sequence[str], up_to: int, not_retried: bool = False
+        self,
+        selection: Selection,
+        statuses: Sequence[str],
+        up_to: int,
+        not_retried: bool = False,
+        dependents: bool = False,
     ) -> tuple[Preview, list[int]]:
-        """What the selection holds now, and its tasks that some waiting task depends on."""
+        """What the selection holds now, and (with `dependents`) its tasks that some waiting task
+        depends on."""
         preview = Preview()
         roots: list[int] = []
         async for rows in self._scan(selection, statuses, up_to, not_retried):
             for task_id, task_type, status, _ in rows:
                 preview.add(task_id, task_type, status)
-            if statuses != ("failed",):
+            if dependents:
                 roots += self.store.with_dependents([r[0] for r in rows])
         return preview, roots
 
@@ -218,7 +224,7 @@ class Controlling(_Base):
         allowed = WAITING_STATUSES + ((TaskStatus.RUNNING.value,) if running else ())
         statuses = selection.narrowed_to(allowed)
         if dry_run:
-            preview, roots = await self._preview(selection, statuses, newest)
+            preview, roots = await self._preview(selection, statuses, newest, dependents=True)
             dependents = self._dependents_of(roots, selection, newest)
             return self._dry_answer(
                 preview,
