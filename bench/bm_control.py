@@ -94,6 +94,12 @@ def bulk(tasks: int) -> None:
         report(
             f"cancel of {done['cancelled']} tasks (changed meanwhile: {done['changed_meanwhile']})", took, lat
         )
+        took, dry, lat = timed_call(d, lambda: c.cancel_selected({}, dry_run=True))
+        report(f"dry run of a cancel of every task left ({dry['count']})", took, lat)
+        took, done, lat = timed_call(
+            d, lambda: c.cancel_selected({}, up_to=dry["up_to"], expect=dry["count"])
+        )
+        report(f"cancel of every task left ({done['cancelled']})", took, lat)
 
 
 def submits(n: int, rounds: int) -> None:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from msearchd.errors import InvalidArgument, InvalidState, NotFound
@@ -129,6 +130,17 @@ class Controlling(_Base):
 
     # --- selections ---------------------------------------------------------------------------------
 
+    @contextmanager
+    def _checkpoint_after(self) -> Iterator[None]:
+        """Keep WAL checkpoints out of the chunks' commits, and run one on a thread once they are done."""
+        self.store.pause_checkpoints()
+        try:
+            yield
+        finally:
+            job = asyncio.ensure_future(self._checkpoint_later())
+            self._checkpoints.add(job)
+            job.add_done_callback(self._checkpoints.discard)
+
     def _selection(self, select: object, up_to: object) -> tuple[Selection, int]:
         selection = parse_selection(select, self.clock())
         newest = self.store.max_id()
@@ -242,10 +254,9 @@ class Controlling(_Base):
         cancelled = cascaded = failed = 0
         later: list[Any] = []
         waiting = tuple(s for s in statuses if s in WAITING_STATUSES)
-        self.store.pause_checkpoints()
         self._bulk_cancels += 1  # nothing starts meanwhile: it could be a task about to be cancelled
         try:
-            with self._bulk():
+            with self._bulk(), self._checkpoint_after():
                 async for rows in self._scan(selection, waiting, newest):
                     self._stopped_meanwhile(f"{cancelled} tasks were cancelled")
                     with self._deferring() as more, self.store.transaction():
@@ -257,9 +268,6 @@ class Controlling(_Base):
         finally:
             self._bulk_cancels -= 1
             self.wake()
-            job = asyncio.ensure_future(self._checkpoint_later())
-            self._checkpoints.add(job)
-            job.add_done_callback(self._checkpoints.discard)
         if later:
             cascaded += len((await self._later(later)).cancelled)
         targets = [t for t in self.store.running() if t.id <= newest and self._selects(selection, t)]
@@ -303,7 +311,7 @@ class Controlling(_Base):
 
         uid, pid = REQUESTER.get()
         selected = changed = 0
-        with self._bulk():
+        with self._bulk(), self._checkpoint_after():
             async for rows in self._scan(selection, statuses, newest):
                 self._stopped_meanwhile(f"{changed} tasks were given priority {priority}")
                 selected += len(rows)
@@ -335,7 +343,7 @@ class Controlling(_Base):
             return self._dry_answer(preview, selection, newest)
         retried: list[dict[str, str]] = []
         errors: list[dict[str, str]] = []
-        with self._bulk():
+        with self._bulk(), self._checkpoint_after():
             async for rows in self._scan(selection, statuses, newest, not_retried=True):
                 for start in range(0, len(rows), RETRY_STEP):
                     self._stopped_meanwhile(f"{len(retried)} failed tasks were retried")

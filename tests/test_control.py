@@ -11,6 +11,8 @@ from support import wait_started
 
 from msearchd import protocol
 from msearchd.errors import InvalidArgument
+from msearchd.model import TaskStatus
+from msearchd.store import Store
 
 UNFINISHED = ["pending", "blocked", "running"]
 
@@ -20,6 +22,28 @@ def unfinished_keys(c) -> list[str]:
 
 
 # --- keys ---------------------------------------------------------------------------------------------
+
+
+def test_the_database_itself_holds_one_unfinished_task_per_key(tmp_path):
+    """Whatever the service checks first, a second unfinished task with the key cannot be written."""
+    store = Store(tmp_path / "tasks.db")
+    spec = {
+        "task_type": "file_scan",
+        "data": {},
+        "priority": 5,
+        "status": TaskStatus.PENDING,
+        "created_at": 1.0,
+    }
+    first = store.insert_keyed("k", **spec)
+    assert first is not None
+    assert store.insert_keyed("k", **spec) is None
+    assert store.count() == 1  # the refused one left nothing behind
+    store.update(first, status=TaskStatus.RUNNING)
+    assert store.insert_keyed("k", **spec) is None  # running is unfinished too
+    store.update(first, status=TaskStatus.COMPLETED)
+    second = store.insert_keyed("k", **spec)
+    assert second is not None and store.unfinished_with_key("k").id == second
+    store.close()
 
 
 def test_a_key_keeps_the_unfinished_task_and_says_so(client):
