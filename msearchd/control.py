@@ -423,22 +423,24 @@ class Controlling(_Base):
         self.wake()
         return self.queue_state()
 
-    async def drain(self, types: list[Any] | None = None, timeout: float | None = None) -> dict[str, Any]:
-        """Pause, then wait until none of the paused types runs (for a backup, a reboot, an upgrade)."""
+    def drain(
+        self, types: list[Any] | None = None, timeout: float | None = None
+    ) -> Awaitable[dict[str, Any]]:
+        """Pause at once, then wait until none of the paused types runs (for a backup, a reboot, an
+        upgrade); the requests after it see the pause."""
         if timeout is not None and not timeout >= 0:
             raise InvalidArgument(f"timeout must be 0 or more seconds, got {timeout!r}")
         self.pause(types)
         names = set(self._pause_types(types))
-        deadline = None if timeout is None else time.monotonic() + timeout
+        return self._drained(names, None if timeout is None else time.monotonic() + timeout)
+
+    async def _drained(self, names: set[str], deadline: float | None) -> dict[str, Any]:
         while True:
             busy = [t.id for t in self.store.running() if ALL_TYPES in names or t.type in names]
             left = None if deadline is None else deadline - time.monotonic()
             if not busy or (left is not None and left <= 0):
-                return {
-                    **self.queue_state(),
-                    "drained": not busy,
-                    "running": [format_task_id(i) for i in busy],
-                }
+                running = [format_task_id(i) for i in busy]
+                return {**self.queue_state(), "drained": not busy, "running": running}
             await self.wait(busy, statuses=_SETTLED, timeout=left)
 
     def queue_state(self) -> dict[str, Any]:

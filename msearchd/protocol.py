@@ -17,8 +17,8 @@ effect in the order they were sent, and those that arrive together are committed
 answered only once what it reports is durable. A ``wait`` changes nothing, so the requests behind
 it are served while it waits: their answers come before its own. A call that must finish work
 before it answers (``cancel`` of a running task, ``cancel_all``, ``cancel_by_type``,
-``retry_failed``, the ``*_selected`` calls, ``drain``) holds back the requests behind it until it is
-done, so that they see its effect.
+``retry_failed``, the ``*_selected`` calls) holds back the requests behind it until it is done, so
+that they see its effect.
 
 Limits. A connection may have at most 1,000 calls waiting for their answer (more are read once some
 are answered), and the daemon stops reading from a connection that has 256 KiB of requests it has

@@ -429,7 +429,7 @@ SUBMIT_RUN = 1000
 # Methods whose pending answer is only a wait: the requests behind it do not wait for it, and it is
 # dropped when the client goes away. Any other holds back the requests behind it and runs to its end
 # (a cancel under way finishes its work), its answer unsent if the client went away.
-_ABANDONABLE = frozenset({"wait"})
+_ABANDONABLE = frozenset({"wait", "drain"})  # a drain has paused the queue before it waits
 
 # An answer: the request's id (None if it had none usable), whether it reports a success (whose
 # effect a failed commit undoes), and its frame.

@@ -424,3 +424,22 @@ def test_cli_queue_pause_drain_resume(make_daemon, fifo):
     gate.write()
     assert ctl_ok(d, "queue", "drain", "--timeout", "20") == "drained: nothing runs\n"
     assert ctl_ok(d, "queue", "resume") == "queue running: nothing paused\n"
+
+
+def test_a_drain_under_way_holds_back_no_request_behind_it(make_daemon, fifo):
+    d = make_daemon(workers=1)
+    gate = fifo("gate")
+    with d.client() as c:
+        run = c.submit("command", {"argv": ["sh", "-c", f"read line < {gate}"]})
+        wait_started(c, run["id"])
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(d.socket))
+        sock.sendall(protocol.encode(protocol.request(0, "hello", {"protocol": protocol.PROTOCOL_VERSION})))
+        assert protocol.recv_frame(sock)["id"] == 0
+        sock.sendall(protocol.encode(protocol.request(1, "drain", {"timeout": 60})))
+        sock.sendall(protocol.encode(protocol.request(2, "queue", {})))
+        first = protocol.recv_frame(sock)
+        assert first["id"] == 2 and first["result"]["all_paused"]  # the drain paused before it waited
+        gate.write()
+        second = protocol.recv_frame(sock)
+        assert second["id"] == 1 and second["result"]["drained"] is True
