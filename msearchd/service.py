@@ -431,7 +431,10 @@ class TaskService(Controlling):
 
     def follow_up(self, parent_id: int, params: dict[str, Any]) -> str:
         params = check_params("submit", params)
+        if params.get("running"):
+            raise InvalidArgument("a follow-up cannot stop a running task: submit it with running=false")
         task = self.submit(**params)
+        assert isinstance(task, dict)
         log.info("%s submitted follow-up %s", format_task_id(parent_id), task["id"])
         return str(task["id"])
 
