@@ -1,7 +1,7 @@
 """`msearchctl`: control msearchd from a shell. Each command parses its arguments and makes one call.
 
 Exit codes: 0 done; 1 refused by the daemon (unknown task, wrong state, bad value); 2 usage;
-3 daemon unreachable; 4 `tasks wait` timed out; 130 interrupted.
+3 daemon unreachable; 4 `tasks wait` or `queue drain` timed out; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
+import click
 import typer
 from click.core import ParameterSource
 
@@ -29,8 +30,8 @@ LIST_PAGE = 10_000  # the daemon's largest page, for list --all
 app = typer.Typer(
     name="msearchctl",
     help="Control the msearch task daemon (msearchd): queue, reprioritise, cancel and retry tasks.\n\n"
-    "Exit codes: 0 done, 1 refused by the daemon, 2 usage error, 3 daemon unreachable, 4 wait timed out, "
-    "130 interrupted.",
+    "Exit codes: 0 done, 1 refused by the daemon, 2 usage error, 3 daemon unreachable, 4 wait or drain "
+    "timed out, 130 interrupted.",
     no_args_is_help=True,
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
@@ -38,7 +39,13 @@ app = typer.Typer(
 )
 tasks_app = typer.Typer(help="Add, inspect and control tasks.", no_args_is_help=True, suggest_commands=False)
 daemon_app = typer.Typer(help="Check on or stop the daemon.", no_args_is_help=True, suggest_commands=False)
+queue_app = typer.Typer(
+    help="Pause, resume and drain the queue: running tasks go on, no new one starts.",
+    no_args_is_help=True,
+    suggest_commands=False,
+)
 app.add_typer(tasks_app, name="tasks")
+app.add_typer(queue_app, name="queue")
 app.add_typer(daemon_app, name="daemon")
 
 # --- completion: statuses are known here; types and ids come from the daemon, if it answers at once
@@ -202,6 +209,119 @@ def output(value: Any, as_json: bool, view: str) -> None:
     getattr(render, view)(value)
 
 
+# --- selections: which tasks cancel, priority and retry are about -------------------------------------
+
+SelTypesOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--type",
+        "-t",
+        help="Only tasks of this type, or of the types a glob matches (file_embed_*); repeat for several.",
+        autocompletion=_complete_types,
+    ),
+]
+SelStatusOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--status",
+        "-s",
+        help="Only tasks in this state; repeat, or separate with commas.",
+        autocompletion=_complete_statuses,
+    ),
+]
+SelPriorityOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--with-priority",
+        help="Only tasks of this priority, or of a range: 3..5, ..5, 9..",
+        show_default=False,
+    ),
+]
+OlderOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--older-than",
+        help="Only tasks created before this: a duration back from now (90s, 30m, 2h, 1d, 2w) or a date "
+        "(2026-12-01, 2026-12-01T08:30, local time).",
+        show_default=False,
+    ),
+]
+NewerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--newer-than", help="Only tasks created since this: as for --older-than.", show_default=False
+    ),
+]
+WhereOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--where",
+        help="Only tasks whose data matches FIELD OP VALUE; OP is = (equals), != (differs), ^= (starts "
+        "with), $= (ends with) or *= (contains); FIELD may be a dotted path (source.path). Repeat: all "
+        "must hold. E.g. --where path^=/mnt/nas/",
+    ),
+]
+DryRunOpt = Annotated[
+    bool,
+    typer.Option(
+        "--dry-run",
+        help="Change nothing: say how many tasks it would touch, by type and state, some of their ids, "
+        "and for a cancel the dependents it would cancel with them.",
+    ),
+]
+UpToOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--up-to",
+        help="Only tasks up to this id (the one a dry run names), so that a run after a dry run leaves "
+        "out tasks added since.",
+        show_default=False,
+    ),
+]
+
+
+def _selection(
+    ids: list[str],
+    types: list[str] | None,
+    statuses: list[str] | None,
+    priority: str | None,
+    older: str | None,
+    newer: str | None,
+    where: list[str] | None,
+) -> dict[str, Any]:
+    """The selection map the daemon reads (and checks: the same words for every client)."""
+    select: dict[str, Any] = {}
+    if ids:
+        select["ids"] = [task_ref(i) for i in ids]
+    if types:
+        select["types"] = list(types)
+    if statuses:
+        select["statuses"] = [s.strip() for value in statuses for s in value.split(",")]
+    if priority is not None:
+        select["priority"] = priority
+    if older is not None:
+        select["older_than"] = older
+    if newer is not None:
+        select["newer_than"] = newer
+    if where:
+        select["where"] = list(where)
+    return select
+
+
+def _run_options(dry_run: bool, up_to: str | None) -> dict[str, Any]:
+    run: dict[str, Any] = {"dry_run": dry_run}
+    if up_to is not None:
+        run["up_to"] = task_ref(up_to)
+    return run
+
+
+def _changed_note(result: dict[str, Any]) -> None:
+    if result.get("changed_meanwhile"):
+        print(
+            f"msearchctl: the dry run counted {result['previewed']}; tasks changed meanwhile", file=sys.stderr
+        )
+
+
 # --- tasks --------------------------------------------------------------------------------------------
 
 
@@ -236,9 +356,35 @@ def add(
             autocompletion=_id_completion(),
         ),
     ] = None,
+    key: Annotated[
+        str | None,
+        typer.Option(
+            "--key",
+            help="At most one unfinished task per key: another add with it answers that task's id "
+            "(see --on-conflict).",
+        ),
+    ] = None,
+    on_conflict: Annotated[
+        str,
+        typer.Option(
+            "--on-conflict",
+            help="With --key, when an unfinished task holds it: keep it, or replace it (cancel it if it "
+            "waits, queue this one).",
+            click_type=click.Choice(["keep", "replace"]),
+        ),
+    ] = "keep",
+    replace_running: Annotated[
+        bool,
+        typer.Option(
+            "--running", help="With --on-conflict replace: stop the holder even if it runs already."
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Queue a task. For type command the argv after -- is what runs: `tasks add command -- sleep 30`."""
+    """Queue a task. For type command the argv after -- is what runs: `tasks add command -- sleep 30`.
+
+    With --key, prints the id of the task that holds the key and, on stderr, whether it was created,
+    kept or replaced."""
     payload: dict[str, Any] = {}
     if data is not None:
         try:
@@ -257,11 +403,24 @@ def add(
         )
     deps = [task_ref(d) for d in depends_on or []]
     with daemon(ctx) as client:
-        task = client.submit(task_type, payload, priority=priority, depends_on=deps)
+        if key is None and (on_conflict != "keep" or replace_running):
+            raise typer.BadParameter("--on-conflict and --running go with --key")
+        task = client.submit(
+            task_type,
+            payload,
+            priority=priority,
+            depends_on=deps,
+            key=key,
+            on_conflict=on_conflict,
+            running=replace_running,
+        )
     if as_json:
         print_json(task)
     else:
         print(task["id"])
+        if key is not None and task["key_outcome"] != "created":
+            replaced = f" {task['replaced']}" if task["key_outcome"] == "replaced" else ""
+            print(f"msearchctl: key {key}: {task['key_outcome']}{replaced}", file=sys.stderr)
 
 
 @tasks_app.command("list")
@@ -332,10 +491,51 @@ def stats(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 
 @tasks_app.command("cancel")
 def cancel(
-    ctx: typer.Context, task_id: TaskIdArg, running: RunningOpt = False, as_json: JsonOpt = False
+    ctx: typer.Context,
+    task_ids: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="[ID]...", help="Tasks to cancel: task_<n> or <n>.", autocompletion=_id_completion()
+        ),
+    ] = None,
+    types: SelTypesOpt = None,
+    statuses: SelStatusOpt = None,
+    with_priority: SelPriorityOpt = None,
+    older_than: OlderOpt = None,
+    newer_than: NewerOpt = None,
+    where: WhereOpt = None,
+    running: RunningOpt = False,
+    dry_run: DryRunOpt = False,
+    up_to: UpToOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Cancel a task that has not started, and those that depend on it; --running stops one that runs."""
-    ref = task_ref(task_id)
+    """Cancel a task that has not started, and those that depend on it; --running stops one that runs.
+
+    Several ids, or a selection (--type, --status, --with-priority, --older-than, --newer-than,
+    --where), cancel every task that matches all of what is given; --dry-run first shows which."""
+    ids = task_ids or []
+    select = _selection(ids, types, statuses, with_priority, older_than, newer_than, where)
+    if not select:
+        raise typer.BadParameter(
+            "give task ids or a selection (--type, --status, ...); cancel-all cancels all"
+        )
+    if len(ids) == 1 and len(select) == 1 and not (dry_run or up_to):
+        _cancel_one(ctx, task_ref(ids[0]), running, as_json)
+        return
+    with daemon(ctx) as client:
+        result = client.cancel_selected(select, running=running, **_run_options(dry_run, up_to))
+    if dry_run and not as_json:
+        from msearchctl import render
+
+        render.preview(result, "cancel")
+        return
+    _print_counts(result, as_json, "task(s)")
+    _changed_note(result)
+    if result.get("failed"):
+        raise typer.Exit(EXIT_REFUSED)
+
+
+def _cancel_one(ctx: typer.Context, ref: int, running: bool, as_json: bool) -> None:
     with daemon(ctx) as client:
         try:
             result = client.cancel(ref, running=running)
@@ -356,18 +556,55 @@ def cancel(
 @tasks_app.command("priority", context_settings={"ignore_unknown_options": True})
 def priority(
     ctx: typer.Context,
-    task_id: TaskIdArg,
-    value: Annotated[int, typer.Argument(metavar="PRIORITY", help="0 (runs first) to 11 (runs last).")],
+    targets: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="[ID]... PRIORITY",
+            help="Tasks (task_<n> or <n>), then the priority: 0 (runs first) to 11 (runs last).",
+        ),
+    ],
+    types: SelTypesOpt = None,
+    statuses: SelStatusOpt = None,
+    with_priority: SelPriorityOpt = None,
+    older_than: OlderOpt = None,
+    newer_than: NewerOpt = None,
+    where: WhereOpt = None,
+    dry_run: DryRunOpt = False,
+    up_to: UpToOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Change the priority of a pending or blocked task."""
-    ref = task_ref(task_id)
+    """Change the priority of a pending or blocked task.
+
+    Several ids, or a selection, change every waiting task that matches:
+    `tasks priority --type thumbnail_generate 11` puts off a whole class at once."""
+    *ids, value_text = targets
+    try:
+        value = int(value_text)
+    except ValueError:
+        raise typer.BadParameter(f"{value_text!r} is not a valid integer", param_hint="PRIORITY") from None
+    select = _selection(ids, types, statuses, with_priority, older_than, newer_than, where)
+    if not select:
+        raise typer.BadParameter("give task ids or a selection (--type, --status, ...) before the priority")
+    if len(ids) == 1 and len(select) == 1 and not (dry_run or up_to):
+        ref = task_ref(ids[0])
+        with daemon(ctx) as client:
+            task = client.set_priority(ref, value)
+        if as_json:
+            print_json(task)
+        else:
+            print(f"{task['id']} priority {task['priority']}")
+        return
     with daemon(ctx) as client:
-        task = client.set_priority(ref, value)
+        result = client.set_priority_selected(select, value, **_run_options(dry_run, up_to))
     if as_json:
-        print_json(task)
+        print_json(result)
+    elif dry_run:
+        from msearchctl import render
+
+        render.preview(result, f"give priority {value} to")
     else:
-        print(f"{task['id']} priority {task['priority']}")
+        print(f"gave {result['changed']} task(s) priority {value} ({result['selected']} selected)")
+        _changed_note(result)
 
 
 def _print_counts(result: dict[str, Any], as_json: bool, what: str) -> None:
@@ -419,26 +656,55 @@ def retry(
         ),
     ] = None,
     all_failed: Annotated[
-        bool, typer.Option("--all-failed", help="Retry every failed task not yet retried.")
-    ] = False,
-    task_type: Annotated[
-        str | None,
+        bool,
         typer.Option(
-            "--type", "-t", help="With --all-failed: only this type.", autocompletion=_complete_types
+            "--all-failed", "--failed", help="Retry every failed task not yet retried (that matches)."
+        ),
+    ] = False,
+    types: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--type",
+            "-t",
+            help="With --failed: only this type, or the types a glob matches; repeat for several.",
+            autocompletion=_complete_types,
         ),
     ] = None,
+    with_priority: SelPriorityOpt = None,
+    older_than: OlderOpt = None,
+    newer_than: NewerOpt = None,
+    where: WhereOpt = None,
+    dry_run: DryRunOpt = False,
+    up_to: UpToOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Retry failed tasks as new tasks (same type, data, priority, dependencies); prints the new ids."""
+    """Retry failed tasks as new tasks (same type, data, priority, dependencies); prints the new ids.
+
+    --failed with a selection retries the failures that match it:
+    `retry --failed --type file_embed_video --newer-than 1d` retries last night's."""
     if bool(task_ids) == all_failed:
         raise typer.BadParameter("give task ids or --all-failed, not both and not neither")
-    if task_type is not None and not all_failed:
-        raise typer.BadParameter("--type goes with --all-failed")
+    select = _selection([], types, None, with_priority, older_than, newer_than, where)
+    if (select or dry_run or up_to) and not all_failed:
+        raise typer.BadParameter("--type and the other selection options go with --all-failed")
     refs = [task_ref(t) for t in task_ids or []]
     results: list[dict[str, Any]] = []
     with daemon(ctx) as client:
-        if all_failed:
-            results = client.retry_failed(task_type)
+        # One exact type, or none, is what retry_failed has always taken: its answer is the same.
+        plain = not (dry_run or up_to or set(select) - {"types"} or len(types or []) > 1)
+        if all_failed and not (plain and not any(c in "".join(types or []) for c in "*?[")):
+            answer = client.retry_selected(select, **_run_options(dry_run, up_to))
+            if dry_run:
+                if as_json:
+                    print_json(answer)
+                else:
+                    from msearchctl import render
+
+                    render.preview(answer, "retry")
+                return
+            results = answer["tasks"] + answer["errors"]
+        elif all_failed:
+            results = client.retry_failed(types[0] if types else None)
         for ref in refs:
             try:
                 answer = client.retry(ref)
@@ -536,7 +802,8 @@ def watch(
             if as_json or not sys.stdout.isatty():
                 why = render.event_lines(stream, tasks, until_done=bool(refs))
             else:
-                why = render.follow(stream, tasks, until_done=bool(refs))
+                paused = [p["type"] for p in client.queue()["paused"]]
+                why = render.follow(stream, tasks, until_done=bool(refs), paused=paused)
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
     if why == "overflow":
@@ -609,6 +876,68 @@ def history(ctx: typer.Context, task_id: TaskIdArg, as_json: JsonOpt = False) ->
 
 
 # --- daemon -------------------------------------------------------------------------------------------
+
+
+# --- queue --------------------------------------------------------------------------------------------
+
+PauseTypesOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--type",
+        "-t",
+        help="Only this type; repeat for several (default: every type).",
+        autocompletion=_complete_types,
+    ),
+]
+
+
+def _queue_output(result: dict[str, Any], as_json: bool) -> None:
+    output(result, as_json, "queue_state")
+
+
+@queue_app.command("pause")
+def queue_pause(ctx: typer.Context, types: PauseTypesOpt = None, as_json: JsonOpt = False) -> None:
+    """Start no new task (of these types); running ones go on. Stays paused across daemon restarts."""
+    with daemon(ctx) as client:
+        _queue_output(client.pause(types or None), as_json)
+
+
+@queue_app.command("resume")
+def queue_resume(ctx: typer.Context, types: PauseTypesOpt = None, as_json: JsonOpt = False) -> None:
+    """Start tasks again: of these types, or of every paused one."""
+    with daemon(ctx) as client:
+        _queue_output(client.resume(types or None), as_json)
+
+
+@queue_app.command("drain")
+def queue_drain(
+    ctx: typer.Context,
+    types: PauseTypesOpt = None,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", min=0, help="Give up after this many seconds (exit 4).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Pause, then wait until nothing (of these types) runs: before a backup, a reboot, an upgrade.
+
+    Exit 0 once drained, 4 on timeout (the queue stays paused either way; `queue resume` ends it)."""
+    with daemon(ctx) as client:
+        result = client.drain(types or None, timeout)
+    if as_json:
+        print_json(result)
+    elif result["drained"]:
+        print("drained: nothing runs")
+    else:
+        print(f"still running after {timeout:g} s: {' '.join(result['running'])}")
+    if not result["drained"]:
+        raise typer.Exit(EXIT_TIMEOUT)
+
+
+@queue_app.command("status")
+def queue_status(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """What is paused, since when and by whom."""
+    with daemon(ctx) as client:
+        _queue_output(client.queue(), as_json)
 
 
 @daemon_app.command("status")

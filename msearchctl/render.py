@@ -105,6 +105,8 @@ def stats(result: dict[str, Any]) -> None:
         for task_type, counts in sorted(result["by_type"].items()):
             print("\t".join([task_type, *(str(counts.get(s, 0)) for s in statuses)]))
         print("\t".join(["total", *(str(result["by_status"][s]) for s in statuses)]))
+        if result.get("paused"):
+            print(paused_line(result["paused"]), file=sys.stderr)
         return  # one table, for scripts; workers and running tasks are in --json
     from rich.console import Console
     from rich.table import Table
@@ -118,6 +120,8 @@ def stats(result: dict[str, Any]) -> None:
     console = Console()
     console.print(table)
     console.print(f"workers busy {w['busy']}/{w['total']}")
+    if result.get("paused"):
+        console.print(Text(paused_line(result["paused"]), "yellow"))
     for r in result["running"]:
         line = f"  {r['id']} {r['type']} {r['progress'] * 100:.0f}% {r['current_operation'] or ''}"
         console.print(Text(line))
@@ -129,10 +133,15 @@ FINISHED = frozenset({"completed", "failed", "cancelled"})
 class Board:
     """The latest known state of each watched task, kept up to date from events."""
 
-    def __init__(self, tasks: list[dict[str, Any]]) -> None:
+    def __init__(self, tasks: list[dict[str, Any]], paused: list[str] | None = None) -> None:
         self.rows: dict[str, dict[str, Any]] = {t["id"]: dict(t) for t in tasks}
+        self.paused = set(paused or ())
 
     def apply(self, event: dict[str, Any]) -> None:
+        if event.get("event") == "queue_paused":
+            self.paused.update(event["types"])
+        elif event.get("event") == "queue_resumed":
+            self.paused.difference_update(event["types"])
         if "task_id" not in event:
             return
         row = self.rows.setdefault(
@@ -200,10 +209,15 @@ class Board:
                 elapsed,
                 Text(_board_note(row), no_wrap=True, overflow="ellipsis"),
             )
+        notes = [Text(paused_line(sorted(self.paused)), "yellow")] if self.paused else []
         if self.rows:
-            yield table
+            yield Group(*notes, table)
         else:
-            yield Group(table, Text("no active tasks; waiting for new ones", "dim"))
+            yield Group(*notes, table, Text("no active tasks; waiting for new ones", "dim"))
+
+
+def paused_line(paused: list[str]) -> str:
+    return "queue paused: nothing starts" if "*" in paused else "paused: " + ", ".join(paused)
 
 
 def _board_note(row: dict[str, Any]) -> str:
@@ -224,12 +238,18 @@ def _next_event(stream: Any, deadline: float | None) -> dict[str, Any] | None:
     return None
 
 
-def follow(stream: Any, tasks: list[dict[str, Any]], until_done: bool, timeout: float | None = None) -> str:
+def follow(
+    stream: Any,
+    tasks: list[dict[str, Any]],
+    until_done: bool,
+    timeout: float | None = None,
+    paused: list[str] | None = None,
+) -> str:
     """A live table on the terminal, redrawn from the event stream. Returns why it stopped: see
     `ended`."""
     from rich.live import Live
 
-    board = Board(tasks)
+    board = Board(tasks, paused)
     deadline = None if timeout is None else time.monotonic() + timeout
     last = None
     with Live(board, refresh_per_second=4, transient=False):
@@ -318,3 +338,28 @@ def history(entries: list[dict[str, Any]]) -> None:
         )
         who = f" (uid {entry['uid']}, pid {entry['pid']})" if entry.get("uid") is not None else ""
         print(f"{stamp}  {entry['event']:<20} {details}{who}".rstrip())
+
+
+def preview(result: dict[str, Any], verb: str) -> None:
+    """What a dry run found: counts by type and status, a sample of ids, dependents of a cancel."""
+    print(f"would {verb} {result['count']} task(s)")
+    for task_type, counts in sorted(result["by_type"].items()):
+        print(f"  {task_type}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    if result["sample"]:
+        more = " ..." if result["count"] > len(result["sample"]) else ""
+        print("  ids: " + " ".join(result["sample"]) + more)
+    if result.get("dependents"):
+        print(
+            f"  and {result['dependents']} task(s) that depend on them: "
+            + " ".join(result["dependents_sample"])
+        )
+    print(f"the same selection with --up-to task_{result['up_to']} leaves out tasks submitted since")
+
+
+def queue_state(result: dict[str, Any]) -> None:
+    if not result["paused"]:
+        print("queue running: nothing paused")
+    for p in result["paused"]:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(p["since"]))
+        who = f" by uid {p['uid']}, pid {p['pid']}" if p.get("uid") is not None else ""
+        print(f"paused {'all types' if p['type'] == '*' else p['type']} since {stamp}{who}")

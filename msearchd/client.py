@@ -84,13 +84,18 @@ class _Methods:
         *,
         priority: int | None = None,
         depends_on: list[str | int] | None = None,
+        key: str | None = None,
+        on_conflict: str = "keep",
+        running: bool = False,
     ) -> Any:
+        keyed = {"key": key, "on_conflict": on_conflict, "running": running} if key is not None else {}
         return self.call(
             "submit",
             type=task_type,
             data=dict(data or {}),
             priority=priority,
             depends_on=list(depends_on or []),
+            **keyed,
         )
 
     def submit_many(self, tasks: list[dict[str, Any]]) -> Any:
@@ -131,6 +136,28 @@ class _Methods:
 
     def retry_failed(self, task_type: str | None = None) -> Any:
         return self.call("retry_failed", type=task_type)
+
+    def cancel_selected(self, select: dict[str, Any], running: bool = False, **run: Any) -> Any:
+        """`run`: dry_run, and for a run after a dry run, its up_to and count as expect."""
+        return self.call("cancel_selected", select=select, running=running, **run)
+
+    def set_priority_selected(self, select: dict[str, Any], priority: int, **run: Any) -> Any:
+        return self.call("set_priority_selected", select=select, priority=priority, **run)
+
+    def retry_selected(self, select: dict[str, Any], **run: Any) -> Any:
+        return self.call("retry_selected", select=select, **run)
+
+    def pause(self, types: list[str] | None = None) -> Any:
+        return self.call("pause", types=types)
+
+    def resume(self, types: list[str] | None = None) -> Any:
+        return self.call("resume", types=types)
+
+    def drain(self, types: list[str] | None = None, timeout: float | None = None) -> Any:
+        return self.call("drain", types=types, timeout=timeout)
+
+    def queue(self) -> Any:
+        return self.call("queue")
 
     def wait(
         self, task_ids: list[str | int], statuses: list[str] | None = None, timeout: float | None = None

@@ -17,7 +17,8 @@ effect in the order they were sent, and those that arrive together are committed
 answered only once what it reports is durable. A ``wait`` changes nothing, so the requests behind
 it are served while it waits: their answers come before its own. A call that must finish work
 before it answers (``cancel`` of a running task, ``cancel_all``, ``cancel_by_type``,
-``retry_failed``) holds back the requests behind it until it is done, so that they see its effect.
+``retry_failed``, the ``*_selected`` calls) holds back the requests behind it until it is done, so
+that they see its effect.
 
 Limits. A connection may have at most 1,000 calls waiting for their answer (more are read once some
 are answered), and the daemon stops reading from a connection that has 256 KiB of requests it has
@@ -248,6 +249,9 @@ METHODS: dict[str, tuple[Param, ...]] = {
         _p("data", dict),
         _p("priority", int, type(None)),
         _p("depends_on", list),
+        _p("key", str, type(None)),
+        _p("on_conflict", str),
+        _p("running", bool),
     ),
     "submit_many": (_p("tasks", list, required=True),),
     "get": (_p("task_id", *TaskRef, required=True),),
@@ -274,6 +278,30 @@ METHODS: dict[str, tuple[Param, ...]] = {
     "status": (),
     "shutdown": (),
     "subscribe": (_p("task_ids", list, type(None)), _p("types", list, type(None))),
+    "cancel_selected": (
+        _p("select", dict, type(None)),
+        _p("running", bool),
+        _p("dry_run", bool),
+        _p("up_to", int, type(None)),
+        _p("expect", int, type(None)),
+    ),
+    "set_priority_selected": (
+        _p("priority", int, required=True),
+        _p("select", dict, type(None)),
+        _p("dry_run", bool),
+        _p("up_to", int, type(None)),
+        _p("expect", int, type(None)),
+    ),
+    "retry_selected": (
+        _p("select", dict, type(None)),
+        _p("dry_run", bool),
+        _p("up_to", int, type(None)),
+        _p("expect", int, type(None)),
+    ),
+    "pause": (_p("types", list, type(None)),),
+    "resume": (_p("types", list, type(None)),),
+    "drain": (_p("types", list, type(None)), _p("timeout", int, float, type(None))),
+    "queue": (),
 }
 
 

@@ -223,6 +223,13 @@ class RpcServer:
             "history": svc.history,
             "status": svc.status,
             "shutdown": self._shutdown,
+            "cancel_selected": svc.cancel_selected,
+            "set_priority_selected": svc.set_priority_selected,
+            "retry_selected": svc.retry_selected,
+            "pause": svc.pause,
+            "resume": svc.resume,
+            "drain": svc.drain,
+            "queue": svc.queue_state,
         }
 
     def _shutdown(self) -> dict[str, Any]:
@@ -422,7 +429,7 @@ SUBMIT_RUN = 1000
 # Methods whose pending answer is only a wait: the requests behind it do not wait for it, and it is
 # dropped when the client goes away. Any other holds back the requests behind it and runs to its end
 # (a cancel under way finishes its work), its answer unsent if the client went away.
-_ABANDONABLE = frozenset({"wait"})
+_ABANDONABLE = frozenset({"wait", "drain"})  # a drain has paused the queue before it waits
 
 # An answer: the request's id (None if it had none usable), whether it reports a success (whose
 # effect a failed commit undoes), and its frame.
@@ -682,6 +689,7 @@ class Connection(asyncio.Protocol):
             and not self._server.stopping
             and isinstance(params, dict)
             and not params.get("depends_on")
+            and params.get("key") is None
         )
 
     def _submit_run(self, first: dict[str, Any]) -> list[dict[str, Any]]:

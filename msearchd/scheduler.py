@@ -15,13 +15,19 @@ class Scheduler:
     def __init__(self, type_limits: Mapping[str, int] | None = None) -> None:
         self._limits = dict(type_limits or {})
         self._running: Counter[str] = Counter()
+        self.paused: frozenset[str] = frozenset()
+        self.all_paused = False  # the whole queue: nothing starts
+
+    def pause(self, types: set[str], everything: bool) -> None:
+        self.paused, self.all_paused = frozenset(types), everything
 
     def excluded_types(self) -> list[str]:
         """Types that may not start another task now."""
-        return sorted(t for t, limit in self._limits.items() if self._running[t] >= limit)
+        full = {t for t, limit in self._limits.items() if self._running[t] >= limit}
+        return sorted(full | self.paused)
 
     def limited(self, task_type: str) -> bool:
-        return task_type in self._limits
+        return task_type in self._limits or task_type in self.paused
 
     def started(self, task_type: str) -> None:
         self._running[task_type] += 1

@@ -1023,6 +1023,13 @@ def test_openapi_describes_every_path_and_every_answer(served):
         ("/api/v1/tasks/{task_id}/priority", "post"),
         ("/api/v1/tasks/{task_id}/retry", "post"),
         ("/api/v1/events", "get"),
+        ("/api/v1/selection/cancel", "post"),
+        ("/api/v1/selection/priority", "post"),
+        ("/api/v1/selection/retry", "post"),
+        ("/api/v1/queue", "get"),
+        ("/api/v1/queue/pause", "post"),
+        ("/api/v1/queue/resume", "post"),
+        ("/api/v1/queue/drain", "post"),
     }
     text = json.dumps(schema)
     assert "422" not in schema["paths"]["/api/v1/tasks"]["get"]["responses"]

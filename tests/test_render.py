@@ -83,3 +83,12 @@ def test_an_idle_watch_says_it_waits():
     board = Board([])
     ran(board, "task_1", "command", "running sleep 3", {})
     assert "no active tasks" not in "\n".join(drawn(board, 80))
+
+
+def test_the_board_shows_what_is_paused_as_the_events_say():
+    board = Board([], paused=["quick"])
+    assert "paused: quick" in drawn(board, 80)[0]
+    board.apply({"event": "queue_paused", "type": "", "time": 0.0, "types": ["*"]})
+    assert "queue paused: nothing starts" in drawn(board, 80)[0]
+    board.apply({"event": "queue_resumed", "type": "", "time": 0.0, "types": ["*", "quick"]})
+    assert not any("paused" in line for line in drawn(board, 80))

@@ -126,6 +126,7 @@ class Stats(BaseModel):
     by_status: dict[str, int]
     by_type: dict[str, dict[str, int]]
     workers: Workers
+    paused: list[str] = []  # paused types; * is the whole queue
 
 
 class CancelData(BaseModel):
@@ -193,6 +194,14 @@ class SubmitAnswer(BaseModel):
     success: bool
     message: str
     data: SubmitData
+
+
+# An operation beyond the API document: the daemon's answer as it gives it.
+class OperationAnswer(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    success: bool
+    message: str
+    result: dict[str, Any]
 
 
 _STATUS_TEXT = {

@@ -21,6 +21,7 @@ from starlette.routing import Match, Mount
 from starlette.types import Scope
 
 from msearchd import __version__
+from msearchd.http import queue, selections
 from msearchd.http.answers import ApiError, ApiJSON, detail
 from msearchd.http.bodies import shared_schemas
 from msearchd.http.events import MAX_EVENT_STREAMS, StreamSlots
@@ -74,7 +75,7 @@ def create_app(socket_path: Path, token: str | None = None, rpc_timeout: float =
         generate_unique_id_function=lambda route: route.name,  # operation ids: the function names
         swagger_ui_parameters={"validatorUrl": None},  # no badge from swagger.io
     )
-    for method, path, endpoint, options in ROUTES:
+    for method, path, endpoint, options in (*ROUTES, *selections.ROUTES, *queue.ROUTES):
         app.add_api_route(path, endpoint, methods=[method], tags=["tasks"], **options)
 
     async def on_validation_error(request: Request, exc: Exception) -> ApiJSON:

@@ -50,11 +50,16 @@ from msearchd.http.params import (
     form_priority,
     form_type,
     json_bool,
+    json_count,
     json_object,
     json_optional_priority,
+    json_optional_text,
     json_priority,
+    json_seconds,
     json_task_ids,
+    json_text,
     json_type,
+    json_types,
     no_query,
 )
 from msearchd.model import PRIORITY_MAX, PRIORITY_MIN
@@ -114,6 +119,11 @@ CancelRunning = Annotated[
 TaskType = Annotated[
     str, converted(json_type, form_type), WithJsonSchema({"type": "string", "pattern": TYPE_PATTERN})
 ]
+NewPriority = Annotated[
+    Annotated[int, Field(ge=PRIORITY_MIN, le=PRIORITY_MAX)],
+    converted(json_priority, form_priority),
+    Field(description=f"新优先级，{PRIORITY_MIN}-{PRIORITY_MAX}，数值越小越先执行"),
+]
 
 
 class Body(BaseModel):
@@ -139,11 +149,7 @@ class TypeCancelBody(Body):
 
 
 class PriorityBody(Body):
-    priority: Annotated[
-        Annotated[int, Field(ge=PRIORITY_MIN, le=PRIORITY_MAX)],
-        converted(json_priority, form_priority),
-        Field(description=f"新优先级，{PRIORITY_MIN}-{PRIORITY_MAX}，数值越小越先执行"),
-    ]
+    priority: NewPriority
 
 
 # JSON only: the task's data is an object, which a form cannot carry.
@@ -184,6 +190,103 @@ class SubmitBody(Body):
         ),
         Field(description="先要完成的任务的ID"),
     ] = []
+    key: Annotated[
+        str | None,
+        converted(json_optional_text),
+        WithJsonSchema({"anyOf": [{"type": "string", "minLength": 1, "maxLength": 512}, {"type": "null"}]}),
+        Field(description="键：同一键至多一个未结束的任务（可选）"),
+    ] = None
+    on_conflict: Annotated[
+        str,
+        converted(json_text),
+        WithJsonSchema({"type": "string", "enum": ["keep", "replace"]}),
+        Field(
+            description="已有相同键的未结束任务时：keep（默认，回答已有任务）"
+            "或 replace（取消等待中的旧任务，提交新任务）"
+        ),
+    ] = "keep"
+    replace_running: Annotated[
+        bool,
+        converted(json_bool),
+        WithJsonSchema({"type": "boolean"}),
+        Field(description="replace 时旧任务正在运行也将其停止；默认 false"),
+    ] = False
+
+
+# Paths beyond the API document (JSON only): an operation on a selection of tasks, and the queue's pause.
+SELECT_DOC = (
+    "选择哪些任务（各字段同时满足）：ids（任务ID）、types（类型，可用通配符如 file_embed_*）、"
+    "statuses（状态）、"
+    'priority（优先级或范围，如 9、"3..5"、"..5"、"9.."）、older_than / newer_than（创建时间早于/不早于：'
+    '"30m"、"2h"、"1d" 或日期 "2026-12-01"）、where（数据字段匹配，如 "path^=/mnt/nas/"；'
+    "运算符 = != ^= $= *=）；省略则选择全部任务"
+)
+# A drain answers within the shim's RPC timeout: a longer wait is several calls.
+DRAIN_TIMEOUT_MAX = 50
+OptionalCount = Annotated[
+    int | None,
+    converted(json_count),
+    WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 0}, {"type": "null"}]}),
+]
+
+
+class SelectionBody(Body):
+    forms: ClassVar[bool] = False
+    select: Annotated[
+        dict[str, Any],
+        converted(lambda name, value: {} if value is None else json_object(name, value)),
+        WithJsonSchema({"type": "object"}),
+        Field(description=SELECT_DOC),
+    ] = {}
+    dry_run: Annotated[
+        bool,
+        converted(json_bool),
+        WithJsonSchema({"type": "boolean"}),
+        Field(description="只预览，不执行：回答将涉及的任务数（按类型与状态）、部分ID与将连带取消的依赖任务"),
+    ] = False
+    up_to: Annotated[OptionalCount, Field(description="只涉及ID不大于此数的任务（预览回答中的 up_to）")] = (
+        None
+    )
+    expect: Annotated[OptionalCount, Field(description="预览回答中的 count：回答会说明其间是否有变化")] = None
+
+
+class SelectionCancelBody(SelectionBody):
+    cancel_running: CancelRunning = False
+
+
+class SelectionPriorityBody(SelectionBody):
+    priority: NewPriority
+
+
+class QueueBody(Body):
+    forms: ClassVar[bool] = False
+    types: Annotated[
+        list[str] | None,
+        converted(json_types),
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "array", "items": {"type": "string", "pattern": TYPE_PATTERN}},
+                    {"type": "null"},
+                ]
+            }
+        ),
+        Field(description="任务类型；省略则为整个队列"),
+    ] = None
+
+
+class DrainBody(QueueBody):
+    timeout: Annotated[
+        float | None,
+        converted(lambda name, value: json_seconds(name, value, DRAIN_TIMEOUT_MAX)),
+        WithJsonSchema(
+            {"anyOf": [{"type": "number", "minimum": 0, "maximum": DRAIN_TIMEOUT_MAX}, {"type": "null"}]}
+        ),
+        Field(
+            description=f"最多等待多少秒（0-{DRAIN_TIMEOUT_MAX}，默认{DRAIN_TIMEOUT_MAX}）；"
+            "超时则 drained 为 false，可再次调用"
+        ),
+    ] = None
 
 
 B = TypeVar("B", bound=Body)

@@ -111,6 +111,40 @@ def json_type(name: str, value: Any) -> str:
     return form_type(name, value)
 
 
+def json_text(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise bad(f"参数{name}必须是字符串: {json.dumps(value, ensure_ascii=False)}")
+    return value
+
+
+def json_optional_text(name: str, value: Any) -> str | None:
+    return None if value is None else json_text(name, value)
+
+
+def json_count(name: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise bad(f"参数{name}必须是非负整数: {json.dumps(value, ensure_ascii=False)}")
+    return value
+
+
+def json_types(name: str, value: Any) -> list[str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
+        raise bad(f"参数{name}必须是任务类型的数组: {json.dumps(value, ensure_ascii=False)}")
+    return value
+
+
+def json_seconds(name: str, value: Any, most: float) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= most:
+        raise bad(f"参数{name}必须是0到{most}之间的秒数: {json.dumps(value, ensure_ascii=False)}")
+    return float(value)
+
+
 def json_object(name: str, value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise bad(f"参数{name}必须是JSON对象，收到: {json.dumps(value, ensure_ascii=False)[:100]}")

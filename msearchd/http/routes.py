@@ -56,17 +56,25 @@ from msearchd.model import TaskStatus
 log = logging.getLogger("msearchd.http")
 
 PREFIX = "/api/v1"
-ROUTES: list[tuple[str, str, Callable[..., Any], dict[str, Any]]] = []
+Routes = list[tuple[str, str, Callable[..., Any], dict[str, Any]]]
+Route = Callable[..., Callable[[Callable[..., Any]], Callable[..., Any]]]
+ROUTES: Routes = []
 
 
-def route(method: str, path: str, **options: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Record a route; `create_app` adds them in this order, fixed paths before /tasks/{task_id}."""
+def recorder(table: Routes) -> Route:
+    """A decorator that records routes in `table`; `create_app` adds them in order, fixed paths first."""
 
-    def record(endpoint: Callable[..., Any]) -> Callable[..., Any]:
-        ROUTES.append((method, PREFIX + path, endpoint, options))
-        return endpoint
+    def route(method: str, path: str, **options: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        def record(endpoint: Callable[..., Any]) -> Callable[..., Any]:
+            table.append((method, PREFIX + path, endpoint, options))
+            return endpoint
 
-    return record
+        return record
+
+    return route
+
+
+route = recorder(ROUTES)
 
 
 def is_fixed_path(path: str) -> bool:
@@ -132,18 +140,21 @@ async def submit_task(request: Request) -> ApiJSON:
             data=body.data,
             priority=body.priority,
             depends_on=body.depends_on,
+            **({"key": body.key, "on_conflict": body.on_conflict} if body.key is not None else {}),
+            **({"running": body.replace_running} if body.replace_running else {}),
         )
     except MsearchError as exc:
         raise daemon_error(
             exc, f"依赖的任务不存在（{exc.message}）", f"依赖的任务已取消（{exc.message}）"
         ) from None
+    kept = task.get("key_outcome") == "kept"  # nothing new: the task that holds the key
     return ApiJSON(
         {
             "success": True,
-            "message": f"任务已提交: {task['id']}",
+            "message": f"已有相同键的任务: {task['id']}" if kept else f"任务已提交: {task['id']}",
             "data": {"task_id": task["id"], "task": task},
         },
-        201,
+        200 if kept else 201,
     )
 
 

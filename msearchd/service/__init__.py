@@ -16,10 +16,13 @@ family is one module and one line in the class below.
 from msearchd.service.cancel import BULK_CHUNK, Cancelling
 from msearchd.service.core import REQUESTER, ServiceCore
 from msearchd.service.dispatch import FANOUT_CHUNK, FANOUT_EVENT, Dispatching
+from msearchd.service.keys import Keying
 from msearchd.service.priority import Prioritising
 from msearchd.service.query import LIST_LIMIT_MAX, Querying
+from msearchd.service.queue import Pausing
 from msearchd.service.recovery import Recovering
 from msearchd.service.retry import RETRY_CHUNK, Retrying
+from msearchd.service.selection import Selecting
 from msearchd.service.submit import Submitting
 from msearchd.service.wait import Subscription, Waiting
 
@@ -37,10 +40,13 @@ __all__ = [
 
 class TaskService(
     Submitting,
+    Keying,
     Querying,
     Cancelling,
     Prioritising,
     Retrying,
+    Selecting,
+    Pausing,
     Waiting,
     Dispatching,
     Recovering,

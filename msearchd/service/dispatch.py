@@ -432,6 +432,8 @@ class Dispatching(ServiceCore):
         """Claim a task for every idle worker in one transaction, then hand them out."""
         pool = self.pool
         idle = pool.idle_pids() if pool is not None and not (self._stopping or self._bulk_cancels) else []
+        if self.scheduler.all_paused:
+            idle = []
         if not idle and not self._finished:
             return
         leases: list[tuple[int, list[Task]]] = []

@@ -85,6 +85,7 @@ class Querying(ServiceCore):
             "by_type": by_type,
             "workers": self._workers(),
             "running": running,
+            "paused": [t for t, *_ in self.store.pauses()],
         }
 
     def status(self) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from msearchd.errors import InvalidArgument, InvalidState, MsearchError, NotFound
@@ -32,6 +32,12 @@ log = logging.getLogger("msearchd.service")
 
 class Submitting(ServiceCore):
     """The submit operations of `TaskService`."""
+
+    if TYPE_CHECKING:
+
+        def _submit_keyed(
+            self, spec: dict[str, Any], key: object, on_conflict: object, running: bool
+        ) -> dict[str, Any] | Awaitable[dict[str, Any]]: ...
 
     def _prepare(
         self, task_type: object, data: object, priority: object, depends_on: object
@@ -99,8 +105,13 @@ class Submitting(ServiceCore):
         data: dict[str, Any] | None = None,
         priority: int | None = None,
         depends_on: list[Any] | None = None,
-    ) -> dict[str, Any]:
+        key: str | None = None,
+        on_conflict: str = "keep",
+        running: bool = False,
+    ) -> dict[str, Any] | Awaitable[dict[str, Any]]:
         spec = self._prepare(type, data, priority, depends_on)
+        if key is not None:
+            return self._submit_keyed(spec, key, on_conflict, running)
         now = self.clock()
         task_id = self.store.insert(**spec, created_at=now, submitter=REQUESTER.get())
         return self._submitted(task_id, spec, now)
@@ -170,6 +181,8 @@ class Submitting(ServiceCore):
         for i, item in enumerate(tasks):
             if not isinstance(item, dict):
                 raise InvalidArgument(f"tasks[{i}] must be a map")
+            if item.get("key") is not None:
+                raise InvalidArgument(f"tasks[{i}]: submit_many takes no keys; submit keyed tasks one by one")
             try:
                 params = check_params("submit", item)
                 specs.append(
@@ -186,6 +199,9 @@ class Submitting(ServiceCore):
 
     def follow_up(self, parent_id: int, params: dict[str, Any]) -> str:
         params = check_params("submit", params)
+        if params.get("running"):
+            raise InvalidArgument("a follow-up cannot stop a running task: submit it with running=false")
         task = self.submit(**params)
+        assert isinstance(task, dict)
         log.info("%s submitted follow-up %s", format_task_id(parent_id), task["id"])
         return str(task["id"])

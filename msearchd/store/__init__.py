@@ -12,6 +12,7 @@ from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from msearchd.model import Task, TaskStatus
+from msearchd.selection import Selection
 from msearchd.store.schema import MIGRATIONS, SCHEMA_VERSION
 from msearchd.store.sqlite import (
     AUTOCHECKPOINT,
@@ -207,3 +208,44 @@ class TaskStore(Protocol):
 
     def save_progress(self, updates: Iterable[tuple[int, float, str | None]]) -> None:
         """Record (id, progress, current_operation) of running tasks; others are left alone."""
+
+    def unfinished_with_key(self, key: str) -> Task | None:
+        """The pending, blocked or running task that holds `key`, if one does."""
+
+    def insert_keyed(self, key: str, **spec: Any) -> int | None:
+        """Insert a task (keywords of `insert`) holding `key`; None, and nothing written, when an
+        unfinished task holds it already: the store, not the caller, keeps a key to one such task."""
+
+    def keys(self, ids: Sequence[int]) -> dict[int, str]:
+        """The keys of those of `ids` that have one."""
+
+    def select_window(
+        self,
+        selection: Selection,
+        statuses: Sequence[str],
+        after: int,
+        up_to: int,
+        *,
+        with_data: bool = False,
+        not_retried: bool = False,
+    ) -> list[tuple[int, str, str, int, dict[str, Any] | None]]:
+        """(id, type, status, priority, data) of the tasks with ids in (after, up_to] in these statuses
+        that the selection's fields but `where` select, in id order; data only with `with_data`."""
+
+    def cancel_for_request(self, ids: Sequence[int], now: float, request: int) -> list[int]:
+        """Cancel those of `ids` still waiting, for the bulk request `request`; returns them, sorted."""
+
+    def reprioritize(self, ids: Sequence[int], priority: int) -> list[tuple[int, int]]:
+        """Give those of `ids` still waiting this priority; (id, old priority) of those it changed."""
+
+    def pauses(self) -> list[tuple[str, float, int | None, int | None]]:
+        """(type, since, uid, pid) of each paused type, by type; '*' is the whole queue."""
+
+    def add_pauses(self, types: Sequence[str], time: float, uid: int | None, pid: int | None) -> list[str]:
+        """Pause these types; returns those not paused before (the others keep who paused them)."""
+
+    def remove_pauses(self, types: Sequence[str] | None) -> list[str]:
+        """Resume these types (all, when None); returns those that were paused, sorted."""
+
+    def queue_requests(self, events: Sequence[str], limit: int) -> list[dict[str, Any]]:
+        """The latest `limit` requests about the whole queue recorded as one of `events`, oldest first."""

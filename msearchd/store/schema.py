@@ -54,6 +54,20 @@ ALTER TABLE tasks ADD COLUMN submitted_uid INTEGER;
 ALTER TABLE tasks ADD COLUMN submitted_pid INTEGER;
 """
 
+# Keys: at most one unfinished task per key, held by the index itself, so that no two submits can both
+# win. Paused types ('*': all) outlive the daemon.
+_CONTROL_V3 = """
+ALTER TABLE tasks ADD COLUMN key TEXT;
+CREATE UNIQUE INDEX tasks_key ON tasks(key)
+    WHERE key IS NOT NULL AND status IN ('pending', 'blocked', 'running');
+CREATE TABLE queue_pauses (
+    type TEXT PRIMARY KEY,
+    time REAL NOT NULL,
+    uid INTEGER,
+    pid INTEGER
+) WITHOUT ROWID;
+"""
+
 # Migration N brings a store from schema version N to N + 1; the version is SQLite's user_version.
-MIGRATIONS = (_SCHEMA_V1, _SUBMITTER_V2)
+MIGRATIONS = (_SCHEMA_V1, _SUBMITTER_V2, _CONTROL_V3)
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -25,6 +25,7 @@ import msgpack
 from msearchd.errors import Unavailable
 from msearchd.model import StopReason, Task, TaskStatus
 from msearchd.protocol import pack
+from msearchd.selection import Selection
 from msearchd.store.schema import MIGRATIONS, SCHEMA_VERSION
 
 _COLUMNS = (
@@ -809,3 +810,157 @@ class Store:
                 "UPDATE tasks SET progress = ?, current_operation = ? WHERE id = ? AND status = 'running'",
                 [(p, op, i) for i, p, op in updates],
             )
+
+    # --- keys, selections, pauses -----------------------------------------------------------------
+
+    def unfinished_with_key(self, key: str) -> Task | None:
+        """The pending, blocked or running task that holds `key`, if one does."""
+        row = self._db.execute(
+            f"SELECT {_COLUMNS} FROM tasks INDEXED BY tasks_key WHERE key = ? "
+            "AND status IN ('pending', 'blocked', 'running')",
+            (key,),
+        ).fetchone()
+        return _row_to_task(row) if row else None
+
+    def insert_keyed(self, key: str, **spec: Any) -> int | None:
+        """Insert a task (keywords of `insert`) holding `key`; None, and nothing written, when an
+        unfinished task holds it already."""
+        try:
+            with self.transaction():
+                task_id = self.insert(**spec)
+                self._db.execute("UPDATE tasks SET key = ? WHERE id = ?", (key, task_id))
+        except sqlite3.IntegrityError:
+            return None
+        return task_id
+
+    def keys(self, ids: Sequence[int]) -> dict[int, str]:
+        """The keys of those of `ids` that have one."""
+        out: dict[int, str] = {}
+        for start in range(0, len(ids), CHUNK):
+            part = list(ids[start : start + CHUNK])
+            rows = self._db.execute(
+                f"SELECT id, key FROM tasks WHERE id IN ({_marks(len(part))}) AND key IS NOT NULL", part
+            )
+            out.update(rows)
+        return out
+
+    def select_window(
+        self,
+        selection: Selection,
+        statuses: Sequence[str],
+        after: int,
+        up_to: int,
+        *,
+        with_data: bool = False,
+        not_retried: bool = False,
+    ) -> list[tuple[int, str, str, int, dict[str, Any] | None]]:
+        """(id, type, status, priority, data) of the tasks with ids in (after, up_to] that the
+        selection's fields SQL can test select, in these statuses, in id order. The caller bounds the
+        window, which bounds the work; the data is read only when asked for (for `where`)."""
+        clauses = ["id > ?", "id <= ?", f"status IN ({_marks(len(statuses))})"]
+        args: list[Any] = [after, up_to, *statuses]
+        if selection.ids:
+            wanted = [i for i in selection.ids if after < i <= up_to]
+            if not wanted:
+                return []
+            clauses.append(f"id IN ({_marks(len(wanted))})")
+            args += wanted
+        if selection.types:
+            tests = [f"type IN ({_marks(len(selection.exact_types))})"] if selection.exact_types else []
+            tests += ["type GLOB ?"] * len(selection.type_globs)
+            clauses.append("(" + " OR ".join(tests) + ")")
+            args += [*selection.exact_types, *selection.type_globs]
+        if selection.priority is not None:
+            clauses.append("priority BETWEEN ? AND ?")
+            args += list(selection.priority)
+        if selection.created_before is not None:
+            clauses.append("created_at < ?")
+            args.append(selection.created_before)
+        if selection.created_after is not None:
+            clauses.append("created_at >= ?")
+            args.append(selection.created_after)
+        if not_retried:
+            clauses.append("retried_as IS NULL")
+        data = "data" if with_data else "NULL"
+        rows = self._db.execute(
+            # NOT INDEXED: the id range bounds the work; the planner would rather walk a status's
+            # whole index, for every window.
+            f"SELECT id, type, status, priority, {data} FROM tasks NOT INDEXED WHERE {' AND '.join(clauses)} "
+            "ORDER BY id",
+            args,
+        )
+        return [
+            (i, t, s, p, msgpack.unpackb(d, raw=False) if d is not None else None) for i, t, s, p, d in rows
+        ]
+
+    def cancel_for_request(self, ids: Sequence[int], now: float, request: int) -> list[int]:
+        """Cancel those of `ids` still waiting, for the bulk request `request`; returns them."""
+        done: list[int] = []
+        for start in range(0, len(ids), CHUNK):
+            part = list(ids[start : start + CHUNK])
+            rows = self._db.execute(
+                "UPDATE tasks SET status = 'cancelled', finished_at = ?, stop_reason = 'not_started', "
+                f"blocked_reason = NULL, bulk_request = ? WHERE id IN ({_marks(len(part))}) "
+                "AND status IN ('pending', 'blocked') RETURNING id",
+                [now, request, *part],
+            ).fetchall()
+            done += [r[0] for r in rows]
+        return sorted(done)
+
+    def reprioritize(self, ids: Sequence[int], priority: int) -> list[tuple[int, int]]:
+        """Give those of `ids` still waiting this priority; returns (id, old priority) of those it
+        changed. Call it inside a transaction: the read and the write see the same rows."""
+        changed: list[tuple[int, int]] = []
+        for start in range(0, len(ids), CHUNK):
+            part = list(ids[start : start + CHUNK])
+            marks = _marks(len(part))
+            old = self._db.execute(
+                f"SELECT id, priority FROM tasks WHERE id IN ({marks}) AND status IN ('pending', 'blocked') "
+                "AND priority != ?",
+                [*part, priority],
+            ).fetchall()
+            if old:
+                self._db.execute(
+                    f"UPDATE tasks SET priority = ? WHERE id IN ({_marks(len(old))})",
+                    [priority, *(i for i, _ in old)],
+                )
+            changed += old
+        return sorted(changed)
+
+    def pauses(self) -> list[tuple[str, float, int | None, int | None]]:
+        """(type, since, uid, pid) of each paused type; '*' is the whole queue."""
+        return self._db.execute("SELECT type, time, uid, pid FROM queue_pauses ORDER BY type").fetchall()
+
+    def add_pauses(self, types: Sequence[str], time: float, uid: int | None, pid: int | None) -> list[str]:
+        """Pause these types; returns those not paused before (the others keep who paused them)."""
+        added = []
+        for t in types:
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO queue_pauses (type, time, uid, pid) VALUES (?, ?, ?, ?)",
+                (t, time, uid, pid),
+            )
+            if cur.rowcount:
+                added.append(t)
+        return added
+
+    def remove_pauses(self, types: Sequence[str] | None) -> list[str]:
+        """Resume these types (all, when None); returns those that were paused."""
+        if types is None:
+            rows = self._db.execute("DELETE FROM queue_pauses RETURNING type").fetchall()
+        else:
+            rows = self._db.execute(
+                f"DELETE FROM queue_pauses WHERE type IN ({_marks(len(types))}) RETURNING type", list(types)
+            ).fetchall()
+        return sorted(r[0] for r in rows)
+
+    def queue_requests(self, events: Sequence[str], limit: int) -> list[dict[str, Any]]:
+        """The latest requests about the whole queue recorded as one of `events`, oldest first."""
+        rows = self._db.execute(
+            f"SELECT time, event, detail, uid, pid FROM task_events WHERE task_id IS NULL "
+            f"AND event IN ({_marks(len(events))}) ORDER BY id DESC LIMIT ?",
+            (*events, limit),
+        ).fetchall()
+        return [
+            {"time": t, "event": e, **(msgpack.unpackb(d, raw=False) if d else {}), "uid": u, "pid": p}
+            for t, e, d, u, p in reversed(rows)
+        ]

@@ -1,0 +1,121 @@
+"""Pausing the queue (all of it or some types), resuming it, and draining it; the pauses are stored."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from msearchd.config import Settings
+from msearchd.errors import InvalidArgument
+from msearchd.model import TERMINAL, TaskStatus, format_task_id, validate_type
+from msearchd.service.core import REQUESTER
+from msearchd.store import TaskStore
+
+if TYPE_CHECKING:
+    from msearchd.service.core import ServiceCore
+else:
+    ServiceCore = object  # TaskService puts the real one last among its bases
+
+ALL_TYPES = "*"  # the pause of the whole queue
+QUEUE_EVENTS = ("queue_paused", "queue_resumed")
+QUEUE_HISTORY = 50  # requests about the queue that its state shows
+# A task that a drain waits for is done with once it ends or goes back to the queue.
+_SETTLED = [*(s.value for s in TERMINAL), TaskStatus.PENDING.value]
+
+
+class Pausing(ServiceCore):
+    """The queue operations of `TaskService`."""
+
+    if TYPE_CHECKING:
+
+        async def wait(
+            self, task_ids: list[Any], statuses: list[Any] | None = None, timeout: float | None = None
+        ) -> dict[str, Any]: ...
+
+    def __init__(self, store: TaskStore, settings: Settings, clock: Callable[[], float] = time.time) -> None:
+        super().__init__(store, settings, clock)
+        self._apply_pauses()  # as the last daemon left them
+
+    def _apply_pauses(self) -> None:
+        """Make the scheduler hold back what the store says is paused (at start, and at each change)."""
+        types = {row[0] for row in self.store.pauses()}
+        self.scheduler.pause(types - {ALL_TYPES}, ALL_TYPES in types)
+
+    def _pause_types(self, types: object) -> list[str]:
+        if types is None or types == []:
+            return [ALL_TYPES]
+        if not isinstance(types, list):
+            raise InvalidArgument("types must be a list of task types")
+        return sorted({validate_type(t) for t in types})
+
+    def _queue_changed(self, event: str, types: list[str]) -> dict[str, Any]:
+        uid, pid = REQUESTER.get()
+        now = self.clock()
+        self.store.add_bulk_request(now, event, {"types": types}, uid, pid)
+        payload = {
+            "event": event,
+            "task_id_n": 0,  # about no task: only a subscriber to every task hears of it
+            "type": "",
+            "time": now,
+            "types": types,
+            "uid": uid,
+            "pid": pid,
+        }
+        self.store.after_commit(lambda: self._tell_subscribers(payload))
+        return payload
+
+    def _tell_subscribers(self, payload: dict[str, Any]) -> None:
+        for sub in list(self._subscriptions):
+            if sub.wants(payload):
+                sub.offer(payload)
+
+    def pause(self, types: list[Any] | None = None) -> dict[str, Any]:
+        """No new task of these types (of any, when none are named) starts; running ones go on."""
+        names = self._pause_types(types)
+        uid, pid = REQUESTER.get()
+        with self.store.transaction():
+            added = self.store.add_pauses(names, self.clock(), uid, pid)
+            if added:  # pausing what is paused already changes nothing: no history entry
+                self._queue_changed("queue_paused", added)
+        self._apply_pauses()
+        return self.queue_state()
+
+    def resume(self, types: list[Any] | None = None) -> dict[str, Any]:
+        """Let the named types (every paused one, when none are named) start again."""
+        names = None if not types else self._pause_types(types)
+        with self.store.transaction():
+            resumed = self.store.remove_pauses(names)
+            if resumed:
+                self._queue_changed("queue_resumed", resumed)
+        self._apply_pauses()
+        self.wake()
+        return self.queue_state()
+
+    def drain(
+        self, types: list[Any] | None = None, timeout: float | None = None
+    ) -> Awaitable[dict[str, Any]]:
+        """Pause at once, then wait until none of the paused types runs (for a backup, a reboot, an
+        upgrade); the requests after it see the pause."""
+        if timeout is not None and not timeout >= 0:
+            raise InvalidArgument(f"timeout must be 0 or more seconds, got {timeout!r}")
+        self.pause(types)
+        names = set(self._pause_types(types))
+        return self._drained(names, None if timeout is None else time.monotonic() + timeout)
+
+    async def _drained(self, names: set[str], deadline: float | None) -> dict[str, Any]:
+        while True:
+            busy = [t.id for t in self.store.running() if ALL_TYPES in names or t.type in names]
+            left = None if deadline is None else deadline - time.monotonic()
+            if not busy or (left is not None and left <= 0):
+                running = [format_task_id(i) for i in busy]
+                return {**self.queue_state(), "drained": not busy, "running": running}
+            await self.wait(busy, statuses=_SETTLED, timeout=left)
+
+    def queue_state(self) -> dict[str, Any]:
+        pauses = self.store.pauses()
+        return {
+            "paused": [{"type": t, "since": since, "uid": uid, "pid": pid} for t, since, uid, pid in pauses],
+            "all_paused": any(t == ALL_TYPES for t, *_ in pauses),
+            "history": self.store.queue_requests(QUEUE_EVENTS, QUEUE_HISTORY),
+        }
