@@ -619,9 +619,26 @@ def _print_counts(result: dict[str, Any], as_json: bool, what: str) -> None:
     print(line)
 
 
+def _preview_cancel(ctx: typer.Context, select: dict[str, Any], running: bool, as_json: bool) -> None:
+    """What a cancel-all or cancel-by-type would do: they are cancels of a selection."""
+    with daemon(ctx) as client:
+        result = client.cancel_selected(select, running=running, dry_run=True)
+    if as_json:
+        print_json(result)
+    else:
+        from msearchctl import render
+
+        render.preview(result, "cancel")
+
+
 @tasks_app.command("cancel-all")
-def cancel_all(ctx: typer.Context, running: RunningOpt = False, as_json: JsonOpt = False) -> None:
+def cancel_all(
+    ctx: typer.Context, running: RunningOpt = False, dry_run: DryRunOpt = False, as_json: JsonOpt = False
+) -> None:
     """Cancel every task that has not started; with --running, running ones too."""
+    if dry_run:
+        _preview_cancel(ctx, {}, running, as_json)
+        return
     with daemon(ctx) as client:
         result = client.cancel_all(running=running)
     _print_counts(result, as_json, "task(s)")
@@ -636,9 +653,13 @@ def cancel_by_type(
         str, typer.Argument(metavar="TYPE", help="e.g. thumbnail_generate.", autocompletion=_complete_types)
     ],
     running: RunningOpt = False,
+    dry_run: DryRunOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Cancel every task of one type that has not started; with --running, running ones too."""
+    if dry_run:
+        _preview_cancel(ctx, {"types": [task_type]}, running, as_json)
+        return
     with daemon(ctx) as client:
         result = client.cancel_by_type(task_type, running=running)
     _print_counts(result, as_json, f"{task_type} task(s)")

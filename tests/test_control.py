@@ -443,3 +443,14 @@ def test_a_drain_under_way_holds_back_no_request_behind_it(make_daemon, fifo):
         gate.write()
         second = protocol.recv_frame(sock)
         assert second["id"] == 1 and second["result"]["drained"] is True
+
+
+def test_cli_cancel_all_and_by_type_preview_as_selections(daemon):
+    with daemon.client() as c:
+        seed(c)
+    by_type = ctl_ok(daemon, "tasks", "cancel-by-type", "thumbnail_generate", "--dry-run")
+    assert "would cancel 2 task(s)" in by_type and "thumbnail_generate: 2 pending" in by_type
+    assert "would cancel 5 task(s)" in ctl_ok(daemon, "tasks", "cancel-all", "--dry-run")
+    with daemon.client() as c:
+        assert c.count("cancelled") == 0
+    assert ctl_ok(daemon, "tasks", "cancel-all") == "cancelled 5 task(s)\n"

@@ -825,10 +825,33 @@ class Store:
     def insert_keyed(self, key: str, **spec: Any) -> int | None:
         """Insert a task (keywords of `insert`) holding `key`; None, and nothing written, when an
         unfinished task holds it already."""
+        uid, pid = spec.get("submitter", (None, None))
+        row = (
+            spec["task_type"],
+            str(spec["status"]),
+            spec["priority"],
+            _pack(spec["data"]),
+            spec.get("blocked_reason"),
+            spec.get("retry_of"),
+            spec["created_at"],
+            uid,
+            pid,
+            key,
+        )
         try:
             with self.transaction():
-                task_id = self.insert(**spec)
-                self._db.execute("UPDATE tasks SET key = ? WHERE id = ?", (key, task_id))
+                cur = self._db.execute(
+                    "INSERT INTO tasks (type, status, priority, data, blocked_reason, retry_of, created_at, "
+                    "submitted_uid, submitted_pid, key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    row,
+                )
+                task_id = cur.lastrowid
+                assert task_id is not None
+                if spec.get("depends_on"):
+                    self._db.executemany(
+                        "INSERT OR IGNORE INTO deps (task_id, depends_on) VALUES (?, ?)",
+                        [(task_id, d) for d in spec["depends_on"]],
+                    )
         except sqlite3.IntegrityError:
             return None
         return task_id
