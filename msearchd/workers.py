@@ -714,7 +714,9 @@ class WorkerPool:
             if not worker.lease:
                 continue
             current = worker.current() or next(iter(worker.lease.values()))[1]
-            report = self._reports[current.id] = loop.create_future()
+            report = self._reports.get(current.id)
+            if report is None:  # a cancel of it under way waits for its report too: they share it
+                report = self._reports[current.id] = loop.create_future()
             stopping.append((current.id, self._stop_worker(worker, current.id, grace, report)))
         ids = [task_id for task_id, _ in stopping]
         outcomes = await asyncio.gather(*(stop for _, stop in stopping))

@@ -133,9 +133,6 @@ def test_a_cancel_under_way_when_the_daemon_stops_ends_cancelled(make_daemon, fi
         assert (again["status"], again["attempts"]) == ("cancelled", 1)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="a daemon stop during a cancel records sigterm for a handler that stopped itself"
-)
 def test_a_cancel_overtaken_by_a_daemon_stop_keeps_its_honest_stop_reason(make_daemon, fifo, tmp_path):
     d = make_daemon(workers=1, grace=60)
     task_id, _, cancel, gate = cancel_under_way(d, fifo, tmp_path / "done")

@@ -182,9 +182,10 @@ def test_hundreds_of_short_commands_all_complete(make_daemon):
         assert {(t["status"], t["attempts"]) for t in done["tasks"]} == {("completed", 1)}
 
 
-def test_a_database_locked_by_another_process_refuses_writes_and_answers_reads(daemon):
+def test_a_database_locked_by_another_process_refuses_writes_and_answers_reads(daemon, fifo):
     with daemon.client() as c:
-        kept = c.submit("file_scan", priority=11)
+        gate = c.submit("command", {"argv": ["sh", "-c", f"read line < {fifo('gate')}"]})
+        kept = c.submit("noop", priority=11, depends_on=[gate["id"]])  # blocked: no worker takes it
         other = sqlite3.connect(daemon.state_dir / "tasks.db", isolation_level=None)
         other.execute("BEGIN IMMEDIATE")  # as sqlite3 run by hand would
         try:
