@@ -8,6 +8,7 @@ between two awaits is atomic with respect to every other request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import dataclasses
 import logging
@@ -47,6 +48,11 @@ REQUESTER: contextvars.ContextVar[tuple[int | None, int | None]] = contextvars.C
 )
 
 LIST_LIMIT_MAX = 10_000
+LIST_ORDERS = ("oldest", "newest")
+# Tasks one batch request (retry, cancel, set_priority with task_ids) may name.
+SELECTION_MAX = 10_000
+# A command's log is read this much at a time: a page following it asks again for the rest.
+LOG_CHUNK = 256 * 1024
 # Rows a bulk cancel changes per transaction: small enough that other requests wait tens of ms at most.
 BULK_CHUNK = 1000
 # A retry writes a new task and its history: a chunk of these holds the loop about 10 ms.
@@ -413,12 +419,16 @@ class TaskService:
         type: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        order: str = "oldest",
     ) -> list[dict[str, Any]]:
         if not 1 <= limit <= LIST_LIMIT_MAX:
             raise InvalidArgument(f"limit must be from 1 to {LIST_LIMIT_MAX}, got {limit}")
         if offset < 0:
             raise InvalidArgument(f"offset must be zero or more, got {offset}")
-        tasks = self.store.list(self._statuses(status), _type_filter(type), limit, offset)
+        if order not in LIST_ORDERS:
+            raise InvalidArgument(f"order must be one of {', '.join(LIST_ORDERS)}, got {order!r}")
+        newest = order == "newest"
+        tasks = self.store.list(self._statuses(status), _type_filter(type), limit, offset, newest)
         return [self.wire(t) for t in tasks]
 
     def count(self, status: str | list[Any] | None = None, type: str | None = None) -> int:
@@ -1025,6 +1035,156 @@ class TaskService:
 
     def unsubscribe(self, sub: Subscription) -> None:
         self._subscriptions.discard(sub)
+
+    # --- selections: one request about many tasks, answered task by task ---------------------------
+    #
+    # The page's batch actions and `msearchctl tasks retry ID...` send a selection in one request. Each
+    # task is tried on its own: one refused (not failed, already finished, unknown) is reported with
+    # the reason, and the others go on. Chunks share a commit and let other requests through between.
+
+    @staticmethod
+    def _selection(task_ids: list[Any]) -> list[int]:
+        if not task_ids:
+            raise InvalidArgument("task_ids is empty; name at least one task")
+        if len(task_ids) > SELECTION_MAX:
+            raise InvalidArgument(f"task_ids names {len(task_ids)} tasks; at most {SELECTION_MAX} a request")
+        return list(dict.fromkeys(parse_task_id(t) for t in task_ids))
+
+    def _refusal(self, task_id: int, exc: MsearchError) -> dict[str, Any]:
+        """Why one task of a selection was not changed, with its status to say it in other words."""
+        out: dict[str, Any] = {
+            "task_id": format_task_id(task_id),
+            "success": False,
+            "code": exc.code,
+            "error": exc.message,
+        }
+        task = self.store.get(task_id)
+        if task is not None:
+            out["status"] = str(task.status)
+            if task.retried_as is not None:
+                out["retried_as"] = format_task_id(task.retried_as)
+        return out
+
+    @staticmethod
+    def _tally(results: list[dict[str, Any]]) -> dict[str, Any]:
+        succeeded = sum(1 for r in results if r["success"])
+        return {"results": results, "succeeded": succeeded, "failed": len(results) - succeeded}
+
+    async def retry_each(self, task_ids: list[Any]) -> dict[str, Any]:
+        """Retry each failed task of a selection; the others are reported, never skipped in silence."""
+        ids = self._selection(task_ids)
+        results: list[dict[str, Any]] = []
+        for start in range(0, len(ids), RETRY_CHUNK):
+            with self.store.transaction():
+                for task_id in ids[start : start + RETRY_CHUNK]:
+                    try:
+                        answer = self.retry(task_id)
+                    except (InvalidState, NotFound) as exc:  # refused before it wrote anything
+                        results.append(self._refusal(task_id, exc))
+                        continue
+                    results.append(
+                        {"task_id": answer["task_id"], "success": True, "new_task_id": answer["new_task_id"]}
+                    )
+            await asyncio.sleep(0)
+        return self._tally(results)
+
+    async def cancel_each(self, task_ids: list[Any], running: bool = False) -> dict[str, Any]:
+        """Cancel each task of a selection; running ones are stopped side by side. A task the
+        selection cancelled as a dependent of another counts as cancelled by it."""
+        ids = self._selection(task_ids)
+        before = {t.id: t.status for t in self.store.get_many(ids)}
+        results: dict[int, dict[str, Any]] = {}
+        stopping: dict[int, Awaitable[dict[str, Any]]] = {}
+
+        def refused(task_id: int, exc: MsearchError) -> dict[str, Any]:
+            task = self.store.get(task_id)
+            was = before.get(task_id)
+            if task is not None and task.status is TaskStatus.CANCELLED and was not in (None, *TERMINAL):
+                return {"task_id": format_task_id(task_id), "success": True, "status": str(task.status)}
+            return self._refusal(task_id, exc)
+
+        for start in range(0, len(ids), BULK_CHUNK):
+            with self.store.transaction():
+                for task_id in ids[start : start + BULK_CHUNK]:
+                    try:
+                        answer = self.cancel(task_id, running)
+                    except (InvalidState, NotFound) as exc:
+                        results[task_id] = refused(task_id, exc)
+                        continue
+                    if isinstance(answer, dict):
+                        results[task_id] = {
+                            "task_id": format_task_id(task_id),
+                            "success": True,
+                            "status": answer["task"]["status"],
+                        }
+                    else:
+                        stopping[task_id] = answer
+            await asyncio.sleep(0)
+        outcomes = await asyncio.gather(*stopping.values(), return_exceptions=True)
+        for task_id, outcome in zip(stopping, outcomes, strict=True):
+            if isinstance(outcome, InvalidState | NotFound):
+                results[task_id] = refused(task_id, outcome)
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            else:
+                results[task_id] = {
+                    "task_id": format_task_id(task_id),
+                    "success": True,
+                    "status": outcome["task"]["status"],
+                }
+        return self._tally([results[i] for i in ids])
+
+    async def set_priority_each(self, task_ids: list[Any], priority: int) -> dict[str, Any]:
+        """Give each waiting task of a selection a new priority; others are reported."""
+        priority = validate_priority(priority)
+        ids = self._selection(task_ids)
+        results: list[dict[str, Any]] = []
+        for start in range(0, len(ids), BULK_CHUNK):
+            with self.store.transaction():
+                for task_id in ids[start : start + BULK_CHUNK]:
+                    try:
+                        task = self.set_priority(task_id, priority)
+                    except (InvalidState, NotFound) as exc:
+                        results.append(self._refusal(task_id, exc))
+                        continue
+                    results.append({"task_id": task["id"], "success": True, "priority": task["priority"]})
+            await asyncio.sleep(0)
+        return self._tally(results)
+
+    def dependents(self, task_id: Any) -> list[str]:
+        """Every task that depends on this one, whatever its state: the other way of `depends_on`."""
+        task = self._require(task_id)
+        return [format_task_id(i) for i in self.store.dependents(task.id, [str(s) for s in TaskStatus])]
+
+    def read_log(self, task_id: Any, offset: int = 0) -> dict[str, Any]:
+        """A piece of a command task's log from `offset`, for a reader following it as it grows; the
+        reader may be on another machine than the daemon, so the log travels in answers, not paths."""
+        task = self._require(task_id)
+        if offset < 0:
+            raise InvalidArgument(f"offset must be zero or more, got {offset}")
+        raw = b""
+        size = 0
+        with contextlib.suppress(FileNotFoundError), open(self.log_path(task.id), "rb") as log_file:
+            size = os.fstat(log_file.fileno()).st_size
+            offset = min(offset, size)
+            log_file.seek(offset)
+            raw = log_file.read(LOG_CHUNK)
+        # Stop before a character cut at the chunk's end; the next read starts with it.
+        keep = len(raw)
+        for back in range(1, min(4, len(raw)) + 1):
+            lead = raw[-back]
+            if lead & 0xC0 != 0x80:  # the last character's first byte
+                need = 1 if lead < 0x80 else 2 if lead >> 5 == 0b110 else 3 if lead >> 4 == 0b1110 else 4
+                if need > back and (offset + len(raw) < size or task.status not in TERMINAL):
+                    keep = len(raw) - back
+                break
+        return {
+            "task_id": format_task_id(task.id),
+            "text": raw[:keep].decode("utf-8", errors="replace"),
+            "offset": offset + keep,
+            "size": size,
+            "status": str(task.status),
+        }
 
     # --- start and stop -----------------------------------------------------------------------------
 
