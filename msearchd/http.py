@@ -20,6 +20,7 @@ import base64
 import contextlib
 import errno
 import hmac
+import importlib
 import json
 import logging
 import math
@@ -73,6 +74,8 @@ try:
     from starlette.exceptions import HTTPException
     from starlette.routing import Match, Mount
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+    from msearchd import webpage
 except ImportError as exc:  # the http extra is not installed: say so in one sentence, as msearchd --http
     if __name__ != "__main__":
         raise
@@ -782,13 +785,16 @@ async def list_tasks(
     task_type: Annotated[str | None, Query(pattern=TYPE_PATTERN, description="只列出这一类型的任务")] = None,
     limit: Annotated[int, Query(ge=1, le=LIST_LIMIT_MAX, description="最多返回多少个")] = 100,
     offset: Annotated[int, Query(ge=0, le=OFFSET_MAX, description="跳过前面多少个")] = 0,
+    order: Annotated[
+        Literal["oldest", "newest"], Query(description="oldest：先提交的在前（默认）；newest：新的在前")
+    ] = "oldest",
 ) -> ApiJSON:
-    """Tasks in submission order, with the total that match the filters (for paging)."""
-    no_query(request, ("status", "task_type", "limit", "offset"))
+    """Tasks in submission order (or newest first), with the total that match the filters (for paging)."""
+    no_query(request, ("status", "task_type", "limit", "offset", "order"))
     daemon = link(request)
     try:
         tasks, total = await asyncio.gather(
-            daemon.call("list", status=status, type=task_type, limit=limit, offset=offset),
+            daemon.call("list", status=status, type=task_type, limit=limit, offset=offset, order=order),
             daemon.call("count", status=status, type=task_type),
         )
     except MsearchError as exc:
@@ -1203,14 +1209,22 @@ class Guard:
     def _refusal(self, scope: Scope, headers: Headers) -> ApiJSON | None:
         if self.token is not None:
             scheme, _, given = headers.get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.token):
-                what = "缺少" if "authorization" not in headers else "无效的"
-                return detail(
-                    401,
-                    f"{what}访问令牌: 请发送 Authorization: Bearer <token>",
-                    {"WWW-Authenticate": "Bearer"},
-                )
-            return None
+            if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self.token):
+                return None
+            method, path = scope["method"], scope["path"]
+            if webpage.is_page(method, path):
+                return None
+            if webpage.is_sign_in(method, path) or webpage.has_session(headers, self.token):
+                origin = headers.get("origin")
+                own = _origin(_own_origin(scope, headers.get("host")))
+                why = webpage.foreign_request(method, headers, own, _origin(origin) if origin else None)
+                return None if why is None else detail(403, why)
+            what = "缺少" if "authorization" not in headers else "无效的"
+            return detail(
+                401,
+                f"{what}访问令牌: 请发送 Authorization: Bearer <token>，或在任务管理器页面登录",
+                {"WWW-Authenticate": "Bearer"},
+            )
         client, server = scope.get("client"), scope.get("server")
         uid = tcp_peer_uid(tuple(client), tuple(server)) if client and server else None
         if uid != os.getuid():
@@ -1329,8 +1343,11 @@ def create_app(socket_path: Path, token: str | None = None, rpc_timeout: float =
         generate_unique_id_function=lambda route: route.name,  # operation ids: the function names
         swagger_ui_parameters={"validatorUrl": None},  # no badge from swagger.io
     )
+    app.state.token = token.encode() if token else None
+    importlib.import_module("msearchd.webapi")  # the page's REST paths join ROUTES
     for method, path, endpoint, options in ROUTES:
         app.add_api_route(path, endpoint, methods=[method], tags=["tasks"], **options)
+    webpage.add_page(app)
 
     async def on_validation_error(request: Request, exc: Exception) -> ApiJSON:
         assert isinstance(exc, RequestValidationError)
@@ -1402,6 +1419,7 @@ class _Server(uvicorn.Server):
     """uvicorn's server, saying when it serves: the daemon and the tests wait for that line."""
 
     url = ""
+    page_urls: list[str] = []  # noqa: RUF012 - set once per server, before it starts
     socket_path = Path()
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
@@ -1413,6 +1431,8 @@ class _Server(uvicorn.Server):
                 os.getpid(),
                 self.socket_path,
             )
+            for url in self.page_urls:
+                log.info("task manager page at %s/", url)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1453,7 +1473,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="text, journal (syslog priority prefixes, no time) or json; auto: journal when standard "
         "error is the journal, else text",
     )
+    parser.add_argument(
+        "--web",
+        metavar="[HOST:]PORT",
+        help="also serve the task manager page (and the same API) on this second address, e.g. 8502",
+    )
     parser.add_argument("--fd", type=int, help=argparse.SUPPRESS)  # a listening socket from msearchd
+    parser.add_argument("--web-fd", type=int, help=argparse.SUPPRESS)  # msearchd's --web socket
     parser.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     return parser
 
@@ -1473,6 +1499,15 @@ def main(argv: list[str] | None = None) -> None:
         else:
             sock = socket.socket(fileno=args.fd)
             check_token_rule(parse_listen(bound_url(sock).removeprefix("http://")), token)
+        sockets = [sock]
+        if args.web_fd is not None:
+            sockets.append(socket.socket(fileno=args.web_fd))
+        elif args.web is not None:
+            web = parse_listen(args.web)
+            check_token_rule(web, token)
+            sockets.append(bind(web))
+        for extra in sockets[1:]:
+            check_token_rule(parse_listen(bound_url(extra).removeprefix("http://")), token)
     except UsageError as exc:
         print(f"msearchd-http: {exc}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
@@ -1496,9 +1531,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     server = _Server(config)
     server.url = bound_url(sock)
+    server.page_urls = [bound_url(s) for s in sockets]
     server.socket_path = socket_path
-    asyncio.run(server.serve(sockets=[sock]))
+    asyncio.run(server.serve(sockets=sockets))
 
 
 if __name__ == "__main__":
-    main()
+    # Run the module's one copy: msearchd.webapi adds its routes to msearchd.http, not to __main__.
+    importlib.import_module("msearchd.http").main()
