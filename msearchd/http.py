@@ -67,12 +67,11 @@ try:
     from fastapi.exceptions import RequestValidationError
     from fastapi.openapi.utils import get_openapi
     from fastapi.responses import JSONResponse, StreamingResponse
-    from fastapi.routing import APIRoute
     from fastapi_offline import FastAPIOffline
     from pydantic import BaseModel, ConfigDict
     from starlette.datastructures import Headers, UploadFile
     from starlette.exceptions import HTTPException
-    from starlette.routing import Match, Mount
+    from starlette.routing import Match, Mount, Route
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
     from msearchd import webpage
@@ -1317,8 +1316,8 @@ def allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
     fixed: set[str] = set()
     templated: set[str] = set()
     for route in app.router.routes:
-        if isinstance(route, APIRoute) and route.matches(scope)[0] is not Match.NONE:
-            (templated if "{" in route.path else fixed).update(route.methods)
+        if isinstance(route, Route) and route.matches(scope)[0] is not Match.NONE:
+            (templated if "{" in route.path else fixed).update(route.methods or ())
         elif isinstance(route, Mount) and scope["path"].startswith(f"{route.path}/"):
             fixed.update(("GET", "HEAD"))  # the files of /docs (the mount has changed the scope's root)
     return sorted(fixed or templated)

@@ -2,6 +2,16 @@
 
 const zh = {
   title: "📋 任务管理器",
+  filters: "筛选",
+  selection: "所选任务",
+  pages: "分页",
+  select_page: "选择本页",
+  select_task: (id) => `选择 ${id}`,
+  show_status: (status, n) => `${status} ${n} 个，只显示这些`,
+  retried_n: (n) => `已重试 ${n} 个任务`,
+  lost_at: (time) => `连接中断（${time}），正在重连…`,
+  signed_out: "需要登录",
+  log_follow: "（任务运行中，日志实时更新）",
   overview: "概览",
   token_label: "访问令牌",
   sign_in: "登录",
@@ -25,8 +35,8 @@ const zh = {
   no_tasks: "没有任务",
   selected: (n) => `已选 ${n} 个`,
   workers: (busy, total) => `工作进程：${busy} 忙 / ${total - busy} 闲`,
-  paused: "已暂停",
   connected: "实时",
+  connecting: "正在连接…",
   reconnecting: "连接中断，正在重连…",
   resynced: "已重新连接，数据已同步",
   yes: "确定", no: "取消", close: "关闭",
@@ -40,18 +50,16 @@ const zh = {
   },
   confirm_cancel_running: (n, total) => `所选 ${total} 个任务中有 ${n} 个正在运行，确定要停止它们吗？`,
   confirm_cancel: (n) => `确定取消所选的 ${n} 个任务吗？`,
-  confirm_cancel_all: (n, running) =>
-    `将取消 ${n} 个等待中的任务` + (running ? `，并停止 ${running} 个正在运行的任务` : "") + "。确定吗？",
-  confirm_cancel_type: (type, n, running) =>
-    `将取消 ${n} 个等待中的 ${type} 任务` + (running ? `，并停止 ${running} 个正在运行的` : "") + "。确定吗？",
-  also_running: "同时停止正在运行的任务",
+  confirm_stop: (id) => `任务 ${id} 正在运行，确定要停止它吗？`,
+  confirm_cancel_all: (n) => `将取消全部 ${n} 个等待中的任务（及依赖它们的任务）。确定吗？`,
+  confirm_cancel_type: (type, n) => `将取消 ${n} 个等待中的 ${type} 任务（及依赖它们的任务）。确定吗？`,
+  also_running: (n) => `同时停止正在运行的 ${n} 个任务`,
   choose_type: "请先在“类型”中选择一个类型",
   nothing_selected: "请先选择任务",
   summary_retry: "批量重试结果",
   summary_cancel: "批量取消结果",
   summary_priority: "设置优先级结果",
   summary_counts: (ok, bad) => `成功 ${ok} 个，失败 ${bad} 个`,
-  skipped_not_failed: (id, status) => `${id}：状态为${status}，只有失败的任务才能重试`,
   retried_as: (id, next) => `${id} → ${next}`,
   detail: "任务详情",
   data: "数据",
@@ -72,6 +80,16 @@ const zh = {
 
 const en = {
   title: "📋 Task manager",
+  filters: "Filters",
+  selection: "Selection",
+  pages: "Pages",
+  select_page: "Select this page",
+  select_task: (id) => `Select ${id}`,
+  show_status: (status, n) => `${n} ${status}: show only these`,
+  retried_n: (n) => `${n} tasks retried`,
+  lost_at: (time) => `Connection lost (${time}), reconnecting…`,
+  signed_out: "Sign-in needed",
+  log_follow: "(running: the log follows)",
   overview: "Overview",
   token_label: "Access token",
   sign_in: "Sign in",
@@ -95,8 +113,8 @@ const en = {
   no_tasks: "No tasks",
   selected: (n) => `${n} selected`,
   workers: (busy, total) => `Workers: ${busy} busy / ${total - busy} idle`,
-  paused: "paused",
   connected: "live",
+  connecting: "Connecting…",
   reconnecting: "Connection lost, reconnecting…",
   resynced: "Reconnected; the table is up to date",
   yes: "OK", no: "Cancel", close: "Close",
@@ -110,19 +128,17 @@ const en = {
   },
   confirm_cancel_running: (n, total) => `${n} of the ${total} selected tasks are running. Stop them?`,
   confirm_cancel: (n) => `Cancel the ${n} selected tasks?`,
-  confirm_cancel_all: (n, running) =>
-    `This cancels ${n} waiting tasks` + (running ? ` and stops ${running} running ones` : "") + ". Go on?",
-  confirm_cancel_type: (type, n, running) =>
-    `This cancels ${n} waiting ${type} tasks` + (running ? ` and stops ${running} running ones` : "") +
-    ". Go on?",
-  also_running: "Also stop running tasks",
+  confirm_stop: (id) => `${id} is running. Stop it?`,
+  confirm_cancel_all: (n) => `This cancels all ${n} waiting tasks (and those that depend on them). Go on?`,
+  confirm_cancel_type: (type, n) =>
+    `This cancels ${n} waiting ${type} tasks (and those that depend on them). Go on?`,
+  also_running: (n) => `Also stop the ${n} running tasks`,
   choose_type: "Choose a type in the Type filter first",
   nothing_selected: "Select tasks first",
   summary_retry: "Retry results",
   summary_cancel: "Cancel results",
   summary_priority: "Priority results",
   summary_counts: (ok, bad) => `${ok} succeeded, ${bad} failed`,
-  skipped_not_failed: (id, status) => `${id}: ${status}; only failed tasks can be retried`,
   retried_as: (id, next) => `${id} → ${next}`,
   detail: "Task",
   data: "Data",
@@ -162,7 +178,8 @@ export function translatePage() {
     if (typeof value === "string") el.textContent = value;
   }
   for (const el of document.querySelectorAll("[data-t-label]")) {
-    el.setAttribute("aria-label", t[el.dataset.tLabel]);
+    const value = t[el.dataset.tLabel];
+    if (typeof value === "string") el.setAttribute("aria-label", value);
   }
 }
 
