@@ -555,7 +555,7 @@ function wire() {
     state.detail = null;
     clearTimeout(logTimer);
   });
-  setInterval(() => view.refreshTimes($("#tasks")), 30000); // "3 分钟前" stays true
+  setInterval(() => view.refreshTimes($("#tasks")), 5000); // "3 分钟前" stays true
 }
 
 function askToSignIn() {
