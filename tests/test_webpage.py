@@ -29,6 +29,14 @@ pytestmark = pytest.mark.skipif(
 DEADLINE_MS = 30_000
 
 
+def expect(locator: Any) -> Any:
+    """Playwright's assertions, which wait (up to the deadline) for the page to get there."""
+    from playwright.sync_api import expect as playwright_expect
+
+    playwright_expect.set_options(timeout=DEADLINE_MS)
+    return playwright_expect(locator)
+
+
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
@@ -121,7 +129,7 @@ def test_a_running_tasks_progress_bar_moves_without_a_reload(served, open_page, 
             ".getAttribute('aria-valuenow') === '25'",
             arg=task,
         )
-        assert row(page, task).locator(".operation-col").inner_text() == "step 1 of 4"
+        expect(row(page, task).locator(".operation-col")).to_have_text("step 1 of 4")
         steps.write("next\n")
         steps.flush()
         page.wait_for_function(
@@ -149,11 +157,10 @@ def test_batch_retry_retries_exactly_the_selected_failed_tasks_and_sums_up(serve
     page.get_by_role("checkbox", name=f"选择 {failed[2]}").check()
     page.get_by_role("checkbox", name=f"选择 {failed[0]}").click(modifiers=["Shift"])  # the range
     page.get_by_role("checkbox", name=f"选择 {done}").check()
-    assert page.locator("#selection-count").inner_text() == "已选 4 个"
+    expect(page.locator("#selection-count")).to_have_text("已选 4 个")
     page.get_by_role("button", name="🔄 批量重试").click()
     summary = page.locator("#summary")
-    summary.wait_for()
-    assert summary.locator("#summary-counts").inner_text() == "成功 3 个，失败 1 个"
+    expect(summary.locator("#summary-counts")).to_have_text("成功 3 个，失败 1 个")
     items = summary.locator("li").all_inner_texts()
     assert items[0] == f"{done}: 任务状态不是失败，无法重试: completed"
     retried = {c.get(t)["retried_as"] for t in failed}
@@ -175,9 +182,9 @@ def test_cancelling_a_running_task_asks_first_then_shows_cancelled(served, open_
     detail = page.locator("#detail")
     detail.get_by_role("button", name="停止").click()
     confirm = page.locator("#confirm")
-    assert confirm.locator("#confirm-text").inner_text() == f"任务 {task} 正在运行，确定要停止它吗？"
+    expect(confirm.locator("#confirm-text")).to_have_text(f"任务 {task} 正在运行，确定要停止它吗？")
     confirm.get_by_role("button", name="取消").click()  # thought better of it
-    assert not confirm.is_visible()
+    expect(confirm).to_be_hidden()
     assert c.get(task)["status"] == "running"
     detail.get_by_role("button", name="停止").click()
     confirm.get_by_role("button", name="确定").click()
@@ -197,7 +204,7 @@ def test_a_priority_change_reorders_the_queue(served, open_page, tmp_path):
     page.get_by_role("checkbox", name=f"选择 {second}").check()
     page.locator("#batch-priority-value").select_option("0")
     page.get_by_role("button", name="设置优先级").click()
-    assert page.locator("#summary-counts").inner_text() == "成功 1 个，失败 0 个"
+    expect(page.locator("#summary-counts")).to_have_text("成功 1 个，失败 0 个")
     page.get_by_role("button", name="关闭").click()
     page.wait_for_function(
         "id => document.querySelector(`tr[data-id='${id}'] td.priority`).textContent === '0'", arg=second
@@ -219,8 +226,7 @@ def test_a_dropped_stream_reconnects_and_the_table_catches_up(make_daemon, open_
     page = open_page(url)
     row(page, waiting).wait_for()
     assert d.stop() == 0  # the daemon, and its shim with it
-    page.locator("#connection.lost").wait_for()
-    assert "连接中断" in page.locator("#connection").inner_text()
+    expect(page.locator("#connection.lost")).to_contain_text("连接中断")
     # Keep the page away until the changes below are made: it must learn of them by resynchronising.
     page.route("**/api/v1/events*", lambda route: route.abort())
     d.start()
