@@ -314,3 +314,31 @@ def test_with_a_token_the_page_signs_in_and_refuses_other_origins(make_daemon, o
     assert answer[0] == 200 and answer[1]["succeeded"] == 1
     row(page, task).locator(".status.status-cancelled").wait_for()
     d.stop()
+
+
+def test_the_detail_shows_lineage_dependents_history_and_follows_a_log(served, open_page, fifo):
+    _, shim, c = served
+    gate = fifo("gate")
+    script = f"echo 第一行; read line < {gate}; echo 第二行"
+    command = c.submit("command", {"argv": ["sh", "-c", script]}, priority=0)["id"]
+    child = c.submit("noop", {}, depends_on=[command])["id"]
+    assert c.wait([command], statuses=["running"], timeout=30)["timed_out"] is False
+    page = open_page(shim.url)
+    row(page, command).get_by_role("button", name=command).click()
+    detail = page.locator("#detail")
+    expect(detail.locator("#detail-title")).to_have_text(f"任务详情 {command}")
+    expect(detail.locator("#log")).to_have_text("第一行\n")
+    gate.write("go")  # the command writes its second line while the page follows the log
+    expect(detail.locator("#log")).to_have_text("第一行\n第二行\n")
+    expect(detail.locator("ol.history li").first).to_contain_text("submitted")
+    detail.get_by_role("button", name=child).click()  # a dependent, linked
+    expect(detail.locator("#detail-title")).to_have_text(f"任务详情 {child}")
+    detail.get_by_role("button", name="关闭").click()
+
+    failed = finished(c, "fail")["id"]
+    retried = c.retry(failed)["new_task_id"]
+    row(page, failed).get_by_role("button", name=failed).click()
+    detail.get_by_role("button", name=retried).click()  # retried as ->
+    expect(detail.locator("#detail-title")).to_have_text(f"任务详情 {retried}")
+    detail.get_by_role("button", name=failed).click()  # <- retry of
+    expect(detail.locator("#detail-title")).to_have_text(f"任务详情 {failed}")
