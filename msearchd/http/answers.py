@@ -195,6 +195,43 @@ class SubmitAnswer(BaseModel):
     data: SubmitData
 
 
+class TaskResult(BaseModel):
+    task_id: str
+    success: bool
+    new_task_id: str | None = None
+    status: str | None = None
+    priority: int | None = None
+    retried_as: str | None = None
+    error: str | None = None
+
+
+class BatchAnswer(BaseModel):
+    success: bool
+    message: str
+    results: list[TaskResult]
+    succeeded: int
+    failed: int
+
+
+class HistoryAnswer(BaseModel):
+    task_id: str
+    history: list[dict[str, Any]]
+    dependents: list[str]
+
+
+class LogAnswer(BaseModel):
+    task_id: str
+    text: str
+    offset: int
+    size: int
+    status: str
+
+
+class SessionAnswer(BaseModel):
+    success: bool
+    message: str
+
+
 _STATUS_TEXT = {
     400: "参数无效（值不合法、缺少参数、未知参数）",
     404: "任务不存在",

@@ -53,6 +53,7 @@ from msearchd.http.params import (
     json_object,
     json_optional_priority,
     json_priority,
+    json_string,
     json_task_ids,
     json_type,
     no_query,
@@ -60,6 +61,8 @@ from msearchd.http.params import (
 from msearchd.model import PRIORITY_MAX, PRIORITY_MIN
 
 MAX_BODY = 1024 * 1024
+# Tasks one selection (the batch paths) may name; the daemon holds the same bound.
+SELECTION_MAX = 10_000
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 INT_MIN, INT_MAX = -(2**63), 2**64 - 1  # what msgpack, and so the daemon, can hold
 _BOOL_DOC = "true/false/1/0/yes/no/on/off（不区分大小写；t/f/y/n 亦可），默认 false；表单中的空值视为未提供"
@@ -184,6 +187,49 @@ class SubmitBody(Body):
         ),
         Field(description="先要完成的任务的ID"),
     ] = []
+
+
+_TASK_ID_SCHEMA = {
+    "anyOf": [
+        {"type": "string", "pattern": TASK_ID_PATTERN},
+        {"type": "integer", "minimum": 1, "maximum": 10**18 - 1},
+    ]
+}
+# The batch paths' selection, JSON only: a form has no arrays. An empty or too long one is the
+# daemon's to refuse, in the same sentence as to an RPC client.
+TaskIds = Annotated[
+    list[int],
+    converted(json_task_ids),
+    WithJsonSchema(
+        {"type": "array", "minItems": 1, "maxItems": SELECTION_MAX, "items": _TASK_ID_SCHEMA}
+    ),
+    Field(description=f"所选任务的ID（task_<n> 或 <n>），1到{SELECTION_MAX}个；重复的只算一次"),
+]
+
+
+class SelectionBody(Body):
+    forms: ClassVar[bool] = False
+    task_ids: TaskIds
+
+
+class CancelSelectionBody(SelectionBody):
+    cancel_running: CancelRunning = False
+
+
+class PrioritySelectionBody(SelectionBody):
+    priority: Annotated[
+        Annotated[int, Field(ge=PRIORITY_MIN, le=PRIORITY_MAX)],
+        converted(json_priority),
+        Field(description=f"新优先级，{PRIORITY_MIN}-{PRIORITY_MAX}，数值越小越先执行"),
+    ]
+
+
+# Signing in to the task manager page; JSON only.
+class SessionBody(Body):
+    forms: ClassVar[bool] = False
+    token: Annotated[
+        str, converted(json_string), Field(description="访问令牌（与 Authorization: Bearer 相同）")
+    ]
 
 
 B = TypeVar("B", bound=Body)

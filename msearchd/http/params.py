@@ -111,6 +111,12 @@ def json_type(name: str, value: Any) -> str:
     return form_type(name, value)
 
 
+def json_string(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise bad(f"参数{name}必须是字符串")
+    return value
+
+
 def json_object(name: str, value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise bad(f"参数{name}必须是JSON对象，收到: {json.dumps(value, ensure_ascii=False)[:100]}")

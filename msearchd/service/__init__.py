@@ -20,6 +20,7 @@ from msearchd.service.priority import Prioritising
 from msearchd.service.query import LIST_LIMIT_MAX, Querying
 from msearchd.service.recovery import Recovering
 from msearchd.service.retry import RETRY_CHUNK, Retrying
+from msearchd.service.selection import Selecting
 from msearchd.service.submit import Submitting
 from msearchd.service.wait import Subscription, Waiting
 
@@ -41,6 +42,7 @@ class TaskService(
     Cancelling,
     Prioritising,
     Retrying,
+    Selecting,
     Waiting,
     Dispatching,
     Recovering,
