@@ -726,14 +726,13 @@ def retry(
             results = answer["tasks"] + answer["errors"]
         elif all_failed:
             results = client.retry_failed(types[0] if types else None)
-        for ref in refs:
-            try:
-                answer = client.retry(ref)
-                results.append({"task_id": answer["task_id"], "new_task_id": answer["new_task_id"]})
-            except Unavailable:
-                raise
-            except MsearchError as exc:
-                results.append({"task_id": f"task_{ref}", "error": exc.message})
+        else:  # one request for them all, answered task by task
+            results = [
+                {"task_id": r["task_id"], "new_task_id": r["new_task_id"]}
+                if r["success"]
+                else {"task_id": r["task_id"], "error": r["error"]}
+                for r in client.retry_many(refs)["results"]
+            ]
     if as_json:
         print_json(results)
     else:

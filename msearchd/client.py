@@ -110,8 +110,9 @@ class _Methods:
         task_type: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        order: str = "oldest",
     ) -> Any:
-        return self.call("list", status=status, type=task_type, limit=limit, offset=offset)
+        return self.call("list", status=status, type=task_type, limit=limit, offset=offset, order=order)
 
     def count(self, status: str | list[str] | None = None, task_type: str | None = None) -> Any:
         return self.call("count", status=status, type=task_type)
@@ -133,6 +134,22 @@ class _Methods:
 
     def retry(self, task_id: str | int) -> Any:
         return self.call("retry", task_id=task_id)
+
+    def retry_many(self, task_ids: list[str | int]) -> Any:
+        """Retry a selection in one request: {results: [{task_id, success, ...}], succeeded, failed}."""
+        return self.call("retry", task_ids=list(task_ids))
+
+    def cancel_many(self, task_ids: list[str | int], running: bool = False) -> Any:
+        return self.call("cancel", task_ids=list(task_ids), running=running)
+
+    def set_priority_many(self, task_ids: list[str | int], priority: int) -> Any:
+        return self.call("set_priority", task_ids=list(task_ids), priority=priority)
+
+    def dependents(self, task_id: str | int) -> Any:
+        return self.call("dependents", task_id=task_id)
+
+    def read_log(self, task_id: str | int, offset: int = 0) -> Any:
+        return self.call("read_log", task_id=task_id, offset=offset)
 
     def retry_failed(self, task_type: str | None = None) -> Any:
         return self.call("retry_failed", type=task_type)

@@ -107,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
         "To serve a daemon that is already running: python -m msearchd.http [HOST:]PORT [--socket PATH]",
     )
     parser.add_argument(
+        "--web",
+        metavar="[HOST:]PORT",
+        help="also serve the task manager page (and the same REST API) on this second address, for those "
+        "used to the page's own port (e.g. 8502); the page is at --http's address too. Needs --http",
+    )
+    parser.add_argument(
         "--http-token",
         metavar="TOKEN",
         help=f"require 'Authorization: Bearer TOKEN' on every HTTP request (env {TOKEN_ENV}, which keeps it "
@@ -195,6 +201,7 @@ async def serve(
     http: ListenAddress | None = None,
     http_token: str | None = None,
     log_format: str = "text",
+    web: ListenAddress | None = None,
 ) -> None:
     notifier = systemd.Notifier()
     activated = systemd.listen_sockets()
@@ -205,6 +212,7 @@ async def serve(
     prepare_state_dir(settings)
     lock = lock_state_dir(settings.state_dir)
     http_sock = bind_http(http) if http is not None else None
+    web_sock = bind_http(web) if web is not None else None
     try:
         store = Store(settings.db_path)
     except Exception as exc:
@@ -264,7 +272,14 @@ async def serve(
     shim: ShimSupervisor | None = None
     if http is not None and http_sock is not None:
         shim = ShimSupervisor(
-            http_sock, http, settings.socket_path, http_token, reaper, settings.log_level, log_format
+            http_sock,
+            http,
+            settings.socket_path,
+            http_token,
+            reaper,
+            settings.log_level,
+            log_format,
+            web_sock=web_sock,
         )
         shim.start()
     if notifier.active:
@@ -308,12 +323,18 @@ def main(argv: list[str] | None = None) -> None:
     except InvalidArgument as exc:
         print(f"msearchd: {exc}", file=sys.stderr)
         sys.exit(2)
-    http = None
+    http = web = None
     http_token = args.http_token or os.environ.get(TOKEN_ENV) or None
+    if args.web is not None and args.http is None:
+        print("msearchd: --web needs --http (the page is served by the HTTP shim)", file=sys.stderr)
+        sys.exit(2)
     if args.http is not None:
         try:
             http = parse_listen(args.http)
             check_token_rule(http, http_token)
+            if args.web is not None:
+                web = parse_listen(args.web)
+                check_token_rule(web, http_token)
             check_http_extra()
         except UsageError as exc:
             print(f"msearchd: {exc}", file=sys.stderr)
@@ -321,7 +342,7 @@ def main(argv: list[str] | None = None) -> None:
     log_format = logformat.resolve(args.log_format, systemd.journal_on_stderr())
     logformat.configure(settings.log_level, log_format)
     try:
-        asyncio.run(serve(settings, http, http_token, log_format))
+        asyncio.run(serve(settings, http, http_token, log_format, web))
     except (StartupError, InvalidArgument, UnusableStore) as exc:
         print(f"msearchd: {exc}", file=sys.stderr)
         sys.exit(1)

@@ -170,8 +170,10 @@ class ShimSupervisor:
         reaper: Reaper,
         log_level: str = "info",
         log_format: str = "text",
+        web_sock: socket.socket | None = None,
     ) -> None:
         self.sock = sock
+        self.web_sock = web_sock  # the task manager page's own port, served by the same process
         self.address = address
         self.socket_path = socket_path
         self.token = token
@@ -206,6 +208,7 @@ class ShimSupervisor:
             str(self.sock.fileno()),
             "--parent-pid",
             str(os.getpid()),
+            *(("--web-fd", str(self.web_sock.fileno())) if self.web_sock is not None else ()),
         ]
 
     def _spawn(self) -> None:
@@ -219,7 +222,7 @@ class ShimSupervisor:
         try:
             proc = subprocess.Popen(
                 self._argv(),
-                pass_fds=(self.sock.fileno(),),
+                pass_fds=tuple(s.fileno() for s in (self.sock, self.web_sock) if s is not None),
                 stdin=subprocess.DEVNULL,
                 env=env,
                 start_new_session=True,  # a terminal's Ctrl-C goes to the daemon, which stops the shim
@@ -281,3 +284,5 @@ class ShimSupervisor:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(exited), self.STOP_TIMEOUT)
         self.sock.close()
+        if self.web_sock is not None:
+            self.web_sock.close()

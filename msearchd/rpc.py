@@ -29,7 +29,7 @@ from typing import Any
 
 from msearchd import protocol
 from msearchd.config import socket_lock_path
-from msearchd.errors import InternalError, MsearchError, ProtocolError, Unavailable
+from msearchd.errors import InternalError, InvalidArgument, MsearchError, ProtocolError, Unavailable
 from msearchd.service import REQUESTER, Subscription, TaskService
 from msearchd.store import disk_full
 from msearchd.trust import folder_problem, peer_credentials
@@ -177,6 +177,17 @@ def _bind(path: Path) -> socket.socket:
     return sock
 
 
+def one_or_many(single: Callable[..., Any], many: Callable[..., Any]) -> Callable[..., Any]:
+    """A method that takes one task (`task_id`) or a selection (`task_ids`) and answers in kind."""
+
+    def call(task_id: Any = None, task_ids: list[Any] | None = None, **params: Any) -> Any:
+        if (task_id is None) == (task_ids is None):
+            raise InvalidArgument("give task_id (one task) or task_ids (a list), not both and not neither")
+        return single(task_id, **params) if task_ids is None else many(task_ids, **params)
+
+    return call
+
+
 class RpcServer:
     def __init__(
         self,
@@ -213,14 +224,16 @@ class RpcServer:
             "list": svc.list_tasks,
             "count": svc.count,
             "stats": svc.stats,
-            "cancel": svc.cancel,
+            "cancel": one_or_many(svc.cancel, svc.cancel_each),
             "cancel_all": svc.cancel_all,
             "cancel_by_type": lambda type, running=False: svc.cancel_by_type(type, running),
-            "set_priority": svc.set_priority,
-            "retry": svc.retry,
+            "set_priority": one_or_many(svc.set_priority, svc.set_priority_each),
+            "retry": one_or_many(svc.retry, svc.retry_each),
             "retry_failed": lambda type=None: svc.retry_failed(type),
             "wait": svc.wait,
             "history": svc.history,
+            "dependents": svc.dependents,
+            "read_log": svc.read_log,
             "status": svc.status,
             "shutdown": self._shutdown,
             "cancel_selected": svc.cancel_selected,

@@ -78,6 +78,25 @@ def test_a_retry_hands_over_a_large_fan_out_in_chunks(make_daemon):
         assert c.count(status="blocked") == FAN
 
 
+def test_a_retry_of_a_selection_hands_over_a_fan_out_too_large_for_one_commit(make_daemon):
+    from msearchd.service import FANOUT_CHUNK
+
+    daemon = make_daemon(workers=1)
+    with daemon.client() as c:
+        roots = [c.submit("fail")["id"], c.submit("fail")["id"]]
+        assert {t["status"] for t in c.wait(roots, timeout=DEADLINE)["tasks"]} == {"failed"}
+        hold_worker(c)
+        dependents = add_dependents(c, roots[0], 3 * FANOUT_CHUNK)
+        result = c.call("retry", task_ids=roots)
+        assert (result["succeeded"], result["failed"]) == (2, 0), result
+        assert [r["task_id"] for r in result["results"]] == roots
+        new = result["results"][0]["new_task_id"]
+        for ref in (dependents[0], dependents[-1]):
+            task = c.get(ref)
+            assert (task["depends_on"], task["blocked_reason"]) == ([new], f"waiting for {new}")
+        assert c.count(status="blocked") == len(dependents)
+
+
 def test_completing_a_task_unblocks_a_large_fan_out_in_chunks(make_daemon, fifo):
     daemon = make_daemon(workers=1)
     gate = fifo()

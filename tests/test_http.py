@@ -995,7 +995,7 @@ def test_unknown_paths_are_404_in_the_documents_language(served):
         "/api/v1/task",
         "/api/v2/tasks",
         "/api/v1/tasks/task_1/cancel/now",
-        "/",
+        "/index.html",
         "/docs/static/nope.js",
     ):
         for method in ("GET", "POST"):
@@ -1006,6 +1006,8 @@ def test_unknown_paths_are_404_in_the_documents_language(served):
                 continue
             assert reply.status == 404, (method, path)
             assert reply.body == {"detail": f"路径不存在: {path}"}, (method, path)
+    reply = call(shim.url, "POST", "/")  # the task manager page
+    assert reply.status == 405 and reply.headers["Allow"] == "GET, HEAD"
 
 
 def test_openapi_describes_every_path_and_every_answer(served):
@@ -1030,6 +1032,13 @@ def test_openapi_describes_every_path_and_every_answer(served):
         ("/api/v1/queue/pause", "post"),
         ("/api/v1/queue/resume", "post"),
         ("/api/v1/queue/drain", "post"),
+        ("/api/v1/tasks/retry", "post"),
+        ("/api/v1/tasks/cancel", "post"),
+        ("/api/v1/tasks/priority", "post"),
+        ("/api/v1/tasks/{task_id}/history", "get"),
+        ("/api/v1/tasks/{task_id}/log", "get"),
+        ("/api/v1/session", "post"),
+        ("/api/v1/session", "delete"),
     }
     text = json.dumps(schema)
     assert "422" not in schema["paths"]["/api/v1/tasks"]["get"]["responses"]
@@ -1048,7 +1057,7 @@ def test_openapi_describes_every_path_and_every_answer(served):
     )
     assert set(schema["paths"]["/api/v1/tasks"]["post"]["requestBody"]["content"]) == {"application/json"}
     params = {p["name"]: p for p in schema["paths"]["/api/v1/tasks"]["get"]["parameters"]}
-    assert set(params) == {"status", "task_type", "limit", "offset"}
+    assert set(params) == {"status", "task_type", "limit", "offset", "order"}
     assert params["limit"]["schema"]["maximum"] == 10000
     # The documented task has every field the RPC returns.
     hold_worker(c)
@@ -1084,12 +1093,20 @@ def test_openapi_describes_every_path_and_every_answer(served):
             {"body": b" " * (1024 * 1024 + 1), "headers": {"Content-Type": "application/json"}},
         ),
         ("post", "/api/v1/tasks/cancel-all", {"form": {"cancel_running": "true"}}),
+        ("post", "/api/v1/tasks/retry", {"json_body": {"task_ids": [task["id"], 999]}}),
+        ("post", "/api/v1/tasks/cancel", {"json_body": {"task_ids": []}}),
+        ("post", "/api/v1/tasks/priority", {"form": {"priority": "1"}}),
+        ("get", f"/api/v1/tasks/{task['id']}/history", {}),
+        ("get", "/api/v1/tasks/task_999/log", {}),
+        ("get", f"/api/v1/tasks/{task['id']}/log?offset=x", {}),
     ]
     seen = set()
     for method, path, kw in probes:
         reply = call(shim.url, method.upper(), path, **kw)
         template = re.sub(
-            r"/tasks/(?!stats|cancel-all|cancel-by-type)[^/?]+", "/tasks/{task_id}", path.split("?")[0]
+            r"/tasks/(?!stats|cancel-all|cancel-by-type|retry$|cancel$|priority$)[^/?]+",
+            "/tasks/{task_id}",
+            path.split("?")[0],
         )
         declared = schema["paths"][template][method]["responses"]
         assert str(reply.status) in declared, (method, path, reply.status, reply.body)

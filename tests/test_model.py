@@ -114,7 +114,9 @@ def test_check_params():
     with pytest.raises(ProtocolError, match="unknown method"):
         protocol.check_params("nope", {})
     with pytest.raises(InvalidArgument, match="needs the parameter 'task_id'"):
-        protocol.check_params("cancel", {"running": True})
+        protocol.check_params("get", {})
+    with pytest.raises(InvalidArgument, match="needs the parameter 'priority'"):
+        protocol.check_params("set_priority", {"task_ids": [1]})
     with pytest.raises(InvalidArgument, match="'running' of cancel must be bool"):
         protocol.check_params("cancel", {"task_id": 1, "running": 1})
 

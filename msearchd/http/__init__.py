@@ -9,8 +9,10 @@ whatever happens to this process (a crash, a hang, a flood of requests) reaches 
 requests, like any other client's.
 
 The modules: `app` (the application and its OpenAPI document), `routes` (the task routes),
-`selections` and `queue` (paths beyond the document), `events` (the event stream), `bodies` (request
-bodies), `params` (parameter values), `answers` (responses and their models), `guard` (who may ask),
+`batch` (the paths for a selection of tasks by id), `selections` and `queue` (operations on the tasks
+that filters select, with a dry run, and the queue's pause, resume and drain), `events` (the event
+stream), `bodies` (request bodies), `params` (parameter values), `answers` (responses and their models),
+`guard` (who may ask), `session` (signing in to the page), `page` (the task manager page's files),
 `link` (the connections to the daemon), `server` (the process). This file imports none of them until a
 name is asked for: `python -m msearchd.http` imports the package before `__main__`, which must be able
 to say in one sentence that FastAPI is not installed.

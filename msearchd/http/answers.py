@@ -196,6 +196,43 @@ class SubmitAnswer(BaseModel):
     data: SubmitData
 
 
+class TaskResult(BaseModel):
+    task_id: str
+    success: bool
+    new_task_id: str | None = None
+    status: str | None = None
+    priority: int | None = None
+    retried_as: str | None = None
+    error: str | None = None
+
+
+class BatchAnswer(BaseModel):
+    success: bool
+    message: str
+    results: list[TaskResult]
+    succeeded: int
+    failed: int
+
+
+class HistoryAnswer(BaseModel):
+    task_id: str
+    history: list[dict[str, Any]]
+    dependents: list[str]
+
+
+class LogAnswer(BaseModel):
+    task_id: str
+    text: str
+    offset: int
+    size: int
+    status: str
+
+
+class SessionAnswer(BaseModel):
+    success: bool
+    message: str
+
+
 # An operation beyond the API document: the daemon's answer as it gives it.
 class OperationAnswer(BaseModel):
     model_config = ConfigDict(extra="allow")

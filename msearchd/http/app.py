@@ -14,19 +14,19 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException
-from starlette.routing import Match, Mount
+from starlette.routing import Match, Mount, Route
 from starlette.types import Scope
 
 from msearchd import __version__
-from msearchd.http import queue, selections
+from msearchd.http import batch, queue, selections, session  # noqa: F401 - their routes join ROUTES as they are imported
 from msearchd.http.answers import ApiError, ApiJSON, detail
 from msearchd.http.bodies import shared_schemas
 from msearchd.http.events import MAX_EVENT_STREAMS, StreamSlots
 from msearchd.http.guard import Guard
 from msearchd.http.link import RPC_TIMEOUT, DaemonLink
+from msearchd.http.page import add_page
 from msearchd.http.params import validation_detail
 from msearchd.http.routes import PREFIX, ROUTES
 
@@ -49,8 +49,8 @@ def allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
     fixed: set[str] = set()
     templated: set[str] = set()
     for route in app.router.routes:
-        if isinstance(route, APIRoute) and route.matches(scope)[0] is not Match.NONE:
-            (templated if "{" in route.path else fixed).update(route.methods)
+        if isinstance(route, Route) and route.matches(scope)[0] is not Match.NONE:
+            (templated if "{" in route.path else fixed).update(route.methods or ())
         elif isinstance(route, Mount) and scope["path"].startswith(f"{route.path}/"):
             fixed.update(("GET", "HEAD"))  # the files of /docs (the mount has changed the scope's root)
     return sorted(fixed or templated)
@@ -75,8 +75,10 @@ def create_app(socket_path: Path, token: str | None = None, rpc_timeout: float =
         generate_unique_id_function=lambda route: route.name,  # operation ids: the function names
         swagger_ui_parameters={"validatorUrl": None},  # no badge from swagger.io
     )
-    for method, path, endpoint, options in (*ROUTES, *selections.ROUTES, *queue.ROUTES):
+    app.state.token = token.encode() if token else None
+    for method, path, endpoint, options in ROUTES:
         app.add_api_route(path, endpoint, methods=[method], tags=["tasks"], **options)
+    add_page(app)
 
     async def on_validation_error(request: Request, exc: Exception) -> ApiJSON:
         assert isinstance(exc, RequestValidationError)

@@ -56,8 +56,8 @@ from msearchd.http.params import (
     json_optional_text,
     json_priority,
     json_seconds,
+    json_string,
     json_task_ids,
-    json_text,
     json_type,
     json_types,
     no_query,
@@ -65,6 +65,8 @@ from msearchd.http.params import (
 from msearchd.model import PRIORITY_MAX, PRIORITY_MIN
 
 MAX_BODY = 1024 * 1024
+# Tasks one selection (the batch paths) may name; the daemon holds the same bound.
+SELECTION_MAX = 10_000
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 INT_MIN, INT_MAX = -(2**63), 2**64 - 1  # what msgpack, and so the daemon, can hold
 _BOOL_DOC = "true/false/1/0/yes/no/on/off（不区分大小写；t/f/y/n 亦可），默认 false；表单中的空值视为未提供"
@@ -198,7 +200,7 @@ class SubmitBody(Body):
     ] = None
     on_conflict: Annotated[
         str,
-        converted(json_text),
+        converted(json_string),
         WithJsonSchema({"type": "string", "enum": ["keep", "replace"]}),
         Field(
             description="已有相同键的未结束任务时：keep（默认，回答已有任务）"
@@ -213,7 +215,7 @@ class SubmitBody(Body):
     ] = False
 
 
-# Paths beyond the API document (JSON only): an operation on a selection of tasks, and the queue's pause.
+# Paths beyond the API document (JSON only): an operation on the tasks filters select, and the queue's pause.
 SELECT_DOC = (
     "选择哪些任务（各字段同时满足）：ids（任务ID）、types（类型，可用通配符如 file_embed_*）、"
     "statuses（状态）、"
@@ -230,7 +232,7 @@ OptionalCount = Annotated[
 ]
 
 
-class SelectionBody(Body):
+class FilterBody(Body):
     forms: ClassVar[bool] = False
     select: Annotated[
         dict[str, Any],
@@ -250,11 +252,11 @@ class SelectionBody(Body):
     expect: Annotated[OptionalCount, Field(description="预览回答中的 count：回答会说明其间是否有变化")] = None
 
 
-class SelectionCancelBody(SelectionBody):
+class FilterCancelBody(FilterBody):
     cancel_running: CancelRunning = False
 
 
-class SelectionPriorityBody(SelectionBody):
+class FilterPriorityBody(FilterBody):
     priority: NewPriority
 
 
@@ -287,6 +289,49 @@ class DrainBody(QueueBody):
             "超时则 drained 为 false，可再次调用"
         ),
     ] = None
+
+
+_TASK_ID_SCHEMA = {
+    "anyOf": [
+        {"type": "string", "pattern": TASK_ID_PATTERN},
+        {"type": "integer", "minimum": 1, "maximum": 10**18 - 1},
+    ]
+}
+# The batch paths' selection, JSON only: a form has no arrays. An empty or too long one is the
+# daemon's to refuse, in the same sentence as to an RPC client.
+TaskIds = Annotated[
+    list[int],
+    converted(json_task_ids),
+    WithJsonSchema(
+        {"type": "array", "minItems": 1, "maxItems": SELECTION_MAX, "items": _TASK_ID_SCHEMA}
+    ),
+    Field(description=f"所选任务的ID（task_<n> 或 <n>），1到{SELECTION_MAX}个；重复的只算一次"),
+]
+
+
+class SelectionBody(Body):
+    forms: ClassVar[bool] = False
+    task_ids: TaskIds
+
+
+class CancelSelectionBody(SelectionBody):
+    cancel_running: CancelRunning = False
+
+
+class PrioritySelectionBody(SelectionBody):
+    priority: Annotated[
+        Annotated[int, Field(ge=PRIORITY_MIN, le=PRIORITY_MAX)],
+        converted(json_priority),
+        Field(description=f"新优先级，{PRIORITY_MIN}-{PRIORITY_MAX}，数值越小越先执行"),
+    ]
+
+
+# Signing in to the task manager page; JSON only.
+class SessionBody(Body):
+    forms: ClassVar[bool] = False
+    token: Annotated[
+        str, converted(json_string), Field(description="访问令牌（与 Authorization: Bearer 相同）")
+    ]
 
 
 B = TypeVar("B", bound=Body)

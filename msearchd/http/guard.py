@@ -1,5 +1,6 @@
-"""The Guard: the bearer token, or without one this user on this machine only (uid of the TCP peer from
-/proc/net/tcp, loopback Host and Origin, and changes only from the shim's own origin)."""
+"""The Guard: the bearer token (or the task manager page's session cookie), or without one this user on
+this machine only (uid of the TCP peer from /proc/net/tcp, loopback Host and Origin, and changes only
+from the shim's own origin)."""
 
 # The answers are in Chinese, like the API document's, and use its full-width punctuation on purpose.
 # ruff: noqa: RUF001
@@ -16,6 +17,8 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from msearchd.http.answers import ApiJSON, detail
+from msearchd.http.page import is_page
+from msearchd.http.session import foreign_request, has_session, is_sign_in
 from msearchd.httpshim import (
     is_loopback_name,
     url_host,
@@ -102,14 +105,22 @@ class Guard:
     def _refusal(self, scope: Scope, headers: Headers) -> ApiJSON | None:
         if self.token is not None:
             scheme, _, given = headers.get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.token):
-                what = "缺少" if "authorization" not in headers else "无效的"
-                return detail(
-                    401,
-                    f"{what}访问令牌: 请发送 Authorization: Bearer <token>",
-                    {"WWW-Authenticate": "Bearer"},
-                )
-            return None
+            if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self.token):
+                return None
+            method, path = scope["method"], scope["path"]
+            if is_page(method, path):
+                return None
+            if is_sign_in(method, path) or has_session(headers, self.token):
+                origin = headers.get("origin")
+                own = _origin(_own_origin(scope, headers.get("host")))
+                why = foreign_request(method, headers, own, _origin(origin) if origin else None)
+                return None if why is None else detail(403, why)
+            what = "缺少" if "authorization" not in headers else "无效的"
+            return detail(
+                401,
+                f"{what}访问令牌: 请发送 Authorization: Bearer <token>，或在任务管理器页面登录",
+                {"WWW-Authenticate": "Bearer"},
+            )
         client, server = scope.get("client"), scope.get("server")
         uid = tcp_peer_uid(tuple(client), tuple(server)) if client and server else None
         if uid != os.getuid():

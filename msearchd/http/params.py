@@ -111,14 +111,8 @@ def json_type(name: str, value: Any) -> str:
     return form_type(name, value)
 
 
-def json_text(name: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise bad(f"参数{name}必须是字符串: {json.dumps(value, ensure_ascii=False)}")
-    return value
-
-
 def json_optional_text(name: str, value: Any) -> str | None:
-    return None if value is None else json_text(name, value)
+    return None if value is None else json_string(name, value)
 
 
 def json_count(name: str, value: Any) -> int | None:
@@ -143,6 +137,12 @@ def json_seconds(name: str, value: Any, most: float) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= most:
         raise bad(f"参数{name}必须是0到{most}之间的秒数: {json.dumps(value, ensure_ascii=False)}")
     return float(value)
+
+
+def json_string(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise bad(f"参数{name}必须是字符串")
+    return value
 
 
 def json_object(name: str, value: Any) -> dict[str, Any]:

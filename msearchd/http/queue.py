@@ -14,10 +14,7 @@ from msearchd.http.answers import ApiJSON, OperationAnswer, answers, daemon_erro
 from msearchd.http.bodies import DRAIN_TIMEOUT_MAX, DrainBody, QueueBody, openapi_body, read_body
 from msearchd.http.link import daemon_link
 from msearchd.http.params import no_query
-from msearchd.http.routes import Routes, recorder
-
-ROUTES: Routes = []
-route = recorder(ROUTES)
+from msearchd.http.routes import route
 
 
 async def _call(request: Request, method: str, **params: Any) -> dict[str, Any]:

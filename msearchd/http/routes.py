@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, Literal, cast
 
 from fastapi import Query, Request
 from starlette.exceptions import HTTPException
@@ -23,6 +23,8 @@ from msearchd.http.answers import (
     CancelAllAnswer,
     CancelAnswer,
     CancelByTypeAnswer,
+    HistoryAnswer,
+    LogAnswer,
     PriorityAnswer,
     RetryAnswer,
     Stats,
@@ -56,25 +58,17 @@ from msearchd.model import TaskStatus
 log = logging.getLogger("msearchd.http")
 
 PREFIX = "/api/v1"
-Routes = list[tuple[str, str, Callable[..., Any], dict[str, Any]]]
-Route = Callable[..., Callable[[Callable[..., Any]], Callable[..., Any]]]
-ROUTES: Routes = []
+ROUTES: list[tuple[str, str, Callable[..., Any], dict[str, Any]]] = []
 
 
-def recorder(table: Routes) -> Route:
-    """A decorator that records routes in `table`; `create_app` adds them in order, fixed paths first."""
+def route(method: str, path: str, **options: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Record a route; `create_app` adds them in this order, fixed paths before /tasks/{task_id}."""
 
-    def route(method: str, path: str, **options: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        def record(endpoint: Callable[..., Any]) -> Callable[..., Any]:
-            table.append((method, PREFIX + path, endpoint, options))
-            return endpoint
+    def record(endpoint: Callable[..., Any]) -> Callable[..., Any]:
+        ROUTES.append((method, PREFIX + path, endpoint, options))
+        return endpoint
 
-        return record
-
-    return route
-
-
-route = recorder(ROUTES)
+    return record
 
 
 def is_fixed_path(path: str) -> bool:
@@ -108,13 +102,16 @@ async def list_tasks(
     task_type: Annotated[str | None, Query(pattern=TYPE_PATTERN, description="只列出这一类型的任务")] = None,
     limit: Annotated[int, Query(ge=1, le=LIST_LIMIT_MAX, description="最多返回多少个")] = 100,
     offset: Annotated[int, Query(ge=0, le=OFFSET_MAX, description="跳过前面多少个")] = 0,
+    order: Annotated[
+        Literal["oldest", "newest"], Query(description="oldest：先提交的在前（默认）；newest：新的在前")
+    ] = "oldest",
 ) -> ApiJSON:
-    """Tasks in submission order, with the total that match the filters (for paging)."""
-    no_query(request, ("status", "task_type", "limit", "offset"))
+    """Tasks in submission order (or newest first), with the total that match the filters (for paging)."""
+    no_query(request, ("status", "task_type", "limit", "offset", "order"))
     daemon = daemon_link(request)
     try:
         tasks, total = await asyncio.gather(
-            daemon.call("list", status=status, type=task_type, limit=limit, offset=offset),
+            daemon.call("list", status=status, type=task_type, limit=limit, offset=offset, order=order),
             daemon.call("count", status=status, type=task_type),
         )
     except MsearchError as exc:
@@ -309,3 +306,43 @@ async def retry_task(request: Request, task_id: TaskIdPath) -> ApiJSON:
         "handed_over": result["handed_over"],
     }
     return ApiJSON({"success": True, "message": f"任务已重试: {ref(n)}", "data": data})
+
+
+# --- one task's past and log, for the task manager page's detail view ----------------------------------
+
+
+def _number(task_id: str) -> int:
+    n = task_number(task_id)
+    if n is None:
+        raise ApiError(404, f"任务不存在: {task_id}")
+    return n
+
+
+@route("GET", "/tasks/{task_id}/history", responses=answers(HistoryAnswer, 404), summary="任务历史与被依赖")
+async def task_history(request: Request, task_id: TaskIdPath) -> ApiJSON:
+    """What happened to a task and who asked (oldest first), and the tasks that depend on it."""
+    no_query(request, ())
+    n = _number(task_id)
+    daemon = daemon_link(request)
+    try:
+        history = await daemon.call("history", task_id=n)
+        dependents = await daemon.call("dependents", task_id=n)
+    except MsearchError as exc:
+        raise daemon_error(exc, f"任务不存在: {ref(n)}") from None
+    return ApiJSON({"task_id": ref(n), "history": history, "dependents": dependents})
+
+
+@route("GET", "/tasks/{task_id}/log", responses=answers(LogAnswer, 404), summary="任务日志（command 任务）")
+async def task_log(
+    request: Request,
+    task_id: TaskIdPath,
+    offset: Annotated[int, Query(ge=0, le=OFFSET_MAX, description="从日志的第几个字节读起")] = 0,
+) -> ApiJSON:
+    """A piece of a command task's log from `offset` (up to 256 KiB); ask again from the answer's
+    `offset` to follow a running task's log as it grows."""
+    no_query(request, ("offset",))
+    n = _number(task_id)
+    try:
+        return ApiJSON(await daemon_link(request).call("read_log", task_id=n, offset=offset))
+    except MsearchError as exc:
+        raise daemon_error(exc, f"任务不存在: {ref(n)}") from None

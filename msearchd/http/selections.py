@@ -12,20 +12,17 @@ from fastapi import Request
 from msearchd.errors import MsearchError
 from msearchd.http.answers import ApiJSON, OperationAnswer, answers, daemon_error
 from msearchd.http.bodies import (
-    SelectionBody,
-    SelectionCancelBody,
-    SelectionPriorityBody,
+    FilterBody,
+    FilterCancelBody,
+    FilterPriorityBody,
     openapi_body,
     read_body,
 )
 from msearchd.http.link import daemon_link
-from msearchd.http.routes import Routes, recorder
-
-ROUTES: Routes = []
-route = recorder(ROUTES)
+from msearchd.http.routes import route
 
 
-async def _run(request: Request, method: str, body: SelectionBody, **more: Any) -> dict[str, Any]:
+async def _run(request: Request, method: str, body: FilterBody, **more: Any) -> dict[str, Any]:
     try:
         return dict(
             await daemon_link(request).call(
@@ -47,12 +44,12 @@ def _preview_or(result: dict[str, Any], done: str) -> ApiJSON:
     "POST",
     "/selection/cancel",
     responses=answers(OperationAnswer, body=True),
-    openapi_extra=openapi_body(SelectionCancelBody),
+    openapi_extra=openapi_body(FilterCancelBody),
     summary="按条件取消任务（可预览）",
 )
 async def cancel_selected(request: Request) -> ApiJSON:
     """Cancel the selected waiting tasks (running ones with cancel_running) and their dependents."""
-    body = await read_body(request, SelectionCancelBody)
+    body = await read_body(request, FilterCancelBody)
     result = await _run(request, "cancel_selected", body, running=body.cancel_running)
     return _preview_or(result, f"已取消{result.get('cancelled', 0)}个任务")
 
@@ -61,12 +58,12 @@ async def cancel_selected(request: Request) -> ApiJSON:
     "POST",
     "/selection/priority",
     responses=answers(OperationAnswer, body=True),
-    openapi_extra=openapi_body(SelectionPriorityBody),
+    openapi_extra=openapi_body(FilterPriorityBody),
     summary="按条件调整优先级（可预览）",
 )
 async def set_priority_selected(request: Request) -> ApiJSON:
     """Give the selected pending and blocked tasks one priority."""
-    body = await read_body(request, SelectionPriorityBody)
+    body = await read_body(request, FilterPriorityBody)
     result = await _run(request, "set_priority_selected", body, priority=body.priority)
     return _preview_or(result, f"已调整{result.get('changed', 0)}个任务的优先级")
 
@@ -75,11 +72,11 @@ async def set_priority_selected(request: Request) -> ApiJSON:
     "POST",
     "/selection/retry",
     responses=answers(OperationAnswer, body=True),
-    openapi_extra=openapi_body(SelectionBody),
+    openapi_extra=openapi_body(FilterBody),
     summary="按条件重试失败任务（可预览）",
 )
 async def retry_selected(request: Request) -> ApiJSON:
     """Retry the selected failed tasks not yet retried, oldest first."""
-    body = await read_body(request, SelectionBody)
+    body = await read_body(request, FilterBody)
     result = await _run(request, "retry_selected", body)
     return _preview_or(result, f"已重试{result.get('retried', 0)}个任务")

@@ -34,6 +34,7 @@ class _Server(uvicorn.Server):
     """uvicorn's server, saying when it serves: the daemon and the tests wait for that line."""
 
     url = ""
+    page_urls: list[str] = []  # noqa: RUF012 - set once per server, before it starts
     socket_path = Path()
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
@@ -45,6 +46,8 @@ class _Server(uvicorn.Server):
                 os.getpid(),
                 self.socket_path,
             )
+            for url in self.page_urls:
+                log.info("task manager page at %s/", url)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,7 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="text, journal (syslog priority prefixes, no time) or json; auto: journal when standard "
         "error is the journal, else text",
     )
+    parser.add_argument(
+        "--web",
+        metavar="[HOST:]PORT",
+        help="also serve the task manager page (and the same API) on this second address, e.g. 8502",
+    )
     parser.add_argument("--fd", type=int, help=argparse.SUPPRESS)  # a listening socket from msearchd
+    parser.add_argument("--web-fd", type=int, help=argparse.SUPPRESS)  # msearchd's --web socket
     parser.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     return parser
 
@@ -105,6 +114,15 @@ def main(argv: list[str] | None = None) -> None:
         else:
             sock = socket.socket(fileno=args.fd)
             check_token_rule(parse_listen(bound_url(sock).removeprefix("http://")), token)
+        sockets = [sock]
+        if args.web_fd is not None:
+            sockets.append(socket.socket(fileno=args.web_fd))
+        elif args.web is not None:
+            web = parse_listen(args.web)
+            check_token_rule(web, token)
+            sockets.append(bind(web))
+        for extra in sockets[1:]:
+            check_token_rule(parse_listen(bound_url(extra).removeprefix("http://")), token)
     except UsageError as exc:
         print(f"msearchd-http: {exc}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
@@ -128,5 +146,6 @@ def main(argv: list[str] | None = None) -> None:
     )
     server = _Server(config)
     server.url = bound_url(sock)
+    server.page_urls = [bound_url(s) for s in sockets]
     server.socket_path = socket_path
-    asyncio.run(server.serve(sockets=[sock]))
+    asyncio.run(server.serve(sockets=sockets))

@@ -17,6 +17,7 @@ from msearchd.service.cancel import BULK_CHUNK, Cancelling
 from msearchd.service.core import REQUESTER, ServiceCore
 from msearchd.service.dispatch import FANOUT_CHUNK, FANOUT_EVENT, Dispatching
 from msearchd.service.keys import Keying
+from msearchd.service.matching import Matching
 from msearchd.service.priority import Prioritising
 from msearchd.service.query import LIST_LIMIT_MAX, Querying
 from msearchd.service.queue import Pausing
@@ -46,6 +47,7 @@ class TaskService(
     Prioritising,
     Retrying,
     Selecting,
+    Matching,
     Pausing,
     Waiting,
     Dispatching,

@@ -1,7 +1,8 @@
-"""Questions about tasks and the daemon: get, list, count, stats, status, history."""
+"""Questions about tasks and the daemon: get, list, count, stats, status, history, dependents, read_log."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -9,6 +10,7 @@ from msearchd import __version__
 from msearchd.errors import InvalidArgument
 from msearchd.model import (
     INT_MAX,
+    TERMINAL,
     TaskStatus,
     format_task_id,
     validate_type,
@@ -16,6 +18,9 @@ from msearchd.model import (
 from msearchd.protocol import PROTOCOL_VERSION
 
 LIST_LIMIT_MAX = 10_000
+LIST_ORDERS = ("oldest", "newest")
+# A command's log is read this much at a time: a page following it asks again for the rest.
+LOG_CHUNK = 256 * 1024
 
 if TYPE_CHECKING:
     from msearchd.service.core import ServiceCore
@@ -54,12 +59,16 @@ class Querying(ServiceCore):
         type: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        order: str = "oldest",
     ) -> list[dict[str, Any]]:
         if not 1 <= limit <= LIST_LIMIT_MAX:
             raise InvalidArgument(f"limit must be from 1 to {LIST_LIMIT_MAX}, got {limit}")
         if not 0 <= offset <= INT_MAX:
             raise InvalidArgument(f"offset must be from 0 to {INT_MAX}, got {offset}")
-        tasks = self.store.list(self._statuses(status), type_filter(type), limit, offset)
+        if order not in LIST_ORDERS:
+            raise InvalidArgument(f"order must be one of {', '.join(LIST_ORDERS)}, got {order!r}")
+        newest = order == "newest"
+        tasks = self.store.list(self._statuses(status), type_filter(type), limit, offset, newest)
         return [self.wire(t) for t in tasks]
 
     def count(self, status: str | list[Any] | None = None, type: str | None = None) -> int:
@@ -134,3 +143,38 @@ class Querying(ServiceCore):
                 end["error"] = task.error
             entries.append(end)
         return sorted(entries, key=lambda e: e["time"])
+
+    def dependents(self, task_id: Any) -> list[str]:
+        """Every task that depends on this one, whatever its state: the other way of `depends_on`."""
+        task = self._require(task_id)
+        return [format_task_id(i) for i in self.store.dependents(task.id, [str(s) for s in TaskStatus])]
+
+    def read_log(self, task_id: Any, offset: int = 0) -> dict[str, Any]:
+        """A piece of a command task's log from `offset`, for a reader following it as it grows; the
+        reader may be on another machine than the daemon, so the log travels in answers, not paths."""
+        task = self._require(task_id)
+        if offset < 0:
+            raise InvalidArgument(f"offset must be zero or more, got {offset}")
+        raw = b""
+        size = 0
+        with contextlib.suppress(FileNotFoundError), open(self.log_path(task.id), "rb") as log_file:
+            size = os.fstat(log_file.fileno()).st_size
+            offset = min(offset, size)
+            log_file.seek(offset)
+            raw = log_file.read(LOG_CHUNK)
+        # Stop before a character cut at the chunk's end; the next read starts with it.
+        keep = len(raw)
+        for back in range(1, min(4, len(raw)) + 1):
+            lead = raw[-back]
+            if lead & 0xC0 != 0x80:  # the last character's first byte
+                need = 1 if lead < 0x80 else 2 if lead >> 5 == 0b110 else 3 if lead >> 4 == 0b1110 else 4
+                if need > back and (offset + len(raw) < size or task.status not in TERMINAL):
+                    keep = len(raw) - back
+                break
+        return {
+            "task_id": format_task_id(task.id),
+            "text": raw[:keep].decode("utf-8", errors="replace"),
+            "offset": offset + keep,
+            "size": size,
+            "status": str(task.status),
+        }

@@ -1,275 +1,168 @@
-"""Cancel, priority and retry over a selection (types, statuses, priorities, age, data), with a dry run.
+"""Selections: one request about many named tasks (retry, cancel, set_priority with task_ids).
 
-A selection is scanned a window of ids at a time; each window that changes tasks is one transaction,
-other requests answered in between.
+The page's batch actions and `msearchctl tasks retry ID...` send a selection in one request. Each task
+is tried on its own: one refused (not failed, already finished, unknown) is reported with the reason,
+and the others go on. Chunks share a commit and let other requests through between them.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from msearchd.errors import InvalidArgument, InvalidState, NotFound
-from msearchd.model import StopReason, Task, TaskStatus, format_task_id, validate_priority
-from msearchd.selection import Preview, Selection, parse_selection
-from msearchd.service.core import REQUESTER
-from msearchd.service.dispatch import Fanned
-from msearchd.store import WAITING
-from msearchd.workers import Outcome
+from msearchd.errors import InvalidArgument, InvalidState, MsearchError, NotFound
+from msearchd.model import (
+    TERMINAL,
+    TaskStatus,
+    format_task_id,
+    parse_task_id,
+    validate_priority,
+)
+from msearchd.service.cancel import BULK_CHUNK
+from msearchd.service.retry import RETRY_CHUNK
+
+# Tasks one selection may name.
+SELECTION_MAX = 10_000
 
 if TYPE_CHECKING:
     from msearchd.service.core import ServiceCore
 else:
     ServiceCore = object  # TaskService puts the real one last among its bases
 
-# Ids a selection scans per step: each step is one transaction when it changes tasks.
-SELECT_WINDOW = 500
-RETRY_STEP = 200  # retries per transaction: each writes a task and its history
+
+def selection(task_ids: list[Any]) -> list[int]:
+    """The ids of a selection, each once, in the order given."""
+    if not task_ids:
+        raise InvalidArgument("task_ids is empty; name at least one task")
+    if len(task_ids) > SELECTION_MAX:
+        raise InvalidArgument(f"task_ids names {len(task_ids)} tasks; at most {SELECTION_MAX} a request")
+    return list(dict.fromkeys(parse_task_id(t) for t in task_ids))
+
+
+def tally(results: list[dict[str, Any]]) -> dict[str, Any]:
+    succeeded = sum(1 for r in results if r["success"])
+    return {"results": results, "succeeded": succeeded, "failed": len(results) - succeeded}
 
 
 class Selecting(ServiceCore):
-    """The operations of `TaskService` over a selection."""
+    """The selection operations of `TaskService`: retry, cancel and set_priority, task by task."""
 
     if TYPE_CHECKING:
 
-        def _cascade_cancel(self, roots: Sequence[int]) -> int: ...
-        @contextmanager
-        def _deferring(self) -> Iterator[list[asyncio.Future[Fanned]]]: ...
-        async def _later(self, later: list[asyncio.Future[Fanned]]) -> Fanned: ...
-        async def _stop_running(self, task: Task, by: str) -> tuple[Outcome, int]: ...
-        async def _take_back(self, task: Task, by: str) -> int | None: ...
-        async def _checkpoint_later(self) -> None: ...
+        def retry(self, task_id: Any) -> dict[str, Any] | Awaitable[dict[str, Any]]: ...
+        def cancel(
+            self, task_id: Any, running: bool = False
+        ) -> dict[str, Any] | Awaitable[dict[str, Any]]: ...
+        def set_priority(self, task_id: Any, priority: int) -> dict[str, Any]: ...
         @contextmanager
         def _bulk(self) -> Iterator[None]: ...
-        def _stopped_meanwhile(self, done: str) -> None: ...
-        def _retry(self, task_id: Any) -> dict[str, Any]: ...
 
-    @contextmanager
-    def _checkpoint_after(self) -> Iterator[None]:
-        """Keep WAL checkpoints out of the chunks' commits, and run one on a thread once they are done."""
-        self.store.pause_checkpoints()
-        try:
-            yield
-        finally:
-            job = asyncio.ensure_future(self._checkpoint_later())
-            self._checkpoints.add(job)
-            job.add_done_callback(self._checkpoints.discard)
-
-    def _selection(self, select: object, up_to: object) -> tuple[Selection, int]:
-        selection = parse_selection(select, self.clock())
-        newest = self.store.max_id()
-        if up_to is not None:
-            if isinstance(up_to, bool) or not isinstance(up_to, int) or up_to < 0:
-                raise InvalidArgument(f"up_to must be a task number, got {up_to!r}")
-            newest = min(newest, up_to)
-        return selection, newest
-
-    async def _scan(
-        self, selection: Selection, statuses: Sequence[str], up_to: int, not_retried: bool = False
-    ) -> AsyncIterator[list[tuple[int, str, str, int]]]:
-        """The selected tasks in these statuses, a window of ids at a time, other requests answered
-        between two windows."""
-        after = min(selection.ids) - 1 if selection.ids else 0
-        if selection.ids:
-            up_to = min(up_to, max(selection.ids))
-        while statuses and after < up_to:
-            high = min(after + SELECT_WINDOW, up_to)
-            rows = self.store.select_window(
-                selection, statuses, after, high, with_data=bool(selection.where), not_retried=not_retried
-            )
-            yield [(i, t, s, p) for i, t, s, p, data in rows if data is None or selection.data_matches(data)]
-            after = high
-            await asyncio.sleep(0)
-
-    async def _preview(
-        self,
-        selection: Selection,
-        statuses: Sequence[str],
-        up_to: int,
-        not_retried: bool = False,
-        dependents: bool = False,
-    ) -> tuple[Preview, list[int]]:
-        """What the selection holds now, and (with `dependents`) its tasks that some waiting task
-        depends on."""
-        preview = Preview()
-        roots: list[int] = []
-        async for rows in self._scan(selection, statuses, up_to, not_retried):
-            for task_id, task_type, status, _ in rows:
-                preview.add(task_id, task_type, status)
-            if dependents:
-                roots += self.store.with_dependents([r[0] for r in rows])
-        return preview, roots
-
-    def _dry_answer(self, preview: Preview, selection: Selection, up_to: int, **extra: Any) -> dict[str, Any]:
-        return {
-            "dry_run": True,
-            "count": preview.count,
-            "by_type": preview.by_type,
-            "sample": [format_task_id(i) for i in preview.sample],
-            "selection": selection.to_wire(),
-            "up_to": up_to,
-            **extra,
+    def _refusal(self, task_id: int, exc: MsearchError) -> dict[str, Any]:
+        """Why one task of a selection was not changed, with its status to say it in other words."""
+        out: dict[str, Any] = {
+            "task_id": format_task_id(task_id),
+            "success": False,
+            "code": exc.code,
+            "error": exc.message,
         }
+        task = self.store.get(task_id)
+        if task is not None:
+            out["status"] = str(task.status)
+            if task.retried_as is not None:
+                out["retried_as"] = format_task_id(task.retried_as)
+        return out
 
-    def _dependents_of(self, roots: list[int], selection: Selection, up_to: int) -> list[int]:
-        """The waiting tasks a cancel of `roots` would cancel with them, those it selects itself aside."""
-        found: set[int] = set()
-        work = list(roots)
-        while work:
-            for dep in self.store.dependents(work.pop()):
-                if dep not in found:
-                    found.add(dep)
-                    work.append(dep)
-        tasks = self.store.get_many(sorted(found))
-        return sorted(t.id for t in tasks if not (t.id <= up_to and self._selects(selection, t)))
+    async def retry_each(self, task_ids: list[Any]) -> dict[str, Any]:
+        """Retry each failed task of a selection; the others are reported, never skipped in silence."""
+        ids = selection(task_ids)
+        results: dict[int, dict[str, Any]] = {}
 
-    @staticmethod
-    def _selects(selection: Selection, task: Task) -> bool:
-        return selection.holds(
-            task.id, task.type, str(task.status), task.priority, task.created_at, task.data
-        )
+        def retried(answer: dict[str, Any]) -> dict[str, Any]:
+            return {"task_id": answer["task_id"], "success": True, "new_task_id": answer["new_task_id"]}
 
-    @staticmethod
-    def _changed(answer: dict[str, Any], touched: int, expect: object) -> dict[str, Any]:
-        """Say how a run differs from the preview it follows, if it names its count."""
-        if isinstance(expect, int) and not isinstance(expect, bool):
-            answer["previewed"] = expect
-            answer["changed_meanwhile"] = touched != expect
-        return answer
-
-    async def cancel_selected(
-        self,
-        select: dict[str, Any] | None = None,
-        running: bool = False,
-        dry_run: bool = False,
-        up_to: int | None = None,
-        expect: int | None = None,
-    ) -> dict[str, Any]:
-        """Cancel the selected waiting tasks (and running ones, with `running`), in chunks."""
-        selection, newest = self._selection(select, up_to)
-        allowed = WAITING + ((TaskStatus.RUNNING.value,) if running else ())
-        statuses = selection.narrowed_to(allowed)
-        if dry_run:
-            preview, roots = await self._preview(selection, statuses, newest, dependents=True)
-            dependents = self._dependents_of(roots, selection, newest)
-            return self._dry_answer(
-                preview,
-                selection,
-                newest,
-                dependents=len(dependents),
-                dependents_sample=[format_task_id(i) for i in dependents[:20]],
-            )
-        uid, pid = REQUESTER.get()
-        detail = {"by": "cancel", "running": running, "selection": selection.describe()}
-        with self.store.transaction():
-            request = self.store.add_bulk_request(self.clock(), "cancel_requested", detail, uid, pid)
-        cancelled = cascaded = failed = 0
-        later: list[Any] = []
-        waiting = tuple(s for s in statuses if s in WAITING)
-        self._bulk_cancels += 1  # nothing starts meanwhile: it could be a task about to be cancelled
-        try:
-            with self._bulk(), self._checkpoint_after():
-                async for rows in self._scan(selection, waiting, newest):
-                    self._stopped_meanwhile(f"{cancelled} tasks were cancelled")
-                    with self._deferring() as more, self.store.transaction():
-                        done = self.store.cancel_for_request([r[0] for r in rows], self.clock(), request)
-                        cascaded += self._cascade_cancel(done)
-                    later += more
-                    cancelled += len(done)
-                    self._publish_status("cancelled", done, stop_reason=StopReason.NOT_STARTED.value)
-        finally:
-            self._bulk_cancels -= 1
-            self.wake()
-        if later:
-            cascaded += len((await self._later(later)).cancelled)
-        targets = [t for t in self.store.running() if t.id <= newest and self._selects(selection, t)]
-        if TaskStatus.RUNNING.value in statuses:
-            for outcome, n in await asyncio.gather(*(self._stop_running(t, by="cancel") for t in targets)):
-                cascaded += n
-                if outcome.status is TaskStatus.CANCELLED:
-                    cancelled += 1
-                else:
-                    failed += 1
-        elif self.pool is not None and waiting:  # handed to a worker, not started: still waiting
-            handed_out = [t for t in targets if self.pool.waits_in_lease(t.id)]
-            for n in await asyncio.gather(*(self._take_back(t, by="cancel") for t in handed_out)):
-                if n is not None:
-                    cancelled += 1
-                    cascaded += n
-        answer = {
-            "cancelled": cancelled,
-            "failed": failed,
-            "total": cancelled + failed,
-            "cancelled_dependents": cascaded,
-        }
-        return self._changed(answer, cancelled + failed, expect)
-
-    async def set_priority_selected(
-        self,
-        priority: int,
-        select: dict[str, Any] | None = None,
-        dry_run: bool = False,
-        up_to: int | None = None,
-        expect: int | None = None,
-    ) -> dict[str, Any]:
-        """Give the selected waiting tasks one priority, a window at a time."""
-        priority = validate_priority(priority)
-        selection, newest = self._selection(select, up_to)
-        statuses = selection.narrowed_to(WAITING)
-        if dry_run:
-            preview, _ = await self._preview(selection, statuses, newest)
-            return self._dry_answer(preview, selection, newest, priority=priority)
-        uid, pid = REQUESTER.get()
-        selected = changed = 0
-        with self._bulk(), self._checkpoint_after():
-            async for rows in self._scan(selection, statuses, newest):
-                self._stopped_meanwhile(f"{changed} tasks were given priority {priority}")
-                selected += len(rows)
+        with self._bulk():
+            for start in range(0, len(ids), RETRY_CHUNK):
+                handing_over: dict[int, Awaitable[dict[str, Any]]] = {}
                 with self.store.transaction():
-                    moved = self.store.reprioritize([r[0] for r in rows], priority)
-                    now = self.clock()
-                    self.store.add_events(
-                        (i, now, "priority_changed", {"old": old, "new": priority}, uid, pid)
-                        for i, old in moved
-                    )
-                changed += len(moved)
-                self._publish_status("priority_changed", [i for i, _ in moved], priority=priority)
-        self.wake()
-        answer = {"selected": selected, "changed": changed, "priority": priority}
-        return self._changed(answer, selected, expect)
+                    for task_id in ids[start : start + RETRY_CHUNK]:
+                        try:
+                            answer = self.retry(task_id)
+                        except (InvalidState, NotFound) as exc:  # refused before it wrote anything
+                            results[task_id] = self._refusal(task_id, exc)
+                            continue
+                        if isinstance(answer, dict):
+                            results[task_id] = retried(answer)
+                        else:  # dependents handed over in chunks: all of them before the next retries
+                            handing_over[task_id] = answer
+                for task_id, done in zip(
+                    handing_over, await asyncio.gather(*handing_over.values()), strict=True
+                ):
+                    results[task_id] = retried(done)
+                await asyncio.sleep(0)
+        return tally([results[i] for i in ids])
 
-    async def retry_selected(
-        self,
-        select: dict[str, Any] | None = None,
-        dry_run: bool = False,
-        up_to: int | None = None,
-        expect: int | None = None,
-    ) -> dict[str, Any]:
-        """Retry the selected failed tasks not yet retried, oldest first, a few per transaction."""
-        selection, newest = self._selection(select, up_to)
-        statuses = selection.narrowed_to((TaskStatus.FAILED.value,))
-        if dry_run:
-            preview, _ = await self._preview(selection, statuses, newest, not_retried=True)
-            return self._dry_answer(preview, selection, newest)
-        retried: list[dict[str, str]] = []
-        errors: list[dict[str, str]] = []
-        with self._bulk(), self._checkpoint_after():
-            async for rows in self._scan(selection, statuses, newest, not_retried=True):
-                for start in range(0, len(rows), RETRY_STEP):
-                    self._stopped_meanwhile(f"{len(retried)} failed tasks were retried")
-                    with self._deferring() as later, self.store.transaction():
-                        for task_id, *_ in rows[start : start + RETRY_STEP]:
-                            try:
-                                answer = self._retry(task_id)
-                                retried.append(
-                                    {"task_id": answer["task_id"], "new_task_id": answer["new_task_id"]}
-                                )
-                            except (InvalidState, NotFound) as exc:
-                                errors.append({"task_id": format_task_id(task_id), "error": exc.message})
-                    if later:
-                        await self._later(later)
-                    await asyncio.sleep(0)
-        answer = {"retried": len(retried), "tasks": retried, "errors": errors}
-        return self._changed(answer, len(retried), expect)
+    async def cancel_each(self, task_ids: list[Any], running: bool = False) -> dict[str, Any]:
+        """Cancel each task of a selection; running ones are stopped side by side. A task the
+        selection cancelled as a dependent of another counts as cancelled by it."""
+        ids = selection(task_ids)
+        before = {t.id: t.status for t in self.store.get_many(ids)}
+        results: dict[int, dict[str, Any]] = {}
+        stopping: dict[int, Awaitable[dict[str, Any]]] = {}
+
+        def refused(task_id: int, exc: MsearchError) -> dict[str, Any]:
+            task = self.store.get(task_id)
+            was = before.get(task_id)
+            if task is not None and task.status is TaskStatus.CANCELLED and was not in (None, *TERMINAL):
+                return {"task_id": format_task_id(task_id), "success": True, "status": str(task.status)}
+            return self._refusal(task_id, exc)
+
+        with self._bulk():
+            for start in range(0, len(ids), BULK_CHUNK):
+                with self.store.transaction():
+                    for task_id in ids[start : start + BULK_CHUNK]:
+                        try:
+                            answer = self.cancel(task_id, running)
+                        except (InvalidState, NotFound) as exc:
+                            results[task_id] = refused(task_id, exc)
+                            continue
+                        if isinstance(answer, dict):
+                            results[task_id] = {
+                                "task_id": format_task_id(task_id),
+                                "success": True,
+                                "status": answer["task"]["status"],
+                            }
+                        else:
+                            stopping[task_id] = answer
+                await asyncio.sleep(0)
+            outcomes = await asyncio.gather(*stopping.values(), return_exceptions=True)
+        for task_id, outcome in zip(stopping, outcomes, strict=True):
+            if isinstance(outcome, InvalidState | NotFound):
+                results[task_id] = refused(task_id, outcome)
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            else:
+                results[task_id] = {
+                    "task_id": format_task_id(task_id),
+                    "success": True,
+                    "status": outcome["task"]["status"],
+                }
+        return tally([results[i] for i in ids])
+
+    async def set_priority_each(self, task_ids: list[Any], priority: int) -> dict[str, Any]:
+        """Give each waiting task of a selection a new priority; others are reported."""
+        priority = validate_priority(priority)
+        ids = selection(task_ids)
+        results: list[dict[str, Any]] = []
+        for start in range(0, len(ids), BULK_CHUNK):
+            with self.store.transaction():
+                for task_id in ids[start : start + BULK_CHUNK]:
+                    try:
+                        task = self.set_priority(task_id, priority)
+                    except (InvalidState, NotFound) as exc:
+                        results.append(self._refusal(task_id, exc))
+                        continue
+                    results.append({"task_id": task["id"], "success": True, "priority": task["priority"]})
+            await asyncio.sleep(0)
+        return tally(results)

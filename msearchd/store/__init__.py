@@ -80,8 +80,10 @@ class TaskStore(Protocol):
         task_type: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        newest_first: bool = False,
     ) -> list[Task]:
-        """Tasks in id order, a page of them; a deep page must cost no more than the ids before it."""
+        """Tasks in id order (newest_first: descending), a page of them; a deep page must cost no more
+        than the ids before it."""
 
     def count(self, statuses: Sequence[str] | None = None, task_type: str | None = None) -> int:
         """How many tasks `list` would return with no limit."""
