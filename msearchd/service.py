@@ -388,6 +388,17 @@ class TaskService:
         log.info("%s submitted follow-up %s", format_task_id(parent_id), task["id"])
         return str(task["id"])
 
+    def follow_up_cancel(self, parent_id: int, task_ids: list[Any]) -> list[str]:
+        """Cancel those of `task_ids` that still wait, for a handler that replaces work it queued
+        before (a scan that finds a file changed again); running and ended ones are left alone."""
+        by = f"task {format_task_id(parent_id)}"
+        cancelled = []
+        for task in self.store.get_many([parse_task_id(t) for t in task_ids]):
+            if task.status.waiting:
+                self._cancel_waiting(task, by=by)
+                cancelled.append(format_task_id(task.id))
+        return cancelled
+
     # --- reads --------------------------------------------------------------------------------------
 
     def get(self, task_id: Any) -> dict[str, Any]:
@@ -514,6 +525,8 @@ class TaskService:
             fields["progress"], fields["current_operation"] = live
         if outcome.status is TaskStatus.COMPLETED:
             fields["progress"] = 1.0
+        if outcome.result is not None:
+            fields["result"] = outcome.result
         cascaded = 0
         with self.store.transaction():
             if not self.store.update(task.id, expect=[TaskStatus.RUNNING.value], **fields):
@@ -529,6 +542,8 @@ class TaskService:
             extra = {"stop_reason": outcome.stop_reason.value} if outcome.stop_reason else {}
             if outcome.error:
                 extra["error"] = outcome.error
+            if outcome.result is not None:
+                extra["result"] = outcome.result
             self._publish(outcome.status.value, dataclasses.replace(task, **fields), **extra)
         return cascaded
 
@@ -613,7 +628,7 @@ class TaskService:
             else:
                 self._finish(task, outcome, dependents=task.id in with_dependents)
         if plain:
-            self.store.complete_many([(o.started_at, o.finished_at, t.id) for t, o in plain])
+            self.store.complete_many([(o.started_at, o.finished_at, o.result, t.id) for t, o in plain])
             for task, outcome in plain:
                 if self._subscriptions or task.id in self._waiters:
                     done = dataclasses.replace(
@@ -622,8 +637,10 @@ class TaskService:
                         progress=1.0,
                         started_at=outcome.started_at or task.started_at,
                         finished_at=outcome.finished_at,
+                        result=outcome.result,
                     )
-                    self._publish(TaskStatus.COMPLETED.value, done)
+                    extra = {"result": outcome.result} if outcome.result is not None else {}
+                    self._publish(TaskStatus.COMPLETED.value, done, **extra)
 
     # --- dispatch -----------------------------------------------------------------------------------
 

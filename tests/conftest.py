@@ -41,6 +41,9 @@ polite = "handlers:polite"
 heavy = "msearchd.handlers.command:run"
 chatty = "handlers:chatty"
 forker = "handlers:forker"
+returns = "handlers:returns"
+replacer = "handlers:replacer"
+asks = "handlers:asks"
 """
 
 
