@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -314,3 +315,28 @@ def test_without_the_media_extra_a_media_type_fails_saying_what_to_install(make_
         "failed",
         "the media task types need the media extra: pip install 'msearchd[media]'",
     )
+
+
+def test_msearchctl_scan_queues_a_scan_of_the_folder_it_names_from_where_it_runs(daemon, library):
+    ran = subprocess.run(
+        [str(Path(sys.executable).parent / "msearchctl"), "scan", "photos", "--priority", "2"],
+        cwd=library,
+        env=daemon.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ran.returncode == 0, ran.stderr
+    with daemon.client() as c:
+        task = c.get(ran.stdout.strip())
+        assert (task["type"], task["data"], task["priority"]) == (
+            "file_scan",
+            {"path": str(library / "photos")},
+            2,
+        )
+        (done,) = finished(c, [task["id"]])
+    assert done["result"]["files"] == 6
+    assert done["current_operation"] == f"read {library / 'photos'} (2 folders, 6 files)"
+    refused = daemon.ctl("scan", str(library / "clip.mp4"))
+    assert refused.returncode == 2
+    assert "is not a folder" in refused.stderr

@@ -114,6 +114,7 @@ def run(ctx: TaskContext, data: dict[str, Any]) -> dict[str, Any]:
                 except OSError as exc:
                     tally.cannot_read(item.path, exc)
         walked = True
+        ctx.progress(1.0, f"read {root} ({tally.folders} folders, {tally.files} files)")
     finally:
         if not walked:
             new = {**old, **new}  # stopped part way: what was not looked at stays as it was
