@@ -82,3 +82,16 @@ def test_a_handler_asks_which_types_have_a_handler(client):
     types = ["noop", "file_embed_image", "thumbnail_generate"]
     done = finished(client, client.submit("asks", {"types": types})["id"])
     assert done["result"] == {"noop": True, "file_embed_image": False, "thumbnail_generate": True}
+
+
+def test_the_rest_shim_shows_a_task_s_result(make_daemon):
+    from test_http import start_with_shim
+
+    d, shim = start_with_shim(make_daemon, workers=1)
+    with d.client() as c:
+        task = c.submit("returns", {"value": VALUE})
+        finished(c, task["id"])
+        got = shim.get(f"/tasks/{task['id']}")
+    assert got.status == 200
+    assert got.body["result"] == VALUE
+    d.stop()
