@@ -194,7 +194,16 @@ def test_a_rescan_queues_nothing_and_a_changed_file_is_queued_again(make_daemon,
     root = copy_of(library, tmp_path)
     d = make_daemon(workers=2)
     with d.client() as c:
-        first = scan(c, root)["result"]
+        with c.events(types=["file_scan"]) as stream:
+            first = scan(c, root)["result"]
+            progress = []
+            for event in stream:
+                if event["event"] == "completed":
+                    break
+                if event["event"] == "progress":
+                    progress.append(event)
+        assert progress[0]["current_operation"] == f"reading {root} (0 folders, 0 files seen)"
+        assert progress[-1]["current_operation"] == f"read {root} (4 folders, 10 files)"
         before = len(everything(c))
         again = scan(c, root)["result"]
         assert (again["queued_files"], again["queued_tasks"], again["unchanged"]) == (0, 0, 8)

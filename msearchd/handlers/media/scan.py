@@ -23,8 +23,10 @@ from msearchd.handlers.media.sniff import Kind, sniff
 
 # The longest between two progress reports of a scan.
 REPORT_SECONDS = 0.2
-# How many unreadable files and folders the result names (it says how many there were in all).
-NAMED_MAX = 20
+# How many unreadable files and folders the result names (it says how many there were in all), and
+# how much of each: a task's result is small.
+NAMED_MAX = 10
+NAMED_CHARS = 300
 EMBED_TYPES = {kind: f"file_embed_{kind}" for kind in Kind}
 PREPROCESS_TYPES = {kind: f"{kind}_preprocess" for kind in Kind}
 
@@ -44,7 +46,7 @@ class Tally:
     def cannot_read(self, path: str, exc: OSError) -> None:
         self.unreadable_count += 1
         if len(self.unreadable) < NAMED_MAX:
-            self.unreadable.append(f"{path}: {exc.strerror}")
+            self.unreadable.append(f"{path}: {exc.strerror}"[-NAMED_CHARS:])
 
 
 def index_path(root: Path) -> Path:
@@ -53,8 +55,8 @@ def index_path(root: Path) -> Path:
 
 
 def load_index(path: Path) -> dict[str, list[Any]]:
-    """path -> [size, mtime_ns, digest, task ids]; empty when there is none, or it is unreadable
-    (everything is then looked at again, and the cache saves the work already done)."""
+    """path -> [size, mtime_ns, digest (None: not media), task ids]; empty when there is none, or it
+    is unreadable (everything is then looked at again, and the cache saves the work already done)."""
     try:
         index = msgpack.unpackb(path.read_bytes(), raw=False)
     except (OSError, ValueError, msgpack.UnpackException):
@@ -155,10 +157,14 @@ def look_at(
     seen = old.get(key)
     if seen is not None and seen[0] == st.st_size and seen[1] == st.st_mtime_ns:
         new[key] = seen
-        tally.unchanged += 1
+        if seen[2] is None:
+            tally.not_media += 1
+        else:
+            tally.unchanged += 1
         return
     kind = sniff(path)
     if kind is None:
+        new[key] = [st.st_size, st.st_mtime_ns, None, []]  # not read again while it stays as it is
         tally.not_media += 1
         return
     if st.st_size > LARGE_FILE:
