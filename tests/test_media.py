@@ -349,3 +349,43 @@ def test_msearchctl_scan_queues_a_scan_of_the_folder_it_names_from_where_it_runs
     refused = daemon.ctl("scan", str(library / "clip.mp4"))
     assert refused.returncode == 2
     assert "is not a folder" in refused.stderr
+
+
+def test_embeddings_are_queued_after_the_preprocessing_where_a_handler_is_configured(make_daemon, library):
+    d = make_daemon(workers=1, config_extra='file_embed_image = "handlers:noop"\n')
+    with d.client() as c:
+        result = scan(c, library / "photos" / "2024")["result"]
+        tasks = {t["type"]: t for t in everything(c)}
+    assert result["embeddings"].endswith(
+        "configured for file_embed_audio, file_embed_video (msearchd has no built-in model)"
+    )
+    assert tasks["file_embed_image"]["priority"] == 3
+    assert tasks["file_embed_image"]["depends_on"] == [tasks["image_preprocess"]["id"]]
+    assert tasks["file_embed_image"]["data"]["path"] == str(library / "photos" / "2024" / "leaf.png")
+
+
+def test_a_cancelled_scan_keeps_what_it_queued_and_the_next_scan_queues_the_rest(make_daemon, tmp_path):
+    root = tmp_path / "many"
+    folders, per_folder = 50, 100
+    for f in range(folders):
+        (root / f"{f:02d}").mkdir(parents=True)
+        for i in range(per_folder):
+            (root / f"{f:02d}" / f"{i}.jpg").write_bytes(b"\xff\xd8\xff")  # a JPEG by its first bytes
+    d = make_daemon(workers=1)
+    with d.client() as c:
+        task = c.submit("file_scan", {"path": str(root)})
+        with c.events(task_ids=[task["id"]]) as stream:
+            # The second report, REPORT_SECONDS in: files were seen, and their tasks queued.
+            next(
+                e
+                for e in stream
+                if e["event"] == "progress" and " 0 files seen" not in e["current_operation"]
+            )
+        cancelled = c.cancel(task["id"], running=True)["task"]
+        assert (cancelled["status"], cancelled["stop_reason"]) == ("cancelled", "cooperative")
+        first = c.count(task_type="image_preprocess")
+        assert 0 < first < folders * per_folder
+        rest = scan(c, root, priority=0)["result"]
+        assert rest["queued_files"] == folders * per_folder - first
+        assert rest["unchanged"] == first
+        assert c.count(task_type="image_preprocess") == folders * per_folder
