@@ -141,6 +141,8 @@ def test_a_scan_queues_each_media_file_s_chain_and_the_handlers_make_what_they_s
         for t in tasks_of_file.values():
             assert t["status"] == "completed", (t["type"], t["data"]["path"], t["error"])
 
+    logs = list((d.state_dir / "logs").glob("task_*.log"))
+    assert not [log.name for log in logs if log.stat().st_size == 0]  # ffmpeg said nothing: no log
     cache = d.state_dir / "media"
     thumbs = {
         f: ts["thumbnail_generate"]["result"] for f, ts in by_file.items() if "thumbnail_generate" in ts
@@ -389,3 +391,18 @@ def test_a_cancelled_scan_keeps_what_it_queued_and_the_next_scan_queues_the_rest
         assert rest["queued_files"] == folders * per_folder - first
         assert rest["unchanged"] == first
         assert c.count(task_type="image_preprocess") == folders * per_folder
+
+
+def test_a_truncated_video_fails_each_of_its_tasks_with_ffmpeg_s_reason(client, library, tmp_path):
+    whole = (library / "clip.mp4").read_bytes()
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(whole[:2000])
+    ids = [
+        client.submit(t, {"path": str(broken)})["id"]
+        for t in ("thumbnail_generate", "video_preprocess", "preview_generate")
+    ]
+    for done in finished(client, ids):
+        assert done["status"] == "failed"
+        assert done["error"] == (
+            f"{broken}: not a video or audio file ffmpeg can read (Invalid data found when processing input)"
+        )

@@ -21,8 +21,10 @@ from pathlib import Path
 
 from msearchd.handlers import TaskCancelled, TaskContext, TaskFailed
 
-# How often a running ffmpeg is checked for a cancel, and the longest between two progress reports.
+# How often a running ffmpeg is checked for a cancel.
 POLL_SECONDS = 0.1
+# The shortest time between two progress reports of a task.
+REPORT_SECONDS = 0.5
 # How long ffmpeg gets to end on SIGTERM before it is killed.
 TERM_SECONDS = 1.0
 
@@ -64,7 +66,8 @@ def probe(path: Path) -> Probe:
     has_video = any(": Video: " in s and "attached pic" not in s for s in streams)
     has_audio = any(": Audio: " in s for s in streams)
     if not streams:
-        raise TaskFailed(f"{path}: not a video or audio file ffmpeg can read ({last_line(text)})")
+        reason = last_line(text).removeprefix(f"{path}: ")
+        raise TaskFailed(f"{path}: not a video or audio file ffmpeg can read ({reason})")
     match = _DURATION.search(text)
     duration = None
     if match:
@@ -129,7 +132,7 @@ def run(ctx: TaskContext, args: list[str], duration: float | None, operation: st
                 if key == "out_time_us" and value.strip().isdigit():
                     done_us = int(value)
             now = time.monotonic()
-            if duration and now - last_report >= POLL_SECONDS:
+            if duration and now - last_report >= REPORT_SECONDS:
                 last_report = now
                 ctx.progress(min(0.99, done_us / 1e6 / duration), operation)
         code = proc.wait()
@@ -137,13 +140,22 @@ def run(ctx: TaskContext, args: list[str], duration: float | None, operation: st
         if proc.returncode is None:
             stop(proc)
         proc.stdout.close()
+        written = _written_since(log, start)
+        if not written and start == 0:
+            log.unlink(missing_ok=True)  # ffmpeg said nothing: no empty log, as for a silent command
     if ctx.cancelled:
         raise TaskCancelled("sigterm" if code == -signal.SIGTERM or code == 255 else "cooperative")
     if code != 0:
+        raise TaskFailed(f"ffmpeg failed ({last_line(written)})")
+
+
+def _written_since(log: Path, offset: int) -> str:
+    try:
         with log.open("rb") as f:
-            f.seek(start)
-            message = last_line(f.read().decode(errors="replace"))
-        raise TaskFailed(f"ffmpeg failed ({message})")
+            f.seek(offset)
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
