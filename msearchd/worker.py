@@ -97,6 +97,14 @@ class Context:
             raise TaskFailed(f"follow-up {task_type} task refused: {reply['error']['message']}")
         return str(reply["task_id"])
 
+    def submit_many(self, tasks: list[Mapping[str, Any]]) -> list[str]:
+        reply = self._send({"op": "submit_many", "tasks": [dict(t) for t in tasks]}, reply=True)
+        if reply is None:
+            raise TaskFailed("daemon went away while submitting follow-up tasks")
+        if "error" in reply:
+            raise TaskFailed(f"follow-up tasks refused: {reply['error']['message']}")
+        return [str(t) for t in reply["task_ids"]]
+
     def cancel_waiting(self, task_ids: list[str]) -> list[str]:
         reply = self._send({"op": "cancel", "task_ids": [str(t) for t in task_ids]}, reply=True)
         if reply is None:

@@ -56,6 +56,9 @@ class Outcome:
     result: Any = None  # what the handler returned, when it completed
 
 
+# What a handler asks of the daemon, and waits for an answer to.
+_REQUESTS = ("submit", "submit_many", "cancel")
+
 # A task taken out of a lease before the worker started it.
 NOT_STARTED = Outcome(TaskStatus.CANCELLED, stop_reason=StopReason.NOT_STARTED)
 
@@ -74,6 +77,8 @@ class PoolListener(Protocol):
         """Tasks of a lease that did not start and will not: back to the queue."""
 
     def follow_up(self, parent_id: int, params: dict[str, Any]) -> str: ...
+
+    def follow_up_many(self, parent_id: int, tasks: list[Any]) -> list[str]: ...
 
     def follow_up_cancel(self, parent_id: int, task_ids: list[Any]) -> list[str]: ...
 
@@ -375,11 +380,13 @@ class WorkerPool:
             self._make_idle(worker)
         elif op == "progress" and task is not None:
             self._listener.task_progress(task, message.get("progress"), message.get("current_operation"))
-        elif op in ("submit", "cancel") and task is not None:
+        elif op in _REQUESTS and task is not None:
             # Every request gets an answer, whatever goes wrong: the handler waits for it.
             try:
                 if op == "submit":
                     reply: dict[str, Any] = {"task_id": self._listener.follow_up(task.id, message["params"])}
+                elif op == "submit_many":
+                    reply = {"task_ids": self._listener.follow_up_many(task.id, message["tasks"])}
                 else:
                     reply = {"cancelled": self._listener.follow_up_cancel(task.id, message["task_ids"])}
             except MsearchError as exc:
@@ -394,7 +401,7 @@ class WorkerPool:
             # Otherwise the entry was reclaimed after an overrun: back in the queue already, and
             # perhaps leased again since, as a new entry this message is not about.
             self._make_idle(worker)
-        elif op not in ("progress", "submit", "cancel"):
+        elif op != "progress" and op not in _REQUESTS:
             log.warning("worker %d: unexpected message %r", worker.pid, op)
 
     def _on_skipped(self, worker: WorkerProcess, task: Task) -> None:

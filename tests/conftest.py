@@ -44,6 +44,7 @@ forker = "handlers:forker"
 returns = "handlers:returns"
 replacer = "handlers:replacer"
 asks = "handlers:asks"
+batcher = "handlers:batcher"
 """
 
 

@@ -126,3 +126,8 @@ def replacer(ctx: TaskContext, data: dict[str, Any]) -> list[str]:
 def asks(ctx: TaskContext, data: dict[str, Any]) -> dict[str, bool]:
     """Says which of data.types this daemon has a handler for."""
     return {t: ctx.handles(t) for t in data["types"]}
+
+
+def batcher(ctx: TaskContext, data: dict[str, Any]) -> list[str]:
+    """Submits data.tasks with one request; returns their ids."""
+    return ctx.submit_many(data["tasks"])

@@ -368,7 +368,7 @@ def test_embeddings_are_queued_after_the_preprocessing_where_a_handler_is_config
 
 def test_a_cancelled_scan_keeps_what_it_queued_and_the_next_scan_queues_the_rest(make_daemon, tmp_path):
     root = tmp_path / "many"
-    folders, per_folder = 50, 100
+    folders, per_folder = 100, 100
     for f in range(folders):
         (root / f"{f:02d}").mkdir(parents=True)
         for i in range(per_folder):
@@ -377,12 +377,12 @@ def test_a_cancelled_scan_keeps_what_it_queued_and_the_next_scan_queues_the_rest
     with d.client() as c:
         task = c.submit("file_scan", {"path": str(root)})
         with c.events(task_ids=[task["id"]]) as stream:
-            # The second report, REPORT_SECONDS in: files were seen, and their tasks queued.
-            next(
-                e
-                for e in stream
-                if e["event"] == "progress" and " 0 files seen" not in e["current_operation"]
-            )
+            # A report after the first (REPORT_SECONDS in): files were seen, and their tasks queued.
+            for event in stream:
+                assert event["event"] != "completed", "the scan ended before the test could cancel it"
+                operation = event.get("current_operation") or ""
+                if operation.startswith("reading ") and " 0 files seen" not in operation:
+                    break
         cancelled = c.cancel(task["id"], running=True)["task"]
         assert (cancelled["status"], cancelled["stop_reason"]) == ("cancelled", "cooperative")
         first = c.count(task_type="image_preprocess")

@@ -58,6 +58,12 @@ class TaskContext(Protocol):
         depends_on: list[str] | None = None,
     ) -> str: ...
 
+    def submit_many(self, tasks: list[Mapping[str, Any]]) -> list[str]:
+        """Submit several follow-up tasks with one request, all or none; returns their ids. Each is a
+        map of `type`, and optionally `data`, `priority`, `depends_on` and `after` (the indices of
+        earlier tasks of the same list it depends on)."""
+        ...
+
     def cancel_waiting(self, task_ids: list[str]) -> list[str]:
         """Cancel those of these tasks that have not started (work this handler queued before and
         now replaces); returns the ids of those cancelled. Running and ended tasks are left alone."""

@@ -76,7 +76,7 @@ def run(ctx: TaskContext, data: dict[str, Any]) -> dict[str, Any]:
     root = Path(raw).expanduser().absolute()
     if not root.is_dir():
         raise TaskFailed(f"{root}: no such folder" if not root.exists() else f"{root}: not a folder")
-    _ = ctx.cancelled  # checked between folders: the index of what was queued is then kept
+    _ = ctx.cancelled  # checked between requests: the index of what was queued is then kept
     embeds = {kind: t for kind, t in EMBED_TYPES.items() if ctx.handles(t)}
     where = index_path(root)
     old = load_index(where)
@@ -85,20 +85,26 @@ def run(ctx: TaskContext, data: dict[str, Any]) -> dict[str, Any]:
     state_dir = media_root().parent
     pending = [root]
     last_report = 0.0
+    batch = Batch()
     walked = False
+
+    def checkpoint(folder: Path) -> None:
+        """Report progress now and then, and stop here if the scan was cancelled."""
+        nonlocal last_report
+        now = time.monotonic()
+        if now - last_report >= REPORT_SECONDS:
+            last_report = now
+            ctx.progress(
+                tally.folders / (tally.folders + len(pending) + 1),
+                f"reading {folder} ({tally.folders} folders, {tally.files} files seen)",
+            )
+        if ctx.cancelled:
+            raise TaskCancelled("cooperative")
+
     try:
         while pending:
             folder = pending.pop()
-            now = time.monotonic()
-            if now - last_report >= REPORT_SECONDS:
-                last_report = now
-                seen = tally.folders + len(pending) + 1
-                ctx.progress(
-                    tally.folders / seen,
-                    f"reading {folder} ({tally.folders} folders, {tally.files} files seen)",
-                )
-            if ctx.cancelled:
-                raise TaskCancelled("cooperative")
+            checkpoint(folder)
             tally.folders += 1
             try:
                 entries = sorted(os.scandir(folder), key=lambda e: e.name)
@@ -112,9 +118,13 @@ def run(ctx: TaskContext, data: dict[str, Any]) -> dict[str, Any]:
                             pending.append(Path(item.path))
                     elif item.is_file(follow_symlinks=False):
                         tally.files += 1
-                        look_at(ctx, Path(item.path), item.stat(), old, new, embeds, tally)
+                        look_at(Path(item.path), item.stat(), old, new, embeds, tally, batch)
+                        if len(batch.files) >= BATCH_FILES:
+                            queue(ctx, batch, new, tally)
+                            checkpoint(folder)
                 except OSError as exc:
                     tally.cannot_read(item.path, exc)
+            queue(ctx, batch, new, tally)
         walked = True
         ctx.progress(1.0, f"read {root} ({tally.folders} folders, {tally.files} files)")
     finally:
@@ -143,16 +153,32 @@ def run(ctx: TaskContext, data: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+@dataclass(slots=True)
+class Batch:
+    """The pipelines of files found since the last request to the daemon: they are queued together,
+    a round trip and a commit for up to BATCH_FILES files rather than one per task."""
+
+    tasks: list[dict[str, Any]] = field(default_factory=list)
+    # Per file: its key, its index entry without the task ids, and the span of its tasks in `tasks`.
+    files: list[tuple[str, list[Any], int, int]] = field(default_factory=list)
+    superseded: list[str] = field(default_factory=list)  # earlier tasks of those files
+
+
+# How many files' pipelines one request queues: a longer request holds up the daemon's other calls.
+BATCH_FILES = 50
+
+
 def look_at(
-    ctx: TaskContext,
     path: Path,
     st: os.stat_result,
     old: dict[str, list[Any]],
     new: dict[str, list[Any]],
     embeds: dict[Kind, str],
     tally: Tally,
+    batch: Batch,
 ) -> None:
-    """Queue the pipeline of `path` if it is media, new or changed; record it in `new`."""
+    """Add the pipeline of `path` to `batch` if it is media, new or changed; otherwise record it in
+    `new` as it is."""
     key = str(path)
     seen = old.get(key)
     if seen is not None and seen[0] == st.st_size and seen[1] == st.st_mtime_ns:
@@ -167,41 +193,50 @@ def look_at(
         new[key] = [st.st_size, st.st_mtime_ns, None, []]  # not read again while it stays as it is
         tally.not_media += 1
         return
-    if st.st_size > LARGE_FILE:
-        ctx.set_operation(f"reading {path}")
     digest = file_digest(path)
     if seen is not None and seen[2] == digest:
         new[key] = [st.st_size, st.st_mtime_ns, digest, seen[3]]
         tally.unchanged += 1
         return
-    if seen is not None and seen[3]:
-        tally.superseded += len(ctx.cancel_waiting(seen[3]))
+    if seen is not None:
+        batch.superseded.extend(seen[3])
     data = {"path": key, "kind": str(kind), "digest": digest, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    ids = queue_pipeline(ctx, kind, data, embeds.get(kind))
-    new[key] = [st.st_size, st.st_mtime_ns, digest, ids]
-    tally.queued += 1
+    first = len(batch.tasks)
+    batch.tasks.extend(pipeline(kind, data, embeds.get(kind), first))
+    batch.files.append((key, [st.st_size, st.st_mtime_ns, digest], first, len(batch.tasks)))
+
+
+def queue(ctx: TaskContext, batch: Batch, new: dict[str, list[Any]], tally: Tally) -> None:
+    """Queue the batch's pipelines, after cancelling the tasks they replace that have not started;
+    record their files in `new` with their tasks' ids, for the next scan to replace in turn."""
+    if batch.superseded:
+        tally.superseded += len(ctx.cancel_waiting(batch.superseded))
+    ids = ctx.submit_many(batch.tasks) if batch.tasks else []
+    for key, entry, first, end in batch.files:
+        new[key] = [*entry, ids[first:end]]
+    tally.queued += len(batch.files)
     tally.tasks += len(ids)
+    batch.tasks.clear()
+    batch.files.clear()
+    batch.superseded.clear()
 
 
-# A file this large (bytes) is named as the current operation while its digest is computed.
-LARGE_FILE = 64 << 20
-
-
-def queue_pipeline(ctx: TaskContext, kind: Kind, data: dict[str, Any], embed_type: str | None) -> list[str]:
-    """Submit the tasks of one file, each at its type's priority, each step after the one it needs:
+def pipeline(kind: Kind, data: dict[str, Any], embed_type: str | None, first: int) -> list[dict[str, Any]]:
+    """The tasks of one file, each at its type's priority, each step after the one it needs:
     preprocessing, then the embedding (where a handler for it is configured); the thumbnail of an
-    image or video; a video's preview after its thumbnail, a recording's waveform picture.
+    image or video; a video's preview after its thumbnail, a recording's waveform picture. `first`
+    is where the file's tasks begin in the batch (`after` counts from the batch's start).
 
-    Every task a scan queues goes through here; the ids are kept in the index so that a later scan
-    that finds the file changed again can cancel those that have not started.
+    Every task a scan queues is made here.
     """
-    ids = [prepared := ctx.submit(PREPROCESS_TYPES[kind], data)]
+    tasks = [{"type": PREPROCESS_TYPES[kind], "data": data}]
     if embed_type is not None:
-        ids.append(ctx.submit(embed_type, data, depends_on=[prepared]))
+        tasks.append({"type": embed_type, "data": data, "after": [first]})
     if kind is Kind.AUDIO:
-        ids.append(ctx.submit("preview_generate", data))
-        return ids
-    ids.append(thumbnail := ctx.submit("thumbnail_generate", data))
+        tasks.append({"type": "preview_generate", "data": data})
+        return tasks
+    thumbnail = first + len(tasks)
+    tasks.append({"type": "thumbnail_generate", "data": data})
     if kind is Kind.VIDEO:
-        ids.append(ctx.submit("preview_generate", data, depends_on=[thumbnail]))
-    return ids
+        tasks.append({"type": "preview_generate", "data": data, "after": [thumbnail]})
+    return tasks
