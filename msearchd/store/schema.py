@@ -54,6 +54,11 @@ ALTER TABLE tasks ADD COLUMN submitted_uid INTEGER;
 ALTER TABLE tasks ADD COLUMN submitted_pid INTEGER;
 """
 
+# What a completed task's handler returned (msgpack; NULL for none), shown with the task.
+_RESULT_V3 = """
+ALTER TABLE tasks ADD COLUMN result BLOB;
+"""
+
 # Migration N brings a store from schema version N to N + 1; the version is SQLite's user_version.
-MIGRATIONS = (_SCHEMA_V1, _SUBMITTER_V2)
+MIGRATIONS = (_SCHEMA_V1, _SUBMITTER_V2, _RESULT_V3)
 SCHEMA_VERSION = len(MIGRATIONS)
