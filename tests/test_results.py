@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from msearchd.service import FANOUT_CHUNK
 from msearchd.worker import RESULT_MAX_BYTES
 
 VALUE = {"paths": ["/a/b.webp"], "bytes": 1234, "frames": 12, "ok": True, "ratio": 0.5}
@@ -95,3 +96,20 @@ def test_the_rest_shim_shows_a_task_s_result(make_daemon):
     assert got.status == 200
     assert got.body["result"] == VALUE
     d.stop()
+
+
+def test_a_replaced_task_with_more_dependents_than_one_chunk_takes_all_of_them_along(daemon, client):
+    gate = client.submit("command", {"argv": ["sh", "-c", "exit 1"]})
+    finished(client, gate["id"])
+    blocked = client.submit("noop", depends_on=[gate["id"]])
+    many = client.submit_many([{"type": "noop", "depends_on": [blocked["id"]]}] * (FANOUT_CHUNK + 500))
+    replacer = client.submit("replacer", {"cancel": [blocked["id"]]}, priority=1)
+    ended = finished(client, replacer["id"])
+    assert ended["status"] == "completed", ended["error"]
+    assert ended["result"] == [blocked["id"]]
+    done = client.wait(many["task_ids"], timeout=60)
+    assert not done["timed_out"]
+    assert {t["status"] for t in done["tasks"]} == {"cancelled"}
+    assert daemon.stop() == 0
+    daemon.wait_for_log("msearchd: stopped")  # what it wrote while the handler ran has been read
+    assert "never awaited" not in daemon.log
