@@ -1,4 +1,5 @@
-"""Cancelling: a task waiting, handed out to a worker or running, and all tasks (of a type) in chunks."""
+"""Cancelling: a task waiting, handed out to a worker or running, all tasks (of a type) in chunks, and the
+waiting tasks a handler replaces."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Submitting tasks: one, several answered each on its own, a batch that is all or nothing, a follow-up."""
+"""Submitting tasks: one, several answered each on its own, a batch that is all or nothing, a
+handler's follow-ups."""
 
 from __future__ import annotations
 
