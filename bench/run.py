@@ -30,6 +30,7 @@ BENCHES: dict[str, str] = {
     "scale": "5. a store of 1M pending tasks (100k with --quick)",
     "latency": "6. submit -> completed latency on an idle daemon vs `tsp -f true`",
     "cancel": "7. cancel latency of a running command task",
+    "media": "8. thumbnails of 2,000 images vs multiprocessing.Pool(2); a scan of 100,000 files",
 }
 
 

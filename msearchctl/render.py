@@ -90,6 +90,7 @@ def task_detail(task: dict[str, Any]) -> None:
         ("worker pid", task["worker_pid"]),
         ("log", task["log_path"]),
         ("data", _json(task["data"])),
+        ("result", _json(task["result"]) if task.get("result") is not None else None),
     ]
     width = max(len(k) for k, _ in fields)
     for key, value in fields:

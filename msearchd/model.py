@@ -241,6 +241,8 @@ class Task:
     finished_at: float | None = None
     worker_pid: int | None = None
     log_path: str | None = None
+    # What the handler returned: a small JSON value (paths written, sizes, counts), or None.
+    result: Any = None
 
     def to_wire(self) -> dict[str, Any]:
         """The public shape of a task, shared by the RPC, `--json` and the REST shim."""
@@ -264,6 +266,7 @@ class Task:
             "finished_at": self.finished_at,
             "worker_pid": self.worker_pid,
             "log_path": self.log_path,
+            "result": self.result,
         }
 
 

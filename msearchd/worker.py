@@ -22,13 +22,15 @@ from types import FrameType
 from typing import Any
 
 from msearchd import protocol
-from msearchd.handlers import Handler, HandlerNotFound, TaskCancelled, TaskFailed, resolve
+from msearchd.handlers import Handler, HandlerNotFound, TaskCancelled, TaskFailed, registered, resolve
 from msearchd.lease import LeaseWord, Phase
 from msearchd.prctl import become_subreaper, die_with_parent
 from msearchd.spawn import TASK_ENV
 
 # The longest an outcome waits to be reported with those of the rest of its lease.
 REPORT_DELAY = 0.01
+# The most a task's result may take, as JSON: it is stored with the task and sent with every read of it.
+RESULT_MAX_BYTES = 8192
 
 
 class Context:
@@ -94,6 +96,42 @@ class Context:
         if "error" in reply:
             raise TaskFailed(f"follow-up {task_type} task refused: {reply['error']['message']}")
         return str(reply["task_id"])
+
+    def submit_many(self, tasks: list[Mapping[str, Any]]) -> list[str]:
+        reply = self._send({"op": "submit_many", "tasks": [dict(t) for t in tasks]}, reply=True)
+        if reply is None:
+            raise TaskFailed("daemon went away while submitting follow-up tasks")
+        if "error" in reply:
+            raise TaskFailed(f"follow-up tasks refused: {reply['error']['message']}")
+        return [str(t) for t in reply["task_ids"]]
+
+    def cancel_waiting(self, task_ids: list[str]) -> list[str]:
+        reply = self._send({"op": "cancel", "task_ids": [str(t) for t in task_ids]}, reply=True)
+        if reply is None:
+            raise TaskFailed("daemon went away while cancelling tasks")
+        if "error" in reply:
+            raise TaskFailed(f"cannot cancel tasks: {reply['error']['message']}")
+        return [str(t) for t in reply["cancelled"]]
+
+    def handles(self, task_type: str) -> bool:
+        return registered(task_type, self._worker.handlers)
+
+
+def task_result(value: Any) -> Any:
+    """What a handler returned, as the task's result: a JSON value, small enough to travel with the task.
+
+    Anything else fails the task rather than being stored in a form no client could read back.
+    """
+    try:
+        text = json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise TaskFailed(f"the handler returned a result with no JSON form: {exc}") from None
+    if len(text.encode()) > RESULT_MAX_BYTES:
+        raise TaskFailed(
+            f"the handler returned a result of {len(text.encode())} bytes as JSON; "
+            f"at most {RESULT_MAX_BYTES} are kept"
+        )
+    return json.loads(text)  # tuples become lists, keys strings: what a client will read back
 
 
 class Worker:
@@ -213,13 +251,15 @@ class Worker:
         try:
             try:
                 handler = self.handler_for(task["type"])
-                handler(ctx, task["data"])
+                returned = handler(ctx, task["data"])
             finally:
                 # From here on a SIGTERM must not interrupt the reporting.
                 ctx.checks_cancel = True
             if ctx.cancel_requested:
                 raise TaskCancelled("cooperative")
             outcome = {"status": "completed"}
+            if returned is not None:
+                outcome["result"] = task_result(returned)
         except TaskCancelled as exc:
             outcome = {"status": "cancelled", "stop_reason": exc.stop_reason}
         except (TaskFailed, HandlerNotFound) as exc:

@@ -53,7 +53,11 @@ class Outcome:
     # When the task ran, as the worker saw it (a task of a lease may start a little after its lease).
     started_at: float | None = None
     finished_at: float | None = None
+    result: Any = None  # what the handler returned, when it completed
 
+
+# What a handler asks of the daemon, and waits for an answer to.
+_REQUESTS = ("submit", "submit_many", "cancel")
 
 # A task taken out of a lease before the worker started it.
 NOT_STARTED = Outcome(TaskStatus.CANCELLED, stop_reason=StopReason.NOT_STARTED)
@@ -73,6 +77,10 @@ class PoolListener(Protocol):
         """Tasks of a lease that did not start and will not: back to the queue."""
 
     def follow_up(self, parent_id: int, params: dict[str, Any]) -> str: ...
+
+    def follow_up_many(self, parent_id: int, tasks: list[Any]) -> list[str]: ...
+
+    def follow_up_cancel(self, parent_id: int, task_ids: list[Any]) -> list[str]: ...
 
 
 def describe_exit(status: int) -> str:
@@ -351,10 +359,15 @@ class WorkerPool:
             self._make_idle(worker)
         elif op == "progress" and task is not None:
             self._listener.task_progress(task, message.get("progress"), message.get("current_operation"))
-        elif op == "submit" and task is not None:
+        elif op in _REQUESTS and task is not None:
             # Every request gets an answer, whatever goes wrong: the handler waits for it.
             try:
-                reply: dict[str, Any] = {"task_id": self._listener.follow_up(task.id, message["params"])}
+                if op == "submit":
+                    reply: dict[str, Any] = {"task_id": self._listener.follow_up(task.id, message["params"])}
+                elif op == "submit_many":
+                    reply = {"task_ids": self._listener.follow_up_many(task.id, message["tasks"])}
+                else:
+                    reply = {"cancelled": self._listener.follow_up_cancel(task.id, message["task_ids"])}
             except MsearchError as exc:
                 reply = {"error": exc.to_wire()}
             except Exception as exc:  # a bug, a full disk, a locked store
@@ -367,7 +380,7 @@ class WorkerPool:
             # Otherwise the entry was reclaimed after an overrun: back in the queue already, and
             # perhaps leased again since, as a new entry this message is not about.
             self._make_idle(worker)
-        elif op not in ("progress", "submit"):
+        elif op != "progress" and op not in _REQUESTS:
             log.warning("worker %d: unexpected message %r", worker.pid, op)
 
     def _on_skipped(self, worker: WorkerProcess, task: Task) -> None:
@@ -395,6 +408,7 @@ class WorkerPool:
             stop_reason=StopReason(stop_reason) if stop_reason else None,
             started_at=result.get("started"),
             finished_at=result.get("finished"),
+            result=result.get("result"),
         )
         waiting = self._reports.pop(task.id, None)
         if waiting is not None:  # a cancel or a stop under way takes the outcome

@@ -44,6 +44,10 @@ dawdler = "handlers:dawdler"
 heavy = "msearchd.handlers.command:run"
 chatty = "handlers:chatty"
 forker = "handlers:forker"
+returns = "handlers:returns"
+replacer = "handlers:replacer"
+asks = "handlers:asks"
+batcher = "handlers:batcher"
 """
 
 

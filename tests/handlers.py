@@ -155,3 +155,28 @@ def forker(ctx: TaskContext, data: dict[str, Any]) -> None:
     _tell(data.get("started"), str(child))
     while True:
         time.sleep(3600)
+
+
+def returns(ctx: TaskContext, data: dict[str, Any]) -> Any:
+    """Returns data.value as the task's result; with data.not_json or data.infinite, a value with no
+    JSON form (task data cannot hold infinity itself)."""
+    if data.get("not_json"):
+        return {"when": time}
+    if data.get("infinite"):
+        return {"value": float("inf")}
+    return data.get("value")
+
+
+def replacer(ctx: TaskContext, data: dict[str, Any]) -> list[str]:
+    """Cancels data.cancel through the handler context; returns the ids it says it cancelled."""
+    return ctx.cancel_waiting(data["cancel"])
+
+
+def asks(ctx: TaskContext, data: dict[str, Any]) -> dict[str, bool]:
+    """Says which of data.types this daemon has a handler for."""
+    return {t: ctx.handles(t) for t in data["types"]}
+
+
+def batcher(ctx: TaskContext, data: dict[str, Any]) -> list[str]:
+    """Submits data.tasks with one request; returns their ids."""
+    return ctx.submit_many(data["tasks"])

@@ -58,8 +58,8 @@ def test_malformed_command_is_refused_at_submit(client, data):
 
 
 def test_type_without_handler_fails_at_once(client):
-    done = finished(client, client.submit("image_preprocess", {"path": "/x.jpg"}))
-    assert (done["status"], done["error"]) == ("failed", "no handler for type image_preprocess")
+    done = finished(client, client.submit("file_embed_image", {"path": "/x.jpg"}))
+    assert (done["status"], done["error"]) == ("failed", "no handler for type file_embed_image")
 
 
 def test_python_handler_failures(client):

@@ -11,8 +11,11 @@ from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
 from typing import Any, Protocol
 
+from msearchd.handlers.media import HANDLERS as MEDIA_HANDLERS
+from msearchd.handlers.media import INSTALL_HINT as MEDIA_INSTALL_HINT
+
 ENTRY_POINT_GROUP = "msearchd.handlers"
-BUILTIN: dict[str, str] = {"command": "msearchd.handlers.command:run"}
+BUILTIN: dict[str, str] = {"command": "msearchd.handlers.command:run", **MEDIA_HANDLERS}
 
 
 class TaskFailed(Exception):
@@ -55,6 +58,21 @@ class TaskContext(Protocol):
         depends_on: list[str] | None = None,
     ) -> str: ...
 
+    def submit_many(self, tasks: list[Mapping[str, Any]]) -> list[str]:
+        """Submit several follow-up tasks with one request, all or none; returns their ids. Each is a
+        map of `type`, and optionally `data`, `priority`, `depends_on` and `after` (the indices of
+        earlier tasks of the same list it depends on)."""
+        ...
+
+    def cancel_waiting(self, task_ids: list[str]) -> list[str]:
+        """Cancel those of these tasks that have not started (work this handler queued before and
+        now replaces); returns the ids of those cancelled. Running and ended tasks are left alone."""
+        ...
+
+    def handles(self, task_type: str) -> bool:
+        """True if this daemon has a handler for `task_type` (without loading it)."""
+        ...
+
 
 Handler = Callable[[TaskContext, dict[str, Any]], Any]
 
@@ -78,13 +96,36 @@ def _load(target: str, task_type: str) -> Handler:
     return obj
 
 
+def _builtin(task_type: str) -> str | None:
+    """Where the built-in handler of `task_type` is; the media types only with the `media` extra."""
+    target = BUILTIN.get(task_type)
+    if target is not None and task_type in MEDIA_HANDLERS:
+        try:
+            importlib.import_module("PIL")
+        except ImportError:
+            return None
+    return target
+
+
+def registered(task_type: str, configured: Mapping[str, str]) -> bool:
+    """True if `resolve` would find a handler for `task_type` (it may still fail to load)."""
+    return (
+        task_type in configured
+        or bool(entry_points(group=ENTRY_POINT_GROUP, name=task_type))
+        or _builtin(task_type) is not None
+    )
+
+
 def resolve(task_type: str, configured: Mapping[str, str]) -> Handler:
     """Configured handlers win over the built-ins, which win over entry points: an installed
     package cannot take over a built-in type (and see every task's data) unless the config says so."""
     if task_type in configured:
         return _load(configured[task_type], task_type)
-    if task_type in BUILTIN:
-        return _load(BUILTIN[task_type], task_type)
+    target = _builtin(task_type)
+    if target is not None:
+        return _load(target, task_type)
     for ep in entry_points(group=ENTRY_POINT_GROUP, name=task_type):
         return _load(ep.value, task_type)
+    if task_type in MEDIA_HANDLERS:
+        raise HandlerNotFound(MEDIA_INSTALL_HINT)
     raise HandlerNotFound(f"no handler for type {task_type}")

@@ -102,6 +102,7 @@ class Task(BaseModel):
     finished_at: float | None
     worker_pid: int | None
     log_path: str | None
+    result: Any = None
 
 
 class ErrorBody(BaseModel):

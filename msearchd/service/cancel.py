@@ -1,8 +1,10 @@
-"""Cancelling: a task waiting, handed out to a worker or running, and all tasks (of a type) in chunks."""
+"""Cancelling: a task waiting, handed out to a worker or running, all tasks (of a type) in chunks, and the
+waiting tasks a handler replaces."""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import Awaitable, Iterator, Sequence
 from contextlib import contextmanager
@@ -15,6 +17,7 @@ from msearchd.model import (
     Task,
     TaskStatus,
     format_task_id,
+    parse_task_id,
     validate_type,
 )
 from msearchd.service.core import REQUESTER
@@ -123,6 +126,19 @@ class Cancelling(ServiceCore):
         self._publish("cancelled", task, stop_reason=StopReason.NOT_STARTED.value)
         answer = {"task": self.wire(task), "cancelled_dependents": cascaded}
         return self._count_later(answer, later) if later else answer
+
+    def follow_up_cancel(self, parent_id: int, task_ids: list[Any]) -> list[str]:
+        """Cancel those of `task_ids` that still wait, for a handler that replaces work it queued
+        before (a scan that finds a file changed again); running and ended ones are left alone."""
+        by = f"task {format_task_id(parent_id)}"
+        cancelled = []
+        for task in self.store.get_many([parse_task_id(t) for t in task_ids]):
+            if task.status.waiting:
+                answer = self._cancel_waiting(task, by=by)
+                if inspect.iscoroutine(answer):  # it would only count the dependents settled later,
+                    answer.close()  # which are settled all the same
+                cancelled.append(format_task_id(task.id))
+        return cancelled
 
     async def _count_later(
         self, answer: dict[str, Any], later: list[asyncio.Future[Fanned]]

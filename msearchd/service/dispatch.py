@@ -286,6 +286,8 @@ class Dispatching(ServiceCore):
             fields["progress"], fields["current_operation"] = live
         if outcome.status is TaskStatus.COMPLETED:
             fields["progress"] = 1.0
+        if outcome.result is not None:
+            fields["result"] = outcome.result
         cascaded = 0
         with self.store.transaction():
             if not self.store.update(task.id, expect=[TaskStatus.RUNNING.value], **fields):
@@ -301,6 +303,8 @@ class Dispatching(ServiceCore):
             extra = {"stop_reason": outcome.stop_reason.value} if outcome.stop_reason else {}
             if outcome.error:
                 extra["error"] = outcome.error
+            if outcome.result is not None:
+                extra["result"] = outcome.result
             self._publish(outcome.status.value, dataclasses.replace(task, **fields), **extra)
         return cascaded
 
@@ -383,7 +387,7 @@ class Dispatching(ServiceCore):
             else:
                 self._finish(task, outcome, dependents=task.id in with_dependents)
         if plain:
-            self.store.complete_many([(o.started_at, o.finished_at, t.id) for t, o in plain])
+            self.store.complete_many([(o.started_at, o.finished_at, o.result, t.id) for t, o in plain])
             for task, outcome in plain:
                 if self._subscriptions or task.id in self._waiters:
                     done = dataclasses.replace(
@@ -392,8 +396,10 @@ class Dispatching(ServiceCore):
                         progress=1.0,
                         started_at=outcome.started_at or task.started_at,
                         finished_at=outcome.finished_at,
+                        result=outcome.result,
                     )
-                    self._publish(TaskStatus.COMPLETED.value, done)
+                    extra = {"result": outcome.result} if outcome.result is not None else {}
+                    self._publish(TaskStatus.COMPLETED.value, done, **extra)
 
     async def run_dispatcher(self) -> None:
         """Start pending tasks whenever a worker is idle; sleeps until something changes.

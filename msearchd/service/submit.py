@@ -1,4 +1,5 @@
-"""Submitting tasks: one, several answered each on its own, a batch that is all or nothing, a follow-up."""
+"""Submitting tasks: one, several answered each on its own, a batch that is all or nothing, a
+handler's follow-ups."""
 
 from __future__ import annotations
 
@@ -205,3 +206,24 @@ class Submitting(ServiceCore):
         assert isinstance(task, dict)
         log.info("%s submitted follow-up %s", format_task_id(parent_id), task["id"])
         return str(task["id"])
+
+    def follow_up_many(self, parent_id: int, tasks: list[Any]) -> list[str]:
+        """Submit a handler's follow-up tasks in one transaction, all or none: a scan queues the
+        tasks of many files with one request. `after` in a task names earlier tasks of the same list,
+        by index, that it depends on."""
+        ids: list[str] = []
+        with self.store.transaction():
+            for i, item in enumerate(tasks):
+                if not isinstance(item, dict):
+                    raise InvalidArgument(f"tasks[{i}] must be a map")
+                after = item.get("after") or []
+                if not isinstance(after, list) or not all(isinstance(a, int) and 0 <= a < i for a in after):
+                    raise InvalidArgument(f"tasks[{i}].after must list indices of earlier tasks")
+                try:
+                    params = check_params("submit", {k: v for k, v in item.items() if k != "after"})
+                    params["depends_on"] = [*(params.get("depends_on") or []), *(ids[a] for a in after)]
+                    ids.append(str(self.submit(**params)["id"]))
+                except (InvalidArgument, InvalidState, NotFound) as exc:
+                    raise type(exc)(f"tasks[{i}]: {exc.message}") from None
+        log.info("%s submitted %d follow-ups", format_task_id(parent_id), len(ids))
+        return ids

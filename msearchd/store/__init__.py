@@ -151,8 +151,8 @@ class TaskStore(Protocol):
     def mark_started(self, task_id: int, started_at: float) -> None:
         """Record the start of a running task claimed without one (see `claim_ids`)."""
 
-    def complete_many(self, rows: Sequence[tuple[float | None, float, int]]) -> None:
-        """Record (started_at, finished_at, id) of running tasks that completed."""
+    def complete_many(self, rows: Sequence[tuple[float | None, float, Any, int]]) -> None:
+        """Record (started_at, finished_at, result, id) of running tasks that completed."""
 
     def unlease(self, ids: Sequence[int]) -> None:
         """Put running tasks that never started back in the queue, as if they had not been claimed."""

@@ -68,6 +68,11 @@ CREATE TABLE queue_pauses (
 ) WITHOUT ROWID;
 """
 
+# What a completed task's handler returned (msgpack; NULL for none), shown with the task.
+_RESULT_V4 = """
+ALTER TABLE tasks ADD COLUMN result BLOB;
+"""
+
 # Migration N brings a store from schema version N to N + 1; the version is SQLite's user_version.
-MIGRATIONS = (_SCHEMA_V1, _SUBMITTER_V2, _CONTROL_V3)
+MIGRATIONS = (_SCHEMA_V1, _SUBMITTER_V2, _CONTROL_V3, _RESULT_V4)
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -31,7 +31,7 @@ from msearchd.store.schema import MIGRATIONS, SCHEMA_VERSION
 _COLUMNS = (
     "id, type, status, priority, data, progress, current_operation, attempts, error, blocked_reason, "
     "stop_reason, retry_of, retried_as, created_at, started_at, finished_at, worker_pid, "
-    "(SELECT group_concat(depends_on) FROM deps WHERE deps.task_id = tasks.id)"
+    "(SELECT group_concat(depends_on) FROM deps WHERE deps.task_id = tasks.id), result"
 )
 _UPDATABLE = frozenset(
     {
@@ -48,6 +48,7 @@ _UPDATABLE = frozenset(
         "started_at",
         "finished_at",
         "worker_pid",
+        "result",
     }
 )
 WAITING = (str(TaskStatus.PENDING), str(TaskStatus.BLOCKED))
@@ -102,6 +103,7 @@ def _row_to_task(row: Sequence[Any]) -> Task:
         started_at=row[14],
         finished_at=row[15],
         worker_pid=row[16],
+        result=msgpack.unpackb(row[18], raw=False) if row[18] is not None else None,
     )
 
 
@@ -544,7 +546,10 @@ class Store:
             assignments = ", ".join(f"{name} = ?" for name in fields)
             condition = f" AND status IN ({_marks(len(expect))})" if expect else ""
             sql = self._update_sql[key] = f"UPDATE tasks SET {assignments} WHERE id = ?{condition}{tail}"
-        values = [str(v) if isinstance(v, TaskStatus | StopReason) else v for v in fields.values()]
+        values = [
+            str(v) if isinstance(v, TaskStatus | StopReason) else _pack(v) if name == "result" else v
+            for name, v in fields.items()
+        ]
         return self._db.execute(sql, (*values, task_id, *(expect or ())))
 
     def update(self, task_id: int, expect: Sequence[str] | None = None, **fields: Any) -> bool:
@@ -600,14 +605,14 @@ class Store:
             (started_at, task_id),
         )
 
-    def complete_many(self, rows: Sequence[tuple[float | None, float, int]]) -> None:
-        """Record (started_at, finished_at, id) of running tasks that completed."""
+    def complete_many(self, rows: Sequence[tuple[float | None, float, Any, int]]) -> None:
+        """Record (started_at, finished_at, result, id) of running tasks that completed."""
         with self.transaction():
             self._db.executemany(
                 "UPDATE tasks SET status = 'completed', progress = 1.0, started_at = "
-                "coalesce(?, started_at), finished_at = ?, error = NULL, stop_reason = NULL "
+                "coalesce(?, started_at), finished_at = ?, error = NULL, stop_reason = NULL, result = ? "
                 "WHERE id = ? AND status = 'running'",
-                rows,
+                [(s, f, None if r is None else _pack(r), i) for s, f, r, i in rows],
             )
 
     def unlease(self, ids: Sequence[int]) -> None:

@@ -1,0 +1,82 @@
+"""The content-addressed cache under the state folder: `media/<what>/<digest[:2]>/<digest><suffix>`.
+
+An entry is written under a temporary name and renamed into place, so a reader (or a second task for
+a copy of the same file) sees a whole entry or none, and a task stopped half way leaves no entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from msearchd.handlers import TaskFailed
+
+CHUNK = 1 << 20
+
+
+def media_root() -> Path:
+    """`media/` in the daemon's state folder (its workers get the folder in MSEARCH_STATE_DIR)."""
+    return Path(os.environ["MSEARCH_STATE_DIR"]) / "media"
+
+
+def file_digest(path: Path) -> str:
+    """The content's digest: BLAKE2b, 128 bits, as hex."""
+    h = hashlib.blake2b(digest_size=16)
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def entry(what: str, digest: str, suffix: str) -> Path:
+    return media_root() / what / digest[:2] / f"{digest}{suffix}"
+
+
+@contextmanager
+def writing(target: Path) -> Iterator[Path]:
+    """A temporary path beside `target` to write to; it becomes `target` when the block ends well.
+
+    Works for a file or a folder; what the block left is removed if it raised.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".part-", dir=target.parent))
+    temp = scratch / target.name
+    try:
+        yield temp
+        try:
+            temp.replace(target)
+        except OSError:
+            if not target.is_dir():  # a folder another task for the same content put there first
+                raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def source(data: dict[str, object]) -> tuple[Path, str]:
+    """The file a task is about, and its digest: the scan's, or computed now when the task came alone."""
+    raw = data.get("path")
+    if not isinstance(raw, str) or not raw:
+        raise TaskFailed("data.path must name a file")
+    path = Path(raw).expanduser()
+    try:
+        digest = data.get("digest")
+        if not isinstance(digest, str) or not _unchanged(path, data):
+            digest = file_digest(path)
+    except FileNotFoundError:
+        raise TaskFailed(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise TaskFailed(f"{path}: a folder, not a file") from None
+    except OSError as exc:
+        raise TaskFailed(f"{path}: cannot read it: {exc.strerror}") from None
+    return path, digest
+
+
+def _unchanged(path: Path, data: dict[str, object]) -> bool:
+    """True if the file is as the scan saw it (same size and modification time)."""
+    st = path.stat()
+    return data.get("size") == st.st_size and data.get("mtime_ns") == st.st_mtime_ns
