@@ -39,11 +39,18 @@ class BareClient:
         self.sock.close()
 
 
-def start_echo(root: Path) -> tuple[subprocess.Popen[str], Path]:
-    path = root / "echo.sock"
-    proc = subprocess.Popen(
-        [PYTHON, str(BENCH / "echo_server.py"), str(path)], stdout=subprocess.PIPE, text=True
-    )
+def start_echo(
+    root: Path, name: str = "echo", huey_env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], Path]:
+    """The echo server; with `huey_env` (BENCH_HUEY_DB, BENCH_HUEY_FSYNC), one that enqueues each submit
+    into Huey before it answers."""
+    path = root / f"{name}.sock"
+    argv = [PYTHON, str(BENCH / "echo_server.py"), str(path)]
+    env = None
+    if huey_env is not None:
+        argv.append("--huey")
+        env = {**os.environ, "PYTHONPATH": str(BENCH), **huey_env}
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env)
     assert proc.stdout is not None
     if proc.stdout.readline().strip() != "ready":
         raise RuntimeError("echo server did not start")
