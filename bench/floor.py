@@ -55,10 +55,23 @@ class FloorStore:
     def _row(self, now: float) -> tuple[object, ...]:
         return ("noop", "pending", 6, self.data, None, None, now, self.uid, self.pid)
 
-    def submit(self) -> None:
+    def submit(self) -> int:
         """One task row, one commit: what a lone submit writes."""
         self.db.execute("BEGIN IMMEDIATE")
-        self.db.execute(INSERT_TASK, self._row(time.time()))
+        task_id = self.db.execute(INSERT_TASK, self._row(time.time())).lastrowid
+        self.db.execute("COMMIT")
+        assert task_id is not None
+        return task_id
+
+    def complete(self, task_id: int) -> None:
+        """One task row marked completed, one commit: what the daemon writes when a task ends."""
+        now = time.time()
+        self.db.execute("BEGIN IMMEDIATE")
+        self.db.execute(
+            "UPDATE tasks SET status = 'completed', progress = 1.0, started_at = coalesce(?, started_at), "
+            "finished_at = ?, error = NULL, stop_reason = NULL WHERE id = ?",
+            (now, now, task_id),
+        )
         self.db.execute("COMMIT")
 
     def set_priority(self, task_id: int, priority: int) -> None:
