@@ -29,9 +29,16 @@ class BareClient:
         self.next_id = 0
 
     def call(self, method: str, params: dict[str, Any]) -> Any:
+        self.send(method, params)
+        return self.receive()
+
+    def send(self, method: str, params: dict[str, Any]) -> None:
+        """Send a request without reading its answer (see `receive`)."""
         self.next_id += 1
         body = msgpack.packb({"id": self.next_id, "method": method, "params": params}, use_bin_type=True)
         self.sock.sendall(HEADER.pack(len(body)) + body)
+
+    def receive(self) -> Any:
         (length,) = HEADER.unpack(self.sock.recv(4, socket.MSG_WAITALL))
         return msgpack.unpackb(self.sock.recv(length, socket.MSG_WAITALL), raw=False)["result"]
 
