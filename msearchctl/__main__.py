@@ -1,3 +1,3 @@
-from msearchctl.app import main
+from msearchctl.fast import main
 
 main()

@@ -16,6 +16,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 from click.core import ParameterSource
 
+from msearchctl.fast import cancelled_line, print_json
 from msearchd.client import Client
 from msearchd.errors import InvalidState, MsearchError, Unavailable
 from msearchd.model import TERMINAL, TaskStatus, parse_task_id
@@ -175,17 +176,6 @@ def task_ref(value: str) -> int:
         return parse_task_id(value)
     except MsearchError as exc:
         raise typer.BadParameter(exc.message) from None
-
-
-def _bytes_as_text(value: Any) -> str:
-    """Task data sent as bytes (from the Python API) has no JSON form: show it as text."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "backslashreplace")
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-def print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, ensure_ascii=False, default=_bytes_as_text))
 
 
 def _no_constant(name: str) -> NoReturn:
@@ -357,12 +347,7 @@ def cancel(
     if as_json:
         print_json(result)
         return
-    task = result["task"]
-    how = f" ({task['stop_reason']})" if task["stop_reason"] not in (None, "not_started") else ""
-    line = f"cancelled {task['id']}{how}"
-    if result["cancelled_dependents"]:
-        line += f" and {result['cancelled_dependents']} task(s) that depended on it"
-    print(line)
+    print(cancelled_line(result))
 
 
 # A negative PRIORITY ("-1") is an argument for the daemon to refuse, not an unknown option.

@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import threading
 
 import pytest
@@ -375,3 +376,66 @@ def test_shell_completion_completes_commands(daemon, shell):
     result = subprocess.run([MSEARCHCTL], env=env, capture_output=True, text=True, timeout=30)
     assert "cancel" in result.stdout and "cancel-all" in result.stdout and "cancel-by-type" in result.stdout
     assert "retry" not in result.stdout
+
+
+def _twin_fields(value):
+    """A task or answer without what differs between twin tasks: their ids and times."""
+    if isinstance(value, dict):
+        return {k: _twin_fields(v) for k, v in value.items() if k not in ("id", "created_at", "finished_at")}
+    if isinstance(value, list):
+        return [_twin_fields(v) for v in value]
+    return value
+
+
+def _full_cli(daemon, *args: str) -> subprocess.CompletedProcess[str]:
+    """The same command through the typer CLI, which the plain forms skip."""
+    code = "import sys; from msearchctl.app import main; sys.argv[0] = 'msearchctl'; main()"
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], env=daemon.env, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_plain_cancel_and_priority_answer_as_the_full_cli_does_without_importing_typer(make_daemon, fifo):
+    d = make_daemon(workers=1)
+    started = fifo("started")
+    with d.client() as c:
+        held = c.submit("quick", {"fifo": str(fifo("gate")), "started": str(started)})["id"]
+        started.read()
+        pairs = [c.submit("noop")["id"] for _ in range(8)]
+        for first, second in zip(pairs[0::2], pairs[1::2], strict=True):
+            c.submit("noop", depends_on=[first])
+            c.submit("noop", depends_on=[second])
+    # Each form once through each entry point, on twin tasks: the same answers, line for line.
+    forms = [
+        (["tasks", "cancel", pairs[0]], ["tasks", "cancel", pairs[1]]),
+        (["tasks", "cancel", "--json", pairs[2]], ["tasks", "cancel", "--json", pairs[3]]),
+        (["tasks", "priority", pairs[4], "3"], ["tasks", "priority", pairs[5], "3"]),
+        (["tasks", "priority", pairs[6], "4", "--json"], ["tasks", "priority", pairs[7], "4", "--json"]),
+        (["tasks", "cancel", held], None),  # running: refused, naming the option
+        (["tasks", "cancel", pairs[0]], None),  # already cancelled
+        (["tasks", "cancel", "task_999"], None),  # unknown
+        (["tasks", "priority", pairs[4], "-1"], None),  # out of range
+        (["tasks", "cancel", "x1"], None),  # not an id: a usage error
+    ]
+    answers = []
+    for plain, twin in forms:
+        fast, full = d.ctl(*plain), _full_cli(d, *(twin or plain))
+        answers.append((fast.returncode, fast.stderr))
+        assert (fast.returncode, fast.stderr) == (full.returncode, full.stderr), plain
+        if twin is None:
+            assert fast.stdout == full.stdout, plain
+        elif "--json" in plain:
+            assert _twin_fields(json.loads(fast.stdout)) == _twin_fields(json.loads(full.stdout)), plain
+        else:
+            assert fast.stdout.replace(plain[2], "ID") == full.stdout.replace(twin[2], "ID"), plain
+    assert [code for code, _ in answers] == [0, 0, 0, 0, 1, 1, 1, 1, 2]
+    imports = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "msearchctl", "tasks", "cancel", "task_999"],
+        env=d.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert imports.returncode == 1
+    modules = {line.split("|")[-1].strip() for line in imports.stderr.splitlines() if "|" in line}
+    assert "msearchd.client" in modules and not modules & {"typer", "click"}
