@@ -236,6 +236,13 @@ def add(
             autocompletion=_id_completion(),
         ),
     ] = None,
+    until_done: Annotated[
+        bool,
+        typer.Option(
+            "--wait",
+            help="Block until the task finishes and print how it ended (exit 1: failed or cancelled).",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Queue a task. For type command the argv after -- is what runs: `tasks add command -- sleep 30`."""
@@ -258,10 +265,16 @@ def add(
     deps = [task_ref(d) for d in depends_on or []]
     with daemon(ctx) as client:
         task = client.submit(task_type, payload, priority=priority, depends_on=deps)
+        if until_done:  # one process where a script would otherwise run `add` and then `wait`
+            task = client.wait([task["id"]])["tasks"][0]
     if as_json:
         print_json(task)
+    elif until_done:
+        print(f"{task['id']} {task['status']}" + (f": {task['error']}" if task["error"] else ""))
     else:
         print(task["id"])
+    if until_done and task["status"] != "completed":
+        raise typer.Exit(EXIT_REFUSED)
 
 
 @tasks_app.command("list")
