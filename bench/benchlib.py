@@ -89,6 +89,8 @@ class Context:
     """What each benchmark gets: the mode, and where to put its rows and its detail lines."""
 
     quick: bool
+    # Pending tasks in the scale benchmark; None: 1,000,000 (100,000 with --quick).
+    scale: int | None = None
     rows: list[Row] = field(default_factory=list)
     details: list[str] = field(default_factory=list)
 

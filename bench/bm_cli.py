@@ -107,7 +107,7 @@ def run(ctx: Context) -> None:
                     med[f"min {op}"],
                     unit="ms",
                     peer_name="minimal client",
-                    target="ratio:<=3",
+                    target="ratio:<=2",
                 )
             )
         ctx.add(Row(NAME, "`python -c pass` median wall", med["python -c pass"], unit="ms"))

@@ -26,14 +26,21 @@ from benchlib import (
     skip,
     temp_root,
 )
+from bm_rpc import BareClient
 from bm_submit import have_huey, load_huey
+
+from msearchd.protocol import PROTOCOL_VERSION
 
 NAME = "dispatch"
 WORKERS = 2
 
 
-def msearchd_drain(root: Path, n: int, task: dict[str, Any], config_extra: str = "") -> float:
-    """Seconds for 2 workers to run n copies of `task` once the gate opens."""
+def msearchd_drain(
+    root: Path, n: int, task: dict[str, Any], config_extra: str = "", waiting: bool = False
+) -> float:
+    """Seconds for 2 workers to run n copies of `task` once the gate opens: until the last of them
+    finished (its `finished_at`), whoever learns of it when. With `waiting`, a client of its own has
+    asked to wait for all n ids before the gate opens, as a script that submits and waits would."""
     with running_daemon(root, workers=WORKERS, config_extra=config_extra) as d, d.client() as c:
         d.warm_up(4)
         gate = Gate(root)
@@ -43,13 +50,23 @@ def msearchd_drain(root: Path, n: int, task: dict[str, Any], config_extra: str =
         ids: list[str] = []
         for start in range(0, n, 1000):
             ids += c.submit_many([task] * min(1000, n - start))["task_ids"]
-        t0 = time.perf_counter()
+        waiter = None
+        if waiting:
+            waiter = BareClient(d.socket)
+            waiter.call("hello", {"protocol": PROTOCOL_VERSION, "client": "bench"})
+            waiter.send("wait", {"task_ids": ids, "timeout": 600})
+        t0 = time.time()
         gate.open()
-        result = c.wait(ids[-WORKERS:], timeout=600)
-        elapsed = time.perf_counter() - t0
+        if waiter is not None:
+            result = waiter.receive()
+            waiter.close()
+        else:
+            result = c.wait(ids[-WORKERS:], timeout=600)
+        if not result["timed_out"]:
+            result = c.wait(ids, timeout=600)  # at once: every task has finished
         if result["timed_out"] or any(t["status"] != "completed" for t in result["tasks"]):
-            raise RuntimeError(f"drain did not complete: {result}")
-        return elapsed
+            raise RuntimeError(f"drain did not complete: {result['timed_out']=}")
+        return max(t["finished_at"] for t in result["tasks"]) - t0
 
 
 def huey_drain(root: Path, n: int, worker_type: str, fsync: str) -> float:
@@ -141,6 +158,7 @@ def run(ctx: Context) -> None:
     huey, tsp = have_huey(), shutil.which("tsp") is not None
     rates: dict[str, list[float]] = {
         "noop": [],
+        "noop, a client waiting on all": [],
         "huey default": [],
         "huey fsync=False": [],
         "command": [],
@@ -150,6 +168,8 @@ def run(ctx: Context) -> None:
         for r in range(rounds):
             here = _mk(root / f"round{r}")
             rates["noop"].append(n_py / msearchd_drain(_mk(here / "noop"), n_py, {"type": "noop"}))
+            waited = n_py / msearchd_drain(_mk(here / "waited"), n_py, {"type": "noop"}, waiting=True)
+            rates["noop, a client waiting on all"].append(waited)
             if huey:
                 rates["huey default"].append(n_py / huey_drain(here, n_py, "process", "default"))
                 rates["huey fsync=False"].append(n_py / huey_drain(here, n_py, "process", "off"))
@@ -167,6 +187,9 @@ def run(ctx: Context) -> None:
 
     of = f" (median of {rounds})" if rounds > 1 else ""
     noop, command = median(rates["noop"]), median(rates["command"])
+    waited = median(rates["noop, a client waiting on all"])
+    name = f"no-op Python tasks/s while a client waits on all their ids{of}"
+    ctx.add(Row(NAME, name, waited, noop, "/s", "nobody waiting", "ratio:>=0.9"))
     if huey:
         # The target's peer is Huey as configured by default (the figures the targets were set from);
         # fsync=False, the peer with msearchd's durability, is information.

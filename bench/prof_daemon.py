@@ -1,6 +1,6 @@
 """Profile the daemon (cProfile) under one workload of the benchmarks; prints where its time goes.
 
-    .venv/bin/python bench/prof_daemon.py rpc|submit|dispatch|command [--top 25] [--out file.prof]
+    .venv/bin/python bench/prof_daemon.py rpc|submit|dispatch|waited|command [--top 25] [--out file.prof]
 
 Not part of run.py: a tool to find out why a figure is what it is.
 """
@@ -42,7 +42,7 @@ def submit(d: Daemon, c: Any, root: Path) -> None:
         c.submit_many([{"type": "noop", "data": {"i": b * 1000 + i}} for i in range(1000)])
 
 
-def _drain(d: Daemon, c: Any, root: Path, task: dict[str, Any], n: int) -> None:
+def _drain(d: Daemon, c: Any, root: Path, task: dict[str, Any], n: int, wait_all: bool = False) -> None:
     d.warm_up(4)
     gate = Gate(root)
     for _ in range(d.workers):
@@ -51,7 +51,7 @@ def _drain(d: Daemon, c: Any, root: Path, task: dict[str, Any], n: int) -> None:
     ids = [t for _ in range(0, n, 1000) for t in c.submit_many([task] * 1000)["task_ids"]]
     t0 = time.perf_counter()
     gate.open()
-    c.wait(ids[-2:], timeout=600)
+    c.wait(ids if wait_all else ids[-2:], timeout=600)
     print(f"drained {len(ids)} tasks in {time.perf_counter() - t0:.2f} s")
 
 
@@ -59,11 +59,15 @@ def dispatch(d: Daemon, c: Any, root: Path) -> None:
     _drain(d, c, root, {"type": "noop"}, 5000)
 
 
+def waited(d: Daemon, c: Any, root: Path) -> None:
+    _drain(d, c, root, {"type": "noop"}, 5000, wait_all=True)
+
+
 def command(d: Daemon, c: Any, root: Path) -> None:
     _drain(d, c, root, {"type": "command", "data": {"argv": ["true"]}}, 1000)
 
 
-WORKLOADS = {"rpc": rpc, "submit": submit, "dispatch": dispatch, "command": command}
+WORKLOADS = {"rpc": rpc, "submit": submit, "dispatch": dispatch, "waited": waited, "command": command}
 
 
 def main() -> None:
@@ -76,7 +80,7 @@ def main() -> None:
     args = parser.parse_args()
     with temp_root("msp-") as root:
         out = args.out or root / "daemon.prof"
-        workers = 2 if args.workload in ("dispatch", "command") else 1
+        workers = 2 if args.workload in ("dispatch", "waited", "command") else 1
         d = Daemon(root=root, workers=workers, prefix=(PYTHON, "-m", "cProfile", "-o", str(out)))
         d.start()
         try:

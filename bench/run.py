@@ -1,6 +1,6 @@
 """Run the msearchd benchmarks and print one table: our figure, the peer's, the ratio, PASS/FAIL.
 
-    .venv/bin/python bench/run.py [--quick] [--only cli,rpc,...] [--json results.json]
+    .venv/bin/python bench/run.py [--quick] [--only cli,rpc,...] [--scale N] [--json results.json]
 
 Each benchmark starts its own daemon (and peers) in a temporary folder under /tmp and stops them.
 Peers that are not installed (huey, task-spooler's tsp) are skipped with a message.
@@ -27,7 +27,7 @@ BENCHES: dict[str, str] = {
     "rpc": "2. control RPC on one connection vs a bare msgpack round trip",
     "submit": "3. submit throughput vs Huey enqueue and raw SQLite inserts",
     "dispatch": "4. dispatch throughput with 2 workers vs Huey's consumer and tsp",
-    "scale": "5. a store of 1M pending tasks (100k with --quick)",
+    "scale": "5. a store of 1M pending tasks (100k with --quick, N with --scale N)",
     "latency": "6. submit -> completed latency on an idle daemon vs `tsp -f true`",
     "cancel": "7. cancel latency of a running command task",
     "media": "8. thumbnails of 2,000 images vs multiprocessing.Pool(2); a scan of 100,000 files",
@@ -69,6 +69,12 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="fewer iterations; 100k tasks for scale")
+    parser.add_argument(
+        "--scale",
+        type=int,
+        metavar="N",
+        help="pending tasks in the scale benchmark (default 1,000,000; 100,000 with --quick)",
+    )
     parser.add_argument("--only", help=f"comma-separated subset of: {', '.join(BENCHES)}")
     parser.add_argument("--json", type=Path, help="also write the rows and details to this file")
     args = parser.parse_args()
@@ -78,7 +84,7 @@ def main() -> None:
         unknown = [n for n in names if n not in BENCHES]
         if unknown:
             parser.error(f"unknown benchmark(s): {', '.join(unknown)}; known: {', '.join(BENCHES)}")
-    ctx = Context(quick=args.quick)
+    ctx = Context(quick=args.quick, scale=args.scale)
     mode = "quick" if args.quick else "full"
     print(
         f"msearchd benchmarks, {mode} mode: {os.cpu_count()} CPUs, Python {platform.python_version()}, "

@@ -379,6 +379,13 @@ def add(
             "--running", help="With --on-conflict replace: stop the holder even if it runs already."
         ),
     ] = False,
+    until_done: Annotated[
+        bool,
+        typer.Option(
+            "--wait",
+            help="Block until the task finishes and print how it ended (exit 1: failed or cancelled).",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Queue a task. For type command the argv after -- is what runs: `tasks add command -- sleep 30`.
@@ -414,13 +421,19 @@ def add(
             on_conflict=on_conflict,
             running=replace_running,
         )
+        if until_done:  # one process where a script would otherwise run `add` and then `wait`
+            task = {**task, **client.wait([task["id"]])["tasks"][0]}
     if as_json:
         print_json(task)
+    elif until_done:
+        print(f"{task['id']} {task['status']}" + (f": {task['error']}" if task["error"] else ""))
     else:
         print(task["id"])
-        if key is not None and task["key_outcome"] != "created":
-            replaced = f" {task['replaced']}" if task["key_outcome"] == "replaced" else ""
-            print(f"msearchctl: key {key}: {task['key_outcome']}{replaced}", file=sys.stderr)
+    if key is not None and task["key_outcome"] != "created":
+        replaced = f" {task['replaced']}" if task["key_outcome"] == "replaced" else ""
+        print(f"msearchctl: key {key}: {task['key_outcome']}{replaced}", file=sys.stderr)
+    if until_done and task["status"] != "completed":
+        raise typer.Exit(EXIT_REFUSED)
 
 
 @app.command("scan")

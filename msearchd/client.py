@@ -20,12 +20,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from msearchd import protocol
-from msearchd.config import default_socket_path
 from msearchd.errors import MsearchError, ProtocolError, Unavailable, from_wire
 from msearchd.trust import folder_problem, peer_problem
 
 if TYPE_CHECKING:  # asyncio is imported only by AsyncClient: it costs the CLI ~35 ms to start
     import asyncio
+
+
+def _default_socket_path() -> Path:
+    """Imported only when needed: the daemon's configuration module costs a CLI ~5 ms to start."""
+    from msearchd.config import default_socket_path
+
+    return default_socket_path()
 
 
 def _no_daemon(path: Path, exc: OSError) -> Unavailable:
@@ -195,7 +201,7 @@ class Client(_Methods):
     """A blocking connection to msearchd; one request at a time."""
 
     def __init__(self, socket_path: Path | str | None = None, connect_timeout: float = 5.0) -> None:
-        self.path = Path(socket_path) if socket_path else default_socket_path()
+        self.path = Path(socket_path) if socket_path else _default_socket_path()
         self._connect_timeout = connect_timeout
         self._next_id = 0
         self._pipeline: Pipeline | None = None
@@ -483,7 +489,7 @@ class AsyncClient(_Methods):
     async def connect(cls, socket_path: Path | str | None = None) -> AsyncClient:
         import asyncio
 
-        path = Path(socket_path) if socket_path else default_socket_path()
+        path = Path(socket_path) if socket_path else _default_socket_path()
         _check_folder(path)
         try:
             reader, writer = await asyncio.open_unix_connection(str(path), limit=protocol.MAX_FRAME + 4)

@@ -77,6 +77,23 @@ def test_add_show_list_with_json(daemon):
     daemon.ctl("tasks", "cancel", task["id"], "--running")
 
 
+def test_add_wait_queues_and_waits_in_one_process(daemon):
+    line = ok(daemon.ctl("tasks", "add", "command", "--wait", "--", "true")).strip()
+    task_id, status = line.split(" ")
+    assert status == "completed"
+    shown = json.loads(ok(daemon.ctl("tasks", "show", task_id, "--json")))
+    assert (shown["status"], shown["data"]) == ("completed", {"argv": ["true"]})
+    failed = daemon.ctl("tasks", "add", "command", "--wait", "--json", "--", "sh", "-c", "exit 3")
+    assert failed.returncode == 1, failed.stderr
+    task = json.loads(failed.stdout)
+    assert set(task) >= TASK_KEYS
+    assert task["status"] == "failed" and task["finished_at"] is not None
+    plain = daemon.ctl("tasks", "add", "command", "--wait", "--", "sh", "-c", "exit 3")
+    assert plain.returncode == 1
+    number = int(task["id"].removeprefix("task_")) + 1
+    assert plain.stdout == f"task_{number} failed: {task['error']}\n"
+
+
 def test_cancel_pending_and_running(make_daemon, fifo):
     daemon = make_daemon(workers=1)  # the running task holds the only worker: the others stay queued
     pipe = fifo("started")

@@ -24,7 +24,7 @@ from msearchd.model import (
 from msearchd.retention import Retention
 from msearchd.scheduler import Scheduler
 from msearchd.service.dispatch import FANOUT_EVENT, Durations, Fanned
-from msearchd.service.wait import Subscription
+from msearchd.service.wait import Subscription, WaitCall
 from msearchd.store import TaskStore
 from msearchd.workers import Outcome, WorkerPool
 
@@ -51,7 +51,7 @@ class ServiceCore:
         self._progress: dict[int, tuple[float, str | None]] = {}
         self._dirty: set[int] = set()
         self._flush_wanted = asyncio.Event()
-        self._waiters: dict[int, list[tuple[frozenset[TaskStatus], asyncio.Future[None]]]] = {}
+        self._waiters: dict[int, list[tuple[frozenset[TaskStatus], WaitCall]]] = {}
         self._subscriptions: set[Subscription] = set()
         self._default_priority: dict[str, int] = {}
         self._finished: list[tuple[Task, Outcome]] = []
@@ -110,10 +110,14 @@ class ServiceCore:
         if payload is not None or task.id in self._waiters:
             self.store.after_commit(lambda: self._deliver(task.id, status, payload))
 
+    def _deliver_later(self, task_id: int, status: TaskStatus) -> None:
+        """Tell the waiters of a task, once committed, when no subscriber needs the whole event."""
+        self.store.after_commit(lambda: self._deliver(task_id, status, None))
+
     def _deliver(self, task_id: int, status: TaskStatus, payload: dict[str, Any] | None) -> None:
-        for statuses, future in self._waiters.get(task_id, ()):
-            if status in statuses and not future.done():
-                future.set_result(None)
+        for statuses, call in self._waiters.get(task_id, ()):
+            if status in statuses:
+                call.reached(task_id)
         if payload is not None:
             for sub in list(self._subscriptions):
                 if sub.wants(payload):

@@ -389,7 +389,10 @@ class Dispatching(ServiceCore):
         if plain:
             self.store.complete_many([(o.started_at, o.finished_at, o.result, t.id) for t, o in plain])
             for task, outcome in plain:
-                if self._subscriptions or task.id in self._waiters:
+                if not self._subscriptions:
+                    if task.id in self._waiters:  # a waiter needs the status alone: no copy of the task
+                        self._deliver_later(task.id, TaskStatus.COMPLETED)
+                else:
                     done = dataclasses.replace(
                         task,
                         status=TaskStatus.COMPLETED,

@@ -74,6 +74,9 @@ class TaskStore(Protocol):
     def get_many(self, ids: Sequence[int]) -> list[Task]:
         """The tasks of `ids` that exist, in any order; any number of ids."""
 
+    def statuses(self, ids: Iterable[int]) -> dict[int, TaskStatus]:
+        """The status of each task of `ids` that exists, without reading whole tasks; any number of ids."""
+
     def list(
         self,
         statuses: Sequence[str] | None = None,

@@ -1,0 +1,79 @@
+"""`wait` on many tasks at once: each answered as it ended, nothing left behind, durable once heard."""
+
+from __future__ import annotations
+
+import threading
+
+
+def test_a_wait_on_hundreds_of_tasks_sees_each_end_as_it_was(make_daemon):
+    d = make_daemon(workers=2)
+    with d.client() as c:
+        before = c.submit("noop")["id"]
+        c.wait([before])  # ended before the wait below begins
+        specs = [{"type": "fail"} if i % 7 == 0 else {"type": "noop"} for i in range(300)]
+        ids = c.submit_many(specs)["task_ids"]
+        asked = [before, *ids, ids[0], int(ids[1].removeprefix("task_"))]  # repeats count once
+        result = c.wait(asked, timeout=60)
+    assert not result["timed_out"]
+    assert [t["id"] for t in result["tasks"]] == [before, *ids]
+    expected = ["completed"] + ["failed" if i % 7 == 0 else "completed" for i in range(300)]
+    assert [t["status"] for t in result["tasks"]] == expected
+    assert all(t["finished_at"] is not None for t in result["tasks"])
+
+
+def test_a_wait_that_times_out_leaves_nothing_behind(make_daemon, fifo):
+    d = make_daemon(workers=1)
+    gate = fifo("gate")
+    started = fifo("started")
+    with d.client() as c:
+        held = c.submit("quick", {"fifo": str(gate), "started": str(started)})["id"]
+        started.read()
+        queued = c.submit("noop")["id"]
+        first = c.wait([held, queued], timeout=0.2)
+        assert first["timed_out"]
+        assert [t["status"] for t in first["tasks"]] == ["running", "pending"]
+        # A wait for another state, on another connection: the queued task starts once released.
+        answers: list[dict] = []
+        with d.client() as other:
+            wanted = ["running", "completed"]
+            waiter = threading.Thread(
+                target=lambda: answers.append(other.wait([queued], statuses=wanted, timeout=60))
+            )
+            waiter.start()
+            gate.write()
+            waiter.join(timeout=60)
+        assert not answers[0]["timed_out"]
+        assert answers[0]["tasks"][0]["status"] in ("running", "completed")
+        again = c.wait([held, queued], timeout=60)
+    assert not again["timed_out"]
+    assert [t["status"] for t in again["tasks"]] == ["completed", "completed"]
+
+
+def test_waiters_and_a_watcher_both_hear_of_each_end(make_daemon):
+    d = make_daemon(workers=2)
+    with d.client() as c, d.client() as watcher:
+        ids = c.submit_many([{"type": "noop"} for _ in range(50)])["task_ids"]
+        with watcher.events(task_ids=ids) as stream:
+            result = c.wait(ids, timeout=60)
+            heard: set[str] = set()
+            while heard != set(ids):
+                event = next(stream)
+                if event.get("event") == "completed":
+                    heard.add(event["task_id"])
+    assert not result["timed_out"]
+    assert {t["status"] for t in result["tasks"]} == {"completed"}
+
+
+def test_an_end_a_waiter_heard_of_survives_kill9(make_daemon):
+    d = make_daemon(workers=2)
+    with d.client() as c:
+        ids = c.submit_many([{"type": "noop"} for _ in range(100)])["task_ids"]
+        heard = c.wait(ids, timeout=60)
+    assert {t["status"] for t in heard["tasks"]} == {"completed"}
+    d.kill9()
+    d.start()
+    with d.client() as c:
+        after = c.wait(ids, timeout=0)
+    assert [(t["id"], t["status"], t["finished_at"]) for t in after["tasks"]] == [
+        (t["id"], t["status"], t["finished_at"]) for t in heard["tasks"]
+    ]
