@@ -22,7 +22,6 @@ def hold(path: str) -> None:
         conn.recv(1)
 
 
-
 def ticker(ctx: Any, data: dict[str, Any]) -> None:
     """Report progress `reports` times, `rate` a second; the current operation is the time of the report
     (for latency figures), or `label` and the step."""

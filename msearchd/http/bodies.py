@@ -302,9 +302,7 @@ _TASK_ID_SCHEMA = {
 TaskIds = Annotated[
     list[int],
     converted(json_task_ids),
-    WithJsonSchema(
-        {"type": "array", "minItems": 1, "maxItems": SELECTION_MAX, "items": _TASK_ID_SCHEMA}
-    ),
+    WithJsonSchema({"type": "array", "minItems": 1, "maxItems": SELECTION_MAX, "items": _TASK_ID_SCHEMA}),
     Field(description=f"所选任务的ID（task_<n> 或 <n>），1到{SELECTION_MAX}个；重复的只算一次"),
 ]
 
