@@ -18,6 +18,7 @@ from typing import Any
 
 import psutil
 import pytest
+from realparts import PostgresServer, postgres_server
 from support import dead
 
 from msearchd.client import Client
@@ -299,3 +300,24 @@ class Fifo:
 def fifo(tmp_path: Path) -> Any:
     """Factory: fifo(name) -> Fifo in a fresh folder."""
     return lambda name="fifo": Fifo(tmp_path, name)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the whole session, in a temporary folder; each test makes its own
+    database on it (`fresh_database`)."""
+    try:
+        with postgres_server() as server:
+            yield server
+    except LookupError as exc:
+        if os.environ.get("CI") == "true":
+            raise
+        pytest.skip(str(exc))
+
+
+@pytest.fixture
+def fresh_database(postgres: PostgresServer) -> Any:
+    """Factory: fresh_database() -> the URL of a new, empty database on the session's server."""
+    made = iter(range(1_000_000))
+    prefix = f"t{os.getpid()}_{time.monotonic_ns()}"
+    return lambda: postgres.create_database(f"{prefix}_{next(made)}")
