@@ -27,6 +27,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from msearchd.errors import Unavailable
 from msearchd.model import StopReason, Task, TaskStatus
 from msearchd.protocol import pack
+from msearchd.store import UnusableStore
 
 _SCHEMA_V1 = """
 CREATE TABLE tasks (
@@ -135,11 +136,9 @@ _UPDATABLE = frozenset(
 )
 WAITING = (str(TaskStatus.PENDING), str(TaskStatus.BLOCKED))
 _STATUS = {str(s): s for s in TaskStatus}
+# A running task is this daemon's: its claim named it (a row made running by hand names none).
+_OWN = "(host IS NULL OR host = %s)"
 _STOP_REASON = {str(r): r for r in StopReason}
-
-
-class UnusableStore(Exception):
-    """The database cannot serve as this msearchd's store; the message says why in one sentence."""
 
 
 def _row_to_task(row: Sequence[Any]) -> Task:
@@ -292,6 +291,10 @@ class PgStore:
             self._conn = None
             with contextlib.suppress(Exception):
                 self._pool.putconn(conn)
+
+    def transaction_open(self) -> bool:
+        """Whether what is written now waits for a commit."""
+        return bool(self._depth or self._group_open)
 
     def _in_transaction(self) -> bool:
         conn = self._conn
@@ -596,6 +599,9 @@ class PgStore:
         if "cancel_requested" in fields:
             values[list(fields).index("cancel_requested")] = bool(fields["cancel_requested"])
         args = [*values, task_id, *([list(expect)] if expect else [])]
+        if expect and "running" in expect:  # a run is ended by the daemon that runs it, no other
+            condition += " AND (status <> 'running' OR " + _OWN + ")"
+            args.append(self.daemon_id)
         return self._run(f"UPDATE tasks SET {assignments} WHERE id = %s{condition}{tail}", args)
 
     def update(self, task_id: int, expect: Sequence[str] | None = None, **fields: Any) -> bool:
@@ -643,8 +649,9 @@ class PgStore:
     def mark_started(self, task_id: int, started_at: float) -> None:
         """Record the start of a running task claimed without one (see `claim_ids`)."""
         self._run(
-            "UPDATE tasks SET started_at = %s WHERE id = %s AND status = 'running' AND started_at IS NULL",
-            (started_at, task_id),
+            "UPDATE tasks SET started_at = %s WHERE id = %s AND status = 'running' AND started_at IS NULL "
+            f"AND {_OWN}",
+            (started_at, task_id, self.daemon_id),
         )
 
     def complete_many(self, rows: Sequence[tuple[float | None, float, int]]) -> None:
@@ -653,8 +660,8 @@ class PgStore:
             self._many(
                 "UPDATE tasks SET status = 'completed', progress = 1.0, started_at = "
                 "coalesce(%s, started_at), finished_at = %s, error = NULL, stop_reason = NULL "
-                "WHERE id = %s AND status = 'running'",
-                rows,
+                f"WHERE id = %s AND status = 'running' AND {_OWN}",
+                [(*row, self.daemon_id) for row in rows],
             )
 
     def unlease(self, ids: Sequence[int]) -> None:
@@ -662,8 +669,8 @@ class PgStore:
         with self.transaction():
             self._run(
                 "UPDATE tasks SET status = 'pending', started_at = NULL, attempts = attempts - 1, "
-                "worker_pid = NULL, host = NULL WHERE id = ANY(%s) AND status = 'running'",
-                (list(ids),),
+                f"worker_pid = NULL, host = NULL WHERE id = ANY(%s) AND status = 'running' AND {_OWN}",
+                (list(ids), self.daemon_id),
             )
 
     def cancel_waiting(self, ids: Sequence[int], now: float, error: str | None = None) -> list[int]:
@@ -777,8 +784,9 @@ class PgStore:
     def save_progress(self, updates: Iterable[tuple[int, float, str | None]]) -> None:
         with self.transaction():
             self._many(
-                "UPDATE tasks SET progress = %s, current_operation = %s WHERE id = %s AND status = 'running'",
-                [(p, op, i) for i, p, op in updates],
+                "UPDATE tasks SET progress = %s, current_operation = %s WHERE id = %s AND status = 'running' "
+                f"AND {_OWN}",
+                [(p, op, i, self.daemon_id) for i, p, op in updates],
             )
 
     # --- daemons ----------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ between two awaits is atomic with respect to every other request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import dataclasses
 import logging
@@ -18,9 +19,11 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
+import msgpack
+
 from msearchd import __version__
 from msearchd.config import Settings
-from msearchd.errors import InvalidArgument, InvalidState, MsearchError, NotFound
+from msearchd.errors import InvalidArgument, InvalidState, MsearchError, NotFound, Unavailable
 from msearchd.handlers import command
 from msearchd.model import (
     TERMINAL,
@@ -34,7 +37,7 @@ from msearchd.model import (
     validate_priority,
     validate_type,
 )
-from msearchd.protocol import PROTOCOL_VERSION, check_params
+from msearchd.protocol import PROTOCOL_VERSION, check_params, pack
 from msearchd.scheduler import Scheduler
 from msearchd.store import WAITING, Store
 from msearchd.workers import Outcome, WorkerPool
@@ -66,6 +69,21 @@ LEASE_MAX = 64
 DURATION_SAMPLES = 3  # runs of a type before its duration is trusted
 DURATION_WEIGHT = 0.2  # of the newest run in the moving mean
 SUBSCRIBER_BUFFER = 10_000
+# With a store that several daemons share: each writes its heartbeat this often; one whose heartbeat
+# is DAEMON_EXPIRY seconds old is taken for dead, and its running tasks go back to the queue. A daemon
+# that could not write its heartbeat for FENCE_AFTER seconds stops its running tasks first, so that
+# a task never runs on two daemons at once.
+HEARTBEAT_INTERVAL = 2.0
+DAEMON_EXPIRY = 10.0
+FENCE_AFTER = 5.0
+# The grace period of the tasks stopped then: short enough that they are gone before the others
+# take this daemon for dead.
+FENCE_GRACE = DAEMON_EXPIRY - FENCE_AFTER - 2.0
+# A notified event carries at most this much of a task's error.
+NOTIFIED_ERROR_MAX = 1000
+# Notification channels between daemons sharing a store.
+EVENTS_CHANNEL = "msearch_events"
+CANCEL_CHANNEL = "msearch_cancel"
 
 
 class Subscription:
@@ -162,6 +180,12 @@ class TaskService:
         self._durations = Durations()
         self._log_dir = str(settings.log_dir)
         self._checkpoints: set[asyncio.Task[None]] = set()
+        # With a shared store: the tasks this daemon stopped when it lost the store; their outcomes
+        # are not this daemon's to record any more (see `_fence`).
+        self._abandoned: set[int] = set()
+        self._last_beat = time.monotonic()
+        self._fenced = False  # it stopped its tasks for want of a heartbeat: it starts none now
+        self._background: set[asyncio.Task[Any]] = set()
 
     def batch(self) -> AbstractContextManager[None]:
         """Requests made inside share one commit at the end (group commit); each stays atomic alone.
@@ -196,7 +220,8 @@ class TaskService:
         """Tell waiters and subscribers about a change, once it is committed."""
         status = task.status
         payload = None
-        if self._subscriptions:
+        shared = self.store.shared
+        if self._subscriptions or shared:
             payload = {
                 "event": event,
                 "task_id": format_task_id(task.id),
@@ -208,6 +233,11 @@ class TaskService:
             }
         if payload is not None or task.id in self._waiters:
             self.store.after_commit(lambda: self._deliver(task.id, status, payload))
+        if shared:  # the other daemons hear of it when it commits, as this one does
+            message = {"from": self.store.daemon_id, "status": str(status), **(payload or {})}
+            if isinstance(message.get("error"), str):
+                message["error"] = message["error"][:NOTIFIED_ERROR_MAX]
+            self._notify(EVENTS_CHANNEL, message)
 
     def _deliver(self, task_id: int, status: TaskStatus, payload: dict[str, Any] | None) -> None:
         for statuses, future in self._waiters.get(task_id, ()):
@@ -217,6 +247,13 @@ class TaskService:
             for sub in list(self._subscriptions):
                 if sub.wants(payload):
                     sub.offer(payload)
+
+    def _notify(self, channel: str, message: dict[str, Any]) -> None:
+        try:
+            self.store.notify(channel, pack(message))
+        except Unavailable:
+            if self.store.transaction_open():
+                raise  # what it tells about is lost with it
 
     def _publish_status(self, event: str, task_ids: Iterable[int], **extra: Any) -> None:
         """Publish a state change for tasks changed in bulk, reading them back only if anyone listens."""
@@ -547,7 +584,7 @@ class TaskService:
         self._progress[task_id] = new
         self._dirty.add(task_id)
         self._flush_wanted.set()
-        if self._subscriptions:
+        if self._subscriptions or self.store.shared:
             self._publish("progress", task, progress=new[0], current_operation=new[1])
 
     def task_finished(self, task: Task, outcome: Outcome) -> None:
@@ -593,6 +630,8 @@ class TaskService:
     def _settle(self) -> None:
         """Record the outcomes the workers reported since the last time."""
         batch, self._finished = self._finished, []
+        if self._abandoned:
+            batch = [(t, o) for t, o in batch if t.id not in self._abandoned]
         if not batch:
             return
         with_dependents = set(self.store.with_dependents([task.id for task, _ in batch]))
@@ -642,7 +681,8 @@ class TaskService:
     def _dispatch_ready(self) -> None:
         """Claim a task for every idle worker in one transaction, then hand them out."""
         pool = self.pool
-        idle = pool.idle_pids() if pool is not None and not (self._stopping or self._bulk_cancels) else []
+        held = self._stopping or self._bulk_cancels or self._fenced
+        idle = pool.idle_pids() if pool is not None and not held else []
         if not idle and not self._finished:
             return
         leases: list[tuple[int, list[Task]]] = []
@@ -688,7 +728,11 @@ class TaskService:
             await self._flush_wanted.wait()
             await asyncio.sleep(PROGRESS_FLUSH_INTERVAL)
             self._flush_wanted.clear()
-            self.flush_progress()
+            try:
+                self.flush_progress()
+            except Unavailable as exc:  # kept for the next flush
+                log.warning("progress not saved: %s", exc.message)
+                self._flush_wanted.set()
 
     def flush_progress(self) -> None:
         if self._dirty:
@@ -697,17 +741,21 @@ class TaskService:
 
     # --- control ------------------------------------------------------------------------------------
 
-    async def _stop_running(self, task: Task, by: str) -> tuple[Outcome, int]:
-        """Stop a running task for good; returns how it ended and how many dependents were cancelled."""
+    async def _stop_running(self, task: Task, by: str, asked_elsewhere: bool = False) -> tuple[Outcome, int]:
+        """Stop a running task for good; returns how it ended and how many dependents were cancelled.
+        `asked_elsewhere`: another daemon recorded the request, and this one runs the task."""
         with self._settling():
             self._settle()  # it may have finished already, its outcome not yet recorded
         current = self.store.get(task.id)
         if current is None or current.status is not TaskStatus.RUNNING:
             return Outcome(current.status if current else TaskStatus.CANCELLED), 0
-        with self.store.transaction():
-            self.store.update(task.id, cancel_requested=1)
-            self._record([task.id], "cancel_requested", by=by, running=True)
-        self._publish("cancel_requested", task)
+        if self.store.shared and self.store.host_of(task.id) != self.store.daemon_id:
+            return await self._stop_elsewhere(current, by)
+        if not asked_elsewhere:
+            with self.store.transaction():
+                self.store.update(task.id, cancel_requested=1)
+                self._record([task.id], "cancel_requested", by=by, running=True)
+            self._publish("cancel_requested", task)
         outcome = None
         if self.pool is not None:
             outcome = await self.pool.terminate(task.id, self.settings.grace)
@@ -722,6 +770,39 @@ class TaskService:
             outcome = Outcome(TaskStatus.CANCELLED, stop_reason=StopReason.KILLED)
         self.scheduler.finished(current.type)
         return outcome, self._finish(current, outcome)
+
+    async def _stop_elsewhere(self, task: Task, by: str) -> tuple[Outcome, int]:
+        """Ask the daemon that runs the task to stop it, and wait for the end it records: within
+        the grace period and a second, or the answer says that daemon did not stop it."""
+        ref = format_task_id(task.id)
+        with self.store.transaction():
+            self.store.update(task.id, cancel_requested=1)
+            self._record([task.id], "cancel_requested", by=by, running=True)
+            self._notify(CANCEL_CHANNEL, {"task_id": task.id, "by": by})
+        self._publish("cancel_requested", task)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (TERMINAL, future)
+        self._waiters.setdefault(task.id, []).append(entry)
+        try:
+            current = self.store.get(task.id)  # it may have ended before the waiter was in place
+            if current is not None and current.status is TaskStatus.RUNNING:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(future, self.settings.grace + 1.0)
+        finally:
+            entries = [e for e in self._waiters.get(task.id, []) if e is not entry]
+            if entries:
+                self._waiters[task.id] = entries
+            else:
+                self._waiters.pop(task.id, None)
+        current = self.store.get(task.id)
+        assert current is not None
+        if current.status is TaskStatus.RUNNING:
+            host = self.store.host_of(task.id)
+            raise Unavailable(
+                f"{ref} runs on {host}, which did not stop it within {self.settings.grace + 1:g} s; "
+                f"it stops when that daemon sees the request, or is taken for dead"
+            )
+        return Outcome(current.status, current.error, current.stop_reason), 0
 
     def cancel(self, task_id: Any, running: bool = False) -> dict[str, Any] | Awaitable[dict[str, Any]]:
         """Cancel a task. The answer comes at once for a waiting task; for a running one, an awaitable
@@ -1029,20 +1110,38 @@ class TaskService:
     # --- start and stop -----------------------------------------------------------------------------
 
     def recover(self) -> None:
-        """Settle the tasks a previous daemon left running: it stopped without finishing them."""
-        for task in self.store.running():
+        """Settle the tasks a previous daemon left running: it stopped without finishing them. With
+        a shared store, those of this daemon's predecessor on this machine (and state folder), and
+        of any daemon gone without a trace; the others' tasks run on."""
+        if not self.store.shared:
+            self._settle_left(self.store.running(), "the daemon stopped")
+        else:
+            gone = self.store.register(self.settings.workers)
+            self._take_over([*gone, *self.store.orphans()], "the daemon stopped")
+        self.wake()
+
+    def _take_over(self, daemons: Iterable[str], why: str) -> None:
+        for daemon_id in daemons:
+            tasks = self.store.adopt(daemon_id)
+            if tasks:
+                log.warning("taking over %d running task(s) of daemon %s", len(tasks), daemon_id)
+            self._settle_left(tasks, why)
+
+    def _settle_left(self, tasks: Iterable[Task], why: str) -> None:
+        """Settle running tasks that no daemon runs any more; `why` says what stopped them."""
+        for task in tasks:
             ref = format_task_id(task.id)
             # Handed to a worker in a lease, after another task, and never started (see claim_ids).
             started = task.started_at is not None
             if self.store.cancel_requested(task.id):
-                log.warning("%s: its cancel was under way when the daemon stopped; now cancelled", ref)
+                log.warning("%s: its cancel was under way when %s; now cancelled", ref, why)
                 reason = StopReason.KILLED if started else StopReason.NOT_STARTED
                 self._finish(task, Outcome(TaskStatus.CANCELLED, stop_reason=reason))
             elif not started:
                 log.info("%s was handed to a worker but had not started; back to pending", ref)
                 with self.store.transaction():
                     self.store.unlease([task.id])
-                    self._record([task.id], "requeued", reason="the daemon stopped before it started")
+                    self._record([task.id], "requeued", reason=f"{why} before it started")
             elif task.attempts >= self.settings.max_attempts:
                 log.warning(
                     "%s was interrupted on attempt %d of %d; marking it failed",
@@ -1066,9 +1165,97 @@ class TaskService:
                 )
                 with self.store.transaction():
                     self.store.update(task.id, status=TaskStatus.PENDING, worker_pid=None)
-                    self._record(
-                        [task.id], "requeued", reason="interrupted: the daemon stopped without finishing it"
-                    )
+                    self._record([task.id], "requeued", reason=f"interrupted: {why} without finishing it")
+
+    # --- several daemons, one store -----------------------------------------------------------------
+
+    async def run_cluster(self) -> None:
+        """With a shared store: the heartbeat, the takeover of dead daemons' tasks, and what the
+        other daemons notify (events, cancels). A store of its own needs none of it."""
+        if self.store.shared:
+            await asyncio.gather(self._heartbeats(), self._listen())
+
+    async def _heartbeats(self) -> None:
+        while not self._stopping:
+            try:
+                await self._beat()
+            except Unavailable as exc:
+                if time.monotonic() - self._last_beat > FENCE_AFTER:
+                    await self._fence(exc.message)
+            except Exception:  # a bug here must not stop the heartbeat; it is logged, and retried
+                log.exception("heartbeat failed")
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+
+    async def _beat(self) -> None:
+        pool = self.pool
+        late = time.monotonic() - self._last_beat
+        if late > FENCE_AFTER:  # the loop stalled: the others may be about to take this daemon for dead
+            await self._fence(f"the last heartbeat is {late:.0f} s old")
+        if not self.store.heartbeat(pool.busy_count if pool else 0):
+            await self._fence("the other daemons took this one for dead")
+            self.store.register(self.settings.workers)
+        self._last_beat = time.monotonic()
+        if self._fenced:
+            abandoned = [t for t in self.store.running_here() if t.id in self._abandoned]
+            self._settle_left(abandoned, "this daemon lost its store")
+            self._abandoned.clear()
+            self._fenced = False
+            log.info("the store answers again; starting tasks again")
+            self.wake()
+        expired = self.store.expire_daemons(DAEMON_EXPIRY)
+        for daemon_id in expired:
+            log.warning("daemon %s gave no heartbeat for %g s: taken for dead", daemon_id, DAEMON_EXPIRY)
+        gone = [*expired, *self.store.orphans()]
+        if gone:
+            self._take_over(gone, "its daemon stopped answering")
+            self.wake()
+
+    async def _fence(self, why: str) -> None:
+        """Stop every task this daemon runs, and start none, until its heartbeat is written again:
+        past DAEMON_EXPIRY the others put them back in the queue, and one may start them."""
+        if not self._fenced:
+            log.warning("%s: stopping the running tasks and starting none until the store answers", why)
+        self._fenced = True
+        if self.pool is None:
+            return
+        ids = [i for i in self.pool.task_ids() if i not in self._abandoned]
+        self._abandoned.update(ids)
+        await asyncio.gather(*(self.pool.terminate(i, min(self.settings.grace, FENCE_GRACE)) for i in ids))
+
+    async def _listen(self) -> None:
+        """What the other daemons notify, on a connection of its own that comes back when lost."""
+        while not self._stopping:
+            try:
+                async for channel, raw in self.store.listen(
+                    [EVENTS_CHANNEL, CANCEL_CHANNEL], self._listening
+                ):
+                    self._heard(channel, msgpack.unpackb(raw, raw=False))
+            except Exception as exc:
+                log.warning("lost the notifications of the other daemons (%s); listening again", exc)
+                await asyncio.sleep(HEARTBEAT_INTERVAL)
+
+    def _listening(self) -> None:
+        """Listening (again): what was notified before is missed, so waits and the queue are looked
+        at afresh."""
+        for task_id, status in self.store.statuses(list(self._waiters)).items():
+            self._deliver(task_id, status, None)
+        self.wake()
+
+    def _heard(self, channel: str, message: dict[str, Any]) -> None:
+        if channel == CANCEL_CHANNEL:
+            task = self.store.get(message["task_id"])
+            if task is None or task.status is not TaskStatus.RUNNING:
+                return
+            if self.store.host_of(task.id) != self.store.daemon_id:
+                return
+            stop = asyncio.ensure_future(self._stop_running(task, by=message["by"], asked_elsewhere=True))
+            self._background.add(stop)
+            stop.add_done_callback(self._background.discard)
+            return
+        if message.pop("from") == self.store.daemon_id:
+            return
+        status = TaskStatus(message.pop("status"))
+        self._deliver(message["task_id_n"], status, message if "event" in message else None)
         self.wake()
 
     async def stop(self) -> None:

@@ -159,7 +159,8 @@ class Daemon:
 def make_daemon() -> Iterator[Any]:
     """Factory: make_daemon(workers=2, grace=1.0, ...) -> a started Daemon.
 
-    `settings` are top-level TOML keys, `config_extra` further tables after [handlers].
+    `settings` are top-level TOML keys, `config_extra` further tables after [handlers]; `store` a
+    postgresql:// address for --store (default: SQLite in the daemon's state folder).
     """
     made: list[Daemon] = []
     roots: list[Path] = []
@@ -172,6 +173,7 @@ def make_daemon() -> Iterator[Any]:
         start: bool = True,
         extra_args: tuple[str, ...] = (),
         extra_env: dict[str, str] | None = None,
+        store: str | None = None,
     ) -> Daemon:
         # Short paths: a Unix socket path is limited to 107 bytes.
         root = Path(tempfile.mkdtemp(prefix="ms-", dir="/tmp"))
@@ -183,7 +185,7 @@ def make_daemon() -> Iterator[Any]:
             workers=workers,
             grace=grace,
             config=config,
-            extra_args=extra_args,
+            extra_args=(*extra_args, *(("--store", store) if store else ())),
             extra_env=dict(extra_env or {}),
         )
         made.append(d)
