@@ -234,7 +234,7 @@ class TaskService:
         if payload is not None or task.id in self._waiters:
             self.store.after_commit(lambda: self._deliver(task.id, status, payload))
         if shared:  # the other daemons hear of it when it commits, as this one does
-            message = {"from": self.store.daemon_id, "status": str(status), **(payload or {})}
+            message = {"from": self.store.daemon_id, **(payload or {})}
             if isinstance(message.get("error"), str):
                 message["error"] = message["error"][:NOTIFIED_ERROR_MAX]
             self._notify(EVENTS_CHANNEL, message)
@@ -248,6 +248,10 @@ class TaskService:
                 if sub.wants(payload):
                     sub.offer(payload)
 
+    def _listened(self, task_id: int) -> bool:
+        """Whether anyone may hear of a change to the task: a subscriber, a waiter, another daemon."""
+        return bool(self._subscriptions) or task_id in self._waiters or self.store.shared
+
     def _notify(self, channel: str, message: dict[str, Any]) -> None:
         try:
             self.store.notify(channel, pack(message))
@@ -257,7 +261,7 @@ class TaskService:
 
     def _publish_status(self, event: str, task_ids: Iterable[int], **extra: Any) -> None:
         """Publish a state change for tasks changed in bulk, reading them back only if anyone listens."""
-        ids = [i for i in task_ids if self._subscriptions or i in self._waiters]
+        ids = [i for i in task_ids if self._listened(i)]
         for task in self.store.get_many(ids):
             self._publish(event, task, **extra)
 
@@ -562,7 +566,7 @@ class TaskService:
                 cascaded = self._cascade_cancel([task.id])
             elif dependents:
                 self._refresh_dependents(task.id)
-        if self._subscriptions or task.id in self._waiters:
+        if self._listened(task.id):
             extra = {"stop_reason": outcome.stop_reason.value} if outcome.stop_reason else {}
             if outcome.error:
                 extra["error"] = outcome.error
@@ -584,7 +588,7 @@ class TaskService:
         self._progress[task_id] = new
         self._dirty.add(task_id)
         self._flush_wanted.set()
-        if self._subscriptions or self.store.shared:
+        if self._listened(task.id):
             self._publish("progress", task, progress=new[0], current_operation=new[1])
 
     def task_finished(self, task: Task, outcome: Outcome) -> None:
@@ -654,7 +658,7 @@ class TaskService:
         if plain:
             self.store.complete_many([(o.started_at, o.finished_at, t.id) for t, o in plain])
             for task, outcome in plain:
-                if self._subscriptions or task.id in self._waiters:
+                if self._listened(task.id):
                     done = dataclasses.replace(
                         task,
                         status=TaskStatus.COMPLETED,
@@ -1254,8 +1258,7 @@ class TaskService:
             return
         if message.pop("from") == self.store.daemon_id:
             return
-        status = TaskStatus(message.pop("status"))
-        self._deliver(message["task_id_n"], status, message if "event" in message else None)
+        self._deliver(message["task_id_n"], TaskStatus(message["status"]), message)
         self.wake()
 
     async def stop(self) -> None:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
+import psutil
 import pytest
+from support import dead
 
 from msearchd.errors import InvalidState
 
@@ -74,3 +78,59 @@ def test_cancel_running_and_cancel_by_type(make_daemon, store, fifo):
         result = c.cancel_by_type("stepper", running=True)
         assert result["total"] == 3 and result["task_type"] == "stepper"
         assert {c.get(t["id"])["status"] for t in queued} == {"cancelled"}
+
+
+def next_event(stream, wanted, timeout: float = 20.0) -> dict:
+    """The first event of the stream for which `wanted(event)` holds, within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        if stream.ready(left):
+            event = next(stream)
+            if wanted(event):
+                return event
+    raise AssertionError(f"no such event within {timeout} s")
+
+
+def runs_under(pid: int, daemon) -> bool:
+    """Whether process `pid` descends from this daemon's process."""
+    return any(p.pid == daemon.proc.pid for p in psutil.Process(pid).parents())
+
+
+def busy_alone(make_daemon, url: str, fifo):
+    """A daemon with one worker, held by a stepper until its gate is written: while it is, tasks
+    submitted through it run on the other daemons of the database."""
+    a = make_daemon(workers=1, store=url)
+    gate = fifo("a-gate")
+    with a.client() as c:
+        held = c.submit("stepper", {"fifo": str(gate), "steps": 1}, priority=0)
+        c.wait([held["id"]], statuses=["running"], timeout=20)
+    return a, gate, held
+
+
+def test_a_watch_on_one_daemon_sees_the_progress_of_a_task_on_another_and_cancels_it(
+    make_daemon, fresh_database, fifo
+):
+    url = fresh_database()
+    a, a_gate, held = busy_alone(make_daemon, url, fifo)
+    b = make_daemon(workers=2, grace=2.0, store=url)
+    with a.client() as c, c.events() as stream:
+        chatty = c.submit("chatty", {"reports": 3})
+        progress = next_event(stream, lambda e: e["task_id"] == chatty["id"] and e["event"] == "progress")
+        assert progress["current_operation"].startswith("report ") and progress["progress"] > 0
+        done = next_event(stream, lambda e: e["task_id"] == chatty["id"] and e["event"] == "completed")
+        assert done["status"] == "completed"
+        assert runs_under(c.get(chatty["id"])["worker_pid"], b)
+
+        task = c.submit("command", {"argv": ["sleep", "1000"]})
+        running = next_event(stream, lambda e: e["task_id"] == task["id"] and e.get("current_operation"))
+        pid = int(running["current_operation"].rsplit("(pid ", 1)[1].rstrip(")"))
+        assert runs_under(pid, b) and not runs_under(pid, a)
+        answer = c.cancel(task["id"], running=True)
+        assert (answer["task"]["status"], answer["task"]["stop_reason"]) == ("cancelled", "sigterm")
+        assert dead(pid)
+        events = [e["event"] for e in c.history(task["id"])]
+        assert events[-2:] == ["cancel_requested", "cancelled"]
+        assert c.get(held["id"])["status"] == "running"  # A's own task runs on
+    with b.client() as cb:
+        assert cb.get(task["id"])["status"] == "cancelled"
+    a_gate.write("go")
