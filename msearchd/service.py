@@ -1143,9 +1143,11 @@ class TaskService:
                 self._finish(task, Outcome(TaskStatus.CANCELLED, stop_reason=reason))
             elif not started:
                 log.info("%s was handed to a worker but had not started; back to pending", ref)
+                reason = f"{why} before it started"
                 with self.store.transaction():
                     self.store.unlease([task.id])
-                    self._record([task.id], "requeued", reason=f"{why} before it started")
+                    self._record([task.id], "requeued", reason=reason)
+                self._publish_status("requeued", [task.id], reason=reason)
             elif task.attempts >= self.settings.max_attempts:
                 log.warning(
                     "%s was interrupted on attempt %d of %d; marking it failed",
@@ -1167,9 +1169,11 @@ class TaskService:
                     task.attempts,
                     self.settings.max_attempts,
                 )
+                reason = f"interrupted: {why} without finishing it"
                 with self.store.transaction():
                     self.store.update(task.id, status=TaskStatus.PENDING, worker_pid=None)
-                    self._record([task.id], "requeued", reason=f"interrupted: {why} without finishing it")
+                    self._record([task.id], "requeued", reason=reason)
+                self._publish_status("requeued", [task.id], reason=reason)
 
     # --- several daemons, one store -----------------------------------------------------------------
 

@@ -134,3 +134,66 @@ def test_a_watch_on_one_daemon_sees_the_progress_of_a_task_on_another_and_cancel
     with b.client() as cb:
         assert cb.get(task["id"])["status"] == "cancelled"
     a_gate.write("go")
+
+
+def test_the_running_tasks_of_a_killed_daemon_go_back_to_the_queue_and_run_elsewhere(
+    make_daemon, fresh_database, fifo, tmp_path
+):
+    url = fresh_database()
+    a, a_gate, _ = busy_alone(make_daemon, url, fifo)
+    b = make_daemon(workers=2, store=url)
+    record = tmp_path / "ran"
+    with a.client() as c:
+        tasks, pipes = [], []
+        for i in range(2):
+            started, hold = fifo(f"started{i}"), fifo(f"hold{i}")
+            pipes += [started, hold]
+            tasks.append(
+                c.submit("quick", {"started": str(started), "fifo": str(hold), "record": str(record)})
+            )
+            started.read()  # it runs, on B: A's only worker is busy
+        assert {runs_under(c.get(t["id"])["worker_pid"], b) for t in tasks} == {True}
+        b.kill9()
+        for pipe in pipes:  # the next runs wait for nothing: files instead of pipes
+            pipe.path.unlink()
+            pipe.path.write_text("go\n")
+        back = c.wait([t["id"] for t in tasks], statuses=["pending"], timeout=30)
+        assert not back["timed_out"]
+        for task in back["tasks"]:
+            assert task["attempts"] == 1
+        for task in tasks:
+            requeued = [e for e in c.history(task["id"]) if e["event"] == "requeued"]
+            assert [e["reason"] for e in requeued] == [
+                "interrupted: its daemon stopped answering without finishing it"
+            ]
+        assert "taken for dead" in a.wait_for_log("gave no heartbeat")
+        a_gate.write("go")
+        done = c.wait([t["id"] for t in tasks], timeout=30)
+        assert [(t["status"], t["attempts"]) for t in done["tasks"]] == [("completed", 2)] * 2
+        assert {runs_under(t["worker_pid"], a) for t in done["tasks"]} == {True}
+    # Each ran twice, one after the other: the first run died with B before the second began.
+    assert sorted(record.read_text().split()) == sorted([t["id"] for t in tasks] * 2)
+
+
+def test_no_task_runs_twice_under_a_storm_of_claims_from_three_daemons(make_daemon, fresh_database, tmp_path):
+    url = fresh_database()
+    daemons = [make_daemon(workers=2, store=url) for _ in range(3)]
+    record = tmp_path / "ran"
+    with daemons[0].client() as c:
+        ids = c.submit_many([{"type": "quick", "data": {"record": str(record)}} for _ in range(300)])[
+            "task_ids"
+        ]
+        with daemons[1].client() as c1:
+            ids += c1.submit_many([{"type": "quick", "data": {"record": str(record)}} for _ in range(300)])[
+                "task_ids"
+            ]
+        done = c.wait(ids, timeout=120)
+        assert not done["timed_out"]
+        assert {t["status"] for t in done["tasks"]} == {"completed"}
+        assert {t["attempts"] for t in done["tasks"]} == {1}
+        ran_on = {
+            next(i for i, d in enumerate(daemons) if runs_under(t["worker_pid"], d)) for t in done["tasks"]
+        }
+    assert len(ran_on) > 1  # they did take from the queue side by side
+    lines = record.read_text().split()
+    assert sorted(lines) == sorted(ids)  # each ran exactly once
