@@ -318,6 +318,18 @@ def postgres() -> Iterator[PostgresServer]:
 
 
 @pytest.fixture
+def own_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of this test alone, which it may stop and start again."""
+    try:
+        with postgres_server() as server:
+            yield server
+    except LookupError as exc:
+        if os.environ.get("CI") == "true":
+            raise
+        pytest.skip(str(exc))
+
+
+@pytest.fixture
 def fresh_database(postgres: PostgresServer) -> Any:
     """Factory: fresh_database() -> the URL of a new, empty database on the session's server."""
     made = iter(range(1_000_000))

@@ -6,9 +6,9 @@ import time
 
 import psutil
 import pytest
-from support import dead
+from support import dead, wait_started
 
-from msearchd.errors import InvalidState
+from msearchd.errors import InvalidState, Unavailable
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -197,3 +197,39 @@ def test_no_task_runs_twice_under_a_storm_of_claims_from_three_daemons(make_daem
     assert len(ran_on) > 1  # they did take from the queue side by side
     lines = record.read_text().split()
     assert sorted(lines) == sorted(ids)  # each ran exactly once
+
+
+def until_available(call, timeout: float = 30.0):
+    """What `call` answers once the daemon has its store again (each try waits for a connection)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return call()
+        except Unavailable:
+            if time.monotonic() > deadline:
+                raise
+
+
+def test_a_daemon_that_loses_its_store_answers_unavailable_stops_its_tasks_and_comes_back(
+    make_daemon, own_postgres, fifo
+):
+    url = own_postgres.create_database("queue")
+    d = make_daemon(workers=1, store=url)
+    started = fifo("started")
+    with d.client() as c:
+        task = c.submit("command", {"argv": ["sh", "-c", f"echo $$ > {started}; exec sleep 1000"]})
+        pid = int(started.read())
+        own_postgres.halt()
+        with pytest.raises(Unavailable, match=r"the task store postgresql://\S+ cannot be reached"):
+            c.get(task["id"])
+        d.wait_for_log("stopping the running tasks and starting none until the store answers")
+        psutil.Process(pid).wait(20)  # it must not run while the others may take it for dead
+        own_postgres.resume()
+        until_available(lambda: c.get(task["id"]))
+        d.wait_for_log("the store answers again; starting tasks again")
+        requeued = [e for e in c.history(task["id"]) if e["event"] == "requeued"]
+        assert [e["reason"] for e in requeued] == [
+            "interrupted: this daemon lost its store without finishing it"
+        ]
+        wait_started(c, task["id"])  # it runs again
+        assert c.get(task["id"])["attempts"] == 2
