@@ -99,15 +99,16 @@ CANCEL_CHANNEL = "msearch_cancel"
 # NOTIFY refuses payloads of 8000 bytes or more.
 NOTIFY_MAX = 7900
 CONNECT_TIMEOUT = 5  # seconds
-# A server that stops answering (power off, network cut) is noticed within about 10 s, not after the
-# system's TCP timeouts of many minutes.
+# A server that stops answering (power off, network cut) is noticed within seconds, not after the
+# system's TCP timeouts of many minutes: a daemon must notice in time to stop its tasks before the
+# others take it for dead (see service.FENCE_AFTER).
 _CONNECT: dict[str, Any] = {
     "connect_timeout": CONNECT_TIMEOUT,
     "keepalives": 1,
-    "keepalives_idle": 5,
-    "keepalives_interval": 2,
+    "keepalives_idle": 3,
+    "keepalives_interval": 1,
     "keepalives_count": 2,
-    "tcp_user_timeout": 10_000,
+    "tcp_user_timeout": 3_000,
 }
 # How long a call waits for a connection when there is none: it answers `unavailable` after that.
 GETCONN_TIMEOUT = 0.5

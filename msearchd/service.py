@@ -77,8 +77,8 @@ HEARTBEAT_INTERVAL = 2.0
 DAEMON_EXPIRY = 10.0
 FENCE_AFTER = 5.0
 # The grace period of the tasks stopped then: short enough that they are gone before the others
-# take this daemon for dead.
-FENCE_GRACE = DAEMON_EXPIRY - FENCE_AFTER - 2.0
+# take this daemon for dead, though the fence may start a heartbeat interval late.
+FENCE_GRACE = DAEMON_EXPIRY - FENCE_AFTER - HEARTBEAT_INTERVAL - 1.0
 # A notified event carries at most this much of a task's error.
 NOTIFIED_ERROR_MAX = 1000
 # Notification channels between daemons sharing a store.
