@@ -162,6 +162,7 @@ def _row_to_task(row: Sequence[Any]) -> Task:
         started_at=row[14],
         finished_at=row[15],
         worker_pid=row[16],
+        host=row[18],
     )
 
 

@@ -214,7 +214,10 @@ class TaskService:
             path = self.log_path(task.id)
             if os.path.exists(path):  # noqa: PTH110 - a str: no Path object per task on the hot path
                 task.log_path = path
-        return task.to_wire()
+        wire = task.to_wire()
+        if self.store.shared:
+            wire["host"] = task.host
+        return wire
 
     def _publish(self, event: str, task: Task, **extra: Any) -> None:
         """Tell waiters and subscribers about a change, once it is committed."""
@@ -479,13 +482,16 @@ class TaskService:
             {k: w[k] for k in ("id", "type", "progress", "current_operation", "started_at")}
             for w in map(self.wire, self.store.running())
         ]
-        return {
+        answer = {
             "total": sum(by_status.values()),
             "by_status": by_status,
             "by_type": by_type,
             "workers": self._workers(),
             "running": running,
         }
+        if self.store.shared:
+            answer["daemons"] = self.store.daemons()
+        return answer
 
     def status(self) -> dict[str, Any]:
         return {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 
 import psutil
@@ -36,6 +37,8 @@ def test_submit_list_priority_and_cancel(make_daemon, store, fifo):
         assert c.count(status="completed") == 3 and c.count(status="cancelled") == 1
         events = [e["event"] for e in c.history(low["id"])]
         assert events == ["submitted", "priority_changed", "started", "completed"]
+        shared = store is not None  # which daemon ran a task is said only where several share the store
+        assert ("host" in c.get(low["id"])) is shared and ("daemons" in c.stats()) is shared
 
 
 def test_dependencies_retry_and_events(make_daemon, store):
@@ -125,6 +128,15 @@ def test_a_watch_on_one_daemon_sees_the_progress_of_a_task_on_another_and_cancel
         running = next_event(stream, lambda e: e["task_id"] == task["id"] and e.get("current_operation"))
         pid = int(running["current_operation"].rsplit("(pid ", 1)[1].rstrip(")"))
         assert runs_under(pid, b) and not runs_under(pid, a)
+        assert c.get(task["id"])["host"] == f"{socket.gethostname()}:{b.proc.pid}"
+        shown = a.ctl("tasks", "show", task["id"])
+        assert f"\nhost        {socket.gethostname()}:{b.proc.pid}\n" in shown.stdout, shown.stdout
+        daemons = c.stats()["daemons"]
+        assert sorted(d["pid"] for d in daemons) == sorted([a.proc.pid, b.proc.pid])
+        assert {d["pid"]: (d["workers"], d["busy"] <= d["workers"]) for d in daemons} == {
+            a.proc.pid: (1, True),
+            b.proc.pid: (2, True),
+        }
         answer = c.cancel(task["id"], running=True)
         assert (answer["task"]["status"], answer["task"]["stop_reason"]) == ("cancelled", "sigterm")
         assert dead(pid)
