@@ -12,6 +12,7 @@ connection fails the call with `Unavailable`, and the next call takes a fresh on
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import socket
@@ -96,8 +97,8 @@ _MIGRATION_LOCK = 0x6D736561
 
 EVENTS_CHANNEL = "msearch_events"
 CANCEL_CHANNEL = "msearch_cancel"
-# NOTIFY refuses payloads of 8000 bytes or more.
-NOTIFY_MAX = 7900
+# NOTIFY refuses payloads of 8000 bytes or more; base64 makes 4 characters of 3 bytes.
+NOTIFY_MAX = 5800
 CONNECT_TIMEOUT = 5  # seconds
 # A server that stops answering (power off, network cut) is noticed within seconds, not after the
 # system's TCP timeouts of many minutes: a daemon must notice in time to stop its tasks before the
@@ -218,6 +219,8 @@ class PgStore:
         self._grouping = False
         self._group_open = False
         self._after_commit: list[Callable[[], None]] = []
+        self._notes: list[tuple[str, bytes]] = []  # notifications of the open transaction
+        self._holding_notes = 0
 
     def close(self) -> None:
         if self._conn is not None:
@@ -334,18 +337,20 @@ class PgStore:
             return
         if self._grouping and self._group_open:
             self._run("SAVEPOINT unit")
-            mark = len(self._after_commit)
+            mark, noted = len(self._after_commit), len(self._notes)
             self._depth = 1
             try:
                 yield
             except BaseException:
                 self._depth = 0
                 del self._after_commit[mark:]
+                del self._notes[noted:]
                 self._quiet("ROLLBACK TO unit")
                 self._quiet("RELEASE unit")
                 if self._conn is None:  # the connection was lost, with the group's transaction
                     self._group_open = False
                     self._after_commit.clear()
+                    self._notes.clear()
                 raise
             self._depth = 0
             self._run("RELEASE unit")
@@ -359,6 +364,7 @@ class PgStore:
                 self._depth = 0
                 self._group_open = False
                 self._after_commit.clear()
+                self._notes.clear()
                 self._quiet("ROLLBACK")
                 raise
             self._depth = 0
@@ -370,13 +376,16 @@ class PgStore:
         except BaseException:
             self._depth = 0
             self._after_commit.clear()
+            self._notes.clear()
             self._quiet("ROLLBACK")
             raise
         self._depth = 0
         try:
+            self._send_notes()
             self._run("COMMIT")
         except BaseException:
             self._after_commit.clear()
+            self._notes.clear()
             if self._in_transaction():
                 self._quiet("ROLLBACK")
             raise
@@ -392,9 +401,11 @@ class PgStore:
         try:
             yield
             if self._group_open:
+                self._send_notes()
                 self._run("COMMIT")
         except BaseException:
             self._after_commit.clear()
+            self._notes.clear()
             if self._in_transaction():
                 self._quiet("ROLLBACK")
             raise
@@ -859,12 +870,39 @@ class PgStore:
     # --- notifications ----------------------------------------------------------------------------
 
     def notify(self, channel: str, payload: bytes) -> None:
-        """Send `payload` to every daemon listening on `channel`, when the current transaction commits
-        (at once outside one). Payloads are text: msgpack travels as hex."""
-        text = payload.hex()
-        if len(text) > NOTIFY_MAX:
-            return
-        self._run("SELECT pg_notify(%s, %s)", (channel, text))
+        """Send `payload` to every daemon listening on `channel` when the current transaction commits
+        (at once outside one). A transaction's notifications go together, a few per NOTIFY."""
+        self._notes.append((channel, payload))
+        if not self.transaction_open() and not self._holding_notes:
+            self._send_notes()
+
+    @contextmanager
+    def notes_together(self) -> Iterator[None]:
+        """Notifications made inside, outside a transaction, go in one statement at the end: many
+        announcements of what was committed cost one round trip."""
+        self._holding_notes += 1
+        try:
+            yield
+        finally:
+            self._holding_notes -= 1
+            if not self._holding_notes and not self.transaction_open():
+                self._send_notes()
+
+    def _send_notes(self) -> None:
+        notes, self._notes = self._notes, []
+        batches: dict[str, list[list[bytes]]] = {}
+        for channel, payload in notes:
+            if len(payload) > NOTIFY_MAX:
+                continue  # a payload too large for NOTIFY; the service keeps them far smaller
+            batch = batches.setdefault(channel, [[]])
+            if sum(map(len, batch[-1])) + len(payload) > NOTIFY_MAX:
+                batch.append([])
+            batch[-1].append(payload)
+        sends = [(channel, base64.b64encode(pack(b)).decode()) for channel, bs in batches.items() for b in bs]
+        if sends:
+            self._run(
+                "SELECT " + ", ".join(["pg_notify(%s, %s)"] * len(sends)), [v for send in sends for v in send]
+            )
 
     async def listen(
         self, channels: Sequence[str], ready: Callable[[], None] | None = None
@@ -879,7 +917,8 @@ class PgStore:
             if ready is not None:
                 ready()
             async for note in conn.notifies():
-                yield note.channel, bytes.fromhex(note.payload)
+                for payload in msgpack.unpackb(base64.b64decode(note.payload)):
+                    yield note.channel, payload
         finally:
             with contextlib.suppress(Exception):
                 await conn.close()

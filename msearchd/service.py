@@ -79,6 +79,8 @@ FENCE_AFTER = 5.0
 # The grace period of the tasks stopped then: short enough that they are gone before the others
 # take this daemon for dead, though the fence may start a heartbeat interval late.
 FENCE_GRACE = DAEMON_EXPIRY - FENCE_AFTER - HEARTBEAT_INTERVAL - 1.0
+# Events of another daemon after which this one may find a task to start.
+WORK_EVENTS = frozenset({"submitted", "unblocked", "requeued", "priority_changed"})
 # A notified event carries at most this much of a task's error.
 NOTIFIED_ERROR_MAX = 1000
 # Notification channels between daemons sharing a store.
@@ -265,8 +267,13 @@ class TaskService:
     def _publish_status(self, event: str, task_ids: Iterable[int], **extra: Any) -> None:
         """Publish a state change for tasks changed in bulk, reading them back only if anyone listens."""
         ids = [i for i in task_ids if self._listened(i)]
-        for task in self.store.get_many(ids):
-            self._publish(event, task, **extra)
+        with self._announcing():
+            for task in self.store.get_many(ids):
+                self._publish(event, task, **extra)
+
+    def _announcing(self) -> AbstractContextManager[None]:
+        """Announcements made inside reach the other daemons of a shared store together."""
+        return self.store.notes_together() if self.store.shared else contextlib.nullcontext()
 
     def wake(self) -> None:
         """Let the dispatcher run, if it has anything to do: it shares the loop with the requests."""
@@ -703,11 +710,12 @@ class TaskService:
                 if not lease:
                     break
                 leases.append((pid, lease))
-        for pid, lease in leases:
-            assert pool is not None
-            pool.dispatch(lease, pid, self.log_path, reclaim_after=LEASE_OVERRUN)
-            for task in lease:
-                self._publish("started", task, worker_pid=pid, attempt=task.attempts)
+        with self._announcing():
+            for pid, lease in leases:
+                assert pool is not None
+                pool.dispatch(lease, pid, self.log_path, reclaim_after=LEASE_OVERRUN)
+                for task in lease:
+                    self._publish("started", task, worker_pid=pid, attempt=task.attempts)
 
     def _lease(self, pid: int) -> list[Task]:
         """The next task for worker `pid`, and after it, while they are known to take well under
@@ -1269,7 +1277,8 @@ class TaskService:
         if message.pop("from") == self.store.daemon_id:
             return
         self._deliver(message["task_id_n"], TaskStatus(message["status"]), message)
-        self.wake()
+        if message["event"] in WORK_EVENTS:
+            self.wake()
 
     async def stop(self) -> None:
         """Stop dispatching and stop running tasks; they go back to pending, not lost."""
