@@ -245,3 +245,43 @@ def test_a_daemon_that_loses_its_store_answers_unavailable_stops_its_tasks_and_c
         ]
         wait_started(c, task["id"])  # it runs again
         assert c.get(task["id"])["attempts"] == 2
+
+
+def test_the_store_comes_from_the_flag_the_environment_or_the_file(tmp_path, monkeypatch):
+    from msearchd import config
+    from msearchd.errors import InvalidArgument
+
+    monkeypatch.delenv("MSEARCH_STORE", raising=False)
+    path = tmp_path / "msearchd.toml"
+    path.write_text('store = "postgresql://file@db/q"\n')
+    assert config.load(None, {}).store is None  # SQLite, as before
+    assert config.load(path, {}).store == "postgresql://file@db/q"
+    monkeypatch.setenv("MSEARCH_STORE", "postgresql://env@db/q")
+    assert config.load(path, {}).store == "postgresql://env@db/q"
+    assert config.load(path, {"store": "postgres://flag@db/q"}).store == "postgres://flag@db/q"
+    path.write_text('store = "mysql://x@db/q"\n')
+    monkeypatch.delenv("MSEARCH_STORE")
+    with pytest.raises(InvalidArgument, match="store must be a postgresql:// address, got 'mysql://x@db/q'"):
+        config.load(path, {})
+
+
+def test_a_store_that_cannot_be_reached_stops_the_daemon_at_start_in_one_sentence(make_daemon, postgres):
+    import subprocess
+
+    d = make_daemon(start=False, store=f"postgresql://msearch:secret@127.0.0.1:{postgres.port}/missing")
+    done = subprocess.run(
+        [*daemon_argv(d)], env=d.env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
+    )
+    assert done.returncode == 1
+    lines = done.stderr.splitlines()
+    assert lines[-1].startswith(
+        f"msearchd: cannot reach the task store postgresql://msearch:***@127.0.0.1:{postgres.port}/missing: "
+    ), done.stderr
+    assert "secret" not in done.stderr and "Traceback" not in done.stderr
+    assert not d.socket.exists()  # a refused store leaves no socket behind
+
+
+def daemon_argv(d) -> list[str]:
+    from conftest import MSEARCHD
+
+    return [MSEARCHD, "--workers", "1", "--config", str(d.config), *d.extra_args]
