@@ -173,9 +173,13 @@ STATUS_INTERVAL = 5.0
 async def report_status(service: TaskService, notifier: systemd.Notifier) -> None:
     """Keep the service manager's status line (`systemctl --user status msearchd`) current."""
     while True:
-        status = service.status()
-        busy = status["workers"]["busy"]
-        notifier.notify(f"STATUS={status['pending']} tasks pending, {busy} running")
+        try:
+            status = service.status()
+        except Unavailable:  # a shared store out of reach: the daemon reconnects by itself
+            notifier.notify("STATUS=the task store cannot be reached; retrying")
+        else:
+            busy = status["workers"]["busy"]
+            notifier.notify(f"STATUS={status['pending']} tasks pending, {busy} running")
         await asyncio.sleep(STATUS_INTERVAL)
 
 
