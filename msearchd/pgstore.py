@@ -140,6 +140,9 @@ WAITING = (str(TaskStatus.PENDING), str(TaskStatus.BLOCKED))
 _STATUS = {str(s): s for s in TaskStatus}
 # A running task is this daemon's: its claim named it (a row made running by hand names none).
 _OWN = "(host IS NULL OR host = %s)"
+# A daemon claims only while the others count it alive: once they have taken it for dead (and settled
+# its tasks), it starts nothing until it has registered again.
+_ALIVE = "EXISTS (SELECT 1 FROM daemons WHERE id = %s)"
 _STOP_REASON = {str(r): r for r in StopReason}
 
 
@@ -630,13 +633,14 @@ class PgStore:
 
     def claim_next(self, exclude_types: Sequence[str], now: float, worker_pid: int) -> Task | None:
         """Move the first pending task in (priority, id) order to running for this daemon and return
-        it. A task another daemon is claiming at this moment is skipped, not waited for."""
+        it. A task another daemon is claiming at this moment is skipped, not waited for. Nothing is
+        claimed before `register`, or after the others have taken this daemon for dead."""
         row = self._run(
             "UPDATE tasks SET status = 'running', started_at = %s, attempts = attempts + 1, progress = 0, "
             "current_operation = NULL, error = NULL, worker_pid = %s, host = %s, cancel_requested = false "
             "WHERE id = (SELECT id FROM tasks WHERE status = 'pending' AND NOT type = ANY(%s) "
-            f"ORDER BY priority, id LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING {_COLUMNS}",
-            (now, worker_pid, self.daemon_id, list(exclude_types)),
+            f"ORDER BY priority, id LIMIT 1 FOR UPDATE SKIP LOCKED) AND {_ALIVE} RETURNING {_COLUMNS}",
+            (now, worker_pid, self.daemon_id, list(exclude_types), self.daemon_id),
         ).fetchone()
         return _row_to_task(row) if row else None
 
@@ -654,8 +658,8 @@ class PgStore:
             "UPDATE tasks SET status = 'running', started_at = NULL, attempts = attempts + 1, progress = 0, "
             "current_operation = NULL, error = NULL, worker_pid = %s, host = %s, cancel_requested = false "
             "WHERE id IN (SELECT id FROM tasks WHERE id = ANY(%s) AND status = 'pending' "
-            f"FOR UPDATE SKIP LOCKED) RETURNING {_COLUMNS}",
-            (worker_pid, self.daemon_id, list(ids)),
+            f"FOR UPDATE SKIP LOCKED) AND {_ALIVE} RETURNING {_COLUMNS}",
+            (worker_pid, self.daemon_id, list(ids), self.daemon_id),
         ).fetchall()
         return sorted(map(_row_to_task, rows), key=lambda t: (t.priority, t.id))
 

@@ -698,7 +698,7 @@ class TaskService:
     def _dispatch_ready(self) -> None:
         """Claim a task for every idle worker in one transaction, then hand them out."""
         pool = self.pool
-        held = self._stopping or self._bulk_cancels or self._fenced
+        held = self._stopping or self._bulk_cancels or self._fenced or self._late()
         idle = pool.idle_pids() if pool is not None and not held else []
         if not idle and not self._finished:
             return
@@ -1197,7 +1197,13 @@ class TaskService:
         if self.store.shared:
             await asyncio.gather(self._heartbeats(), self._listen())
 
+    def _late(self) -> bool:
+        """With a shared store: the heartbeat is so old that the others may soon take this daemon
+        for dead (its loop stalled): it starts nothing until the next one."""
+        return self.store.shared and time.monotonic() - self._last_beat > FENCE_AFTER
+
     async def _heartbeats(self) -> None:
+        self._last_beat = time.monotonic()
         while not self._stopping:
             try:
                 await self._beat()

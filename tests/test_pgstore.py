@@ -70,7 +70,9 @@ def test_an_unreachable_server_is_one_sentence_without_the_password(postgres):
 
 def test_daemons_claim_each_task_once_under_a_storm_of_claims(fresh_database):
     url = fresh_database()
-    stores = [PgStore(url, daemon_id=f"d{i}") for i in range(4)]
+    stores = [PgStore(url, f"/state{i}", daemon_id=f"d{i}") for i in range(4)]
+    for store in stores:
+        store.register(2)
     ids = stores[0].insert_many(
         [
             {
@@ -129,7 +131,15 @@ def test_heartbeats_expire_and_the_tasks_of_a_dead_daemon_are_adopted_once(fresh
     assert alive.adopt("dead") == []
     assert [t.id for t in alive.running_here()] == [task.id]
     assert dead.heartbeat(0) is False  # it learns that it was taken for dead
-    assert [d["id"] for d in alive.daemons()] == ["alive"]
+    waiting = add(dead)
+    with dead.transaction():  # and claims nothing until it has registered again
+        assert dead.claim_next([], 2.0, 7) is None
+        assert dead.claim_ids([waiting], 7) == []
+    dead.register(2)
+    with dead.transaction():
+        claimed = dead.claim_next([], 2.0, 7)
+    assert claimed is not None and claimed.id == waiting
+    assert [d["id"] for d in alive.daemons()] == ["alive", "dead"]
     alive.close()
     dead.close()
 

@@ -24,6 +24,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path):
         from msearchd.pgstore import PgStore
 
         s = PgStore(request.getfixturevalue("fresh_database")())
+        s.register(workers=1)  # a daemon claims only once the others know of it
     yield s
     s.close()
 
