@@ -95,8 +95,6 @@ SCHEMA_VERSION = len(MIGRATIONS)
 # Any fixed number: the lock that keeps two daemons starting together from migrating at once.
 _MIGRATION_LOCK = 0x6D736561
 
-EVENTS_CHANNEL = "msearch_events"
-CANCEL_CHANNEL = "msearch_cancel"
 # NOTIFY refuses payloads of 8000 bytes or more; base64 makes 4 characters of 3 bytes.
 NOTIFY_MAX = 5800
 CONNECT_TIMEOUT = 5  # seconds
@@ -186,10 +184,6 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
 
 
-def is_url(store: str) -> bool:
-    return store.startswith(("postgresql://", "postgres://"))
-
-
 class PgStore:
     """Tasks in a PostgreSQL database shared by several daemons. Not thread-safe: the loop owns it."""
 
@@ -199,7 +193,7 @@ class PgStore:
         self.url = url
         self.path = redact(url)
         self.hostname = socket.gethostname()
-        # Which daemon runs a task: its machine, and a number of its own among that machine's daemons.
+        # Which daemon runs a task: its machine, and its process there (HOSTNAME:PID).
         self.daemon_id = daemon_id or f"{self.hostname}:{os.getpid()}"
         self.state_dir = state_dir
         try:
