@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import time
 
@@ -285,3 +287,49 @@ def daemon_argv(d) -> list[str]:
     from conftest import MSEARCHD
 
     return [MSEARCHD, "--workers", "1", "--config", str(d.config), *d.extra_args]
+
+
+def test_cancel_by_type_through_one_daemon_stops_the_tasks_of_that_type_on_every_daemon(
+    make_daemon, fresh_database, fifo
+):
+    url = fresh_database()
+    a = make_daemon(workers=1, store=url)
+    b = make_daemon(workers=1, store=url)
+    with a.client() as c, c.events() as stream:
+        tasks = [c.submit("command", {"argv": ["sleep", "1000"]}) for _ in range(2)]
+        pids = {}
+        while len(pids) < 2:
+            event = next_event(stream, lambda e: (e.get("current_operation") or "").startswith("running"))
+            pids[event["task_id"]] = int(event["current_operation"].rsplit("(pid ", 1)[1].rstrip(")"))
+        assert sorted(runs_under(pid, b) for pid in pids.values()) == [False, True]  # one on each
+        waiting = c.submit("command", {"argv": ["sleep", "1000"]})
+        other = c.submit("quick", {}, priority=11)
+        result = c.cancel_by_type("command", running=True)
+        assert (result["cancelled"], result["failed"], result["total"]) == (3, 0, 3)
+        assert all(dead(pid) for pid in pids.values())
+        ends = {t["id"]: (t["status"], t["stop_reason"]) for t in c.wait([t["id"] for t in tasks])["tasks"]}
+        assert ends == {t["id"]: ("cancelled", "sigterm") for t in tasks}
+        assert c.get(waiting["id"])["stop_reason"] == "not_started"
+        assert c.wait([other["id"]], timeout=20)["tasks"][0]["status"] == "completed"
+
+
+def test_a_cancel_whose_daemon_does_not_answer_says_so_and_happens_when_it_does(make_daemon, fresh_database):
+    url = fresh_database()
+    a = make_daemon(workers=1, store=url)
+    with a.client() as c:
+        held = c.submit("command", {"argv": ["sleep", "1000"]})
+        wait_started(c, held["id"])
+        b = make_daemon(workers=1, grace=1.0, store=url)
+        task = c.submit("command", {"argv": ["sleep", "1000"]})
+        wait_started(c, task["id"])
+        assert runs_under(c.get(task["id"])["worker_pid"], b)
+        os.kill(b.proc.pid, signal.SIGSTOP)  # B cannot hear the request
+        try:
+            with pytest.raises(Unavailable, match=r"runs on \S+, which did not stop it within 2 s"):
+                c.cancel(task["id"], running=True)
+            assert c.get(task["id"])["status"] == "running"
+        finally:
+            os.kill(b.proc.pid, signal.SIGCONT)
+        done = c.wait([task["id"]], timeout=20)["tasks"][0]  # B hears it now, and stops the task
+        assert (done["status"], done["stop_reason"]) == ("cancelled", "sigterm")
+        c.cancel(held["id"], running=True)
