@@ -333,3 +333,23 @@ def test_a_cancel_whose_daemon_does_not_answer_says_so_and_happens_when_it_does(
         done = c.wait([task["id"]], timeout=20)["tasks"][0]  # B hears it now, and stops the task
         assert (done["status"], done["stop_reason"]) == ("cancelled", "sigterm")
         c.cancel(held["id"], running=True)
+
+
+def test_dependencies_and_priorities_hold_across_daemons(make_daemon, fresh_database, fifo, tmp_path):
+    url = fresh_database()
+    a, a_gate, _ = busy_alone(make_daemon, url, fifo)
+    b = make_daemon(workers=1, store=url)
+    record = tmp_path / "ran"
+    with a.client() as c, b.client() as cb:
+        gate = fifo("b-gate")
+        root = c.submit("stepper", {"fifo": str(gate), "steps": 1}, priority=5)  # runs on B
+        c.wait([root["id"]], statuses=["running"], timeout=20)
+        after = cb.submit("quick", {"record": str(record)}, depends_on=[root["id"]], priority=0)
+        assert after["status"] == "blocked"
+        late, early = (c.submit("quick", {"record": str(record)}, priority=p) for p in (9, 1))
+        gate.write("go")
+        done = c.wait([root["id"], after["id"], late["id"], early["id"]], timeout=30)
+        assert {t["status"] for t in done["tasks"]} == {"completed"}
+    # B's one worker took them in order: the unblocked task (priority 0), then 1, then 9.
+    assert record.read_text().split() == [after["id"], early["id"], late["id"]]
+    a_gate.write("go")
