@@ -81,6 +81,8 @@ FENCE_AFTER = 5.0
 FENCE_GRACE = DAEMON_EXPIRY - FENCE_AFTER - HEARTBEAT_INTERVAL - 1.0
 # Events of another daemon after which this one may find a task to start.
 WORK_EVENTS = frozenset({"submitted", "unblocked", "requeued", "priority_changed"})
+# The progress of a task reaches the other daemons at most this often (its latest value).
+PROGRESS_NOTIFY_INTERVAL = 0.2
 # A notified event carries at most this much of a task's error.
 NOTIFIED_ERROR_MAX = 1000
 # Notification channels between daemons sharing a store.
@@ -188,6 +190,8 @@ class TaskService:
         self._last_beat = time.monotonic()
         self._fenced = False  # it stopped its tasks for want of a heartbeat: it starts none now
         self._background: set[asyncio.Task[Any]] = set()
+        self._progress_out: dict[int, Task] = {}  # progress not yet told to the other daemons
+        self._progress_held = False  # progress was told less than PROGRESS_NOTIFY_INTERVAL ago
 
     def batch(self) -> AbstractContextManager[None]:
         """Requests made inside share one commit at the end (group commit); each stays atomic alone.
@@ -221,8 +225,11 @@ class TaskService:
             wire["host"] = task.host
         return wire
 
-    def _publish(self, event: str, task: Task, **extra: Any) -> None:
-        """Tell waiters and subscribers about a change, once it is committed."""
+    def _publish(
+        self, event: str, task: Task, *, deliver: bool = True, notify: bool = True, **extra: Any
+    ) -> None:
+        """Tell waiters and subscribers about a change, once it is committed: this daemon's
+        (`deliver`), and with a shared store the other daemons' (`notify`)."""
         status = task.status
         payload = None
         shared = self.store.shared
@@ -236,9 +243,9 @@ class TaskService:
                 "time": self.clock(),
                 **extra,
             }
-        if payload is not None or task.id in self._waiters:
+        if deliver and (payload is not None or task.id in self._waiters):
             self.store.after_commit(lambda: self._deliver(task.id, status, payload))
-        if shared:  # the other daemons hear of it when it commits, as this one does
+        if shared and notify:  # the other daemons hear of it when it commits, as this one does
             message = {"from": self.store.daemon_id, **(payload or {})}
             if isinstance(message.get("error"), str):
                 message["error"] = message["error"][:NOTIFIED_ERROR_MAX]
@@ -602,7 +609,32 @@ class TaskService:
         self._dirty.add(task_id)
         self._flush_wanted.set()
         if self._listened(task.id):
-            self._publish("progress", task, progress=new[0], current_operation=new[1])
+            held = self._progress_held
+            self._publish("progress", task, notify=not held, progress=new[0], current_operation=new[1])
+            if held:
+                self._progress_out[task_id] = task
+            elif self.store.shared:
+                self._progress_held = True
+                asyncio.get_running_loop().call_later(PROGRESS_NOTIFY_INTERVAL, self._notify_progress)
+
+    def _notify_progress(self) -> None:
+        """Tell the other daemons the latest progress of the tasks that reported some since the last
+        time, all in one round trip: tasks that report a thousand times a second cost five."""
+        out, self._progress_out = self._progress_out, {}
+        if not out:
+            self._progress_held = False
+            return
+        asyncio.get_running_loop().call_later(PROGRESS_NOTIFY_INTERVAL, self._notify_progress)
+        try:
+            with self._announcing():
+                for task_id, task in out.items():
+                    live = self._progress.get(task_id)
+                    if live is not None:  # else it ended meanwhile, and its end was told
+                        self._publish(
+                            "progress", task, deliver=False, progress=live[0], current_operation=live[1]
+                        )
+        except Unavailable as exc:
+            log.warning("progress not told to the other daemons: %s", exc.message)
 
     def task_finished(self, task: Task, outcome: Outcome) -> None:
         """Queue the outcome: the dispatcher records those that arrived together in one transaction,
