@@ -131,6 +131,9 @@ def test_a_watch_on_one_daemon_sees_the_progress_of_a_task_on_another_and_cancel
         pid = int(running["current_operation"].rsplit("(pid ", 1)[1].rstrip(")"))
         assert runs_under(pid, b) and not runs_under(pid, a)
         assert c.get(task["id"])["host"] == f"{socket.gethostname()}:{b.proc.pid}"
+        listed = a.ctl("tasks", "list", "--status", "running")
+        row = next(line for line in listed.stdout.splitlines() if line.startswith(task["id"]))
+        assert f"\ton {socket.gethostname()}:{b.proc.pid}" in row, row
         shown = a.ctl("tasks", "show", task["id"])
         assert f"\nhost        {socket.gethostname()}:{b.proc.pid}\n" in shown.stdout, shown.stdout
         daemons = c.stats()["daemons"]
