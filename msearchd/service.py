@@ -192,6 +192,8 @@ class TaskService:
         self._background: set[asyncio.Task[Any]] = set()
         self._progress_out: dict[int, Task] = {}  # progress not yet told to the other daemons
         self._progress_held = False  # progress was told less than PROGRESS_NOTIFY_INTERVAL ago
+        # Cancels asked of other daemons, by task: each answers how many dependents went with it.
+        self._cancel_replies: dict[int, list[asyncio.Future[int]]] = {}
 
     def batch(self) -> AbstractContextManager[None]:
         """Requests made inside share one commit at the end (group commit); each stays atomic alone.
@@ -822,28 +824,26 @@ class TaskService:
         return outcome, self._finish(current, outcome)
 
     async def _stop_elsewhere(self, task: Task, by: str) -> tuple[Outcome, int]:
-        """Ask the daemon that runs the task to stop it, and wait for the end it records: within
-        the grace period and a second, or the answer says that daemon did not stop it."""
+        """Ask the daemon that runs the task to stop it, and wait for its answer: within the grace
+        period and a second, or the answer says that daemon did not stop it."""
         ref = format_task_id(task.id)
-        with self.store.transaction():
-            self.store.update(task.id, cancel_requested=1)
-            self._record([task.id], "cancel_requested", by=by, running=True)
-            self._notify(CANCEL_CHANNEL, {"task_id": task.id, "by": by})
-        self._publish("cancel_requested", task)
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = (TERMINAL, future)
-        self._waiters.setdefault(task.id, []).append(entry)
+        reply: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._cancel_replies.setdefault(task.id, []).append(reply)
+        cascaded = 0
         try:
-            current = self.store.get(task.id)  # it may have ended before the waiter was in place
-            if current is not None and current.status is TaskStatus.RUNNING:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(future, self.settings.grace + 1.0)
+            with self.store.transaction():
+                self.store.update(task.id, cancel_requested=1)
+                self._record([task.id], "cancel_requested", by=by, running=True)
+                self._notify(CANCEL_CHANNEL, {"task_id": task.id, "by": by})
+            self._publish("cancel_requested", task)
+            with contextlib.suppress(TimeoutError):
+                cascaded = await asyncio.wait_for(reply, self.settings.grace + 1.0)
         finally:
-            entries = [e for e in self._waiters.get(task.id, []) if e is not entry]
-            if entries:
-                self._waiters[task.id] = entries
+            replies = [r for r in self._cancel_replies.get(task.id, []) if r is not reply]
+            if replies:
+                self._cancel_replies[task.id] = replies
             else:
-                self._waiters.pop(task.id, None)
+                self._cancel_replies.pop(task.id, None)
         current = self.store.get(task.id)
         assert current is not None
         if current.status is TaskStatus.RUNNING:
@@ -852,7 +852,15 @@ class TaskService:
                 f"{ref} runs on {host}, which did not stop it within {self.settings.grace + 1:g} s; "
                 f"it stops when that daemon sees the request, or is taken for dead"
             )
-        return Outcome(current.status, current.error, current.stop_reason), 0
+        return Outcome(current.status, current.error, current.stop_reason), cascaded
+
+    async def _stop_for_another(self, task_id: int, by: str) -> None:
+        """Stop a task of this daemon that another daemon was asked to cancel, and answer it."""
+        task = self.store.get(task_id)
+        cascaded = 0
+        if task is not None and task.status is TaskStatus.RUNNING:
+            _, cascaded = await self._stop_running(task, by=by, asked_elsewhere=True)
+        self._notify(CANCEL_CHANNEL, {"reply": task_id, "cancelled_dependents": cascaded})
 
     def cancel(self, task_id: Any, running: bool = False) -> dict[str, Any] | Awaitable[dict[str, Any]]:
         """Cancel a task. The answer comes at once for a waiting task; for a running one, an awaitable
@@ -1303,12 +1311,14 @@ class TaskService:
 
     def _heard(self, channel: str, message: dict[str, Any]) -> None:
         if channel == CANCEL_CHANNEL:
-            task = self.store.get(message["task_id"])
-            if task is None or task.status is not TaskStatus.RUNNING:
+            if "reply" in message:
+                for reply in self._cancel_replies.get(message["reply"], ()):
+                    if not reply.done():
+                        reply.set_result(message["cancelled_dependents"])
                 return
-            if self.store.host_of(task.id) != self.store.daemon_id:
-                return
-            stop = asyncio.ensure_future(self._stop_running(task, by=message["by"], asked_elsewhere=True))
+            if self.store.host_of(message["task_id"]) != self.store.daemon_id:
+                return  # another daemon's task, or one that is no daemon's any more
+            stop = asyncio.ensure_future(self._stop_for_another(message["task_id"], message["by"]))
             self._background.add(stop)
             stop.add_done_callback(self._background.discard)
             return

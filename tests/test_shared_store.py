@@ -142,8 +142,10 @@ def test_a_watch_on_one_daemon_sees_the_progress_of_a_task_on_another_and_cancel
             a.proc.pid: (1, True),
             b.proc.pid: (2, True),
         }
+        dependent = c.submit("quick", {}, depends_on=[task["id"]])
         answer = c.cancel(task["id"], running=True)
         assert (answer["task"]["status"], answer["task"]["stop_reason"]) == ("cancelled", "sigterm")
+        assert answer["cancelled_dependents"] == 1 and c.get(dependent["id"])["status"] == "cancelled"
         assert dead(pid)
         events = [e["event"] for e in c.history(task["id"])]
         assert events[-2:] == ["cancel_requested", "cancelled"]
