@@ -30,6 +30,7 @@ BENCHES: dict[str, str] = {
     "scale": "5. a store of 1M pending tasks (100k with --quick)",
     "latency": "6. submit -> completed latency on an idle daemon vs `tsp -f true`",
     "cancel": "7. cancel latency of a running command task",
+    "shared": "8. daemons on one PostgreSQL queue vs Procrastinate; control calls on PostgreSQL vs SQLite",
 }
 
 

@@ -241,6 +241,7 @@ class Task:
     finished_at: float | None = None
     worker_pid: int | None = None
     log_path: str | None = None
+    host: str | None = None  # with a shared store: the daemon that runs it, or ran it last
 
     def to_wire(self) -> dict[str, Any]:
         """The public shape of a task, shared by the RPC, `--json` and the REST shim."""

@@ -79,13 +79,16 @@ class Querying(ServiceCore):
             {k: w[k] for k in ("id", "type", "progress", "current_operation", "started_at")}
             for w in map(self.wire, self.store.running())
         ]
-        return {
+        answer = {
             "total": sum(by_status.values()),
             "by_status": by_status,
             "by_type": by_type,
             "workers": self._workers(),
             "running": running,
         }
+        if self.store.shared:
+            answer["daemons"] = self.store.daemons()
+        return answer
 
     def status(self) -> dict[str, Any]:
         return {
