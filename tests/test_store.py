@@ -408,11 +408,11 @@ def test_a_commit_that_fails_announces_nothing_and_leaves_no_transaction(store):
     assert [t.id for t in store.list()] == [kept]
 
 
-@SQLITE_ONLY
 def test_statements_bind_no_more_ids_than_old_sqlite_builds_allow(store):
     # SQLite builds before 3.32 allow 999 variables a statement (32,766 since): a hand-over of more
-    # dependents than that failed with "too many SQL variables".
-    store._db.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+    # dependents than that failed with "too many SQL variables". PostgreSQL hands over in chunks alike.
+    if isinstance(store, Store):
+        store._db.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
     root = add(store)
     with store.transaction():
         dependents = store.insert_many(
@@ -439,3 +439,40 @@ def test_statements_bind_no_more_ids_than_old_sqlite_builds_allow(store):
     assert set(store.statuses(dependents).values()) == {TaskStatus.BLOCKED}
     assert store.with_dependents([new, *dependents]) == [new]
     assert store.cancel_waiting(dependents, 2.0) == dependents
+
+
+def test_prunable_tasks_are_old_or_beyond_the_count_and_referenced_by_nothing_unfinished(store):
+    with store.transaction():
+        old = add(store, status=TaskStatus.COMPLETED)
+        kept_by_dependent = add(store, status=TaskStatus.FAILED)
+        add(store, status=TaskStatus.BLOCKED, deps=[kept_by_dependent])
+        newer = add(store, status=TaskStatus.CANCELLED)
+        store.update(old, finished_at=10.0)
+        store.update(kept_by_dependent, finished_at=10.0)
+        store.update(newer, finished_at=100.0)
+        store.add_events([(old, 10.0, "cancel_requested", None, None, None)])
+    assert store.prunable(50.0, -1, 10) == [old]  # by age
+    assert store.prunable(0.0, 0, 10) == [old, newer]  # by count: none kept
+    assert store.prunable(0.0, 1, 1) == [old]  # the newest finished one kept; a limit
+    with store.transaction():
+        assert store.prune([old, kept_by_dependent]) == [old]  # checked again
+    assert store.get(old) is None
+    assert store.events(old) == []
+    assert store.get(kept_by_dependent) is not None
+
+
+def test_bulk_requests_are_listed_and_removed_once_stale(store):
+    with store.transaction():
+        used = store.add_bulk_request(1.0, "cancel_requested", {"by": "cancel-all"}, None, None)
+        marker = store.add_bulk_request(1.0, "dependents_pending", {"task": 7}, None, None)
+        stale = store.add_bulk_request(1.0, "cancel_requested", {"by": "cancel-all"}, None, None)
+        store.cancel_waiting_batch(None, store.max_id(), 2.0, 10, used)
+        add(store)  # pending, cancelled by nothing
+        task = add(store)
+        store.cancel_waiting_batch(None, task, 2.0, 10, used)
+    assert store.bulk_requests("dependents_pending") == [(marker, {"task": 7})]
+    assert store.stale_bulk_requests(5.0, ["dependents_pending"]) == [stale]
+    assert store.stale_bulk_requests(0.5, ["dependents_pending"]) == []
+    with store.transaction():
+        store.delete_events([marker])
+    assert store.bulk_requests("dependents_pending") == []
