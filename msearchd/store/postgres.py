@@ -100,7 +100,7 @@ NOTIFY_MAX = 5800
 CONNECT_TIMEOUT = 5  # seconds
 # A server that stops answering (power off, network cut) is noticed within seconds, not after the
 # system's TCP timeouts of many minutes: a daemon must notice in time to stop its tasks before the
-# others take it for dead (see service.FENCE_AFTER).
+# others take it for dead (see service.cluster.FENCE_AFTER).
 _CONNECT: dict[str, Any] = {
     "connect_timeout": CONNECT_TIMEOUT,
     "keepalives": 1,
