@@ -12,6 +12,7 @@ import pytest
 from support import dead, wait_started
 
 from msearchd.errors import InvalidState, Unavailable
+from msearchd.model import TaskStatus, format_task_id
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -358,3 +359,30 @@ def test_dependencies_and_priorities_hold_across_daemons(make_daemon, fresh_data
     # B's one worker took them in order: the unblocked task (priority 0), then 1, then 9.
     assert record.read_text().split() == [after["id"], early["id"], late["id"]]
     a_gate.write("go")
+
+
+def test_retention_removes_the_oldest_finished_tasks_on_either_store(make_daemon, store):
+    d = make_daemon(settings="keep_tasks = 2\n", start=False, store=store)
+    if store is None:
+        from msearchd.store import Store
+
+        d.state_dir.mkdir(parents=True)
+        seed = Store(d.state_dir / "tasks.db")
+    else:
+        from msearchd.store.postgres import PgStore
+
+        seed = PgStore(store)
+    spec = {"task_type": "quick", "data": {}, "priority": 6, "created_at": 1.0}
+    finished = []
+    for _ in range(5):
+        task_id = seed.insert(**spec, status=TaskStatus.PENDING)
+        seed.update(task_id, status=TaskStatus.COMPLETED, finished_at=time.time())
+        finished.append(task_id)
+    unfinished = seed.insert(**spec, status=TaskStatus.BLOCKED, depends_on=[finished[0]])
+    seed.close()
+    d.start()
+    d.wait_for_log("removed 2 finished task(s)")  # the first one stays: a blocked task depends on it
+    with d.client() as c:
+        assert [t["id"] for t in c.list(limit=100)] == [
+            format_task_id(i) for i in [finished[0], *finished[3:], unfinished]
+        ]
