@@ -1,7 +1,9 @@
 """The task store: what the service asks of it (`TaskStore`), and the SQLite implementation (`Store`).
 
 The service, retention and the daemon use only the methods of `TaskStore`; a second implementation
-(PostgreSQL, beside `sqlite` as `postgres`) honours the semantics in their docstrings. SQL lives in the
+(PostgreSQL, beside `sqlite` as `postgres`) honours the semantics in their docstrings, and offers what
+several daemons sharing it need on top (`SharedTaskStore`, used only where `shared` is true). It is
+imported only for a postgresql:// store: psycopg is an optional extra. SQL lives in the
 implementations, nowhere else.
 """
 
