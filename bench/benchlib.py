@@ -179,6 +179,7 @@ class Daemon:
     config_extra: str = ""
     # Run the daemon under this prefix, e.g. [python, "-m", "cProfile", "-o", "out.prof"].
     prefix: tuple[str, ...] = ()
+    store: str | None = None  # --store: a PostgreSQL database shared with other daemons
     proc: subprocess.Popen[str] | None = None
     lines: list[str] = field(default_factory=list)
     _ready: threading.Event = field(default_factory=threading.Event)
@@ -227,6 +228,7 @@ class Daemon:
                 str(self.config),
                 "--log-level",
                 "warning",
+                *(("--store", self.store) if self.store else ()),
             ],
             env=self.env,
             stdin=subprocess.DEVNULL,

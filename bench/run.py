@@ -31,6 +31,7 @@ BENCHES: dict[str, str] = {
     "latency": "6. submit -> completed latency on an idle daemon vs `tsp -f true`",
     "cancel": "7. cancel latency of a running command task",
     "media": "8. thumbnails of 2,000 images vs multiprocessing.Pool(2); a scan of 100,000 files",
+    "shared": "9. daemons on one PostgreSQL queue vs Procrastinate; control calls on PostgreSQL vs SQLite",
 }
 
 

@@ -43,6 +43,8 @@ def _progress(task: dict[str, Any]) -> str:
 
 def _note(task: dict[str, Any]) -> str:
     operation = task["current_operation"] if task["status"] == "running" else None
+    if task["status"] == "running" and task.get("host"):  # a daemon of a shared store runs it
+        operation = f"on {task['host']}: {operation or ''}".rstrip(": ")
     return task["error"] or task["blocked_reason"] or operation or ""
 
 
@@ -88,6 +90,7 @@ def task_detail(task: dict[str, Any]) -> None:
         ("started", _when(task["started_at"]) if task["started_at"] else None),
         ("finished", _when(task["finished_at"]) if task["finished_at"] else None),
         ("worker pid", task["worker_pid"]),
+        ("host", task.get("host")),
         ("log", task["log_path"]),
         ("data", _json(task["data"])),
         ("result", _json(task["result"]) if task.get("result") is not None else None),
@@ -123,6 +126,10 @@ def stats(result: dict[str, Any]) -> None:
     console.print(f"workers busy {w['busy']}/{w['total']}")
     if result.get("paused"):
         console.print(Text(paused_line(result["paused"]), "yellow"))
+    for d in result.get("daemons", ()):  # a shared store: every daemon's workers
+        console.print(
+            Text(f"  {d['id']} busy {d['busy']}/{d['workers']}, heartbeat {d['heartbeat_age']:.0f} s ago")
+        )
     for r in result["running"]:
         line = f"  {r['id']} {r['type']} {r['progress'] * 100:.0f}% {r['current_operation'] or ''}"
         console.print(Text(line))

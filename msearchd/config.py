@@ -49,6 +49,11 @@ def default_config_path() -> Path | None:
     return path if path.exists() else None
 
 
+def default_store() -> str | None:
+    """A PostgreSQL database shared with other daemons, or None: SQLite in the state folder."""
+    return os.environ.get("MSEARCH_STORE") or None
+
+
 @dataclass
 class Settings:
     socket_path: Path = field(default_factory=default_socket_path)
@@ -68,6 +73,7 @@ class Settings:
     keep_days: float = 30.0
     keep_tasks: int = 100_000
     log_max_mib: float = 64.0
+    store: str | None = field(default_factory=default_store)
 
     @property
     def db_path(self) -> Path:
@@ -123,11 +129,12 @@ def load(path: Path | None, overrides: Mapping[str, Any]) -> Settings:
         "keep_days",
         "keep_tasks",
         "log_max_mib",
+        "store",
     }
     unknown = set(raw) - known
     _expect(not unknown, f"{where}: unknown setting(s): {', '.join(sorted(unknown))}")
 
-    for key in ("socket", "state_dir", "log_level"):
+    for key in ("socket", "state_dir", "log_level", "store"):
         _expect(key not in raw or isinstance(raw[key], str), f"{where}: {key} must be a string")
     settings = Settings()
     if "socket" in raw and "MSEARCH_SOCKET" not in os.environ:
@@ -158,6 +165,8 @@ def load(path: Path | None, overrides: Mapping[str, Any]) -> Settings:
                 f"{where}: {key} must be a number",
             )
             setattr(settings, key, float(raw[key]))
+    if "store" in raw and "MSEARCH_STORE" not in os.environ:
+        settings.store = raw["store"] or None
     if "log_level" in raw:
         settings.log_level = str(raw["log_level"])
     if "cgroups" in raw:
@@ -199,6 +208,10 @@ def validate(settings: Settings) -> None:
         _expect(limit >= 1, f"type_limits.{name} must be at least 1, got {limit}")
     for name, target in settings.handlers.items():
         _expect(":" in target, f"handlers.{name} must be 'module:function', got {target!r}")
+    _expect(
+        settings.store is None or settings.store.startswith(("postgresql://", "postgres://")),
+        f"store must be a postgresql:// address, got {settings.store!r}",
+    )
     _expect(
         settings.log_level.lower() in {"debug", "info", "warning", "error"},
         f"log level must be debug, info, warning or error, got {settings.log_level!r}",

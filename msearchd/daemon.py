@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import fcntl
 import logging
 import os
@@ -11,10 +12,10 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from msearchd import __version__, config, logformat, systemd
-from msearchd.errors import InvalidArgument
+from msearchd.errors import InvalidArgument, Unavailable
 from msearchd.httpshim import (
     TOKEN_ENV,
     ListenAddress,
@@ -28,6 +29,9 @@ from msearchd.httpshim import (
 from msearchd.rpc import Listener, RpcServer, SocketRefused
 from msearchd.service import TaskService
 from msearchd.store import Store, UnusableStore, disk_full
+
+if TYPE_CHECKING:
+    from msearchd.store.postgres import PgStore
 from msearchd.trust import folder_problem
 from msearchd.workers import Reaper, WorkerPool, kill_leftovers
 
@@ -54,6 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="folder for the task database and task logs "
         "(env MSEARCH_STATE_DIR; default $XDG_STATE_HOME/msearch)",
+    )
+    parser.add_argument(
+        "--store",
+        metavar="URL",
+        help="keep the queue in this PostgreSQL database, postgresql://USER@HOST/DB, shared with the "
+        "daemons of other machines (env MSEARCH_STORE; needs the postgres extra: pip install "
+        "'msearchd[postgres]'; default: SQLite in the state folder)",
     )
     parser.add_argument("--workers", type=int, help="number of worker processes (default: CPU count)")
     parser.add_argument(
@@ -183,6 +194,19 @@ def bind_http(address: ListenAddress) -> socket.socket:
         raise StartupError(f"cannot listen for HTTP on {address}: {exc.strerror or exc}") from None
 
 
+def open_store(settings: config.Settings) -> Store | PgStore:
+    """SQLite in the state folder, or the PostgreSQL database that several daemons share."""
+    if settings.store is None:
+        return Store(settings.db_path)
+    try:
+        from msearchd.store.postgres import PgStore
+    except ImportError:
+        raise StartupError(
+            "a postgresql:// store needs the postgres extra: pip install 'msearchd[postgres]'"
+        ) from None
+    return PgStore(settings.store, str(settings.state_dir))
+
+
 # How often the status line a service manager shows is brought up to date.
 STATUS_INTERVAL = 5.0
 
@@ -190,9 +214,13 @@ STATUS_INTERVAL = 5.0
 async def report_status(service: TaskService, notifier: systemd.Notifier) -> None:
     """Keep the service manager's status line (`systemctl --user status msearchd`) current."""
     while True:
-        status = service.status()
-        busy = status["workers"]["busy"]
-        notifier.notify(f"STATUS={status['pending']} tasks pending, {busy} running")
+        try:
+            status = service.status()
+        except Unavailable:  # a shared store out of reach: the daemon reconnects by itself
+            notifier.notify("STATUS=the task store cannot be reached; retrying")
+        else:
+            busy = status["workers"]["busy"]
+            notifier.notify(f"STATUS={status['pending']} tasks pending, {busy} running")
         await asyncio.sleep(STATUS_INTERVAL)
 
 
@@ -214,7 +242,7 @@ async def serve(
     http_sock = bind_http(http) if http is not None else None
     web_sock = bind_http(web) if web is not None else None
     try:
-        store = Store(settings.db_path)
+        store = open_store(settings)
     except Exception as exc:
         # SQLite says only "disk I/O error" when it cannot make its shared-memory file on a full disk.
         if disk_full(exc) or no_room(settings.state_dir):
@@ -260,6 +288,7 @@ async def serve(
         loop.create_task(service.run_progress_flusher()),
         loop.create_task(service.retention.run_pruner()),
         loop.create_task(service.retention.run_log_cap()),
+        loop.create_task(service.run_cluster()),
     ]
     log.info(
         "msearchd %s listening on %s%s with %d workers; state in %s",
@@ -297,6 +326,9 @@ async def serve(
     for task in background:
         task.cancel()
     reaper.stop()
+    if store.shared:  # its tasks are settled: nothing is left for the others to take over
+        with contextlib.suppress(Unavailable):
+            store.deregister()
     store.close()
     lock.close()
     await server.close()  # last: a client waiting for the end sees it only when all is released
@@ -318,6 +350,7 @@ def main(argv: list[str] | None = None) -> None:
                 "keep_days": args.keep_days,
                 "keep_tasks": args.keep_tasks,
                 "log_max_mib": args.log_max_mib,
+                "store": args.store,
             },
         )
     except InvalidArgument as exc:

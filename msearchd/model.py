@@ -243,6 +243,7 @@ class Task:
     log_path: str | None = None
     # What the handler returned: a small JSON value (paths written, sizes, counts), or None.
     result: Any = None
+    host: str | None = None  # with a shared store: the daemon that runs it, or ran it last
 
     def to_wire(self) -> dict[str, Any]:
         """The public shape of a task, shared by the RPC, `--json` and the REST shim."""

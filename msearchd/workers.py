@@ -242,6 +242,10 @@ class WorkerPool:
     def idle_pids(self) -> list[int]:
         return [w.pid for w in self._idle]
 
+    def task_ids(self) -> list[int]:
+        """The tasks of every lease out: those running, and those waiting their turn."""
+        return [task_id for w in self._workers for task_id in w.lease]
+
     def _worker_for(self, task_id: int) -> WorkerProcess | None:
         return next((w for w in self._workers if task_id in w.lease), None)
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import psutil
 import pytest
+from realparts import PostgresServer, postgres_server
 from support import dead
 
 from msearchd.client import Client
@@ -167,7 +168,8 @@ def make_daemon() -> Iterator[Any]:
     """Factory: make_daemon(workers=2, grace=1.0, ...) -> a started Daemon.
 
     `settings` are top-level TOML keys, `config_extra` further tables after [handlers], `env` variables
-    added to (or replacing) the daemon's environment.
+    added to (or replacing) the daemon's environment; `store` a postgresql:// address for --store
+    (default: SQLite in the daemon's state folder).
     """
     made: list[Daemon] = []
     roots: list[Path] = []
@@ -181,6 +183,7 @@ def make_daemon() -> Iterator[Any]:
         extra_args: tuple[str, ...] = (),
         cwd: Path | None = None,
         extra_env: dict[str, str] | None = None,
+        store: str | None = None,
     ) -> Daemon:
         # Short paths: a Unix socket path is limited to 107 bytes.
         root = Path(tempfile.mkdtemp(prefix="ms-", dir="/tmp"))
@@ -192,7 +195,7 @@ def make_daemon() -> Iterator[Any]:
             workers=workers,
             grace=grace,
             config=config,
-            extra_args=extra_args,
+            extra_args=(*extra_args, *(("--store", store) if store else ())),
             cwd=cwd,
             extra_env=dict(extra_env or {}),
         )
@@ -347,3 +350,36 @@ class Fifo:
 def fifo(tmp_path: Path) -> Any:
     """Factory: fifo(name) -> Fifo in a fresh folder."""
     return lambda name="fifo": Fifo(tmp_path, name)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the whole session, in a temporary folder; each test makes its own
+    database on it (`fresh_database`)."""
+    try:
+        with postgres_server() as server:
+            yield server
+    except LookupError as exc:
+        if os.environ.get("CI") == "true":
+            raise
+        pytest.skip(str(exc))
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of this test alone, which it may stop and start again."""
+    try:
+        with postgres_server() as server:
+            yield server
+    except LookupError as exc:
+        if os.environ.get("CI") == "true":
+            raise
+        pytest.skip(str(exc))
+
+
+@pytest.fixture
+def fresh_database(postgres: PostgresServer) -> Any:
+    """Factory: fresh_database() -> the URL of a new, empty database on the session's server."""
+    made = iter(range(1_000_000))
+    prefix = f"t{os.getpid()}_{time.monotonic_ns()}"
+    return lambda: postgres.create_database(f"{prefix}_{next(made)}")

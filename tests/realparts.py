@@ -87,6 +87,10 @@ class PostgresServer:
             str(self.bindir / "initdb"), "-D", str(self.data), "-A", "trust", "-U", self.user,
             "-E", "UTF8", "--no-sync",
         )  # fmt: skip
+        return self.resume()
+
+    def resume(self) -> PostgresServer:
+        """Start the server (again), on its data and port."""
         self._run(
             str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "server.log"), "-w",
             "-o", f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
@@ -94,6 +98,10 @@ class PostgresServer:
             "start",
         )  # fmt: skip
         return self
+
+    def halt(self) -> None:
+        """Stop the server at once, as a crash or a cut network would for its clients; `resume` starts it."""
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"

@@ -1,4 +1,5 @@
-"""Unit tests of the store: ordering, bulk cancel, dependencies, persistence."""
+"""Unit tests of the stores, SQLite and PostgreSQL alike: ordering, bulk cancel, dependencies,
+persistence. Those that look at SQLite's own statements and files run on SQLite alone."""
 
 from __future__ import annotations
 
@@ -12,12 +13,30 @@ import pytest
 from msearchd.model import TaskStatus
 from msearchd.store import AUTOCHECKPOINT, SCHEMA_VERSION, Store, UnusableStore
 
+SQLITE_ONLY = pytest.mark.parametrize("store", ["sqlite"], indirect=True)
 
-@pytest.fixture
-def store(tmp_path: Path):
-    s = Store(tmp_path / "tasks.db")
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path):
+    if request.param == "sqlite":
+        s = Store(tmp_path / "tasks.db")
+    else:
+        from msearchd.store.postgres import PgStore
+
+        s = PgStore(request.getfixturevalue("fresh_database")())
+        s.register(workers=1)  # a daemon claims only once the others know of it
     yield s
     s.close()
+
+
+def committed_count(store) -> int:
+    """The tasks another connection sees: only what is committed."""
+    if isinstance(store, Store):
+        return sqlite3.connect(store.path).execute("SELECT count(*) FROM tasks").fetchone()[0]
+    import psycopg
+
+    with psycopg.connect(store.url) as other:
+        return other.execute("SELECT count(*) FROM tasks").fetchone()[0]
 
 
 def add(store: Store, priority: int = 6, task_type: str = "t", status=TaskStatus.PENDING, deps=()) -> int:
@@ -186,6 +205,7 @@ def test_list_merges_statuses_in_id_order(store):
     assert [t.id for t in store.list([TaskStatus.FAILED.value])] == ids[::2]
 
 
+@SQLITE_ONLY
 def test_pages_of_several_statuses_match_the_whole_list(store):
     rng = random.Random(5)
     states = [TaskStatus.PENDING, TaskStatus.FAILED, TaskStatus.COMPLETED, TaskStatus.CANCELLED]
@@ -239,6 +259,7 @@ def test_after_commit_runs_only_once_committed(store):
     assert seen == ["now", "committed", "inner"]
 
 
+@SQLITE_ONLY
 def test_claiming_and_listing_never_sort_the_queue(store):
     """Picking the next task or a page of one status must walk an index, not sort every matching row
     (that cost 250 ms a claim with a million pending tasks)."""
@@ -260,7 +281,6 @@ def test_claiming_and_listing_never_sort_the_queue(store):
 
 def test_group_commits_once_and_each_transaction_rolls_back_alone(store):
     seen: list[str] = []
-    other = sqlite3.connect(store.path)  # another reader: sees only what is committed
     with store.group():
         kept = add(store)
         store.after_commit(lambda: seen.append("kept"))
@@ -271,14 +291,15 @@ def test_group_commits_once_and_each_transaction_rolls_back_alone(store):
         with store.transaction():
             second = add(store, deps=[kept])
             store.after_commit(lambda: seen.append("second"))
-        assert other.execute("SELECT count(*) FROM tasks").fetchone()[0] == 0  # nothing durable yet
+        assert committed_count(store) == 0  # nothing durable yet
         assert seen == []  # nobody hears of a change before it is durable
-    assert other.execute("SELECT count(*) FROM tasks").fetchone()[0] == 2
+    assert committed_count(store) == 2
     assert seen == ["kept", "second"]
     assert store.get(kept).priority == 6  # the failed transaction's update is gone, the rest kept
     assert store.get(second).depends_on == [kept]
 
 
+@SQLITE_ONLY
 def test_a_group_that_fails_writes_nothing_and_one_that_reads_commits_nothing(store):
     seen: list[str] = []
     with pytest.raises(RuntimeError), store.group():
@@ -297,6 +318,7 @@ def test_a_group_that_fails_writes_nothing_and_one_that_reads_commits_nothing(st
     assert store.count() == 1
 
 
+@SQLITE_ONLY
 def test_a_group_whose_first_transaction_fails_still_commits_the_next(store):
     kept = add(store)
     seen: list[str] = []
@@ -328,6 +350,7 @@ def wal_pages(store: Store) -> int:
     return Path(store.path + "-wal").stat().st_size // 4096
 
 
+@SQLITE_ONLY
 def test_paused_checkpoints_let_the_wal_grow_until_a_checkpoint_from_another_thread(store):
     import threading
 
@@ -359,6 +382,7 @@ def test_paused_checkpoints_let_the_wal_grow_until_a_checkpoint_from_another_thr
     assert count == 3 * AUTOCHECKPOINT + 700
 
 
+@SQLITE_ONLY
 def test_a_commit_that_fails_announces_nothing_and_leaves_no_transaction(store):
     real = store._db
 
@@ -386,8 +410,9 @@ def test_a_commit_that_fails_announces_nothing_and_leaves_no_transaction(store):
 
 def test_statements_bind_no_more_ids_than_old_sqlite_builds_allow(store):
     # SQLite builds before 3.32 allow 999 variables a statement (32,766 since): a hand-over of more
-    # dependents than that failed with "too many SQL variables".
-    store._db.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+    # dependents than that failed with "too many SQL variables". PostgreSQL hands over in chunks alike.
+    if isinstance(store, Store):
+        store._db.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
     root = add(store)
     with store.transaction():
         dependents = store.insert_many(
@@ -414,3 +439,40 @@ def test_statements_bind_no_more_ids_than_old_sqlite_builds_allow(store):
     assert set(store.statuses(dependents).values()) == {TaskStatus.BLOCKED}
     assert store.with_dependents([new, *dependents]) == [new]
     assert store.cancel_waiting(dependents, 2.0) == dependents
+
+
+def test_prunable_tasks_are_old_or_beyond_the_count_and_referenced_by_nothing_unfinished(store):
+    with store.transaction():
+        old = add(store, status=TaskStatus.COMPLETED)
+        kept_by_dependent = add(store, status=TaskStatus.FAILED)
+        add(store, status=TaskStatus.BLOCKED, deps=[kept_by_dependent])
+        newer = add(store, status=TaskStatus.CANCELLED)
+        store.update(old, finished_at=10.0)
+        store.update(kept_by_dependent, finished_at=10.0)
+        store.update(newer, finished_at=100.0)
+        store.add_events([(old, 10.0, "cancel_requested", None, None, None)])
+    assert store.prunable(50.0, -1, 10) == [old]  # by age
+    assert store.prunable(0.0, 0, 10) == [old, newer]  # by count: none kept
+    assert store.prunable(0.0, 1, 1) == [old]  # the newest finished one kept; a limit
+    with store.transaction():
+        assert store.prune([old, kept_by_dependent]) == [old]  # checked again
+    assert store.get(old) is None
+    assert store.events(old) == []
+    assert store.get(kept_by_dependent) is not None
+
+
+def test_bulk_requests_are_listed_and_removed_once_stale(store):
+    with store.transaction():
+        used = store.add_bulk_request(1.0, "cancel_requested", {"by": "cancel-all"}, None, None)
+        marker = store.add_bulk_request(1.0, "dependents_pending", {"task": 7}, None, None)
+        stale = store.add_bulk_request(1.0, "cancel_requested", {"by": "cancel-all"}, None, None)
+        store.cancel_waiting_batch(None, store.max_id(), 2.0, 10, used)
+        add(store)  # pending, cancelled by nothing
+        task = add(store)
+        store.cancel_waiting_batch(None, task, 2.0, 10, used)
+    assert store.bulk_requests("dependents_pending") == [(marker, {"task": 7})]
+    assert store.stale_bulk_requests(5.0, ["dependents_pending"]) == [stale]
+    assert store.stale_bulk_requests(0.5, ["dependents_pending"]) == []
+    with store.transaction():
+        store.delete_events([marker])
+    assert store.bulk_requests("dependents_pending") == []

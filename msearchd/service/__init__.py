@@ -14,6 +14,7 @@ family is one module and one line in the class below.
 """
 
 from msearchd.service.cancel import BULK_CHUNK, Cancelling
+from msearchd.service.cluster import Clustering
 from msearchd.service.core import REQUESTER, ServiceCore
 from msearchd.service.dispatch import FANOUT_CHUNK, FANOUT_EVENT, Dispatching
 from msearchd.service.keys import Keying
@@ -52,6 +53,7 @@ class TaskService(
     Waiting,
     Dispatching,
     Recovering,
+    Clustering,
     ServiceCore,
 ):
     """Every operation on tasks: the families above, over the core state."""

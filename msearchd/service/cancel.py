@@ -4,6 +4,7 @@ waiting tasks a handler replaces."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 from collections.abc import Awaitable, Iterator, Sequence
@@ -20,7 +21,7 @@ from msearchd.model import (
     parse_task_id,
     validate_type,
 )
-from msearchd.service.core import REQUESTER
+from msearchd.service.core import CANCEL_CHANNEL, REQUESTER
 from msearchd.service.dispatch import Fanned
 from msearchd.store import WAITING
 from msearchd.workers import Outcome
@@ -52,17 +53,21 @@ class Cancelling(ServiceCore):
         @contextmanager
         def _settling(self) -> Iterator[None]: ...
 
-    async def _stop_running(self, task: Task, by: str) -> tuple[Outcome, int]:
-        """Stop a running task for good; returns how it ended and how many dependents were cancelled."""
+    async def _stop_running(self, task: Task, by: str, asked_elsewhere: bool = False) -> tuple[Outcome, int]:
+        """Stop a running task for good; returns how it ended and how many dependents were cancelled.
+        `asked_elsewhere`: another daemon recorded the request, and this one runs the task."""
         with self._settling():
             self._settle()  # it may have finished already, its outcome not yet recorded
         current = self.store.get(task.id)
         if current is None or current.status is not TaskStatus.RUNNING:
             return Outcome(current.status if current else TaskStatus.CANCELLED), 0
-        with self.store.transaction():
-            self.store.update(task.id, cancel_requested=1)
-            self._record([task.id], "cancel_requested", by=by, running=True)
-        self._publish("cancel_requested", task)
+        if self.store.shared and self.store.host_of(task.id) != self.store.daemon_id:
+            return await self._stop_elsewhere(current, by)
+        if not asked_elsewhere:
+            with self.store.transaction():
+                self.store.update(task.id, cancel_requested=1)
+                self._record([task.id], "cancel_requested", by=by, running=True)
+            self._publish("cancel_requested", task)
         outcome = None
         if self.pool is not None:
             outcome = await self.pool.terminate(task.id, self.settings.grace)
@@ -81,6 +86,45 @@ class Cancelling(ServiceCore):
         if later:
             cascaded += len((await self._later(later)).cancelled)
         return outcome, cascaded
+
+    async def _stop_elsewhere(self, task: Task, by: str) -> tuple[Outcome, int]:
+        """Ask the daemon that runs the task to stop it, and wait for its answer: within the grace
+        period and a second, or the answer says that daemon did not stop it."""
+        ref = format_task_id(task.id)
+        reply: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._cancel_replies.setdefault(task.id, []).append(reply)
+        cascaded = 0
+        try:
+            with self.store.transaction():
+                self.store.update(task.id, cancel_requested=1)
+                self._record([task.id], "cancel_requested", by=by, running=True)
+                self._notify(CANCEL_CHANNEL, {"task_id": task.id, "by": by})
+            self._publish("cancel_requested", task)
+            with contextlib.suppress(TimeoutError):
+                cascaded = await asyncio.wait_for(reply, self.settings.grace + 1.0)
+        finally:
+            replies = [r for r in self._cancel_replies.get(task.id, []) if r is not reply]
+            if replies:
+                self._cancel_replies[task.id] = replies
+            else:
+                self._cancel_replies.pop(task.id, None)
+        current = self.store.get(task.id)
+        assert current is not None
+        if current.status is TaskStatus.RUNNING:
+            host = self.store.host_of(task.id)
+            raise Unavailable(
+                f"{ref} runs on {host}, which did not stop it within {self.settings.grace + 1:g} s; "
+                f"it stops when that daemon sees the request, or is taken for dead"
+            )
+        return Outcome(current.status, current.error, current.stop_reason), cascaded
+
+    async def _stop_for_another(self, task_id: int, by: str) -> None:
+        """Stop a task of this daemon that another daemon was asked to cancel, and answer it."""
+        task = self.store.get(task_id)
+        cascaded = 0
+        if task is not None and task.status is TaskStatus.RUNNING:
+            _, cascaded = await self._stop_running(task, by=by, asked_elsewhere=True)
+        self._notify(CANCEL_CHANNEL, {"reply": task_id, "cancelled_dependents": cascaded})
 
     def cancel(self, task_id: Any, running: bool = False) -> dict[str, Any] | Awaitable[dict[str, Any]]:
         """Cancel a task. The answer comes at once for a waiting task; for a running one, an awaitable

@@ -6,6 +6,7 @@ Every operation family is a mixin beside this module; this one holds what they a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import os
 import time
@@ -14,13 +15,14 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from msearchd.config import Settings
-from msearchd.errors import NotFound
+from msearchd.errors import NotFound, Unavailable
 from msearchd.model import (
     Task,
     TaskStatus,
     format_task_id,
     parse_task_id,
 )
+from msearchd.protocol import pack
 from msearchd.retention import Retention
 from msearchd.scheduler import Scheduler
 from msearchd.service.dispatch import FANOUT_EVENT, Durations, Fanned
@@ -32,6 +34,11 @@ from msearchd.workers import Outcome, WorkerPool
 REQUESTER: contextvars.ContextVar[tuple[int | None, int | None]] = contextvars.ContextVar(
     "requester", default=(None, None)
 )
+# A notified event carries at most this much of a task's error.
+NOTIFIED_ERROR_MAX = 1000
+# Notification channels between daemons sharing a store.
+EVENTS_CHANNEL = "msearch_events"
+CANCEL_CHANNEL = "msearch_cancel"
 
 
 class ServiceCore:
@@ -61,6 +68,16 @@ class ServiceCore:
         self._fanouts: set[asyncio.Task[Fanned]] = set()
         self._deferred: list[asyncio.Future[Fanned]] | None = None  # see _deferring
         self._budget_of, self._budget = -1, 0  # dependents the current transaction may still settle
+        # With a shared store: the tasks this daemon stopped when it lost the store; their outcomes
+        # are not this daemon's to record any more (see `_fence`).
+        self._abandoned: set[int] = set()
+        self._last_beat = time.monotonic()
+        self._fenced = False  # it stopped its tasks for want of a heartbeat: it starts none now
+        self._background: set[asyncio.Task[Any]] = set()
+        self._progress_out: dict[int, Task] = {}  # progress not yet told to the other daemons
+        self._progress_held = False  # progress was told less than PROGRESS_NOTIFY_INTERVAL ago
+        # Cancels asked of other daemons, by task: each answers how many dependents went with it.
+        self._cancel_replies: dict[int, list[asyncio.Future[int]]] = {}
         self.retention = Retention(store, settings, self.log_path, self._running_ids, (FANOUT_EVENT,), clock)
 
     def batch(self) -> AbstractContextManager[None]:
@@ -91,13 +108,20 @@ class ServiceCore:
             path = self.log_path(task.id)
             if os.path.exists(path):  # noqa: PTH110 - a str: no Path object per task on the hot path
                 task.log_path = path
-        return task.to_wire()
+        wire = task.to_wire()
+        if self.store.shared:
+            wire["host"] = task.host
+        return wire
 
-    def _publish(self, event: str, task: Task, **extra: Any) -> None:
-        """Tell waiters and subscribers about a change, once it is committed."""
+    def _publish(
+        self, event: str, task: Task, *, deliver: bool = True, notify: bool = True, **extra: Any
+    ) -> None:
+        """Tell waiters and subscribers about a change, once it is committed: this daemon's
+        (`deliver`), and with a shared store the other daemons' (`notify`)."""
         status = task.status
         payload = None
-        if self._subscriptions:
+        shared = self.store.shared
+        if self._subscriptions or shared:
             payload = {
                 "event": event,
                 "task_id": format_task_id(task.id),
@@ -107,8 +131,13 @@ class ServiceCore:
                 "time": self.clock(),
                 **extra,
             }
-        if payload is not None or task.id in self._waiters:
+        if deliver and (payload is not None or task.id in self._waiters):
             self.store.after_commit(lambda: self._deliver(task.id, status, payload))
+        if shared and notify:  # the other daemons hear of it when it commits, as this one does
+            message = {"from": self.store.daemon_id, **(payload or {})}
+            if isinstance(message.get("error"), str):
+                message["error"] = message["error"][:NOTIFIED_ERROR_MAX]
+            self._notify(EVENTS_CHANNEL, message)
 
     def _deliver_later(self, task_id: int, status: TaskStatus) -> None:
         """Tell the waiters of a task, once committed, when no subscriber needs the whole event."""
@@ -123,11 +152,27 @@ class ServiceCore:
                 if sub.wants(payload):
                     sub.offer(payload)
 
+    def _listened(self, task_id: int) -> bool:
+        """Whether anyone may hear of a change to the task: a subscriber, a waiter, another daemon."""
+        return bool(self._subscriptions) or task_id in self._waiters or self.store.shared
+
+    def _notify(self, channel: str, message: dict[str, Any]) -> None:
+        try:
+            self.store.notify(channel, pack(message))
+        except Unavailable:
+            if self.store.transaction_open():
+                raise  # what it tells about is lost with it
+
     def _publish_status(self, event: str, task_ids: Iterable[int], **extra: Any) -> None:
         """Publish a state change for tasks changed in bulk, reading them back only if anyone listens."""
-        ids = [i for i in task_ids if self._subscriptions or i in self._waiters]
-        for task in self.store.get_many(ids):
-            self._publish(event, task, **extra)
+        ids = [i for i in task_ids if self._listened(i)]
+        with self._announcing():
+            for task in self.store.get_many(ids):
+                self._publish(event, task, **extra)
+
+    def _announcing(self) -> AbstractContextManager[None]:
+        """Announcements made inside reach the other daemons of a shared store together."""
+        return self.store.notes_together() if self.store.shared else contextlib.nullcontext()
 
     def wake(self) -> None:
         """Let the dispatcher run, if it has anything to do: it shares the loop with the requests."""

@@ -54,6 +54,8 @@ SETTLE_DELAY = 0.01
 LEASE_MAX = 64
 DURATION_SAMPLES = 3  # runs of a type before its duration is trusted
 DURATION_WEIGHT = 0.2  # of the newest run in the moving mean
+# The progress of a task reaches the other daemons of a shared store at most this often (its latest value).
+PROGRESS_NOTIFY_INTERVAL = 0.2
 
 
 DISPATCH_RETRY_MAX = 30.0  # seconds between tries of a dispatch that keeps failing
@@ -97,6 +99,7 @@ class Dispatching(ServiceCore):
     if TYPE_CHECKING:
 
         def _current_attempt(self, task_id: int) -> int: ...
+        def _late(self) -> bool: ...
 
     def _cascade_cancel(self, roots: Sequence[int]) -> int:
         """Cancel every waiting task that depends, directly or not, on the cancelled `roots`; returns
@@ -299,7 +302,7 @@ class Dispatching(ServiceCore):
                 cascaded = self._cascade_cancel([task.id])
             elif dependents:
                 self._refresh_dependents(task.id)
-        if self._subscriptions or task.id in self._waiters:
+        if self._listened(task.id):
             extra = {"stop_reason": outcome.stop_reason.value} if outcome.stop_reason else {}
             if outcome.error:
                 extra["error"] = outcome.error
@@ -321,8 +324,33 @@ class Dispatching(ServiceCore):
         self._progress[task_id] = new
         self._dirty.add(task_id)
         self._flush_wanted.set()
-        if self._subscriptions:
-            self._publish("progress", task, progress=new[0], current_operation=new[1])
+        if self._listened(task.id):
+            held = self._progress_held
+            self._publish("progress", task, notify=not held, progress=new[0], current_operation=new[1])
+            if held:
+                self._progress_out[task_id] = task
+            elif self.store.shared:
+                self._progress_held = True
+                asyncio.get_running_loop().call_later(PROGRESS_NOTIFY_INTERVAL, self._notify_progress)
+
+    def _notify_progress(self) -> None:
+        """Tell the other daemons the latest progress of the tasks that reported some since the last
+        time, all in one round trip: tasks that report a thousand times a second cost five."""
+        out, self._progress_out = self._progress_out, {}
+        if not out:
+            self._progress_held = False
+            return
+        asyncio.get_running_loop().call_later(PROGRESS_NOTIFY_INTERVAL, self._notify_progress)
+        try:
+            with self._announcing():
+                for task_id, task in out.items():
+                    live = self._progress.get(task_id)
+                    if live is not None:  # else it ended meanwhile, and its end was told
+                        self._publish(
+                            "progress", task, deliver=False, progress=live[0], current_operation=live[1]
+                        )
+        except Unavailable as exc:
+            log.warning("progress not told to the other daemons: %s", exc.message)
 
     def task_finished(self, task: Task, outcome: Outcome) -> None:
         """Queue the outcome: the dispatcher records those that arrived together in one transaction,
@@ -367,6 +395,8 @@ class Dispatching(ServiceCore):
     def _settle(self) -> None:
         """Record the outcomes the workers reported since the last time."""
         batch, self._finished = self._finished, []
+        if self._abandoned:
+            batch = [(t, o) for t, o in batch if t.id not in self._abandoned]
         if not batch:
             return
         with_dependents = set(self.store.with_dependents([task.id for task, _ in batch]))
@@ -389,10 +419,10 @@ class Dispatching(ServiceCore):
         if plain:
             self.store.complete_many([(o.started_at, o.finished_at, o.result, t.id) for t, o in plain])
             for task, outcome in plain:
-                if not self._subscriptions:
+                if not self._subscriptions and not self.store.shared:
                     if task.id in self._waiters:  # a waiter needs the status alone: no copy of the task
                         self._deliver_later(task.id, TaskStatus.COMPLETED)
-                else:
+                elif self._listened(task.id):
                     done = dataclasses.replace(
                         task,
                         status=TaskStatus.COMPLETED,
@@ -440,7 +470,8 @@ class Dispatching(ServiceCore):
     def _dispatch_ready(self) -> None:
         """Claim a task for every idle worker in one transaction, then hand them out."""
         pool = self.pool
-        idle = pool.idle_pids() if pool is not None and not (self._stopping or self._bulk_cancels) else []
+        held = self._stopping or self._bulk_cancels or self._fenced or self._late()
+        idle = pool.idle_pids() if pool is not None and not held else []
         if self.scheduler.all_paused:
             idle = []
         if not idle and not self._finished:
@@ -453,11 +484,12 @@ class Dispatching(ServiceCore):
                 if not lease:
                     break
                 leases.append((pid, lease))
-        for pid, lease in leases:
-            assert pool is not None
-            pool.dispatch(lease, pid, self.log_path, reclaim_after=LEASE_OVERRUN)
-            for task in lease:
-                self._publish("started", task, worker_pid=pid, attempt=task.attempts)
+        with self._announcing():
+            for pid, lease in leases:
+                assert pool is not None
+                pool.dispatch(lease, pid, self.log_path, reclaim_after=LEASE_OVERRUN)
+                for task in lease:
+                    self._publish("started", task, worker_pid=pid, attempt=task.attempts)
 
     def _lease(self, pid: int) -> list[Task]:
         """The next task for worker `pid`, and after it, while they are known to take well under
@@ -488,7 +520,11 @@ class Dispatching(ServiceCore):
             await self._flush_wanted.wait()
             await asyncio.sleep(PROGRESS_FLUSH_INTERVAL)
             self._flush_wanted.clear()
-            self.flush_progress()
+            try:
+                self.flush_progress()
+            except Unavailable as exc:  # kept for the next flush
+                log.warning("progress not saved: %s", exc.message)
+                self._flush_wanted.set()
 
     def flush_progress(self) -> None:
         if self._dirty:

@@ -88,7 +88,7 @@ class Querying(ServiceCore):
             {k: w[k] for k in ("id", "type", "progress", "current_operation", "started_at")}
             for w in map(self.wire, self.store.running())
         ]
-        return {
+        answer = {
             "total": sum(by_status.values()),
             "by_status": by_status,
             "by_type": by_type,
@@ -96,6 +96,9 @@ class Querying(ServiceCore):
             "running": running,
             "paused": [t for t, *_ in self.store.pauses()],
         }
+        if self.store.shared:
+            answer["daemons"] = self.store.daemons()
+        return answer
 
     def status(self) -> dict[str, Any]:
         return {

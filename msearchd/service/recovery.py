@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -40,20 +40,41 @@ class Recovering(ServiceCore):
         def flush_progress(self) -> None: ...
 
     def recover(self) -> None:
-        """Settle the tasks a previous daemon left running: it stopped without finishing them."""
-        for task in self.store.running():
+        """Settle the tasks a previous daemon left running: it stopped without finishing them. With
+        a shared store, those of this daemon's predecessor on this machine (and state folder), and
+        of any daemon gone without a trace; the others' tasks run on."""
+        if not self.store.shared:
+            self._settle_left(self.store.running(), "the daemon stopped")
+        else:
+            gone = self.store.register(self.settings.workers)
+            self._take_over([*gone, *self.store.orphans()], "the daemon stopped")
+        self._resume_fanouts()
+        self.wake()
+
+    def _take_over(self, daemons: Iterable[str], why: str) -> None:
+        for daemon_id in daemons:
+            tasks = self.store.adopt(daemon_id)
+            if tasks:
+                log.warning("taking over %d running task(s) of daemon %s", len(tasks), daemon_id)
+            self._settle_left(tasks, why)
+
+    def _settle_left(self, tasks: Iterable[Task], why: str) -> None:
+        """Settle running tasks that no daemon runs any more; `why` says what stopped them."""
+        for task in tasks:
             ref = format_task_id(task.id)
             # Handed to a worker in a lease, after another task, and never started (see claim_ids).
             started = task.started_at is not None
             if self.store.cancel_requested(task.id):
-                log.warning("%s: its cancel was under way when the daemon stopped; now cancelled", ref)
+                log.warning("%s: its cancel was under way when %s; now cancelled", ref, why)
                 reason = StopReason.KILLED if started else StopReason.NOT_STARTED
                 self._finish(task, Outcome(TaskStatus.CANCELLED, stop_reason=reason))
             elif not started:
                 log.info("%s was handed to a worker but had not started; back to pending", ref)
+                reason = f"{why} before it started"
                 with self.store.transaction():
                     self.store.unlease([task.id])
-                    self._record([task.id], "requeued", reason="the daemon stopped before it started")
+                    self._record([task.id], "requeued", reason=reason)
+                self._publish_status("requeued", [task.id], reason=reason)
             elif task.attempts >= self.settings.max_attempts:
                 log.warning(
                     "%s was interrupted on attempt %d of %d; marking it failed",
@@ -75,13 +96,11 @@ class Recovering(ServiceCore):
                     task.attempts,
                     self.settings.max_attempts,
                 )
+                reason = f"interrupted: {why} without finishing it"
                 with self.store.transaction():
                     self.store.update(task.id, status=TaskStatus.PENDING, worker_pid=None)
-                    self._record(
-                        [task.id], "requeued", reason="interrupted: the daemon stopped without finishing it"
-                    )
-        self._resume_fanouts()
-        self.wake()
+                    self._record([task.id], "requeued", reason=reason)
+                self._publish_status("requeued", [task.id], reason=reason)
 
     def _resume_fanouts(self) -> None:
         """Go on settling the dependents the previous daemon left unsettled when it stopped."""

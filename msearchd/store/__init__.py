@@ -1,13 +1,15 @@
 """The task store: what the service asks of it (`TaskStore`), and the SQLite implementation (`Store`).
 
 The service, retention and the daemon use only the methods of `TaskStore`; a second implementation
-(PostgreSQL, beside `sqlite` as `postgres`) honours the semantics in their docstrings. SQL lives in the
+(PostgreSQL, beside `sqlite` as `postgres`) honours the semantics in their docstrings, and offers what
+several daemons sharing it need on top (`SharedTaskStore`, used only where `shared` is true). It is
+imported only for a postgresql:// store: psycopg is an optional extra. SQL lives in the
 implementations, nowhere else.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
@@ -29,6 +31,7 @@ __all__ = [
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "WAITING",
+    "SharedTaskStore",
     "Store",
     "TaskStore",
     "UnusableStore",
@@ -46,6 +49,9 @@ class TaskStore(Protocol):
 
     begun: int
     """Transactions begun so far: two units of work with the same value shared a transaction."""
+
+    shared: bool
+    """Whether other daemons use the store too: then it is also a `SharedTaskStore`."""
 
     def close(self) -> None:
         """Release the store; nothing is called on it after."""
@@ -254,3 +260,55 @@ class TaskStore(Protocol):
 
     def queue_requests(self, events: Sequence[str], limit: int) -> list[dict[str, Any]]:
         """The latest `limit` requests about the whole queue recorded as one of `events`, oldest first."""
+
+
+class SharedTaskStore(TaskStore, Protocol):
+    """A store several daemons share (PostgreSQL): what the service asks of it on top, only where
+    `shared` is true. A running task belongs to the daemon that claimed it (its `host`)."""
+
+    daemon_id: str
+    """This daemon among those of the store: HOSTNAME:PID."""
+
+    def transaction_open(self) -> bool:
+        """Whether what is written now waits for a commit."""
+
+    def statuses(self, ids: Iterable[int]) -> dict[int, TaskStatus]:
+        """The current status of each of `ids` that exists."""
+
+    def host_of(self, task_id: int) -> str | None:
+        """The daemon that runs the task, if one does."""
+
+    def running_here(self) -> list[Task]:
+        """The running tasks of this daemon."""
+
+    def register(self, workers: int) -> list[str]:
+        """Enter this daemon; returns the earlier daemons of its machine and state folder (gone)."""
+
+    def heartbeat(self, busy: int) -> bool:
+        """Tell the others this daemon lives; False if they took it for dead."""
+
+    def expire_daemons(self, timeout: float) -> list[str]:
+        """Remove the daemons whose heartbeat is older than `timeout` seconds; returns them."""
+
+    def orphans(self) -> list[str]:
+        """Daemons that hold running tasks but are registered no more."""
+
+    def adopt(self, daemon_id: str) -> list[Task]:
+        """Make the running tasks of a gone daemon this daemon's, to settle; each is taken once."""
+
+    def deregister(self) -> None:
+        """Leave the store: this daemon's tasks are settled, nothing is left to take over."""
+
+    def daemons(self) -> list[dict[str, Any]]:
+        """Every daemon of the store, with its workers and the age of its heartbeat."""
+
+    def notify(self, channel: str, payload: bytes) -> None:
+        """Send `payload` to the daemons listening on `channel` once the current transaction commits."""
+
+    def notes_together(self) -> AbstractContextManager[None]:
+        """Notifications made inside, outside a transaction, go in one round trip at the end."""
+
+    def listen(
+        self, channels: Sequence[str], ready: Callable[[], None] | None = None
+    ) -> AsyncIterator[tuple[str, bytes]]:
+        """What the daemons notify on `channels`; `ready` is called once it listens."""

@@ -137,6 +137,8 @@ def _make_private(path: Path) -> None:
 class Store:
     """Tasks and their dependencies in one SQLite file. Not thread-safe: the daemon's loop owns it."""
 
+    shared = False  # only this daemon writes it (see postgres.PgStore)
+
     def __init__(self, path: Path | str) -> None:
         self.path = str(path)
         try:

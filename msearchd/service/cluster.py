@@ -1,0 +1,145 @@
+"""Several daemons, one store: heartbeats, the takeover of dead daemons' tasks, the fence of a daemon
+that lost the store, and what the other daemons notify (events, cancels). A store of its own (SQLite)
+needs none of it: `run_cluster` returns at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+
+from msearchd.errors import Unavailable
+from msearchd.model import Task, TaskStatus
+from msearchd.service.core import CANCEL_CHANNEL, EVENTS_CHANNEL
+
+if TYPE_CHECKING:
+    from msearchd.service.core import ServiceCore
+else:
+    ServiceCore = object  # TaskService puts the real one last among its bases
+
+log = logging.getLogger("msearchd.service")
+
+# Each daemon writes its heartbeat this often; one whose heartbeat is DAEMON_EXPIRY seconds old is
+# taken for dead, and its running tasks go back to the queue. A daemon that could not write its
+# heartbeat for FENCE_AFTER seconds stops its running tasks first, so that a task never runs on two
+# daemons at once.
+HEARTBEAT_INTERVAL = 2.0
+DAEMON_EXPIRY = 10.0
+FENCE_AFTER = 5.0
+# The grace period of the tasks stopped then: short enough that they are gone before the others
+# take this daemon for dead, though the fence may start a heartbeat interval late.
+FENCE_GRACE = DAEMON_EXPIRY - FENCE_AFTER - HEARTBEAT_INTERVAL - 1.0
+# Events of another daemon after which this one may find a task to start.
+WORK_EVENTS = frozenset({"submitted", "unblocked", "requeued", "priority_changed"})
+
+
+class Clustering(ServiceCore):
+    """The operations of `TaskService` that only a store shared by several daemons needs."""
+
+    if TYPE_CHECKING:
+
+        def _take_over(self, daemons: Iterable[str], why: str) -> None: ...
+        def _settle_left(self, tasks: Iterable[Task], why: str) -> None: ...
+        async def _stop_for_another(self, task_id: int, by: str) -> None: ...
+
+    async def run_cluster(self) -> None:
+        """With a shared store: the heartbeat, the takeover of dead daemons' tasks, and what the
+        other daemons notify (events, cancels). A store of its own needs none of it."""
+        if self.store.shared:
+            await asyncio.gather(self._heartbeats(), self._listen())
+
+    def _late(self) -> bool:
+        """With a shared store: the heartbeat is so old that the others may soon take this daemon
+        for dead (its loop stalled): it starts nothing until the next one."""
+        return self.store.shared and time.monotonic() - self._last_beat > FENCE_AFTER
+
+    async def _heartbeats(self) -> None:
+        self._last_beat = time.monotonic()
+        while not self._stopping:
+            try:
+                await self._beat()
+            except Unavailable as exc:
+                if time.monotonic() - self._last_beat > FENCE_AFTER:
+                    await self._fence(exc.message)
+            except Exception:  # a bug here must not stop the heartbeat; it is logged, and retried
+                log.exception("heartbeat failed")
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+
+    async def _beat(self) -> None:
+        pool = self.pool
+        late = time.monotonic() - self._last_beat
+        if late > FENCE_AFTER:  # the loop stalled: the others may be about to take this daemon for dead
+            await self._fence(f"the last heartbeat is {late:.0f} s old")
+        if not self.store.heartbeat(pool.busy_count if pool else 0):
+            await self._fence("the other daemons took this one for dead")
+            self.store.register(self.settings.workers)
+        self._last_beat = time.monotonic()
+        if self._fenced:
+            abandoned = [t for t in self.store.running_here() if t.id in self._abandoned]
+            self._settle_left(abandoned, "this daemon lost its store")
+            self._abandoned.clear()
+            self._fenced = False
+            log.info("the store answers again; starting tasks again")
+            self.wake()
+        expired = self.store.expire_daemons(DAEMON_EXPIRY)
+        for daemon_id in expired:
+            log.warning("daemon %s gave no heartbeat for %g s: taken for dead", daemon_id, DAEMON_EXPIRY)
+        gone = [*expired, *self.store.orphans()]
+        if gone:
+            self._take_over(gone, "its daemon stopped answering")
+            self.wake()
+
+    async def _fence(self, why: str) -> None:
+        """Stop every task this daemon runs, and start none, until its heartbeat is written again:
+        past DAEMON_EXPIRY the others put them back in the queue, and one may start them."""
+        if not self._fenced:
+            log.warning("%s: stopping the running tasks and starting none until the store answers", why)
+        self._fenced = True
+        if self.pool is None:
+            return
+        ids = [i for i in self.pool.task_ids() if i not in self._abandoned]
+        self._abandoned.update(ids)
+        await asyncio.gather(*(self.pool.terminate(i, min(self.settings.grace, FENCE_GRACE)) for i in ids))
+
+    async def _listen(self) -> None:
+        """What the other daemons notify, on a connection of its own that comes back when lost."""
+        while not self._stopping:
+            try:
+                async for channel, raw in self.store.listen(
+                    [EVENTS_CHANNEL, CANCEL_CHANNEL], self._listening
+                ):
+                    self._heard(channel, msgpack.unpackb(raw, raw=False))
+            except Exception as exc:
+                log.warning("lost the notifications of the other daemons (%s); listening again", exc)
+                await asyncio.sleep(HEARTBEAT_INTERVAL)
+
+    def _listening(self) -> None:
+        """Listening (again): what was notified before is missed, so waits and the queue are looked
+        at afresh."""
+        for task_id, status in self.store.statuses(list(self._waiters)).items():
+            self._deliver(task_id, status, None)
+        self.wake()
+
+    def _heard(self, channel: str, message: dict[str, Any]) -> None:
+        if channel == CANCEL_CHANNEL:
+            if "reply" in message:
+                for reply in self._cancel_replies.get(message["reply"], ()):
+                    if not reply.done():
+                        reply.set_result(message["cancelled_dependents"])
+                return
+            if self.store.host_of(message["task_id"]) != self.store.daemon_id:
+                return  # another daemon's task, or one that is no daemon's any more
+            stop = asyncio.ensure_future(self._stop_for_another(message["task_id"], message["by"]))
+            self._background.add(stop)
+            stop.add_done_callback(self._background.discard)
+            return
+        if message.pop("from") == self.store.daemon_id:
+            return
+        self._deliver(message["task_id_n"], TaskStatus(message["status"]), message)
+        if message["event"] in WORK_EVENTS:
+            self.wake()

@@ -1,0 +1,208 @@
+"""What the PostgreSQL store adds to the store's contract: a schema of its own, several daemons
+claiming from one queue, the daemons table, notifications, and a connection that comes back."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+
+import psycopg
+import pytest
+
+from msearchd.errors import Unavailable
+from msearchd.model import TaskStatus
+from msearchd.store.postgres import SCHEMA_VERSION, PgStore, UnusableStore, redact
+
+
+def add(store: PgStore, priority: int = 6, task_type: str = "t") -> int:
+    return store.insert(
+        task_type=task_type, data={}, priority=priority, status=TaskStatus.PENDING, created_at=1.0
+    )
+
+
+def test_data_survive_a_new_store_on_the_same_database(fresh_database):
+    url = fresh_database()
+    first = PgStore(url, daemon_id="a")
+    task_id = first.insert(
+        task_type="x",
+        data={"nested": {"list": [1, "two"]}, "bytes": b"\x00"},
+        priority=4,
+        status=TaskStatus.PENDING,
+        created_at=3.5,
+    )
+    first.close()
+    second = PgStore(url, daemon_id="b")  # the schema is there: not made again
+    task = second.get(task_id)
+    assert task is not None
+    assert (task.data, task.priority, task.created_at) == (
+        {"nested": {"list": [1, "two"]}, "bytes": b"\x00"},
+        4,
+        3.5,
+    )
+    second.close()
+
+
+def test_a_newer_schema_and_a_foreign_database_are_refused_in_one_sentence(fresh_database):
+    url = fresh_database()
+    PgStore(url).close()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("UPDATE msearch_schema SET version = 99")
+    expected = f"written by a newer msearchd (schema 99; this one knows up to {SCHEMA_VERSION})"
+    with pytest.raises(UnusableStore, match=re.escape(expected)):
+        PgStore(url)
+    foreign = fresh_database()
+    with psycopg.connect(foreign, autocommit=True) as conn:
+        conn.execute("CREATE TABLE tasks (x int)")
+    with pytest.raises(UnusableStore, match="holds a table 'tasks' that msearchd did not make"):
+        PgStore(foreign)
+
+
+def test_an_unreachable_server_is_one_sentence_without_the_password(postgres):
+    url = f"postgresql://someone:secret@127.0.0.1:{postgres.port + 1}/nothing"
+    with pytest.raises(UnusableStore) as caught:
+        PgStore(url)
+    message = str(caught.value)
+    assert message.startswith("cannot reach the task store postgresql://someone:***@127.0.0.1")
+    assert "secret" not in message and "\n" not in message
+    assert redact("postgresql://u@h/db") == "postgresql://u@h/db"
+
+
+def test_daemons_claim_each_task_once_under_a_storm_of_claims(fresh_database):
+    url = fresh_database()
+    stores = [PgStore(url, f"/state{i}", daemon_id=f"d{i}") for i in range(4)]
+    for store in stores:
+        store.register(2)
+    ids = stores[0].insert_many(
+        [
+            {
+                "task_type": "t",
+                "data": {},
+                "priority": i % 3,
+                "status": TaskStatus.PENDING,
+                "depends_on": [],
+                "blocked_reason": None,
+            }
+            for i in range(600)
+        ],
+        1.0,
+    )
+    claimed: dict[str, list[int]] = {s.daemon_id: [] for s in stores}
+    go = threading.Barrier(len(stores))
+
+    def claim(store: PgStore) -> None:
+        go.wait()
+        while True:
+            with store.transaction():
+                first = store.claim_next([], 2.0, 1)
+                more = store.claim_ids([i for i, _ in store.next_pending(3)], 1) if first else []
+            if first is None:
+                return
+            claimed[store.daemon_id] += [first.id, *(t.id for t in more)]
+
+    threads = [threading.Thread(target=claim, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    every = [i for got in claimed.values() for i in got]
+    assert sorted(every) == ids  # each exactly once
+    assert sum(1 for got in claimed.values() if got) > 1  # they did claim side by side
+    for store in stores:
+        assert {t.id for t in store.running_here()} == set(claimed[store.daemon_id])
+        store.close()
+
+
+def test_heartbeats_expire_and_the_tasks_of_a_dead_daemon_are_adopted_once(fresh_database):
+    url = fresh_database()
+    alive, dead = PgStore(url, "/a", daemon_id="alive"), PgStore(url, "/b", daemon_id="dead")
+    alive.register(2)
+    dead.register(2)
+    add(dead)
+    with dead.transaction():
+        task = dead.claim_next([], 1.0, 7)
+    assert task is not None and dead.host_of(task.id) == "dead"
+    assert dead.heartbeat(1) is True
+    with psycopg.connect(url, autocommit=True) as conn:  # its heartbeat stopped a minute ago
+        conn.execute("UPDATE daemons SET heartbeat = now() - interval '1 minute' WHERE id = 'dead'")
+    assert alive.expire_daemons(30) == ["dead"]
+    assert alive.expire_daemons(30) == []
+    assert [t.id for t in alive.adopt("dead")] == [task.id]
+    assert alive.adopt("dead") == []
+    assert [t.id for t in alive.running_here()] == [task.id]
+    assert dead.heartbeat(0) is False  # it learns that it was taken for dead
+    waiting = add(dead)
+    with dead.transaction():  # and claims nothing until it has registered again
+        assert dead.claim_next([], 2.0, 7) is None
+        assert dead.claim_ids([waiting], 7) == []
+    dead.register(2)
+    with dead.transaction():
+        claimed = dead.claim_next([], 2.0, 7)
+    assert claimed is not None and claimed.id == waiting
+    assert [d["id"] for d in alive.daemons()] == ["alive", "dead"]
+    alive.close()
+    dead.close()
+
+
+def test_a_restart_on_the_same_machine_and_folder_finds_its_predecessor(fresh_database):
+    url = fresh_database()
+    old = PgStore(url, "/state", daemon_id="h:1")
+    old.register(1)
+    other_folder = PgStore(url, "/elsewhere", daemon_id="h:2")
+    other_folder.register(1)
+    new = PgStore(url, "/state", daemon_id="h:3")
+    assert new.register(1) == ["h:1"]
+    assert sorted(d["id"] for d in new.daemons()) == ["h:2", "h:3"]
+    for s in (old, other_folder, new):
+        s.close()
+
+
+def test_a_lost_connection_is_unavailable_then_comes_back(fresh_database):
+    url = fresh_database()
+    store = PgStore(url)
+    kept = add(store)
+    pid = store._run("SELECT pg_backend_pid()").fetchone()[0]
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    with pytest.raises(Unavailable, match="cannot be reached"):
+        store.get(kept)
+    task = store.get(kept)  # a fresh connection
+    assert task is not None and task.id == kept
+    with pytest.raises(Unavailable), store.transaction():
+        add(store)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(%s)", (store._run("SELECT pg_backend_pid()").fetchone()[0],)
+            )
+        add(store)
+    assert store.count() == 1  # the transaction that lost its connection wrote nothing
+    store.close()
+
+
+def test_notifications_reach_a_listener_after_commit(fresh_database):
+    asyncio.run(notifications(fresh_database()))
+
+
+async def notifications(url: str) -> None:
+    sender, receiver = PgStore(url, daemon_id="s"), PgStore(url, daemon_id="r")
+    heard: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+    subscribed = asyncio.Event()
+
+    async def listen() -> None:
+        async for note in receiver.listen(["chan_a"], subscribed.set):
+            await heard.put(note)
+
+    listening = asyncio.ensure_future(listen())
+    await asyncio.wait_for(subscribed.wait(), 10)
+    with sender.transaction():
+        sender.notify("chan_a", b"\x01first")
+        assert heard.empty()
+    assert await asyncio.wait_for(heard.get(), 10) == ("chan_a", b"\x01first")
+    with pytest.raises(RuntimeError), sender.transaction():
+        sender.notify("chan_a", b"rolled back")
+        raise RuntimeError
+    sender.notify("chan_a", b"second")
+    assert await asyncio.wait_for(heard.get(), 10) == ("chan_a", b"second")
+    listening.cancel()
+    sender.close()
+    receiver.close()

@@ -1,0 +1,388 @@
+"""The daemon on either store behaves the same; on PostgreSQL, several daemons share one queue."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+
+import psutil
+import pytest
+from support import dead, wait_started
+
+from msearchd.errors import InvalidState, Unavailable
+from msearchd.model import TaskStatus, format_task_id
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest) -> str | None:
+    """What make_daemon(store=...) takes: None for SQLite, else a fresh PostgreSQL database."""
+    return None if request.param == "sqlite" else request.getfixturevalue("fresh_database")()
+
+
+def test_submit_list_priority_and_cancel(make_daemon, store, fifo):
+    d = make_daemon(workers=1, store=store)
+    gate = fifo("gate")
+    with d.client() as c:
+        held = c.submit("stepper", {"fifo": str(gate), "steps": 1}, priority=0)
+        c.wait([held["id"]], statuses=["running"], timeout=20)
+        low, mid, high = (c.submit("quick", {}, priority=p) for p in (9, 5, 1))
+        assert [t["id"] for t in c.list(status="pending")] == [low["id"], mid["id"], high["id"]]
+        c.set_priority(low["id"], 0)
+        cancelled = c.cancel(mid["id"])["task"]
+        assert (cancelled["status"], cancelled["stop_reason"]) == ("cancelled", "not_started")
+        gate.write("go")
+        done = c.wait([held["id"], low["id"], high["id"]], timeout=20)
+        assert [t["status"] for t in done["tasks"]] == ["completed"] * 3
+        ran = sorted(done["tasks"][1:], key=lambda t: t["started_at"])
+        assert [t["id"] for t in ran] == [low["id"], high["id"]]  # its new priority put it first
+        assert c.count(status="completed") == 3 and c.count(status="cancelled") == 1
+        events = [e["event"] for e in c.history(low["id"])]
+        assert events == ["submitted", "priority_changed", "started", "completed"]
+        shared = store is not None  # which daemon ran a task is said only where several share the store
+        assert ("host" in c.get(low["id"])) is shared and ("daemons" in c.stats()) is shared
+
+
+def test_dependencies_retry_and_events(make_daemon, store):
+    d = make_daemon(workers=2, store=store)
+    with d.client() as c, c.events() as stream:
+        first = c.submit("fail", {"message": "no"})
+        after = c.submit("quick", {}, depends_on=[first["id"]])
+        assert after["status"] == "blocked"
+        c.wait([first["id"]], timeout=20)
+        assert c.get(first["id"])["error"] == "no"
+        assert c.get(after["id"])["status"] == "blocked"
+        again = c.retry(first["id"])
+        assert again["handed_over"] == [after["id"]]
+        assert c.get(after["id"])["depends_on"] == [again["new_task_id"]]
+        c.wait([again["new_task_id"]], timeout=20)
+        seen = []
+        for event in stream:
+            seen.append((event["task_id"], event["event"]))
+            if event["task_id"] == again["new_task_id"] and event["event"] == "failed":
+                break
+        assert (first["id"], "submitted") in seen and (first["id"], "started") in seen
+        assert (first["id"], "failed") in seen and (first["id"], "retried") in seen
+        assert (again["new_task_id"], "submitted") in seen
+        failed = c.retry_failed()
+        assert [r["task_id"] for r in failed] == [again["new_task_id"]]
+
+
+def test_cancel_running_and_cancel_by_type(make_daemon, store, fifo):
+    d = make_daemon(workers=2, grace=2.0, store=store)
+    started = fifo("started")
+    with d.client() as c:
+        task = c.submit("command", {"argv": ["sh", "-c", f"echo up > {started}; exec sleep 1000"]})
+        started.read()
+        with pytest.raises(InvalidState, match="is running; add running=true"):
+            c.cancel(task["id"])
+        answer = c.cancel(task["id"], running=True)["task"]
+        assert (answer["status"], answer["stop_reason"]) == ("cancelled", "sigterm")
+        never = fifo("never")  # nobody writes it: the steppers wait for ever
+        queued = [c.submit("stepper", {"fifo": str(never), "steps": 1}, priority=9) for _ in range(3)]
+        result = c.cancel_by_type("stepper", running=True)
+        assert result["total"] == 3 and result["task_type"] == "stepper"
+        assert {c.get(t["id"])["status"] for t in queued} == {"cancelled"}
+
+
+def next_event(stream, wanted, timeout: float = 20.0) -> dict:
+    """The first event of the stream for which `wanted(event)` holds, within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        if stream.ready(left):
+            event = next(stream)
+            if wanted(event):
+                return event
+    raise AssertionError(f"no such event within {timeout} s")
+
+
+def runs_under(pid: int, daemon) -> bool:
+    """Whether process `pid` descends from this daemon's process."""
+    return any(p.pid == daemon.proc.pid for p in psutil.Process(pid).parents())
+
+
+def busy_alone(make_daemon, url: str, fifo):
+    """A daemon with one worker, held by a stepper until its gate is written: while it is, tasks
+    submitted through it run on the other daemons of the database."""
+    a = make_daemon(workers=1, store=url)
+    gate = fifo("a-gate")
+    with a.client() as c:
+        held = c.submit("stepper", {"fifo": str(gate), "steps": 1}, priority=0)
+        c.wait([held["id"]], statuses=["running"], timeout=20)
+    return a, gate, held
+
+
+def test_a_watch_on_one_daemon_sees_the_progress_of_a_task_on_another_and_cancels_it(
+    make_daemon, fresh_database, fifo
+):
+    url = fresh_database()
+    a, a_gate, held = busy_alone(make_daemon, url, fifo)
+    b = make_daemon(workers=2, grace=2.0, store=url)
+    with a.client() as c, c.events() as stream:
+        chatty = c.submit("chatty", {"reports": 3})
+        progress = next_event(stream, lambda e: e["task_id"] == chatty["id"] and e["event"] == "progress")
+        assert progress["current_operation"].startswith("report ") and progress["progress"] > 0
+        done = next_event(stream, lambda e: e["task_id"] == chatty["id"] and e["event"] == "completed")
+        assert done["status"] == "completed"
+        assert runs_under(c.get(chatty["id"])["worker_pid"], b)
+
+        task = c.submit("command", {"argv": ["sleep", "1000"]})
+        running = next_event(stream, lambda e: e["task_id"] == task["id"] and e.get("current_operation"))
+        pid = int(running["current_operation"].rsplit("(pid ", 1)[1].rstrip(")"))
+        assert runs_under(pid, b) and not runs_under(pid, a)
+        assert c.get(task["id"])["host"] == f"{socket.gethostname()}:{b.proc.pid}"
+        listed = a.ctl("tasks", "list", "--status", "running")
+        row = next(line for line in listed.stdout.splitlines() if line.startswith(task["id"]))
+        assert f"\ton {socket.gethostname()}:{b.proc.pid}" in row, row
+        shown = a.ctl("tasks", "show", task["id"])
+        assert f"\nhost        {socket.gethostname()}:{b.proc.pid}\n" in shown.stdout, shown.stdout
+        daemons = c.stats()["daemons"]
+        assert sorted(d["pid"] for d in daemons) == sorted([a.proc.pid, b.proc.pid])
+        assert {d["pid"]: (d["workers"], d["busy"] <= d["workers"]) for d in daemons} == {
+            a.proc.pid: (1, True),
+            b.proc.pid: (2, True),
+        }
+        dependent = c.submit("quick", {}, depends_on=[task["id"]])
+        answer = c.cancel(task["id"], running=True)
+        assert (answer["task"]["status"], answer["task"]["stop_reason"]) == ("cancelled", "sigterm")
+        assert answer["cancelled_dependents"] == 1 and c.get(dependent["id"])["status"] == "cancelled"
+        assert dead(pid)
+        events = [e["event"] for e in c.history(task["id"])]
+        assert events[-2:] == ["cancel_requested", "cancelled"]
+        assert c.get(held["id"])["status"] == "running"  # A's own task runs on
+    with b.client() as cb:
+        assert cb.get(task["id"])["status"] == "cancelled"
+    a_gate.write("go")
+
+
+def test_the_running_tasks_of_a_killed_daemon_go_back_to_the_queue_and_run_elsewhere(
+    make_daemon, fresh_database, fifo, tmp_path
+):
+    url = fresh_database()
+    a, a_gate, _ = busy_alone(make_daemon, url, fifo)
+    b = make_daemon(workers=2, store=url)
+    record = tmp_path / "ran"
+    with a.client() as c:
+        tasks, pipes = [], []
+        for i in range(2):
+            started, hold = fifo(f"started{i}"), fifo(f"hold{i}")
+            pipes += [started, hold]
+            tasks.append(
+                c.submit("quick", {"started": str(started), "fifo": str(hold), "record": str(record)})
+            )
+            started.read()  # it runs, on B: A's only worker is busy
+        assert {runs_under(c.get(t["id"])["worker_pid"], b) for t in tasks} == {True}
+        b.kill9()
+        for pipe in pipes:  # the next runs wait for nothing: files instead of pipes
+            pipe.path.unlink()
+            pipe.path.write_text("go\n")
+        back = c.wait([t["id"] for t in tasks], statuses=["pending"], timeout=30)
+        assert not back["timed_out"]
+        for task in back["tasks"]:
+            assert task["attempts"] == 1
+        for task in tasks:
+            requeued = [e for e in c.history(task["id"]) if e["event"] == "requeued"]
+            assert [e["reason"] for e in requeued] == [
+                "interrupted: its daemon stopped answering without finishing it"
+            ]
+        assert "taken for dead" in a.wait_for_log("gave no heartbeat")
+        a_gate.write("go")
+        done = c.wait([t["id"] for t in tasks], timeout=30)
+        assert [(t["status"], t["attempts"]) for t in done["tasks"]] == [("completed", 2)] * 2
+        assert {runs_under(t["worker_pid"], a) for t in done["tasks"]} == {True}
+    # Each ran twice, one after the other: the first run died with B before the second began.
+    assert sorted(record.read_text().split()) == sorted([t["id"] for t in tasks] * 2)
+
+
+def test_no_task_runs_twice_under_a_storm_of_claims_from_three_daemons(make_daemon, fresh_database, tmp_path):
+    url = fresh_database()
+    daemons = [make_daemon(workers=2, store=url) for _ in range(3)]
+    record = tmp_path / "ran"
+    with daemons[0].client() as c:
+        ids = c.submit_many([{"type": "quick", "data": {"record": str(record)}} for _ in range(300)])[
+            "task_ids"
+        ]
+        with daemons[1].client() as c1:
+            ids += c1.submit_many([{"type": "quick", "data": {"record": str(record)}} for _ in range(300)])[
+                "task_ids"
+            ]
+        done = c.wait(ids, timeout=120)
+        assert not done["timed_out"]
+        assert {t["status"] for t in done["tasks"]} == {"completed"}
+        assert {t["attempts"] for t in done["tasks"]} == {1}
+        ran_on = {
+            next(i for i, d in enumerate(daemons) if runs_under(t["worker_pid"], d)) for t in done["tasks"]
+        }
+    assert len(ran_on) > 1  # they did take from the queue side by side
+    lines = record.read_text().split()
+    assert sorted(lines) == sorted(ids)  # each ran exactly once
+
+
+def until_available(call, timeout: float = 30.0):
+    """What `call` answers once the daemon has its store again (each try waits for a connection)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return call()
+        except Unavailable:
+            if time.monotonic() > deadline:
+                raise
+
+
+def test_a_daemon_that_loses_its_store_answers_unavailable_stops_its_tasks_and_comes_back(
+    make_daemon, own_postgres, fifo
+):
+    url = own_postgres.create_database("queue")
+    d = make_daemon(workers=1, store=url)
+    started = fifo("started")
+    with d.client() as c:
+        task = c.submit("command", {"argv": ["sh", "-c", f"echo $$ > {started}; exec sleep 1000"]})
+        pid = int(started.read())
+        own_postgres.halt()
+        with pytest.raises(Unavailable, match=r"the task store postgresql://\S+ cannot be reached"):
+            c.get(task["id"])
+        d.wait_for_log("stopping the running tasks and starting none until the store answers")
+        psutil.Process(pid).wait(20)  # it must not run while the others may take it for dead
+        own_postgres.resume()
+        until_available(lambda: c.get(task["id"]))
+        d.wait_for_log("the store answers again; starting tasks again")
+        requeued = [e for e in c.history(task["id"]) if e["event"] == "requeued"]
+        assert [e["reason"] for e in requeued] == [
+            "interrupted: this daemon lost its store without finishing it"
+        ]
+        wait_started(c, task["id"])  # it runs again
+        assert c.get(task["id"])["attempts"] == 2
+
+
+def test_the_store_comes_from_the_flag_the_environment_or_the_file(tmp_path, monkeypatch):
+    from msearchd import config
+    from msearchd.errors import InvalidArgument
+
+    monkeypatch.delenv("MSEARCH_STORE", raising=False)
+    path = tmp_path / "msearchd.toml"
+    path.write_text('store = "postgresql://file@db/q"\n')
+    assert config.load(None, {}).store is None  # SQLite, as before
+    assert config.load(path, {}).store == "postgresql://file@db/q"
+    monkeypatch.setenv("MSEARCH_STORE", "postgresql://env@db/q")
+    assert config.load(path, {}).store == "postgresql://env@db/q"
+    assert config.load(path, {"store": "postgres://flag@db/q"}).store == "postgres://flag@db/q"
+    path.write_text('store = "mysql://x@db/q"\n')
+    monkeypatch.delenv("MSEARCH_STORE")
+    with pytest.raises(InvalidArgument, match="store must be a postgresql:// address, got 'mysql://x@db/q'"):
+        config.load(path, {})
+
+
+def test_a_store_that_cannot_be_reached_stops_the_daemon_at_start_in_one_sentence(make_daemon, postgres):
+    import subprocess
+
+    d = make_daemon(start=False, store=f"postgresql://msearch:secret@127.0.0.1:{postgres.port}/missing")
+    done = subprocess.run(
+        [*daemon_argv(d)], env=d.env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
+    )
+    assert done.returncode == 1
+    lines = done.stderr.splitlines()
+    assert lines[-1].startswith(
+        f"msearchd: cannot reach the task store postgresql://msearch:***@127.0.0.1:{postgres.port}/missing: "
+    ), done.stderr
+    assert "secret" not in done.stderr and "Traceback" not in done.stderr
+    assert not d.socket.exists()  # a refused store leaves no socket behind
+
+
+def daemon_argv(d) -> list[str]:
+    from conftest import MSEARCHD
+
+    return [MSEARCHD, "--workers", "1", "--config", str(d.config), *d.extra_args]
+
+
+def test_cancel_by_type_through_one_daemon_stops_the_tasks_of_that_type_on_every_daemon(
+    make_daemon, fresh_database, fifo
+):
+    url = fresh_database()
+    a = make_daemon(workers=1, store=url)
+    b = make_daemon(workers=1, store=url)
+    with a.client() as c, c.events() as stream:
+        tasks = [c.submit("command", {"argv": ["sleep", "1000"]}) for _ in range(2)]
+        pids = {}
+        while len(pids) < 2:
+            event = next_event(stream, lambda e: (e.get("current_operation") or "").startswith("running"))
+            pids[event["task_id"]] = int(event["current_operation"].rsplit("(pid ", 1)[1].rstrip(")"))
+        assert sorted(runs_under(pid, b) for pid in pids.values()) == [False, True]  # one on each
+        waiting = c.submit("command", {"argv": ["sleep", "1000"]})
+        other = c.submit("quick", {}, priority=11)
+        result = c.cancel_by_type("command", running=True)
+        assert (result["cancelled"], result["failed"], result["total"]) == (3, 0, 3)
+        assert all(dead(pid) for pid in pids.values())
+        ends = {t["id"]: (t["status"], t["stop_reason"]) for t in c.wait([t["id"] for t in tasks])["tasks"]}
+        assert ends == {t["id"]: ("cancelled", "sigterm") for t in tasks}
+        assert c.get(waiting["id"])["stop_reason"] == "not_started"
+        assert c.wait([other["id"]], timeout=20)["tasks"][0]["status"] == "completed"
+
+
+def test_a_cancel_whose_daemon_does_not_answer_says_so_and_happens_when_it_does(make_daemon, fresh_database):
+    url = fresh_database()
+    a = make_daemon(workers=1, store=url)
+    with a.client() as c:
+        held = c.submit("command", {"argv": ["sleep", "1000"]})
+        wait_started(c, held["id"])
+        b = make_daemon(workers=1, grace=1.0, store=url)
+        task = c.submit("command", {"argv": ["sleep", "1000"]})
+        wait_started(c, task["id"])
+        assert runs_under(c.get(task["id"])["worker_pid"], b)
+        os.kill(b.proc.pid, signal.SIGSTOP)  # B cannot hear the request
+        try:
+            with pytest.raises(Unavailable, match=r"runs on \S+, which did not stop it within 2 s"):
+                c.cancel(task["id"], running=True)
+            assert c.get(task["id"])["status"] == "running"
+        finally:
+            os.kill(b.proc.pid, signal.SIGCONT)
+        done = c.wait([task["id"]], timeout=20)["tasks"][0]  # B hears it now, and stops the task
+        assert (done["status"], done["stop_reason"]) == ("cancelled", "sigterm")
+        c.cancel(held["id"], running=True)
+
+
+def test_dependencies_and_priorities_hold_across_daemons(make_daemon, fresh_database, fifo, tmp_path):
+    url = fresh_database()
+    a, a_gate, _ = busy_alone(make_daemon, url, fifo)
+    b = make_daemon(workers=1, store=url)
+    record = tmp_path / "ran"
+    with a.client() as c, b.client() as cb:
+        gate = fifo("b-gate")
+        root = c.submit("stepper", {"fifo": str(gate), "steps": 1}, priority=5)  # runs on B
+        c.wait([root["id"]], statuses=["running"], timeout=20)
+        after = cb.submit("quick", {"record": str(record)}, depends_on=[root["id"]], priority=0)
+        assert after["status"] == "blocked"
+        late, early = (c.submit("quick", {"record": str(record)}, priority=p) for p in (9, 1))
+        gate.write("go")
+        done = c.wait([root["id"], after["id"], late["id"], early["id"]], timeout=30)
+        assert {t["status"] for t in done["tasks"]} == {"completed"}
+    # B's one worker took them in order: the unblocked task (priority 0), then 1, then 9.
+    assert record.read_text().split() == [after["id"], early["id"], late["id"]]
+    a_gate.write("go")
+
+
+def test_retention_removes_the_oldest_finished_tasks_on_either_store(make_daemon, store):
+    d = make_daemon(settings="keep_tasks = 2\n", start=False, store=store)
+    if store is None:
+        from msearchd.store import Store
+
+        d.state_dir.mkdir(parents=True)
+        seed = Store(d.state_dir / "tasks.db")
+    else:
+        from msearchd.store.postgres import PgStore
+
+        seed = PgStore(store)
+    spec = {"task_type": "quick", "data": {}, "priority": 6, "created_at": 1.0}
+    finished = []
+    for _ in range(5):
+        task_id = seed.insert(**spec, status=TaskStatus.PENDING)
+        seed.update(task_id, status=TaskStatus.COMPLETED, finished_at=time.time())
+        finished.append(task_id)
+    unfinished = seed.insert(**spec, status=TaskStatus.BLOCKED, depends_on=[finished[0]])
+    seed.close()
+    d.start()
+    d.wait_for_log("removed 2 finished task(s)")  # the first one stays: a blocked task depends on it
+    with d.client() as c:
+        assert [t["id"] for t in c.list(limit=100)] == [
+            format_task_id(i) for i in [finished[0], *finished[3:], unfinished]
+        ]
