@@ -28,6 +28,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from msearchd.errors import Unavailable
 from msearchd.model import StopReason, Task, TaskStatus
 from msearchd.protocol import pack
+from msearchd.selection import Selection
 from msearchd.store import UnusableStore
 
 _SCHEMA_V1 = """
@@ -89,8 +90,27 @@ CREATE TABLE daemons (
 );
 """
 
+# Keys: at most one unfinished task per key, held by the index itself, so that no two submits (of any
+# daemon) can both win. Paused types ('*': all) outlive the daemons.
+_CONTROL_V2 = """
+ALTER TABLE tasks ADD COLUMN key TEXT;
+CREATE UNIQUE INDEX tasks_key ON tasks (key)
+    WHERE key IS NOT NULL AND status IN ('pending', 'blocked', 'running');
+CREATE TABLE queue_pauses (
+    type TEXT PRIMARY KEY,
+    time DOUBLE PRECISION NOT NULL,
+    uid INTEGER,
+    pid INTEGER
+);
+"""
+
+# What a completed task's handler returned (msgpack; NULL for none), shown with the task.
+_RESULT_V3 = """
+ALTER TABLE tasks ADD COLUMN result BYTEA;
+"""
+
 # Migration N brings a database from schema version N to N + 1 (msearch_schema.version).
-MIGRATIONS = (_SCHEMA_V1,)
+MIGRATIONS = (_SCHEMA_V1, _CONTROL_V2, _RESULT_V3)
 SCHEMA_VERSION = len(MIGRATIONS)
 # Any fixed number: the lock that keeps two daemons starting together from migrating at once.
 _MIGRATION_LOCK = 0x6D736561
@@ -115,7 +135,7 @@ GETCONN_TIMEOUT = 0.5
 _COLUMNS = (
     "id, type, status, priority, data, progress, current_operation, attempts, error, blocked_reason, "
     "stop_reason, retry_of, retried_as, created_at, started_at, finished_at, worker_pid, "
-    "(SELECT array_agg(depends_on ORDER BY depends_on) FROM deps WHERE deps.task_id = tasks.id), host"
+    "(SELECT array_agg(depends_on ORDER BY depends_on) FROM deps WHERE deps.task_id = tasks.id), host, result"
 )
 _UPDATABLE = frozenset(
     {
@@ -132,6 +152,7 @@ _UPDATABLE = frozenset(
         "started_at",
         "finished_at",
         "worker_pid",
+        "result",
     }
 )
 WAITING = (str(TaskStatus.PENDING), str(TaskStatus.BLOCKED))
@@ -174,6 +195,7 @@ def _row_to_task(row: Sequence[Any]) -> Task:
         finished_at=row[15],
         worker_pid=row[16],
         host=row[18],
+        result=msgpack.unpackb(row[19], raw=False) if row[19] is not None else None,
     )
 
 
@@ -473,11 +495,14 @@ class PgStore:
         task_type: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        newest_first: bool = False,
     ) -> list[Task]:
-        """Tasks in id order."""
+        """Tasks in id order (newest_first: descending)."""
         where, args = self._filters(statuses, task_type)
+        direction = "DESC" if newest_first else ""
         return self._tasks(
-            f"SELECT {_COLUMNS} FROM tasks{where} ORDER BY id LIMIT %s OFFSET %s", [*args, limit, offset]
+            f"SELECT {_COLUMNS} FROM tasks{where} ORDER BY id {direction} LIMIT %s OFFSET %s",
+            [*args, limit, offset],
         )
 
     def count(self, statuses: Sequence[str] | None = None, task_type: str | None = None) -> int:
@@ -621,7 +646,7 @@ class PgStore:
             raise ValueError(f"not updatable: {sorted(unknown)}")
         assignments = ", ".join(f"{name} = %s" for name in fields)
         condition = " AND status = ANY(%s)" if expect else ""
-        values = [_value(v) for v in fields.values()]
+        values = [pack(v) if name == "result" and v is not None else _value(v) for name, v in fields.items()]
         if "cancel_requested" in fields:
             values[list(fields).index("cancel_requested")] = bool(fields["cancel_requested"])
         args = [*values, task_id, *([list(expect)] if expect else [])]
@@ -681,14 +706,14 @@ class PgStore:
             (started_at, task_id, self.daemon_id),
         )
 
-    def complete_many(self, rows: Sequence[tuple[float | None, float, int]]) -> None:
-        """Record (started_at, finished_at, id) of running tasks that completed."""
+    def complete_many(self, rows: Sequence[tuple[float | None, float, Any, int]]) -> None:
+        """Record (started_at, finished_at, result, id) of running tasks that completed."""
         with self.transaction():
             self._many(
                 "UPDATE tasks SET status = 'completed', progress = 1.0, started_at = "
-                "coalesce(%s, started_at), finished_at = %s, error = NULL, stop_reason = NULL "
+                "coalesce(%s, started_at), finished_at = %s, error = NULL, stop_reason = NULL, result = %s "
                 f"WHERE id = %s AND status = 'running' AND {_OWN}",
-                [(*row, self.daemon_id) for row in rows],
+                [(s, f, None if r is None else pack(r), i, self.daemon_id) for s, f, r, i in rows],
             )
 
     def unlease(self, ids: Sequence[int]) -> None:
@@ -887,6 +912,170 @@ class PgStore:
                 [(p, op, i, self.daemon_id) for i, p, op in updates],
             )
 
+    # --- keys, selections, pauses -----------------------------------------------------------------
+
+    def unfinished_with_key(self, key: str) -> Task | None:
+        """The pending, blocked or running task that holds `key`, if one does."""
+        row = self._run(
+            f"SELECT {_COLUMNS} FROM tasks WHERE key = %s AND status IN ('pending', 'blocked', 'running')",
+            (key,),
+        ).fetchone()
+        return _row_to_task(row) if row else None
+
+    def insert_keyed(self, key: str, **spec: Any) -> int | None:
+        """Insert a task (keywords of `insert`) holding `key`; None, and nothing written, when an
+        unfinished task holds it already. The unique index decides, so two daemons never both win."""
+        uid, pid = spec.get("submitter", (None, None))
+        with self.transaction():
+            row = self._run(
+                "INSERT INTO tasks (type, status, priority, data, blocked_reason, retry_of, created_at, "
+                "submitted_uid, submitted_pid, key) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                "ON CONFLICT (key) WHERE key IS NOT NULL AND status IN ('pending', 'blocked', 'running') "
+                "DO NOTHING RETURNING id",
+                (
+                    spec["task_type"],
+                    str(spec["status"]),
+                    spec["priority"],
+                    pack(spec["data"]),
+                    spec.get("blocked_reason"),
+                    spec.get("retry_of"),
+                    spec["created_at"],
+                    uid,
+                    pid,
+                    key,
+                ),
+            ).fetchone()
+            if row is None:
+                return None
+            task_id = int(row[0])
+            self._many(
+                "INSERT INTO deps (task_id, depends_on) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                [(task_id, d) for d in spec.get("depends_on") or ()],
+            )
+        return task_id
+
+    def keys(self, ids: Sequence[int]) -> dict[int, str]:
+        """The keys of those of `ids` that have one."""
+        rows = self._run("SELECT id, key FROM tasks WHERE id = ANY(%s) AND key IS NOT NULL", (list(ids),))
+        return {i: k for i, k in rows}
+
+    def select_window(
+        self,
+        selection: Selection,
+        statuses: Sequence[str],
+        after: int,
+        up_to: int,
+        *,
+        with_data: bool = False,
+        not_retried: bool = False,
+    ) -> list[tuple[int, str, str, int, dict[str, Any] | None]]:
+        """(id, type, status, priority, data) of the tasks with ids in (after, up_to] that the
+        selection's fields SQL can test select, in these statuses, in id order; the data only when
+        asked for (for `where`)."""
+        clauses = ["id > %s", "id <= %s", "status = ANY(%s)"]
+        args: list[Any] = [after, up_to, list(statuses)]
+        if selection.ids:
+            wanted = [i for i in selection.ids if after < i <= up_to]
+            if not wanted:
+                return []
+            clauses.append("id = ANY(%s)")
+            args.append(wanted)
+        if selection.types:
+            tests = ["type = ANY(%s)"] if selection.exact_types else []
+            tests += ["type ~ %s"] * len(selection.type_globs)
+            clauses.append("(" + " OR ".join(tests) + ")")
+            args += [list(selection.exact_types)] if selection.exact_types else []
+            args += [_glob_regex(g) for g in selection.type_globs]
+        if selection.priority is not None:
+            clauses.append("priority BETWEEN %s AND %s")
+            args += list(selection.priority)
+        if selection.created_before is not None:
+            clauses.append("created_at < %s")
+            args.append(selection.created_before)
+        if selection.created_after is not None:
+            clauses.append("created_at >= %s")
+            args.append(selection.created_after)
+        if not_retried:
+            clauses.append("retried_as IS NULL")
+        data = "data" if with_data else "NULL"
+        rows = self._run(
+            f"SELECT id, type, status, priority, {data} FROM tasks WHERE {' AND '.join(clauses)} ORDER BY id",
+            args,
+        )
+        return [
+            (i, t, s, p, msgpack.unpackb(d, raw=False) if d is not None else None) for i, t, s, p, d in rows
+        ]
+
+    def cancel_for_request(self, ids: Sequence[int], now: float, request: int) -> list[int]:
+        """Cancel those of `ids` still waiting, for the bulk request `request`; returns them, sorted.
+        Rows are locked in id order, so that two daemons cancelling at once wait for each other."""
+        rows = self._run(
+            "UPDATE tasks SET status = 'cancelled', finished_at = %s, stop_reason = 'not_started', "
+            "blocked_reason = NULL, bulk_request = %s WHERE id IN (SELECT id FROM tasks WHERE id = ANY(%s) "
+            "AND status IN ('pending', 'blocked') ORDER BY id FOR UPDATE) "
+            "AND status IN ('pending', 'blocked') RETURNING id",
+            (now, request, list(ids)),
+        ).fetchall()
+        return sorted(r[0] for r in rows)
+
+    def reprioritize(self, ids: Sequence[int], priority: int) -> list[tuple[int, int]]:
+        """Give those of `ids` still waiting this priority; (id, old priority) of those it changed.
+        Call it inside a transaction: the rows are locked (in id order) between the read and the write."""
+        old = [
+            (i, p)
+            for i, p in self._run(
+                "SELECT id, priority FROM tasks WHERE id = ANY(%s) AND status IN ('pending', 'blocked') "
+                "AND priority <> %s ORDER BY id FOR UPDATE",
+                (list(ids), priority),
+            )
+        ]
+        if old:
+            self._run("UPDATE tasks SET priority = %s WHERE id = ANY(%s)", (priority, [i for i, _ in old]))
+        return sorted(old)
+
+    def pauses(self) -> list[tuple[str, float, int | None, int | None]]:
+        """(type, since, uid, pid) of each paused type, by type; '*' is the whole queue."""
+        return [
+            (t, w, u, p)
+            for t, w, u, p in self._run("SELECT type, time, uid, pid FROM queue_pauses ORDER BY type")
+        ]
+
+    def add_pauses(self, types: Sequence[str], time: float, uid: int | None, pid: int | None) -> list[str]:
+        """Pause these types; returns those not paused before (the others keep who paused them)."""
+        added = []
+        for t in types:
+            cur = self._run(
+                "INSERT INTO queue_pauses (type, time, uid, pid) VALUES (%s, %s, %s, %s) "
+                "ON CONFLICT (type) DO NOTHING",
+                (t, time, uid, pid),
+            )
+            if cur.rowcount:
+                added.append(t)
+        return added
+
+    def remove_pauses(self, types: Sequence[str] | None) -> list[str]:
+        """Resume these types (all, when None); returns those that were paused, sorted."""
+        if types is None:
+            rows = self._run("DELETE FROM queue_pauses RETURNING type").fetchall()
+        else:
+            rows = self._run(
+                "DELETE FROM queue_pauses WHERE type = ANY(%s) RETURNING type", (list(types),)
+            ).fetchall()
+        return sorted(r[0] for r in rows)
+
+    def queue_requests(self, events: Sequence[str], limit: int) -> list[dict[str, Any]]:
+        """The latest `limit` requests about the whole queue recorded as one of `events`, oldest first:
+        of every daemon."""
+        rows = self._run(
+            "SELECT time, event, detail, uid, pid FROM task_events WHERE task_id IS NULL "
+            "AND event = ANY(%s) ORDER BY id DESC LIMIT %s",
+            (list(events), limit),
+        ).fetchall()
+        return [
+            {"time": t, "event": e, **(msgpack.unpackb(d, raw=False) if d else {}), "uid": u, "pid": p}
+            for t, e, d, u, p in reversed(rows)
+        ]
+
     # --- daemons ----------------------------------------------------------------------------------
 
     def register(self, workers: int) -> list[str]:
@@ -1007,6 +1196,34 @@ class PgStore:
         finally:
             with contextlib.suppress(Exception):
                 await conn.close()
+
+
+def _glob_regex(pattern: str) -> str:
+    """A type glob as an anchored PostgreSQL regex, matching what fnmatch matches (as the SQLite
+    store's GLOB does): `*`, `?`, `[...]` and `[!...]`; an unclosed `[` stands for itself."""
+    out = []
+    i, n = 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        i += 1
+        if c == "*":
+            out.append(".*")
+        elif c == "?":
+            out.append(".")
+        elif c == "[":
+            j = i + (i < n and pattern[i] == "!")
+            j += j < n and pattern[j] == "]"
+            while j < n and pattern[j] != "]":
+                j += 1
+            if j >= n:
+                out.append("\\[")
+                continue
+            inside = pattern[i:j].replace("\\", "\\\\").replace("[", "\\[")
+            out.append("[" + ("^" + inside[1:] if inside.startswith("!") else inside) + "]")
+            i = j + 1
+        else:
+            out.append(c if c.isalnum() or c == "_" else "\\" + c)
+    return "^" + "".join(out) + "$"
 
 
 def _first_line(exc: BaseException) -> str:
