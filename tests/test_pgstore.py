@@ -12,7 +12,7 @@ import pytest
 
 from msearchd.errors import Unavailable
 from msearchd.model import TaskStatus
-from msearchd.store.postgres import SCHEMA_VERSION, PgStore, UnusableStore, redact
+from msearchd.store.postgres import MIGRATIONS, SCHEMA_VERSION, PgStore, UnusableStore, redact
 
 
 def add(store: PgStore, priority: int = 6, task_type: str = "t") -> int:
@@ -41,6 +41,33 @@ def test_data_survive_a_new_store_on_the_same_database(fresh_database):
         3.5,
     )
     second.close()
+
+
+def test_a_database_of_the_first_schema_is_brought_up_to_date_with_its_tasks(fresh_database):
+    url = fresh_database()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(MIGRATIONS[0])
+        conn.execute("CREATE TABLE msearch_schema (version INTEGER NOT NULL)")
+        conn.execute("INSERT INTO msearch_schema VALUES (1)")
+        conn.execute(
+            "INSERT INTO tasks (type, status, priority, data, created_at) "
+            "VALUES ('x', 'pending', 3, %s, 1.0)",
+            (b"\x80",),
+        )
+    store = PgStore(url)
+    store.register(workers=1)
+    try:
+        (task,) = store.list()
+        assert (task.type, task.data, task.result) == ("x", {}, None)
+        store.claim_ids([task.id], worker_pid=9)
+        store.complete_many([(2.0, 3.0, {"ok": 1}, task.id)])
+        assert store.get(task.id).result == {"ok": 1}
+        assert store.insert_keyed("k", task_type="x", data={}, priority=1, status="pending", created_at=2.0)
+        assert store.add_pauses(["x"], 1.0, None, None) == ["x"]
+    finally:
+        store.close()
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert conn.execute("SELECT version FROM msearch_schema").fetchone()[0] == SCHEMA_VERSION
 
 
 def test_a_newer_schema_and_a_foreign_database_are_refused_in_one_sentence(fresh_database):

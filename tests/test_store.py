@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from msearchd.model import TaskStatus
+from msearchd.selection import Selection
 from msearchd.store import AUTOCHECKPOINT, SCHEMA_VERSION, Store, UnusableStore
 
 SQLITE_ONLY = pytest.mark.parametrize("store", ["sqlite"], indirect=True)
@@ -476,3 +477,125 @@ def test_bulk_requests_are_listed_and_removed_once_stale(store):
     with store.transaction():
         store.delete_events([marker])
     assert store.bulk_requests("dependents_pending") == []
+
+
+def test_a_completed_task_keeps_what_its_handler_returned(store):
+    with_result, without = add(store), add(store)
+    store.claim_ids([with_result, without], worker_pid=9)
+    store.complete_many([(2.0, 3.0, {"files": ["a", "b"], "n": 2}, with_result), (None, 3.0, None, without)])
+    done = store.get(with_result)
+    assert (done.status, done.started_at, done.finished_at) == (TaskStatus.COMPLETED, 2.0, 3.0)
+    assert done.result == {"files": ["a", "b"], "n": 2}
+    assert store.get(without).status == TaskStatus.COMPLETED and store.get(without).result is None
+    assert store.update(without, result={"later": True}) is True
+    assert store.get_many([without])[0].result == {"later": True}
+
+
+def test_newest_first_lists_the_same_tasks_in_descending_id_order(store):
+    ids = [add(store, task_type="ab"[i % 2]) for i in range(8)]
+    for i in ids[::3]:
+        store.update(i, status=TaskStatus.FAILED)
+    for statuses, task_type in ((None, None), (["pending", "failed"], None), (["pending"], "a"), (None, "b")):
+        oldest_first = [t.id for t in store.list(statuses, task_type, limit=100)]
+        assert oldest_first == sorted(oldest_first) and oldest_first
+        newest = [t.id for t in store.list(statuses, task_type, limit=3, offset=1, newest_first=True)]
+        assert newest == oldest_first[::-1][1:4], (statuses, task_type)
+
+
+def keyed(store, key: str, task_type: str = "t", deps=()) -> int | None:
+    return store.insert_keyed(
+        key,
+        task_type=task_type,
+        data={"k": key},
+        priority=6,
+        status=TaskStatus.PENDING,
+        depends_on=deps,
+        created_at=1.0,
+        submitter=(1000, 42),
+    )
+
+
+def test_a_key_is_held_by_one_unfinished_task_at_a_time(store):
+    first = add(store)
+    held = keyed(store, "report", deps=[first])
+    assert held is not None and keyed(store, "report") is None
+    assert store.max_id() == held  # the refused insert wrote nothing
+    assert store.unfinished_with_key("report").id == held
+    assert store.get(held).depends_on == [first]
+    assert store.submitter(held) == (1000, 42)
+    assert store.keys([first, held]) == {held: "report"}
+    assert store.cancel_waiting([held], 2.0) == [held]
+    assert store.unfinished_with_key("report") is None
+    again = keyed(store, "report")
+    assert again is not None and again > held
+    assert store.keys([held, again]) == {held: "report", again: "report"}
+
+
+def test_a_selection_window_tests_ids_types_priorities_and_times_in_the_store(store):
+    ids = [
+        store.insert(task_type=t, data={"i": n}, priority=p, status=TaskStatus.PENDING, created_at=float(n))
+        for n, (t, p) in enumerate(
+            [("scan", 1), ("scan.big", 5), ("index", 9), ("scan.small", 3), ("x[1]", 4)]
+        )
+    ]
+    store.update(ids[3], status=TaskStatus.FAILED)
+    store.update(ids[4], status=TaskStatus.FAILED, retried_as=ids[0])
+    everything = ["pending", "failed"]
+
+    def window(selection: Selection, statuses=everything, after=0, up_to=ids[-1], **kw) -> list:
+        return store.select_window(selection, statuses, after, up_to, **kw)
+
+    assert [r[0] for r in window(Selection())] == ids
+    assert window(Selection(ids=(ids[1],)))[0][:4] == (ids[1], "scan.big", "pending", 5)
+    assert window(Selection(ids=(ids[1],)))[0][4] is None
+    assert window(Selection(ids=(ids[1],)), with_data=True)[0][4] == {"i": 1}
+    assert [r[0] for r in window(Selection(types=("scan.*",)))] == [ids[1], ids[3]]
+    assert [r[0] for r in window(Selection(types=("index", "scan.s?al[kl]")))] == [ids[2], ids[3]]
+    assert [r[0] for r in window(Selection(types=("x[[]1]",)))] == [ids[4]]
+    assert [r[0] for r in window(Selection(types=("scan",)))] == [ids[0]]
+    assert [r[0] for r in window(Selection(priority=(3, 5)))] == [ids[1], ids[3], ids[4]]
+    assert [r[0] for r in window(Selection(created_before=2.0, created_after=1.0))] == [ids[1]]
+    assert [r[0] for r in window(Selection(), statuses=["failed"], not_retried=True)] == [ids[3]]
+    assert [r[0] for r in window(Selection(), after=ids[0], up_to=ids[2])] == [ids[1], ids[2]]
+    assert window(Selection(ids=(ids[4],)), up_to=ids[3]) == []
+
+
+def test_cancel_for_a_request_and_reprioritize_touch_only_waiting_tasks(store):
+    waiting, blocked, running = add(store, 5), add(store, 5, status=TaskStatus.BLOCKED), add(store, 5)
+    store.claim_ids([running], worker_pid=9)
+    with store.transaction():
+        assert store.reprioritize([running, blocked, waiting], 2) == [(waiting, 5), (blocked, 5)]
+        assert store.reprioritize([waiting], 2) == []
+    assert [store.get(i).priority for i in (waiting, blocked, running)] == [2, 2, 5]
+    with store.transaction():
+        request = store.add_bulk_request(3.0, "cancel_requested", {"by": "selection"}, 1000, 42)
+        assert store.cancel_for_request([running, blocked, waiting], 3.0, request) == [waiting, blocked]
+    cancelled = store.get(blocked)
+    assert (cancelled.status, cancelled.finished_at, cancelled.blocked_reason) == (
+        TaskStatus.CANCELLED,
+        3.0,
+        None,
+    )
+    assert [(e["event"], e["by"], e["uid"]) for e in store.events(waiting)] == [
+        ("cancel_requested", "selection", 1000)
+    ]
+    assert store.get(running).status == TaskStatus.RUNNING
+
+
+def test_queue_pauses_keep_who_paused_first_and_requests_list_the_latest(store):
+    with store.transaction():
+        assert store.add_pauses(["scan", "*"], 1.0, 1000, 42) == ["scan", "*"]
+        assert store.add_pauses(["scan", "index"], 2.0, 0, 7) == ["index"]
+    assert store.pauses() == [("*", 1.0, 1000, 42), ("index", 2.0, 0, 7), ("scan", 1.0, 1000, 42)]
+    with store.transaction():
+        assert store.remove_pauses(["scan", "other"]) == ["scan"]
+        assert store.remove_pauses(None) == ["*", "index"]
+    assert store.pauses() == []
+    with store.transaction():
+        for n, event in enumerate(["queue_paused", "cancel_requested", "queue_resumed", "queue_paused"]):
+            store.add_bulk_request(float(n), event, {"n": n}, 1000, n)
+    latest = store.queue_requests(["queue_paused", "queue_resumed"], 2)
+    assert [(r["time"], r["event"], r["n"], r["pid"]) for r in latest] == [
+        (2.0, "queue_resumed", 2, 2),
+        (3.0, "queue_paused", 3, 3),
+    ]
