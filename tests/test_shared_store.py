@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -243,7 +244,8 @@ def test_a_daemon_that_loses_its_store_answers_unavailable_stops_its_tasks_and_c
         with pytest.raises(Unavailable, match=r"the task store postgresql://\S+ cannot be reached"):
             c.get(task["id"])
         d.wait_for_log("stopping the running tasks and starting none until the store answers")
-        psutil.Process(pid).wait(20)  # it must not run while the others may take it for dead
+        with contextlib.suppress(psutil.NoSuchProcess):  # gone already, before it is looked up: fine
+            psutil.Process(pid).wait(20)  # it must not run while the others may take it for dead
         own_postgres.resume()
         until_available(lambda: c.get(task["id"]))
         d.wait_for_log("the store answers again; starting tasks again")
