@@ -388,3 +388,26 @@ def test_retention_removes_the_oldest_finished_tasks_on_either_store(make_daemon
         assert [t["id"] for t in c.list(limit=100)] == [
             format_task_id(i) for i in [finished[0], *finished[3:], unfinished]
         ]
+
+
+def test_results_newest_first_keys_and_pauses_work_on_either_store(make_daemon, store):
+    d = make_daemon(workers=1, store=store)
+    with d.client() as c:
+        c.pause(["returns"])
+        assert [p["type"] for p in c.queue()["paused"]] == ["returns"]
+        first = c.submit("returns", {"value": {"n": 1}}, key="nightly")
+        again = c.submit("returns", {"value": {"n": 2}}, key="nightly")
+        assert again["id"] == first["id"]  # the key is held: nothing new was queued
+        second = c.submit("returns", {"value": [1, "two"]})
+        assert [t["id"] for t in c.list(order="newest")] == [second["id"], first["id"]]
+        queue = c.resume(["returns"])
+        assert queue["paused"] == [] and [h["event"] for h in queue["history"]] == [
+            "queue_paused",
+            "queue_resumed",
+        ]
+        done = c.wait([first["id"], second["id"]], timeout=20)
+        assert [(t["status"], t["result"]) for t in done["tasks"]] == [
+            ("completed", {"n": 1}),
+            ("completed", [1, "two"]),
+        ]
+        assert c.get(first["id"])["result"] == {"n": 1}
