@@ -30,6 +30,10 @@ from msearchd.model import StopReason, Task, TaskStatus
 from msearchd.protocol import pack
 from msearchd.selection import Selection
 from msearchd.store import UnusableStore
+from msearchd.store.schema import STATUS_BY_NAME as _STATUS
+from msearchd.store.schema import STOP_REASON_BY_NAME as _STOP_REASON
+from msearchd.store.schema import UPDATABLE as _UPDATABLE
+from msearchd.store.schema import WAITING
 
 _SCHEMA_V1 = """
 CREATE TABLE tasks (
@@ -137,32 +141,11 @@ _COLUMNS = (
     "stop_reason, retry_of, retried_as, created_at, started_at, finished_at, worker_pid, "
     "(SELECT array_agg(depends_on ORDER BY depends_on) FROM deps WHERE deps.task_id = tasks.id), host, result"
 )
-_UPDATABLE = frozenset(
-    {
-        "status",
-        "priority",
-        "progress",
-        "current_operation",
-        "attempts",
-        "error",
-        "blocked_reason",
-        "stop_reason",
-        "cancel_requested",
-        "retried_as",
-        "started_at",
-        "finished_at",
-        "worker_pid",
-        "result",
-    }
-)
-WAITING = (str(TaskStatus.PENDING), str(TaskStatus.BLOCKED))
-_STATUS = {str(s): s for s in TaskStatus}
 # A running task is this daemon's: its claim named it (a row made running by hand names none).
 _OWN = "(host IS NULL OR host = %s)"
 # A daemon claims only while the others count it alive: once they have taken it for dead (and settled
 # its tasks), it starts nothing until it has registered again.
 _ALIVE = "EXISTS (SELECT 1 FROM daemons WHERE id = %s)"
-_STOP_REASON = {str(r): r for r in StopReason}
 # Ids a statement that replaces dependencies changes at most (see `replace_dependency`).
 CHUNK = 900
 _FINISHED = "('completed', 'failed', 'cancelled')"

@@ -1,5 +1,7 @@
 """The SQLite schema of the task store, and the migrations that bring an older store up to it."""
 
+from msearchd.model import StopReason, TaskStatus
+
 _SCHEMA_V1 = """
 CREATE TABLE tasks (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -76,3 +78,28 @@ ALTER TABLE tasks ADD COLUMN result BLOB;
 # Migration N brings a store from schema version N to N + 1; the version is SQLite's user_version.
 MIGRATIONS = (_SCHEMA_V1, _SUBMITTER_V2, _CONTROL_V3, _RESULT_V4)
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+# What both stores share about the tasks table: the fields an update may set, the waiting statuses,
+# and a column's text to its enum member (a dict lookup costs a fraction of calling the enum).
+UPDATABLE = frozenset(
+    {
+        "status",
+        "priority",
+        "progress",
+        "current_operation",
+        "attempts",
+        "error",
+        "blocked_reason",
+        "stop_reason",
+        "cancel_requested",
+        "retried_as",
+        "started_at",
+        "finished_at",
+        "worker_pid",
+        "result",
+    }
+)
+WAITING = (str(TaskStatus.PENDING), str(TaskStatus.BLOCKED))
+STATUS_BY_NAME = {str(s): s for s in TaskStatus}
+STOP_REASON_BY_NAME = {str(r): r for r in StopReason}

@@ -26,32 +26,16 @@ from msearchd.errors import Unavailable
 from msearchd.model import StopReason, Task, TaskStatus
 from msearchd.protocol import pack
 from msearchd.selection import Selection
-from msearchd.store.schema import MIGRATIONS, SCHEMA_VERSION
+from msearchd.store.schema import MIGRATIONS, SCHEMA_VERSION, WAITING
+from msearchd.store.schema import STATUS_BY_NAME as _STATUS
+from msearchd.store.schema import STOP_REASON_BY_NAME as _STOP_REASON
+from msearchd.store.schema import UPDATABLE as _UPDATABLE
 
 _COLUMNS = (
     "id, type, status, priority, data, progress, current_operation, attempts, error, blocked_reason, "
     "stop_reason, retry_of, retried_as, created_at, started_at, finished_at, worker_pid, "
     "(SELECT group_concat(depends_on) FROM deps WHERE deps.task_id = tasks.id), result"
 )
-_UPDATABLE = frozenset(
-    {
-        "status",
-        "priority",
-        "progress",
-        "current_operation",
-        "attempts",
-        "error",
-        "blocked_reason",
-        "stop_reason",
-        "cancel_requested",
-        "retried_as",
-        "started_at",
-        "finished_at",
-        "worker_pid",
-        "result",
-    }
-)
-WAITING = (str(TaskStatus.PENDING), str(TaskStatus.BLOCKED))
 _FINISHED = "('completed', 'failed', 'cancelled')"
 # A finished task `t` nothing unfinished refers to: no waiting or running task depends on it, and its
 # retry (if any) has finished.
@@ -79,8 +63,6 @@ def _pack(data: dict[str, Any]) -> bytes:
 
 
 # A column's text to its enum member: a dict lookup costs a fraction of calling the enum.
-_STATUS = {str(s): s for s in TaskStatus}
-_STOP_REASON = {str(r): r for r in StopReason}
 
 
 def _row_to_task(row: Sequence[Any]) -> Task:
