@@ -49,20 +49,52 @@ def daemons(
             d.stop()
 
 
-def msearchd_dispatch(root: Path, url: str, n_daemons: int, n: int) -> float:
+def cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """User and system CPU seconds of each process still there, by pid."""
+    import psutil
+
+    spent = {}
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = psutil.Process(pid).cpu_times()
+            spent[pid] = times.user + times.system
+    return spent
+
+
+def processes(ds: list[Daemon], server: Any) -> dict[str, list[int]]:
+    """The processes whose CPU a dispatch spends: the daemons, their workers, the PostgreSQL server's."""
+    import psutil
+
+    postmaster = int((server.data / "postmaster.pid").read_text().split()[0])
+    workers = [c.pid for d in ds for c in psutil.Process(d.pid).children(recursive=True)]
+    backends = [postmaster, *(c.pid for c in psutil.Process(postmaster).children())]
+    return {"daemons": [d.pid for d in ds], "workers": workers, "postgres": backends}
+
+
+def msearchd_dispatch(
+    root: Path, url: str, n_daemons: int, n: int, server: Any
+) -> tuple[float, dict[str, float]]:
+    """Seconds to dispatch n no-op tasks, and the CPU seconds each kind of process spent per task."""
     with daemons(root, url, n_daemons) as ds:
         for d in ds:
             d.warm_up(4)
         with ds[0].client() as c:
+            kinds = processes(ds, server)
+            before = {kind: cpu_seconds(pids) for kind, pids in kinds.items()}
             t0 = time.perf_counter()
             ids: list[str] = []
             for start in range(0, n, 1000):
                 ids += c.submit_many([{"type": "noop"}] * min(1000, n - start))["task_ids"]
             result = c.wait(ids, timeout=600)
             elapsed = time.perf_counter() - t0
+            after = {kind: cpu_seconds(pids) for kind, pids in kinds.items()}
         if result["timed_out"] or any(t["status"] != "completed" for t in result["tasks"]):
             raise RuntimeError("msearchd did not complete every task")
-    return elapsed
+    per_task = {
+        kind: sum(spent - before[kind].get(pid, 0.0) for pid, spent in after[kind].items()) / n
+        for kind in kinds
+    }
+    return elapsed, per_task
 
 
 def procrastinate_dispatch(url: str, n_workers: int, n: int) -> float:
@@ -235,8 +267,18 @@ def run(ctx: Context) -> None:
             return server.create_database(f"b{next(made)}")
 
         for k in (1, 2, 3):
-            elapsed = msearchd_dispatch(root / f"m{k}", database(), k, n)
+            elapsed, cpu = msearchd_dispatch(root / f"m{k}", database(), k, n, server)
             ours = n / elapsed
+            ctx.add(
+                Row(
+                    NAME,
+                    f"CPU per task, {k} daemon(s): daemons / workers / PostgreSQL",
+                    ms(cpu["daemons"]),
+                    None,
+                    "ms",
+                    note=f"workers {ms(cpu['workers']):.3f} ms, PostgreSQL {ms(cpu['postgres']):.3f} ms",
+                )
+            )
             if procrastinate_ok:
                 peer = n / procrastinate_dispatch(database(), k, n)
                 ctx.add(
