@@ -65,6 +65,9 @@ class Settings:
     priorities: dict[str, int] = field(default_factory=dict)
     handlers: dict[str, str] = field(default_factory=dict)
     type_limits: dict[str, int] = field(default_factory=dict)
+    # Limits on the running tasks of a type across every daemon of a shared store; None: this daemon
+    # leaves the store's as they are (with a store of its own, limits of this daemon like type_limits).
+    cluster_type_limits: dict[str, int] | None = None
     cgroups: bool = True
     idle_timeout: float = 600.0  # seconds; 0 keeps idle connections open
     max_connections: int = 1000
@@ -123,6 +126,7 @@ def load(path: Path | None, overrides: Mapping[str, Any]) -> Settings:
         "priorities",
         "handlers",
         "type_limits",
+        "cluster_type_limits",
         "cgroups",
         "idle_timeout",
         "max_connections",
@@ -175,6 +179,8 @@ def load(path: Path | None, overrides: Mapping[str, Any]) -> Settings:
     settings.priorities = _table(raw, "priorities", int, where)
     settings.handlers = _table(raw, "handlers", str, where)
     settings.type_limits = _table(raw, "type_limits", int, where)
+    if "cluster_type_limits" in raw:
+        settings.cluster_type_limits = _table(raw, "cluster_type_limits", int, where)
 
     for key, value in overrides.items():
         if value is not None:
@@ -206,6 +212,8 @@ def validate(settings: Settings) -> None:
         )
     for name, limit in settings.type_limits.items():
         _expect(limit >= 1, f"type_limits.{name} must be at least 1, got {limit}")
+    for name, limit in (settings.cluster_type_limits or {}).items():
+        _expect(limit >= 1, f"cluster_type_limits.{name} must be at least 1, got {limit}")
     for name, target in settings.handlers.items():
         _expect(":" in target, f"handlers.{name} must be 'module:function', got {target!r}")
     _expect(

@@ -49,6 +49,7 @@ returns = "handlers:returns"
 replacer = "handlers:replacer"
 asks = "handlers:asks"
 batcher = "handlers:batcher"
+span = "handlers:span"
 """
 
 

@@ -180,3 +180,13 @@ def asks(ctx: TaskContext, data: dict[str, Any]) -> dict[str, bool]:
 def batcher(ctx: TaskContext, data: dict[str, Any]) -> list[str]:
     """Submits data.tasks with one request; returns their ids."""
     return ctx.submit_many(data["tasks"])
+
+
+def span(ctx: TaskContext, data: dict[str, Any]) -> None:
+    """Appends 'ID start T' to data.record, works data.work seconds, then appends 'ID end T'; T is
+    the system's monotonic clock, the same in every process of the machine."""
+    with open(data["record"], "a") as f:
+        f.write(f"{ctx.task_id} start {time.monotonic()}\n")
+    time.sleep(data.get("work", 0))
+    with open(data["record"], "a") as f:
+        f.write(f"{ctx.task_id} end {time.monotonic()}\n")

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from msearchd.errors import Unavailable
-from msearchd.model import TaskStatus
+from msearchd.model import Task, TaskStatus
 from msearchd.store.postgres import MIGRATIONS, SCHEMA_VERSION, PgStore, UnusableStore, redact
 
 
@@ -233,3 +233,90 @@ async def notifications(url: str) -> None:
     listening.cancel()
     sender.close()
     receiver.close()
+
+
+def pending(store: PgStore, n: int, task_type: str) -> list[int]:
+    spec = {"task_type": task_type, "data": {}, "status": TaskStatus.PENDING, "depends_on": []}
+    return store.insert_many([{**spec, "priority": 6, "blocked_reason": None}] * n, 1.0)
+
+
+def test_a_cluster_limit_holds_under_a_storm_of_claims_from_several_daemons(fresh_database):
+    url = fresh_database()
+    stores = [PgStore(url, f"/state{i}", daemon_id=f"d{i}") for i in range(4)]
+    for store in stores:
+        store.register(2)
+    assert stores[0].set_cluster_limits({"video": 3}) == {}
+    late = PgStore(url, "/late", daemon_id="late")  # learns of the limit from the database alone
+    late.register(2)
+    stores.append(late)
+    for store in stores:
+        store.heartbeat(0)
+    late.limited_types = frozenset()  # as if it had not heard of it yet: its claims still count
+    ids = pending(stores[0], 60, "video") + pending(stores[0], 60, "other")
+    claimed: dict[str, list[Task]] = {s.daemon_id: [] for s in stores}
+    go = threading.Barrier(len(stores))
+
+    def claim(store: PgStore) -> None:
+        go.wait()
+        for _ in range(80):  # one task per transaction, as many transactions as the queue lets
+            with store.transaction():
+                first = store.claim_next([], 2.0, 1)
+                more = store.claim_ids([i for i, _ in store.next_pending(3)], 1) if first else []
+            claimed[store.daemon_id] += [t for t in (first, *more) if t is not None]
+
+    threads = [threading.Thread(target=claim, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    every = [t for got in claimed.values() for t in got]
+    assert len({t.id for t in every}) == len(every)
+    assert sorted(t.id for t in every if t.type == "other") == ids[60:]  # the others all ran
+    assert sum(t.type == "video" for t in every) == 3  # never more than the limit at once
+    assert all(t.type == "other" for t in claimed["late"])
+    ended = next(t for t in every if t.type == "video")
+    owner = next(s for s in stores if s.daemon_id == ended.host)
+    owner.complete_many([(2.0, 3.0, None, ended.id)])
+    with stores[1].transaction():  # the one that ended leaves room for exactly one more
+        again = stores[1].claim_next([], 4.0, 1)
+        assert again is not None and again.type == "video"
+        assert stores[1].claim_next([], 4.0, 1) is None
+    assert stores[2].set_cluster_limits({}) == {"video": 3}  # no limit any more: the rest may run
+    with stores[2].transaction():
+        assert stores[2].claim_next([], 5.0, 1) is not None
+    for store in stores:
+        store.close()
+
+
+def test_a_hold_on_starts_keeps_every_daemon_from_claiming_its_type_until_released(fresh_database):
+    url = fresh_database()
+    a, b = PgStore(url, "/a", daemon_id="a"), PgStore(url, "/b", daemon_id="b")
+    a.register(1)
+    b.register(1)
+    video, other = pending(a, 1, "video")[0], pending(a, 1, "other")[0]
+    hold = a.hold_starts("video")
+    with b.transaction():
+        got = b.claim_next([], 1.0, 1)
+        assert got is not None and got.id == other
+        assert b.claim_next([], 1.0, 1) is None
+        assert b.claim_ids([video], 1) == []
+    a.release_starts(hold)
+    everything = a.hold_starts(None)
+    more = pending(a, 1, "other")[0]
+    assert b.claim_next([], 1.0, 1) is None
+    a.release_starts(everything)
+    assert [t.id for t in (b.claim_next([], 1.0, 1), b.claim_next([], 1.0, 1))] == [video, more]
+    dropped = a.hold_starts("other")
+    a._holds.discard(dropped)  # its release did not reach the store: the next heartbeat ends it
+    pending(a, 1, "other")
+    assert b.claim_next([], 1.0, 1) is None
+    assert a.heartbeat(0) is True
+    assert b.claim_next([], 1.0, 1) is not None
+    lost = b.hold_starts(None)  # a daemon taken for dead leaves no hold behind
+    pending(a, 1, "other")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("UPDATE daemons SET heartbeat = now() - interval '1 minute' WHERE id = 'b'")
+    assert a.expire_daemons(30) == ["b"] and lost in b._holds
+    assert a.claim_next([], 1.0, 1) is not None
+    a.close()
+    b.close()

@@ -411,3 +411,55 @@ def test_results_newest_first_keys_and_pauses_work_on_either_store(make_daemon, 
             ("completed", [1, "two"]),
         ]
         assert c.get(first["id"])["result"] == {"n": 1}
+
+
+def most_at_once(record) -> int:
+    """The most tasks of a record of `span` tasks that ran at the same moment."""
+    moments = []
+    for line in record.read_text().splitlines():
+        _, edge, at = line.split()
+        moments.append((float(at), 0 if edge == "end" else 1))  # at a tie, an end comes first
+    running = most = 0
+    for _, starts in sorted(moments):
+        running += 1 if starts else -1
+        most = max(most, running)
+    return most
+
+
+def test_a_cluster_type_limit_holds_across_daemons_and_the_tasks_it_holds_back_all_run(
+    make_daemon, store, tmp_path
+):
+    """Three daemons, each allowed one `span` at a time, share a limit of two: the third never starts
+    one beside them. With a store of its own, the same setting limits the one daemon."""
+    limits = "[cluster_type_limits]\nspan = 2\n"
+    if store is None:
+        daemons = [make_daemon(workers=3, config_extra=limits)]
+    else:
+        limits += "[type_limits]\nspan = 1\n"
+        daemons = [make_daemon(workers=2, store=store, config_extra=limits) for _ in range(3)]
+    record = tmp_path / "spans"
+    with daemons[0].client() as c:
+        spans = [c.submit("span", {"record": str(record), "work": 0.2}) for _ in range(10)]
+        others = [c.submit("quick", {}) for _ in range(6)]
+        done = c.wait([t["id"] for t in spans + others], timeout=60)
+        assert not done["timed_out"] and {t["status"] for t in done["tasks"]} == {"completed"}
+        if store is not None:
+            hosts = {c.get(t["id"])["host"] for t in spans}
+            assert len(hosts) >= 2  # one at a time on each daemon: the two at once ran on two daemons
+    assert most_at_once(record) == 2
+
+
+def test_cluster_type_limits_are_read_only_where_the_file_has_the_table(tmp_path):
+    from msearchd import config
+    from msearchd.errors import InvalidArgument
+
+    path = tmp_path / "msearchd.toml"
+    path.write_text("[type_limits]\nvideo = 3\n")
+    assert config.load(path, {}).cluster_type_limits is None  # the store's limits are left as they are
+    path.write_text("[cluster_type_limits]\n")
+    assert config.load(path, {}).cluster_type_limits == {}  # no limit for the whole cluster any more
+    path.write_text("[cluster_type_limits]\nvideo = 2\n")
+    assert config.load(path, {}).cluster_type_limits == {"video": 2}
+    path.write_text("[cluster_type_limits]\nvideo = 0\n")
+    with pytest.raises(InvalidArgument, match=r"cluster_type_limits\.video must be at least 1, got 0"):
+        config.load(path, {})

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 
 from msearchd.errors import Unavailable
-from msearchd.model import Task, TaskStatus
+from msearchd.model import TERMINAL, Task, TaskStatus
 from msearchd.service.core import CANCEL_CHANNEL, EVENTS_CHANNEL
 
 if TYPE_CHECKING:
@@ -36,6 +36,9 @@ FENCE_AFTER = 5.0
 FENCE_GRACE = DAEMON_EXPIRY - FENCE_AFTER - HEARTBEAT_INTERVAL - 1.0
 # Events of another daemon after which this one may find a task to start.
 WORK_EVENTS = frozenset({"submitted", "unblocked", "requeued", "priority_changed"})
+# A claim that passed over a cluster limit while another daemon held it tries again this much later:
+# that daemon's claim is over by then.
+LIMIT_RETRY = 0.02
 
 
 class Clustering(ServiceCore):
@@ -52,6 +55,26 @@ class Clustering(ServiceCore):
         other daemons notify (events, cancels). A store of its own needs none of it."""
         if self.store.shared:
             await asyncio.gather(self._heartbeats(), self._listen())
+
+    def _share_limits(self) -> None:
+        """Make this daemon's `cluster_type_limits`, if its settings have some, those of every daemon:
+        the store holds them, so that all count against the same number."""
+        limits = self.settings.cluster_type_limits
+        if limits is None:
+            return
+        before = self.store.set_cluster_limits(limits)
+        if before != limits:
+            log.info(
+                "limits of running tasks for the whole cluster are now %s (were %s)",
+                _limits_text(limits),
+                _limits_text(before),
+            )
+
+    def _retry_busy_limits(self) -> None:
+        """After a claim that passed over a cluster limit another daemon held: claim again soon."""
+        if self.store.shared and self.store.limits_busy:
+            self.store.limits_busy = False
+            asyncio.get_running_loop().call_later(LIMIT_RETRY, self.wake)
 
     def _late(self) -> bool:
         """With a shared store: the heartbeat is so old that the others may soon take this daemon
@@ -140,6 +163,13 @@ class Clustering(ServiceCore):
             return
         if message.pop("from") == self.store.daemon_id:
             return
-        self._deliver(message["task_id_n"], TaskStatus(message["status"]), message)
+        status = TaskStatus(message["status"])
+        self._deliver(message["task_id_n"], status, message)
         if message["event"] in WORK_EVENTS:
             self.wake()
+        elif status in TERMINAL and message["type"] in self.store.limited_types:
+            self.wake()  # room under a cluster limit
+
+
+def _limits_text(limits: dict[str, int]) -> str:
+    return ", ".join(f"{t} = {n}" for t, n in sorted(limits.items())) or "none"

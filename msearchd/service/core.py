@@ -48,7 +48,11 @@ class ServiceCore:
         self.store = store
         self.settings = settings
         self.clock = clock
-        self.scheduler = Scheduler(settings.type_limits)
+        limits = dict(settings.type_limits)
+        if not store.shared:  # the only daemon: the limits of the whole cluster are its own
+            for task_type, most in (settings.cluster_type_limits or {}).items():
+                limits[task_type] = min(most, limits.get(task_type, most))
+        self.scheduler = Scheduler(limits)
         self.pool: WorkerPool | None = None
         self.started_at = clock()
         self._wake = asyncio.Event()

@@ -100,6 +100,7 @@ class Dispatching(ServiceCore):
 
         def _current_attempt(self, task_id: int) -> int: ...
         def _late(self) -> bool: ...
+        def _retry_busy_limits(self) -> None: ...
 
     def _cascade_cancel(self, roots: Sequence[int]) -> int:
         """Cancel every waiting task that depends, directly or not, on the cancelled `roots`; returns
@@ -484,6 +485,7 @@ class Dispatching(ServiceCore):
                 if not lease:
                     break
                 leases.append((pid, lease))
+        self._retry_busy_limits()
         with self._announcing():
             for pid, lease in leases:
                 assert pool is not None

@@ -38,6 +38,7 @@ class Recovering(ServiceCore):
             self, work: list[tuple[int, int]], markers: dict[int, list[int]], future: asyncio.Future[Fanned]
         ) -> None: ...
         def flush_progress(self) -> None: ...
+        def _share_limits(self) -> None: ...
 
     def recover(self) -> None:
         """Settle the tasks a previous daemon left running: it stopped without finishing them. With
@@ -47,6 +48,7 @@ class Recovering(ServiceCore):
             self._settle_left(self.store.running(), "the daemon stopped")
         else:
             gone = self.store.register(self.settings.workers)
+            self._share_limits()
             self._take_over([*gone, *self.store.orphans()], "the daemon stopped")
         self._resume_fanouts()
         self.wake()

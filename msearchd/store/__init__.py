@@ -269,6 +269,12 @@ class SharedTaskStore(TaskStore, Protocol):
     daemon_id: str
     """This daemon among those of the store: HOSTNAME:PID."""
 
+    limited_types: frozenset[str]
+    """The types under a cluster limit, as last learnt (claims count against the store's own)."""
+
+    limits_busy: bool
+    """A claim passed over a type whose cluster limit another daemon held: claim again soon."""
+
     def transaction_open(self) -> bool:
         """Whether what is written now waits for a commit."""
 
@@ -295,6 +301,15 @@ class SharedTaskStore(TaskStore, Protocol):
 
     def adopt(self, daemon_id: str) -> list[Task]:
         """Make the running tasks of a gone daemon this daemon's, to settle; each is taken once."""
+
+    def set_cluster_limits(self, limits: dict[str, int]) -> dict[str, int]:
+        """Make these the running-task limits of every daemon together; returns those before."""
+
+    def hold_starts(self, task_type: str | None) -> int:
+        """Keep every daemon from starting tasks of the type (any, when None) until released."""
+
+    def release_starts(self, hold: int) -> None:
+        """End a hold of `hold_starts`."""
 
     def deregister(self) -> None:
         """Leave the store: this daemon's tasks are settled, nothing is left to take over."""

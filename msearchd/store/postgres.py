@@ -113,8 +113,22 @@ _RESULT_V3 = """
 ALTER TABLE tasks ADD COLUMN result BYTEA;
 """
 
+# How many tasks of a type may run at once on all the daemons together; and the holds on starting tasks
+# of a type (of every type where NULL) that a daemon puts while it cancels them in bulk.
+_CLUSTER_V4 = """
+CREATE TABLE cluster_limits (
+    type TEXT PRIMARY KEY,
+    max_running INTEGER NOT NULL
+);
+CREATE TABLE start_holds (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    type TEXT,
+    daemon TEXT NOT NULL
+);
+"""
+
 # Migration N brings a database from schema version N to N + 1 (msearch_schema.version).
-MIGRATIONS = (_SCHEMA_V1, _CONTROL_V2, _RESULT_V3)
+MIGRATIONS = (_SCHEMA_V1, _CONTROL_V2, _RESULT_V3, _CLUSTER_V4)
 SCHEMA_VERSION = len(MIGRATIONS)
 # Any fixed number: the lock that keeps two daemons starting together from migrating at once.
 _MIGRATION_LOCK = 0x6D736561
@@ -146,6 +160,15 @@ _OWN = "(host IS NULL OR host = %s)"
 # A daemon claims only while the others count it alive: once they have taken it for dead (and settled
 # its tasks), it starts nothing until it has registered again.
 _ALIVE = "EXISTS (SELECT 1 FROM daemons WHERE id = %s)"
+# A pending task that a claim may take: of a type neither excluded (the first parameter) nor held by a
+# bulk cancel, and of a type under a cluster limit only where this transaction holds that limit's row
+# and found room under it (the second parameter).
+_CLAIMABLE = (
+    "status = 'pending' AND NOT type = ANY(%s) "
+    "AND (type = ANY(%s) OR type NOT IN (SELECT type FROM cluster_limits)) "
+    "AND NOT EXISTS (SELECT 1 FROM start_holds WHERE type IS NULL) "
+    "AND type NOT IN (SELECT type FROM start_holds WHERE type IS NOT NULL)"
+)
 # Ids a statement that replaces dependencies changes at most (see `replace_dependency`).
 CHUNK = 900
 _FINISHED = "('completed', 'failed', 'cancelled')"
@@ -233,6 +256,13 @@ class PgStore:
         self._notes: list[tuple[str, bytes]] = []  # notifications of the open transaction
         self._holding_notes = 0
         self.begun = 0  # transactions begun: tells one from the next
+        # Types under a cluster limit, as the database said at the last heartbeat (see `claim_next`).
+        self.limited_types: frozenset[str] = frozenset()
+        # Room under the cluster limits whose rows the transaction `_room_of` holds, by type.
+        self._room: dict[str, int] = {}
+        self._room_of = -1
+        self.limits_busy = False  # a claim passed over a type whose limit another daemon held
+        self._holds: set[int] = set()  # the holds on starts this daemon puts (see `hold_starts`)
 
     def close(self) -> None:
         if self._conn is not None:
@@ -652,15 +682,64 @@ class PgStore:
     def claim_next(self, exclude_types: Sequence[str], now: float, worker_pid: int) -> Task | None:
         """Move the first pending task in (priority, id) order to running for this daemon and return
         it. A task another daemon is claiming at this moment is skipped, not waited for. Nothing is
-        claimed before `register`, or after the others have taken this daemon for dead."""
-        row = self._run(
-            "UPDATE tasks SET status = 'running', started_at = %s, attempts = attempts + 1, progress = 0, "
-            "current_operation = NULL, error = NULL, worker_pid = %s, host = %s, cancel_requested = false "
-            "WHERE id = (SELECT id FROM tasks WHERE status = 'pending' AND NOT type = ANY(%s) "
-            f"ORDER BY priority, id LIMIT 1 FOR UPDATE SKIP LOCKED) AND {_ALIVE} RETURNING {_COLUMNS}",
-            (now, worker_pid, self.daemon_id, list(exclude_types), self.daemon_id),
-        ).fetchone()
-        return _row_to_task(row) if row else None
+        claimed before `register`, or after the others have taken this daemon for dead; nothing of
+        a type that a bulk cancel holds; nothing beyond a cluster limit (`set_cluster_limits`)."""
+        with self.transaction():
+            room = self._cluster_room(exclude_types)
+            row = self._run(
+                "UPDATE tasks SET status = 'running', started_at = %s, attempts = attempts + 1, "
+                "progress = 0, current_operation = NULL, error = NULL, worker_pid = %s, host = %s, "
+                f"cancel_requested = false WHERE id = (SELECT id FROM tasks WHERE {_CLAIMABLE} "
+                f"ORDER BY priority, id LIMIT 1 FOR UPDATE SKIP LOCKED) AND {_ALIVE} RETURNING {_COLUMNS}",
+                (
+                    now,
+                    worker_pid,
+                    self.daemon_id,
+                    [*exclude_types, *(t for t, n in room.items() if n <= 0)],
+                    [t for t, n in room.items() if n > 0],
+                    self.daemon_id,
+                ),
+            ).fetchone()
+        if row is None:
+            return None
+        task = _row_to_task(row)
+        if task.type in room:
+            room[task.type] -= 1
+        return task
+
+    def _cluster_room(self, exclude_types: Sequence[str]) -> dict[str, int]:
+        """How many more tasks of each type under a cluster limit may start, for the types with
+        pending tasks whose limit row this transaction locks (once per transaction). A row another
+        daemon holds is passed over (`limits_busy`), not waited for: that daemon is claiming too.
+
+        The running tasks are counted after the lock is taken, in a statement of their own: it
+        sees what every daemon that held the row before committed."""
+        if self._room_of == self.begun:
+            return self._room
+        self._room_of, self._room = self.begun, {}
+        if not self.limited_types.difference(exclude_types):
+            return self._room  # the claim itself refuses the types this daemon does not know of yet
+        rows = self._run(
+            "WITH wanted AS (SELECT type FROM cluster_limits l WHERE NOT type = ANY(%s) AND EXISTS "
+            "(SELECT 1 FROM tasks t WHERE t.type = l.type AND t.status = 'pending')), "
+            "held AS (SELECT l.type, l.max_running FROM cluster_limits l JOIN wanted USING (type) "
+            "ORDER BY l.type FOR UPDATE OF l SKIP LOCKED) "
+            "SELECT wanted.type, held.max_running FROM wanted LEFT JOIN held USING (type)",
+            (list(exclude_types),),
+        ).fetchall()
+        if any(most is None for _, most in rows):
+            self.limits_busy = True
+        most_of = {t: most for t, most in rows if most is not None}
+        if most_of:
+            running = dict(
+                self._run(
+                    "SELECT type, count(*) FROM tasks WHERE status = 'running' AND type = ANY(%s) "
+                    "GROUP BY type",
+                    (list(most_of),),
+                ).fetchall()
+            )
+            self._room = {t: most - running.get(t, 0) for t, most in most_of.items()}
+        return self._room
 
     def next_pending(self, limit: int) -> list[tuple[int, str]]:
         """(id, type) of the first `limit` pending tasks, in queue order."""
@@ -671,13 +750,14 @@ class PgStore:
 
     def claim_ids(self, ids: Sequence[int], worker_pid: int) -> list[Task]:
         """Move these tasks, if still pending and not being claimed elsewhere, to running for
-        `worker_pid`; returns them in queue order. None has started (see `mark_started`)."""
+        `worker_pid`; returns them in queue order. None has started (see `mark_started`). A task of
+        a type under a cluster limit is left alone: only `claim_next` counts those."""
         rows = self._run(
             "UPDATE tasks SET status = 'running', started_at = NULL, attempts = attempts + 1, progress = 0, "
             "current_operation = NULL, error = NULL, worker_pid = %s, host = %s, cancel_requested = false "
-            "WHERE id IN (SELECT id FROM tasks WHERE id = ANY(%s) AND status = 'pending' "
+            f"WHERE id IN (SELECT id FROM tasks WHERE id = ANY(%s) AND {_CLAIMABLE} "
             f"FOR UPDATE SKIP LOCKED) AND {_ALIVE} RETURNING {_COLUMNS}",
-            (worker_pid, self.daemon_id, list(ids), self.daemon_id),
+            (worker_pid, self.daemon_id, list(ids), [], [], self.daemon_id),
         ).fetchall()
         return sorted(map(_row_to_task, rows), key=lambda t: (t.priority, t.id))
 
@@ -1078,21 +1158,72 @@ class PgStore:
                 "ON CONFLICT (id) DO UPDATE SET workers = excluded.workers, heartbeat = now()",
                 (self.daemon_id, self.hostname, os.getpid(), self.state_dir, workers),
             )
+            self._run("DELETE FROM start_holds WHERE daemon = ANY(%s)", ([*gone, self.daemon_id],))
+            self.limited_types = frozenset(r[0] for r in self._run("SELECT type FROM cluster_limits"))
         return gone
 
     def heartbeat(self, busy: int) -> bool:
-        """Tell the others this daemon lives; False if they took it for dead and removed it."""
-        cur = self._run(
-            "UPDATE daemons SET heartbeat = now(), busy = %s WHERE id = %s", (busy, self.daemon_id)
-        )
-        return cur.rowcount > 0
+        """Tell the others this daemon lives; False if they took it for dead and removed it. It also
+        learns the types under a cluster limit, and removes the holds on starts this daemon put and
+        could not remove when it was done with them."""
+        row = self._run(
+            "WITH done AS (DELETE FROM start_holds WHERE daemon = %s AND NOT id = ANY(%s)) "
+            "UPDATE daemons SET heartbeat = now(), busy = %s WHERE id = %s "
+            "RETURNING (SELECT coalesce(array_agg(type), '{}') FROM cluster_limits)",
+            (self.daemon_id, list(self._holds), busy, self.daemon_id),
+        ).fetchone()
+        if row is None:
+            return False
+        self.limited_types = frozenset(row[0])
+        return True
 
     def expire_daemons(self, timeout: float) -> list[str]:
-        """Remove the daemons whose last heartbeat is older than `timeout` seconds; returns them."""
-        rows = self._run(
-            "DELETE FROM daemons WHERE heartbeat < now() - make_interval(secs => %s) RETURNING id", (timeout,)
-        )
-        return [r[0] for r in rows]
+        """Remove the daemons whose last heartbeat is older than `timeout` seconds, and the holds on
+        starts they put; returns them."""
+        with self.transaction():
+            gone = [
+                r[0]
+                for r in self._run(
+                    "DELETE FROM daemons WHERE heartbeat < now() - make_interval(secs => %s) RETURNING id",
+                    (timeout,),
+                )
+            ]
+            if gone:
+                self._run("DELETE FROM start_holds WHERE daemon = ANY(%s)", (gone,))
+        return gone
+
+    def set_cluster_limits(self, limits: dict[str, int]) -> dict[str, int]:
+        """Make these the limits of every daemon: at most so many tasks of each type run at once on
+        all of them together; the limits of types not named go. Returns the limits before."""
+        with self.transaction():
+            before = dict(self._run("SELECT type, max_running FROM cluster_limits ORDER BY type FOR UPDATE"))
+            self._run("DELETE FROM cluster_limits WHERE NOT type = ANY(%s)", (list(limits),))
+            self._many(
+                "INSERT INTO cluster_limits (type, max_running) VALUES (%s, %s) "
+                "ON CONFLICT (type) DO UPDATE SET max_running = excluded.max_running",
+                sorted(limits.items()),
+            )
+        self.limited_types = frozenset(limits)
+        return before
+
+    def hold_starts(self, task_type: str | None) -> int:
+        """Keep every daemon from starting tasks of this type (of any, when None) until
+        `release_starts`; the hold is committed when this returns. A hold outlives its daemon only
+        until the others take that daemon for dead."""
+        with self.transaction():
+            hold = int(
+                self._run(
+                    "INSERT INTO start_holds (type, daemon) VALUES (%s, %s) RETURNING id",
+                    (task_type, self.daemon_id),
+                ).fetchone()[0]  # type: ignore[index]
+            )
+        self._holds.add(hold)
+        return hold
+
+    def release_starts(self, hold: int) -> None:
+        """End a hold of `hold_starts`; if the store cannot be reached, the next heartbeat ends it."""
+        self._holds.discard(hold)
+        self._run("DELETE FROM start_holds WHERE id = %s", (hold,))
 
     def orphans(self) -> list[str]:
         """Daemons that hold running tasks but are not in the `daemons` table: gone without a trace."""
