@@ -463,3 +463,47 @@ def test_cluster_type_limits_are_read_only_where_the_file_has_the_table(tmp_path
     path.write_text("[cluster_type_limits]\nvideo = 0\n")
     with pytest.raises(InvalidArgument, match=r"cluster_type_limits\.video must be at least 1, got 0"):
         config.load(path, {})
+
+
+def test_a_task_waiting_in_another_daemons_lease_is_taken_back_by_a_plain_cancel(
+    make_daemon, fresh_database, fifo, tmp_path
+):
+    """It has not started: a cancel through any daemon takes it back unstarted, as one through the
+    daemon whose worker holds it does; the task that runs there needs --running, as ever."""
+    url = fresh_database()
+    a, a_gate, _ = busy_alone(make_daemon, url, fifo)
+    b = make_daemon(workers=1, store=url)
+    with a.client() as c:
+        for _ in range(5):  # they run on B, which learns that quick tasks are short: it leases them
+            c.wait([c.submit("quick")["id"]], timeout=20)
+        b_gate, hold, started = fifo("b-gate"), fifo("hold"), fifo("started")
+        c.submit("stepper", {"fifo": str(b_gate), "steps": 1}, priority=0)
+        record = tmp_path / "ran"
+        head = c.submit("quick", {"fifo": str(hold), "record": str(record), "started": str(started)})
+        queued = [c.submit("quick", {"record": str(record), "i": i}) for i in range(4)]
+        b_gate.write()  # B's worker takes the head and the queued tasks in one lease
+        started.read()
+        assert not c.wait([t["id"] for t in queued], statuses=["running"], timeout=20)["timed_out"]
+        assert {c.get(t["id"])["host"] for t in [head, *queued]} == {f"{socket.gethostname()}:{b.proc.pid}"}
+        plain = queued[1]
+        result = c.cancel(plain["id"])
+        assert (result["task"]["status"], result["task"]["stop_reason"]) == ("cancelled", "not_started")
+        assert result["task"]["attempts"] == 0 and result["task"]["started_at"] is None
+        history = c.history(plain["id"])
+        assert [(e["event"], e.get("by"), e.get("running")) for e in history] == [
+            ("submitted", None, None),
+            ("cancel_requested", "cancel", False),
+            ("cancelled", None, None),
+        ]
+        assert history[1]["uid"] == os.getuid()  # who asked, though another daemon took it back
+        with pytest.raises(InvalidState, match="is running; add running=true"):
+            c.cancel(head["id"])
+        bulk = c.cancel_by_type("quick")  # the rest of the lease, taken back the same way
+        assert (bulk["cancelled"], bulk["failed"]) == (3, 0)
+        hold.write()
+        done = c.wait([t["id"] for t in [head, *queued]], timeout=20)["tasks"]
+        assert [(t["status"], t["stop_reason"]) for t in done] == [("completed", None)] + [
+            ("cancelled", "not_started")
+        ] * 4
+    assert record.read_text().split() == [head["id"]]  # none of the others ran
+    a_gate.write()

@@ -126,10 +126,57 @@ class Cancelling(ServiceCore):
             _, cascaded = await self._stop_running(task, by=by, asked_elsewhere=True)
         self._notify(CANCEL_CHANNEL, {"reply": task_id, "cancelled_dependents": cascaded})
 
+    async def _take_back_for_another(self, task_id: int, message: dict[str, Any]) -> None:
+        """Take back a task of this daemon's leases that another daemon was asked to cancel, as if it
+        were pending, and answer how many dependents went with it (None: it runs, or ended)."""
+        REQUESTER.set((message["uid"], message["pid"]))
+        cascaded = None
+        try:
+            task = self.store.get(task_id)
+            leased = self.pool is not None and self.pool.waits_in_lease(task_id)
+            if task is not None and task.status is TaskStatus.RUNNING and leased:
+                cascaded = await self._take_back(task, by=message["by"])
+        finally:
+            self._notify(CANCEL_CHANNEL, {"taken_back": task_id, "cancelled_dependents": cascaded})
+
+    async def _take_back_elsewhere(self, task: Task, by: str) -> int | None:
+        """Ask the daemon that runs the task to take it back if it waits its turn in a lease there
+        (see `_take_back`); None if it runs there, ended, or that daemon did not answer in time."""
+        reply: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        self._take_back_replies.setdefault(task.id, []).append(reply)
+        uid, pid = REQUESTER.get()
+        try:
+            self._notify(CANCEL_CHANNEL, {"take_back": task.id, "by": by, "uid": uid, "pid": pid})
+            try:
+                return await asyncio.wait_for(reply, self.settings.grace + 1.0)
+            except TimeoutError:
+                return None
+        finally:
+            replies = [r for r in self._take_back_replies.get(task.id, []) if r is not reply]
+            if replies:
+                self._take_back_replies[task.id] = replies
+            else:
+                self._take_back_replies.pop(task.id, None)
+
+    def _elsewhere(self, task: Task) -> bool:
+        """Whether another daemon of a shared store runs the task."""
+        return self.store.shared and task.host not in (None, self.store.daemon_id)
+
+    def _maybe_handed_out(self, task: Task) -> bool:
+        """Whether a running task may wait its turn in a worker's lease: another daemon's may."""
+        return self._elsewhere(task) or (self.pool is not None and self.pool.waits_in_lease(task.id))
+
+    async def _take_back_anywhere(self, task: Task, by: str) -> int | None:
+        """`_take_back` by whichever daemon runs the task."""
+        if self._elsewhere(task):
+            return await self._take_back_elsewhere(task, by)
+        return await self._take_back(task, by)
+
     def cancel(self, task_id: Any, running: bool = False) -> dict[str, Any] | Awaitable[dict[str, Any]]:
         """Cancel a task. The answer comes at once for a waiting task; for a running one, an awaitable
         that completes once nothing of the task is left. A task that waits its turn in a worker's
-        lease has not started: it is cancelled like a pending one, `running` or not."""
+        lease has not started, on this daemon or another: it is cancelled like a pending one,
+        `running` or not."""
         return self._cancel(self._require(task_id), running, take_back=True)
 
     def _cancel(
@@ -143,7 +190,7 @@ class Cancelling(ServiceCore):
         if task.status is TaskStatus.RUNNING:
             if running:
                 return self._cancel_running(task)
-            if take_back and self.pool is not None and self.pool.waits_in_lease(task.id):
+            if take_back and self._maybe_handed_out(task):
                 return self._cancel_handed_out(task)
             raise InvalidState(f"{ref} is running; add running=true to stop it")
         return self._cancel_waiting(task, by="cancel")
@@ -212,7 +259,7 @@ class Cancelling(ServiceCore):
         return None
 
     async def _cancel_handed_out(self, task: Task) -> dict[str, Any]:
-        cascaded = await self._take_back(task, by="cancel")
+        cascaded = await self._take_back_anywhere(task, by="cancel")
         if cascaded is None:  # it runs, or ended, now: answer for that
             with self._settling():
                 self._settle()  # if it ended, its outcome may wait to be recorded
@@ -312,9 +359,9 @@ class Cancelling(ServiceCore):
                     cancelled += 1
                 else:
                     failed += 1
-        elif self.pool is not None:  # those handed to a worker that has not started them are waiting
-            handed_out = [t for t in targets if self.pool.waits_in_lease(t.id)]
-            for n in await asyncio.gather(*(self._take_back(t, by=by) for t in handed_out)):
+        else:  # those handed to a worker that has not started them are waiting, on any daemon
+            handed_out = [t for t in targets if self._maybe_handed_out(t)]
+            for n in await asyncio.gather(*(self._take_back_anywhere(t, by=by) for t in handed_out)):
                 if n is not None:
                     cancelled += 1
                     cascaded += n

@@ -49,6 +49,7 @@ class Clustering(ServiceCore):
         def _take_over(self, daemons: Iterable[str], why: str) -> None: ...
         def _settle_left(self, tasks: Iterable[Task], why: str) -> None: ...
         async def _stop_for_another(self, task_id: int, by: str) -> None: ...
+        async def _take_back_for_another(self, task_id: int, message: dict[str, Any]) -> None: ...
 
     async def run_cluster(self) -> None:
         """With a shared store: the heartbeat, the takeover of dead daemons' tasks, and what the
@@ -155,9 +156,19 @@ class Clustering(ServiceCore):
                     if not reply.done():
                         reply.set_result(message["cancelled_dependents"])
                 return
-            if self.store.host_of(message["task_id"]) != self.store.daemon_id:
+            if "taken_back" in message:
+                for answer in self._take_back_replies.get(message["taken_back"], ()):
+                    if not answer.done():
+                        answer.set_result(message["cancelled_dependents"])
+                return
+            task_id = message.get("task_id", message.get("take_back"))
+            if self.store.host_of(task_id) != self.store.daemon_id:
                 return  # another daemon's task, or one that is no daemon's any more
-            stop = asyncio.ensure_future(self._stop_for_another(message["task_id"], message["by"]))
+            if "take_back" in message:
+                job = self._take_back_for_another(task_id, message)
+            else:
+                job = self._stop_for_another(task_id, message["by"])
+            stop = asyncio.ensure_future(job)
             self._background.add(stop)
             stop.add_done_callback(self._background.discard)
             return

@@ -82,6 +82,9 @@ class ServiceCore:
         self._progress_held = False  # progress was told less than PROGRESS_NOTIFY_INTERVAL ago
         # Cancels asked of other daemons, by task: each answers how many dependents went with it.
         self._cancel_replies: dict[int, list[asyncio.Future[int]]] = {}
+        # Tasks asked of other daemons to take back from a worker's lease: how many dependents went
+        # with each, or None where it was not taken back.
+        self._take_back_replies: dict[int, list[asyncio.Future[int | None]]] = {}
         self.retention = Retention(store, settings, self.log_path, self._running_ids, (FANOUT_EVENT,), clock)
 
     def batch(self) -> AbstractContextManager[None]:
