@@ -15,6 +15,7 @@ class Scheduler:
     def __init__(self, type_limits: Mapping[str, int] | None = None) -> None:
         self._limits = dict(type_limits or {})
         self._running: Counter[str] = Counter()
+        self._held: Counter[str] = Counter()  # types a bulk cancel keeps from starting meanwhile
         self.paused: frozenset[str] = frozenset()
         self.all_paused = False  # the whole queue: nothing starts
 
@@ -24,10 +25,19 @@ class Scheduler:
     def excluded_types(self) -> list[str]:
         """Types that may not start another task now."""
         full = {t for t, limit in self._limits.items() if self._running[t] >= limit}
-        return sorted(full | self.paused)
+        return sorted(full | self.paused | self._held.keys())
 
     def limited(self, task_type: str) -> bool:
-        return task_type in self._limits or task_type in self.paused
+        return task_type in self._limits or task_type in self.paused or task_type in self._held
+
+    def hold(self, task_type: str) -> None:
+        """Start no task of this type until as many `release` calls."""
+        self._held[task_type] += 1
+
+    def release(self, task_type: str) -> None:
+        self._held[task_type] -= 1
+        if self._held[task_type] <= 0:
+            del self._held[task_type]
 
     def started(self, task_type: str) -> None:
         self._running[task_type] += 1

@@ -507,3 +507,58 @@ def test_a_task_waiting_in_another_daemons_lease_is_taken_back_by_a_plain_cancel
         ] * 4
     assert record.read_text().split() == [head["id"]]  # none of the others ran
     a_gate.write()
+
+
+def test_no_task_of_a_type_starts_on_any_daemon_while_a_cancel_by_type_works_through_it(
+    make_daemon, fresh_database, fifo, tmp_path
+):
+    """A cancels many tasks in chunks; it is stopped between two of them, while B's workers come free.
+    B starts other work, lower in the queue, but none of the tasks A is about to cancel."""
+    import threading
+
+    url = fresh_database()
+    a = make_daemon(workers=1, store=url)
+    b = make_daemon(workers=2, store=url)
+    gates = [fifo(f"gate{i}") for i in range(3)]
+    record = tmp_path / "ran"
+    with a.client() as c, b.client() as cb:
+        busy = [c.submit("stepper", {"fifo": str(g), "steps": 1}, priority=0) for g in gates]
+        c.wait([t["id"] for t in busy], statuses=["running"], timeout=20)
+        ids = []
+        for _ in range(10):
+            ids += c.submit_many([{"type": "quick", "data": {"record": str(record)}, "priority": 5}] * 1000)[
+                "task_ids"
+            ]
+        markers = [c.submit("noop", {}, priority=9) for _ in range(2)]
+        answers = []
+        with a.client() as canceller:
+            thread = threading.Thread(target=lambda: answers.append(canceller.cancel_by_type("quick", True)))
+            thread.start()
+            try:
+                deadline = time.monotonic() + 30
+                while not cb.count(status="cancelled", task_type="quick"):  # its first chunk is in
+                    assert thread.is_alive() and time.monotonic() < deadline
+                os.kill(a.proc.pid, signal.SIGSTOP)  # between two chunks, or in one
+                try:
+                    assert cb.count(status="pending", task_type="quick") > 0  # some are still to cancel
+                    free = [g for g, t in zip(gates, busy, strict=True) if c_host(cb, t) == b.proc.pid]
+                    assert len(free) == 2
+                    for gate in free:
+                        gate.write()  # B's workers come free
+                    cb.wait([t["id"] for t in markers], timeout=5)
+                finally:
+                    os.kill(a.proc.pid, signal.SIGCONT)
+            finally:
+                thread.join(60)
+        assert answers and answers[0]["cancelled"] == len(ids)
+        assert {t["status"] for t in c.wait([t["id"] for t in markers], timeout=20)["tasks"]} == {"completed"}
+        assert c.count(status="cancelled", task_type="quick") == len(ids)
+        for gate, task in zip(gates, busy, strict=True):
+            if c_host(c, task) == a.proc.pid:
+                gate.write()
+    assert not record.exists()  # none of them started, on either daemon
+
+
+def c_host(c, task) -> int:
+    """The pid of the daemon that runs the task."""
+    return int(c.get(task["id"])["host"].rsplit(":", 1)[1])

@@ -293,6 +293,37 @@ class Cancelling(ServiceCore):
         finally:
             self._bulk_ops.discard(task)
 
+    @contextmanager
+    def _holding_starts(self, task_type: str | None) -> Iterator[None]:
+        """Start no task of this type (of any, when None) while a bulk cancel works through the queue,
+        here and, with a shared store, on every daemon: taking tasks by priority, they would start
+        ones it is about to cancel. Other requests go on meanwhile."""
+        if task_type is None:
+            self._bulk_cancels += 1
+        else:
+            self.scheduler.hold(task_type)
+        try:
+            hold = self.store.hold_starts(task_type) if self.store.shared else None
+            try:
+                yield
+            finally:
+                if hold is not None:
+                    self._release_starts(hold)
+        finally:
+            if task_type is None:
+                self._bulk_cancels -= 1
+            else:
+                self.scheduler.release(task_type)
+            self.wake()
+
+    def _release_starts(self, hold: int) -> None:
+        """End a hold on starts, and tell the other daemons: they may have passed over tasks for it."""
+        try:
+            self.store.release_starts(hold)
+        except Unavailable as exc:
+            log.warning("%s; the hold on starts ends with the next heartbeat", exc.message)
+        self._notify(CANCEL_CHANNEL, {"released": hold})
+
     def _stopped_meanwhile(self, done: str) -> None:
         """Between two chunks of a bulk request: end it if the daemon is stopping, saying how far it got."""
         if self._stopping:
@@ -320,10 +351,7 @@ class Cancelling(ServiceCore):
         max_id = self.store.max_id()
         cancelled = cascaded = failed = 0
         later: list[asyncio.Future[Fanned]] = []
-        # Requests go on between chunks; starting tasks does not: the dispatcher, taking tasks by
-        # priority, would start ones this request is about to cancel.
-        self._bulk_cancels += 1
-        try:
+        with self._holding_starts(task_type):
             while True:
                 self._stopped_meanwhile(f"{cancelled} tasks were cancelled")
                 with self._deferring() as more, self.store.transaction():
@@ -344,9 +372,6 @@ class Cancelling(ServiceCore):
                         self.store.bulk_cancelled_with_newer_dependents(request, max_id)
                     )
                 later += more
-        finally:
-            self._bulk_cancels -= 1
-            self.wake()
         if later:
             cascaded += len((await self._later(later)).cancelled)
         self._stopped_meanwhile(f"{cancelled} tasks were cancelled")

@@ -151,6 +151,9 @@ class Clustering(ServiceCore):
 
     def _heard(self, channel: str, message: dict[str, Any]) -> None:
         if channel == CANCEL_CHANNEL:
+            if "released" in message:  # a bulk cancel is over: tasks it held back may start
+                self.wake()
+                return
             if "reply" in message:
                 for reply in self._cancel_replies.get(message["reply"], ()):
                     if not reply.done():

@@ -44,6 +44,7 @@ class Matching(ServiceCore):
         @contextmanager
         def _bulk(self) -> Iterator[None]: ...
         def _stopped_meanwhile(self, done: str) -> None: ...
+        def _release_starts(self, hold: int) -> None: ...
         def _retry(self, task_id: Any) -> dict[str, Any]: ...
 
     @contextmanager
@@ -169,6 +170,7 @@ class Matching(ServiceCore):
         later: list[Any] = []
         waiting = tuple(s for s in statuses if s in WAITING)
         self._bulk_cancels += 1  # nothing starts meanwhile: it could be a task about to be cancelled
+        hold = self.store.hold_starts(None) if self.store.shared else None  # on any daemon
         try:
             with self._bulk(), self._checkpoint_after():
                 async for rows in self._scan(selection, waiting, newest):
@@ -181,6 +183,8 @@ class Matching(ServiceCore):
                     self._publish_status("cancelled", done, stop_reason=StopReason.NOT_STARTED.value)
         finally:
             self._bulk_cancels -= 1
+            if hold is not None:
+                self._release_starts(hold)
             self.wake()
         if later:
             cascaded += len((await self._later(later)).cancelled)
