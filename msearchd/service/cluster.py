@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 
 from msearchd.errors import Unavailable
-from msearchd.model import TERMINAL, Task, TaskStatus
-from msearchd.service.core import CANCEL_CHANNEL, EVENTS_CHANNEL
+from msearchd.model import Task, TaskStatus
+from msearchd.service.core import CANCEL_CHANNEL, EVENTS_CHANNEL, WORK_CHANNEL
 
 if TYPE_CHECKING:
     from msearchd.service.core import ServiceCore
@@ -34,8 +34,6 @@ FENCE_AFTER = 5.0
 # The grace period of the tasks stopped then: short enough that they are gone before the others
 # take this daemon for dead, though the fence may start a heartbeat interval late.
 FENCE_GRACE = DAEMON_EXPIRY - FENCE_AFTER - HEARTBEAT_INTERVAL - 1.0
-# Events of another daemon after which this one may find a task to start.
-WORK_EVENTS = frozenset({"submitted", "unblocked", "requeued", "priority_changed"})
 # A claim that passed over a cluster limit while another daemon held it tries again this much later:
 # that daemon's claim is over by then.
 LIMIT_RETRY = 0.02
@@ -135,12 +133,18 @@ class Clustering(ServiceCore):
         while not self._stopping:
             try:
                 async for channel, raw in self.store.listen(
-                    [EVENTS_CHANNEL, CANCEL_CHANNEL], self._listening
+                    [EVENTS_CHANNEL, CANCEL_CHANNEL, WORK_CHANNEL], self._listening, self._wants
                 ):
                     self._heard(channel, msgpack.unpackb(raw, raw=False))
             except Exception as exc:
                 log.warning("lost the notifications of the other daemons (%s); listening again", exc)
                 await asyncio.sleep(HEARTBEAT_INTERVAL)
+
+    def _wants(self, channel: str) -> bool:
+        """Whether to read what comes on a channel now: the other daemons' events only while this one
+        has someone to tell of them (a waiter, a subscriber). Each daemon decoding every event of
+        every other costs each of them CPU for every task of the cluster."""
+        return channel != EVENTS_CHANNEL or bool(self._subscriptions or self._waiters)
 
     def _listening(self) -> None:
         """Listening (again): what was notified before is missed, so waits and the queue are looked
@@ -177,12 +181,10 @@ class Clustering(ServiceCore):
             return
         if message.pop("from") == self.store.daemon_id:
             return
-        status = TaskStatus(message["status"])
-        self._deliver(message["task_id_n"], status, message)
-        if message["event"] in WORK_EVENTS:
+        if channel == WORK_CHANNEL:
             self.wake()
-        elif status in TERMINAL and message["type"] in self.store.limited_types:
-            self.wake()  # room under a cluster limit
+            return
+        self._deliver(message["task_id_n"], TaskStatus(message["status"]), message)
 
 
 def _limits_text(limits: dict[str, int]) -> str:

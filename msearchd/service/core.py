@@ -17,6 +17,7 @@ from typing import Any
 from msearchd.config import Settings
 from msearchd.errors import NotFound, Unavailable
 from msearchd.model import (
+    TERMINAL,
     Task,
     TaskStatus,
     format_task_id,
@@ -40,6 +41,10 @@ NOTIFIED_ERROR_MAX = 1000
 # Notification channels between daemons sharing a store.
 EVENTS_CHANNEL = "msearch_events"
 CANCEL_CHANNEL = "msearch_cancel"
+# Said once per commit that may give the other daemons a task to start: a daemon reads the events of
+# the others only while it has waiters or subscribers (see service.cluster), this one always.
+WORK_CHANNEL = "msearch_work"
+WORK_EVENTS = frozenset({"submitted", "unblocked", "requeued", "priority_changed"})
 
 
 class ServiceCore:
@@ -83,6 +88,7 @@ class ServiceCore:
         self._progress_held = False  # progress was told less than PROGRESS_NOTIFY_INTERVAL ago
         # Cancels asked of other daemons, by task: each answers how many dependents went with it.
         self._cancel_replies: dict[int, list[asyncio.Future[int]]] = {}
+        self._work_told = -1  # the transaction that told the other daemons of work already
         # Tasks asked of other daemons to take back from a worker's lease: how many dependents went
         # with each, or None where it was not taken back.
         self._take_back_replies: dict[int, list[asyncio.Future[int | None]]] = {}
@@ -146,6 +152,16 @@ class ServiceCore:
             if isinstance(message.get("error"), str):
                 message["error"] = message["error"][:NOTIFIED_ERROR_MAX]
             self._notify(EVENTS_CHANNEL, message)
+            if event in WORK_EVENTS or (status in TERMINAL and task.type in self.store.limited_types):
+                self._tell_work()  # a task to start, or room under a cluster limit
+
+    def _tell_work(self) -> None:
+        """Wake the other daemons' dispatchers: once per transaction, however many tasks it changed."""
+        if self.store.transaction_open():
+            if self._work_told == self.store.begun:
+                return
+            self._work_told = self.store.begun
+        self._notify(WORK_CHANNEL, {"from": self.store.daemon_id})
 
     def _deliver_later(self, task_id: int, status: TaskStatus) -> None:
         """Tell the waiters of a task, once committed, when no subscriber needs the whole event."""

@@ -324,6 +324,10 @@ class SharedTaskStore(TaskStore, Protocol):
         """Notifications made inside, outside a transaction, go in one round trip at the end."""
 
     def listen(
-        self, channels: Sequence[str], ready: Callable[[], None] | None = None
+        self,
+        channels: Sequence[str],
+        ready: Callable[[], None] | None = None,
+        wanted: Callable[[str], bool] | None = None,
     ) -> AsyncIterator[tuple[str, bytes]]:
-        """What the daemons notify on `channels`; `ready` is called once it listens."""
+        """What the daemons notify on `channels`; `ready` is called once it listens. What comes on a
+        channel `wanted` refuses at that moment is dropped unread."""

@@ -210,10 +210,14 @@ class Cluster(Connection):
             )
 
     async def listen(
-        self, channels: Sequence[str], ready: Callable[[], None] | None = None
+        self,
+        channels: Sequence[str],
+        ready: Callable[[], None] | None = None,
+        wanted: Callable[[str], bool] | None = None,
     ) -> AsyncIterator[tuple[str, bytes]]:
         """What daemons notify on `channels`, on a connection of its own; `ready` is called once it
-        listens. It fails with psycopg.OperationalError when that connection is lost: the caller
+        listens. A notification on a channel that `wanted` refuses at the moment it comes is dropped
+        unread. It fails with psycopg.OperationalError when that connection is lost: the caller
         listens again, and has missed what was sent meanwhile."""
         conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True, **CONNECT)
         try:
@@ -222,6 +226,8 @@ class Cluster(Connection):
             if ready is not None:
                 ready()
             async for note in conn.notifies():
+                if wanted is not None and not wanted(note.channel):
+                    continue
                 for payload in msgpack.unpackb(base64.b64decode(note.payload)):
                     yield note.channel, payload
         finally:

@@ -138,9 +138,13 @@ class Leases(Connection):
         return self._room
 
     def next_pending(self, limit: int) -> list[tuple[int, str]]:
-        """(id, type) of the first `limit` pending tasks, in queue order."""
+        """(id, type) of the first `limit` pending tasks, in queue order, but those another daemon is
+        claiming. They stay locked until the transaction ends, so that daemons claiming at once
+        lease different tasks rather than race for the same ones (see `claim_ids`)."""
         rows = self._run(
-            "SELECT id, type FROM tasks WHERE status = 'pending' ORDER BY priority, id LIMIT %s", (limit,)
+            "SELECT id, type FROM tasks WHERE status = 'pending' ORDER BY priority, id LIMIT %s "
+            "FOR UPDATE SKIP LOCKED",
+            (limit,),
         )
         return [(i, t) for i, t in rows]
 
@@ -167,13 +171,22 @@ class Leases(Connection):
 
     def complete_many(self, rows: Sequence[tuple[float | None, float, Any, int]]) -> None:
         """Record (started_at, finished_at, result, id) of running tasks that completed."""
-        with self.transaction():
-            self._many(
-                "UPDATE tasks SET status = 'completed', progress = 1.0, started_at = "
-                "coalesce(%s, started_at), finished_at = %s, error = NULL, stop_reason = NULL, result = %s "
-                f"WHERE id = %s AND status = 'running' AND {OWN}",
-                [(s, f, None if r is None else pack(r), i, self.daemon_id) for s, f, r, i in rows],
-            )
+        if not rows:
+            return
+        self._run(  # one statement for all: the server parses and plans it once
+            "UPDATE tasks SET status = 'completed', progress = 1.0, started_at = "
+            "coalesce(c.started_at, tasks.started_at), finished_at = c.finished_at, error = NULL, "
+            "stop_reason = NULL, result = c.result FROM unnest(%s::float8[], %s::float8[], %s::bytea[], "
+            "%s::bigint[]) AS c(started_at, finished_at, result, id) "
+            f"WHERE tasks.id = c.id AND status = 'running' AND {OWN}",
+            (
+                [s for s, _, _, _ in rows],
+                [f for _, f, _, _ in rows],
+                [None if r is None else pack(r) for _, _, r, _ in rows],
+                [i for _, _, _, i in rows],
+                self.daemon_id,
+            ),
+        )
 
     def unlease(self, ids: Sequence[int]) -> None:
         """Put running tasks that never started back in the queue, as if they had not been claimed."""
