@@ -3,7 +3,9 @@
 - dispatch: N no-op tasks submitted through the first of 1, 2 or 3 daemons (2 workers each) on one
   database, timed from the first submit to the last completion; against Procrastinate on a database of
   the same server with as many worker processes of concurrency 2, its jobs deferred in batches of the
-  same size and timed the same way (completion seen in its jobs table).
+  same size and timed the same way (completion seen in its jobs table). With each count, the CPU time
+  per task of the daemons, their workers and the PostgreSQL server's processes: what adding a daemon
+  costs, apart from the machine's cores being shared.
 - control: `get`, `set_priority` and `cancel` of a pending task on one connection, a daemon on
   PostgreSQL against one on SQLite, calls interleaved.
 - cross-host cancel: request -> answer of `cancel --running` through daemon A of a command task running

@@ -4,6 +4,7 @@ claiming from one queue, the daemons table, notifications, and a connection that
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 import threading
 
@@ -114,30 +115,37 @@ def test_daemons_claim_each_task_once_under_a_storm_of_claims(fresh_database):
         ],
         1.0,
     )
-    claimed: dict[str, list[int]] = {s.daemon_id: [] for s in stores}
+    claimed = storm(stores)
+    every = [t.id for got in claimed.values() for t in got]
+    assert sorted(every) == ids  # each exactly once
+    assert sum(1 for got in claimed.values() if got) > 1  # they did claim side by side
+    for store in stores:
+        assert {t.id for t in store.running_here()} == {t.id for t in claimed[store.daemon_id]}
+        store.close()
+
+
+def storm(stores: list[PgStore], rounds: int | None = None) -> dict[str, list[Task]]:
+    """Each store claims on a thread of its own, all at once, as a dispatcher does: one task, then
+    those that follow it in the queue, in one transaction; `rounds` times, or until it finds none."""
+    claimed: dict[str, list[Task]] = {s.daemon_id: [] for s in stores}
     go = threading.Barrier(len(stores))
 
     def claim(store: PgStore) -> None:
         go.wait()
-        while True:
+        for _ in range(rounds) if rounds is not None else itertools.count():
             with store.transaction():
                 first = store.claim_next([], 2.0, 1)
                 more = store.claim_ids([i for i, _ in store.next_pending(3)], 1) if first else []
-            if first is None:
+            if first is None and rounds is None:
                 return
-            claimed[store.daemon_id] += [first.id, *(t.id for t in more)]
+            claimed[store.daemon_id] += [t for t in (first, *more) if t is not None]
 
     threads = [threading.Thread(target=claim, args=(s,)) for s in stores]
     for t in threads:
         t.start()
     for t in threads:
         t.join(60)
-    every = [i for got in claimed.values() for i in got]
-    assert sorted(every) == ids  # each exactly once
-    assert sum(1 for got in claimed.values() if got) > 1  # they did claim side by side
-    for store in stores:
-        assert {t.id for t in store.running_here()} == set(claimed[store.daemon_id])
-        store.close()
+    return claimed
 
 
 def test_heartbeats_expire_and_the_tasks_of_a_dead_daemon_are_adopted_once(fresh_database):
@@ -253,22 +261,7 @@ def test_a_cluster_limit_holds_under_a_storm_of_claims_from_several_daemons(fres
         store.heartbeat(0)
     late.limited_types = frozenset()  # as if it had not heard of it yet: its claims still count
     ids = pending(stores[0], 60, "video") + pending(stores[0], 60, "other")
-    claimed: dict[str, list[Task]] = {s.daemon_id: [] for s in stores}
-    go = threading.Barrier(len(stores))
-
-    def claim(store: PgStore) -> None:
-        go.wait()
-        for _ in range(80):  # one task per transaction, as many transactions as the queue lets
-            with store.transaction():
-                first = store.claim_next([], 2.0, 1)
-                more = store.claim_ids([i for i, _ in store.next_pending(3)], 1) if first else []
-            claimed[store.daemon_id] += [t for t in (first, *more) if t is not None]
-
-    threads = [threading.Thread(target=claim, args=(s,)) for s in stores]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    claimed = storm(stores, rounds=80)  # past the point where only the limited ones are left
     every = [t for got in claimed.values() for t in got]
     assert len({t.id for t in every}) == len(every)
     assert sorted(t.id for t in every if t.type == "other") == ids[60:]  # the others all ran

@@ -9,7 +9,7 @@ import inspect
 import logging
 from collections.abc import Awaitable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from msearchd.errors import InvalidState, Unavailable
 from msearchd.model import (
@@ -33,6 +33,8 @@ else:
 
 log = logging.getLogger("msearchd.service")
 
+
+T = TypeVar("T")
 
 # Rows a bulk cancel changes per transaction: small enough that other requests wait tens of ms at most.
 BULK_CHUNK = 1000
@@ -91,10 +93,8 @@ class Cancelling(ServiceCore):
         """Ask the daemon that runs the task to stop it, and wait for its answer: within the grace
         period and a second, or the answer says that daemon did not stop it."""
         ref = format_task_id(task.id)
-        reply: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._cancel_replies.setdefault(task.id, []).append(reply)
         cascaded = 0
-        try:
+        with _answer_of(self._cancel_replies, task.id) as reply:
             with self.store.transaction():
                 self.store.update(task.id, cancel_requested=1)
                 self._record([task.id], "cancel_requested", by=by, running=True)
@@ -102,12 +102,6 @@ class Cancelling(ServiceCore):
             self._publish("cancel_requested", task)
             with contextlib.suppress(TimeoutError):
                 cascaded = await asyncio.wait_for(reply, self.settings.grace + 1.0)
-        finally:
-            replies = [r for r in self._cancel_replies.get(task.id, []) if r is not reply]
-            if replies:
-                self._cancel_replies[task.id] = replies
-            else:
-                self._cancel_replies.pop(task.id, None)
         current = self.store.get(task.id)
         assert current is not None
         if current.status is TaskStatus.RUNNING:
@@ -142,21 +136,13 @@ class Cancelling(ServiceCore):
     async def _take_back_elsewhere(self, task: Task, by: str) -> int | None:
         """Ask the daemon that runs the task to take it back if it waits its turn in a lease there
         (see `_take_back`); None if it runs there, ended, or that daemon did not answer in time."""
-        reply: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
-        self._take_back_replies.setdefault(task.id, []).append(reply)
         uid, pid = REQUESTER.get()
-        try:
+        with _answer_of(self._take_back_replies, task.id) as reply:
             self._notify(CANCEL_CHANNEL, {"take_back": task.id, "by": by, "uid": uid, "pid": pid})
             try:
                 return await asyncio.wait_for(reply, self.settings.grace + 1.0)
             except TimeoutError:
                 return None
-        finally:
-            replies = [r for r in self._take_back_replies.get(task.id, []) if r is not reply]
-            if replies:
-                self._take_back_replies[task.id] = replies
-            else:
-                self._take_back_replies.pop(task.id, None)
 
     def _elsewhere(self, task: Task) -> bool:
         """Whether another daemon of a shared store runs the task."""
@@ -403,3 +389,18 @@ class Cancelling(ServiceCore):
     async def cancel_by_type(self, task_type: str, running: bool = False) -> dict[str, Any]:
         validate_type(task_type)
         return {**await self._cancel_many(task_type, running), "task_type": task_type}
+
+
+@contextmanager
+def _answer_of(replies: dict[int, list[asyncio.Future[T]]], task_id: int) -> Iterator[asyncio.Future[T]]:
+    """A future that another daemon's answer about the task completes (see `_heard`), while inside."""
+    reply: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+    replies.setdefault(task_id, []).append(reply)
+    try:
+        yield reply
+    finally:
+        others = [r for r in replies.get(task_id, []) if r is not reply]
+        if others:
+            replies[task_id] = others
+        else:
+            replies.pop(task_id, None)
