@@ -49,6 +49,8 @@ if TYPE_CHECKING:  # asyncio costs the blocking CLI client ~15 ms of start-up
 PROTOCOL_VERSION = 1
 MAX_FRAME = 16 * 1024 * 1024
 MAX_ID = 2**63 - 1
+# Frames up to this size are copied out of the read buffer to be decoded, larger ones are viewed in it.
+SMALL_FRAME = 4096
 _HEADER = struct.Struct(">I")
 
 
@@ -75,7 +77,7 @@ def encode(message: Mapping[str, Any]) -> bytes:
     return _HEADER.pack(len(body)) + body
 
 
-def decode(body: bytes | memoryview) -> dict[str, Any]:
+def decode(body: bytes | bytearray | memoryview) -> dict[str, Any]:
     try:
         message = msgpack.unpackb(body, raw=False)
     except Exception as exc:
@@ -159,6 +161,8 @@ class FrameBuffer:
             return None
         self._start = end
         self.taken += 1
+        if length <= SMALL_FRAME:  # copied: quicker than taking a view, and releasing it, for most
+            return decode(buffer[start + _HEADER.size : end])
         with memoryview(buffer) as view:  # released before the buffer is resized: no copy of the frame
             return decode(view[start + _HEADER.size : end])
 

@@ -329,3 +329,22 @@ def test_old_parameter_names_still_work():
         protocol.check_params("cancel_by_type", {"task_type": 3})
     with pytest.raises(InvalidArgument, match="cancel_by_type needs the parameter 'type'"):
         protocol.check_params("cancel_by_type", {"running": True})
+
+
+def test_frames_small_and_large_are_cut_alike_however_the_bytes_arrive():
+    """Small frames are copied out of the read buffer, larger ones viewed in it: both come out whole,
+    in order, whether their bytes arrive at once, in pieces, or with the next frame's first bytes."""
+    sizes = [0, 1, protocol.SMALL_FRAME - 40, protocol.SMALL_FRAME + 40, 300_000, 5]
+    messages = [{"id": i, "method": "submit", "params": {"pad": "x" * n}} for i, n in enumerate(sizes)]
+    stream = b"".join(protocol.encode(m) for m in messages)
+    assert any(len(protocol.encode(m)) - 4 <= protocol.SMALL_FRAME for m in messages)
+    assert any(len(protocol.encode(m)) - 4 > protocol.SMALL_FRAME for m in messages)
+    for piece in (len(stream), 4096, 7, 1):
+        frames = protocol.FrameBuffer()
+        got = []
+        for start in range(0, len(stream), piece):
+            frames.feed(stream[start : start + piece])
+            while (message := frames.next()) is not None:
+                got.append(message)
+        assert got == messages, piece
+        assert frames.taken == len(messages) and not frames.pending()
