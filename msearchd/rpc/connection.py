@@ -221,6 +221,8 @@ class Connection(asyncio.Protocol):
                             if answer is not None:
                                 answers.append(answer)
                         subscription = self._subscription
+                        if self._next is None and self._bad_frame is None and not self._frames.pending():
+                            break  # nothing more has arrived: no need to look again
                         if time.monotonic() >= deadline:
                             break
             except Exception as exc:  # the commit failed: none of these requests took effect
