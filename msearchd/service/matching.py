@@ -169,8 +169,8 @@ class Matching(ServiceCore):
         cancelled = cascaded = failed = 0
         later: list[Any] = []
         waiting = tuple(s for s in statuses if s in WAITING)
-        self._bulk_cancels += 1  # nothing starts meanwhile: it could be a task about to be cancelled
         hold = self.store.hold_starts(None) if self.store.shared else None  # on any daemon
+        self._bulk_cancels += 1  # nothing starts meanwhile: it could be a task about to be cancelled
         try:
             with self._bulk(), self._checkpoint_after():
                 async for rows in self._scan(selection, waiting, newest):
