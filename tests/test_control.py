@@ -291,6 +291,42 @@ def test_cancel_all_selection_with_running(make_daemon, fifo):
         assert c.get(run["id"])["status"] == "cancelled" and c.get(waiting)["status"] == "cancelled"
 
 
+def test_bulk_cancels_agree_with_their_dry_run_when_selected_tasks_depend_on_each_other(client):
+    """A waiting task that a cancel selects counts as cancelled by it, not as a dependent, however far
+    from the task it depends on (other windows, other chunks): cancel-by-type and cancel-all are
+    cancels of a selection, and each real run touches what its dry run counted."""
+    client.pause()
+
+    def queue() -> tuple[str, str]:
+        root = client.submit("thumbnail_generate")["id"]
+        for _ in range(2):
+            client.submit_many([{"type": "thumbnail_generate"}] * 600)
+        selected = client.submit("thumbnail_generate", depends_on=[root])["id"]
+        return selected, client.submit("noop", depends_on=[root])["id"]  # depends on it, not selected
+
+    select = {"types": ["thumbnail_generate"]}
+    queue()
+    dry = client.cancel_selected(select, dry_run=True)
+    assert (dry["count"], dry["dependents"]) == (1202, 1)
+    done = client.cancel_selected(dry["selection"], up_to=dry["up_to"], expect=dry["count"])
+    assert (done["cancelled"], done["cancelled_dependents"], done["changed_meanwhile"]) == (1202, 1, False)
+
+    selected, other = queue()
+    assert client.cancel_selected(select, dry_run=True)["count"] == 1202
+    by_type = client.cancel_by_type("thumbnail_generate")
+    assert (by_type["cancelled"], by_type["total"], by_type["cancelled_dependents"]) == (1202, 1202, 1)
+    assert client.get(other)["status"] == "cancelled"
+    requests = [e.get("by") for e in client.history(selected) if e["event"] == "cancel_requested"]
+    assert requests == ["cancel-by-type"]  # cancelled by the request, as its type
+
+    queue()
+    dry = client.cancel_selected({}, dry_run=True)
+    assert (dry["count"], dry["dependents"]) == (1203, 0)
+    everything = client.cancel_all()
+    assert (everything["cancelled"], everything["cancelled_dependents"]) == (1203, 0)
+    assert client.count(["pending", "blocked"]) == 0
+
+
 # --- pause, resume, drain -----------------------------------------------------------------------------
 
 

@@ -13,7 +13,7 @@ core is the last base of `TaskService`) and declares the methods of other famili
 family is one module and one line in the class below.
 """
 
-from msearchd.service.cancel import BULK_CHUNK, Cancelling
+from msearchd.service.cancel import Cancelling
 from msearchd.service.cluster import Clustering
 from msearchd.service.core import REQUESTER, ServiceCore
 from msearchd.service.dispatch import FANOUT_CHUNK, FANOUT_EVENT, Dispatching
@@ -24,7 +24,7 @@ from msearchd.service.query import LIST_LIMIT_MAX, Querying
 from msearchd.service.queue import Pausing
 from msearchd.service.recovery import Recovering
 from msearchd.service.retry import RETRY_CHUNK, Retrying
-from msearchd.service.selection import Selecting
+from msearchd.service.selection import BULK_CHUNK, Selecting
 from msearchd.service.submit import Submitting
 from msearchd.service.wait import Subscription, Waiting
 

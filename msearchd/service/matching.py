@@ -7,6 +7,7 @@ other requests answered in between.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -24,9 +25,16 @@ if TYPE_CHECKING:
 else:
     ServiceCore = object  # TaskService puts the real one last among its bases
 
+log = logging.getLogger("msearchd.service")
+
 # Ids a selection scans per step: each step is one transaction when it changes tasks.
 SELECT_WINDOW = 500
 RETRY_STEP = 200  # retries per transaction: each writes a task and its history
+
+
+def cancellable(running: bool) -> tuple[str, ...]:
+    """The statuses a cancel touches: waiting ones, and running ones when it may stop them."""
+    return WAITING + ((TaskStatus.RUNNING.value,) if running else ())
 
 
 class Matching(ServiceCore):
@@ -40,7 +48,6 @@ class Matching(ServiceCore):
         async def _later(self, later: list[asyncio.Future[Fanned]]) -> Fanned: ...
         async def _stop_running(self, task: Task, by: str) -> tuple[Outcome, int]: ...
         async def _take_back(self, task: Task, by: str) -> int | None: ...
-        async def _checkpoint_later(self) -> None: ...
         @contextmanager
         def _bulk(self) -> Iterator[None]: ...
         def _stopped_meanwhile(self, done: str) -> None: ...
@@ -56,6 +63,15 @@ class Matching(ServiceCore):
             job = asyncio.ensure_future(self._checkpoint_later())
             self._checkpoints.add(job)
             job.add_done_callback(self._checkpoints.discard)
+
+    async def _checkpoint_later(self) -> None:
+        """Checkpoint on a thread what a bulk change wrote, then let commits checkpoint again."""
+        try:
+            await asyncio.to_thread(self.store.checkpoint)
+        except Exception:
+            log.exception("checkpoint after a bulk change failed; the next commits will retry it")
+        finally:
+            self.store.resume_checkpoints()
 
     def _selection(self, select: object, up_to: object) -> tuple[Selection, int]:
         selection = parse_selection(select, self.clock())
@@ -149,9 +165,8 @@ class Matching(ServiceCore):
     ) -> dict[str, Any]:
         """Cancel the selected waiting tasks (and running ones, with `running`), in chunks."""
         selection, newest = self._selection(select, up_to)
-        allowed = WAITING + ((TaskStatus.RUNNING.value,) if running else ())
-        statuses = selection.narrowed_to(allowed)
         if dry_run:
+            statuses = selection.narrowed_to(cancellable(running))
             preview, roots = await self._preview(selection, statuses, newest, dependents=True)
             dependents = self._dependents_of(roots, selection, newest)
             return self._dry_answer(
@@ -161,8 +176,19 @@ class Matching(ServiceCore):
                 dependents=len(dependents),
                 dependents_sample=[format_task_id(i) for i in dependents[:20]],
             )
-        uid, pid = REQUESTER.get()
         detail = {"by": "cancel", "running": running, "selection": selection.describe()}
+        answer = await self._cancel_selection(selection, newest, running, detail)
+        return self._changed(answer, answer["total"], expect)
+
+    async def _cancel_selection(
+        self, selection: Selection, newest: int, running: bool, detail: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Cancel what a selection holds among tasks up to `newest`: the waiting ones a window at a
+        time, each window one transaction, then the running ones (with `running`) side by side.
+        `detail` is the request as its history shows it (who asked for what)."""
+        by = detail["by"]
+        statuses = selection.narrowed_to(cancellable(running))
+        uid, pid = REQUESTER.get()
         with self.store.transaction():
             request = self.store.add_bulk_request(self.clock(), "cancel_requested", detail, uid, pid)
         cancelled = cascaded = failed = 0
@@ -173,8 +199,10 @@ class Matching(ServiceCore):
             with self._bulk(), self._checkpoint_after():
                 async for rows in self._scan(selection, waiting, newest):
                     self._stopped_meanwhile(f"{cancelled} tasks were cancelled")
+                    if not rows:
+                        continue
                     with self._deferring() as more, self.store.transaction():
-                        done = self.store.cancel_for_request([r[0] for r in rows], self.clock(), request)
+                        done = self._cancel_window([r[0] for r in rows], selection, newest, request)
                         cascaded += self._cascade_cancel(done)
                     later += more
                     cancelled += len(done)
@@ -184,9 +212,10 @@ class Matching(ServiceCore):
             self.wake()
         if later:
             cascaded += len((await self._later(later)).cancelled)
+        self._stopped_meanwhile(f"{cancelled} tasks were cancelled")
         targets = [t for t in self.store.running() if t.id <= newest and self._selects(selection, t)]
         if TaskStatus.RUNNING.value in statuses:
-            for outcome, n in await asyncio.gather(*(self._stop_running(t, by="cancel") for t in targets)):
+            for outcome, n in await asyncio.gather(*(self._stop_running(t, by=by) for t in targets)):
                 cascaded += n
                 if outcome.status is TaskStatus.CANCELLED:
                     cancelled += 1
@@ -194,17 +223,31 @@ class Matching(ServiceCore):
                     failed += 1
         elif self.pool is not None and waiting:  # handed to a worker, not started: still waiting
             handed_out = [t for t in targets if self.pool.waits_in_lease(t.id)]
-            for n in await asyncio.gather(*(self._take_back(t, by="cancel") for t in handed_out)):
+            for n in await asyncio.gather(*(self._take_back(t, by=by) for t in handed_out)):
                 if n is not None:
                     cancelled += 1
                     cascaded += n
-        answer = {
+        return {
             "cancelled": cancelled,
             "failed": failed,
             "total": cancelled + failed,
             "cancelled_dependents": cascaded,
         }
-        return self._changed(answer, cancelled + failed, expect)
+
+    def _cancel_window(self, ids: list[int], selection: Selection, newest: int, request: int) -> list[int]:
+        """Cancel the waiting tasks of one window for the request, and the waiting tasks that depend
+        on them which the selection holds too, wherever they are: those count as selected, as in the
+        dry run, not as dependents. Returns every task it cancelled."""
+        done = self.store.cancel_for_request(ids, self.clock(), request)
+        roots = self.store.with_dependents(done)
+        while roots:
+            found = {d for root in roots for d in self.store.dependents(root)}
+            tasks = self.store.get_many(sorted(found))
+            held = [t.id for t in tasks if t.id <= newest and self._selects(selection, t)]
+            more = self.store.cancel_for_request(held, self.clock(), request)
+            done += more
+            roots = self.store.with_dependents(more)
+        return sorted(done)
 
     async def set_priority_selected(
         self,

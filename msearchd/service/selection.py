@@ -20,11 +20,12 @@ from msearchd.model import (
     parse_task_id,
     validate_priority,
 )
-from msearchd.service.cancel import BULK_CHUNK
 from msearchd.service.retry import RETRY_CHUNK
 
 # Tasks one selection may name.
 SELECTION_MAX = 10_000
+# Tasks a selection cancels or reprioritises per transaction: other requests wait tens of ms at most.
+BULK_CHUNK = 1000
 
 if TYPE_CHECKING:
     from msearchd.service.core import ServiceCore
