@@ -60,11 +60,16 @@ class Retrying(ServiceCore):
             raise InvalidState(f"{ref} is {old.status}; only failed tasks can be retried")
         if old.retried_as is not None:
             raise InvalidState(f"{ref} was already retried as {format_task_id(old.retried_as)}")
+        key = self.store.keys([old.id]).get(old.id)
         with self.store.transaction():
             spec = self._prepare(old.type, old.data, old.priority, old.depends_on)
-            new_id = self.store.insert(
-                **spec, retry_of=old.id, created_at=self.clock(), submitter=REQUESTER.get()
-            )
+            spec.update(retry_of=old.id, created_at=self.clock(), submitter=REQUESTER.get())
+            if key is None:
+                new_id = self.store.insert(**spec)
+            elif (keyed := self.store.insert_keyed(key, **spec)) is not None:
+                new_id = keyed
+            else:
+                raise self._key_taken(ref, key)
             self.store.update(old.id, retried_as=new_id)
             self._record([old.id], "retried", new_task_id=format_task_id(new_id))
             handed_over = self._fan_out([old.id]).handed_over
@@ -80,6 +85,16 @@ class Retrying(ServiceCore):
             "task": self.wire(new),
             "handed_over": [format_task_id(d) for d in handed_over],
         }
+
+    def _key_taken(self, ref: str, key: str) -> InvalidState:
+        """A retry holds its task's key, as a submit would: while another unfinished task holds it, the
+        retry is refused (the failed task stays as it is, to retry once the key is free)."""
+        holder = self.store.unfinished_with_key(key)
+        now = f"{format_task_id(holder.id)} ({holder.status})" if holder is not None else "another task"
+        return InvalidState(
+            f"{ref} cannot be retried: its key {key!r} is held by {now}; "
+            f"a retry would be a second unfinished task with that key"
+        )
 
     async def retry_failed(self, task_type: str | None = None) -> list[dict[str, Any]]:
         """Retry every failed task not yet retried, oldest first, so that a pipeline re-forms in order.
