@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -27,8 +27,10 @@ else:
 
 log = logging.getLogger("msearchd.service")
 
-# Ids a selection scans per step: each step is one transaction when it changes tasks.
-SELECT_WINDOW = 500
+# Selected tasks per step: each step is one transaction when it changes tasks, other requests answered
+# between two.
+SELECT_STEP = 500
+SPAN_MAX = 16 * SELECT_STEP  # ids a window reads at most (a few ms), where a selection is sparse
 RETRY_STEP = 200  # retries per transaction: each writes a task and its history
 
 
@@ -42,7 +44,7 @@ class Matching(ServiceCore):
 
     if TYPE_CHECKING:
 
-        def _cascade_cancel(self, roots: Sequence[int]) -> int: ...
+        def _fan_out(self, roots: Iterable[int]) -> Fanned: ...
         @contextmanager
         def _deferring(self) -> Iterator[list[asyncio.Future[Fanned]]]: ...
         async def _later(self, later: list[asyncio.Future[Fanned]]) -> Fanned: ...
@@ -85,19 +87,24 @@ class Matching(ServiceCore):
     async def _scan(
         self, selection: Selection, statuses: Sequence[str], up_to: int, not_retried: bool = False
     ) -> AsyncIterator[list[tuple[int, str, str, int]]]:
-        """The selected tasks in these statuses, a window of ids at a time, other requests answered
-        between two windows."""
+        """The selected tasks in these statuses, at most SELECT_STEP at a time, other requests answered
+        between two. A window of ids is read at a time, as wide as the last one's density says holds
+        about SELECT_STEP rows: a sparse selection (one type of many) takes as few steps as a dense one."""
         after = min(selection.ids) - 1 if selection.ids else 0
         if selection.ids:
             up_to = min(up_to, max(selection.ids))
+        span = SELECT_STEP
         while statuses and after < up_to:
-            high = min(after + SELECT_WINDOW, up_to)
+            high = min(after + span, up_to)
             rows = self.store.select_window(
                 selection, statuses, after, high, with_data=bool(selection.where), not_retried=not_retried
             )
-            yield [(i, t, s, p) for i, t, s, p, data in rows if data is None or selection.data_matches(data)]
+            found = [(i, t, s, p) for i, t, s, p, d in rows if d is None or selection.data_matches(d)]
+            for start in range(0, max(len(found), 1), SELECT_STEP):
+                yield found[start : start + SELECT_STEP]
+                await asyncio.sleep(0)
             after = high
-            await asyncio.sleep(0)
+            span = max(SELECT_STEP, min(SPAN_MAX, span * SELECT_STEP // max(len(rows), 1)))
 
     async def _preview(
         self,
@@ -202,8 +209,9 @@ class Matching(ServiceCore):
                     if not rows:
                         continue
                     with self._deferring() as more, self.store.transaction():
-                        done = self._cancel_window([r[0] for r in rows], selection, newest, request)
-                        cascaded += self._cascade_cancel(done)
+                        ids = [r[0] for r in rows]
+                        done, dependents = self._cancel_window(ids, selection, newest, request)
+                    cascaded += dependents
                     later += more
                     cancelled += len(done)
                     self._publish_status("cancelled", done, stop_reason=StopReason.NOT_STARTED.value)
@@ -234,12 +242,15 @@ class Matching(ServiceCore):
             "cancelled_dependents": cascaded,
         }
 
-    def _cancel_window(self, ids: list[int], selection: Selection, newest: int, request: int) -> list[int]:
-        """Cancel the waiting tasks of one window for the request, and the waiting tasks that depend
-        on them which the selection holds too, wherever they are: those count as selected, as in the
-        dry run, not as dependents. Returns every task it cancelled."""
+    def _cancel_window(
+        self, ids: list[int], selection: Selection, newest: int, request: int
+    ) -> tuple[list[int], int]:
+        """Cancel the waiting tasks of one step for the request, with the waiting tasks that depend on
+        them: as selected ones those the selection holds, wherever they are (the dry run counts them
+        so), as dependents the others. Returns the selected ones it cancelled and how many dependents."""
         done = self.store.cancel_for_request(ids, self.clock(), request)
         roots = self.store.with_dependents(done)
+        parents = list(roots)
         while roots:
             found = {d for root in roots for d in self.store.dependents(root)}
             tasks = self.store.get_many(sorted(found))
@@ -247,7 +258,8 @@ class Matching(ServiceCore):
             more = self.store.cancel_for_request(held, self.clock(), request)
             done += more
             roots = self.store.with_dependents(more)
-        return sorted(done)
+            parents += roots
+        return sorted(done), len(self._fan_out(parents).cancelled)
 
     async def set_priority_selected(
         self,
