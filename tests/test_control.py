@@ -264,6 +264,25 @@ def test_priority_of_a_whole_class_at_once(client):
     assert any(e["event"] == "priority_changed" and e["old"] == 3 and e["new"] == 11 for e in history)
 
 
+def test_each_event_of_a_priority_change_over_a_selection_has_the_old_priority(client):
+    """As a single change's event does: a page or a watcher can show both."""
+    client.pause()
+    ids = [client.submit("thumbnail_generate", priority=p)["id"] for p in (3, 7, 11, 4)]
+    with client.events(types=["thumbnail_generate"]) as stream:
+        done = client.set_priority_selected({"types": ["thumbnail_generate"]}, 11)
+        assert done["changed"] == 3  # the one at 11 already is not changed
+        events = [next(stream) for _ in range(3)]
+    assert {(e["task_id"], e["event"], e["old_priority"], e["priority"]) for e in events} == {
+        (ids[0], "priority_changed", 3, 11),
+        (ids[1], "priority_changed", 7, 11),
+        (ids[3], "priority_changed", 4, 11),
+    }
+    with client.events(task_ids=[ids[0]]) as stream:
+        client.set_priority(ids[0], 5)
+        single = next(stream)
+    assert set(single) == set(events[0])  # the same fields
+
+
 def test_retry_selected_failures(client):
     failed = [client.submit("fail", {"path": f"/mnt/nas/{i}"})["id"] for i in range(3)]
     other = client.submit("fail", {"path": "/home/x"})["id"]

@@ -290,7 +290,8 @@ class Matching(ServiceCore):
                         for i, old in moved
                     )
                 changed += len(moved)
-                self._publish_status("priority_changed", [i for i, _ in moved], priority=priority)
+                olds = {i: {"old_priority": old} for i, old in moved}
+                self._publish_status("priority_changed", list(olds), each=olds, priority=priority)
         self.wake()
         answer = {"selected": selected, "changed": changed, "priority": priority}
         return self._changed(answer, selected, expect)
