@@ -23,7 +23,7 @@ from msearchd.model import (
 )
 from msearchd.selection import Selection
 from msearchd.service.core import CANCEL_CHANNEL
-from msearchd.service.dispatch import Fanned
+from msearchd.service.fanout import Fanned
 from msearchd.store import WAITING
 from msearchd.workers import Outcome
 
