@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
+from fnmatch import fnmatchcase
+
+from msearchd.selection import is_glob
 
 
 class Scheduler:
@@ -17,17 +20,24 @@ class Scheduler:
         self._running: Counter[str] = Counter()
         self.paused: frozenset[str] = frozenset()
         self.all_paused = False  # the whole queue: nothing starts
+        self._paused_globs: tuple[str, ...] = ()
 
     def pause(self, types: set[str], everything: bool) -> None:
+        """Hold back these types (exact ones or globs such as `file_embed_*`), or `everything`."""
         self.paused, self.all_paused = frozenset(types), everything
+        self._paused_globs = tuple(t for t in types if is_glob(t))
 
     def excluded_types(self) -> list[str]:
-        """Types that may not start another task now."""
+        """Types (and globs of types) that may not start another task now."""
         full = {t for t, limit in self._limits.items() if self._running[t] >= limit}
         return sorted(full | self.paused)
 
     def limited(self, task_type: str) -> bool:
-        return task_type in self._limits or task_type in self.paused
+        return (
+            task_type in self._limits
+            or task_type in self.paused
+            or any(fnmatchcase(task_type, glob) for glob in self._paused_globs)
+        )
 
     def started(self, task_type: str) -> None:
         self._running[task_type] += 1

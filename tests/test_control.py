@@ -12,6 +12,7 @@ from support import wait_started
 from msearchd import protocol
 from msearchd.errors import InvalidArgument
 from msearchd.model import TaskStatus
+from msearchd.scheduler import Scheduler
 from msearchd.store import Store
 
 UNFINISHED = ["pending", "blocked", "running"]
@@ -371,6 +372,37 @@ def test_a_paused_type_does_not_start_and_the_pause_survives_a_restart(make_daem
         assert c.wait([held], timeout=20)["tasks"][0]["status"] == "completed"
         assert c.stats()["paused"] == []
         assert [h["event"] for h in c.queue()["history"]] == ["queue_paused", "queue_resumed"]
+
+
+def test_a_paused_glob_holds_back_every_type_it_matches_across_a_restart(make_daemon):
+    d = make_daemon(workers=1)
+    with d.client() as c:
+        state = c.pause(["qu?ck", "stu*"])
+        assert [p["type"] for p in state["paused"]] == ["qu?ck", "stu*"]
+        held = [c.submit("quick")["id"], c.submit("stubborn")["id"]]
+        c.wait([c.submit("noop")["id"]], timeout=20)  # a type no glob matches runs
+        assert [c.get(i)["status"] for i in held] == ["pending", "pending"]
+        with pytest.raises(InvalidArgument, match="invalid task type or pattern"):
+            c.pause(["file embed*"])
+    d.stop()
+    d.start()
+    with d.client() as c:
+        assert c.stats()["paused"] == ["qu?ck", "stu*"]
+        assert c.queue()["history"][0]["types"] == ["qu?ck", "stu*"]
+        c.resume(["quick"])  # not what was paused: the glob holds it still
+        c.wait([c.submit("noop")["id"]], timeout=20)
+        assert [c.get(i)["status"] for i in held] == ["pending", "pending"]
+        assert c.resume(["qu?ck"])["paused"][0]["type"] == "stu*"
+        assert c.wait([held[0]], timeout=20)["tasks"][0]["status"] == "completed"
+        assert c.get(held[1])["status"] == "pending"
+
+
+def test_the_scheduler_holds_back_what_a_paused_glob_matches():
+    """What a worker's lease may take after its first task, beside what the store claims."""
+    scheduler = Scheduler()
+    scheduler.pause({"file_embed_*", "thumbnail_generate"}, everything=False)
+    assert scheduler.limited("file_embed_video") and scheduler.limited("thumbnail_generate")
+    assert not scheduler.limited("file_scan")
 
 
 def test_drain_waits_for_running_tasks_and_times_out(make_daemon, fifo):

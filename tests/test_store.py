@@ -76,6 +76,16 @@ def test_claim_skips_excluded_types_and_blocked_tasks(store):
     assert store.claim_next([], 1.0, 1) is None
 
 
+def test_claim_skips_types_that_an_excluded_glob_matches(store):
+    embed = add(store, 0, "file_embed_video")
+    thumb = add(store, 1, "thumbnail_generate")
+    scan = add(store, 9, "file_scan")
+    claimed = store.claim_next(["file_embed_*", "thumb?ail_generate"], 1.0, 1)
+    assert claimed is not None and claimed.id == scan
+    assert store.claim_next(["file_embed_[!v]*"], 1.0, 1).id == embed
+    assert store.claim_next(["file_*"], 1.0, 1).id == thumb
+
+
 def test_a_bulk_request_cancels_the_waiting_tasks_it_names_and_shows_in_their_history(store):
     a = [add(store, 3, "a") for _ in range(3)]
     b = add(store, 3, "b")

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from msearchd.model import StopReason, Task, TaskStatus
 from msearchd.protocol import pack
+from msearchd.store.clauses import POSTGRES, types_except
 from msearchd.store.postgres.connection import COLUMNS, OWN
 from msearchd.store.rows import row_to_task
 from msearchd.store.schema import UPDATABLE
@@ -61,12 +62,13 @@ class Leases(Connection):
         """Move the first pending task in (priority, id) order to running for this daemon and return
         it. A task another daemon is claiming at this moment is skipped, not waited for. Nothing is
         claimed before `register`, or after the others have taken this daemon for dead."""
+        extra, args = types_except(POSTGRES, exclude_types)
         row = self._run(
             "UPDATE tasks SET status = 'running', started_at = %s, attempts = attempts + 1, progress = 0, "
             "current_operation = NULL, error = NULL, worker_pid = %s, host = %s, cancel_requested = false "
-            "WHERE id = (SELECT id FROM tasks WHERE status = 'pending' AND NOT type = ANY(%s) "
+            f"WHERE id = (SELECT id FROM tasks WHERE status = 'pending'{extra} "
             f"ORDER BY priority, id LIMIT 1 FOR UPDATE SKIP LOCKED) AND {_ALIVE} RETURNING {COLUMNS}",
-            (now, worker_pid, self.daemon_id, list(exclude_types), self.daemon_id),
+            (now, worker_pid, self.daemon_id, *args, self.daemon_id),
         ).fetchone()
         return row_to_task(row) if row else None
 
