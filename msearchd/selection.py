@@ -151,14 +151,6 @@ class Selection:
     created_after: float | None = None  # newer_than
     where: tuple[Match, ...] = field(default=())
 
-    @property
-    def exact_types(self) -> tuple[str, ...]:
-        return tuple(t for t in self.types if not is_glob(t))
-
-    @property
-    def type_globs(self) -> tuple[str, ...]:
-        return tuple(t for t in self.types if is_glob(t))
-
     def narrowed_to(self, allowed: Sequence[str]) -> tuple[str, ...]:
         """The statuses it selects among `allowed` (all of them when it names none)."""
         if not self.statuses:

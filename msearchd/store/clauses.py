@@ -55,11 +55,8 @@ def filters(dialect: Dialect, statuses: Sequence[str] | None, task_type: str | N
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
 
 
-def types_except(dialect: Dialect, types: Sequence[str]) -> tuple[str, list[Any]]:
-    """` AND` a test that `type` is none of `types` (exact types or globs), and its arguments; nothing
-    for none."""
-    if not types:
-        return "", []
+def type_is(dialect: Dialect, types: Sequence[str]) -> tuple[str, list[Any]]:
+    """A test that `type` is one of `types` (exact types or globs, at least one), and its arguments."""
     exact = [t for t in types if not is_glob(t)]
     tests: list[str] = []
     args: list[Any] = []
@@ -71,7 +68,16 @@ def types_except(dialect: Dialect, types: Sequence[str]) -> tuple[str, list[Any]
         clause, value = dialect.glob("type", pattern)
         tests.append(clause)
         args.append(value)
-    return f" AND NOT ({' OR '.join(tests)})", args
+    return "(" + " OR ".join(tests) + ")", args
+
+
+def types_except(dialect: Dialect, types: Sequence[str]) -> tuple[str, list[Any]]:
+    """` AND` a test that `type` is none of `types` (exact types or globs), and its arguments; nothing
+    for none."""
+    if not types:
+        return "", []
+    clause, args = type_is(dialect, types)
+    return f" AND NOT {clause}", args
 
 
 def window_where(
@@ -98,16 +104,9 @@ def window_where(
         clauses.append(clause)
         args += bound
     if selection.types:
-        tests: list[str] = []
-        if selection.exact_types:
-            clause, bound = dialect.one_of("type", selection.exact_types)
-            tests.append(clause)
-            args += bound
-        for pattern in selection.type_globs:
-            clause, value = dialect.glob("type", pattern)
-            tests.append(clause)
-            args.append(value)
-        clauses.append("(" + " OR ".join(tests) + ")")
+        clause, bound = type_is(dialect, selection.types)
+        clauses.append(clause)
+        args += bound
     if selection.priority is not None:
         clauses.append(f"priority BETWEEN {m} AND {m}")
         args += list(selection.priority)
