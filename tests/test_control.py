@@ -347,6 +347,42 @@ def test_bulk_cancels_agree_with_their_dry_run_when_selected_tasks_depend_on_eac
     assert client.count(["pending", "blocked"]) == 0
 
 
+def test_per_task_answers_are_what_each_task_alone_would_be_answered(make_daemon, fifo):
+    """`cancel`, `set_priority` and `retry` with task_ids run as a selection of those ids; each id
+    is still answered, done or refused, in the words of the operation on that task alone."""
+    from msearchd.errors import MsearchError
+
+    with make_daemon(workers=1).client() as c:
+        done = c.submit("noop")["id"]
+        failed = c.submit("fail", {"message": "x"})["id"]
+        c.wait([done, failed], timeout=20)
+        gate = fifo("gate")
+        run = c.submit("command", {"argv": ["sh", "-c", f"read line < {gate}"]})["id"]
+        wait_started(c, run)
+        waiting = [c.submit("noop")["id"] for _ in range(3)]
+        ids = [waiting[0], done, run, failed, "task_999"]
+
+        def alone(call, *args) -> tuple[str, str]:
+            with pytest.raises(MsearchError) as refused:
+                call(*args)
+            return refused.value.code, refused.value.message
+
+        cancels = c.cancel_many(ids)["results"]
+        assert [r["success"] for r in cancels] == [True, False, False, False, False]
+        for r, task in zip(cancels[1:], ids[1:], strict=True):
+            assert (r["code"], r["error"]) == alone(c.cancel, task)
+        priorities = c.set_priority_many([waiting[1], *ids[1:]], 2)["results"]
+        assert [r["success"] for r in priorities] == [True, False, False, False, False]
+        for r, task in zip(priorities[1:], ids[1:], strict=True):
+            assert (r["code"], r["error"]) == alone(c.set_priority, task, 2)
+        retries = c.retry_many([waiting[2], done, run, failed, "task_999"])["results"]
+        assert [r["success"] for r in retries] == [False, False, False, True, False]
+        for r, task in zip(retries, [waiting[2], done, run], strict=False):
+            assert (r["code"], r["error"]) == alone(c.retry, task)
+        assert (retries[4]["code"], retries[4]["error"]) == alone(c.retry, "task_999")
+        gate.write()
+
+
 # --- pause, resume, drain -----------------------------------------------------------------------------
 
 

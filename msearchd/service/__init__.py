@@ -26,12 +26,11 @@ from msearchd.service.query import LIST_LIMIT_MAX, Querying
 from msearchd.service.queue import Pausing
 from msearchd.service.recovery import Recovering
 from msearchd.service.retry import RETRY_CHUNK, Retrying
-from msearchd.service.selection import BULK_CHUNK, Selecting
+from msearchd.service.selection import Selecting
 from msearchd.service.submit import Submitting
 from msearchd.service.wait import Subscription, Waiting
 
 __all__ = [
-    "BULK_CHUNK",
     "FANOUT_CHUNK",
     "FANOUT_EVENT",
     "LIST_LIMIT_MAX",

@@ -35,6 +35,23 @@ else:
 log = logging.getLogger("msearchd.service")
 
 
+def uncancellable(task: Task, running: bool = False) -> InvalidState | None:
+    """Why a cancel leaves this task alone: it ended, or it runs and the cancel may not stop it
+    (`running`); None when a cancel takes it."""
+    ref = format_task_id(task.id)
+    if task.status in TERMINAL:
+        return InvalidState(
+            f"{ref} is already {task.status}; only pending, blocked or running tasks can be cancelled"
+        )
+    if task.status is TaskStatus.RUNNING and not running:
+        return InvalidState(f"{ref} is running; add running=true to stop it")
+    return None
+
+
+def ended_first(task_id: int, status: TaskStatus) -> InvalidState:
+    return InvalidState(f"{format_task_id(task_id)} {status} before the cancel took effect")
+
+
 class Cancelling(ServiceCore):
     """The cancel operations of `TaskService`."""
 
@@ -135,18 +152,18 @@ class Cancelling(ServiceCore):
     def _cancel(
         self, task: Task, running: bool, take_back: bool
     ) -> dict[str, Any] | Awaitable[dict[str, Any]]:
-        ref = format_task_id(task.id)
-        if task.status in TERMINAL:
-            raise InvalidState(
-                f"{ref} is already {task.status}; only pending, blocked or running tasks can be cancelled"
-            )
-        if task.status is TaskStatus.RUNNING:
-            if running:
-                return self._cancel_running(task)
-            if take_back and self.pool is not None and self.pool.waits_in_lease(task.id):
-                return self._cancel_handed_out(task)
-            raise InvalidState(f"{ref} is running; add running=true to stop it")
-        return self._cancel_waiting(task, by="cancel")
+        refused = uncancellable(task, running)
+        if refused is None:
+            running_now = task.status is TaskStatus.RUNNING
+            return self._cancel_running(task) if running_now else self._cancel_waiting(task, by="cancel")
+        if (
+            take_back
+            and task.status is TaskStatus.RUNNING
+            and self.pool
+            and self.pool.waits_in_lease(task.id)
+        ):
+            return self._cancel_handed_out(task)
+        raise refused
 
     def _cancel_waiting(self, task: Task, by: str) -> dict[str, Any] | Awaitable[dict[str, Any]]:
         """Cancel a pending or blocked task; an awaitable answer when its dependents are too many to
@@ -223,7 +240,7 @@ class Cancelling(ServiceCore):
     async def _cancel_running(self, task: Task) -> dict[str, Any]:
         outcome, cascaded = await self._stop_running(task, by="cancel")
         if outcome.status is not TaskStatus.CANCELLED:
-            raise InvalidState(f"{format_task_id(task.id)} {outcome.status} before the cancel took effect")
+            raise ended_first(task.id, outcome.status)
         return {"task": self.get(task.id), "cancelled_dependents": cascaded}
 
     @contextmanager

@@ -12,9 +12,10 @@ from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from msearchd.errors import InvalidArgument, InvalidState, NotFound
+from msearchd.errors import InvalidArgument, InvalidState, MsearchError, NotFound
 from msearchd.model import StopReason, Task, TaskStatus, format_task_id, validate_priority
 from msearchd.selection import Preview, Selection, parse_selection
+from msearchd.service.cancel import ended_first
 from msearchd.service.core import REQUESTER
 from msearchd.service.fanout import Fanned
 from msearchd.store import WAITING
@@ -188,11 +189,18 @@ class Matching(ServiceCore):
         return self._changed(answer, answer["total"], expect)
 
     async def _cancel_selection(
-        self, selection: Selection, newest: int, running: bool, detail: dict[str, Any]
+        self,
+        selection: Selection,
+        newest: int,
+        running: bool,
+        detail: dict[str, Any],
+        outcomes: dict[int, MsearchError | None] | None = None,
     ) -> dict[str, Any]:
         """Cancel what a selection holds among tasks up to `newest`: the waiting ones a window at a
         time, each window one transaction, then the running ones (with `running`) side by side.
-        `detail` is the request as its history shows it (who asked for what)."""
+        `detail` is the request as its history shows it (who asked for what); `outcomes`, if given,
+        gets each task it cancelled (None) or could not (why)."""
+        outcomes = {} if outcomes is None else outcomes
         by = detail["by"]
         statuses = selection.narrowed_to(cancellable(running))
         uid, pid = REQUESTER.get()
@@ -214,6 +222,7 @@ class Matching(ServiceCore):
                     cascaded += dependents
                     later += more
                     cancelled += len(done)
+                    outcomes.update(dict.fromkeys(done))
                     self._publish_status("cancelled", done, stop_reason=StopReason.NOT_STARTED.value)
         finally:
             self._bulk_cancels -= 1
@@ -223,18 +232,23 @@ class Matching(ServiceCore):
         self._stopped_meanwhile(f"{cancelled} tasks were cancelled")
         targets = [t for t in self.store.running() if t.id <= newest and self._selects(selection, t)]
         if TaskStatus.RUNNING.value in statuses:
-            for outcome, n in await asyncio.gather(*(self._stop_running(t, by=by) for t in targets)):
+            stops = await asyncio.gather(*(self._stop_running(t, by=by) for t in targets))
+            for task, (outcome, n) in zip(targets, stops, strict=True):
                 cascaded += n
                 if outcome.status is TaskStatus.CANCELLED:
                     cancelled += 1
+                    outcomes[task.id] = None
                 else:
                     failed += 1
+                    outcomes[task.id] = ended_first(task.id, outcome.status)
         elif self.pool is not None and waiting:  # handed to a worker, not started: still waiting
             handed_out = [t for t in targets if self.pool.waits_in_lease(t.id)]
-            for n in await asyncio.gather(*(self._take_back(t, by=by) for t in handed_out)):
+            taken = await asyncio.gather(*(self._take_back(t, by=by) for t in handed_out))
+            for task, n in zip(handed_out, taken, strict=True):
                 if n is not None:
                     cancelled += 1
                     cascaded += n
+                    outcomes[task.id] = None
         return {
             "cancelled": cancelled,
             "failed": failed,
@@ -276,14 +290,29 @@ class Matching(ServiceCore):
         if dry_run:
             preview, _ = await self._preview(selection, statuses, newest)
             return self._dry_answer(preview, selection, newest, priority=priority)
+        selected, changed = await self._reprioritize_selection(selection, newest, priority)
+        answer = {"selected": selected, "changed": changed, "priority": priority}
+        return self._changed(answer, selected, expect)
+
+    async def _reprioritize_selection(
+        self, selection: Selection, newest: int, priority: int, touched: list[int] | None = None
+    ) -> tuple[int, int]:
+        """Give what a selection holds among waiting tasks up to `newest` one priority, a window at a
+        time; how many it selected and how many it changed (the others had it). `touched`, if given,
+        gets the ids it selected."""
         uid, pid = REQUESTER.get()
         selected = changed = 0
         with self._bulk(), self._checkpoint_after():
-            async for rows in self._scan(selection, statuses, newest):
+            async for rows in self._scan(selection, selection.narrowed_to(WAITING), newest):
                 self._stopped_meanwhile(f"{changed} tasks were given priority {priority}")
+                if not rows:
+                    continue
                 selected += len(rows)
+                ids = [r[0] for r in rows]
+                if touched is not None:
+                    touched += ids
                 with self.store.transaction():
-                    moved = self.store.reprioritize([r[0] for r in rows], priority)
+                    moved = self.store.reprioritize(ids, priority)
                     now = self.clock()
                     self.store.add_events(
                         (i, now, "priority_changed", {"old": old, "new": priority}, uid, pid)
@@ -293,8 +322,7 @@ class Matching(ServiceCore):
                 olds = {i: {"old_priority": old} for i, old in moved}
                 self._publish_status("priority_changed", list(olds), each=olds, priority=priority)
         self.wake()
-        answer = {"selected": selected, "changed": changed, "priority": priority}
-        return self._changed(answer, selected, expect)
+        return selected, changed
 
     async def retry_selected(
         self,
@@ -309,23 +337,39 @@ class Matching(ServiceCore):
         if dry_run:
             preview, _ = await self._preview(selection, statuses, newest, not_retried=True)
             return self._dry_answer(preview, selection, newest)
-        retried: list[dict[str, str]] = []
-        errors: list[dict[str, str]] = []
+        outcomes: dict[int, str | MsearchError] = {}
+        await self._retry_selection(selection, newest, outcomes)
+        retried = [
+            {"task_id": format_task_id(i), "new_task_id": o}
+            for i, o in outcomes.items()
+            if isinstance(o, str)
+        ]
+        errors = [
+            {"task_id": format_task_id(i), "error": o.message}
+            for i, o in outcomes.items()
+            if isinstance(o, MsearchError)
+        ]
+        answer = {"retried": len(retried), "tasks": retried, "errors": errors}
+        return self._changed(answer, len(retried), expect)
+
+    async def _retry_selection(
+        self, selection: Selection, newest: int, outcomes: dict[int, str | MsearchError]
+    ) -> None:
+        """Retry what a selection holds among failed tasks up to `newest` not yet retried, oldest
+        first, a few per transaction; `outcomes` gets each one's new task id, or why it was refused."""
+        statuses = selection.narrowed_to((TaskStatus.FAILED.value,))
+        retried = 0
         with self._bulk(), self._checkpoint_after():
             async for rows in self._scan(selection, statuses, newest, not_retried=True):
                 for start in range(0, len(rows), RETRY_STEP):
-                    self._stopped_meanwhile(f"{len(retried)} failed tasks were retried")
+                    self._stopped_meanwhile(f"{retried} failed tasks were retried")
                     with self._deferring() as later, self.store.transaction():
                         for task_id, *_ in rows[start : start + RETRY_STEP]:
                             try:
-                                answer = self._retry(task_id)
-                                retried.append(
-                                    {"task_id": answer["task_id"], "new_task_id": answer["new_task_id"]}
-                                )
+                                outcomes[task_id] = self._retry(task_id)["new_task_id"]
+                                retried += 1
                             except (InvalidState, NotFound) as exc:
-                                errors.append({"task_id": format_task_id(task_id), "error": exc.message})
+                                outcomes[task_id] = exc
                     if later:
                         await self._later(later)
                     await asyncio.sleep(0)
-        answer = {"retried": len(retried), "tasks": retried, "errors": errors}
-        return self._changed(answer, len(retried), expect)

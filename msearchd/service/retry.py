@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from msearchd.errors import InvalidState, NotFound
 from msearchd.model import (
+    Task,
     TaskStatus,
     format_task_id,
 )
@@ -23,6 +24,16 @@ if TYPE_CHECKING:
     from msearchd.service.core import ServiceCore
 else:
     ServiceCore = object  # TaskService puts the real one last among its bases
+
+
+def unretriable(task: Task) -> InvalidState | None:
+    """Why a retry leaves this task alone, if its state says why: it did not fail, or was retried."""
+    ref = format_task_id(task.id)
+    if task.status is not TaskStatus.FAILED:
+        return InvalidState(f"{ref} is {task.status}; only failed tasks can be retried")
+    if task.retried_as is not None:
+        return InvalidState(f"{ref} was already retried as {format_task_id(task.retried_as)}")
+    return None
 
 
 class Retrying(ServiceCore):
@@ -56,10 +67,8 @@ class Retrying(ServiceCore):
     def _retry(self, task_id: Any) -> dict[str, Any]:
         old = self._require(task_id)
         ref = format_task_id(old.id)
-        if old.status is not TaskStatus.FAILED:
-            raise InvalidState(f"{ref} is {old.status}; only failed tasks can be retried")
-        if old.retried_as is not None:
-            raise InvalidState(f"{ref} was already retried as {format_task_id(old.retried_as)}")
+        if (refused := unretriable(old)) is not None:
+            raise refused
         key = self.store.keys([old.id]).get(old.id)
         with self.store.transaction():
             spec = self._prepare(old.type, old.data, old.priority, old.depends_on)
