@@ -1,7 +1,5 @@
 """Shell completion: statuses are known here; types and ids come from the daemon, if it answers at once."""
 
-from __future__ import annotations
-
 from collections.abc import Callable
 
 import typer

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 
@@ -14,6 +13,8 @@ def _bytes_as_text(value: Any) -> str:
 
 
 def print_json(value: Any) -> None:
+    import json  # only here: most commands print text, and a start-up pays for each module
+
     print(json.dumps(value, indent=2, ensure_ascii=False, default=_bytes_as_text))
 
 

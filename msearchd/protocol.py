@@ -49,6 +49,8 @@ if TYPE_CHECKING:  # asyncio costs the blocking CLI client ~15 ms of start-up
 PROTOCOL_VERSION = 1
 MAX_FRAME = 16 * 1024 * 1024
 MAX_ID = 2**63 - 1
+# Frames up to this size are copied out of the read buffer to be decoded, larger ones are viewed in it.
+SMALL_FRAME = 4096
 _HEADER = struct.Struct(">I")
 
 
@@ -75,7 +77,7 @@ def encode(message: Mapping[str, Any]) -> bytes:
     return _HEADER.pack(len(body)) + body
 
 
-def decode(body: bytes | memoryview) -> dict[str, Any]:
+def decode(body: bytes | bytearray | memoryview) -> dict[str, Any]:
     try:
         message = msgpack.unpackb(body, raw=False)
     except Exception as exc:
@@ -159,6 +161,8 @@ class FrameBuffer:
             return None
         self._start = end
         self.taken += 1
+        if length <= SMALL_FRAME:  # copied: quicker than taking a view, and releasing it, for most
+            return decode(buffer[start + _HEADER.size : end])
         with memoryview(buffer) as view:  # released before the buffer is resized: no copy of the frame
             return decode(view[start + _HEADER.size : end])
 
@@ -317,15 +321,41 @@ ALIASES: dict[str, dict[str, str]] = {
 }
 
 _NAMES = {method: frozenset(p.name for p in spec) for method, spec in METHODS.items()}
+# Per method: the kinds each parameter takes, and the parameters a boolean may not stand for (bool is
+# an int subclass; it is accepted only where bool is asked for).
+_KINDS = {method: {p.name: p.kinds for p in spec} for method, spec in METHODS.items()}
+_NO_BOOL = {
+    method: frozenset(p.name for p in spec if bool not in p.kinds) for method, spec in METHODS.items()
+}
+_REQUIRED = {method: tuple(p.name for p in spec if p.required) for method, spec in METHODS.items()}
 
 
 def check_params(method: str, params: object) -> dict[str, Any]:
-    """Validate a request's params against the schema; the error names the offending parameter."""
-    spec = METHODS.get(method)
-    if spec is None:
+    """Validate a request's params against the schema; the error names the offending parameter.
+
+    Every request passes through here: params that fit are checked with one pass over what was sent
+    (most requests send a few of their method's parameters); `_refuse` finds what does not fit.
+    """
+    kinds = _KINDS.get(method)
+    if kinds is None:
         raise ProtocolError(f"unknown method {method!r}")
     if params is None:
         params = {}
+    elif type(params) is not dict or method in ALIASES:
+        return _check_slowly(method, params)
+    no_bool = _NO_BOOL[method]
+    for name, value in params.items():
+        allowed = kinds.get(name)
+        if allowed is None or not isinstance(value, allowed) or (type(value) is bool and name in no_bool):
+            _refuse(method, params)
+    for name in _REQUIRED[method]:
+        if name not in params:
+            _refuse(method, params)
+    return params
+
+
+def _check_slowly(method: str, params: object) -> dict[str, Any]:
+    """`check_params` for params that are not a plain map, or of a method that has old names."""
     if not isinstance(params, dict):
         raise InvalidArgument(f"params of {method} must be a map")
     for old, name in ALIASES.get(method, {}).items():
@@ -333,22 +363,27 @@ def check_params(method: str, params: object) -> dict[str, Any]:
             if name in params:
                 raise InvalidArgument(f"{method} takes {name!r} or its old name {old!r}, not both")
             params = {(name if n == old else n): v for n, v in params.items()}
+    _refuse(method, params)
+    return params
+
+
+def _refuse(method: str, params: dict[str, Any]) -> None:
+    """Raise InvalidArgument for the first thing in `params` that does not fit `method`'s schema: an
+    unknown name first, then the parameters in the schema's order; return if all fit."""
     known = _NAMES[method]
     if not known.issuperset(params):
         name = next(n for n in params if n not in known)
         raise InvalidArgument(f"{method} takes no parameter {name!r}")
-    for p in spec:
+    for p in METHODS[method]:
         if p.name not in params:
             if p.required:
                 raise InvalidArgument(f"{method} needs the parameter {p.name!r}")
             continue
         value = params[p.name]
-        # bool is an int subclass; accept it only where bool is asked for.
         ok = isinstance(value, p.kinds) and not (isinstance(value, bool) and bool not in p.kinds)
         if not ok:
             kinds = " or ".join("null" if k is type(None) else k.__name__ for k in p.kinds)
             raise InvalidArgument(f"parameter {p.name!r} of {method} must be {kinds}, got {value!r}")
-    return params
 
 
 def check_id(value: object) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pty
 import select
@@ -18,6 +19,14 @@ def gone(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_DEAD
     except psutil.NoSuchProcess:
         return True
+
+
+def gone_within(pid: int, timeout_s: float = 30.0) -> bool:
+    """True once no process has this pid, waiting up to `timeout_s` for it to be reaped: a process the
+    daemon kills and reaps in the background (not before it answers) may still be a zombie a moment."""
+    with contextlib.suppress(psutil.NoSuchProcess, psutil.TimeoutExpired):
+        psutil.Process(pid).wait(timeout_s)
+    return gone(pid)
 
 
 def dead(pid: int) -> bool:

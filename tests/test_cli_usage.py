@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
+import sys
 
+import click
 import pytest
 from conftest import MSEARCHCTL
 from support import on_terminal
+
+from msearchctl.lazy import lazy_group
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -175,3 +180,50 @@ def test_completion_offers_nothing_from_a_daemon_that_is_down(make_daemon):
     assert completions(env, "msearchctl tasks show ") == []
     assert completions(env, "msearchctl tasks list --type ") == []
     assert completions(env, "msearchctl tasks list --status c") == ["completed", "cancelled"]
+
+
+# Run as msearchctl's console script runs it; then say which modules it loaded.
+MODULES_PROBE = """
+import sys
+import msearchctl.app
+sys.argv[0] = "msearchctl"
+try:
+    msearchctl.app.main()
+except SystemExit as exc:
+    print(repr(sorted(sys.modules)), file=sys.stderr)
+    raise SystemExit(exc.code) from None
+"""
+
+
+def test_a_command_loads_its_own_module_and_not_the_others(daemon):
+    """Start-up pays for the command that runs: not for the other commands, rich, json or asyncio."""
+    with daemon.client() as c:
+        c.pause()  # the task stays pending, for cancel to take it as the benchmark does
+        task = c.submit("command", {"argv": ["true"]})
+    result = subprocess.run(
+        [sys.executable, "-c", MODULES_PROBE, "tasks", "cancel", task["id"]],
+        env=daemon.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"cancelled {task['id']}\n"
+    loaded = set(ast.literal_eval(result.stderr.strip().splitlines()[-1]))
+    assert "msearchctl.commands.control" in loaded
+    others = {f"msearchctl.commands.{m}" for m in ("tasks", "follow", "queue", "daemon", "scan")}
+    heavy = {"msearchctl.render", "rich", "json", "asyncio"}
+    assert loaded & (others | heavy) == set()
+
+
+def test_a_command_its_group_does_not_list_is_reported():
+    """A group names its commands so as to import only the one that runs: one left out would vanish."""
+    group = lazy_group({"queue": ("pause", "resume", "drain")})(name="queue")
+    with pytest.raises(RuntimeError, match=r"msearchctl.commands.queue defines .*'status'"):
+        group.get_command(click.Context(group), "pause")
+    assert lazy_group({"queue": ("pause", "resume", "drain", "status")})(name="queue").commands.keys() == {
+        "pause",
+        "resume",
+        "drain",
+        "status",
+    }

@@ -391,10 +391,21 @@ SECRET_COMMAND = ("sh", "-c", "curl -H 'Authorization: Bearer s3cr3t' http://exa
 
 
 @as_root
-def test_clients_send_nothing_to_a_socket_in_another_users_folder(squatter):
-    with pytest.raises(Unavailable, match=f"belongs to uid {NOBODY}, not to this user"):
+@pytest.mark.parametrize(
+    ("folder_is_ours", "reason", "received"),
+    [
+        (False, f"belongs to uid {NOBODY}, not to this user", []),  # not even connected
+        (True, f"served by uid {NOBODY} ", [0, 0, 0]),  # connected, checked, hung up
+    ],
+    ids=["socket in another user's folder", "server of another user"],
+)
+def test_clients_send_nothing_to_a_socket_of_another_user(squatter, folder_is_ours, reason, received):
+    if folder_is_ours:  # the folder is this user's now, private; the server in it is still nobody's
+        os.chown(squatter.path.parent, os.getuid(), os.getgid())
+        squatter.path.parent.chmod(0o700)
+    with pytest.raises(Unavailable, match=reason):
         Client(squatter.path)
-    with pytest.raises(Unavailable, match=f"belongs to uid {NOBODY}, not to this user"):
+    with pytest.raises(Unavailable, match=reason):
         asyncio.run(AsyncClient.connect(squatter.path))
     ctl = subprocess.run(
         [MSEARCHCTL, "--socket", str(squatter.path), "tasks", "add", "command", "--", *SECRET_COMMAND],
@@ -404,25 +415,6 @@ def test_clients_send_nothing_to_a_socket_in_another_users_folder(squatter):
     )
     assert ctl.returncode == 3, ctl.stdout + ctl.stderr
     assert ctl.stderr.count("\n") == 1 and "refusing to talk to msearchd" in ctl.stderr
+    assert reason in ctl.stderr
     assert "task_666" not in ctl.stdout
-    assert squatter.received() == []
-
-
-@as_root
-def test_clients_send_nothing_to_a_server_of_another_user(squatter):
-    # The folder is this user's now, private; the server in it is still nobody's.
-    os.chown(squatter.path.parent, os.getuid(), os.getgid())
-    squatter.path.parent.chmod(0o700)
-    with pytest.raises(Unavailable, match=f"served by uid {NOBODY} "):
-        Client(squatter.path)
-    with pytest.raises(Unavailable, match=f"served by uid {NOBODY} "):
-        asyncio.run(AsyncClient.connect(squatter.path))
-    ctl = subprocess.run(
-        [MSEARCHCTL, "--socket", str(squatter.path), "tasks", "add", "command", "--", *SECRET_COMMAND],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert ctl.returncode == 3, ctl.stdout + ctl.stderr
-    assert ctl.stderr.count("\n") == 1 and f"served by uid {NOBODY}" in ctl.stderr
-    assert squatter.received() == [0, 0, 0]  # connected, checked, hung up
+    assert squatter.received() == received

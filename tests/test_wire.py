@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import struct
@@ -251,3 +252,99 @@ def test_a_request_sent_later_on_a_subscribed_connection_is_answered_with_an_err
     refused = answer(sock)
     assert refused["id"] == 2 and "carries the events" in refused["error"]["message"]
     assert answer(sock) is None
+
+
+# One value of each kind a parameter may be sent as.
+SAMPLES: dict[type, object] = {
+    str: "x",
+    int: 7,
+    float: 1.5,
+    bool: True,
+    list: [],
+    dict: {},
+    type(None): None,
+}
+
+
+def kinds_named(kinds: tuple[type, ...]) -> str:
+    return " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+
+
+def fitting(spec: tuple[protocol.Param, ...]) -> dict[str, object]:
+    """Every parameter of a method, each with a value of its first kind."""
+    return {p.name: SAMPLES[p.kinds[0]] for p in spec}
+
+
+@pytest.mark.parametrize("method", sorted(protocol.METHODS))
+def test_params_are_checked_alike_for_every_method(method):
+    """Each method's params: what fits comes back as sent, and each misfit is named in one sentence,
+    an unknown name before the rest and the parameters in the schema's order."""
+    spec = protocol.METHODS[method]
+    every = fitting(spec)
+    assert protocol.check_params(method, every) == every
+    required = {p.name: every[p.name] for p in spec if p.required}
+    assert protocol.check_params(method, dict(required)) == required
+    assert protocol.check_params(method, required or None) == required
+    with pytest.raises(InvalidArgument, match=f"^{method} takes no parameter 'colour'$"):
+        protocol.check_params(method, {"colour": 1, **every})
+    with pytest.raises(InvalidArgument, match=f"^params of {method} must be a map$"):
+        protocol.check_params(method, [every])
+    for p in spec:
+        for kind, value in SAMPLES.items():
+            fits = kind in p.kinds or (kind is not bool and any(issubclass(kind, k) for k in p.kinds))
+            sent = {**every, p.name: value}
+            if fits:
+                assert protocol.check_params(method, sent) == sent
+                continue
+            message = f"parameter '{p.name}' of {method} must be {kinds_named(p.kinds)}, got {value!r}"
+            with pytest.raises(InvalidArgument) as caught:
+                protocol.check_params(method, sent)
+            assert caught.value.message == message
+            with pytest.raises(InvalidArgument, match="takes no parameter 'colour'"):
+                protocol.check_params(method, {**sent, "colour": 1})
+        if p.required:
+            with pytest.raises(InvalidArgument) as caught:
+                protocol.check_params(method, {n: v for n, v in every.items() if n != p.name})
+            assert caught.value.message == f"{method} needs the parameter '{p.name}'"
+    # Two misfits: the one first in the schema is named, whatever order they were sent in.
+    for first, second in itertools.pairwise(spec):
+        bad = {k: v for k, v in SAMPLES.items() if k not in first.kinds and k is not bool}
+        kind, value = next(iter(bad.items()))
+        later = {n: v for n, v in every.items() if n != second.name or not second.required}
+        if not second.required:
+            later[second.name] = next(v for k, v in SAMPLES.items() if k not in second.kinds)
+        sent = {**{n: v for n, v in later.items() if n != first.name}, first.name: value}
+        with pytest.raises(InvalidArgument) as caught:
+            protocol.check_params(method, sent)
+        assert f"'{first.name}'" in caught.value.message, (kind, caught.value.message)
+
+
+def test_old_parameter_names_still_work():
+    assert protocol.check_params("cancel_by_type", {"task_type": "x"}) == {"type": "x"}
+    assert protocol.check_params("retry_failed", {"task_type": None}) == {"type": None}
+    assert protocol.check_params("retry_failed", {}) == {}
+    with pytest.raises(InvalidArgument, match="takes 'type' or its old name 'task_type', not both"):
+        protocol.check_params("cancel_by_type", {"task_type": "x", "type": "y"})
+    with pytest.raises(InvalidArgument, match="parameter 'type' of cancel_by_type must be str"):
+        protocol.check_params("cancel_by_type", {"task_type": 3})
+    with pytest.raises(InvalidArgument, match="cancel_by_type needs the parameter 'type'"):
+        protocol.check_params("cancel_by_type", {"running": True})
+
+
+def test_frames_small_and_large_are_cut_alike_however_the_bytes_arrive():
+    """Small frames are copied out of the read buffer, larger ones viewed in it: both come out whole,
+    in order, whether their bytes arrive at once, in pieces, or with the next frame's first bytes."""
+    sizes = [0, 1, protocol.SMALL_FRAME - 40, protocol.SMALL_FRAME + 40, 300_000, 5]
+    messages = [{"id": i, "method": "submit", "params": {"pad": "x" * n}} for i, n in enumerate(sizes)]
+    stream = b"".join(protocol.encode(m) for m in messages)
+    assert any(len(protocol.encode(m)) - 4 <= protocol.SMALL_FRAME for m in messages)
+    assert any(len(protocol.encode(m)) - 4 > protocol.SMALL_FRAME for m in messages)
+    for piece in (len(stream), 4096, 7, 1):
+        frames = protocol.FrameBuffer()
+        got = []
+        for start in range(0, len(stream), piece):
+            frames.feed(stream[start : start + piece])
+            while (message := frames.next()) is not None:
+                got.append(message)
+        assert got == messages, piece
+        assert frames.taken == len(messages) and not frames.pending()

@@ -1,8 +1,6 @@
 """`tasks cancel`, `priority`, `cancel-all`, `cancel-by-type` and `retry`: change tasks, one by id or a
 selection at once, and the selection options they share."""
 
-from __future__ import annotations
-
 import sys
 from typing import Annotated, Any
 

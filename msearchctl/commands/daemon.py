@@ -1,7 +1,5 @@
 """`daemon status`, `stop`, `install` and `uninstall`: check on the daemon, stop it, have systemd run it."""
 
-from __future__ import annotations
-
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -12,7 +10,7 @@ from msearchctl.exits import EXIT_REFUSED, daemon, fail
 from msearchctl.options import JsonOpt
 from msearchctl.output import print_json
 
-app = typer.Typer(help="Check on or stop the daemon.", no_args_is_help=True, suggest_commands=False)
+app = typer.Typer()
 
 
 @app.command("status")

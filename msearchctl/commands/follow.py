@@ -1,7 +1,5 @@
 """`tasks wait`, `watch`, `log` and `history`: follow tasks as they run, and look back at what they did."""
 
-from __future__ import annotations
-
 import sys
 from pathlib import Path
 from typing import Annotated

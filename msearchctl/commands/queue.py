@@ -1,7 +1,5 @@
 """`queue pause`, `resume`, `drain` and `status`: hold back new tasks, and wait for running ones."""
 
-from __future__ import annotations
-
 from typing import Annotated, Any
 
 import typer
@@ -11,11 +9,7 @@ from msearchctl.exits import EXIT_TIMEOUT, daemon
 from msearchctl.options import JsonOpt
 from msearchctl.output import output, print_json
 
-app = typer.Typer(
-    help="Pause, resume and drain the queue: running tasks go on, no new one starts.",
-    no_args_is_help=True,
-    suggest_commands=False,
-)
+app = typer.Typer()
 
 PauseTypesOpt = Annotated[
     list[str] | None,

@@ -1,7 +1,5 @@
 """`scan`: queue a file_scan of a folder, the command most used on its own."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Annotated
 

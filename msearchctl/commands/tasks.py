@@ -1,7 +1,5 @@
 """`tasks add`, `list`, `show` and `stats`: queue tasks and look at them."""
 
-from __future__ import annotations
-
 import json
 import sys
 from typing import Annotated, Any, NoReturn

@@ -28,6 +28,7 @@ class AsyncClient(Methods):
         self._next_id = 0
         self._answers: dict[int, asyncio.Future[dict[str, Any]]] = {}  # calls waiting, by id
         self._reading = asyncio.Lock()  # one call at a time reads, for all of them
+        self._abandoned = False  # a call was given up before its answer came: the connection is closed
 
     @classmethod
     async def connect(cls, socket_path: Path | str | None = None) -> AsyncClient:
@@ -52,12 +53,15 @@ class AsyncClient(Methods):
 
     @property
     def closed(self) -> bool:
-        """True once the connection ended (the daemon stopped or restarted): make a new client."""
+        """True once the connection ended: the daemon stopped or restarted (make a new client), or a
+        call was given up before its answer came (the next call connects again)."""
         return self._reader.at_eof() or self._writer.is_closing()
 
     async def call(self, method: str, **params: Any) -> Any:
         import asyncio
 
+        if self._abandoned:
+            await self._reconnect()
         self._next_id += 1
         req_id = self._next_id
         answer = self._answers[req_id] = asyncio.get_running_loop().create_future()
@@ -68,9 +72,13 @@ class AsyncClient(Methods):
                 while not answer.done():
                     async with self._reading:
                         if not answer.done():
-                            self._deliver(await protocol.read_frame(self._reader))
+                            await self._read_one()
             except OSError as exc:
                 raise Unavailable(f"lost the connection to msearchd: {exc.strerror or exc}") from None
+            except asyncio.CancelledError:  # e.g. asyncio.wait_for's timeout
+                if not answer.done():
+                    self._abandon(req_id)
+                raise
         finally:
             del self._answers[req_id]
         message = answer.result()
@@ -78,23 +86,53 @@ class AsyncClient(Methods):
             raise from_wire(message["error"])
         return message.get("result")
 
+    async def _read_one(self) -> None:
+        try:
+            message = await protocol.read_frame(self._reader)
+        except ProtocolError as exc:  # a frame that cannot be read: no later one can be found
+            self._fail_waiting(exc)
+        else:
+            self._deliver(message)
+
     def _deliver(self, message: dict[str, Any] | None) -> None:
         """Hand an answer to the call waiting for it; the end of the connection, or an error about
         it, to all of them."""
         if message is None:
-            error: MsearchError = Unavailable("msearchd closed the connection")
-        else:
-            try:
-                check_answer(message, self._answers)
-                answer = self._answers[message["id"]]
-                if not answer.done():  # else its caller gave up waiting
-                    answer.set_result(message)
-                return
-            except MsearchError as exc:
-                error = exc
-        for answer in self._answers.values():
-            if not answer.done():
+            self._fail_waiting(Unavailable("msearchd closed the connection"))
+            return
+        try:
+            check_answer(message, self._answers)
+        except MsearchError as exc:
+            self._fail_waiting(exc)
+            return
+        answer = self._answers[message["id"]]
+        if not answer.done():
+            answer.set_result(message)
+
+    def _fail_waiting(self, error: MsearchError, but: int | None = None) -> None:
+        for req_id, answer in self._answers.items():
+            if req_id != but and not answer.done():
                 answer.set_exception(error)
+
+    def _abandon(self, req_id: int) -> None:
+        """Close the connection of a call given up before its answer came. That answer, perhaps half
+        read already, would be what the next call reads: a wrong answer, or a frame cut in two. The
+        calls still waiting on the connection fail; the next call connects again."""
+        self._abandoned = True
+        self._writer.close()
+        error = Unavailable(
+            "the connection to msearchd was closed: a call on it was given up before its answer"
+        )
+        self._fail_waiting(error, but=req_id)
+
+    async def _reconnect(self) -> None:
+        """A new connection in place of one closed by `_abandon`, once the call reading the old one, if
+        any, has seen it end (it holds the read lock till then)."""
+        async with self._reading:
+            if not self._abandoned:
+                return  # another call connected again meanwhile
+            fresh = await AsyncClient.connect(self.path)
+            self._reader, self._writer, self._abandoned = fresh._reader, fresh._writer, False
 
     async def events(
         self, task_ids: list[str | int] | None = None, types: list[str] | None = None

@@ -213,13 +213,16 @@ class Connection(asyncio.Protocol):
                             break
                         if message is None:
                             break
-                        if self._plain_submit(message):
-                            answers += self._answer_submits(self._submit_run(message), ids)
-                        else:
+                        run = self._submit_run(message) if self._plain_submit(message) else None
+                        if run is not None and len(run) > 1:
+                            answers += self._answer_submits(run, ids)
+                        else:  # a lone submit is answered as any other request
                             answer = self._answer(message, ids, later)
                             if answer is not None:
                                 answers.append(answer)
                         subscription = self._subscription
+                        if self._next is None and self._bad_frame is None and not self._frames.pending():
+                            break  # nothing more has arrived: no need to look again
                         if time.monotonic() >= deadline:
                             break
             except Exception as exc:  # the commit failed: none of these requests took effect
@@ -238,7 +241,7 @@ class Connection(asyncio.Protocol):
         if transport is None or transport.is_closing():
             return
         if answers:
-            transport.write(b"".join(frame for _, _, frame in answers))
+            transport.write(answers[0][2] if len(answers) == 1 else b"".join(a[2] for a in answers))
             self.last_active = time.monotonic()
         if bad_frame:
             self._shut()
