@@ -1,7 +1,7 @@
 """Control over many tasks: a selection's dry run and real run over a large queue, the p99 of other
 calls meanwhile, and submit throughput with keys against without. Run on its own (it takes minutes):
 
-    .venv/bin/python bench/bm_control.py [--tasks 1000000] [--submits 2000] [--rounds 4]
+    .venv/bin/python bench/bm_control.py [--tasks 1000000] [--submits 2000] [--rounds 4] [--cancels]
 """
 
 from __future__ import annotations
@@ -102,6 +102,16 @@ def bulk(tasks: int) -> None:
         report(f"cancel of every task left ({done['cancelled']})", took, lat)
 
 
+def cancels(tasks: int) -> None:
+    """cancel-by-type of one type (a quarter of the queue, every fourth id), then cancel-all of the rest."""
+    with temp_root() as root, running_daemon(root, workers=1) as d, d.client() as c:
+        fill(c, tasks)
+        took, done, lat = timed_call(d, lambda: c.cancel_by_type(TYPES[0]))
+        report(f"cancel_by_type of {done['cancelled']} tasks", took, lat)
+        took, done, lat = timed_call(d, c.cancel_all)
+        report(f"cancel_all of {done['cancelled']} tasks", took, lat)
+
+
 def submits(n: int, rounds: int) -> None:
     """One daemon, rounds alternating plain and keyed submits (sequential calls, then pipelined)."""
     with temp_root() as root, running_daemon(root, workers=1) as d, d.client() as c:
@@ -130,7 +140,11 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=1_000_000)
     parser.add_argument("--submits", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--cancels", action="store_true", help="only cancel_by_type and cancel_all")
     args = parser.parse_args()
+    if args.cancels:
+        cancels(args.tasks)
+        return
     submits(args.submits, args.rounds)
     bulk(args.tasks)
 

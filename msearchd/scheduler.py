@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
+from fnmatch import fnmatchcase
+
+from msearchd.selection import is_glob
 
 
 class Scheduler:
@@ -18,17 +21,25 @@ class Scheduler:
         self._held: Counter[str] = Counter()  # types a bulk cancel keeps from starting meanwhile
         self.paused: frozenset[str] = frozenset()
         self.all_paused = False  # the whole queue: nothing starts
+        self._paused_globs: tuple[str, ...] = ()
 
     def pause(self, types: set[str], everything: bool) -> None:
+        """Hold back these types (exact ones or globs such as `file_embed_*`), or `everything`."""
         self.paused, self.all_paused = frozenset(types), everything
+        self._paused_globs = tuple(t for t in types if is_glob(t))
 
     def excluded_types(self) -> list[str]:
-        """Types that may not start another task now."""
+        """Types (and globs of types) that may not start another task now."""
         full = {t for t, limit in self._limits.items() if self._running[t] >= limit}
         return sorted(full | self.paused | self._held.keys())
 
     def limited(self, task_type: str) -> bool:
-        return task_type in self._limits or task_type in self.paused or task_type in self._held
+        return (
+            task_type in self._limits
+            or task_type in self.paused
+            or task_type in self._held
+            or any(fnmatchcase(task_type, glob) for glob in self._paused_globs)
+        )
 
     def hold(self, task_type: str) -> None:
         """Start no task of this type until as many `release` calls."""

@@ -32,7 +32,8 @@ from msearchd.model import PRIORITY_MAX, PRIORITY_MIN, TaskStatus, parse_task_id
 SELECTION_FIELDS = ("ids", "types", "statuses", "priority", "older_than", "newer_than", "where")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _DURATION_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([smhdw])\s*$")
-_TYPE_GLOB_RE = re.compile(r"^[A-Za-z0-9_.:*?\[\]!-]{1,100}$")
+TYPE_GLOB_PATTERN = r"^[A-Za-z0-9_.:*?\[\]!-]{1,100}$"  # a task type, or a glob of types
+_TYPE_GLOB_RE = re.compile(TYPE_GLOB_PATTERN)
 _PRIORITY_RE = re.compile(r"^\s*([0-9]*)\s*\.\.\s*([0-9]*)\s*$")
 _WHERE_RE = re.compile(r"^\s*([A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*)\s*(!=|\^=|\$=|\*=|=)(.*)$", re.DOTALL)
 WHERE_OPS = ("=", "!=", "^=", "$=", "*=")
@@ -41,6 +42,13 @@ SAMPLE_SIZE = 20  # ids a dry run shows
 
 def is_glob(pattern: str) -> bool:
     return any(c in pattern for c in "*?[")
+
+
+def validate_type_pattern(value: object) -> str:
+    """A task type, or a glob of types (`file_embed_*`), as a selection or a pause names them."""
+    if not isinstance(value, str) or not _TYPE_GLOB_RE.match(value):
+        raise InvalidArgument(f"invalid task type or pattern {value!r}")
+    return value
 
 
 def parse_time(value: object, now: float, what: str) -> float:
@@ -143,14 +151,6 @@ class Selection:
     created_after: float | None = None  # newer_than
     where: tuple[Match, ...] = field(default=())
 
-    @property
-    def exact_types(self) -> tuple[str, ...]:
-        return tuple(t for t in self.types if not is_glob(t))
-
-    @property
-    def type_globs(self) -> tuple[str, ...]:
-        return tuple(t for t in self.types if is_glob(t))
-
     def narrowed_to(self, allowed: Sequence[str]) -> tuple[str, ...]:
         """The statuses it selects among `allowed` (all of them when it names none)."""
         if not self.statuses:
@@ -226,11 +226,7 @@ def parse_selection(wire: object, now: float) -> Selection:
             f"a selection has no field {unknown[0]!r}; its fields: {', '.join(SELECTION_FIELDS)}"
         )
     ids = tuple(parse_task_ids(_strings(wire.get("ids") or [], "ids")))
-    types: list[str] = []
-    for t in _strings(wire.get("types") or [], "types"):
-        if not isinstance(t, str) or not _TYPE_GLOB_RE.match(t):
-            raise InvalidArgument(f"invalid task type or pattern {t!r}")
-        types.append(t)
+    types = [validate_type_pattern(t) for t in _strings(wire.get("types") or [], "types")]
     statuses: list[str] = []
     for s in _strings(wire.get("statuses") or [], "statuses"):
         try:

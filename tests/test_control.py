@@ -12,6 +12,7 @@ from support import wait_started
 from msearchd import protocol
 from msearchd.errors import InvalidArgument
 from msearchd.model import TaskStatus
+from msearchd.scheduler import Scheduler
 from msearchd.store import Store
 
 UNFINISHED = ["pending", "blocked", "running"]
@@ -264,6 +265,25 @@ def test_priority_of_a_whole_class_at_once(client):
     assert any(e["event"] == "priority_changed" and e["old"] == 3 and e["new"] == 11 for e in history)
 
 
+def test_each_event_of_a_priority_change_over_a_selection_has_the_old_priority(client):
+    """As a single change's event does: a page or a watcher can show both."""
+    client.pause()
+    ids = [client.submit("thumbnail_generate", priority=p)["id"] for p in (3, 7, 11, 4)]
+    with client.events(types=["thumbnail_generate"]) as stream:
+        done = client.set_priority_selected({"types": ["thumbnail_generate"]}, 11)
+        assert done["changed"] == 3  # the one at 11 already is not changed
+        events = [next(stream) for _ in range(3)]
+    assert {(e["task_id"], e["event"], e["old_priority"], e["priority"]) for e in events} == {
+        (ids[0], "priority_changed", 3, 11),
+        (ids[1], "priority_changed", 7, 11),
+        (ids[3], "priority_changed", 4, 11),
+    }
+    with client.events(task_ids=[ids[0]]) as stream:
+        client.set_priority(ids[0], 5)
+        single = next(stream)
+    assert set(single) == set(events[0])  # the same fields
+
+
 def test_retry_selected_failures(client):
     failed = [client.submit("fail", {"path": f"/mnt/nas/{i}"})["id"] for i in range(3)]
     other = client.submit("fail", {"path": "/home/x"})["id"]
@@ -291,6 +311,78 @@ def test_cancel_all_selection_with_running(make_daemon, fifo):
         assert c.get(run["id"])["status"] == "cancelled" and c.get(waiting)["status"] == "cancelled"
 
 
+def test_bulk_cancels_agree_with_their_dry_run_when_selected_tasks_depend_on_each_other(client):
+    """A waiting task that a cancel selects counts as cancelled by it, not as a dependent, however far
+    from the task it depends on (other windows, other chunks): cancel-by-type and cancel-all are
+    cancels of a selection, and each real run touches what its dry run counted."""
+    client.pause()
+
+    def queue() -> tuple[str, str]:
+        root = client.submit("thumbnail_generate")["id"]
+        for _ in range(2):
+            client.submit_many([{"type": "thumbnail_generate"}] * 600)
+        selected = client.submit("thumbnail_generate", depends_on=[root])["id"]
+        return selected, client.submit("noop", depends_on=[root])["id"]  # depends on it, not selected
+
+    select = {"types": ["thumbnail_generate"]}
+    queue()
+    dry = client.cancel_selected(select, dry_run=True)
+    assert (dry["count"], dry["dependents"]) == (1202, 1)
+    done = client.cancel_selected(dry["selection"], up_to=dry["up_to"], expect=dry["count"])
+    assert (done["cancelled"], done["cancelled_dependents"], done["changed_meanwhile"]) == (1202, 1, False)
+
+    selected, other = queue()
+    assert client.cancel_selected(select, dry_run=True)["count"] == 1202
+    by_type = client.cancel_by_type("thumbnail_generate")
+    assert (by_type["cancelled"], by_type["total"], by_type["cancelled_dependents"]) == (1202, 1202, 1)
+    assert client.get(other)["status"] == "cancelled"
+    requests = [e.get("by") for e in client.history(selected) if e["event"] == "cancel_requested"]
+    assert requests == ["cancel-by-type"]  # cancelled by the request, as its type
+
+    queue()
+    dry = client.cancel_selected({}, dry_run=True)
+    assert (dry["count"], dry["dependents"]) == (1203, 0)
+    everything = client.cancel_all()
+    assert (everything["cancelled"], everything["cancelled_dependents"]) == (1203, 0)
+    assert client.count(["pending", "blocked"]) == 0
+
+
+def test_per_task_answers_are_what_each_task_alone_would_be_answered(make_daemon, fifo):
+    """`cancel`, `set_priority` and `retry` with task_ids run as a selection of those ids; each id
+    is still answered, done or refused, in the words of the operation on that task alone."""
+    from msearchd.errors import MsearchError
+
+    with make_daemon(workers=1).client() as c:
+        done = c.submit("noop")["id"]
+        failed = c.submit("fail", {"message": "x"})["id"]
+        c.wait([done, failed], timeout=20)
+        gate = fifo("gate")
+        run = c.submit("command", {"argv": ["sh", "-c", f"read line < {gate}"]})["id"]
+        wait_started(c, run)
+        waiting = [c.submit("noop")["id"] for _ in range(3)]
+        ids = [waiting[0], done, run, failed, "task_999"]
+
+        def alone(call, *args) -> tuple[str, str]:
+            with pytest.raises(MsearchError) as refused:
+                call(*args)
+            return refused.value.code, refused.value.message
+
+        cancels = c.cancel_many(ids)["results"]
+        assert [r["success"] for r in cancels] == [True, False, False, False, False]
+        for r, task in zip(cancels[1:], ids[1:], strict=True):
+            assert (r["code"], r["error"]) == alone(c.cancel, task)
+        priorities = c.set_priority_many([waiting[1], *ids[1:]], 2)["results"]
+        assert [r["success"] for r in priorities] == [True, False, False, False, False]
+        for r, task in zip(priorities[1:], ids[1:], strict=True):
+            assert (r["code"], r["error"]) == alone(c.set_priority, task, 2)
+        retries = c.retry_many([waiting[2], done, run, failed, "task_999"])["results"]
+        assert [r["success"] for r in retries] == [False, False, False, True, False]
+        for r, task in zip(retries, [waiting[2], done, run], strict=False):
+            assert (r["code"], r["error"]) == alone(c.retry, task)
+        assert (retries[4]["code"], retries[4]["error"]) == alone(c.retry, "task_999")
+        gate.write()
+
+
 # --- pause, resume, drain -----------------------------------------------------------------------------
 
 
@@ -316,6 +408,37 @@ def test_a_paused_type_does_not_start_and_the_pause_survives_a_restart(make_daem
         assert c.wait([held], timeout=20)["tasks"][0]["status"] == "completed"
         assert c.stats()["paused"] == []
         assert [h["event"] for h in c.queue()["history"]] == ["queue_paused", "queue_resumed"]
+
+
+def test_a_paused_glob_holds_back_every_type_it_matches_across_a_restart(make_daemon):
+    d = make_daemon(workers=1)
+    with d.client() as c:
+        state = c.pause(["qu?ck", "stu*"])
+        assert [p["type"] for p in state["paused"]] == ["qu?ck", "stu*"]
+        held = [c.submit("quick")["id"], c.submit("stubborn")["id"]]
+        c.wait([c.submit("noop")["id"]], timeout=20)  # a type no glob matches runs
+        assert [c.get(i)["status"] for i in held] == ["pending", "pending"]
+        with pytest.raises(InvalidArgument, match="invalid task type or pattern"):
+            c.pause(["file embed*"])
+    d.stop()
+    d.start()
+    with d.client() as c:
+        assert c.stats()["paused"] == ["qu?ck", "stu*"]
+        assert c.queue()["history"][0]["types"] == ["qu?ck", "stu*"]
+        c.resume(["quick"])  # not what was paused: the glob holds it still
+        c.wait([c.submit("noop")["id"]], timeout=20)
+        assert [c.get(i)["status"] for i in held] == ["pending", "pending"]
+        assert c.resume(["qu?ck"])["paused"][0]["type"] == "stu*"
+        assert c.wait([held[0]], timeout=20)["tasks"][0]["status"] == "completed"
+        assert c.get(held[1])["status"] == "pending"
+
+
+def test_the_scheduler_holds_back_what_a_paused_glob_matches():
+    """What a worker's lease may take after its first task, beside what the store claims."""
+    scheduler = Scheduler()
+    scheduler.pause({"file_embed_*", "thumbnail_generate"}, everything=False)
+    assert scheduler.limited("file_embed_video") and scheduler.limited("thumbnail_generate")
+    assert not scheduler.limited("file_scan")
 
 
 def test_drain_waits_for_running_tasks_and_times_out(make_daemon, fifo):

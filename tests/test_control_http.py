@@ -67,3 +67,20 @@ def test_rest_pause_drain_resume(make_daemon):
         too_long = call(shim.url, "POST", f"{API}/queue/drain", json_body={"timeout": 3600})
         assert too_long.status == 400
     d.stop()
+
+
+def test_a_retry_refused_for_its_key_says_why_alone_and_in_a_batch(make_daemon):
+    """The status (failed, not retried) does not explain this refusal: the daemon's sentence does."""
+    d, shim = start_with_shim(make_daemon, workers=1)
+    with d.client() as c:
+        failed = c.submit("fail", {"message": "disk full"}, key="scan:/a")["id"]
+        c.wait([failed], timeout=20)
+        c.pause()
+        holder = c.submit("file_scan", key="scan:/a")["id"]
+    single = call(shim.url, "POST", f"{API}/tasks/{failed}/retry")
+    assert single.status == 409
+    assert single.body["detail"].startswith(f"任务无法重试: {failed}（")  # noqa: RUF001
+    assert holder in single.body["detail"]
+    batch = call(shim.url, "POST", f"{API}/tasks/retry", json_body={"task_ids": [failed]})
+    assert batch.body["failed"] == 1 and batch.body["results"][0]["error"] == single.body["detail"]
+    d.stop()

@@ -60,7 +60,7 @@ def test_finished_tasks_older_than_the_bound_go_unless_something_unfinished_need
     store.add_events([(cancelled, old, "cancel_requested", {"by": "cancel"}, 0, 1)])
     # A cancel-all of long ago: one row, which the tasks it cancelled point at.
     request = store.add_bulk_request(old, "cancel_requested", {"by": "cancel-all"}, 0, 1)
-    assert store.cancel_waiting_batch(None, cancelled, old, 10, request) == [cancelled]
+    assert store.cancel_for_request([cancelled], old, request) == [cancelled]
     failed = add(store, TaskStatus.FAILED, old)
     holder = add(store, TaskStatus.BLOCKED)  # nothing unblocks it: the tasks below stay unfinished
     retry = add(store, TaskStatus.BLOCKED, retry_of=failed, depends_on=[holder])

@@ -132,3 +132,31 @@ def test_retry_all_failed_goes_through_many_chunks_in_order(client):
     assert len(set(new_ids)) == len(ids) and not set(new_ids) & set(ids)
     for r in results[::250]:
         assert client.get(r["task_id"])["retried_as"] == r["new_task_id"]
+
+
+def test_a_retry_holds_its_tasks_key_and_is_refused_while_another_task_holds_it(client):
+    """A retry is a submit under the failed task's key: the key dedupes it as it would the first."""
+    old = failed_task(client, key="scan:/a")
+    client.pause()  # what the retries queue stays unfinished
+    retried = client.retry(old["id"])["new_task_id"]
+    again = client.submit("fail", {"message": "disk full"}, key="scan:/a")
+    assert (again["key_outcome"], again["id"]) == ("kept", retried)
+
+    other = failed_task_while_paused(client, key="scan:/b")
+    holder = client.submit("file_scan", key="scan:/b")
+    with pytest.raises(InvalidState, match=rf"its key 'scan:/b' is held by {holder['id']} \(pending\)"):
+        client.retry(other)
+    assert client.get(other)["retried_as"] is None  # refused: nothing written
+    selected = client.retry_selected({"ids": [other]})
+    assert selected["retried"] == 0 and "held by" in selected["errors"][0]["error"]
+    client.cancel(holder["id"])  # the key is free again: the retry takes it
+    new = client.retry(other)["new_task_id"]
+    assert client.submit("file_scan", key="scan:/b")["id"] == new  # the retry holds it now
+
+
+def failed_task_while_paused(client, **kw) -> str:
+    """A failed task, made while the queue is paused: resume, fail it, pause again."""
+    client.resume()
+    task = failed_task(client, **kw)["id"]
+    client.pause()
+    return task

@@ -76,18 +76,25 @@ def test_claim_skips_excluded_types_and_blocked_tasks(store):
     assert store.claim_next([], 1.0, 1) is None
 
 
-def test_cancel_waiting_batch_is_bounded_and_typed(store):
-    a = [add(store, 3, "a") for _ in range(7)]
+def test_claim_skips_types_that_an_excluded_glob_matches(store):
+    embed = add(store, 0, "file_embed_video")
+    thumb = add(store, 1, "thumbnail_generate")
+    scan = add(store, 9, "file_scan")
+    claimed = store.claim_next(["file_embed_*", "thumb?ail_generate"], 1.0, 1)
+    assert claimed is not None and claimed.id == scan
+    assert store.claim_next(["file_embed_[!v]*"], 1.0, 1).id == embed
+    assert store.claim_next(["file_*"], 1.0, 1).id == thumb
+
+
+def test_a_bulk_request_cancels_the_waiting_tasks_it_names_and_shows_in_their_history(store):
+    a = [add(store, 3, "a") for _ in range(3)]
     b = add(store, 3, "b")
     running = add(store, 3, "a")
     store.update(running, status=TaskStatus.RUNNING)
     request = store.add_bulk_request(5.0, "cancel_requested", {"by": "cancel-by-type"}, 1000, 42)
-    first = store.cancel_waiting_batch("a", store.max_id(), 5.0, 5, request)
-    assert first == a[:5]
-    rest = store.cancel_waiting_batch("a", store.max_id(), 5.0, 5, request)
-    assert rest == a[5:]
-    assert store.cancel_waiting_batch("a", store.max_id(), 5.0, 5, request) == []
-    assert store.events(a[6]) == [
+    assert store.cancel_for_request([*a, running], 5.0, request) == a
+    assert store.cancel_for_request(a, 5.0, request) == []  # cancelled already
+    assert store.events(a[2]) == [
         {"time": 5.0, "event": "cancel_requested", "by": "cancel-by-type", "uid": 1000, "pid": 42}
     ]
     assert store.events(b) == []
@@ -95,14 +102,6 @@ def test_cancel_waiting_batch_is_bounded_and_typed(store):
     cancelled = store.get(a[0])
     assert cancelled is not None
     assert (cancelled.finished_at, cancelled.stop_reason) == (5.0, "not_started")
-
-
-def test_cancel_batch_respects_max_id(store):
-    old = add(store)
-    limit = store.max_id()
-    new = add(store)
-    assert store.cancel_waiting_batch(None, limit, 1.0, 100, 0) == [old]
-    assert store.statuses([new])[new] is TaskStatus.PENDING
 
 
 def test_dependencies_and_handover(store):
@@ -467,10 +466,9 @@ def test_bulk_requests_are_listed_and_removed_once_stale(store):
         used = store.add_bulk_request(1.0, "cancel_requested", {"by": "cancel-all"}, None, None)
         marker = store.add_bulk_request(1.0, "dependents_pending", {"task": 7}, None, None)
         stale = store.add_bulk_request(1.0, "cancel_requested", {"by": "cancel-all"}, None, None)
-        store.cancel_waiting_batch(None, store.max_id(), 2.0, 10, used)
         add(store)  # pending, cancelled by nothing
         task = add(store)
-        store.cancel_waiting_batch(None, task, 2.0, 10, used)
+        store.cancel_for_request([task], 2.0, used)
     assert store.bulk_requests("dependents_pending") == [(marker, {"task": 7})]
     assert store.stale_bulk_requests(5.0, ["dependents_pending"]) == [stale]
     assert store.stale_bulk_requests(0.5, ["dependents_pending"]) == []

@@ -16,7 +16,8 @@ PauseTypesOpt = Annotated[
     typer.Option(
         "--type",
         "-t",
-        help="Only this type; repeat for several (default: every type).",
+        help="Only this type, or the types a glob matches ('file_embed_*'); repeat for several "
+        "(default: every type).",
         autocompletion=complete_types,
     ),
 ]

@@ -63,6 +63,7 @@ from msearchd.http.params import (
     no_query,
 )
 from msearchd.model import PRIORITY_MAX, PRIORITY_MIN
+from msearchd.selection import TYPE_GLOB_PATTERN
 
 MAX_BODY = 1024 * 1024
 # Tasks one selection (the batch paths) may name; the daemon holds the same bound.
@@ -268,12 +269,12 @@ class QueueBody(Body):
         WithJsonSchema(
             {
                 "anyOf": [
-                    {"type": "array", "items": {"type": "string", "pattern": TYPE_PATTERN}},
+                    {"type": "array", "items": {"type": "string", "pattern": TYPE_GLOB_PATTERN}},
                     {"type": "null"},
                 ]
             }
         ),
-        Field(description="任务类型；省略则为整个队列"),
+        Field(description="任务类型或通配模式（file_embed_*）；省略则为整个队列"),
     ] = None
 
 

@@ -5,30 +5,19 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import Request
 
-from msearchd.errors import MsearchError
-from msearchd.http.answers import ApiJSON, OperationAnswer, answers, daemon_error
+from msearchd.http.answers import ApiJSON, OperationAnswer, answers
 from msearchd.http.bodies import DRAIN_TIMEOUT_MAX, DrainBody, QueueBody, openapi_body, read_body
-from msearchd.http.link import daemon_link
 from msearchd.http.params import no_query
-from msearchd.http.routes import route
-
-
-async def _call(request: Request, method: str, **params: Any) -> dict[str, Any]:
-    try:
-        return dict(await daemon_link(request).call(method, **params))
-    except MsearchError as exc:
-        raise daemon_error(exc, "任务不存在") from None
+from msearchd.http.routes import ask, route
 
 
 @route("GET", "/queue", responses=answers(OperationAnswer), summary="队列状态（暂停情况）")
 async def queue_state(request: Request) -> ApiJSON:
     """What is paused (type * is the whole queue), since when, by whom; the latest pauses and resumes."""
     no_query(request, ())
-    result = await _call(request, "queue")
+    result = await ask(request, "queue")
     return ApiJSON({"success": True, "message": "队列状态", "result": result})
 
 
@@ -42,7 +31,7 @@ async def queue_state(request: Request) -> ApiJSON:
 async def pause(request: Request) -> ApiJSON:
     """No new task (of these types) starts; running ones go on. Holds across daemon restarts."""
     body = await read_body(request, QueueBody)
-    result = await _call(request, "pause", types=body.types)
+    result = await ask(request, "pause", types=body.types)
     return ApiJSON({"success": True, "message": "已暂停", "result": result})
 
 
@@ -56,7 +45,7 @@ async def pause(request: Request) -> ApiJSON:
 async def resume(request: Request) -> ApiJSON:
     """Let tasks of these types (of every paused one) start again."""
     body = await read_body(request, QueueBody)
-    result = await _call(request, "resume", types=body.types)
+    result = await ask(request, "resume", types=body.types)
     return ApiJSON({"success": True, "message": "已恢复", "result": result})
 
 
@@ -71,6 +60,6 @@ async def drain(request: Request) -> ApiJSON:
     """Pause, then wait until nothing (of these types) runs; drained says whether it got there."""
     body = await read_body(request, DrainBody)
     timeout = DRAIN_TIMEOUT_MAX if body.timeout is None else body.timeout
-    result = await _call(request, "drain", types=body.types, timeout=timeout)
+    result = await ask(request, "drain", types=body.types, timeout=timeout)
     message = "已排空" if result["drained"] else f"超时，仍在运行: {', '.join(result['running'])}"
     return ApiJSON({"success": True, "message": message, "result": result})

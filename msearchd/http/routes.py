@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal, cast
 
 from fastapi import Query, Request
@@ -58,6 +58,7 @@ from msearchd.model import TaskStatus
 log = logging.getLogger("msearchd.http")
 
 PREFIX = "/api/v1"
+Operation = Literal["cancel", "priority", "retry"]  # on one task, or on each of a batch
 ROUTES: list[tuple[str, str, Callable[..., Any], dict[str, Any]]] = []
 
 
@@ -80,14 +81,19 @@ def ref(n: int) -> str:
     return f"task_{n}"
 
 
+async def ask(request: Request, method: str, missing: str = "任务不存在", **params: Any) -> Any:
+    """Call the daemon; what it refuses becomes the API's error (`missing`: what a 404 says)."""
+    try:
+        return await daemon_link(request).call(method, **params)
+    except MsearchError as exc:
+        raise daemon_error(exc, missing) from None
+
+
 @route("GET", "/tasks/stats", responses=answers(Stats), summary="获取任务统计信息")
 async def get_stats(request: Request) -> ApiJSON:
     """Counts by status and by type, and how many workers are busy."""
     no_query(request, ())
-    try:
-        return ApiJSON(await daemon_link(request).call("stats"))
-    except MsearchError as exc:
-        raise daemon_error(exc, "任务不存在") from None
+    return ApiJSON(await ask(request, "stats"))
 
 
 @route("GET", "/tasks", responses=answers(TaskList), summary="获取任务列表")
@@ -164,18 +170,55 @@ async def get_task(request: Request, task_id: TaskIdPath) -> ApiJSON:
     n = task_number(task_id)
     if n is None:
         raise ApiError(404, f"任务不存在: {task_id}")
+    return ApiJSON(await ask(request, "get", f"任务不存在: {ref(n)}", task_id=n))
+
+
+def refusal(
+    operation: Operation,
+    task_id: str,
+    now: Mapping[str, Any] | None,
+    message: str,
+    cancel_running: bool = False,
+) -> str:
+    """Why the daemon refused an operation on a task, in the API document's words, from the task as it
+    is now (`status`, `retried_as`; None when that is unknown) and the daemon's own sentence, for what
+    the status does not explain."""
+    status = now.get("status") if now is not None else None
+    if operation == "retry":
+        if status == TaskStatus.FAILED and now is not None and now.get("retried_as"):
+            return f"任务已经重试过: {task_id} -> {now['retried_as']}"
+        if status is not None and status != TaskStatus.FAILED:
+            return f"任务状态不是失败，无法重试: {status}"
+        return f"任务无法重试: {task_id}（{message}）"
+    if operation == "cancel":
+        if status == TaskStatus.RUNNING and not cancel_running:
+            return "任务正在运行，需设置cancel_running=true才能取消"
+        if status is not None:
+            return f"任务已结束（{status}），无法取消"
+        return f"任务无法取消: {task_id}（{message}）"
+    return f"任务状态不是等待中，无法修改优先级: {status if status is not None else message}"
+
+
+_METHODS: dict[str, str] = {"cancel": "cancel", "priority": "set_priority", "retry": "retry"}
+
+
+async def _act(request: Request, n: int, operation: Operation, missing: str, **params: Any) -> Any:
+    """Call the daemon's operation on task n. A refusal (409) says why in the document's words: the
+    task is read again for its state."""
+    daemon = daemon_link(request)
     try:
-        return ApiJSON(await daemon_link(request).call("get", task_id=n))
+        return await daemon.call(_METHODS[operation], task_id=n, **params)
+    except InvalidState as exc:
+        try:
+            now = cast(dict[str, Any], await daemon.call("get", task_id=n))
+        except MsearchError:
+            now = None
+        why = refusal(operation, ref(n), now, exc.message, params.get("running", False))
+        if operation == "cancel" and now is not None:
+            why += f": {ref(n)}"  # the document names the task in a cancel's refusal
+        raise ApiError(409, why) from None
     except MsearchError as exc:
-        raise daemon_error(exc, f"任务不存在: {ref(n)}") from None
-
-
-async def _status_of(request: Request, n: int) -> dict[str, Any] | None:
-    """The task as it is now, to say why an operation was refused; None if that cannot be known."""
-    try:
-        return cast(dict[str, Any], await daemon_link(request).call("get", task_id=n))
-    except MsearchError:
-        return None
+        raise daemon_error(exc, missing) from None
 
 
 @route(
@@ -188,10 +231,7 @@ async def _status_of(request: Request, n: int) -> dict[str, Any] | None:
 async def cancel_all(request: Request) -> ApiJSON:
     """Cancel every waiting task, and with cancel_running=true the running ones too."""
     body = await read_body(request, CancelBody)
-    try:
-        result = await daemon_link(request).call("cancel_all", running=body.cancel_running)
-    except MsearchError as exc:
-        raise daemon_error(exc, "任务不存在") from None
+    result = await ask(request, "cancel_all", running=body.cancel_running)
     return ApiJSON({"success": True, "message": f"已取消{result['cancelled']}个任务", "result": result})
 
 
@@ -206,12 +246,7 @@ async def cancel_by_type(request: Request) -> ApiJSON:
     """Cancel every waiting task of one type (and what depends on them); running ones with cancel_running."""
     body = await read_body(request, TypeCancelBody)
     task_type = body.task_type
-    try:
-        result = await daemon_link(request).call(
-            "cancel_by_type", task_type=task_type, running=body.cancel_running
-        )
-    except MsearchError as exc:
-        raise daemon_error(exc, "任务不存在") from None
+    result = await ask(request, "cancel_by_type", task_type=task_type, running=body.cancel_running)
     return ApiJSON(
         {"success": True, "message": f"已取消{result['cancelled']}个{task_type}任务", "result": result}
     )
@@ -230,20 +265,7 @@ async def cancel_task(request: Request, task_id: TaskIdPath) -> ApiJSON:
     n = task_number(task_id)
     if n is None:
         raise ApiError(404, "任务不存在或无法取消")
-    running = body.cancel_running
-    try:
-        result = await daemon_link(request).call("cancel", task_id=n, running=running)
-    except InvalidState as exc:
-        now = await _status_of(request, n)
-        if now is not None and now["status"] == TaskStatus.RUNNING and not running:
-            why = f"任务正在运行，需设置cancel_running=true才能取消: {ref(n)}"
-        elif now is not None:
-            why = f"任务已结束（{now['status']}），无法取消: {ref(n)}"
-        else:
-            why = f"任务无法取消: {ref(n)}（{exc.message}）"
-        raise ApiError(409, why) from None
-    except MsearchError as exc:
-        raise daemon_error(exc, "任务不存在或无法取消") from None
+    result = await _act(request, n, "cancel", "任务不存在或无法取消", running=body.cancel_running)
     return ApiJSON({"success": True, "message": f"任务已取消: {ref(n)}", "data": result})
 
 
@@ -261,14 +283,7 @@ async def set_priority(request: Request, task_id: TaskIdPath) -> ApiJSON:
     if n is None:
         raise ApiError(404, "任务不存在")
     priority = body.priority
-    try:
-        task = await daemon_link(request).call("set_priority", task_id=n, priority=priority)
-    except InvalidState as exc:
-        now = await _status_of(request, n)
-        status = now["status"] if now is not None else exc.message
-        raise ApiError(409, f"任务状态不是等待中，无法修改优先级: {status}") from None
-    except MsearchError as exc:
-        raise daemon_error(exc, "任务不存在") from None
+    task = await _act(request, n, "priority", "任务不存在", priority=priority)
     return ApiJSON(
         {"success": True, "message": f"任务优先级已更新: {ref(n)} -> {priority}", "data": {"task": task}}
     )
@@ -287,19 +302,7 @@ async def retry_task(request: Request, task_id: TaskIdPath) -> ApiJSON:
     n = task_number(task_id)
     if n is None:
         raise ApiError(404, f"任务不存在: {task_id}")
-    try:
-        result = await daemon_link(request).call("retry", task_id=n)
-    except InvalidState as exc:
-        now = await _status_of(request, n)
-        if now is not None and now["status"] != TaskStatus.FAILED:
-            why = f"任务状态不是失败，无法重试: {now['status']}"
-        elif now is not None and now.get("retried_as"):
-            why = f"任务已经重试过: {ref(n)} -> {now['retried_as']}"
-        else:
-            why = f"任务无法重试: {ref(n)}（{exc.message}）"
-        raise ApiError(409, why) from None
-    except MsearchError as exc:
-        raise daemon_error(exc, f"任务不存在: {ref(n)}") from None
+    result = await _act(request, n, "retry", f"任务不存在: {ref(n)}")
     data = {
         "new_task_id": result["new_task_id"],
         "task": result["task"],
@@ -323,12 +326,8 @@ async def task_history(request: Request, task_id: TaskIdPath) -> ApiJSON:
     """What happened to a task and who asked (oldest first), and the tasks that depend on it."""
     no_query(request, ())
     n = _number(task_id)
-    daemon = daemon_link(request)
-    try:
-        history = await daemon.call("history", task_id=n)
-        dependents = await daemon.call("dependents", task_id=n)
-    except MsearchError as exc:
-        raise daemon_error(exc, f"任务不存在: {ref(n)}") from None
+    history = await ask(request, "history", f"任务不存在: {ref(n)}", task_id=n)
+    dependents = await ask(request, "dependents", f"任务不存在: {ref(n)}", task_id=n)
     return ApiJSON({"task_id": ref(n), "history": history, "dependents": dependents})
 
 
@@ -342,7 +341,4 @@ async def task_log(
     `offset` to follow a running task's log as it grows."""
     no_query(request, ("offset",))
     n = _number(task_id)
-    try:
-        return ApiJSON(await daemon_link(request).call("read_log", task_id=n, offset=offset))
-    except MsearchError as exc:
-        raise daemon_error(exc, f"任务不存在: {ref(n)}") from None
+    return ApiJSON(await ask(request, "read_log", f"任务不存在: {ref(n)}", task_id=n, offset=offset))

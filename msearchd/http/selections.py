@@ -9,8 +9,7 @@ from typing import Any
 
 from fastapi import Request
 
-from msearchd.errors import MsearchError
-from msearchd.http.answers import ApiJSON, OperationAnswer, answers, daemon_error
+from msearchd.http.answers import ApiJSON, OperationAnswer, answers
 from msearchd.http.bodies import (
     FilterBody,
     FilterCancelBody,
@@ -18,19 +17,12 @@ from msearchd.http.bodies import (
     openapi_body,
     read_body,
 )
-from msearchd.http.link import daemon_link
-from msearchd.http.routes import route
+from msearchd.http.routes import ask, route
 
 
 async def _run(request: Request, method: str, body: FilterBody, **more: Any) -> dict[str, Any]:
-    try:
-        return dict(
-            await daemon_link(request).call(
-                method, select=body.select, dry_run=body.dry_run, up_to=body.up_to, expect=body.expect, **more
-            )
-        )
-    except MsearchError as exc:
-        raise daemon_error(exc, "任务不存在") from None
+    run = {"dry_run": body.dry_run, "up_to": body.up_to, "expect": body.expect}
+    return dict(await ask(request, method, select=body.select, **run, **more))
 
 
 def _preview_or(result: dict[str, Any], done: str) -> ApiJSON:

@@ -13,7 +13,7 @@ core is the last base of `TaskService`) and declares the methods of other famili
 family is one module and one line in the class below.
 """
 
-from msearchd.service.cancel import BULK_CHUNK, Cancelling
+from msearchd.service.cancel import Cancelling
 from msearchd.service.cluster import Clustering
 from msearchd.service.core import REQUESTER, ServiceCore
 from msearchd.service.dispatch import Dispatching
@@ -31,7 +31,6 @@ from msearchd.service.submit import Submitting
 from msearchd.service.wait import Subscription, Waiting
 
 __all__ = [
-    "BULK_CHUNK",
     "FANOUT_CHUNK",
     "FANOUT_EVENT",
     "LIST_LIMIT_MAX",

@@ -1,5 +1,5 @@
-"""Cancelling: a task waiting, handed out to a worker or running, all tasks (of a type) in chunks, and the
-waiting tasks a handler replaces."""
+"""Cancelling: a task waiting, handed out to a worker or running, the waiting tasks a handler replaces, and
+all tasks (of a type): the cancels of a selection (see `matching`)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from msearchd.model import (
     parse_task_id,
     validate_type,
 )
+from msearchd.selection import Selection
 from msearchd.service.core import CANCEL_CHANNEL, REQUESTER
 from msearchd.service.fanout import Fanned
 from msearchd.store import WAITING
@@ -36,8 +37,22 @@ log = logging.getLogger("msearchd.service")
 
 T = TypeVar("T")
 
-# Rows a bulk cancel changes per transaction: small enough that other requests wait tens of ms at most.
-BULK_CHUNK = 1000
+
+def uncancellable(task: Task, running: bool = False) -> InvalidState | None:
+    """Why a cancel leaves this task alone: it ended, or it runs and the cancel may not stop it
+    (`running`); None when a cancel takes it."""
+    ref = format_task_id(task.id)
+    if task.status in TERMINAL:
+        return InvalidState(
+            f"{ref} is already {task.status}; only pending, blocked or running tasks can be cancelled"
+        )
+    if task.status is TaskStatus.RUNNING and not running:
+        return InvalidState(f"{ref} is running; add running=true to stop it")
+    return None
+
+
+def ended_first(task_id: int, status: TaskStatus) -> InvalidState:
+    return InvalidState(f"{format_task_id(task_id)} {status} before the cancel took effect")
 
 
 class Cancelling(ServiceCore):
@@ -54,6 +69,9 @@ class Cancelling(ServiceCore):
         def _settle(self) -> None: ...
         @contextmanager
         def _settling(self) -> Iterator[None]: ...
+        async def _cancel_selection(
+            self, selection: Selection, newest: int, running: bool, detail: dict[str, Any]
+        ) -> dict[str, Any]: ...
 
     async def _stop_running(self, task: Task, by: str, asked_elsewhere: bool = False) -> tuple[Outcome, int]:
         """Stop a running task for good; returns how it ended and how many dependents were cancelled.
@@ -168,18 +186,13 @@ class Cancelling(ServiceCore):
     def _cancel(
         self, task: Task, running: bool, take_back: bool
     ) -> dict[str, Any] | Awaitable[dict[str, Any]]:
-        ref = format_task_id(task.id)
-        if task.status in TERMINAL:
-            raise InvalidState(
-                f"{ref} is already {task.status}; only pending, blocked or running tasks can be cancelled"
-            )
-        if task.status is TaskStatus.RUNNING:
-            if running:
-                return self._cancel_running(task)
-            if take_back and self._maybe_handed_out(task):
-                return self._cancel_handed_out(task)
-            raise InvalidState(f"{ref} is running; add running=true to stop it")
-        return self._cancel_waiting(task, by="cancel")
+        refused = uncancellable(task, running)
+        if refused is None:
+            running_now = task.status is TaskStatus.RUNNING
+            return self._cancel_running(task) if running_now else self._cancel_waiting(task, by="cancel")
+        if take_back and task.status is TaskStatus.RUNNING and self._maybe_handed_out(task):
+            return self._cancel_handed_out(task)
+        raise refused
 
     def _cancel_waiting(self, task: Task, by: str) -> dict[str, Any] | Awaitable[dict[str, Any]]:
         """Cancel a pending or blocked task; an awaitable answer when its dependents are too many to
@@ -256,17 +269,8 @@ class Cancelling(ServiceCore):
     async def _cancel_running(self, task: Task) -> dict[str, Any]:
         outcome, cascaded = await self._stop_running(task, by="cancel")
         if outcome.status is not TaskStatus.CANCELLED:
-            raise InvalidState(f"{format_task_id(task.id)} {outcome.status} before the cancel took effect")
+            raise ended_first(task.id, outcome.status)
         return {"task": self.get(task.id), "cancelled_dependents": cascaded}
-
-    async def _checkpoint_later(self) -> None:
-        """Checkpoint on a thread what a bulk change wrote, then let commits checkpoint again."""
-        try:
-            await asyncio.to_thread(self.store.checkpoint)
-        except Exception:
-            log.exception("checkpoint after a bulk change failed; the next commits will retry it")
-        finally:
-            self.store.resume_checkpoints()
 
     @contextmanager
     def _bulk(self) -> Iterator[None]:
@@ -315,80 +319,18 @@ class Cancelling(ServiceCore):
         if self._stopping:
             raise Unavailable(f"msearchd is stopping; {done} before it stopped, the others were not")
 
-    async def _cancel_many(self, task_type: str | None, running: bool) -> dict[str, Any]:
-        """Cancel waiting tasks in bounded chunks, letting other requests through between them."""
-        self.store.pause_checkpoints()
-        try:
-            with self._bulk():
-                return await self._cancel_waiting_and_running(task_type, running)
-        finally:
-            task = asyncio.ensure_future(self._checkpoint_later())
-            self._checkpoints.add(task)
-            task.add_done_callback(self._checkpoints.discard)
-
-    async def _cancel_waiting_and_running(self, task_type: str | None, running: bool) -> dict[str, Any]:
-        by = "cancel-all" if task_type is None else "cancel-by-type"
-        uid, pid = REQUESTER.get()
-        detail: dict[str, Any] = {"by": by, "running": running}
-        if task_type is not None:
-            detail["task_type"] = task_type
-        with self.store.transaction():
-            request = self.store.add_bulk_request(self.clock(), "cancel_requested", detail, uid, pid)
-        max_id = self.store.max_id()
-        cancelled = cascaded = failed = 0
-        later: list[asyncio.Future[Fanned]] = []
-        with self._holding_starts(task_type):
-            while True:
-                self._stopped_meanwhile(f"{cancelled} tasks were cancelled")
-                with self._deferring() as more, self.store.transaction():
-                    ids = self.store.cancel_waiting_batch(
-                        task_type, max_id, self.clock(), BULK_CHUNK, request
-                    )
-                    if task_type is not None:
-                        cascaded += self._cascade_cancel(ids)
-                later += more
-                if not ids:
-                    break
-                cancelled += len(ids)
-                self._publish_status("cancelled", ids, stop_reason=StopReason.NOT_STARTED.value)
-                await asyncio.sleep(0)
-            if task_type is None:  # tasks submitted meanwhile may depend on ones it cancelled
-                with self._deferring() as more, self.store.transaction():
-                    cascaded += self._cascade_cancel(
-                        self.store.bulk_cancelled_with_newer_dependents(request, max_id)
-                    )
-                later += more
-        if later:
-            cascaded += len((await self._later(later)).cancelled)
-        self._stopped_meanwhile(f"{cancelled} tasks were cancelled")
-        targets = [t for t in self.store.running() if task_type is None or t.type == task_type]
-        if running:
-            results = await asyncio.gather(*(self._stop_running(t, by=by) for t in targets))
-            for outcome, n in results:
-                cascaded += n
-                if outcome.status is TaskStatus.CANCELLED:
-                    cancelled += 1
-                else:
-                    failed += 1
-        else:  # those handed to a worker that has not started them are waiting, on any daemon
-            handed_out = [t for t in targets if self._maybe_handed_out(t)]
-            for n in await asyncio.gather(*(self._take_back_anywhere(t, by=by) for t in handed_out)):
-                if n is not None:
-                    cancelled += 1
-                    cascaded += n
-        return {
-            "cancelled": cancelled,
-            "failed": failed,
-            "total": cancelled + failed,
-            "cancelled_dependents": cascaded,
-        }
-
     async def cancel_all(self, running: bool = False) -> dict[str, Any]:
-        return await self._cancel_many(None, running)
+        """The cancel of a selection that holds every task."""
+        detail = {"by": "cancel-all", "running": running}
+        return await self._cancel_selection(Selection(), self.store.max_id(), running, detail)
 
     async def cancel_by_type(self, task_type: str, running: bool = False) -> dict[str, Any]:
+        """The cancel of a selection that holds one type."""
         validate_type(task_type)
-        return {**await self._cancel_many(task_type, running), "task_type": task_type}
+        detail = {"by": "cancel-by-type", "running": running, "task_type": task_type}
+        selection = Selection(types=(task_type,))
+        answer = await self._cancel_selection(selection, self.store.max_id(), running, detail)
+        return {**answer, "task_type": task_type}
 
 
 @contextmanager

@@ -10,7 +10,7 @@ import contextlib
 import contextvars
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -187,12 +187,19 @@ class ServiceCore:
             if self.store.transaction_open():
                 raise  # what it tells about is lost with it
 
-    def _publish_status(self, event: str, task_ids: Iterable[int], **extra: Any) -> None:
-        """Publish a state change for tasks changed in bulk, reading them back only if anyone listens."""
+    def _publish_status(
+        self,
+        event: str,
+        task_ids: Iterable[int],
+        each: Mapping[int, Mapping[str, Any]] | None = None,
+        **extra: Any,
+    ) -> None:
+        """Publish a state change for tasks changed in bulk, reading them back only if anyone listens;
+        `each` adds what differs from task to task (as a single change's event has it)."""
         ids = [i for i in task_ids if self._listened(i)]
         with self._announcing():
             for task in self.store.get_many(ids):
-                self._publish(event, task, **extra)
+                self._publish(event, task, **(each[task.id] if each else {}), **extra)
 
     def _announcing(self) -> AbstractContextManager[None]:
         """Announcements made inside reach the other daemons of a shared store together."""

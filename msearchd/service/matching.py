@@ -7,13 +7,15 @@ other requests answered in between.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator, Sequence
+import logging
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from msearchd.errors import InvalidArgument, InvalidState, NotFound
+from msearchd.errors import InvalidArgument, InvalidState, MsearchError, NotFound
 from msearchd.model import StopReason, Task, TaskStatus, format_task_id, validate_priority
-from msearchd.selection import Preview, Selection, parse_selection
+from msearchd.selection import Preview, Selection, is_glob, parse_selection
+from msearchd.service.cancel import ended_first
 from msearchd.service.core import REQUESTER
 from msearchd.service.fanout import Fanned
 from msearchd.store import WAITING
@@ -24,9 +26,26 @@ if TYPE_CHECKING:
 else:
     ServiceCore = object  # TaskService puts the real one last among its bases
 
-# Ids a selection scans per step: each step is one transaction when it changes tasks.
-SELECT_WINDOW = 500
+log = logging.getLogger("msearchd.service")
+
+# Selected tasks per step: each step is one transaction when it changes tasks, other requests answered
+# between two.
+SELECT_STEP = 500
+SPAN_MAX = 16 * SELECT_STEP  # ids a window reads at most (a few ms), where a selection is sparse
 RETRY_STEP = 200  # retries per transaction: each writes a task and its history
+
+
+def _only_type(selection: Selection) -> str | None:
+    """The one exact type a selection is limited to, if any: a cancel of it holds back that type
+    alone; any other selection holds back every type while it works."""
+    if len(selection.types) == 1 and not is_glob(selection.types[0]):
+        return selection.types[0]
+    return None
+
+
+def cancellable(running: bool) -> tuple[str, ...]:
+    """The statuses a cancel touches: waiting ones, and running ones when it may stop them."""
+    return WAITING + ((TaskStatus.RUNNING.value,) if running else ())
 
 
 class Matching(ServiceCore):
@@ -34,17 +53,18 @@ class Matching(ServiceCore):
 
     if TYPE_CHECKING:
 
-        def _cascade_cancel(self, roots: Sequence[int]) -> int: ...
+        def _fan_out(self, roots: Iterable[int]) -> Fanned: ...
         @contextmanager
         def _deferring(self) -> Iterator[list[asyncio.Future[Fanned]]]: ...
         async def _later(self, later: list[asyncio.Future[Fanned]]) -> Fanned: ...
         async def _stop_running(self, task: Task, by: str) -> tuple[Outcome, int]: ...
-        async def _take_back(self, task: Task, by: str) -> int | None: ...
-        async def _checkpoint_later(self) -> None: ...
+        async def _take_back_anywhere(self, task: Task, by: str) -> int | None: ...
+        def _maybe_handed_out(self, task: Task) -> bool: ...
+        @contextmanager
+        def _holding_starts(self, task_type: str | None) -> Iterator[None]: ...
         @contextmanager
         def _bulk(self) -> Iterator[None]: ...
         def _stopped_meanwhile(self, done: str) -> None: ...
-        def _release_starts(self, hold: int) -> None: ...
         def _retry(self, task_id: Any) -> dict[str, Any]: ...
 
     @contextmanager
@@ -58,6 +78,15 @@ class Matching(ServiceCore):
             self._checkpoints.add(job)
             job.add_done_callback(self._checkpoints.discard)
 
+    async def _checkpoint_later(self) -> None:
+        """Checkpoint on a thread what a bulk change wrote, then let commits checkpoint again."""
+        try:
+            await asyncio.to_thread(self.store.checkpoint)
+        except Exception:
+            log.exception("checkpoint after a bulk change failed; the next commits will retry it")
+        finally:
+            self.store.resume_checkpoints()
+
     def _selection(self, select: object, up_to: object) -> tuple[Selection, int]:
         selection = parse_selection(select, self.clock())
         newest = self.store.max_id()
@@ -70,19 +99,24 @@ class Matching(ServiceCore):
     async def _scan(
         self, selection: Selection, statuses: Sequence[str], up_to: int, not_retried: bool = False
     ) -> AsyncIterator[list[tuple[int, str, str, int]]]:
-        """The selected tasks in these statuses, a window of ids at a time, other requests answered
-        between two windows."""
+        """The selected tasks in these statuses, at most SELECT_STEP at a time, other requests answered
+        between two. A window of ids is read at a time, as wide as the last one's density says holds
+        about SELECT_STEP rows: a sparse selection (one type of many) takes as few steps as a dense one."""
         after = min(selection.ids) - 1 if selection.ids else 0
         if selection.ids:
             up_to = min(up_to, max(selection.ids))
+        span = SELECT_STEP
         while statuses and after < up_to:
-            high = min(after + SELECT_WINDOW, up_to)
+            high = min(after + span, up_to)
             rows = self.store.select_window(
                 selection, statuses, after, high, with_data=bool(selection.where), not_retried=not_retried
             )
-            yield [(i, t, s, p) for i, t, s, p, data in rows if data is None or selection.data_matches(data)]
+            found = [(i, t, s, p) for i, t, s, p, d in rows if d is None or selection.data_matches(d)]
+            for start in range(0, max(len(found), 1), SELECT_STEP):
+                yield found[start : start + SELECT_STEP]
+                await asyncio.sleep(0)
             after = high
-            await asyncio.sleep(0)
+            span = max(SELECT_STEP, min(SPAN_MAX, span * SELECT_STEP // max(len(rows), 1)))
 
     async def _preview(
         self,
@@ -150,9 +184,8 @@ class Matching(ServiceCore):
     ) -> dict[str, Any]:
         """Cancel the selected waiting tasks (and running ones, with `running`), in chunks."""
         selection, newest = self._selection(select, up_to)
-        allowed = WAITING + ((TaskStatus.RUNNING.value,) if running else ())
-        statuses = selection.narrowed_to(allowed)
         if dry_run:
+            statuses = selection.narrowed_to(cancellable(running))
             preview, roots = await self._preview(selection, statuses, newest, dependents=True)
             dependents = self._dependents_of(roots, selection, newest)
             return self._dry_answer(
@@ -162,53 +195,93 @@ class Matching(ServiceCore):
                 dependents=len(dependents),
                 dependents_sample=[format_task_id(i) for i in dependents[:20]],
             )
-        uid, pid = REQUESTER.get()
         detail = {"by": "cancel", "running": running, "selection": selection.describe()}
+        answer = await self._cancel_selection(selection, newest, running, detail)
+        return self._changed(answer, answer["total"], expect)
+
+    async def _cancel_selection(
+        self,
+        selection: Selection,
+        newest: int,
+        running: bool,
+        detail: dict[str, Any],
+        outcomes: dict[int, MsearchError | None] | None = None,
+    ) -> dict[str, Any]:
+        """Cancel what a selection holds among tasks up to `newest`: the waiting ones a window at a
+        time, each window one transaction, then the running ones (with `running`) side by side.
+        `detail` is the request as its history shows it (who asked for what); `outcomes`, if given,
+        gets each task it cancelled (None) or could not (why)."""
+        outcomes = {} if outcomes is None else outcomes
+        by = detail["by"]
+        statuses = selection.narrowed_to(cancellable(running))
+        uid, pid = REQUESTER.get()
         with self.store.transaction():
             request = self.store.add_bulk_request(self.clock(), "cancel_requested", detail, uid, pid)
         cancelled = cascaded = failed = 0
         later: list[Any] = []
         waiting = tuple(s for s in statuses if s in WAITING)
-        hold = self.store.hold_starts(None) if self.store.shared else None  # on any daemon
-        self._bulk_cancels += 1  # nothing starts meanwhile: it could be a task about to be cancelled
-        try:
-            with self._bulk(), self._checkpoint_after():
-                async for rows in self._scan(selection, waiting, newest):
-                    self._stopped_meanwhile(f"{cancelled} tasks were cancelled")
-                    with self._deferring() as more, self.store.transaction():
-                        done = self.store.cancel_for_request([r[0] for r in rows], self.clock(), request)
-                        cascaded += self._cascade_cancel(done)
-                    later += more
-                    cancelled += len(done)
-                    self._publish_status("cancelled", done, stop_reason=StopReason.NOT_STARTED.value)
-        finally:
-            self._bulk_cancels -= 1
-            if hold is not None:
-                self._release_starts(hold)
-            self.wake()
+        # Nothing it may cancel starts meanwhile, here or on another daemon: taking tasks by priority,
+        # the dispatcher would start ones it is about to cancel.
+        with self._holding_starts(_only_type(selection)), self._bulk(), self._checkpoint_after():
+            async for rows in self._scan(selection, waiting, newest):
+                self._stopped_meanwhile(f"{cancelled} tasks were cancelled")
+                if not rows:
+                    continue
+                with self._deferring() as more, self.store.transaction():
+                    ids = [r[0] for r in rows]
+                    done, dependents = self._cancel_window(ids, selection, newest, request)
+                cascaded += dependents
+                later += more
+                cancelled += len(done)
+                outcomes.update(dict.fromkeys(done))
+                self._publish_status("cancelled", done, stop_reason=StopReason.NOT_STARTED.value)
         if later:
             cascaded += len((await self._later(later)).cancelled)
+        self._stopped_meanwhile(f"{cancelled} tasks were cancelled")
         targets = [t for t in self.store.running() if t.id <= newest and self._selects(selection, t)]
         if TaskStatus.RUNNING.value in statuses:
-            for outcome, n in await asyncio.gather(*(self._stop_running(t, by="cancel") for t in targets)):
+            stops = await asyncio.gather(*(self._stop_running(t, by=by) for t in targets))
+            for task, (outcome, n) in zip(targets, stops, strict=True):
                 cascaded += n
                 if outcome.status is TaskStatus.CANCELLED:
                     cancelled += 1
+                    outcomes[task.id] = None
                 else:
                     failed += 1
-        elif self.pool is not None and waiting:  # handed to a worker, not started: still waiting
-            handed_out = [t for t in targets if self.pool.waits_in_lease(t.id)]
-            for n in await asyncio.gather(*(self._take_back(t, by="cancel") for t in handed_out)):
+                    outcomes[task.id] = ended_first(task.id, outcome.status)
+        elif waiting:  # handed to a worker, here or on another daemon, not started: still waiting
+            handed_out = [t for t in targets if self._maybe_handed_out(t)]
+            taken = await asyncio.gather(*(self._take_back_anywhere(t, by=by) for t in handed_out))
+            for task, n in zip(handed_out, taken, strict=True):
                 if n is not None:
                     cancelled += 1
                     cascaded += n
-        answer = {
+                    outcomes[task.id] = None
+        return {
             "cancelled": cancelled,
             "failed": failed,
             "total": cancelled + failed,
             "cancelled_dependents": cascaded,
         }
-        return self._changed(answer, cancelled + failed, expect)
+
+    def _cancel_window(
+        self, ids: list[int], selection: Selection, newest: int, request: int
+    ) -> tuple[list[int], int]:
+        """Cancel the waiting tasks of one step for the request, with the waiting tasks that depend on
+        them: as selected ones those the selection holds, wherever they are (the dry run counts them
+        so), as dependents the others. Returns the selected ones it cancelled and how many dependents."""
+        done = self.store.cancel_for_request(ids, self.clock(), request)
+        roots = self.store.with_dependents(done)
+        parents = list(roots)
+        while roots:
+            found = {d for root in roots for d in self.store.dependents(root)}
+            tasks = self.store.get_many(sorted(found))
+            held = [t.id for t in tasks if t.id <= newest and self._selects(selection, t)]
+            more = self.store.cancel_for_request(held, self.clock(), request)
+            done += more
+            roots = self.store.with_dependents(more)
+            parents += roots
+        return sorted(done), len(self._fan_out(parents).cancelled)
 
     async def set_priority_selected(
         self,
@@ -225,24 +298,39 @@ class Matching(ServiceCore):
         if dry_run:
             preview, _ = await self._preview(selection, statuses, newest)
             return self._dry_answer(preview, selection, newest, priority=priority)
+        selected, changed = await self._reprioritize_selection(selection, newest, priority)
+        answer = {"selected": selected, "changed": changed, "priority": priority}
+        return self._changed(answer, selected, expect)
+
+    async def _reprioritize_selection(
+        self, selection: Selection, newest: int, priority: int, touched: list[int] | None = None
+    ) -> tuple[int, int]:
+        """Give what a selection holds among waiting tasks up to `newest` one priority, a window at a
+        time; how many it selected and how many it changed (the others had it). `touched`, if given,
+        gets the ids it selected."""
         uid, pid = REQUESTER.get()
         selected = changed = 0
         with self._bulk(), self._checkpoint_after():
-            async for rows in self._scan(selection, statuses, newest):
+            async for rows in self._scan(selection, selection.narrowed_to(WAITING), newest):
                 self._stopped_meanwhile(f"{changed} tasks were given priority {priority}")
+                if not rows:
+                    continue
                 selected += len(rows)
+                ids = [r[0] for r in rows]
+                if touched is not None:
+                    touched += ids
                 with self.store.transaction():
-                    moved = self.store.reprioritize([r[0] for r in rows], priority)
+                    moved = self.store.reprioritize(ids, priority)
                     now = self.clock()
                     self.store.add_events(
                         (i, now, "priority_changed", {"old": old, "new": priority}, uid, pid)
                         for i, old in moved
                     )
                 changed += len(moved)
-                self._publish_status("priority_changed", [i for i, _ in moved], priority=priority)
+                olds = {i: {"old_priority": old} for i, old in moved}
+                self._publish_status("priority_changed", list(olds), each=olds, priority=priority)
         self.wake()
-        answer = {"selected": selected, "changed": changed, "priority": priority}
-        return self._changed(answer, selected, expect)
+        return selected, changed
 
     async def retry_selected(
         self,
@@ -257,23 +345,39 @@ class Matching(ServiceCore):
         if dry_run:
             preview, _ = await self._preview(selection, statuses, newest, not_retried=True)
             return self._dry_answer(preview, selection, newest)
-        retried: list[dict[str, str]] = []
-        errors: list[dict[str, str]] = []
+        outcomes: dict[int, str | MsearchError] = {}
+        await self._retry_selection(selection, newest, outcomes)
+        retried = [
+            {"task_id": format_task_id(i), "new_task_id": o}
+            for i, o in outcomes.items()
+            if isinstance(o, str)
+        ]
+        errors = [
+            {"task_id": format_task_id(i), "error": o.message}
+            for i, o in outcomes.items()
+            if isinstance(o, MsearchError)
+        ]
+        answer = {"retried": len(retried), "tasks": retried, "errors": errors}
+        return self._changed(answer, len(retried), expect)
+
+    async def _retry_selection(
+        self, selection: Selection, newest: int, outcomes: dict[int, str | MsearchError]
+    ) -> None:
+        """Retry what a selection holds among failed tasks up to `newest` not yet retried, oldest
+        first, a few per transaction; `outcomes` gets each one's new task id, or why it was refused."""
+        statuses = selection.narrowed_to((TaskStatus.FAILED.value,))
+        retried = 0
         with self._bulk(), self._checkpoint_after():
             async for rows in self._scan(selection, statuses, newest, not_retried=True):
                 for start in range(0, len(rows), RETRY_STEP):
-                    self._stopped_meanwhile(f"{len(retried)} failed tasks were retried")
+                    self._stopped_meanwhile(f"{retried} failed tasks were retried")
                     with self._deferring() as later, self.store.transaction():
                         for task_id, *_ in rows[start : start + RETRY_STEP]:
                             try:
-                                answer = self._retry(task_id)
-                                retried.append(
-                                    {"task_id": answer["task_id"], "new_task_id": answer["new_task_id"]}
-                                )
+                                outcomes[task_id] = self._retry(task_id)["new_task_id"]
+                                retried += 1
                             except (InvalidState, NotFound) as exc:
-                                errors.append({"task_id": format_task_id(task_id), "error": exc.message})
+                                outcomes[task_id] = exc
                     if later:
                         await self._later(later)
                     await asyncio.sleep(0)
-        answer = {"retried": len(retried), "tasks": retried, "errors": errors}
-        return self._changed(answer, len(retried), expect)

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from msearchd.errors import InvalidState
 from msearchd.model import (
+    Task,
     TaskStatus,
     format_task_id,
     validate_priority,
@@ -18,6 +19,12 @@ else:
     ServiceCore = object  # TaskService puts the real one last among its bases
 
 
+def not_waiting(task: Task) -> InvalidState:
+    return InvalidState(
+        f"{format_task_id(task.id)} is {task.status}; only a pending or blocked task's priority changes"
+    )
+
+
 class Prioritising(ServiceCore):
     """The priority operations of `TaskService`."""
 
@@ -25,8 +32,7 @@ class Prioritising(ServiceCore):
         priority = validate_priority(priority)
         task = self._require(task_id)
         if not task.status.waiting:
-            ref = format_task_id(task.id)
-            raise InvalidState(f"{ref} is {task.status}; only a pending or blocked task's priority changes")
+            raise not_waiting(task)
         old = task.priority
         with self.store.transaction():
             changed = self.store.update(task.id, expect=WAITING, priority=priority)

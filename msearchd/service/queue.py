@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any
 
 from msearchd.config import Settings
 from msearchd.errors import InvalidArgument
-from msearchd.model import TERMINAL, TaskStatus, format_task_id, validate_type
+from msearchd.model import TERMINAL, TaskStatus, format_task_id
+from msearchd.selection import validate_type_pattern
 from msearchd.service.core import REQUESTER
 from msearchd.store import TaskStore
 
@@ -43,11 +45,12 @@ class Pausing(ServiceCore):
         self.scheduler.pause(types - {ALL_TYPES}, ALL_TYPES in types)
 
     def _pause_types(self, types: object) -> list[str]:
+        """Types or globs of types (`file_embed_*`), stored as given: a resume names what a pause named."""
         if types is None or types == []:
             return [ALL_TYPES]
         if not isinstance(types, list):
-            raise InvalidArgument("types must be a list of task types")
-        return sorted({validate_type(t) for t in types})
+            raise InvalidArgument("types must be a list of task types or patterns")
+        return sorted({validate_type_pattern(t) for t in types})
 
     def _queue_changed(self, event: str, types: list[str]) -> dict[str, Any]:
         uid, pid = REQUESTER.get()
@@ -105,7 +108,7 @@ class Pausing(ServiceCore):
 
     async def _drained(self, names: set[str], deadline: float | None) -> dict[str, Any]:
         while True:
-            busy = [t.id for t in self.store.running() if ALL_TYPES in names or t.type in names]
+            busy = [t.id for t in self.store.running() if any(fnmatchcase(t.type, n) for n in names)]
             left = None if deadline is None else deadline - time.monotonic()
             if not busy or (left is not None and left <= 0):
                 running = [format_task_id(i) for i in busy]

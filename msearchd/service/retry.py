@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from msearchd.errors import InvalidState, NotFound
 from msearchd.model import (
+    Task,
     TaskStatus,
     format_task_id,
 )
@@ -23,6 +24,16 @@ if TYPE_CHECKING:
     from msearchd.service.core import ServiceCore
 else:
     ServiceCore = object  # TaskService puts the real one last among its bases
+
+
+def unretriable(task: Task) -> InvalidState | None:
+    """Why a retry leaves this task alone, if its state says why: it did not fail, or was retried."""
+    ref = format_task_id(task.id)
+    if task.status is not TaskStatus.FAILED:
+        return InvalidState(f"{ref} is {task.status}; only failed tasks can be retried")
+    if task.retried_as is not None:
+        return InvalidState(f"{ref} was already retried as {format_task_id(task.retried_as)}")
+    return None
 
 
 class Retrying(ServiceCore):
@@ -56,15 +67,18 @@ class Retrying(ServiceCore):
     def _retry(self, task_id: Any) -> dict[str, Any]:
         old = self._require(task_id)
         ref = format_task_id(old.id)
-        if old.status is not TaskStatus.FAILED:
-            raise InvalidState(f"{ref} is {old.status}; only failed tasks can be retried")
-        if old.retried_as is not None:
-            raise InvalidState(f"{ref} was already retried as {format_task_id(old.retried_as)}")
+        if (refused := unretriable(old)) is not None:
+            raise refused
+        key = self.store.keys([old.id]).get(old.id)
         with self.store.transaction():
             spec = self._prepare(old.type, old.data, old.priority, old.depends_on)
-            new_id = self.store.insert(
-                **spec, retry_of=old.id, created_at=self.clock(), submitter=REQUESTER.get()
-            )
+            spec.update(retry_of=old.id, created_at=self.clock(), submitter=REQUESTER.get())
+            if key is None:
+                new_id = self.store.insert(**spec)
+            elif (keyed := self.store.insert_keyed(key, **spec)) is not None:
+                new_id = keyed
+            else:
+                raise self._key_taken(ref, key)
             self.store.update(old.id, retried_as=new_id)
             self._record([old.id], "retried", new_task_id=format_task_id(new_id))
             handed_over = self._fan_out([old.id]).handed_over
@@ -80,6 +94,16 @@ class Retrying(ServiceCore):
             "task": self.wire(new),
             "handed_over": [format_task_id(d) for d in handed_over],
         }
+
+    def _key_taken(self, ref: str, key: str) -> InvalidState:
+        """A retry holds its task's key, as a submit would: while another unfinished task holds it, the
+        retry is refused (the failed task stays as it is, to retry once the key is free)."""
+        holder = self.store.unfinished_with_key(key)
+        now = f"{format_task_id(holder.id)} ({holder.status})" if holder is not None else "another task"
+        return InvalidState(
+            f"{ref} cannot be retried: its key {key!r} is held by {now}; "
+            f"a retry would be a second unfinished task with that key"
+        )
 
     async def retry_failed(self, task_type: str | None = None) -> list[dict[str, Any]]:
         """Retry every failed task not yet retried, oldest first, so that a pipeline re-forms in order.

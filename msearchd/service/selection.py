@@ -1,27 +1,29 @@
-"""Selections: one request about many named tasks (retry, cancel, set_priority with task_ids).
+"""One request about many named tasks (retry, cancel, set_priority with task_ids), answered task by task.
 
-The page's batch actions and `msearchctl tasks retry ID...` send a selection in one request. Each task
-is tried on its own: one refused (not failed, already finished, unknown) is reported with the reason,
-and the others go on. Chunks share a commit and let other requests through between them.
+The page's batch actions and `msearchctl tasks retry ID...` send their ids in one request. It is the
+operation on the selection of those ids (`matching`: a window at a time, each one transaction, other
+requests answered in between); each id is then answered as the operation on that task alone would
+be: done, or refused with the reason (not failed, already finished, unknown).
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from msearchd.errors import InvalidArgument, InvalidState, MsearchError, NotFound
 from msearchd.model import (
     TERMINAL,
+    Task,
     TaskStatus,
     format_task_id,
     parse_task_id,
     validate_priority,
 )
-from msearchd.service.cancel import BULK_CHUNK
-from msearchd.service.retry import RETRY_CHUNK
+from msearchd.selection import Selection
+from msearchd.service.cancel import uncancellable
+from msearchd.service.priority import not_waiting
+from msearchd.service.retry import unretriable
 
 # Tasks one selection may name.
 SELECTION_MAX = 10_000
@@ -47,17 +49,25 @@ def tally(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 class Selecting(ServiceCore):
-    """The selection operations of `TaskService`: retry, cancel and set_priority, task by task."""
+    """The operations of `TaskService` on named tasks, task by task: each the operation on the
+    selection of those ids (see `matching`), answered for each id."""
 
     if TYPE_CHECKING:
 
-        def retry(self, task_id: Any) -> dict[str, Any] | Awaitable[dict[str, Any]]: ...
-        def cancel(
-            self, task_id: Any, running: bool = False
-        ) -> dict[str, Any] | Awaitable[dict[str, Any]]: ...
-        def set_priority(self, task_id: Any, priority: int) -> dict[str, Any]: ...
-        @contextmanager
-        def _bulk(self) -> Iterator[None]: ...
+        async def _cancel_selection(
+            self,
+            selection: Selection,
+            newest: int,
+            running: bool,
+            detail: dict[str, Any],
+            outcomes: dict[int, MsearchError | None] | None = None,
+        ) -> dict[str, Any]: ...
+        async def _reprioritize_selection(
+            self, selection: Selection, newest: int, priority: int, touched: list[int] | None = None
+        ) -> tuple[int, int]: ...
+        async def _retry_selection(
+            self, selection: Selection, newest: int, outcomes: dict[int, str | MsearchError]
+        ) -> None: ...
 
     def _refusal(self, task_id: int, exc: MsearchError) -> dict[str, Any]:
         """Why one task of a selection was not changed, with its status to say it in other words."""
@@ -74,95 +84,70 @@ class Selecting(ServiceCore):
                 out["retried_as"] = format_task_id(task.retried_as)
         return out
 
+    def _why_not(self, task_id: int, refused: Callable[[Task], MsearchError | None]) -> MsearchError:
+        """What the operation on this one task would have answered: it does not exist, or its state
+        (`refused`) forbids the operation; or it changed state while the request ran."""
+        try:
+            task = self._require(task_id)
+        except NotFound as exc:
+            return exc
+        why = refused(task)
+        if why is None:
+            why = InvalidState(f"{format_task_id(task_id)} became {task.status} while the request ran")
+        return why
+
     async def retry_each(self, task_ids: list[Any]) -> dict[str, Any]:
         """Retry each failed task of a selection; the others are reported, never skipped in silence."""
         ids = selection(task_ids)
-        results: dict[int, dict[str, Any]] = {}
-
-        def retried(answer: dict[str, Any]) -> dict[str, Any]:
-            return {"task_id": answer["task_id"], "success": True, "new_task_id": answer["new_task_id"]}
-
-        with self._bulk():
-            for start in range(0, len(ids), RETRY_CHUNK):
-                handing_over: dict[int, Awaitable[dict[str, Any]]] = {}
-                with self.store.transaction():
-                    for task_id in ids[start : start + RETRY_CHUNK]:
-                        try:
-                            answer = self.retry(task_id)
-                        except (InvalidState, NotFound) as exc:  # refused before it wrote anything
-                            results[task_id] = self._refusal(task_id, exc)
-                            continue
-                        if isinstance(answer, dict):
-                            results[task_id] = retried(answer)
-                        else:  # dependents handed over in chunks: all of them before the next retries
-                            handing_over[task_id] = answer
-                for task_id, done in zip(
-                    handing_over, await asyncio.gather(*handing_over.values()), strict=True
-                ):
-                    results[task_id] = retried(done)
-                await asyncio.sleep(0)
-        return tally([results[i] for i in ids])
+        outcomes: dict[int, str | MsearchError] = {}
+        await self._retry_selection(Selection(ids=tuple(ids)), self.store.max_id(), outcomes)
+        results = []
+        for task_id in ids:
+            outcome = outcomes.get(task_id) or self._why_not(task_id, unretriable)
+            if isinstance(outcome, str):
+                ref = format_task_id(task_id)
+                results.append({"task_id": ref, "success": True, "new_task_id": outcome})
+            else:
+                results.append(self._refusal(task_id, outcome))
+        return tally(results)
 
     async def cancel_each(self, task_ids: list[Any], running: bool = False) -> dict[str, Any]:
         """Cancel each task of a selection; running ones are stopped side by side. A task the
         selection cancelled as a dependent of another counts as cancelled by it."""
         ids = selection(task_ids)
         before = {t.id: t.status for t in self.store.get_many(ids)}
-        results: dict[int, dict[str, Any]] = {}
-        stopping: dict[int, Awaitable[dict[str, Any]]] = {}
-
-        def refused(task_id: int, exc: MsearchError) -> dict[str, Any]:
+        outcomes: dict[int, MsearchError | None] = {}
+        detail = {"by": "cancel", "running": running}
+        await self._cancel_selection(
+            Selection(ids=tuple(ids)), self.store.max_id(), running, detail, outcomes
+        )
+        cancelled = {"success": True, "status": str(TaskStatus.CANCELLED)}
+        results = []
+        for task_id in ids:
+            ref = format_task_id(task_id)
+            if task_id in outcomes and outcomes[task_id] is None:
+                results.append({"task_id": ref, "success": True, **cancelled})
+                continue
             task = self.store.get(task_id)
             was = before.get(task_id)
             if task is not None and task.status is TaskStatus.CANCELLED and was not in (None, *TERMINAL):
-                return {"task_id": format_task_id(task_id), "success": True, "status": str(task.status)}
-            return self._refusal(task_id, exc)
-
-        with self._bulk():
-            for start in range(0, len(ids), BULK_CHUNK):
-                with self.store.transaction():
-                    for task_id in ids[start : start + BULK_CHUNK]:
-                        try:
-                            answer = self.cancel(task_id, running)
-                        except (InvalidState, NotFound) as exc:
-                            results[task_id] = refused(task_id, exc)
-                            continue
-                        if isinstance(answer, dict):
-                            results[task_id] = {
-                                "task_id": format_task_id(task_id),
-                                "success": True,
-                                "status": answer["task"]["status"],
-                            }
-                        else:
-                            stopping[task_id] = answer
-                await asyncio.sleep(0)
-            outcomes = await asyncio.gather(*stopping.values(), return_exceptions=True)
-        for task_id, outcome in zip(stopping, outcomes, strict=True):
-            if isinstance(outcome, InvalidState | NotFound):
-                results[task_id] = refused(task_id, outcome)
-            elif isinstance(outcome, BaseException):
-                raise outcome
-            else:
-                results[task_id] = {
-                    "task_id": format_task_id(task_id),
-                    "success": True,
-                    "status": outcome["task"]["status"],
-                }
-        return tally([results[i] for i in ids])
+                results.append({"task_id": ref, **cancelled})  # with another it cancelled
+                continue
+            why = outcomes.get(task_id) or self._why_not(task_id, lambda t: uncancellable(t, running))
+            results.append(self._refusal(task_id, why))
+        return tally(results)
 
     async def set_priority_each(self, task_ids: list[Any], priority: int) -> dict[str, Any]:
         """Give each waiting task of a selection a new priority; others are reported."""
         priority = validate_priority(priority)
         ids = selection(task_ids)
-        results: list[dict[str, Any]] = []
-        for start in range(0, len(ids), BULK_CHUNK):
-            with self.store.transaction():
-                for task_id in ids[start : start + BULK_CHUNK]:
-                    try:
-                        task = self.set_priority(task_id, priority)
-                    except (InvalidState, NotFound) as exc:
-                        results.append(self._refusal(task_id, exc))
-                        continue
-                    results.append({"task_id": task["id"], "success": True, "priority": task["priority"]})
-            await asyncio.sleep(0)
+        touched: list[int] = []
+        await self._reprioritize_selection(Selection(ids=tuple(ids)), self.store.max_id(), priority, touched)
+        changed = set(touched)
+        results = []
+        for task_id in ids:
+            if task_id in changed:
+                results.append({"task_id": format_task_id(task_id), "success": True, "priority": priority})
+            else:
+                results.append(self._refusal(task_id, self._why_not(task_id, not_waiting)))
         return tally(results)

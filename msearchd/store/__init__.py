@@ -169,14 +169,6 @@ class TaskStore(Protocol):
     def cancel_waiting(self, ids: Sequence[int], now: float, error: str | None = None) -> list[int]:
         """Cancel those of `ids` still pending or blocked; returns the ones it cancelled."""
 
-    def cancel_waiting_batch(
-        self, task_type: str | None, max_id: int, now: float, limit: int, request: int
-    ) -> list[int]:
-        """Cancel up to `limit` waiting tasks (of a type), ids up to `max_id`, for bulk request `request`."""
-
-    def bulk_cancelled_with_newer_dependents(self, request: int, max_id: int) -> list[int]:
-        """Tasks `request` cancelled that a waiting task newer than `max_id` (came meanwhile) depends on."""
-
     def max_id(self) -> int:
         """The highest task id given so far (0 with none): ids only grow, never reused."""
 

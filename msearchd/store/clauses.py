@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from msearchd.selection import Selection
+from msearchd.selection import Selection, is_glob
 
 
 class Dialect:
@@ -20,8 +20,9 @@ class Dialect:
         return f"{column} IN ({','.join([self.mark] * len(values))})", list(values)
 
     def glob(self, column: str, pattern: str) -> tuple[str, Any]:
-        """A test that `column` matches the type glob `pattern`, and what it binds."""
-        return f"{column} GLOB ?", pattern
+        """A test that `column` matches the type glob `pattern`, and what it binds. A shell's `[!...]`
+        is GLOB's `[^...]`."""
+        return f"{column} GLOB ?", pattern.replace("[!", "[^")
 
 
 class PgDialect(Dialect):
@@ -54,6 +55,31 @@ def filters(dialect: Dialect, statuses: Sequence[str] | None, task_type: str | N
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
 
 
+def type_is(dialect: Dialect, types: Sequence[str]) -> tuple[str, list[Any]]:
+    """A test that `type` is one of `types` (exact types or globs, at least one), and its arguments."""
+    exact = [t for t in types if not is_glob(t)]
+    tests: list[str] = []
+    args: list[Any] = []
+    if exact:
+        clause, bound = dialect.one_of("type", exact)
+        tests.append(clause)
+        args += bound
+    for pattern in (t for t in types if is_glob(t)):
+        clause, value = dialect.glob("type", pattern)
+        tests.append(clause)
+        args.append(value)
+    return "(" + " OR ".join(tests) + ")", args
+
+
+def types_except(dialect: Dialect, types: Sequence[str]) -> tuple[str, list[Any]]:
+    """` AND` a test that `type` is none of `types` (exact types or globs), and its arguments; nothing
+    for none."""
+    if not types:
+        return "", []
+    clause, args = type_is(dialect, types)
+    return f" AND NOT {clause}", args
+
+
 def window_where(
     dialect: Dialect,
     selection: Selection,
@@ -78,16 +104,9 @@ def window_where(
         clauses.append(clause)
         args += bound
     if selection.types:
-        tests: list[str] = []
-        if selection.exact_types:
-            clause, bound = dialect.one_of("type", selection.exact_types)
-            tests.append(clause)
-            args += bound
-        for pattern in selection.type_globs:
-            clause, value = dialect.glob("type", pattern)
-            tests.append(clause)
-            args.append(value)
-        clauses.append("(" + " OR ".join(tests) + ")")
+        clause, bound = type_is(dialect, selection.types)
+        clauses.append(clause)
+        args += bound
     if selection.priority is not None:
         clauses.append(f"priority BETWEEN {m} AND {m}")
         args += list(selection.priority)

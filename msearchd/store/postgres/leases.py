@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from msearchd.model import StopReason, Task, TaskStatus
 from msearchd.protocol import pack
+from msearchd.store.clauses import POSTGRES, types_except
 from msearchd.store.postgres.connection import COLUMNS, OWN
 from msearchd.store.rows import row_to_task
 from msearchd.store.schema import UPDATABLE
@@ -20,11 +21,11 @@ else:
 # A daemon claims only while the others count it alive: once they have taken it for dead (and settled
 # its tasks), it starts nothing until it has registered again.
 _ALIVE = "EXISTS (SELECT 1 FROM daemons WHERE id = %s)"
-# A pending task that a claim may take: of a type neither excluded (the first parameter) nor held by a
-# bulk cancel, and of a type under a cluster limit only where this transaction holds that limit's row
-# and found room under it (the second parameter).
+# A pending task that a claim may take: of a type not held by a bulk cancel, and of a type under a
+# cluster limit only where this transaction holds that limit's row and found room under it (the
+# parameter). The types a daemon excludes (paused ones may be globs) are added by `types_except`.
 _CLAIMABLE = (
-    "status = 'pending' AND NOT type = ANY(%s) "
+    "status = 'pending' "
     "AND (type = ANY(%s) OR type NOT IN (SELECT type FROM cluster_limits)) "
     "AND NOT EXISTS (SELECT 1 FROM start_holds WHERE type IS NULL) "
     "AND type NOT IN (SELECT type FROM start_holds WHERE type IS NOT NULL)"
@@ -82,17 +83,19 @@ class Leases(Connection):
         a type that a bulk cancel holds; nothing beyond a cluster limit (`set_cluster_limits`)."""
         with self.transaction():
             room = self._cluster_room(exclude_types)
+            full = [t for t, n in room.items() if n <= 0]
+            extra, args = types_except(POSTGRES, [*exclude_types, *full])
             row = self._run(
                 "UPDATE tasks SET status = 'running', started_at = %s, attempts = attempts + 1, "
                 "progress = 0, current_operation = NULL, error = NULL, worker_pid = %s, host = %s, "
-                f"cancel_requested = false WHERE id = (SELECT id FROM tasks WHERE {_CLAIMABLE} "
+                f"cancel_requested = false WHERE id = (SELECT id FROM tasks WHERE {_CLAIMABLE}{extra} "
                 f"ORDER BY priority, id LIMIT 1 FOR UPDATE SKIP LOCKED) AND {_ALIVE} RETURNING {COLUMNS}",
                 (
                     now,
                     worker_pid,
                     self.daemon_id,
-                    [*exclude_types, *(t for t, n in room.items() if n <= 0)],
                     [t for t, n in room.items() if n > 0],
+                    *args,
                     self.daemon_id,
                 ),
             ).fetchone()
@@ -157,7 +160,7 @@ class Leases(Connection):
             "current_operation = NULL, error = NULL, worker_pid = %s, host = %s, cancel_requested = false "
             f"WHERE id IN (SELECT id FROM tasks WHERE id = ANY(%s) AND {_CLAIMABLE} "
             f"FOR UPDATE SKIP LOCKED) AND {_ALIVE} RETURNING {COLUMNS}",
-            (worker_pid, self.daemon_id, list(ids), [], [], self.daemon_id),
+            (worker_pid, self.daemon_id, list(ids), [], self.daemon_id),
         ).fetchall()
         return sorted(map(row_to_task, rows), key=lambda t: (t.priority, t.id))
 

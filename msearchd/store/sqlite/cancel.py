@@ -31,32 +31,6 @@ class Cancels(Queries):
             done += sorted(r[0] for r in rows)
         return done
 
-    def cancel_waiting_batch(
-        self, task_type: str | None, max_id: int, now: float, limit: int, request: int
-    ) -> list[int]:
-        """Cancel up to `limit` waiting tasks (of a type) with ids up to `max_id`, for the bulk request
-        `request` (a task_events row); returns their ids."""
-        type_clause = "type = ? AND " if task_type is not None else ""
-        args: list[Any] = [now, request] + ([task_type] if task_type is not None else [])
-        rows = self._db.execute(
-            "UPDATE tasks SET status = 'cancelled', finished_at = ?, stop_reason = 'not_started', "
-            f"blocked_reason = NULL, bulk_request = ? WHERE id IN (SELECT id FROM tasks WHERE {type_clause}"
-            "status IN ('pending', 'blocked') AND id <= ? LIMIT ?) RETURNING id",
-            [*args, max_id, limit],
-        ).fetchall()
-        return sorted(r[0] for r in rows)
-
-    def bulk_cancelled_with_newer_dependents(self, request: int, max_id: int) -> list[int]:
-        """Tasks cancelled by the bulk request `request` that a waiting task newer than `max_id`
-        depends on: submitted while the request ran, before the task it depends on was cancelled."""
-        rows = self._db.execute(
-            "SELECT DISTINCT d.depends_on FROM tasks t JOIN deps d ON d.task_id = t.id "
-            "JOIN tasks p ON p.id = d.depends_on "
-            "WHERE t.id > ? AND t.status IN ('pending', 'blocked') AND p.bulk_request = ?",
-            (max_id, request),
-        )
-        return sorted(r[0] for r in rows)
-
     def replace_dependency(self, old: int, new: int, limit: int = CHUNK) -> list[int]:
         """Point up to `limit` waiting dependents of `old` at `new` (the first ones by id); returns them.
         Call it until it returns fewer than `limit`: each call binds at most CHUNK ids."""

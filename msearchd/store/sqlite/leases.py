@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from msearchd.model import StopReason, Task, TaskStatus
 from msearchd.protocol import pack
+from msearchd.store.clauses import SQLITE, types_except
 from msearchd.store.rows import row_to_task
 from msearchd.store.schema import UPDATABLE
 from msearchd.store.sqlite.connection import CHUNK, COLUMNS, marks
@@ -52,13 +53,13 @@ class Leases(Connection):
 
         Call it inside a transaction: several claims then share one commit.
         """
-        extra = f" AND type NOT IN ({marks(len(exclude_types))})" if exclude_types else ""
+        extra, args = types_except(SQLITE, exclude_types)
         row = self._db.execute(
             f"UPDATE tasks SET status = 'running', started_at = ?, attempts = attempts + 1, progress = 0, "
             f"current_operation = NULL, error = NULL, worker_pid = ? WHERE id = (SELECT id FROM tasks "
             f"INDEXED BY tasks_queue WHERE status = 'pending'{extra} ORDER BY priority, id LIMIT 1) "
             f"RETURNING {COLUMNS}",
-            (now, worker_pid, *exclude_types),
+            (now, worker_pid, *args),
         ).fetchone()
         return row_to_task(row) if row else None
 
