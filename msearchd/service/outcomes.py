@@ -131,7 +131,13 @@ class Reporting(ServiceCore):
         when the worker asks for more work (its lease is done), or SETTLE_DELAY later at most."""
         self._finished.append((task, outcome))
         if len(self._finished) == 1:
-            asyncio.get_running_loop().call_later(SETTLE_DELAY, self.wake)
+            asyncio.get_running_loop().call_later(SETTLE_DELAY, self._settle_due)
+
+    def _settle_due(self) -> None:
+        """SETTLE_DELAY has passed since an outcome came: record it, unless that is done already (a
+        dispatcher turn for nothing would cost an idle pool a transaction)."""
+        if self._finished:
+            self.wake()
 
     def task_started(self, task: Task) -> None:
         """A task that waited its turn in a lease was seen running, and runs long: record its start,
