@@ -81,13 +81,6 @@ class ServiceCore:
         self._cancel_replies: dict[int, list[asyncio.Future[int]]] = {}
         self.retention = Retention(store, settings, self.log_path, self._running_ids, (FANOUT_EVENT,), clock)
 
-    def batch(self) -> AbstractContextManager[None]:
-        """Requests made inside share one commit at the end (group commit); each stays atomic alone.
-
-        A transport uses it for requests that arrived together, and answers them once it is over.
-        """
-        return self.store.group()
-
     def _require(self, ref: object) -> Task:
         task_id = parse_task_id(ref)
         task = self.store.get(task_id)
