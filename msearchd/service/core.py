@@ -60,6 +60,7 @@ class ServiceCore:
         self._dirty: set[int] = set()
         self._flush_wanted = asyncio.Event()
         self._waiters: dict[int, list[tuple[frozenset[TaskStatus], WaitCall]]] = {}
+        self._waits_before_end = 0  # waits for a state short of the end: they hear of starts
         self._subscriptions: set[Subscription] = set()
         self._default_priority: dict[str, int] = {}
         self._finished: list[tuple[Task, Outcome]] = []
@@ -133,9 +134,14 @@ class ServiceCore:
                 message["error"] = message["error"][:NOTIFIED_ERROR_MAX]
             self._notify(EVENTS_CHANNEL, message)
 
-    def _deliver_later(self, task_id: int, status: TaskStatus) -> None:
-        """Tell the waiters of a task, once committed, when no subscriber needs the whole event."""
-        self.store.after_commit(lambda: self._deliver(task_id, status, None))
+    def _deliver_later(self, task_ids: list[int], status: TaskStatus) -> None:
+        """Tell the waiters of these tasks, once committed, when no subscriber needs the whole event."""
+
+        def deliver() -> None:
+            for task_id in task_ids:
+                self._deliver(task_id, status, None)
+
+        self.store.after_commit(deliver)
 
     def _deliver(self, task_id: int, status: TaskStatus, payload: dict[str, Any] | None) -> None:
         for statuses, call in self._waiters.get(task_id, ()):

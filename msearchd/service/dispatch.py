@@ -174,13 +174,17 @@ class Dispatching(ServiceCore):
         return leases
 
     def _hand_out(self, leases: list[tuple[int, list[Task]]]) -> None:
+        """Send each lease to its worker, and tell of the starts whoever may hear of them: a wait
+        for the end of tasks does not (it hears of each task once, when it ends)."""
         pool = self.pool
+        heard = bool(self._subscriptions) or self.store.shared or self._waits_before_end > 0
         with self._announcing():
             for pid, lease in leases:
                 assert pool is not None
                 pool.dispatch(lease, pid, self.log_path, reclaim_after=LEASE_OVERRUN)
-                for task in lease:
-                    self._publish("started", task, worker_pid=pid, attempt=task.attempts)
+                if heard:
+                    for task in lease:
+                        self._publish("started", task, worker_pid=pid, attempt=task.attempts)
 
     def _lease(self, pid: int) -> tuple[list[Task], bool]:
         """The next task for worker `pid`, and after it, while they are known to take well under

@@ -198,11 +198,14 @@ class Reporting(ServiceCore):
                 self._finish(task, outcome, dependents=task.id in with_dependents)
         if plain:
             self.store.complete_many([(o.started_at, o.finished_at, o.result, t.id) for t, o in plain])
+            if not self._subscriptions and not self.store.shared:
+                # Waiters need the status alone: no copy of each task, one delivery for them all.
+                waited = [task.id for task, _ in plain if task.id in self._waiters]
+                if waited:
+                    self._deliver_later(waited, TaskStatus.COMPLETED)
+                return
             for task, outcome in plain:
-                if not self._subscriptions and not self.store.shared:
-                    if task.id in self._waiters:  # a waiter needs the status alone: no copy of the task
-                        self._deliver_later(task.id, TaskStatus.COMPLETED)
-                elif self._listened(task.id):
+                if self._listened(task.id):
                     done = dataclasses.replace(
                         task,
                         status=TaskStatus.COMPLETED,

@@ -122,21 +122,31 @@ class Waiting(ServiceCore):
         waiting = [task_id for task_id, status in states.items() if status not in wanted]
         loop = asyncio.get_running_loop()
         call = WaitCall(set(waiting), loop.create_future())
+        entry = (wanted, call)
+        waiters = self._waiters
         for task_id in waiting:
-            self._waiters.setdefault(task_id, []).append((wanted, call))
+            if (entries := waiters.get(task_id)) is None:
+                waiters[task_id] = [entry]
+            else:
+                entries.append(entry)
+        early = not wanted <= TERMINAL  # it hears of starts (see `_hand_out`)
+        if early:
+            self._waits_before_end += 1
         timer = loop.call_later(timeout, call.expire) if waiting and timeout is not None else None
         try:
             if waiting:
                 await call.done
         finally:
+            if early:
+                self._waits_before_end -= 1
             if timer is not None:
                 timer.cancel()
             for task_id in waiting:
-                entries = [e for e in self._waiters.get(task_id, []) if e[1] is not call]
-                if entries:
-                    self._waiters[task_id] = entries
+                entries = waiters[task_id]
+                if len(entries) == 1:
+                    del waiters[task_id]
                 else:
-                    self._waiters.pop(task_id, None)
+                    entries.remove(entry)
         final = {t.id: t for t in self.store.get_many(ids)}
         return {"tasks": [self.wire(final[i]) for i in ids], "timed_out": call.timed_out}
 
