@@ -1,0 +1,94 @@
+"""Cancels, dependencies handed over, and the history rows they leave, in the PostgreSQL store."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from msearchd.protocol import pack
+from msearchd.store.postgres.connection import CHUNK
+
+if TYPE_CHECKING:
+    from msearchd.store.postgres.queries import Queries  # `dependents`, and the connection under it
+else:
+    Queries = object  # PgStore puts the real ones among its bases
+
+
+class Cancels(Queries):
+    """Cancelling waiting tasks, one by one or in bulk, and recording who asked."""
+
+    def cancel_waiting(self, ids: Sequence[int], now: float, error: str | None = None) -> list[int]:
+        """Cancel those of `ids` still pending or blocked; returns the ones it cancelled."""
+        rows = self._run(
+            "UPDATE tasks SET status = 'cancelled', finished_at = %s, stop_reason = 'not_started', "
+            "error = %s, blocked_reason = NULL WHERE id = ANY(%s) AND status IN ('pending', 'blocked') "
+            "RETURNING id",
+            (now, error, list(ids)),
+        ).fetchall()
+        return sorted(r[0] for r in rows)
+
+    def cancel_waiting_batch(
+        self, task_type: str | None, max_id: int, now: float, limit: int, request: int
+    ) -> list[int]:
+        """Cancel up to `limit` waiting tasks (of a type) with ids up to `max_id`, for the bulk request
+        `request` (a task_events row); returns their ids. Rows are locked in id order, so that two
+        bulk cancels on two daemons wait for each other instead of deadlocking."""
+        type_clause = "type = %s AND " if task_type is not None else ""
+        args: list[Any] = [now, request] + ([task_type] if task_type is not None else [])
+        rows = self._run(
+            "UPDATE tasks SET status = 'cancelled', finished_at = %s, stop_reason = 'not_started', "
+            f"blocked_reason = NULL, bulk_request = %s WHERE id IN (SELECT id FROM tasks WHERE {type_clause}"
+            "status IN ('pending', 'blocked') AND id <= %s ORDER BY id LIMIT %s FOR UPDATE) RETURNING id",
+            [*args, max_id, limit],
+        ).fetchall()
+        return sorted(r[0] for r in rows)
+
+    def bulk_cancelled_with_newer_dependents(self, request: int, max_id: int) -> list[int]:
+        """Tasks cancelled by the bulk request `request` that a waiting task newer than `max_id`
+        depends on: submitted while the request ran, before the task it depends on was cancelled."""
+        rows = self._run(
+            "SELECT DISTINCT d.depends_on FROM tasks t JOIN deps d ON d.task_id = t.id "
+            "JOIN tasks p ON p.id = d.depends_on "
+            "WHERE t.id > %s AND t.status IN ('pending', 'blocked') AND p.bulk_request = %s ORDER BY 1",
+            (max_id, request),
+        )
+        return [r[0] for r in rows]
+
+    def replace_dependency(self, old: int, new: int, limit: int = CHUNK) -> list[int]:
+        """Point up to `limit` waiting dependents of `old` at `new`, first by id; returns them. Call
+        it until it returns fewer than `limit`."""
+        dependents = self.dependents(old, limit=limit)
+        if dependents:
+            self._run(
+                "UPDATE deps SET depends_on = %s WHERE depends_on = %s AND task_id = ANY(%s) "
+                "AND NOT EXISTS (SELECT 1 FROM deps o WHERE o.task_id = deps.task_id AND o.depends_on = %s)",
+                (new, old, dependents, new),
+            )
+            self._run("DELETE FROM deps WHERE depends_on = %s AND task_id = ANY(%s)", (old, dependents))
+        return dependents
+
+    def add_events(
+        self, rows: Iterable[tuple[int, float, str, dict[str, Any] | None, int | None, int | None]]
+    ) -> None:
+        """Record (task_id, time, event, detail, uid, pid) rows."""
+        self._many(
+            "INSERT INTO task_events (task_id, time, event, detail, uid, pid) "
+            "VALUES (%s, %s, %s, %s, %s, %s)",
+            [(t, when, e, pack(d) if d else None, uid, pid) for t, when, e, d, uid, pid in rows],
+        )
+
+    def add_bulk_request(
+        self, time: float, event: str, detail: dict[str, Any], uid: int | None, pid: int | None
+    ) -> int:
+        """Record one request about many tasks; they point at it when it changes them."""
+        return int(
+            self._run(
+                "INSERT INTO task_events (task_id, time, event, detail, uid, pid) "
+                "VALUES (NULL, %s, %s, %s, %s, %s) RETURNING id",
+                (time, event, pack(detail), uid, pid),
+            ).fetchone()[0]  # type: ignore[index]
+        )
+
+    def delete_events(self, ids: Sequence[int]) -> None:
+        """Remove history rows (bulk requests done with) by row id."""
+        self._run("DELETE FROM task_events WHERE id = ANY(%s)", (list(ids),))

@@ -1,0 +1,102 @@
+"""New tasks in the PostgreSQL store: one, many (ids taken from the sequence first), or one holding a key."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from msearchd.model import TaskStatus
+from msearchd.protocol import pack
+from msearchd.store.rows import INSERT_FIELDS, spec_row
+
+if TYPE_CHECKING:
+    from msearchd.store.postgres.connection import Connection
+else:
+    Connection = object  # PgStore puts the real one last among its bases
+
+
+class Submits(Connection):
+    """The inserts of the PostgreSQL store."""
+
+    def insert(
+        self,
+        *,
+        task_type: str,
+        data: dict[str, Any],
+        priority: int,
+        status: TaskStatus,
+        depends_on: Sequence[int] = (),
+        blocked_reason: str | None = None,
+        retry_of: int | None = None,
+        created_at: float,
+        submitter: tuple[int | None, int | None] = (None, None),
+    ) -> int:
+        row = (task_type, str(status), priority, pack(data), blocked_reason, retry_of, created_at, *submitter)
+        if not depends_on and self._grouping and not self._depth:
+            self._begin_group()
+            return self._insert_row(row)
+        with self.transaction():
+            task_id = self._insert_row(row)
+            self._many(
+                "INSERT INTO deps (task_id, depends_on) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                [(task_id, d) for d in depends_on],
+            )
+        return task_id
+
+    def _insert_row(self, row: tuple[Any, ...]) -> int:
+        return int(
+            self._run(
+                f"INSERT INTO tasks ({INSERT_FIELDS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                "RETURNING id",
+                row,
+            ).fetchone()[0]  # type: ignore[index]
+        )
+
+    def insert_many(
+        self,
+        specs: Sequence[dict[str, Any]],
+        created_at: float,
+        submitter: tuple[int | None, int | None] = (None, None),
+    ) -> list[int]:
+        """Insert many tasks (each spec as the keywords of `insert`); returns their ids, in order.
+        Other daemons insert at the same time: the ids are taken from the sequence first."""
+        if not specs:
+            return []
+        uid, pid = submitter
+        with self.transaction():
+            ids = [
+                r[0]
+                for r in self._run(
+                    "SELECT nextval(pg_get_serial_sequence('tasks', 'id')) FROM generate_series(1, %s)",
+                    (len(specs),),
+                )
+            ]
+            self._many(
+                f"INSERT INTO tasks (id, {INSERT_FIELDS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                [(i, *spec_row(s, created_at, uid, pid)) for i, s in zip(ids, specs, strict=True)],
+            )
+            self._many(
+                "INSERT INTO deps (task_id, depends_on) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                [(i, d) for i, spec in zip(ids, specs, strict=True) for d in spec["depends_on"]],
+            )
+        return ids
+
+    def insert_keyed(self, key: str, **spec: Any) -> int | None:
+        """Insert a task (keywords of `insert`) holding `key`; None, and nothing written, when an
+        unfinished task holds it already. The unique index decides, so two daemons never both win."""
+        uid, pid = spec.get("submitter", (None, None))
+        with self.transaction():
+            row = self._run(
+                f"INSERT INTO tasks ({INSERT_FIELDS}, key) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                "ON CONFLICT (key) WHERE key IS NOT NULL AND status IN ('pending', 'blocked', 'running') "
+                "DO NOTHING RETURNING id",
+                (*spec_row(spec, spec["created_at"], uid, pid), key),
+            ).fetchone()
+            if row is None:
+                return None
+            task_id = int(row[0])
+            self._many(
+                "INSERT INTO deps (task_id, depends_on) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                [(task_id, d) for d in spec.get("depends_on") or ()],
+            )
+        return task_id

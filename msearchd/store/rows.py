@@ -1,0 +1,102 @@
+"""What both stores share about rows: the columns of a task and their mapping to `Task`, the SQL
+fragments that read alike in both dialects, and the packing of data and history.
+
+A task row is `task_columns(...)`: the fields of `TASK_FIELDS`, then the ids it depends on (as each
+database aggregates them), the daemon that runs it, and its result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import msgpack
+
+from msearchd.model import Task
+from msearchd.protocol import pack
+from msearchd.store.schema import STATUS_BY_NAME, STOP_REASON_BY_NAME
+
+TASK_FIELDS = (
+    "id, type, status, priority, data, progress, current_operation, attempts, error, blocked_reason, "
+    "stop_reason, retry_of, retried_as, created_at, started_at, finished_at, worker_pid"
+)
+# The columns a new task is written with (the rest keep their defaults).
+INSERT_FIELDS = (
+    "type, status, priority, data, blocked_reason, retry_of, created_at, submitted_uid, submitted_pid"
+)
+FINISHED = "('completed', 'failed', 'cancelled')"
+# A finished task `t` nothing unfinished refers to: no waiting or running task depends on it, and its
+# retry (if any) has finished.
+UNREFERENCED = (
+    "NOT EXISTS (SELECT 1 FROM deps d JOIN tasks w ON w.id = d.task_id WHERE d.depends_on = t.id "
+    "AND w.status IN ('pending', 'blocked', 'running')) AND (t.retried_as IS NULL OR NOT EXISTS "
+    "(SELECT 1 FROM tasks r WHERE r.id = t.retried_as AND r.status IN ('pending', 'blocked', 'running')))"
+)
+
+
+def task_columns(depends_on: str, host: str) -> str:
+    """The select list of a whole task: `depends_on` aggregates its dependencies, `host` names the
+    daemon that runs it (NULL where one daemon owns the store)."""
+    return f"{TASK_FIELDS}, {depends_on}, {host}, result"
+
+
+def row_to_task(row: Sequence[Any]) -> Task:
+    """The task of a row read as `task_columns`. Dependencies come as SQLite's group_concat text
+    (in no order) or as a PostgreSQL array (in order)."""
+    deps = row[17]
+    return Task(
+        id=row[0],
+        type=row[1],
+        status=STATUS_BY_NAME[row[2]],
+        priority=row[3],
+        data=msgpack.unpackb(row[4], raw=False),
+        depends_on=(sorted(int(d) for d in deps.split(",")) if isinstance(deps, str) else list(deps))
+        if deps
+        else [],
+        progress=row[5],
+        current_operation=row[6],
+        attempts=row[7],
+        error=row[8],
+        blocked_reason=row[9],
+        stop_reason=STOP_REASON_BY_NAME[row[10]] if row[10] else None,
+        retry_of=row[11],
+        retried_as=row[12],
+        created_at=row[13],
+        started_at=row[14],
+        finished_at=row[15],
+        worker_pid=row[16],
+        host=row[18],
+        result=msgpack.unpackb(row[19], raw=False) if row[19] is not None else None,
+    )
+
+
+def spec_row(spec: dict[str, Any], created_at: float, uid: int | None, pid: int | None) -> tuple[Any, ...]:
+    """The values of `INSERT_FIELDS` for a task given as the keywords of `insert`."""
+    return (
+        spec["task_type"],
+        str(spec["status"]),
+        spec["priority"],
+        pack(spec["data"]),
+        spec.get("blocked_reason"),
+        spec.get("retry_of"),
+        created_at,
+        uid,
+        pid,
+    )
+
+
+def detail(packed: bytes | None) -> dict[str, Any]:
+    """The detail of a history row (packed; none is empty)."""
+    return msgpack.unpackb(packed, raw=False) if packed else {}
+
+
+def event_dicts(rows: Iterable[Sequence[Any]]) -> list[dict[str, Any]]:
+    """History rows (time, event, detail, uid, pid) as the service shows them."""
+    return [{"time": t, "event": e, **detail(d), "uid": u, "pid": p} for t, e, d, u, p in rows]
+
+
+def window_rows(
+    rows: Iterable[Sequence[Any]],
+) -> list[tuple[int, str, str, int, dict[str, Any] | None]]:
+    """(id, type, status, priority, data) rows of a selection window, the data unpacked where read."""
+    return [(i, t, s, p, msgpack.unpackb(d, raw=False) if d is not None else None) for i, t, s, p, d in rows]
