@@ -32,10 +32,6 @@ DURATION_WEIGHT = 0.2  # of the newest run in the moving mean
 DISPATCH_RETRY_MAX = 30.0  # seconds between tries of a dispatch that keeps failing
 
 
-class _Alone(Exception):
-    """A claim with a turn's requests found no transaction of theirs to join."""
-
-
 class Durations:
     """How long tasks of each type have been taking lately: what decides whether they are leased."""
 
@@ -109,13 +105,12 @@ class Dispatching(ServiceCore):
         once it is made: a task submitted to an idle pool costs one commit, not two, and does not wait
         for the dispatcher's turn. If the commit fails, nothing was claimed.
         """
-        begun = self.store.begun
         running = None
         try:
             with self.store.group():
                 yield
-                wrote = self.store.begun != begun  # else there is no commit to share
-                idle = self._free_workers() if wrote and self._wake.is_set() and not self._finished else []
+                shared = self.store.transaction_open()  # the requests wrote: a commit will be made
+                idle = self._free_workers() if shared and self._wake.is_set() and not self._finished else []
                 if idle:
                     running = self.scheduler.snapshot()
                     self._claim_in_turn(idle)
@@ -127,14 +122,9 @@ class Dispatching(ServiceCore):
     def _claim_in_turn(self, idle: list[int]) -> None:
         """Claim for `idle` workers in the open group's transaction; any failure is the dispatcher's
         to retry, never the requests' (a claim is not theirs)."""
-        begun = self.store.begun
         try:
             with self.store.transaction():
-                if self.store.begun != begun:  # the requests' writes rolled back: no commit to share
-                    raise _Alone
                 leases = self._claim(idle)
-        except _Alone:
-            return
         except Exception as exc:
             log.debug("claiming with the requests failed (%s); left to the dispatcher", exc)
             return
