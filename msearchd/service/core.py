@@ -138,8 +138,11 @@ class ServiceCore:
         """Tell the waiters of these tasks, once committed, when no subscriber needs the whole event."""
 
         def deliver() -> None:
+            waiters = self._waiters
             for task_id in task_ids:
-                self._deliver(task_id, status, None)
+                for statuses, call in waiters.get(task_id, ()):
+                    if status in statuses:
+                        call.reached(task_id)
 
         self.store.after_commit(deliver)
 
