@@ -96,6 +96,11 @@ def parse_task_id(value: object) -> int:
             raise InvalidArgument(f"invalid task id {value}: ids are at most {INT_MAX}")
         raise InvalidArgument(f"invalid task id {value}: ids start at 1")
     if isinstance(value, str):
+        # The form ids are written in, read without the pattern: a wait may name thousands.
+        digits = value[5:]
+        canonical = digits.isdigit() and digits.isascii() and len(digits) <= 18 and digits[0] != "0"
+        if canonical and value.startswith("task_"):
+            return int(digits)
         m = _ID_RE.match(value.strip())
         if m:
             if int(m.group(1)) > 0:

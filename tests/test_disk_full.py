@@ -185,3 +185,18 @@ def test_a_new_state_folder_on_a_full_disk_stops_the_start_with_one_sentence(sma
     assert proc.returncode == 1
     assert f"msearchd: the disk holding {d.state_dir} is full" in proc.stderr.splitlines()[-1]
     assert "Traceback" not in proc.stderr
+
+
+def test_a_submit_whose_commit_fails_starts_nothing_and_holds_no_room_of_its_type(small_disk):
+    """A task submitted to an idle pool is claimed in its submit's commit; when that commit fails,
+    the claim goes with it, and the type's limit (one at a time here) still lets the next one start."""
+    d = small_disk(workers=1, config_extra="\n[type_limits]\nnoop = 1\n").start()
+    with d.client() as c:
+        c.wait([c.submit("noop")["id"]], timeout=20)  # the worker is up, and idle again
+        filler = fill(d.state_dir)
+        with pytest.raises(Unavailable, match="is full"):
+            c.submit("noop")
+        filler.unlink()
+        task = c.submit("noop")["id"]
+        assert c.wait([task], timeout=20)["tasks"][0]["status"] == "completed"
+        assert c.count() == 2

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import socket
 import threading
+
+from msearchd import protocol
 
 
 def test_a_wait_on_hundreds_of_tasks_sees_each_end_as_it_was(make_daemon):
@@ -77,3 +80,35 @@ def test_an_end_a_waiter_heard_of_survives_kill9(make_daemon):
     assert [(t["id"], t["status"], t["finished_at"]) for t in after["tasks"]] == [
         (t["id"], t["status"], t["finished_at"]) for t in heard["tasks"]
     ]
+
+
+def test_a_wait_for_running_hears_of_a_start_that_comes_after_it(make_daemon, fifo):
+    """Starts are told only to those who may hear of them; a wait for `running` is one of them."""
+    d = make_daemon(workers=1)
+    first_gate, first_started, second_gate = fifo("first"), fifo("first-started"), fifo("second")
+    with d.client() as c:
+        first = c.submit("quick", {"fifo": str(first_gate), "started": str(first_started)})["id"]
+        first_started.read()
+        second = c.submit("quick", {"fifo": str(second_gate)})["id"]
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(60)
+            sock.connect(str(d.socket))
+            hello = {"protocol": protocol.PROTOCOL_VERSION}
+            sock.sendall(protocol.encode(protocol.request(0, "hello", hello)))
+            assert "result" in protocol.recv_frame(sock)
+            # In one turn: the wait is under way before anything the daemon does after the answer to
+            # `get` (the loop runs what a turn started before what comes in next).
+            wait = {"task_ids": [second], "statuses": ["running"], "timeout": 30}
+            sock.sendall(
+                protocol.encode(protocol.request(1, "wait", wait))
+                + protocol.encode(protocol.request(2, "get", {"task_id": second}))
+            )
+            got = protocol.recv_frame(sock)
+            assert got["id"] == 2 and got["result"]["status"] == "pending"
+            first_gate.write()
+            waited = protocol.recv_frame(sock)
+        assert waited["id"] == 1 and not waited["result"]["timed_out"]
+        assert waited["result"]["tasks"][0]["status"] == "running"
+        second_gate.write()
+        ended = c.wait([first, second], timeout=30)["tasks"]
+    assert [t["status"] for t in ended] == ["completed", "completed"]

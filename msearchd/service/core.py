@@ -69,6 +69,7 @@ class ServiceCore:
         self._dirty: set[int] = set()
         self._flush_wanted = asyncio.Event()
         self._waiters: dict[int, list[tuple[frozenset[TaskStatus], WaitCall]]] = {}
+        self._waits_before_end = 0  # waits for a state short of the end: they hear of starts
         self._subscriptions: set[Subscription] = set()
         self._default_priority: dict[str, int] = {}
         self._finished: list[tuple[Task, Outcome]] = []
@@ -93,13 +94,6 @@ class ServiceCore:
         # with each, or None where it was not taken back.
         self._take_back_replies: dict[int, list[asyncio.Future[int | None]]] = {}
         self.retention = Retention(store, settings, self.log_path, self._running_ids, (FANOUT_EVENT,), clock)
-
-    def batch(self) -> AbstractContextManager[None]:
-        """Requests made inside share one commit at the end (group commit); each stays atomic alone.
-
-        A transport uses it for requests that arrived together, and answers them once it is over.
-        """
-        return self.store.group()
 
     def _require(self, ref: object) -> Task:
         task_id = parse_task_id(ref)
@@ -163,9 +157,17 @@ class ServiceCore:
             self._work_told = self.store.begun
         self._notify(WORK_CHANNEL, {"from": self.store.daemon_id})
 
-    def _deliver_later(self, task_id: int, status: TaskStatus) -> None:
-        """Tell the waiters of a task, once committed, when no subscriber needs the whole event."""
-        self.store.after_commit(lambda: self._deliver(task_id, status, None))
+    def _deliver_later(self, task_ids: list[int], status: TaskStatus) -> None:
+        """Tell the waiters of these tasks, once committed, when no subscriber needs the whole event."""
+
+        def deliver() -> None:
+            waiters = self._waiters
+            for task_id in task_ids:
+                for statuses, call in waiters.get(task_id, ()):
+                    if status in statuses:
+                        call.reached(task_id)
+
+        self.store.after_commit(deliver)
 
     def _deliver(self, task_id: int, status: TaskStatus, payload: dict[str, Any] | None) -> None:
         for statuses, call in self._waiters.get(task_id, ()):

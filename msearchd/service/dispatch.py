@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING
 
 from msearchd.model import Task
@@ -69,6 +70,9 @@ class Dispatching(ServiceCore):
         """
         failures = 0
         while not self._stopping:
+            await self._wake.wait()
+            if not self._wake.is_set():
+                continue  # woken, but a turn's claims (see `batch`) did all there was to do
             self._wake.clear()
             try:
                 self._dispatch_ready()
@@ -92,46 +96,105 @@ class Dispatching(ServiceCore):
                 if failures:
                     log.info("dispatching works again, after %d failed attempts", failures)
                     failures = 0
-            await self._wake.wait()
 
-    def _dispatch_ready(self) -> None:
-        """Claim a task for every idle worker in one transaction, then hand them out."""
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Requests made inside share one commit at the end (group commit); each stays atomic alone.
+
+        A transport uses it for requests that arrived together, and answers them once it is over.
+        Tasks they made pending are claimed for the idle workers in that same commit, and handed out
+        once it is made: a task submitted to an idle pool costs one commit, not two, and does not wait
+        for the dispatcher's turn. If the commit fails, nothing was claimed.
+        """
+        running = None
+        try:
+            with self.store.group():
+                yield
+                shared = self.store.transaction_open()  # the requests wrote: a commit will be made
+                idle = self._free_workers() if shared and self._wake.is_set() and not self._finished else []
+                if idle:
+                    running = self.scheduler.snapshot()
+                    self._claim_in_turn(idle)
+        except BaseException:
+            if running is not None:
+                self.scheduler.restore(running)
+            raise
+
+    def _claim_in_turn(self, idle: list[int]) -> None:
+        """Claim for `idle` workers in the open group's transaction; any failure is the dispatcher's
+        to retry, never the requests' (a claim is not theirs)."""
+        try:
+            with self.store.transaction():
+                leases = self._claim(idle)
+        except Exception as exc:
+            log.debug("claiming with the requests failed (%s); left to the dispatcher", exc)
+            return
+        if leases:
+            self.store.after_commit(lambda: self._hand_out(leases))
+        if len(leases) < len(idle):
+            self._wake.clear()  # the queue has nothing more to start now, and no outcome waits
+
+    def _free_workers(self) -> list[int]:
+        """The idle workers, unless nothing may start now."""
         pool = self.pool
         held = self._stopping or self._bulk_cancels or self._fenced or self._late()
-        idle = pool.idle_pids() if pool is not None and not held else []
-        if self.scheduler.all_paused:
-            idle = []
+        if pool is None or held or self.scheduler.all_paused:
+            return []
+        return pool.idle_pids()
+
+    def _dispatch_ready(self) -> None:
+        """Record the outcomes reported, and claim a task for every idle worker, in one transaction;
+        then hand them out."""
+        idle = self._free_workers()
         if not idle and not self._finished:
             return
-        leases: list[tuple[int, list[Task]]] = []
         with self._settling():
             self._settle()
-            for pid in idle:
-                lease = self._lease(pid)
-                if not lease:
-                    break
+            leases = self._claim(idle)
+        self._hand_out(leases)
+
+    def _claim(self, idle: list[int]) -> list[tuple[int, list[Task]]]:
+        """A lease for each of the workers `idle`, while the queue has tasks for them."""
+        leases: list[tuple[int, list[Task]]] = []
+        for pid in idle:
+            lease, more = self._lease(pid)
+            if lease:
                 leases.append((pid, lease))
+            if not more:
+                break
         self._retry_busy_limits()
+        return leases
+
+    def _hand_out(self, leases: list[tuple[int, list[Task]]]) -> None:
+        """Send each lease to its worker, and tell of the starts whoever may hear of them: a wait
+        for the end of tasks does not (it hears of each task once, when it ends)."""
+        pool = self.pool
+        heard = bool(self._subscriptions) or self.store.shared or self._waits_before_end > 0
         with self._announcing():
             for pid, lease in leases:
                 assert pool is not None
                 pool.dispatch(lease, pid, self.log_path, reclaim_after=LEASE_OVERRUN)
-                for task in lease:
-                    self._publish("started", task, worker_pid=pid, attempt=task.attempts)
+                if heard:
+                    for task in lease:
+                        self._publish("started", task, worker_pid=pid, attempt=task.attempts)
 
-    def _lease(self, pid: int) -> list[Task]:
+    def _lease(self, pid: int) -> tuple[list[Task], bool]:
         """The next task for worker `pid`, and after it, while they are known to take well under
         LEASE_WINDOW together, the tasks that follow it in the queue: the worker runs them one after
-        the other without waiting for the daemon between them."""
+        the other without waiting for the daemon between them. Also whether the queue may hold more
+        (False once this lease took all it held: no other worker need look)."""
         now = self.clock()
         first = self.store.claim_next(self.scheduler.excluded_types(), now, pid)
         if first is None:
-            return []
+            return [], False
         self.scheduler.started(first.type)
         expected = self._durations.expected(first.type)
         budget = LEASE_WINDOW - expected if expected is not None else 0.0  # unknown: alone
+        if budget <= 0:
+            return [first], True
         ids: list[int] = []
-        for task_id, task_type in self.store.next_pending(LEASE_MAX - 1) if budget > 0 else ():
+        following = self.store.next_pending(LEASE_MAX - 1)
+        for task_id, task_type in following:
             expected = self._durations.expected(task_type)
             if expected is None or expected > budget or self.scheduler.limited(task_type):
                 break
@@ -140,4 +203,4 @@ class Dispatching(ServiceCore):
         more = self.store.claim_ids(ids, pid) if ids else []
         for task in more:
             self.scheduler.started(task.type)
-        return [first, *more]
+        return [first, *more], len(following) == LEASE_MAX - 1 or len(more) < len(following)

@@ -131,7 +131,13 @@ class Reporting(ServiceCore):
         when the worker asks for more work (its lease is done), or SETTLE_DELAY later at most."""
         self._finished.append((task, outcome))
         if len(self._finished) == 1:
-            asyncio.get_running_loop().call_later(SETTLE_DELAY, self.wake)
+            asyncio.get_running_loop().call_later(SETTLE_DELAY, self._settle_due)
+
+    def _settle_due(self) -> None:
+        """SETTLE_DELAY has passed since an outcome came: record it, unless that is done already (a
+        dispatcher turn for nothing would cost an idle pool a transaction)."""
+        if self._finished:
+            self.wake()
 
     def task_started(self, task: Task) -> None:
         """A task that waited its turn in a lease was seen running, and runs long: record its start,
@@ -192,11 +198,14 @@ class Reporting(ServiceCore):
                 self._finish(task, outcome, dependents=task.id in with_dependents)
         if plain:
             self.store.complete_many([(o.started_at, o.finished_at, o.result, t.id) for t, o in plain])
+            if not self._subscriptions and not self.store.shared:
+                # Waiters need the status alone: no copy of each task, one delivery for them all.
+                waited = [task.id for task, _ in plain if task.id in self._waiters]
+                if waited:
+                    self._deliver_later(waited, TaskStatus.COMPLETED)
+                return
             for task, outcome in plain:
-                if not self._subscriptions and not self.store.shared:
-                    if task.id in self._waiters:  # a waiter needs the status alone: no copy of the task
-                        self._deliver_later(task.id, TaskStatus.COMPLETED)
-                elif self._listened(task.id):
+                if self._listened(task.id):
                     done = dataclasses.replace(
                         task,
                         status=TaskStatus.COMPLETED,

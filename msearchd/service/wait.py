@@ -73,21 +73,29 @@ class Subscription:
 
 
 class WaitCall:
-    """One `wait` request: the tasks it still waits for, and a future done once none is left.
+    """One `wait` request: the tasks it still waits for, and a future done once none is left, or
+    when its time is up.
 
     One future for the whole call, not one a task: a wait on thousands of tasks costs the dispatcher
-    a set removal for each, not a future and a callback.
+    a set removal for each, not a future and a callback. The call awaits that future itself (no
+    `asyncio.wait` around it): the answer goes out one turn of the loop after the last outcome.
     """
 
-    __slots__ = ("done", "left")
+    __slots__ = ("done", "left", "timed_out")
 
     def __init__(self, left: set[int], done: asyncio.Future[None]) -> None:
         self.left = left
         self.done = done
+        self.timed_out = False
 
     def reached(self, task_id: int) -> None:
         self.left.discard(task_id)
         if not self.left and not self.done.done():
+            self.done.set_result(None)
+
+    def expire(self) -> None:
+        if not self.done.done():
+            self.timed_out = True
             self.done.set_result(None)
 
 
@@ -112,23 +120,35 @@ class Waiting(ServiceCore):
             if task_id not in states:
                 raise NotFound(f"task {format_task_id(task_id)} does not exist")
         waiting = [task_id for task_id, status in states.items() if status not in wanted]
-        call = WaitCall(set(waiting), asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        call = WaitCall(set(waiting), loop.create_future())
+        entry = (wanted, call)
+        waiters = self._waiters
         for task_id in waiting:
-            self._waiters.setdefault(task_id, []).append((wanted, call))
-        timed_out = False
+            if (entries := waiters.get(task_id)) is None:
+                waiters[task_id] = [entry]
+            else:
+                entries.append(entry)
+        early = not wanted <= TERMINAL  # it hears of starts (see `_hand_out`)
+        if early:
+            self._waits_before_end += 1
+        timer = loop.call_later(timeout, call.expire) if waiting and timeout is not None else None
         try:
             if waiting:
-                await asyncio.wait([call.done], timeout=timeout)
-                timed_out = not call.done.done()
+                await call.done
         finally:
+            if early:
+                self._waits_before_end -= 1
+            if timer is not None:
+                timer.cancel()
             for task_id in waiting:
-                entries = [e for e in self._waiters.get(task_id, []) if e[1] is not call]
-                if entries:
-                    self._waiters[task_id] = entries
+                entries = waiters[task_id]
+                if len(entries) == 1:
+                    del waiters[task_id]
                 else:
-                    self._waiters.pop(task_id, None)
+                    entries.remove(entry)
         final = {t.id: t for t in self.store.get_many(ids)}
-        return {"tasks": [self.wire(final[i]) for i in ids], "timed_out": timed_out}
+        return {"tasks": [self.wire(final[i]) for i in ids], "timed_out": call.timed_out}
 
     def subscribe(self, task_ids: list[Any] | None = None, types: list[Any] | None = None) -> Subscription:
         ids = {parse_task_id(t) for t in task_ids} if task_ids else None

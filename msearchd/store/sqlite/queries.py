@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from msearchd.model import Task, TaskStatus
 from msearchd.store.clauses import SQLITE, filters
 from msearchd.store.rows import detail, event_dicts, row_to_task
-from msearchd.store.schema import WAITING
+from msearchd.store.schema import STATUS_BY_NAME, WAITING
 from msearchd.store.sqlite.connection import CHUNK, COLUMNS, marks
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ class Queries(Connection):
         for start in range(0, len(ids), CHUNK):
             part = ids[start : start + CHUNK]
             rows = self._db.execute(f"SELECT id, status FROM tasks WHERE id IN ({marks(len(part))})", part)
-            out.update((i, TaskStatus(s)) for i, s in rows)
+            out.update((i, STATUS_BY_NAME[s]) for i, s in rows)
         return out
 
     def list(
