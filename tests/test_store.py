@@ -560,6 +560,22 @@ def test_a_selection_window_tests_ids_types_priorities_and_times_in_the_store(st
     assert window(Selection(ids=(ids[4],)), up_to=ids[3]) == []
 
 
+def test_a_type_glob_selects_in_the_store_what_it_selects_in_python(store):
+    """Each store's translation of a glob (GLOB, a regex) agrees with fnmatch, which tests tasks read
+    one by one: negated sets `[!...]`, ranges backwards or in a row, `]` and `-` in sets."""
+    types = ["a", "b", "x", "ax", "bx", "xa", "a-b", "a.b", "a:b", "a_b", "A", "Z9", "-", "!", "ab.x"]
+    ids = {add(store, task_type=t): t for t in types}
+    globs = ["[!x]", "a[!x]", "[!a-c]*", "[z-a]", "[!z-a]", "[a-c-e]", "[]a]*", "[!]a]", "[a-]", "[--9]"]
+    globs += ["[!-]*", "*[!.]", "[-]", "[!!]", "[!]", "a[", "[!a-b-x]*", "*[.:_]*", "[A-Z]*", "[!A-Za-z]*"]
+    rng = random.Random(7)
+    globs += ["".join(rng.choice("ab-x.[]!*?") for _ in range(rng.randint(1, 6))) for _ in range(300)]
+    for glob in globs:
+        selection = Selection(types=(glob,))
+        found = [r[0] for r in store.select_window(selection, ["pending"], 0, max(ids))]
+        expected = [i for i, t in ids.items() if selection.holds(i, t, "pending", 6, 1.0, {})]
+        assert found == expected, glob
+
+
 def test_cancel_for_a_request_and_reprioritize_touch_only_waiting_tasks(store):
     waiting, blocked, running = add(store, 5), add(store, 5, status=TaskStatus.BLOCKED), add(store, 5)
     store.claim_ids([running], worker_pid=9)
