@@ -70,6 +70,31 @@ def row_to_task(row: Sequence[Any]) -> Task:
     )
 
 
+# A new task as `insert_rows` takes it: (type, status, priority, data packed, blocked_reason).
+NewRow = tuple[str, str, int, bytes, str | None]
+# The columns of a `NewRow`, then those every row of one batch shares (`BATCH_FIELDS`).
+NEW_ROW_FIELDS = "type, status, priority, data, blocked_reason"
+BATCH_FIELDS = "created_at, submitted_uid, submitted_pid"
+
+
+def new_row(spec: dict[str, Any]) -> NewRow:
+    """A task given as the keywords of `insert` (but its dependencies) as `insert_rows` takes it."""
+    return (
+        spec["task_type"],
+        str(spec["status"]),
+        spec["priority"],
+        pack(spec["data"]),
+        spec.get("blocked_reason"),
+    )
+
+
+def new_rows(specs: Sequence[dict[str, Any]]) -> tuple[list[NewRow], list[tuple[int, Sequence[int]]]]:
+    """Tasks given as the keywords of `insert`, and their dependencies, as `insert_rows` takes them."""
+    return [new_row(s) for s in specs], [
+        (i, s["depends_on"]) for i, s in enumerate(specs) if s.get("depends_on")
+    ]
+
+
 def spec_row(spec: dict[str, Any], created_at: float, uid: int | None, pid: int | None) -> tuple[Any, ...]:
     """The values of `INSERT_FIELDS` for a task given as the keywords of `insert`."""
     return (

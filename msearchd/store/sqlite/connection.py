@@ -84,6 +84,7 @@ class Connection(Transactions):
         self._db.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT}")
         self._init_transactions()
         self._update_sql: dict[tuple[Any, ...], str] = {}  # statements of `update`, by its arguments
+        self._insert_sql: dict[int, str] = {}  # statements of `insert_rows`, by their number of rows
         self._checkpoints_paused = 0
         self._migrate()
 
