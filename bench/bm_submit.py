@@ -92,7 +92,8 @@ def run(ctx: Context) -> None:
                 huey_env = {"BENCH_HUEY_DB": str(root / "huey-rpc.db"), "BENCH_HUEY_FSYNC": "off"}
                 huey_server, huey_path = start_echo(root, "huey", huey_env)
                 huey_rpc = BareClient(huey_path)
-            sides = ["piped", "ours", "ceiling", "floor", "huey rpc", *(f"huey {f}" for f in hueys)]
+            sides = ["piped", "ours", "ceiling", "floor", *(["huey rpc"] if hueys else [])]
+            sides += [f"huey {f}" for f in hueys]
             samples: dict[str, list[float]] = {side: [] for side in sides}  # us per call
             piped = 0.0
 
