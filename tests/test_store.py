@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import random
 import re
+import signal
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -124,6 +127,75 @@ def test_transaction_rolls_back(store):
         add(store)
         raise RuntimeError
     assert store.count() == 0
+
+
+def open_traced(path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Store, list[str]]:
+    """A store opened with every statement of its connection recorded, from the first."""
+    statements: list[str] = []
+    connect = sqlite3.connect
+
+    def traced(*args, **kwargs) -> sqlite3.Connection:
+        db = connect(*args, **kwargs)
+        db.set_trace_callback(statements.append)
+        return db
+
+    with monkeypatch.context() as patch:
+        patch.setattr(sqlite3, "connect", traced)
+        store = Store(path)
+    return store, statements
+
+
+def checked(statements: list[str]) -> bool:
+    return any("quick_check" in s for s in statements)
+
+
+def test_a_store_closed_cleanly_opens_without_checking_every_page(tmp_path: Path, monkeypatch):
+    store = Store(tmp_path / "tasks.db")
+    add(store)
+    store.close()
+    for _ in range(2):  # and again after a clean close of the store opened so
+        store, statements = open_traced(tmp_path / "tasks.db", monkeypatch)
+        assert not checked(statements)
+        add(store)
+        store.close()
+    store = Store(tmp_path / "tasks.db")
+    assert store.count() == 3
+    store.close()
+
+
+def test_a_store_not_closed_cleanly_is_checked_at_open(tmp_path: Path, monkeypatch):
+    path = tmp_path / "tasks.db"
+    store = Store(path)
+    add(store)
+    store.close()
+    # A daemon opens the store closed cleanly, commits, and is killed.
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import os, signal, sys\n"
+            "from msearchd.model import TaskStatus\n"
+            "from msearchd.store import Store\n"
+            "s = Store(sys.argv[1])\n"
+            "s.insert(task_type='t', data={}, priority=6, status=TaskStatus.PENDING, created_at=1.0)\n"
+            "os.kill(os.getpid(), signal.SIGKILL)\n",
+            str(path),
+        ],
+        check=False,
+    )
+    assert killed.returncode == -signal.SIGKILL
+    store, statements = open_traced(path, monkeypatch)
+    assert checked(statements)
+    assert store.count() == 2
+    store.close()
+    # Closed cleanly, then written by something else: checked too.
+    other = sqlite3.connect(path)
+    other.execute("UPDATE tasks SET priority = 1")
+    other.commit()
+    other.close()
+    store, statements = open_traced(path, monkeypatch)
+    assert checked(statements)
+    store.close()
 
 
 def test_data_and_state_survive_reopen(tmp_path: Path):
