@@ -16,9 +16,11 @@ family is one module and one line in the class below.
 from msearchd.service.cancel import BULK_CHUNK, Cancelling
 from msearchd.service.cluster import Clustering
 from msearchd.service.core import REQUESTER, ServiceCore
-from msearchd.service.dispatch import FANOUT_CHUNK, FANOUT_EVENT, Dispatching
+from msearchd.service.dispatch import Dispatching
+from msearchd.service.fanout import FANOUT_CHUNK, FANOUT_EVENT, FanningOut
 from msearchd.service.keys import Keying
 from msearchd.service.matching import Matching
+from msearchd.service.outcomes import Reporting
 from msearchd.service.priority import Prioritising
 from msearchd.service.query import LIST_LIMIT_MAX, Querying
 from msearchd.service.queue import Pausing
@@ -52,6 +54,8 @@ class TaskService(
     Pausing,
     Waiting,
     Dispatching,
+    Reporting,
+    FanningOut,
     Recovering,
     Clustering,
     ServiceCore,

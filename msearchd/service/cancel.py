@@ -22,7 +22,7 @@ from msearchd.model import (
     validate_type,
 )
 from msearchd.service.core import CANCEL_CHANNEL, REQUESTER
-from msearchd.service.dispatch import Fanned
+from msearchd.service.fanout import Fanned
 from msearchd.store import WAITING
 from msearchd.workers import Outcome
 

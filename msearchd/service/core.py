@@ -25,7 +25,8 @@ from msearchd.model import (
 from msearchd.protocol import pack
 from msearchd.retention import Retention
 from msearchd.scheduler import Scheduler
-from msearchd.service.dispatch import FANOUT_EVENT, Durations, Fanned
+from msearchd.service.dispatch import Durations
+from msearchd.service.fanout import FANOUT_EVENT, Fanned
 from msearchd.service.wait import Subscription, WaitCall
 from msearchd.store import TaskStore
 from msearchd.workers import Outcome, WorkerPool

@@ -15,7 +15,7 @@ from msearchd.errors import InvalidArgument, InvalidState, NotFound
 from msearchd.model import StopReason, Task, TaskStatus, format_task_id, validate_priority
 from msearchd.selection import Preview, Selection, parse_selection
 from msearchd.service.core import REQUESTER
-from msearchd.service.dispatch import Fanned
+from msearchd.service.fanout import Fanned
 from msearchd.store import WAITING
 from msearchd.workers import Outcome
 

@@ -14,7 +14,7 @@ from msearchd.model import (
     TaskStatus,
     format_task_id,
 )
-from msearchd.service.dispatch import FANOUT_EVENT, Fanned
+from msearchd.service.fanout import FANOUT_EVENT, Fanned
 from msearchd.workers import Outcome
 
 if TYPE_CHECKING:

@@ -13,7 +13,7 @@ from msearchd.model import (
     format_task_id,
 )
 from msearchd.service.core import REQUESTER
-from msearchd.service.dispatch import Fanned
+from msearchd.service.fanout import Fanned
 from msearchd.service.query import type_filter
 
 # A retry writes a new task and its history: a chunk of these holds the loop about 10 ms.
