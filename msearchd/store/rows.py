@@ -8,7 +8,7 @@ database aggregates them), the daemon that runs it, and its result.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 
@@ -88,26 +88,30 @@ def new_row(spec: dict[str, Any]) -> NewRow:
     )
 
 
-def new_rows(specs: Sequence[dict[str, Any]]) -> tuple[list[NewRow], list[tuple[int, Sequence[int]]]]:
-    """Tasks given as the keywords of `insert`, and their dependencies, as `insert_rows` takes them."""
-    return [new_row(s) for s in specs], [
-        (i, s["depends_on"]) for i, s in enumerate(specs) if s.get("depends_on")
-    ]
-
-
 def spec_row(spec: dict[str, Any], created_at: float, uid: int | None, pid: int | None) -> tuple[Any, ...]:
     """The values of `INSERT_FIELDS` for a task given as the keywords of `insert`."""
-    return (
-        spec["task_type"],
-        str(spec["status"]),
-        spec["priority"],
-        pack(spec["data"]),
-        spec.get("blocked_reason"),
-        spec.get("retry_of"),
-        created_at,
-        uid,
-        pid,
-    )
+    return (*new_row(spec), spec.get("retry_of"), created_at, uid, pid)
+
+
+if TYPE_CHECKING:
+    from msearchd.store import TaskStore  # `insert_rows`
+else:
+    TaskStore = object  # each store puts its own `insert_rows` among its bases
+
+
+class SpecInserts(TaskStore):
+    """`insert_many` over a store's `insert_rows`: the specs made rows."""
+
+    def insert_many(
+        self,
+        specs: Sequence[dict[str, Any]],
+        created_at: float,
+        submitter: tuple[int | None, int | None] = (None, None),
+    ) -> list[int]:
+        """Insert many tasks (each spec as the keywords of `insert`); returns their ids, in order."""
+        rows = [new_row(s) for s in specs]
+        depends_on = [(i, s["depends_on"]) for i, s in enumerate(specs) if s.get("depends_on")]
+        return self.insert_rows(rows, depends_on, created_at, submitter)
 
 
 def detail(packed: bytes | None) -> dict[str, Any]:

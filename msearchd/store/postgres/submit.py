@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from msearchd.model import TaskStatus
 from msearchd.protocol import pack
-from msearchd.store.rows import BATCH_FIELDS, INSERT_FIELDS, NEW_ROW_FIELDS, NewRow, new_rows, spec_row
+from msearchd.store.rows import BATCH_FIELDS, INSERT_FIELDS, NEW_ROW_FIELDS, NewRow, SpecInserts, spec_row
 
 if TYPE_CHECKING:
     from msearchd.store.postgres.connection import Connection
@@ -15,7 +15,7 @@ else:
     Connection = object  # PgStore puts the real one last among its bases
 
 
-class Submits(Connection):
+class Submits(SpecInserts, Connection):
     """The inserts of the PostgreSQL store."""
 
     def insert(
@@ -51,16 +51,6 @@ class Submits(Connection):
                 row,
             ).fetchone()[0]  # type: ignore[index]
         )
-
-    def insert_many(
-        self,
-        specs: Sequence[dict[str, Any]],
-        created_at: float,
-        submitter: tuple[int | None, int | None] = (None, None),
-    ) -> list[int]:
-        """Insert many tasks (each spec as the keywords of `insert`); returns their ids, in order."""
-        rows, depends_on = new_rows(specs)
-        return self.insert_rows(rows, depends_on, created_at, submitter)
 
     def insert_rows(
         self,

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from msearchd.model import TaskStatus
 from msearchd.protocol import pack
-from msearchd.store.rows import BATCH_FIELDS, INSERT_FIELDS, NEW_ROW_FIELDS, NewRow, new_rows, spec_row
+from msearchd.store.rows import BATCH_FIELDS, INSERT_FIELDS, NEW_ROW_FIELDS, NewRow, SpecInserts, spec_row
 from msearchd.store.sqlite.connection import CHUNK
 
 if TYPE_CHECKING:
@@ -23,7 +23,7 @@ _ROW_WIDTH = len(NEW_ROW_FIELDS.split(","))
 _ROWS_PER_INSERT = (CHUNK - 3) // _ROW_WIDTH
 
 
-class Submits(Connection):
+class Submits(SpecInserts, Connection):
     """The inserts of the SQLite store."""
 
     def insert(
@@ -61,16 +61,6 @@ class Submits(Connection):
         )
         assert cur.lastrowid is not None
         return cur.lastrowid
-
-    def insert_many(
-        self,
-        specs: Sequence[dict[str, Any]],
-        created_at: float,
-        submitter: tuple[int | None, int | None] = (None, None),
-    ) -> list[int]:
-        """Insert many tasks (each spec as the keywords of `insert`); returns their ids."""
-        rows, depends_on = new_rows(specs)
-        return self.insert_rows(rows, depends_on, created_at, submitter)
 
     def insert_rows(
         self,
