@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import random
 import re
+import signal
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -123,6 +126,75 @@ def test_transaction_rolls_back(store):
         add(store)
         raise RuntimeError
     assert store.count() == 0
+
+
+def open_traced(path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Store, list[str]]:
+    """A store opened with every statement of its connection recorded, from the first."""
+    statements: list[str] = []
+    connect = sqlite3.connect
+
+    def traced(*args, **kwargs) -> sqlite3.Connection:
+        db = connect(*args, **kwargs)
+        db.set_trace_callback(statements.append)
+        return db
+
+    with monkeypatch.context() as patch:
+        patch.setattr(sqlite3, "connect", traced)
+        store = Store(path)
+    return store, statements
+
+
+def checked(statements: list[str]) -> bool:
+    return any("quick_check" in s for s in statements)
+
+
+def test_a_store_closed_cleanly_opens_without_checking_every_page(tmp_path: Path, monkeypatch):
+    store = Store(tmp_path / "tasks.db")
+    add(store)
+    store.close()
+    for _ in range(2):  # and again after a clean close of the store opened so
+        store, statements = open_traced(tmp_path / "tasks.db", monkeypatch)
+        assert not checked(statements)
+        add(store)
+        store.close()
+    store = Store(tmp_path / "tasks.db")
+    assert store.count() == 3
+    store.close()
+
+
+def test_a_store_not_closed_cleanly_is_checked_at_open(tmp_path: Path, monkeypatch):
+    path = tmp_path / "tasks.db"
+    store = Store(path)
+    add(store)
+    store.close()
+    # A daemon opens the store closed cleanly, commits, and is killed.
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import os, signal, sys\n"
+            "from msearchd.model import TaskStatus\n"
+            "from msearchd.store import Store\n"
+            "s = Store(sys.argv[1])\n"
+            "s.insert(task_type='t', data={}, priority=6, status=TaskStatus.PENDING, created_at=1.0)\n"
+            "os.kill(os.getpid(), signal.SIGKILL)\n",
+            str(path),
+        ],
+        check=False,
+    )
+    assert killed.returncode == -signal.SIGKILL
+    store, statements = open_traced(path, monkeypatch)
+    assert checked(statements)
+    assert store.count() == 2
+    store.close()
+    # Closed cleanly, then written by something else: checked too.
+    other = sqlite3.connect(path)
+    other.execute("UPDATE tasks SET priority = 1")
+    other.commit()
+    other.close()
+    store, statements = open_traced(path, monkeypatch)
+    assert checked(statements)
+    store.close()
 
 
 def test_data_and_state_survive_reopen(tmp_path: Path):
@@ -556,6 +628,22 @@ def test_a_selection_window_tests_ids_types_priorities_and_times_in_the_store(st
     assert [r[0] for r in window(Selection(), statuses=["failed"], not_retried=True)] == [ids[3]]
     assert [r[0] for r in window(Selection(), after=ids[0], up_to=ids[2])] == [ids[1], ids[2]]
     assert window(Selection(ids=(ids[4],)), up_to=ids[3]) == []
+
+
+def test_a_type_glob_selects_in_the_store_what_it_selects_in_python(store):
+    """Each store's translation of a glob (GLOB, a regex) agrees with fnmatch, which tests tasks read
+    one by one: negated sets `[!...]`, ranges backwards or in a row, `]` and `-` in sets."""
+    types = ["a", "b", "x", "ax", "bx", "xa", "a-b", "a.b", "a:b", "a_b", "A", "Z9", "-", "!", "ab.x"]
+    ids = {add(store, task_type=t): t for t in types}
+    globs = ["[!x]", "a[!x]", "[!a-c]*", "[z-a]", "[!z-a]", "[a-c-e]", "[]a]*", "[!]a]", "[a-]", "[--9]"]
+    globs += ["[!-]*", "*[!.]", "[-]", "[!!]", "[!]", "a[", "[!a-b-x]*", "*[.:_]*", "[A-Z]*", "[!A-Za-z]*"]
+    rng = random.Random(7)
+    globs += ["".join(rng.choice("ab-x.[]!*?") for _ in range(rng.randint(1, 6))) for _ in range(300)]
+    for glob in globs:
+        selection = Selection(types=(glob,))
+        found = [r[0] for r in store.select_window(selection, ["pending"], 0, max(ids))]
+        expected = [i for i, t in ids.items() if selection.holds(i, t, "pending", 6, 1.0, {})]
+        assert found == expected, glob
 
 
 def test_cancel_for_a_request_and_reprioritize_touch_only_waiting_tasks(store):

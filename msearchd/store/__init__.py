@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from msearchd.model import Task, TaskStatus
 from msearchd.selection import Selection
+from msearchd.store.rows import NewRow, new_row
 from msearchd.store.schema import MIGRATIONS, SCHEMA_VERSION
 from msearchd.store.sqlite import (
     AUTOCHECKPOINT,
@@ -31,11 +32,13 @@ __all__ = [
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "WAITING",
+    "NewRow",
     "SharedTaskStore",
     "Store",
     "TaskStore",
     "UnusableStore",
     "disk_full",
+    "new_row",
 ]
 
 
@@ -139,6 +142,17 @@ class TaskStore(Protocol):
         submitter: tuple[int | None, int | None] = (None, None),
     ) -> list[int]:
         """Insert many tasks (each spec as the keywords of `insert`) with one statement; returns their ids."""
+
+    def insert_rows(
+        self,
+        rows: Sequence[NewRow],
+        depends_on: Sequence[tuple[int, Sequence[int]]],
+        created_at: float,
+        submitter: tuple[int | None, int | None] = (None, None),
+    ) -> list[int]:
+        """Insert tasks given as rows (`NewRow`), with the dependencies of some as (index in `rows`,
+        ids), all or none; returns their ids in the order of the rows. What a caller that checks
+        many tasks makes in one pass, instead of a spec each (see `insert_many`)."""
 
     def update(self, task_id: int, expect: Sequence[str] | None = None, **fields: Any) -> bool:
         """Change fields of a task, if its status is one of `expect` (when given); False if it did not."""

@@ -19,10 +19,10 @@ class Dialect:
         """A test that `column` is one of `values`, and what it binds."""
         return f"{column} IN ({','.join([self.mark] * len(values))})", list(values)
 
-    def glob(self, column: str, pattern: str) -> tuple[str, Any]:
-        """A test that `column` matches the type glob `pattern`, and what it binds. A shell's `[!...]`
-        is GLOB's `[^...]`."""
-        return f"{column} GLOB ?", pattern.replace("[!", "[^")
+    def glob(self, column: str, pattern: str) -> tuple[str, list[Any]]:
+        """A test that `column` matches the type glob `pattern` as fnmatch does, and what it binds."""
+        translated = sqlite_glob(pattern)
+        return (f"{column} GLOB ?", [translated]) if translated is not None else (_NOTHING, [])
 
 
 class PgDialect(Dialect):
@@ -33,8 +33,9 @@ class PgDialect(Dialect):
     def one_of(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
         return f"{column} = ANY(%s)", [list(values)]
 
-    def glob(self, column: str, pattern: str) -> tuple[str, Any]:
-        return f"{column} ~ %s", glob_regex(pattern)
+    def glob(self, column: str, pattern: str) -> tuple[str, list[Any]]:
+        regex = glob_regex(pattern)
+        return (f"{column} ~ %s", [regex]) if regex is not None else (_NOTHING, [])
 
 
 SQLITE = Dialect()
@@ -65,9 +66,9 @@ def type_is(dialect: Dialect, types: Sequence[str]) -> tuple[str, list[Any]]:
         tests.append(clause)
         args += bound
     for pattern in (t for t in types if is_glob(t)):
-        clause, value = dialect.glob("type", pattern)
+        clause, bound = dialect.glob("type", pattern)
         tests.append(clause)
-        args.append(value)
+        args += bound
     return "(" + " OR ".join(tests) + ")", args
 
 
@@ -121,29 +122,118 @@ def window_where(
     return " AND ".join(clauses), args
 
 
-def glob_regex(pattern: str) -> str:
-    """A type glob as an anchored PostgreSQL regex, matching what fnmatch matches (as the SQLite
-    store's GLOB does): `*`, `?`, `[...]` and `[!...]`; an unclosed `[` stands for itself."""
-    out = []
+# A part of a type glob: "*", "?", another character (itself), or a set of characters (negated or
+# not) as ranges (first, last) of code points.
+GlobPart = str | tuple[bool, list[tuple[int, int]]]
+# What a glob that no type can match is tested as.
+_NOTHING = "1 = 0"
+
+
+def glob_parts(pattern: str) -> list[GlobPart]:
+    """A type glob read as Python's fnmatch reads it (the service's own test, `Selection.holds`):
+    `*`, `?`, `[...]` and `[!...]`, `]` first in a set stands for itself, `a-z` is a range (one that
+    runs backwards holds nothing), an unclosed `[` stands for itself."""
+    parts: list[GlobPart] = []
     i, n = 0, len(pattern)
     while i < n:
         c = pattern[i]
         i += 1
-        if c == "*":
+        if c != "[":
+            parts.append(c)  # "*" and "?" are wildcards; any other character stands for itself
+            continue
+        j = i + (i < n and pattern[i] == "!")
+        j += j < n and pattern[j] == "]"
+        while j < n and pattern[j] != "]":
+            j += 1
+        if j >= n:
+            parts.append("[")
+            continue
+        negated = pattern[i] == "!"
+        body = pattern[i + negated : j]
+        ranges: list[tuple[int, int]] = []
+        k = 0
+        while k < len(body):
+            if k + 2 < len(body) and body[k + 1] == "-":
+                ranges.append((ord(body[k]), ord(body[k + 2])))
+                k += 3
+            else:
+                ranges.append((ord(body[k]), ord(body[k])))
+                k += 1
+        parts.append((negated, [(lo, hi) for lo, hi in ranges if lo <= hi]))
+        i = j + 1
+    return parts
+
+
+def glob_regex(pattern: str) -> str | None:
+    """A type glob as an anchored PostgreSQL regex that matches what fnmatch matches; None when
+    nothing can match it (a set that holds no character)."""
+
+    def char(code: int) -> str:
+        c = chr(code)
+        return c if c.isalnum() or c == "_" else "\\" + c
+
+    out = []
+    for part in glob_parts(pattern):
+        if part == "*":
             out.append(".*")
-        elif c == "?":
+        elif part == "?":
             out.append(".")
-        elif c == "[":
-            j = i + (i < n and pattern[i] == "!")
-            j += j < n and pattern[j] == "]"
-            while j < n and pattern[j] != "]":
-                j += 1
-            if j >= n:
-                out.append("\\[")
-                continue
-            inside = pattern[i:j].replace("\\", "\\\\").replace("[", "\\[")
-            out.append("[" + ("^" + inside[1:] if inside.startswith("!") else inside) + "]")
-            i = j + 1
+        elif isinstance(part, str):
+            out.append(char(ord(part)))
         else:
-            out.append(c if c.isalnum() or c == "_" else "\\" + c)
+            negated, ranges = part
+            if not ranges:
+                if not negated:
+                    return None
+                out.append(".")
+                continue
+            inside = "".join(char(lo) if lo == hi else f"{char(lo)}-{char(hi)}" for lo, hi in ranges)
+            out.append(f"[{'^' if negated else ''}{inside}]")
     return "^" + "".join(out) + "$"
+
+
+# Characters a SQLite GLOB set reads specially: "]" ends it (but first), "-" makes a range (but first
+# or last), "^" negates it (first).
+_SET_SPECIAL = (ord("-"), ord("]"), ord("^"))
+
+
+def sqlite_glob(pattern: str) -> str | None:
+    """A type glob as a SQLite GLOB pattern that matches what fnmatch matches; None when nothing can
+    match it. GLOB negates a set with `^`, not `!`, and has no escape: a wildcard character stands
+    for itself inside a set."""
+
+    def char(c: str) -> str:
+        return f"[{c}]" if c in "*?[" else c
+
+    out = []
+    for part in glob_parts(pattern):
+        if isinstance(part, str):
+            out.append(part if part in "*?" else char(part))
+            continue
+        negated, ranges = part
+        if not ranges:
+            if not negated:
+                return None
+            out.append("?")
+            continue
+        plain: list[tuple[int, int]] = []
+        special: set[int] = set()
+        for lo, hi in ranges:
+            for code in _SET_SPECIAL:
+                if lo <= code <= hi:
+                    special.add(code)
+                    if lo < code:
+                        plain.append((lo, code - 1))
+                    lo = code + 1
+            if lo <= hi:
+                plain.append((lo, hi))
+        if not negated and not plain and len(special) == 1:
+            out.append(chr(special.pop()))  # one of "-", "]", "^" alone: itself
+            continue
+        # "]" first stands for itself, then "-" (nothing before it to range from), "^" last.
+        inside = "]" if ord("]") in special else ""
+        inside += "-" if ord("-") in special else ""
+        inside += "".join(chr(lo) if lo == hi else f"{chr(lo)}-{chr(hi)}" for lo, hi in plain)
+        inside += "^" if ord("^") in special else ""
+        out.append(f"[{'^' if negated else ''}{inside}]")
+    return "".join(out)

@@ -8,7 +8,7 @@ database aggregates them), the daemon that runs it, and its result.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 
@@ -70,19 +70,48 @@ def row_to_task(row: Sequence[Any]) -> Task:
     )
 
 
-def spec_row(spec: dict[str, Any], created_at: float, uid: int | None, pid: int | None) -> tuple[Any, ...]:
-    """The values of `INSERT_FIELDS` for a task given as the keywords of `insert`."""
+# A new task as `insert_rows` takes it: (type, status, priority, data packed, blocked_reason).
+NewRow = tuple[str, str, int, bytes, str | None]
+# The columns of a `NewRow`, then those every row of one batch shares (`BATCH_FIELDS`).
+NEW_ROW_FIELDS = "type, status, priority, data, blocked_reason"
+BATCH_FIELDS = "created_at, submitted_uid, submitted_pid"
+
+
+def new_row(spec: dict[str, Any]) -> NewRow:
+    """A task given as the keywords of `insert` (but its dependencies) as `insert_rows` takes it."""
     return (
         spec["task_type"],
         str(spec["status"]),
         spec["priority"],
         pack(spec["data"]),
         spec.get("blocked_reason"),
-        spec.get("retry_of"),
-        created_at,
-        uid,
-        pid,
     )
+
+
+def spec_row(spec: dict[str, Any], created_at: float, uid: int | None, pid: int | None) -> tuple[Any, ...]:
+    """The values of `INSERT_FIELDS` for a task given as the keywords of `insert`."""
+    return (*new_row(spec), spec.get("retry_of"), created_at, uid, pid)
+
+
+if TYPE_CHECKING:
+    from msearchd.store import TaskStore  # `insert_rows`
+else:
+    TaskStore = object  # each store puts its own `insert_rows` among its bases
+
+
+class SpecInserts(TaskStore):
+    """`insert_many` over a store's `insert_rows`: the specs made rows."""
+
+    def insert_many(
+        self,
+        specs: Sequence[dict[str, Any]],
+        created_at: float,
+        submitter: tuple[int | None, int | None] = (None, None),
+    ) -> list[int]:
+        """Insert many tasks (each spec as the keywords of `insert`); returns their ids, in order."""
+        rows = [new_row(s) for s in specs]
+        depends_on = [(i, s["depends_on"]) for i, s in enumerate(specs) if s.get("depends_on")]
+        return self.insert_rows(rows, depends_on, created_at, submitter)
 
 
 def detail(packed: bytes | None) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from msearchd.model import TaskStatus
 from msearchd.protocol import pack
-from msearchd.store.rows import INSERT_FIELDS, spec_row
+from msearchd.store.rows import BATCH_FIELDS, INSERT_FIELDS, NEW_ROW_FIELDS, NewRow, SpecInserts, spec_row
 
 if TYPE_CHECKING:
     from msearchd.store.postgres.connection import Connection
@@ -15,7 +15,7 @@ else:
     Connection = object  # PgStore puts the real one last among its bases
 
 
-class Submits(Connection):
+class Submits(SpecInserts, Connection):
     """The inserts of the PostgreSQL store."""
 
     def insert(
@@ -52,15 +52,16 @@ class Submits(Connection):
             ).fetchone()[0]  # type: ignore[index]
         )
 
-    def insert_many(
+    def insert_rows(
         self,
-        specs: Sequence[dict[str, Any]],
+        rows: Sequence[NewRow],
+        depends_on: Sequence[tuple[int, Sequence[int]]],
         created_at: float,
         submitter: tuple[int | None, int | None] = (None, None),
     ) -> list[int]:
-        """Insert many tasks (each spec as the keywords of `insert`); returns their ids, in order.
-        Other daemons insert at the same time: the ids are taken from the sequence first."""
-        if not specs:
+        """Insert new tasks, all or none; returns their ids, in order. Other daemons insert at the
+        same time: the ids are taken from the sequence first."""
+        if not rows:
             return []
         uid, pid = submitter
         with self.transaction():
@@ -68,16 +69,17 @@ class Submits(Connection):
                 r[0]
                 for r in self._run(
                     "SELECT nextval(pg_get_serial_sequence('tasks', 'id')) FROM generate_series(1, %s)",
-                    (len(specs),),
+                    (len(rows),),
                 )
             ]
             self._many(
-                f"INSERT INTO tasks (id, {INSERT_FIELDS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                [(i, *spec_row(s, created_at, uid, pid)) for i, s in zip(ids, specs, strict=True)],
+                f"INSERT INTO tasks (id, {NEW_ROW_FIELDS}, {BATCH_FIELDS}) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                [(i, *row, created_at, uid, pid) for i, row in zip(ids, rows, strict=True)],
             )
             self._many(
                 "INSERT INTO deps (task_id, depends_on) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-                [(i, d) for i, spec in zip(ids, specs, strict=True) for d in spec["depends_on"]],
+                [(ids[i], d) for i, deps in depends_on for d in deps],
             )
         return ids
 

@@ -54,6 +54,17 @@ class UnusableStore(Exception):
 
 # The database and the files SQLite keeps beside it (it gives those the database's mode when it makes them).
 _STORE_FILE_SUFFIXES = ("", "-wal", "-shm", "-journal")
+# Beside the database, written when the store is closed cleanly: the file's size, modification time
+# and inode as the close left them. Opening removes it. A store opened without it, with a log of
+# commits (-wal) beside it, or whose file changed since, was stopped uncleanly or written by something
+# else: only then does the opening check every page (quick_check: most of 19 s with 10,000,000 tasks).
+CLEAN_SUFFIX = "-clean"
+
+
+def _file_state(path: Path) -> str:
+    """What a clean close leaves to compare: the file's size, modification time and inode."""
+    st = path.stat()
+    return f"{st.st_size} {st.st_mtime_ns} {st.st_ino}\n"
 
 
 def _make_private(path: Path) -> None:
@@ -73,6 +84,7 @@ class Connection(Transactions):
         self.path = str(path)
         try:
             _make_private(Path(path))
+            closed_cleanly = self._closed_cleanly()
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
         except sqlite3.DatabaseError as exc:
@@ -84,17 +96,42 @@ class Connection(Transactions):
         self._db.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT}")
         self._init_transactions()
         self._update_sql: dict[tuple[Any, ...], str] = {}  # statements of `update`, by its arguments
+        self._insert_sql: dict[int, str] = {}  # statements of `insert_rows`, by their number of rows
         self._checkpoints_paused = 0
-        self._migrate()
+        self._migrate(check=not closed_cleanly)
 
     def close(self) -> None:
+        """Close the connection, and say the store was closed cleanly when it was the last one: SQLite
+        then copies the log of commits into the file and removes it."""
         self._db.close()
+        if Path(self.path + "-wal").exists():
+            return
+        with contextlib.suppress(OSError):  # no word of it: the next opening checks the file
+            state = _file_state(Path(self.path)).encode()
+            marker = os.open(self.path + CLEAN_SUFFIX, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(marker, state)
+            finally:
+                os.close(marker)
 
-    def _migrate(self) -> None:
-        # A damaged file fails here, with one sentence, rather than in the middle of some later request
-        # (~35 ms for 100,000 tasks).
+    def _closed_cleanly(self) -> bool:
+        """Whether the store was closed cleanly and left alone since; the word of it is removed, so
+        that a stop that is not clean leaves none."""
+        marker = Path(self.path + CLEAN_SUFFIX)
         try:
-            problems = [row[0] for row in self._db.execute("PRAGMA quick_check(1)")]
+            said = marker.read_text()
+            marker.unlink()
+            return not Path(self.path + "-wal").exists() and said == _file_state(Path(self.path))
+        except (OSError, ValueError):
+            return False
+
+    def _migrate(self, check: bool) -> None:
+        # A damaged file fails here, with one sentence, rather than in the middle of some later request
+        # (~35 ms for 100,000 tasks). A store closed cleanly and not written since is taken as sound.
+        problems = ["ok"]
+        try:
+            if check:
+                problems = [row[0] for row in self._db.execute("PRAGMA quick_check(1)")]
         except sqlite3.DatabaseError as exc:
             problems = [str(exc)]
         if problems != ["ok"]:
