@@ -39,16 +39,22 @@ class KeysAndPauses(Connection):
         ]
 
     def add_pauses(self, types: Sequence[str], time: float, uid: int | None, pid: int | None) -> list[str]:
-        """Pause these types; returns those not paused before (the others keep who paused them)."""
+        """Pause these types; returns those not paused before (the others keep who paused them).
+
+        The claims of every daemon read this table (see `claim_next`): the lock waits for those under
+        way to commit, and keeps new ones waiting until this transaction ends, after which they see the
+        pause. A claim that began before cannot commit a start once the pause is in, unseen by a drain."""
         added = []
-        for t in types:
-            cur = self._run(
-                "INSERT INTO queue_pauses (type, time, uid, pid) VALUES (%s, %s, %s, %s) "
-                "ON CONFLICT (type) DO NOTHING",
-                (t, time, uid, pid),
-            )
-            if cur.rowcount:
-                added.append(t)
+        with self.transaction():
+            self._run("LOCK TABLE queue_pauses IN ACCESS EXCLUSIVE MODE")
+            for t in types:
+                cur = self._run(
+                    "INSERT INTO queue_pauses (type, time, uid, pid) VALUES (%s, %s, %s, %s) "
+                    "ON CONFLICT (type) DO NOTHING",
+                    (t, time, uid, pid),
+                )
+                if cur.rowcount:
+                    added.append(t)
         return added
 
     def remove_pauses(self, types: Sequence[str] | None) -> list[str]:
