@@ -367,3 +367,22 @@ def test_a_pause_waits_for_a_claim_under_way_so_that_what_runs_after_it_is_seen(
     assert b.claim_next([], 1.0, 1) is None and a.get(second).status is TaskStatus.PENDING
     a.close()
     b.close()
+
+
+def test_a_pause_goes_in_without_a_daemon_that_does_not_end_its_claim(fresh_database):
+    url = fresh_database()
+    a, b = PgStore(url, "/a", daemon_id="a"), PgStore(url, "/b", daemon_id="b")
+    a.register(1)
+    b.register(1)
+    first, second = pending(a, 2, "video")
+    added: list[list[str]] = []
+    paused = threading.Thread(target=lambda: added.append(a.add_pauses(["video"], 1.0, None, None)))
+    with b.transaction():  # a daemon stopped in the middle of its claim
+        assert b.claim_next([], 1.0, 1).id == first
+        paused.start()
+        paused.join(20)
+        assert added == [["video"]] and [p[0] for p in a.pauses()] == ["video"]
+    assert b.claim_next([], 1.0, 1) is None and a.get(second).status is TaskStatus.PENDING
+    assert a.add_pauses(["other"], 2.0, None, None) == ["other"]  # no daemon claims: no wait at all
+    a.close()
+    b.close()
