@@ -316,13 +316,18 @@ def test_a_hold_on_starts_keeps_every_daemon_from_claiming_its_type_until_releas
     b.close()
 
 
-def test_a_pause_through_one_daemon_holds_back_the_claims_of_another_that_has_not_heard_of_it(
-    fresh_database,
-):
-    url = fresh_database()
+def two_daemons(url: str) -> tuple[PgStore, PgStore]:
+    """The stores of two registered daemons, a and b, on one database."""
     a, b = PgStore(url, "/a", daemon_id="a"), PgStore(url, "/b", daemon_id="b")
     a.register(1)
     b.register(1)
+    return a, b
+
+
+def test_a_pause_through_one_daemon_holds_back_the_claims_of_another_that_has_not_heard_of_it(
+    fresh_database,
+):
+    a, b = two_daemons(fresh_database())
     video = pending(a, 1, "file_embed_video")[0]
     other = pending(a, 1, "other")[0]
     assert a.add_pauses(["file_embed_*"], 1.0, None, None) == ["file_embed_*"]
@@ -345,10 +350,7 @@ def test_a_pause_through_one_daemon_holds_back_the_claims_of_another_that_has_no
 
 
 def test_a_pause_waits_for_a_claim_under_way_so_that_what_runs_after_it_is_seen(fresh_database):
-    url = fresh_database()
-    a, b = PgStore(url, "/a", daemon_id="a"), PgStore(url, "/b", daemon_id="b")
-    a.register(1)
-    b.register(1)
+    a, b = two_daemons(url := fresh_database())
     first, second = pending(a, 2, "video")
     paused = threading.Thread(target=lambda: a.add_pauses(["video"], 1.0, None, None))
     with b.transaction():
@@ -370,10 +372,7 @@ def test_a_pause_waits_for_a_claim_under_way_so_that_what_runs_after_it_is_seen(
 
 
 def test_a_pause_goes_in_without_a_daemon_that_does_not_end_its_claim(fresh_database):
-    url = fresh_database()
-    a, b = PgStore(url, "/a", daemon_id="a"), PgStore(url, "/b", daemon_id="b")
-    a.register(1)
-    b.register(1)
+    a, b = two_daemons(fresh_database())
     first, second = pending(a, 2, "video")
     added: list[list[str]] = []
     paused = threading.Thread(target=lambda: added.append(a.add_pauses(["video"], 1.0, None, None)))
