@@ -7,6 +7,7 @@ import asyncio
 import itertools
 import re
 import threading
+import time
 
 import psycopg
 import pytest
@@ -311,5 +312,76 @@ def test_a_hold_on_starts_keeps_every_daemon_from_claiming_its_type_until_releas
         conn.execute("UPDATE daemons SET heartbeat = now() - interval '1 minute' WHERE id = 'b'")
     assert a.expire_daemons(30) == ["b"] and lost in b._holds
     assert a.claim_next([], 1.0, 1) is not None
+    a.close()
+    b.close()
+
+
+def two_daemons(url: str) -> tuple[PgStore, PgStore]:
+    """The stores of two registered daemons, a and b, on one database."""
+    a, b = PgStore(url, "/a", daemon_id="a"), PgStore(url, "/b", daemon_id="b")
+    a.register(1)
+    b.register(1)
+    return a, b
+
+
+def test_a_pause_through_one_daemon_holds_back_the_claims_of_another_that_has_not_heard_of_it(
+    fresh_database,
+):
+    a, b = two_daemons(fresh_database())
+    video = pending(a, 1, "file_embed_video")[0]
+    other = pending(a, 1, "other")[0]
+    assert a.add_pauses(["file_embed_*"], 1.0, None, None) == ["file_embed_*"]
+    with b.transaction():
+        assert b.claim_next([], 1.0, 1) is None  # a pause it does not exclude: nothing at all
+        assert b.claim_ids([other], 1) == []
+    with b.transaction():  # once it excludes the pause, the other types are claimed again
+        got = b.claim_next(["file_embed_*"], 1.0, 1)
+        assert got is not None and got.id == other
+        assert b.claim_next(["file_embed_*"], 1.0, 1) is None
+    more = pending(a, 2, "other")
+    with b.transaction():
+        assert b.claim_next(["file_embed_*"], 1.0, 1).id == more[0]
+        assert [t.id for t in b.claim_ids([more[1]], 1)] == [more[1]]
+    assert a.remove_pauses(None) == ["file_embed_*"]
+    assert b.claim_next(["file_embed_*"], 1.0, 1) is None  # it excludes the pause until it hears
+    assert b.claim_next([], 1.0, 1).id == video
+    a.close()
+    b.close()
+
+
+def test_a_pause_waits_for_a_claim_under_way_so_that_what_runs_after_it_is_seen(fresh_database):
+    a, b = two_daemons(url := fresh_database())
+    first, second = pending(a, 2, "video")
+    paused = threading.Thread(target=lambda: a.add_pauses(["video"], 1.0, None, None))
+    with b.transaction():
+        assert b.claim_next([], 1.0, 1).id == first
+        paused.start()
+        with psycopg.connect(url, autocommit=True) as conn:
+            deadline = time.monotonic() + 20
+            while not conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND query LIKE 'LOCK TABLE queue_pauses%'"
+            ).fetchone()[0]:
+                assert time.monotonic() < deadline, "the pause did not wait for the claim"
+    paused.join(20)
+    assert not paused.is_alive()
+    assert [t.id for t in a.running()] == [first]  # committed before the pause: what a drain waits for
+    assert b.claim_next([], 1.0, 1) is None and a.get(second).status is TaskStatus.PENDING
+    a.close()
+    b.close()
+
+
+def test_a_pause_goes_in_without_a_daemon_that_does_not_end_its_claim(fresh_database):
+    a, b = two_daemons(fresh_database())
+    first, second = pending(a, 2, "video")
+    added: list[list[str]] = []
+    paused = threading.Thread(target=lambda: added.append(a.add_pauses(["video"], 1.0, None, None)))
+    with b.transaction():  # a daemon stopped in the middle of its claim
+        assert b.claim_next([], 1.0, 1).id == first
+        paused.start()
+        paused.join(20)
+        assert added == [["video"]] and [p[0] for p in a.pauses()] == ["video"]
+    assert b.claim_next([], 1.0, 1) is None and a.get(second).status is TaskStatus.PENDING
+    assert a.add_pauses(["other"], 2.0, None, None) == ["other"]  # no daemon claims: no wait at all
     a.close()
     b.close()

@@ -562,3 +562,102 @@ def test_no_task_of_a_type_starts_on_any_daemon_while_a_cancel_by_type_works_thr
 def c_host(c, task) -> int:
     """The pid of the daemon that runs the task."""
     return int(c.get(task["id"])["host"].rsplit(":", 1)[1])
+
+
+def heard_by(stream, client) -> None:
+    """Return once the daemon of `stream` hears what the daemon of `client` notifies: it listens to
+    the others from a moment after its start, on a connection of its own."""
+    deadline = time.monotonic() + 30
+    while True:
+        task = client.submit("noop", {}, priority=11)
+        ends = time.monotonic() + 2
+        while (left := ends - time.monotonic()) > 0 and stream.ready(left):
+            event = next(stream)
+            if event.get("task_id") == task["id"] and event["event"] == "submitted":
+                return
+        assert time.monotonic() < deadline, "the daemon of the stream never heard the other"
+
+
+def test_a_pause_through_one_daemon_holds_back_the_others_and_a_resume_through_another_releases_it(
+    make_daemon, fresh_database, fifo
+):
+    url = fresh_database()
+    a, a_gate, held = busy_alone(make_daemon, url, fifo)
+    b = make_daemon(workers=1, store=url)
+    with a.client() as c, b.client() as cb, cb.events() as b_stream, c.events() as a_stream:
+        heard_by(b_stream, c)
+        state = c.pause(["quick", "chat*"])
+        assert [p["type"] for p in state["paused"]] == ["chat*", "quick"]
+        paused = [c.submit("quick", {}, priority=0), c.submit("chatty", {"reports": 1}, priority=0)]
+        marker = c.submit("noop", {}, priority=9)  # after them in the queue
+        assert c.wait([marker["id"]], timeout=20)["tasks"][0]["status"] == "completed"
+        assert runs_under(c.get(marker["id"])["worker_pid"], b)  # A's only worker is busy
+        assert [c.get(t["id"])["status"] for t in paused] == ["pending", "pending"]
+        told = next_event(b_stream, lambda e: e["event"] == "queue_paused")  # B's watchers hear of it
+        assert told["types"] == ["chat*", "quick"] and told["uid"] == os.getuid()
+        assert cb.stats()["paused"] == ["chat*", "quick"]
+        status = b.ctl("queue", "status").stdout
+        assert "paused chat* since" in status and "paused quick since" in status, status
+
+        b_gate = fifo("b-gate")
+        busy = c.submit("stepper", {"fifo": str(b_gate), "steps": 1}, priority=0)
+        c.wait([busy["id"]], statuses=["running"], timeout=20)  # on B, whose worker it holds
+        a_gate.write("go")
+        c.wait([held["id"]], timeout=20)
+        free = c.submit("noop", {}, priority=9)  # A's worker is free, and starts no paused task
+        assert c.wait([free["id"]], timeout=20)["tasks"][0]["status"] == "completed"
+        assert runs_under(c.get(free["id"])["worker_pid"], a)
+        assert [c.get(t["id"])["status"] for t in paused] == ["pending", "pending"]
+        assert cb.resume()["paused"] == []
+        done = c.wait([t["id"] for t in paused], timeout=20)["tasks"]
+        assert [t["status"] for t in done] == ["completed", "completed"]
+        assert all(runs_under(t["worker_pid"], a) for t in done)
+        told = next_event(a_stream, lambda e: e["event"] == "queue_resumed")
+        assert told["types"] == ["chat*", "quick"]
+        b_gate.write("go")
+
+
+def test_a_drain_through_one_daemon_waits_for_a_task_running_on_another(
+    make_daemon, fresh_database, fifo, tmp_path
+):
+    import subprocess
+
+    from conftest import MSEARCHCTL
+
+    url = fresh_database()
+    a, a_gate, _ = busy_alone(make_daemon, url, fifo)
+    b = make_daemon(workers=1, store=url)
+    record = tmp_path / "ran"
+    with a.client() as c, b.client() as cb:
+        started, hold = fifo("started"), fifo("hold")
+        first = c.submit("quick", {"started": str(started), "fifo": str(hold), "record": str(record)})
+        started.read()
+        assert runs_under(c.get(first["id"])["worker_pid"], b)  # A's only worker is busy
+        after = c.submit("quick", {"record": str(record)})
+        timed_out = a.ctl("queue", "drain", "--type", "qu*", "--timeout", "0.1")
+        assert timed_out.returncode == 4 and first["id"] in timed_out.stdout, timed_out.stdout
+        drain = subprocess.Popen(
+            [MSEARCHCTL, "queue", "drain", "--type", "quick", "--timeout", "60"],
+            env=a.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + 20
+            while "quick" not in cb.stats()["paused"]:  # the drain paused: it waits now
+                assert time.monotonic() < deadline and drain.poll() is None
+            assert drain.poll() is None  # the task on B runs still
+            hold.write("go")
+            out, err = drain.communicate(timeout=60)
+        finally:
+            if drain.poll() is None:
+                drain.kill()
+        assert (drain.returncode, out) == (0, "drained: nothing runs\n"), err
+        assert c.get(first["id"])["status"] == "completed"
+        assert c.get(after["id"])["status"] == "pending"  # no daemon started it
+        assert cb.queue()["all_paused"] is False
+        c.resume()
+        assert c.wait([after["id"]], timeout=20)["tasks"][0]["status"] == "completed"
+    assert record.read_text().split() == [first["id"], after["id"]]
+    a_gate.write("go")

@@ -15,7 +15,7 @@ import msgpack
 
 from msearchd.errors import Unavailable
 from msearchd.model import Task, TaskStatus
-from msearchd.service.core import CANCEL_CHANNEL, EVENTS_CHANNEL, WORK_CHANNEL
+from msearchd.service.core import CANCEL_CHANNEL, EVENTS_CHANNEL, QUEUE_CHANNEL, WORK_CHANNEL
 
 if TYPE_CHECKING:
     from msearchd.service.core import ServiceCore
@@ -48,6 +48,8 @@ class Clustering(ServiceCore):
         def _settle_left(self, tasks: Iterable[Task], why: str) -> None: ...
         async def _stop_for_another(self, task_id: int, by: str) -> None: ...
         async def _take_back_for_another(self, task_id: int, message: dict[str, Any]) -> None: ...
+        def _apply_pauses(self) -> set[str]: ...
+        def _heard_of_pauses(self, message: dict[str, Any]) -> None: ...
 
     async def run_cluster(self) -> None:
         """With a shared store: the heartbeat, the takeover of dead daemons' tasks, and what the
@@ -132,9 +134,8 @@ class Clustering(ServiceCore):
         """What the other daemons notify, on a connection of its own that comes back when lost."""
         while not self._stopping:
             try:
-                async for channel, raw in self.store.listen(
-                    [EVENTS_CHANNEL, CANCEL_CHANNEL, WORK_CHANNEL], self._listening, self._wants
-                ):
+                channels = [EVENTS_CHANNEL, CANCEL_CHANNEL, WORK_CHANNEL, QUEUE_CHANNEL]
+                async for channel, raw in self.store.listen(channels, self._listening, self._wants):
                     self._heard(channel, msgpack.unpackb(raw, raw=False))
             except Exception as exc:
                 log.warning("lost the notifications of the other daemons (%s); listening again", exc)
@@ -147,10 +148,11 @@ class Clustering(ServiceCore):
         return channel != EVENTS_CHANNEL or bool(self._subscriptions or self._waiters)
 
     def _listening(self) -> None:
-        """Listening (again): what was notified before is missed, so waits and the queue are looked
-        at afresh."""
+        """Listening (again): what was notified before is missed, so waits, pauses and the queue are
+        looked at afresh."""
         for task_id, status in self.store.statuses(list(self._waiters)).items():
             self._deliver(task_id, status, None)
+        self._apply_pauses()
         self.wake()
 
     def _heard(self, channel: str, message: dict[str, Any]) -> None:
@@ -183,6 +185,9 @@ class Clustering(ServiceCore):
             return
         if channel == WORK_CHANNEL:
             self.wake()
+            return
+        if channel == QUEUE_CHANNEL:
+            self._heard_of_pauses(message)
             return
         self._deliver(message["task_id_n"], TaskStatus(message["status"]), message)
 

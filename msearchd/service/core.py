@@ -45,6 +45,8 @@ CANCEL_CHANNEL = "msearch_cancel"
 # the others only while it has waiters or subscribers (see service.cluster), this one always.
 WORK_CHANNEL = "msearch_work"
 WORK_EVENTS = frozenset({"submitted", "unblocked", "requeued", "priority_changed"})
+# Said when the queue's pauses change, for the other daemons to read them again.
+QUEUE_CHANNEL = "msearch_queue"
 
 
 class ServiceCore:

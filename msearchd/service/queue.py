@@ -11,7 +11,7 @@ from msearchd.config import Settings
 from msearchd.errors import InvalidArgument
 from msearchd.model import TERMINAL, TaskStatus, format_task_id
 from msearchd.selection import validate_type_pattern
-from msearchd.service.core import REQUESTER
+from msearchd.service.core import QUEUE_CHANNEL, REQUESTER
 from msearchd.store import TaskStore
 
 if TYPE_CHECKING:
@@ -39,10 +39,28 @@ class Pausing(ServiceCore):
         super().__init__(store, settings, clock)
         self._apply_pauses()  # as the last daemon left them
 
-    def _apply_pauses(self) -> None:
-        """Make the scheduler hold back what the store says is paused (at start, and at each change)."""
+    def _apply_pauses(self) -> set[str]:
+        """Make the scheduler hold back what the store says is paused (at start, at each change, and
+        when another daemon sharing the store says it changed it); returns the paused types."""
         types = {row[0] for row in self.store.pauses()}
         self.scheduler.pause(types - {ALL_TYPES}, ALL_TYPES in types)
+        return types
+
+    def _paused_now(self) -> set[str]:
+        """The types this daemon holds back as paused ('*': all)."""
+        return set(self.scheduler.paused) | ({ALL_TYPES} if self.scheduler.all_paused else set())
+
+    def _heard_of_pauses(self, message: dict[str, Any]) -> None:
+        """Another daemon sharing the store paused or resumed: hold back (or start) what the store says
+        now, and tell this daemon's subscribers what changed here. The types are read from the store,
+        not carried: a note may come late, or after another change, and a resume of everything names
+        any number of them."""
+        before = self._paused_now()
+        after = self._apply_pauses()
+        changed = after - before if message["event"] == "queue_paused" else before - after
+        if changed:
+            self._tell_subscribers({**message, "types": sorted(changed)})
+        self.wake()
 
     def _pause_types(self, types: object) -> list[str]:
         """Types or globs of types (`file_embed_*`), stored as given: a resume names what a pause named."""
@@ -66,6 +84,9 @@ class Pausing(ServiceCore):
             "pid": pid,
         }
         self.store.after_commit(lambda: self._tell_subscribers(payload))
+        if self.store.shared:  # the other daemons' starts, subscribers and dispatchers
+            note = {k: v for k, v in payload.items() if k != "types"}
+            self._notify(QUEUE_CHANNEL, {"from": self.store.daemon_id, **note})
         return payload
 
     def _tell_subscribers(self, payload: dict[str, Any]) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import psycopg
+
 from msearchd.model import Task
 from msearchd.store.postgres.connection import COLUMNS
 from msearchd.store.rows import event_dicts, row_to_task
@@ -13,6 +15,10 @@ if TYPE_CHECKING:
     from msearchd.store.postgres.connection import Connection
 else:
     Connection = object  # PgStore puts the real one last among its bases
+
+# How long a pause waits for the claims under way (see `_lock_out_claims`): well under the heartbeat
+# delay after which the other daemons take this one for dead, as its loop waits with it.
+CLAIMS_WAIT = 2.0
 
 
 class KeysAndPauses(Connection):
@@ -41,15 +47,34 @@ class KeysAndPauses(Connection):
     def add_pauses(self, types: Sequence[str], time: float, uid: int | None, pid: int | None) -> list[str]:
         """Pause these types; returns those not paused before (the others keep who paused them)."""
         added = []
-        for t in types:
-            cur = self._run(
-                "INSERT INTO queue_pauses (type, time, uid, pid) VALUES (%s, %s, %s, %s) "
-                "ON CONFLICT (type) DO NOTHING",
-                (t, time, uid, pid),
-            )
-            if cur.rowcount:
-                added.append(t)
+        with self.transaction():
+            self._lock_out_claims()
+            for t in types:
+                cur = self._run(
+                    "INSERT INTO queue_pauses (type, time, uid, pid) VALUES (%s, %s, %s, %s) "
+                    "ON CONFLICT (type) DO NOTHING",
+                    (t, time, uid, pid),
+                )
+                if cur.rowcount:
+                    added.append(t)
         return added
+
+    def _lock_out_claims(self) -> None:
+        """Wait for the claims under way to commit, and keep new ones waiting until this transaction
+        ends: every claim reads this table (see `claim_next`), so those after it see the pause, and none
+        that began before commits a start after it, unseen by a drain. A daemon that does not end its
+        claim (stopped, cut off) is waited for CLAIMS_WAIT seconds at most: the pause goes in without."""
+        self._run("SAVEPOINT lock_out_claims")
+        self._run(f"SET LOCAL lock_timeout = {int(CLAIMS_WAIT * 1000)}")
+        try:
+            self._connection().execute("LOCK TABLE queue_pauses IN ACCESS EXCLUSIVE MODE")
+        except psycopg.errors.LockNotAvailable:
+            self._run("ROLLBACK TO SAVEPOINT lock_out_claims")
+            return
+        except psycopg.OperationalError as exc:
+            raise self._lost(exc) from None
+        self._run("SET LOCAL lock_timeout = DEFAULT")
+        self._run("RELEASE SAVEPOINT lock_out_claims")
 
     def remove_pauses(self, types: Sequence[str] | None) -> list[str]:
         """Resume these types (all, when None); returns those that were paused, sorted."""

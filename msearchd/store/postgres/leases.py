@@ -22,13 +22,17 @@ else:
 # its tasks), it starts nothing until it has registered again.
 _ALIVE = "EXISTS (SELECT 1 FROM daemons WHERE id = %s)"
 # A pending task that a claim may take: of a type not held by a bulk cancel, and of a type under a
-# cluster limit only where this transaction holds that limit's row and found room under it (the
-# parameter). The types a daemon excludes (paused ones may be globs) are added by `types_except`.
+# cluster limit only where this transaction holds that limit's row and found room under it (the first
+# parameter). The types a daemon excludes (paused ones may be globs) are added by `types_except`. While
+# the queue holds a pause that the claiming daemon does not exclude (the second parameter), made through
+# another daemon that this one has not heard of yet, nothing is claimable: no start slips through
+# between a pause's commit and its notification.
 _CLAIMABLE = (
     "status = 'pending' "
     "AND (type = ANY(%s) OR type NOT IN (SELECT type FROM cluster_limits)) "
     "AND NOT EXISTS (SELECT 1 FROM start_holds WHERE type IS NULL) "
-    "AND type NOT IN (SELECT type FROM start_holds WHERE type IS NOT NULL)"
+    "AND type NOT IN (SELECT type FROM start_holds WHERE type IS NOT NULL) "
+    "AND NOT EXISTS (SELECT 1 FROM queue_pauses WHERE NOT type = ANY(%s))"
 )
 
 
@@ -49,6 +53,7 @@ class Leases(Connection):
         # Room under the cluster limits whose rows the transaction `_room_of` holds, by type.
         self._room: dict[str, int] = {}
         self._room_of = -1
+        self._excluded: list[str] = []  # the types the last `claim_next` excluded (see `claim_ids`)
 
     def _update(self, task_id: int, expect: Sequence[str] | None, fields: dict[str, Any], tail: str) -> Any:
         unknown = set(fields) - UPDATABLE
@@ -80,8 +85,10 @@ class Leases(Connection):
         """Move the first pending task in (priority, id) order to running for this daemon and return
         it. A task another daemon is claiming at this moment is skipped, not waited for. Nothing is
         claimed before `register`, or after the others have taken this daemon for dead; nothing of
-        a type that a bulk cancel holds; nothing beyond a cluster limit (`set_cluster_limits`)."""
+        a type that a bulk cancel holds; nothing beyond a cluster limit (`set_cluster_limits`); nothing
+        at all while a pause (`add_pauses`) is in force that `exclude_types` does not name."""
         with self.transaction():
+            self._excluded = list(exclude_types)
             room = self._cluster_room(exclude_types)
             full = [t for t, n in room.items() if n <= 0]
             extra, args = types_except(POSTGRES, [*exclude_types, *full])
@@ -95,6 +102,7 @@ class Leases(Connection):
                     worker_pid,
                     self.daemon_id,
                     [t for t, n in room.items() if n > 0],
+                    self._excluded,
                     *args,
                     self.daemon_id,
                 ),
@@ -154,13 +162,15 @@ class Leases(Connection):
     def claim_ids(self, ids: Sequence[int], worker_pid: int) -> list[Task]:
         """Move these tasks, if still pending and not being claimed elsewhere, to running for
         `worker_pid`; returns them in queue order. None has started (see `mark_started`). A task of
-        a type under a cluster limit is left alone: only `claim_next` counts those."""
+        a type under a cluster limit is left alone: only `claim_next` counts those. The pauses in force
+        must be among the types the `claim_next` before it excluded (the caller leaves those out of
+        `ids`), or none is claimed."""
         rows = self._run(
             "UPDATE tasks SET status = 'running', started_at = NULL, attempts = attempts + 1, progress = 0, "
             "current_operation = NULL, error = NULL, worker_pid = %s, host = %s, cancel_requested = false "
             f"WHERE id IN (SELECT id FROM tasks WHERE id = ANY(%s) AND {_CLAIMABLE} "
             f"FOR UPDATE SKIP LOCKED) AND {_ALIVE} RETURNING {COLUMNS}",
-            (worker_pid, self.daemon_id, list(ids), [], self.daemon_id),
+            (worker_pid, self.daemon_id, list(ids), [], self._excluded, self.daemon_id),
         ).fetchall()
         return sorted(map(row_to_task, rows), key=lambda t: (t.priority, t.id))
 
