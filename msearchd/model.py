@@ -222,6 +222,7 @@ def default_priority(task_type: str, overrides: Mapping[str, int] | None = None)
 
 @dataclass(slots=True)
 class Task:
+    # `store.rows.row_to_task` passes the fields by position: a new field goes last, or there too.
     id: int
     type: str
     status: TaskStatus
