@@ -87,6 +87,8 @@ def format_task_id(n: int) -> str:
 
 def parse_task_id(value: object) -> int:
     """Accept `task_<n>`, `<n>` or an int; anything else is an invalid argument."""
+    if type(value) is int and 0 < value <= INT_MAX:  # what clients send, checked first
+        return value
     if isinstance(value, bool):
         raise InvalidArgument(f"invalid task id {value!r}: expected task_<n> or <n>")
     if isinstance(value, int):

@@ -15,6 +15,9 @@ if TYPE_CHECKING:
 else:
     Connection = object  # Store puts the real one last among its bases
 
+# Built once: sqlite3 finds its prepared statement by the text, which a new string hashes again.
+_INSERT = f"INSERT INTO tasks ({INSERT_FIELDS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+
 
 class Submits(Connection):
     """The inserts of the SQLite store."""
@@ -48,10 +51,7 @@ class Submits(Connection):
         return task_id
 
     def _insert_row(self, row: tuple[Any, ...]) -> int:
-        cur = self._db.execute(
-            f"INSERT INTO tasks ({INSERT_FIELDS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            row,
-        )
+        cur = self._db.execute(_INSERT, row)
         assert cur.lastrowid is not None
         return cur.lastrowid
 
