@@ -46,28 +46,11 @@ def row_to_task(row: Sequence[Any]) -> Task:
 
     Every request that names a task reads one: the row is unpacked at once and `Task` built from
     positional arguments, in the order of its fields, which is half the cost of keywords."""
-    (
-        task_id,
-        task_type,
-        status,
-        priority,
-        data,
-        progress,
-        current_operation,
-        attempts,
-        error,
-        blocked_reason,
-        stop_reason,
-        retry_of,
-        retried_as,
-        created_at,
-        started_at,
-        finished_at,
-        worker_pid,
-        deps,
-        host,
-        result,
-    ) = row
+    # fmt: off
+    (task_id, task_type, status, priority, data, progress, current_operation, attempts, error,
+     blocked_reason, stop_reason, retry_of, retried_as, created_at, started_at, finished_at, worker_pid,
+     deps, host, result) = row
+    # fmt: on
     return Task(
         task_id,
         task_type,
