@@ -87,6 +87,8 @@ def format_task_id(n: int) -> str:
 
 def parse_task_id(value: object) -> int:
     """Accept `task_<n>`, `<n>` or an int; anything else is an invalid argument."""
+    if type(value) is int and 0 < value <= INT_MAX:  # what clients send, checked first
+        return value
     if isinstance(value, bool):
         raise InvalidArgument(f"invalid task id {value!r}: expected task_<n> or <n>")
     if isinstance(value, int):
@@ -227,6 +229,7 @@ def default_priority(task_type: str, overrides: Mapping[str, int] | None = None)
 
 @dataclass(slots=True)
 class Task:
+    # `store.rows.row_to_task` passes the fields by position: a new field goes last, or there too.
     id: int
     type: str
     status: TaskStatus

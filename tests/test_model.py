@@ -24,7 +24,10 @@ from msearchd.model import (
 from msearchd.scheduler import Scheduler
 
 
-@pytest.mark.parametrize(("value", "expected"), [("task_12", 12), ("12", 12), (12, 12), (" task_3 ", 3)])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("task_12", 12), ("12", 12), (12, 12), (" task_3 ", 3), (1, 1), (2**63 - 1, 2**63 - 1)],
+)
 def test_task_ids(value, expected):
     assert parse_task_id(value) == expected
 

@@ -295,3 +295,60 @@ def test_large_frames_of_many_connections_are_read_within_a_bound(daemon):
         assert protocol.recv_frame(sock) == {"id": 1, "result": 0}
     for t in threads:
         t.join(60)
+
+
+class ScriptedServer:
+    """A stand-in for the daemon on a socket of the test's own: it greets each client, answers as
+    many requests on each connection as `answers` says (then, if `unanswered`, reads one more), and
+    closes that connection. It records every request it read, by connection."""
+
+    def __init__(self, path, answers: list[int], unanswered: bool = False) -> None:
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(str(path))
+        self.listener.listen()
+        self.answers = answers
+        self.unanswered = unanswered
+        self.requests: list[list[str]] = []
+        self.closed = [threading.Event() for _ in answers]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        for answered, closed in zip(self.answers, self.closed, strict=True):
+            sock, _ = self.listener.accept()
+            seen: list[str] = []
+            self.requests.append(seen)
+            with sock:
+                hello = protocol.recv_frame(sock)
+                seen.append(hello["method"])
+                sock.sendall(frame({"id": hello["id"], "result": {"protocol": protocol.PROTOCOL_VERSION}}))
+                for _ in range(answered):
+                    request = protocol.recv_frame(sock)
+                    seen.append(request["method"])
+                    sock.sendall(frame({"id": request["id"], "result": len(seen)}))
+                if self.unanswered:
+                    seen.append(protocol.recv_frame(sock)["method"])
+            closed.set()
+
+    def pending_connection(self) -> bool:
+        return bool(select.select([self.listener], [], [], 0)[0])
+
+
+def test_a_connection_closed_between_calls_is_opened_again_for_the_next(tmp_path):
+    server = ScriptedServer(tmp_path / "sock", answers=[1, 1])
+    with Client(tmp_path / "sock") as c:
+        assert c.count() == 2
+        assert server.closed[0].wait(20)  # as the daemon closes an idle connection
+        assert c.count() == 2  # sent again, on a new connection: the first never got it
+    server.thread.join(20)
+    assert server.requests == [["hello", "count"], ["hello", "count"]]
+
+
+def test_a_request_the_daemon_may_have_read_is_not_sent_again(tmp_path):
+    server = ScriptedServer(tmp_path / "sock", answers=[0], unanswered=True)
+    with Client(tmp_path / "sock") as c:
+        with pytest.raises(Unavailable, match="closed the connection"):
+            c.set_priority("task_1", 3)
+        assert server.closed[0].wait(20)
+        assert not server.pending_connection()
+    assert server.requests == [["hello", "set_priority"]]

@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from msearchd.model import TaskStatus
+from msearchd.model import StopReason, Task, TaskStatus
+from msearchd.protocol import pack
 from msearchd.selection import Selection
 from msearchd.store import AUTOCHECKPOINT, SCHEMA_VERSION, Store, UnusableStore
+from msearchd.store.rows import TASK_FIELDS, row_to_task
 
 SQLITE_ONLY = pytest.mark.parametrize("store", ["sqlite"], indirect=True)
 
@@ -685,3 +687,55 @@ def test_queue_pauses_keep_who_paused_first_and_requests_list_the_latest(store):
         (2.0, "queue_resumed", 2, 2),
         (3.0, "queue_paused", 3, 3),
     ]
+
+
+@pytest.mark.parametrize("deps", ["5,1", [1, 5]], ids=["sqlite", "postgres"])
+def test_a_row_becomes_the_task_of_its_columns_field_by_field(deps):
+    names = [n.strip() for n in TASK_FIELDS.split(",")] + ["depends_on", "host", "result"]
+    values = {
+        "id": 7,
+        "type": "t",
+        "status": "failed",
+        "priority": 4,
+        "data": pack({"d": 1}),
+        "progress": 0.5,
+        "current_operation": "op",
+        "attempts": 2,
+        "error": "err",
+        "blocked_reason": "br",
+        "stop_reason": "sigterm",
+        "retry_of": 3,
+        "retried_as": 9,
+        "created_at": 1.0,
+        "started_at": 2.0,
+        "finished_at": 3.0,
+        "worker_pid": 42,
+        "depends_on": deps,
+        "host": "h",
+        "result": pack([1]),
+    }
+    assert sorted(names) == sorted(values)
+    task = row_to_task(tuple(values[n] for n in names))
+    assert task == Task(
+        id=7,
+        type="t",
+        status=TaskStatus.FAILED,
+        priority=4,
+        data={"d": 1},
+        depends_on=[1, 5],
+        progress=0.5,
+        current_operation="op",
+        attempts=2,
+        error="err",
+        blocked_reason="br",
+        stop_reason=StopReason.SIGTERM,
+        retry_of=3,
+        retried_as=9,
+        created_at=1.0,
+        started_at=2.0,
+        finished_at=3.0,
+        worker_pid=42,
+        result=[1],
+        host="h",
+    )
+    assert task.status is TaskStatus.FAILED and task.stop_reason is StopReason.SIGTERM

@@ -219,4 +219,4 @@ class ServiceCore:
         """Add an entry to the history of each task, naming who asked."""
         uid, pid = REQUESTER.get()
         now = self.clock()
-        self.store.add_events((i, now, event, detail or None, uid, pid) for i in task_ids)
+        self.store.add_events([(i, now, event, detail or None, uid, pid) for i in task_ids])

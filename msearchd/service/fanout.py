@@ -56,7 +56,8 @@ class FanningOut(ServiceCore):
     def _cascade_cancel(self, roots: Sequence[int]) -> int:
         """Cancel every waiting task that depends, directly or not, on the cancelled `roots`; returns
         how many it cancelled in the current transaction (see `_fan_out` for the rest)."""
-        return len(self._fan_out(self.store.with_dependents(roots)).cancelled)
+        roots = self.store.with_dependents(roots)
+        return len(self._fan_out(roots).cancelled) if roots else 0
 
     def _refresh_dependents(self, task_id: int) -> None:
         """Re-derive the state of the tasks blocked on `task_id` after it finished."""

@@ -3,8 +3,9 @@ that run only once a commit is durable. Each store says how a statement runs on 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from types import TracebackType
 
 
 class Transactions:
@@ -65,104 +66,29 @@ class Transactions:
         else:
             callback()
 
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
+    def transaction(self) -> AbstractContextManager[None]:
         """One atomic, durable unit; nested uses join the outer transaction.
 
         Inside `group()` it is part of the group's transaction (a savepoint of it, unless it is the
         first to write): it rolls back alone, and becomes durable when the group commits.
         """
-        if self._depth:
-            self._depth += 1
-            try:
-                yield
-            finally:
-                self._depth -= 1
-            return
-        if self._grouping and self._group_open:
-            self._execute("SAVEPOINT unit")
-            mark, held = len(self._after_commit), self._held()
-            self._depth = 1
-            try:
-                yield
-            except BaseException:
-                self._depth = 0
-                del self._after_commit[mark:]
-                self._drop_held(held)
-                self._quiet("ROLLBACK TO unit")
-                self._quiet("RELEASE unit")
-                if self._connection_lost():  # the group's transaction went with the connection
-                    self._group_open = False
-                    self._after_commit.clear()
-                    self._drop_held(0)
-                raise
-            self._depth = 0
-            self._execute("RELEASE unit")
-            return
-        if self._grouping:
-            # The group's first writer: the group's transaction holds nothing else, so it is the
-            # unit's own, rolled back whole if the unit fails (a lone request needs no savepoint).
-            self._begin_group()
-            self._depth = 1
-            try:
-                yield
-            except BaseException:
-                self._depth = 0
-                self._group_open = False
-                self._after_commit.clear()
-                self._drop_held(0)
-                self._quiet("ROLLBACK")
-                raise
-            self._depth = 0
-            return
-        self._begin()
-        self._depth = 1
-        try:
-            yield
-        except BaseException:
-            self._depth = 0
-            self._after_commit.clear()
-            self._drop_held(0)
-            self._quiet("ROLLBACK")
-            raise
-        self._depth = 0
-        try:
-            self._before_commit()
-            self._execute("COMMIT")
-        except BaseException:  # a full disk, say: nothing is announced, and the next BEGIN works
-            self._after_commit.clear()
-            self._drop_held(0)
-            if self._in_transaction():
-                self._quiet("ROLLBACK")
-            raise
-        self._run_after_commit()
+        return _Transaction(self)
 
-    @contextmanager
-    def group(self) -> Iterator[None]:
+    def group(self) -> AbstractContextManager[None]:
         """Commit every transaction opened inside with one commit at the end (group commit).
 
         Each transaction inside stays atomic on its own (see `transaction`); none is durable, and no
         after-commit callback runs, before the group ends. Requests that arrive together share a
         commit this way. A group that never writes costs nothing.
         """
-        if self._grouping or self._depth:
-            yield
-            return
-        self._grouping = True
-        try:
-            yield
-            if self._group_open:
-                self._before_commit()
-                self._execute("COMMIT")
-        except BaseException:
-            self._after_commit.clear()
-            self._drop_held(0)
-            if self._in_transaction():
-                self._quiet("ROLLBACK")
-            raise
-        finally:
-            self._grouping = self._group_open = False
-        self._run_after_commit()
+        return _Group(self)
+
+    def _abandon(self) -> None:
+        """Roll back the open transaction whole, and forget what waited for its commit."""
+        self._after_commit.clear()
+        self._drop_held(0)
+        if self._in_transaction():
+            self._quiet("ROLLBACK")
 
     def _begin_group(self) -> None:
         if not self._group_open:
@@ -173,3 +99,110 @@ class Transactions:
         callbacks, self._after_commit = self._after_commit, []
         for callback in callbacks:
             callback()
+
+
+# What a transaction is, as `_Transaction` begins it.
+_NESTED, _SAVEPOINT, _GROUP_FIRST, _OWN = range(4)
+
+
+class _Transaction:
+    """`Transactions.transaction()`. A class rather than a generator: every request opens one or
+    more, and a generator-based context manager costs about a microsecond more each time."""
+
+    __slots__ = ("_held", "_kind", "_mark", "_store")
+
+    def __init__(self, store: Transactions) -> None:
+        self._store = store
+
+    def __enter__(self) -> None:
+        store = self._store
+        if store._depth:
+            store._depth += 1
+            self._kind = _NESTED
+        elif store._grouping and store._group_open:
+            store._execute("SAVEPOINT unit")
+            self._mark, self._held = len(store._after_commit), store._held()
+            store._depth = 1
+            self._kind = _SAVEPOINT
+        elif store._grouping:
+            # The group's first writer: the group's transaction holds nothing else, so it is the
+            # unit's own, rolled back whole if the unit fails (a lone request needs no savepoint).
+            store._begin_group()
+            store._depth = 1
+            self._kind = _GROUP_FIRST
+        else:
+            store._begin()
+            store._depth = 1
+            self._kind = _OWN
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        store, kind = self._store, self._kind
+        if kind == _NESTED:
+            store._depth -= 1
+            return
+        store._depth = 0
+        if exc_type is not None:
+            if kind == _SAVEPOINT:
+                del store._after_commit[self._mark :]
+                store._drop_held(self._held)
+                store._quiet("ROLLBACK TO unit")
+                store._quiet("RELEASE unit")
+                if store._connection_lost():  # the group's transaction went with the connection
+                    store._group_open = False
+                    store._after_commit.clear()
+                    store._drop_held(0)
+            else:
+                if kind == _GROUP_FIRST:
+                    store._group_open = False
+                store._after_commit.clear()
+                store._drop_held(0)
+                store._quiet("ROLLBACK")
+            return
+        if kind == _SAVEPOINT:
+            store._execute("RELEASE unit")
+        elif kind == _OWN:
+            try:
+                store._before_commit()
+                store._execute("COMMIT")
+            except BaseException:  # a full disk, say: nothing is announced, and the next BEGIN works
+                store._abandon()
+                raise
+            store._run_after_commit()
+
+
+class _Group:
+    """`Transactions.group()`, a class for the reason `_Transaction` is one."""
+
+    __slots__ = ("_inner", "_store")
+
+    def __init__(self, store: Transactions) -> None:
+        self._store = store
+
+    def __enter__(self) -> None:
+        store = self._store
+        self._inner = bool(store._grouping or store._depth)
+        if not self._inner:
+            store._grouping = True
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._inner:
+            return
+        store = self._store
+        try:
+            if exc_type is not None:
+                store._abandon()
+                return
+            try:
+                if store._group_open:
+                    store._before_commit()
+                    store._execute("COMMIT")
+            except BaseException:
+                store._abandon()
+                raise
+        finally:
+            store._grouping = store._group_open = False
+        store._run_after_commit()

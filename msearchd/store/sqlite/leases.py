@@ -17,6 +17,9 @@ if TYPE_CHECKING:
 else:
     Connection = object  # Store puts the real one last among its bases
 
+# The fields `update` writes as their names (a union built once, not at each call).
+_ENUMS = (TaskStatus, StopReason)
+
 
 class Leases(Connection):
     """Updates of tasks, and the claims and outcomes of their runs."""
@@ -32,7 +35,7 @@ class Leases(Connection):
             condition = f" AND status IN ({marks(len(expect))})" if expect else ""
             sql = self._update_sql[key] = f"UPDATE tasks SET {assignments} WHERE id = ?{condition}{tail}"
         values = [
-            str(v) if isinstance(v, TaskStatus | StopReason) else pack(v) if name == "result" else v
+            str(v) if isinstance(v, _ENUMS) else pack(v) if name == "result" else v
             for name, v in fields.items()
         ]
         return self._db.execute(sql, (*values, task_id, *(expect or ())))

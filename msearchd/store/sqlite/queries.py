@@ -18,12 +18,20 @@ if TYPE_CHECKING:
 else:
     Connection = object  # Store puts the real one last among its bases
 
+# Built once: sqlite3 finds its prepared statement by the text, which a new string hashes again.
+_GET = f"SELECT {COLUMNS} FROM tasks WHERE id = ?"
+_WITH_DEPENDENTS = (
+    "SELECT DISTINCT d.depends_on FROM deps d JOIN tasks t ON t.id = d.task_id "
+    "WHERE d.depends_on IN ({marks}) AND t.status IN ('pending', 'blocked')"
+)
+_ONE_WITH_DEPENDENTS = _WITH_DEPENDENTS.format(marks="?")
+
 
 class Queries(Connection):
     """What the SQLite store answers without writing."""
 
     def get(self, task_id: int) -> Task | None:
-        row = self._db.execute(f"SELECT {COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        row = self._db.execute(_GET, (task_id,)).fetchone()
         return row_to_task(row) if row else None
 
     def get_many(self, ids: Sequence[int]) -> list[Task]:
@@ -102,14 +110,12 @@ class Queries(Connection):
 
     def with_dependents(self, ids: Sequence[int]) -> list[int]:
         """Those of `ids` that some waiting task depends on: the only ones a cascade needs to visit."""
+        if len(ids) == 1:  # every cancel of one task asks: its statement is built once
+            return [r[0] for r in self._db.execute(_ONE_WITH_DEPENDENTS, (ids[0],))]
         out: list[int] = []
         for start in range(0, len(ids), CHUNK):
             part = list(ids[start : start + CHUNK])
-            rows = self._db.execute(
-                f"SELECT DISTINCT d.depends_on FROM deps d JOIN tasks t ON t.id = d.task_id "
-                f"WHERE d.depends_on IN ({marks(len(part))}) AND t.status IN ('pending', 'blocked')",
-                part,
-            )
+            rows = self._db.execute(_WITH_DEPENDENTS.format(marks=marks(len(part))), part)
             out += [r[0] for r in rows]
         return sorted(out)
 

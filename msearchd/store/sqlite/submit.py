@@ -17,6 +17,9 @@ if TYPE_CHECKING:
 else:
     Connection = object  # Store puts the real one last among its bases
 
+# Built once: sqlite3 finds its prepared statement by the text, which a new string hashes again.
+_INSERT = f"INSERT INTO tasks ({INSERT_FIELDS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+
 
 _ROW_WIDTH = len(NEW_ROW_FIELDS.split(","))
 # New rows one INSERT writes: their values, and the three they share, stay within CHUNK marks.
@@ -55,10 +58,7 @@ class Submits(SpecInserts, Connection):
         return task_id
 
     def _insert_row(self, row: tuple[Any, ...]) -> int:
-        cur = self._db.execute(
-            f"INSERT INTO tasks ({INSERT_FIELDS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            row,
-        )
+        cur = self._db.execute(_INSERT, row)
         assert cur.lastrowid is not None
         return cur.lastrowid
 
