@@ -29,9 +29,10 @@ from msearchd.service.retry import unretriable
 SELECTION_MAX = 10_000
 
 if TYPE_CHECKING:
-    from msearchd.service.core import ServiceCore
+    # The operations on the selection of the ids are its own.
+    from msearchd.service.matching import Matching
 else:
-    ServiceCore = object  # TaskService puts the real one last among its bases
+    Matching = object  # TaskService puts the real one after it among its bases
 
 
 def selection(task_ids: list[Any]) -> list[int]:
@@ -48,26 +49,9 @@ def tally(results: list[dict[str, Any]]) -> dict[str, Any]:
     return {"results": results, "succeeded": succeeded, "failed": len(results) - succeeded}
 
 
-class Selecting(ServiceCore):
+class Selecting(Matching):
     """The operations of `TaskService` on named tasks, task by task: each the operation on the
     selection of those ids (see `matching`), answered for each id."""
-
-    if TYPE_CHECKING:
-
-        async def _cancel_selection(
-            self,
-            selection: Selection,
-            newest: int,
-            running: bool,
-            detail: dict[str, Any],
-            outcomes: dict[int, MsearchError | None] | None = None,
-        ) -> dict[str, Any]: ...
-        async def _reprioritize_selection(
-            self, selection: Selection, newest: int, priority: int, touched: list[int] | None = None
-        ) -> tuple[int, int]: ...
-        async def _retry_selection(
-            self, selection: Selection, newest: int, outcomes: dict[int, str | MsearchError]
-        ) -> None: ...
 
     def _refusal(self, task_id: int, exc: MsearchError) -> dict[str, Any]:
         """Why one task of a selection was not changed, with its status to say it in other words."""
