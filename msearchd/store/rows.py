@@ -34,6 +34,24 @@ UNREFERENCED = (
 )
 
 
+def prunable_ids(conn: Any, mark: str, finished_before: float, keep: int, limit: int) -> list[int]:
+    """`prunable` read on `conn`, whose driver binds values at `mark`: both stores run the same
+    statements, each on a connection of its own."""
+    newest_kept = None
+    if keep >= 0:
+        row = conn.execute(
+            f"SELECT id FROM tasks WHERE status IN {FINISHED} ORDER BY id DESC LIMIT 1 OFFSET {mark}",
+            (keep,),
+        ).fetchone()
+        newest_kept = row[0] if row else None
+    rows = conn.execute(
+        f"SELECT id FROM tasks t WHERE status IN {FINISHED} AND (finished_at < {mark} OR id <= {mark}) "
+        f"AND {UNREFERENCED} ORDER BY id LIMIT {mark}",
+        (finished_before, newest_kept if newest_kept is not None else 0, limit),
+    )
+    return [r[0] for r in rows]
+
+
 def task_columns(depends_on: str, host: str) -> str:
     """The select list of a whole task: `depends_on` aggregates its dependencies, `host` names the
     daemon that runs it (NULL where one daemon owns the store)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from msearchd.store.rows import FINISHED, UNREFERENCED
+from msearchd.store.rows import FINISHED, UNREFERENCED, prunable_ids
 
 if TYPE_CHECKING:
     from msearchd.store.postgres.connection import Connection
@@ -22,19 +22,7 @@ class Maintenance(Connection):
         or running task depends on, nor one whose retry has not finished. It may run on another
         thread: `prune` checks again what may have changed meanwhile."""
         with self._reader() as conn:
-            newest_kept = None
-            if keep >= 0:
-                row = conn.execute(
-                    f"SELECT id FROM tasks WHERE status IN {FINISHED} ORDER BY id DESC LIMIT 1 OFFSET %s",
-                    (keep,),
-                ).fetchone()
-                newest_kept = row[0] if row else None
-            rows = conn.execute(
-                f"SELECT id FROM tasks t WHERE status IN {FINISHED} AND (finished_at < %s OR id <= %s) "
-                f"AND {UNREFERENCED} ORDER BY id LIMIT %s",
-                (finished_before, newest_kept if newest_kept is not None else 0, limit),
-            )
-            return [r[0] for r in rows]
+            return prunable_ids(conn, "%s", finished_before, keep, limit)
 
     def stale_bulk_requests(self, before: float, keep: Sequence[str]) -> list[int]:
         """Bulk requests older than `before` that no task points at, but those recorded as one of

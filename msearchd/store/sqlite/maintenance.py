@@ -6,7 +6,7 @@ import sqlite3
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from msearchd.store.rows import FINISHED, UNREFERENCED
+from msearchd.store.rows import FINISHED, UNREFERENCED, prunable_ids
 from msearchd.store.sqlite.connection import BUSY_TIMEOUT_MS, CHUNK, marks
 
 if TYPE_CHECKING:
@@ -29,20 +29,7 @@ class Maintenance(Connection):
         db = sqlite3.connect(self.path, isolation_level=None)
         try:
             db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            if keep < 0:
-                newest_kept = None
-            else:
-                row = db.execute(
-                    f"SELECT id FROM tasks WHERE status IN {FINISHED} ORDER BY id DESC LIMIT 1 OFFSET ?",
-                    (keep,),
-                ).fetchone()
-                newest_kept = row[0] if row else None
-            rows = db.execute(
-                f"SELECT id FROM tasks t WHERE status IN {FINISHED} AND (finished_at < ? OR id <= ?) "
-                f"AND {UNREFERENCED} ORDER BY id LIMIT ?",
-                (finished_before, newest_kept if newest_kept is not None else 0, limit),
-            )
-            return [r[0] for r in rows]
+            return prunable_ids(db, "?", finished_before, keep, limit)
         finally:
             db.close()
 
