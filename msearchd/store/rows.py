@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from msgpack import unpackb
 
-from msearchd.model import Task
+from msearchd.model import Task, TaskStatus
 from msearchd.protocol import pack
 from msearchd.store.schema import STATUS_BY_NAME, STOP_REASON_BY_NAME
 
@@ -124,7 +124,40 @@ else:
 
 
 class SpecInserts(TaskStore):
-    """`insert_many` over a store's `insert_rows`: the specs made rows."""
+    """`insert` over a store's `_insert_row` and `_insert_deps`, `insert_many` over its `insert_rows`:
+    the specs made rows."""
+
+    if TYPE_CHECKING:
+        _grouping: bool
+        _depth: int
+
+        def _begin_group(self) -> None: ...
+        def _insert_row(self, row: tuple[Any, ...]) -> int: ...
+        def _insert_deps(self, pairs: list[tuple[int, int]]) -> None: ...
+
+    def insert(
+        self,
+        *,
+        task_type: str,
+        data: dict[str, Any],
+        priority: int,
+        status: TaskStatus,
+        depends_on: Sequence[int] = (),
+        blocked_reason: str | None = None,
+        retry_of: int | None = None,
+        created_at: float,
+        submitter: tuple[int | None, int | None] = (None, None),
+    ) -> int:
+        row = (task_type, str(status), priority, pack(data), blocked_reason, retry_of, created_at, *submitter)
+        if not depends_on and self._grouping and not self._depth:
+            # One statement is atomic by itself: in a group it needs no savepoint of its own.
+            self._begin_group()
+            return self._insert_row(row)
+        with self.transaction():
+            task_id = self._insert_row(row)
+            if depends_on:
+                self._insert_deps([(task_id, d) for d in depends_on])
+        return task_id
 
     def insert_many(
         self,

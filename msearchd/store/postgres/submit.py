@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from msearchd.model import TaskStatus
-from msearchd.protocol import pack
 from msearchd.store.rows import BATCH_FIELDS, INSERT_FIELDS, NEW_ROW_FIELDS, NewRow, SpecInserts, spec_row
 
 if TYPE_CHECKING:
@@ -18,31 +16,6 @@ else:
 class Submits(SpecInserts, Connection):
     """The inserts of the PostgreSQL store."""
 
-    def insert(
-        self,
-        *,
-        task_type: str,
-        data: dict[str, Any],
-        priority: int,
-        status: TaskStatus,
-        depends_on: Sequence[int] = (),
-        blocked_reason: str | None = None,
-        retry_of: int | None = None,
-        created_at: float,
-        submitter: tuple[int | None, int | None] = (None, None),
-    ) -> int:
-        row = (task_type, str(status), priority, pack(data), blocked_reason, retry_of, created_at, *submitter)
-        if not depends_on and self._grouping and not self._depth:
-            self._begin_group()
-            return self._insert_row(row)
-        with self.transaction():
-            task_id = self._insert_row(row)
-            self._many(
-                "INSERT INTO deps (task_id, depends_on) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-                [(task_id, d) for d in depends_on],
-            )
-        return task_id
-
     def _insert_row(self, row: tuple[Any, ...]) -> int:
         return int(
             self._run(
@@ -51,6 +24,9 @@ class Submits(SpecInserts, Connection):
                 row,
             ).fetchone()[0]  # type: ignore[index]
         )
+
+    def _insert_deps(self, pairs: list[tuple[int, int]]) -> None:
+        self._many("INSERT INTO deps (task_id, depends_on) VALUES (%s, %s) ON CONFLICT DO NOTHING", pairs)
 
     def insert_rows(
         self,

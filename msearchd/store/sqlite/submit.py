@@ -7,8 +7,6 @@ from collections.abc import Sequence
 from itertools import chain
 from typing import TYPE_CHECKING, Any
 
-from msearchd.model import TaskStatus
-from msearchd.protocol import pack
 from msearchd.store.rows import BATCH_FIELDS, INSERT_FIELDS, NEW_ROW_FIELDS, NewRow, SpecInserts, spec_row
 from msearchd.store.sqlite.connection import CHUNK
 
@@ -29,38 +27,13 @@ _ROWS_PER_INSERT = (CHUNK - 3) // _ROW_WIDTH
 class Submits(SpecInserts, Connection):
     """The inserts of the SQLite store."""
 
-    def insert(
-        self,
-        *,
-        task_type: str,
-        data: dict[str, Any],
-        priority: int,
-        status: TaskStatus,
-        depends_on: Sequence[int] = (),
-        blocked_reason: str | None = None,
-        retry_of: int | None = None,
-        created_at: float,
-        submitter: tuple[int | None, int | None] = (None, None),
-    ) -> int:
-        row = (task_type, str(status), priority, pack(data), blocked_reason, retry_of, created_at)
-        row += submitter
-        if not depends_on and self._grouping and not self._depth:
-            # One statement is atomic by itself: in a group it needs no savepoint of its own.
-            self._begin_group()
-            return self._insert_row(row)
-        with self.transaction():
-            task_id = self._insert_row(row)
-            if depends_on:
-                self._db.executemany(
-                    "INSERT OR IGNORE INTO deps (task_id, depends_on) VALUES (?, ?)",
-                    [(task_id, d) for d in depends_on],
-                )
-        return task_id
-
     def _insert_row(self, row: tuple[Any, ...]) -> int:
         cur = self._db.execute(_INSERT, row)
         assert cur.lastrowid is not None
         return cur.lastrowid
+
+    def _insert_deps(self, pairs: list[tuple[int, int]]) -> None:
+        self._db.executemany("INSERT OR IGNORE INTO deps (task_id, depends_on) VALUES (?, ?)", pairs)
 
     def insert_rows(
         self,
