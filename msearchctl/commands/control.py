@@ -124,6 +124,16 @@ def _run_options(dry_run: bool, up_to: str | None) -> dict[str, Any]:
     return run
 
 
+def _show_preview(result: dict[str, Any], as_json: bool, verb: str) -> None:
+    """The answer of a dry run, as JSON or in words (the renderer loads only for words)."""
+    if as_json:
+        print_json(result)
+        return
+    from msearchctl import render
+
+    render.preview(result, verb)
+
+
 def _changed_note(result: dict[str, Any]) -> None:
     if result.get("changed_meanwhile"):
         print(
@@ -166,10 +176,8 @@ def cancel(
         return
     with daemon(ctx) as client:
         result = client.cancel_selected(select, running=running, **_run_options(dry_run, up_to))
-    if dry_run and not as_json:
-        from msearchctl import render
-
-        render.preview(result, "cancel")
+    if dry_run:
+        _show_preview(result, as_json, "cancel")
         return
     _print_counts(result, as_json, "task(s)")
     _changed_note(result)
@@ -238,12 +246,10 @@ def priority(
         return
     with daemon(ctx) as client:
         result = client.set_priority_selected(select, value, **_run_options(dry_run, up_to))
-    if as_json:
+    if dry_run:
+        _show_preview(result, as_json, f"give priority {value} to")
+    elif as_json:
         print_json(result)
-    elif dry_run:
-        from msearchctl import render
-
-        render.preview(result, f"give priority {value} to")
     else:
         print(f"gave {result['changed']} task(s) priority {value} ({result['selected']} selected)")
         _changed_note(result)
@@ -265,12 +271,7 @@ def _preview_cancel(ctx: typer.Context, select: dict[str, Any], running: bool, a
     """What a cancel-all or cancel-by-type would do: they are cancels of a selection."""
     with daemon(ctx) as client:
         result = client.cancel_selected(select, running=running, dry_run=True)
-    if as_json:
-        print_json(result)
-    else:
-        from msearchctl import render
-
-        render.preview(result, "cancel")
+    _show_preview(result, as_json, "cancel")
 
 
 @app.command("cancel-all")
@@ -358,12 +359,7 @@ def retry(
         if all_failed and not (plain and not any(c in "".join(types or []) for c in "*?[")):
             answer = client.retry_selected(select, **_run_options(dry_run, up_to))
             if dry_run:
-                if as_json:
-                    print_json(answer)
-                else:
-                    from msearchctl import render
-
-                    render.preview(answer, "retry")
+                _show_preview(answer, as_json, "retry")
                 return
             results = answer["tasks"] + answer["errors"]
         elif all_failed:
