@@ -81,6 +81,15 @@ def _installed_msearchd() -> str:
     return str(Path(found).absolute())
 
 
+def _print_changes(done: str, paths: list[str], then: str, commands: list[str]) -> None:
+    """What install or uninstall did to the unit files, and the systemctl commands left to the user."""
+    for path in paths:
+        print(f"{done} {path}")
+    print(then)
+    for command in commands:
+        print(f"  {command}")
+
+
 @app.command("install", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 def daemon_install(
     msearchd_args: Annotated[
@@ -133,11 +142,7 @@ def daemon_install(
     if as_json:
         print_json({"written": written, "commands": commands})
         return
-    for path in written:
-        print(f"wrote {path}")
-    print("enable and start it with:")
-    for command in commands:
-        print(f"  {command}")
+    _print_changes("wrote", written, "enable and start it with:", commands)
 
 
 @app.command("uninstall")
@@ -165,8 +170,5 @@ def daemon_uninstall(as_json: JsonOpt = False) -> None:
     if not removed:
         print(f"no units written by msearchctl in {folder}")
         return
-    for path in removed:
-        print(f"removed {path}")
-    print("stop a daemon it still runs, and let systemd forget the units, with:")
-    for command in commands:
-        print(f"  {command}")
+    then = "stop a daemon it still runs, and let systemd forget the units, with:"
+    _print_changes("removed", removed, then, commands)
