@@ -114,12 +114,18 @@ def busy_alone(make_daemon, url: str, fifo):
     return a, gate, held
 
 
+def busy_and_another(make_daemon, fresh_database, fifo, **options):
+    """A new database, a daemon on it that is `busy_alone`, and another daemon (`options`) that runs
+    what is submitted through the first."""
+    url = fresh_database()
+    a, gate, held = busy_alone(make_daemon, url, fifo)
+    return a, gate, held, make_daemon(store=url, **options)
+
+
 def test_a_watch_on_one_daemon_sees_the_progress_of_a_task_on_another_and_cancels_it(
     make_daemon, fresh_database, fifo
 ):
-    url = fresh_database()
-    a, a_gate, held = busy_alone(make_daemon, url, fifo)
-    b = make_daemon(workers=2, grace=2.0, store=url)
+    a, a_gate, held, b = busy_and_another(make_daemon, fresh_database, fifo, workers=2, grace=2.0)
     with a.client() as c, c.events() as stream:
         chatty = c.submit("chatty", {"reports": 3})
         progress = next_event(stream, lambda e: e["task_id"] == chatty["id"] and e["event"] == "progress")
@@ -160,9 +166,7 @@ def test_a_watch_on_one_daemon_sees_the_progress_of_a_task_on_another_and_cancel
 def test_the_running_tasks_of_a_killed_daemon_go_back_to_the_queue_and_run_elsewhere(
     make_daemon, fresh_database, fifo, tmp_path
 ):
-    url = fresh_database()
-    a, a_gate, _ = busy_alone(make_daemon, url, fifo)
-    b = make_daemon(workers=2, store=url)
+    a, a_gate, _, b = busy_and_another(make_daemon, fresh_database, fifo, workers=2)
     record = tmp_path / "ran"
     with a.client() as c:
         tasks, pipes = [], []
@@ -344,9 +348,7 @@ def test_a_cancel_whose_daemon_does_not_answer_says_so_and_happens_when_it_does(
 
 
 def test_dependencies_and_priorities_hold_across_daemons(make_daemon, fresh_database, fifo, tmp_path):
-    url = fresh_database()
-    a, a_gate, _ = busy_alone(make_daemon, url, fifo)
-    b = make_daemon(workers=1, store=url)
+    a, a_gate, _, b = busy_and_another(make_daemon, fresh_database, fifo, workers=1)
     record = tmp_path / "ran"
     with a.client() as c, b.client() as cb:
         gate = fifo("b-gate")
@@ -470,9 +472,7 @@ def test_a_task_waiting_in_another_daemons_lease_is_taken_back_by_a_plain_cancel
 ):
     """It has not started: a cancel through any daemon takes it back unstarted, as one through the
     daemon whose worker holds it does; the task that runs there needs --running, as ever."""
-    url = fresh_database()
-    a, a_gate, _ = busy_alone(make_daemon, url, fifo)
-    b = make_daemon(workers=1, store=url)
+    a, a_gate, _, b = busy_and_another(make_daemon, fresh_database, fifo, workers=1)
     with a.client() as c:
         for _ in range(5):  # they run on B, which learns that quick tasks are short: it leases them
             c.wait([c.submit("quick")["id"]], timeout=20)
@@ -581,9 +581,7 @@ def heard_by(stream, client) -> None:
 def test_a_pause_through_one_daemon_holds_back_the_others_and_a_resume_through_another_releases_it(
     make_daemon, fresh_database, fifo
 ):
-    url = fresh_database()
-    a, a_gate, held = busy_alone(make_daemon, url, fifo)
-    b = make_daemon(workers=1, store=url)
+    a, a_gate, held, b = busy_and_another(make_daemon, fresh_database, fifo, workers=1)
     with a.client() as c, b.client() as cb, cb.events() as b_stream, c.events() as a_stream:
         heard_by(b_stream, c)
         state = c.pause(["quick", "chat*"])
@@ -624,9 +622,7 @@ def test_a_drain_through_one_daemon_waits_for_a_task_running_on_another(
 
     from conftest import MSEARCHCTL
 
-    url = fresh_database()
-    a, a_gate, _ = busy_alone(make_daemon, url, fifo)
-    b = make_daemon(workers=1, store=url)
+    a, a_gate, _, b = busy_and_another(make_daemon, fresh_database, fifo, workers=1)
     record = tmp_path / "ran"
     with a.client() as c, b.client() as cb:
         started, hold = fifo("started"), fifo("hold")
