@@ -42,14 +42,19 @@ SQLITE = Dialect()
 POSTGRES = PgDialect()
 
 
+def _add(tests: list[str], args: list[Any], tested: tuple[str, list[Any]]) -> None:
+    """Put a test and what it binds with the others: the values stay in the order of their marks."""
+    test, bound = tested
+    tests.append(test)
+    args.extend(bound)
+
+
 def filters(dialect: Dialect, statuses: Sequence[str] | None, task_type: str | None) -> tuple[str, list[Any]]:
     """The WHERE of `list` and `count` (empty for no filter), and its arguments."""
     clauses: list[str] = []
     args: list[Any] = []
     if statuses:
-        clause, bound = dialect.one_of("status", statuses)
-        clauses.append(clause)
-        args += bound
+        _add(clauses, args, dialect.one_of("status", statuses))
     if task_type is not None:
         clauses.append(f"type = {dialect.mark}")
         args.append(task_type)
@@ -62,13 +67,9 @@ def type_is(dialect: Dialect, types: Sequence[str]) -> tuple[str, list[Any]]:
     tests: list[str] = []
     args: list[Any] = []
     if exact:
-        clause, bound = dialect.one_of("type", exact)
-        tests.append(clause)
-        args += bound
+        _add(tests, args, dialect.one_of("type", exact))
     for pattern in (t for t in types if is_glob(t)):
-        clause, bound = dialect.glob("type", pattern)
-        tests.append(clause)
-        args += bound
+        _add(tests, args, dialect.glob("type", pattern))
     return "(" + " OR ".join(tests) + ")", args
 
 
@@ -94,20 +95,14 @@ def window_where(
     m = dialect.mark
     clauses = [f"id > {m}", f"id <= {m}"]
     args: list[Any] = [after, up_to]
-    clause, bound = dialect.one_of("status", statuses)
-    clauses.append(clause)
-    args += bound
+    _add(clauses, args, dialect.one_of("status", statuses))
     if selection.ids:
         wanted = [i for i in selection.ids if after < i <= up_to]
         if not wanted:
             return None
-        clause, bound = dialect.one_of("id", wanted)
-        clauses.append(clause)
-        args += bound
+        _add(clauses, args, dialect.one_of("id", wanted))
     if selection.types:
-        clause, bound = type_is(dialect, selection.types)
-        clauses.append(clause)
-        args += bound
+        _add(clauses, args, type_is(dialect, selection.types))
     if selection.priority is not None:
         clauses.append(f"priority BETWEEN {m} AND {m}")
         args += list(selection.priority)
