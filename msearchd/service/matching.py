@@ -211,6 +211,8 @@ class Matching(ServiceCore):
         time, each window one transaction, then the running ones (with `running`) side by side.
         `detail` is the request as its history shows it (who asked for what); `outcomes`, if given,
         gets each task it cancelled (None) or could not (why)."""
+        # Only a batch of named tasks is answered task by task: a cancel of millions keeps no map of them.
+        each = outcomes is not None
         outcomes = {} if outcomes is None else outcomes
         by = detail["by"]
         statuses = selection.narrowed_to(cancellable(running))
@@ -233,7 +235,8 @@ class Matching(ServiceCore):
                 cascaded += dependents
                 later += more
                 cancelled += len(done)
-                outcomes.update(dict.fromkeys(done))
+                if each:
+                    outcomes.update(dict.fromkeys(done))
                 self._publish_status("cancelled", done, stop_reason=StopReason.NOT_STARTED.value)
         if later:
             cascaded += len((await self._later(later)).cancelled)
