@@ -161,15 +161,21 @@ async def submit_task(request: Request) -> ApiJSON:
     )
 
 
+def _number(task_id: str, missing: str | None = None) -> int:
+    """The task number of a path's id; 404 with `missing` (the route's own words) for one that is none."""
+    n = task_number(task_id)
+    if n is None:
+        raise ApiError(404, missing or f"任务不存在: {task_id}")
+    return n
+
+
 @route("GET", "/tasks/{task_id}", responses=answers(Task, 404), summary="获取单个任务详情")
 async def get_task(request: Request, task_id: TaskIdPath) -> ApiJSON:
     """Everything about one task."""
     if is_fixed_path(request.scope["path"]):
         raise HTTPException(405)  # /tasks/cancel-all is no task: it is a path of its own, for POST
     no_query(request, ())
-    n = task_number(task_id)
-    if n is None:
-        raise ApiError(404, f"任务不存在: {task_id}")
+    n = _number(task_id)
     return ApiJSON(await ask(request, "get", f"任务不存在: {ref(n)}", task_id=n))
 
 
@@ -262,9 +268,7 @@ async def cancel_by_type(request: Request) -> ApiJSON:
 async def cancel_task(request: Request, task_id: TaskIdPath) -> ApiJSON:
     """Cancel a waiting task (and its dependents); a running one only with cancel_running=true."""
     body = await read_body(request, CancelBody)
-    n = task_number(task_id)
-    if n is None:
-        raise ApiError(404, "任务不存在或无法取消")
+    n = _number(task_id, "任务不存在或无法取消")
     result = await _act(request, n, "cancel", "任务不存在或无法取消", running=body.cancel_running)
     return ApiJSON({"success": True, "message": f"任务已取消: {ref(n)}", "data": result})
 
@@ -279,9 +283,7 @@ async def cancel_task(request: Request, task_id: TaskIdPath) -> ApiJSON:
 async def set_priority(request: Request, task_id: TaskIdPath) -> ApiJSON:
     """Change the priority of a pending or blocked task."""
     body = await read_body(request, PriorityBody)
-    n = task_number(task_id)
-    if n is None:
-        raise ApiError(404, "任务不存在")
+    n = _number(task_id, "任务不存在")
     priority = body.priority
     task = await _act(request, n, "priority", "任务不存在", priority=priority)
     return ApiJSON(
@@ -299,9 +301,7 @@ async def set_priority(request: Request, task_id: TaskIdPath) -> ApiJSON:
 async def retry_task(request: Request, task_id: TaskIdPath) -> ApiJSON:
     """Queue a new task copying a failed one; only failed tasks, and each only once."""
     await read_body(request, NoBody)
-    n = task_number(task_id)
-    if n is None:
-        raise ApiError(404, f"任务不存在: {task_id}")
+    n = _number(task_id)
     result = await _act(request, n, "retry", f"任务不存在: {ref(n)}")
     data = {
         "new_task_id": result["new_task_id"],
@@ -312,13 +312,6 @@ async def retry_task(request: Request, task_id: TaskIdPath) -> ApiJSON:
 
 
 # --- one task's past and log, for the task manager page's detail view ----------------------------------
-
-
-def _number(task_id: str) -> int:
-    n = task_number(task_id)
-    if n is None:
-        raise ApiError(404, f"任务不存在: {task_id}")
-    return n
 
 
 @route("GET", "/tasks/{task_id}/history", responses=answers(HistoryAnswer, 404), summary="任务历史与被依赖")
