@@ -21,6 +21,18 @@ def gone(pid: int) -> bool:
         return True
 
 
+def until(condition: Any, what: str, timeout: float = 30.0, pause_s: float = 0.0) -> None:
+    """Wait for `condition()` to hold, failing after `timeout` seconds. `pause_s` spaces the looks
+    where each is cheap and the change slow (a file the daemon rewrites); a look that is itself a
+    request needs none."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout} s")
+        if pause_s:
+            time.sleep(pause_s)
+
+
 def gone_within(pid: int, timeout_s: float = 30.0) -> bool:
     """True once no process has this pid, waiting up to `timeout_s` for it to be reaped: a process the
     daemon kills and reaps in the background (not before it answers) may still be a zombie a moment."""

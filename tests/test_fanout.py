@@ -4,8 +4,8 @@ chunks, answering other clients in between, and a stop in the middle loses none 
 from __future__ import annotations
 
 import select
-import time
 
+from support import until as wait_until
 from support import wait_started
 from test_wire import answer, frame, hello, raw
 
@@ -30,11 +30,8 @@ def hold_worker(c) -> None:
     wait_started(c, held["id"])
 
 
-def until(condition, what: str, timeout: float = DEADLINE) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {timeout} s")
+def until(condition, what: str) -> None:
+    wait_until(condition, what, DEADLINE)
 
 
 def answered_midway(daemon, request: dict, started, last: str, unsettled) -> dict:

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+from support import until as wait_until
 from support import wait_started
 
 from msearchd import config
@@ -19,12 +20,8 @@ DAY = 86400.0
 DEADLINE = 30.0
 
 
-def until(condition, what: str, timeout: float = DEADLINE) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {timeout} s")
-        time.sleep(0.05)  # polling a file the daemon changes in the background
+def until(condition, what: str) -> None:
+    wait_until(condition, what, DEADLINE, pause_s=0.05)  # a file the daemon changes in the background
 
 
 def add(store: Store, status: TaskStatus, finished_at: float | None = None, **extra) -> int:
