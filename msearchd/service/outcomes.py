@@ -67,7 +67,7 @@ class Reporting(ServiceCore):
             fields["result"] = outcome.result
         cascaded = 0
         with self.store.transaction():
-            if not self.store.update(task.id, expect=[TaskStatus.RUNNING.value], **fields):
+            if not self.store.update(task.id, expect=(TaskStatus.RUNNING.value,), **fields):
                 log.warning(
                     "%s ended (%s) but was no longer running", format_task_id(task.id), outcome.status
                 )

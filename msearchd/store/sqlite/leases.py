@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from msearchd.model import StopReason, Task, TaskStatus
+from msearchd.model import Task
 from msearchd.protocol import pack
 from msearchd.store.clauses import SQLITE, types_except
 from msearchd.store.rows import row_to_task
@@ -17,15 +17,14 @@ if TYPE_CHECKING:
 else:
     Connection = object  # Store puts the real one last among its bases
 
-# The fields `update` writes as their names (a union built once, not at each call).
-_ENUMS = (TaskStatus, StopReason)
-
 
 class Leases(Connection):
     """Updates of tasks, and the claims and outcomes of their runs."""
 
     def _update(self, task_id: int, expect: Sequence[str] | None, fields: dict[str, Any], tail: str) -> Any:
-        key = (tuple(fields), tuple(expect or ()), tail)
+        if type(expect) is list:
+            expect = tuple(expect)
+        key = (*fields, expect, tail)
         sql = self._update_sql.get(key)
         if sql is None:
             unknown = set(fields) - UPDATABLE
@@ -34,10 +33,12 @@ class Leases(Connection):
             assignments = ", ".join(f"{name} = ?" for name in fields)
             condition = f" AND status IN ({marks(len(expect))})" if expect else ""
             sql = self._update_sql[key] = f"UPDATE tasks SET {assignments} WHERE id = ?{condition}{tail}"
-        values = [
-            str(v) if isinstance(v, _ENUMS) else pack(v) if name == "result" else v
-            for name, v in fields.items()
-        ]
+        # Statuses and stop reasons are str enums: sqlite3 binds them as their names.
+        values = (
+            fields.values()
+            if "result" not in fields
+            else [pack(v) if name == "result" else v for name, v in fields.items()]
+        )
         return self._db.execute(sql, (*values, task_id, *(expect or ())))
 
     def update(self, task_id: int, expect: Sequence[str] | None = None, **fields: Any) -> bool:
