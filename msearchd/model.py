@@ -261,7 +261,7 @@ class Task:
             "status": str(self.status),
             "priority": self.priority,
             "data": self.data,
-            "depends_on": [format_task_id(d) for d in self.depends_on],
+            "depends_on": [format_task_id(d) for d in self.depends_on] if self.depends_on else [],
             "progress": self.progress,
             "current_operation": self.current_operation,
             "attempts": self.attempts,

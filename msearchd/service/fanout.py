@@ -10,8 +10,9 @@ import asyncio
 import dataclasses
 import logging
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
+from types import TracebackType
 from typing import TYPE_CHECKING
 
 from msearchd.errors import MsearchError, Unavailable
@@ -123,7 +124,7 @@ class FanningOut(ServiceCore):
         status, reason = dependency_state(deps)
         if status is TaskStatus.PENDING:
             task = self.store.update_returning(
-                task_id, expect=[TaskStatus.BLOCKED.value], status=status, blocked_reason=None
+                task_id, expect=(TaskStatus.BLOCKED.value,), status=status, blocked_reason=None
             )
             if task is not None:
                 self._publish("unblocked", task)
@@ -132,15 +133,9 @@ class FanningOut(ServiceCore):
             self.store.update(task_id, expect=WAITING, blocked_reason=reason)
         return False
 
-    @contextmanager
-    def _deferring(self) -> Iterator[list[asyncio.Future[Fanned]]]:
+    def _deferring(self) -> AbstractContextManager[list[asyncio.Future[Fanned]]]:
         """Collect, for the caller to await, the fan-outs that what runs inside leaves for later."""
-        outer, self._deferred = self._deferred, []
-        later = self._deferred
-        try:
-            yield later
-        finally:
-            self._deferred = outer
+        return _Deferring(self)
 
     def _defer(self, work: Iterable[tuple[int, int]]) -> None:
         """Go on with the fan-out from these (root, cursor) once the transaction commits. The roots
@@ -218,3 +213,24 @@ class FanningOut(ServiceCore):
                     "msearchd is stopping; the dependents not settled yet will be when it starts again"
                 ) from None
         return done
+
+
+class _Deferring:
+    """`_deferring()`: a class rather than a generator, since every cancel of a waiting task opens one
+    (a generator-based context manager costs about a microsecond more)."""
+
+    __slots__ = ("_outer", "_service")
+
+    def __init__(self, service: FanningOut) -> None:
+        self._service = service
+
+    def __enter__(self) -> list[asyncio.Future[Fanned]]:
+        service = self._service
+        self._outer, later = service._deferred, []
+        service._deferred = later
+        return later
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._service._deferred = self._outer

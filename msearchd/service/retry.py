@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any
 
 from msearchd.errors import InvalidState, NotFound
@@ -44,8 +44,7 @@ class Retrying(ServiceCore):
         def _prepare(
             self, task_type: object, data: object, priority: object, depends_on: object
         ) -> dict[str, Any]: ...
-        @contextmanager
-        def _deferring(self) -> Iterator[list[asyncio.Future[Fanned]]]: ...
+        def _deferring(self) -> AbstractContextManager[list[asyncio.Future[Fanned]]]: ...
         def _fan_out(self, roots: Iterable[int]) -> Fanned: ...
         async def _later(self, later: list[asyncio.Future[Fanned]]) -> Fanned: ...
         @contextmanager
