@@ -64,10 +64,23 @@ def start_echo(
     return proc, path
 
 
+def start_lean(root: Path, pending: int) -> tuple[subprocess.Popen[str], BareClient, int]:
+    """bench/lean_server.py with `pending` tasks, a client of it, and the id of its first task."""
+    path = root / "lean.sock"
+    argv = [PYTHON, str(BENCH / "lean_server.py"), str(path), str(root / "lean.db"), str(pending)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    ready, _, first = proc.stdout.readline().partition(" ")
+    if ready != "ready":
+        raise RuntimeError("the lean server did not start")
+    return proc, BareClient(path), int(first)
+
+
 def run(ctx: Context) -> None:
     n = 1000 if ctx.quick else 5000
     with temp_root() as root, running_daemon(root, workers=1) as d:
         echo, echo_path = start_echo(root)
+        lean_proc, lean, lean_first = start_lean(root, 2 * n)
         try:
             gate = Gate(root)
             with d.client() as c, d.client() as setup:
@@ -91,6 +104,14 @@ def run(ctx: Context) -> None:
                         "set_priority", {"task_id": nums[n + i], "priority": i % 12}
                     ),
                     "bare get": lambda i: bare.call("get", {"task_id": nums[n + i]}),
+                    # The same requests, answered by the leanest Python server of the same SQL.
+                    "lean cancel": lambda i: lean.call(
+                        "cancel", {"task_id": lean_first + i, "running": False}
+                    ),
+                    "lean set_priority": lambda i: lean.call(
+                        "set_priority", {"task_id": lean_first + n + i, "priority": i % 12}
+                    ),
+                    "lean get": lambda i: lean.call("get", {"task_id": lean_first + n + i}),
                     "floor cancel": lambda i: (
                         bare.call("cancel", {"task_id": nums[i], "running": False}),
                         floor.cancel(fids[i]),
@@ -109,7 +130,7 @@ def run(ctx: Context) -> None:
                     bare.call("get", {"task_id": nums[-1]})
                 results: dict[str, dict[str, list[float]]] = {}
                 for placement, (client_cpus, server_cpus) in placements().items():
-                    for pid in (d.pid, echo.pid):
+                    for pid in (d.pid, echo.pid, lean_proc.pid):
                         os.sched_setaffinity(pid, server_cpus)
                     os.sched_setaffinity(0, client_cpus)
                     times = results[placement] = {k: [] for k in ops}
@@ -123,13 +144,14 @@ def run(ctx: Context) -> None:
                             ops[name](i)
                             times[name].append(ms(time.perf_counter() - t0))
                 every = set(range(os.cpu_count() or 1))
-                for pid in (0, d.pid, echo.pid):
+                for pid in (0, d.pid, echo.pid, lean_proc.pid):
                     os.sched_setaffinity(pid, every)
                 bare.close()
                 floor.close()
         finally:
-            echo.terminate()
-            echo.wait(timeout=10)
+            for proc in (echo, lean_proc):
+                proc.terminate()
+                proc.wait(timeout=10)
     for placement, times in results.items():
         bare_all = [t for k, v in times.items() if k.startswith("bare") for t in v]
         ctx.detail(
@@ -153,6 +175,27 @@ def run(ctx: Context) -> None:
                     "bare round trip",
                 )
             )
+            lean_op = times[f"lean {op}"]
+            ctx.add(
+                Row(
+                    NAME,
+                    f"{op} median vs {LEAN}, {placement} (info)",
+                    median(ours),
+                    median(lean_op),
+                    "ms",
+                    LEAN,
+                )
+            )
+            ctx.add(
+                Row(
+                    NAME,
+                    f"{LEAN} over the floor, {op}, {placement} (info)",
+                    median(lean_op),
+                    median(floor_op),
+                    "ms",
+                    FLOOR_NAMES[op],
+                )
+            )
             p99 = percentile
             ctx.add(
                 Row(
@@ -167,6 +210,7 @@ def run(ctx: Context) -> None:
             )
 
 
+LEAN = "the leanest Python server"
 FLOOR_NAMES = {
     "cancel": "floor: round trip + the same transaction in process",
     "set_priority": "floor: round trip + the same transaction in process",

@@ -12,6 +12,7 @@ import os
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import msgpack
 
@@ -74,9 +75,10 @@ class FloorStore:
         )
         self.db.execute("COMMIT")
 
-    def set_priority(self, task_id: int, priority: int) -> None:
-        """The read, then the task row and its history row in one commit, as `set_priority` does."""
-        self.db.execute(READ_TASK, (task_id,)).fetchone()
+    def set_priority(self, task_id: int, priority: int) -> tuple[Any, ...]:
+        """The read, then the task row and its history row in one commit, as `set_priority` does;
+        returns the row read."""
+        row = self.db.execute(READ_TASK, (task_id,)).fetchone()
         self.db.execute("BEGIN IMMEDIATE")
         self.db.execute(
             "UPDATE tasks SET priority = ? WHERE id = ? AND status IN (?, ?)", (priority, task_id, *WAITING)
@@ -84,10 +86,12 @@ class FloorStore:
         detail = msgpack.packb({"old": 6, "new": priority})
         self.db.execute(INSERT_EVENT, (task_id, time.time(), "priority_changed", detail, self.uid, self.pid))
         self.db.execute("COMMIT")
+        return row
 
-    def cancel(self, task_id: int) -> None:
-        """The read, then the history row, the task row and the look for dependents in one commit."""
-        self.db.execute(READ_TASK, (task_id,)).fetchone()
+    def cancel(self, task_id: int) -> tuple[Any, ...]:
+        """The read, then the history row, the task row and the look for dependents in one commit;
+        returns the row read."""
+        row = self.db.execute(READ_TASK, (task_id,)).fetchone()
         self.db.execute("BEGIN IMMEDIATE")
         detail = msgpack.packb({"by": "cancel", "running": False})
         now = time.time()
@@ -103,6 +107,7 @@ class FloorStore:
             (task_id,),
         ).fetchall()
         self.db.execute("COMMIT")
+        return row
 
     def close(self) -> None:
         self.db.close()
