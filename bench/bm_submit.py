@@ -13,7 +13,7 @@ from typing import Any
 
 import msgpack
 from benchlib import Context, Gate, Row, median, running_daemon, skip, temp_root
-from bm_rpc import BareClient, start_echo
+from bm_rpc import LEAN, BareClient, start_echo, start_lean
 from floor import FloorStore
 
 NAME = "submit"
@@ -87,12 +87,13 @@ def run(ctx: Context) -> None:
             echo, echo_path = start_echo(root)
             bare = BareClient(echo_path)
             floor = FloorStore(root / "floor.db")
+            lean_proc, lean, _ = start_lean(root, 0)
             huey_rpc = huey_server = None
             if hueys:
                 huey_env = {"BENCH_HUEY_DB": str(root / "huey-rpc.db"), "BENCH_HUEY_FSYNC": "off"}
                 huey_server, huey_path = start_echo(root, "huey", huey_env)
                 huey_rpc = BareClient(huey_path)
-            sides = ["piped", "ours", "ceiling", "floor", *(["huey rpc"] if hueys else [])]
+            sides = ["piped", "ours", "ceiling", "floor", "lean", *(["huey rpc"] if hueys else [])]
             sides += [f"huey {f}" for f in hueys]
             samples: dict[str, list[float]] = {side: [] for side in sides}  # us per call
             piped = 0.0
@@ -108,6 +109,8 @@ def run(ctx: Context) -> None:
                 elif side == "floor":
                     bare.call("submit", params(i))
                     floor.submit()
+                elif side == "lean":
+                    lean.call("submit", params(i))
                 elif side == "huey rpc":
                     assert huey_rpc is not None
                     huey_rpc.call("submit", params(i))
@@ -139,8 +142,9 @@ def run(ctx: Context) -> None:
                         one_call(side, i)
                         times.append((time.perf_counter() - t0) * 1e6)
             bare.close()
+            lean.close()
             floor.close()
-            for proc in (echo, huey_server):
+            for proc in (echo, huey_server, lean_proc):
                 if proc is not None:
                     proc.terminate()
                     proc.wait(timeout=10)
@@ -168,6 +172,18 @@ def run(ctx: Context) -> None:
                     "us",
                     "floor: round trip + one-row commit in process",
                     "ratio:<=1.3",
+                )
+            )
+            ctx.add(Row(NAME, f"{waiting}, vs {LEAN} (info)", med["ours"], med["lean"], "us", LEAN))
+            floor_name = "floor: round trip + one-row commit in process"
+            ctx.add(
+                Row(
+                    NAME,
+                    f"{LEAN} over the floor, single submit (info)",
+                    med["lean"],
+                    med["floor"],
+                    "us",
+                    floor_name,
                 )
             )
             if hueys:
