@@ -213,7 +213,10 @@ class Connection(asyncio.Protocol):
                             break
                         if message is None:
                             break
-                        run = self._submit_run(message) if self._plain_submit(message) else None
+                        # Submits pipelined behind this one are written together; alone, it is
+                        # answered as any other request.
+                        piped = self._frames.pending() and self._plain_submit(message)
+                        run = self._submit_run(message) if piped else None
                         if run is not None and len(run) > 1:
                             answers += self._answer_submits(run, ids)
                         else:  # a lone submit is answered as any other request
