@@ -26,26 +26,6 @@ import msgpack
 from floor import READ_TASK, FloorStore
 
 HEADER = struct.Struct(">I")
-# READ_TASK's columns, by position, as the answer names them.
-_COLUMNS = [
-    "id",
-    "type",
-    "status",
-    "priority",
-    "data",
-    "progress",
-    "current_operation",
-    "attempts",
-    "error",
-    "blocked_reason",
-    "stop_reason",
-    "retry_of",
-    "retried_as",
-    "created_at",
-    "started_at",
-    "finished_at",
-    "worker_pid",
-]
 
 
 def ref(task_id: int | None) -> str | None:
@@ -113,16 +93,31 @@ class Lean(asyncio.Protocol):
 
 
 def wire(row: tuple[Any, ...]) -> dict[str, Any]:
-    """The task of a row of READ_TASK, as `Task.to_wire` shapes it."""
-    task = dict(zip(_COLUMNS, row, strict=False))
-    task["id"] = ref(row[0])
-    if isinstance(task["data"], bytes):
-        task["data"] = msgpack.unpackb(task["data"], raw=False)
+    """The task of a row of READ_TASK, as `Task.to_wire` shapes it (the same keys in the same order)."""
+    task_id, task_type, status, priority, data, progress, operation, attempts, error, blocked, stop = row[:11]
     deps = row[17] if len(row) > 17 else None
-    task["depends_on"] = [ref(int(d)) for d in deps.split(",")] if deps else []
-    task["retry_of"], task["retried_as"] = ref(task["retry_of"]), ref(task["retried_as"])
-    task["log_path"] = task["result"] = None
-    return task
+    return {
+        "id": ref(task_id),
+        "type": task_type,
+        "status": status,
+        "priority": priority,
+        "data": msgpack.unpackb(data, raw=False) if isinstance(data, bytes) else data,
+        "depends_on": [ref(int(d)) for d in deps.split(",")] if deps else [],
+        "progress": progress,
+        "current_operation": operation,
+        "attempts": attempts,
+        "error": error,
+        "blocked_reason": blocked,
+        "stop_reason": stop,
+        "retry_of": ref(row[11]),
+        "retried_as": ref(row[12]),
+        "created_at": row[13],
+        "started_at": row[14],
+        "finished_at": row[15],
+        "worker_pid": row[16],
+        "log_path": None,
+        "result": None,
+    }
 
 
 async def main(path: str, db_path: str, pending: int) -> None:
