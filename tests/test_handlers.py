@@ -257,10 +257,10 @@ def test_spare_logs_an_earlier_daemon_left_are_removed_at_start(make_daemon):
 def test_commands_still_log_where_files_cannot_be_linked(tmp_path, monkeypatch):
     from msearchd.handlers import command
 
-    def refuse(self: Path, target: Path) -> None:
+    def refuse(source: str, name: str) -> None:
         raise PermissionError(1, "Operation not permitted")
 
-    monkeypatch.setattr(Path, "hardlink_to", refuse)
+    monkeypatch.setattr(os, "link", refuse)
     monkeypatch.setattr(command, "_spares", {})
     argvs = (["sh", "-c", "echo one"], ["true"], ["sh", "-c", "echo three"])
     logs = [run_command(tmp_path / f"task_{i}.log", argv) for i, argv in enumerate(argvs)]
