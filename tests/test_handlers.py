@@ -35,6 +35,24 @@ def test_command_output_goes_to_its_log(client, tmp_path):
     assert log == ["out hello", "err", str(tmp_path)]
 
 
+@pytest.mark.parametrize("cwd", [None, "/"], ids=["spawn", "with-cwd"])
+def test_a_command_s_environment_is_the_worker_s_with_its_own_variables_and_the_markers(make_daemon, cwd):
+    d = make_daemon(workers=1, extra_env={"FROM_DAEMON": "kept", "OVERRIDDEN": "by the daemon"})
+    data = {"argv": ["env", "-0"], "env": {"OVERRIDDEN": "by the task", "GREETING": "grüß dich"}}
+    if cwd:
+        data["cwd"] = cwd
+    with d.client() as c:
+        first, second = (finished(c, c.submit("command", data)) for _ in range(2))  # by the same worker
+    for done in (first, second):
+        assert done["status"] == "completed"
+        env = dict(entry.split("=", 1) for entry in Path(done["log_path"]).read_text().split("\0") if entry)
+        assert env["FROM_DAEMON"] == "kept"
+        assert env["OVERRIDDEN"] == "by the task"
+        assert env["GREETING"] == "grüß dich"
+        assert env["MSEARCH_TASK_ID"] == done["id"]
+        assert env["MSEARCH_WORKER_OF"] == str(d.state_dir)
+
+
 @pytest.mark.parametrize(
     ("argv", "error"),
     [
@@ -239,10 +257,10 @@ def test_spare_logs_an_earlier_daemon_left_are_removed_at_start(make_daemon):
 def test_commands_still_log_where_files_cannot_be_linked(tmp_path, monkeypatch):
     from msearchd.handlers import command
 
-    def refuse(self: Path, target: Path) -> None:
+    def refuse(source: str, name: str) -> None:
         raise PermissionError(1, "Operation not permitted")
 
-    monkeypatch.setattr(Path, "hardlink_to", refuse)
+    monkeypatch.setattr(os, "link", refuse)
     monkeypatch.setattr(command, "_spares", {})
     argvs = (["sh", "-c", "echo one"], ["true"], ["sh", "-c", "echo three"])
     logs = [run_command(tmp_path / f"task_{i}.log", argv) for i, argv in enumerate(argvs)]

@@ -169,6 +169,22 @@ def test_program_lookup_skips_the_current_folder(tmp_path, monkeypatch):
     assert find_program("./here", "") == "./here"  # a name with a slash is a path, as in a shell
 
 
+def test_program_lookup_skips_folders_and_files_that_cannot_run(tmp_path):
+    from msearchd.handlers.command import find_program
+
+    folders = [tmp_path / name for name in ("folder", "plain", "runs")]
+    for folder in folders:
+        folder.mkdir()
+    (folders[0] / "tool").mkdir()  # searchable, but not a program
+    (folders[1] / "tool").write_text("#!/bin/sh\n")  # not executable
+    (folders[2] / "tool").write_text("#!/bin/sh\n")
+    (folders[2] / "tool").chmod(0o755)
+    search_path = ":".join(map(str, folders))
+    assert find_program("tool", search_path) == f"{folders[2]}/tool"
+    with pytest.raises(FileNotFoundError):
+        find_program("tool", ":".join(map(str, folders[:2])))
+
+
 def test_a_missing_folder_is_named_as_such(client, tmp_path):
     missing = str(tmp_path / "no-such-folder")
     done = finished(client, client.submit("command", {"argv": ["true"], "cwd": missing}))
