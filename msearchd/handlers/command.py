@@ -92,10 +92,12 @@ def _environment(task_env: dict[str, str]) -> dict[bytes, bytes]:
     """The worker's environment with the task's variables, the worker's markers last: what the task
     starts must stay findable (see msearchd.workers).
 
-    Made from the bytes `os.environ` keeps for the process, as posix_spawn takes them: reading
-    `os.environ` name by name (decoding each, to encode it again for the child) costs 20 us a command.
+    Made from the bytes CPython's `os.environ` keeps for the process (`_data`, there since 3.2), as
+    posix_spawn takes them: reading `os.environ` or `os.environb` name by name costs 30 us a command,
+    a copy of that dict under 1. Elsewhere, `os.environb` it is.
     """
-    worker_env: dict[bytes, bytes] = os.environ._data  # type: ignore[attr-defined]
+    kept = getattr(os.environ, "_data", None)
+    worker_env: dict[bytes, bytes] = kept if isinstance(kept, dict) else dict(os.environb)
     env = worker_env.copy()
     if task_env:
         env.update((os.fsencode(name), os.fsencode(value)) for name, value in task_env.items())
