@@ -60,6 +60,34 @@ class Selections(Connection):
             done += [r[0] for r in rows]
         return sorted(done)
 
+    def cancel_window(
+        self,
+        selection: Selection,
+        statuses: Sequence[str],
+        after: int,
+        up_to: int,
+        limit: int,
+        now: float,
+        request: int,
+    ) -> tuple[list[int], int]:
+        """Cancel, for the bulk request `request`, the first `limit` by id of the waiting tasks with ids
+        in (after, up_to] in these statuses that the selection's fields SQL can test select; returns
+        them, sorted, and the last id it went through. One statement, the id range bounding its work
+        (an exact type's index holds the range): nothing reads the rows out first."""
+        where = window_where(SQLITE, selection, statuses, after, up_to, False)
+        if where is None:
+            return [], up_to
+        clauses, args = where
+        rows = self._db.execute(
+            "UPDATE tasks SET status = 'cancelled', finished_at = ?, stop_reason = 'not_started', "
+            f"blocked_reason = NULL, bulk_request = ? WHERE id IN (SELECT id FROM tasks WHERE {clauses} "
+            "ORDER BY id LIMIT ?) AND status IN ('pending', 'blocked') RETURNING id",
+            [now, request, *args, limit],
+        ).fetchall()
+        # One writer, one statement: every task the subquery picks is cancelled.
+        done = sorted(r[0] for r in rows)
+        return done, done[-1] if len(done) >= limit else up_to
+
     def reprioritize(self, ids: Sequence[int], priority: int) -> list[tuple[int, int]]:
         """Give those of `ids` still waiting this priority; returns (id, old priority) of those it
         changed. Call it inside a transaction: the read and the write see the same rows."""
