@@ -702,6 +702,7 @@ def test_a_window_cancel_takes_the_waiting_tasks_a_window_read_selects_and_stops
         assert done == read and last == ids[-1], selection
     assert both(Selection(types=("scan",)))[1] == [ids[0], ids[4]]
     assert both(Selection(), statuses=["blocked"])[1] == [ids[1]]
+    assert both(Selection(), statuses=["running", "completed"])[1:] == ([], ids[-1])  # waiting ones only
     assert both(Selection(), after=ids[0], up_to=ids[2])[1:] == ([ids[1], ids[2]], ids[2])
     assert both(Selection(), limit=2)[1:] == ([ids[0], ids[1]], ids[1])  # stopped at the second
     assert both(Selection(types=("scan",)), limit=2)[1:] == ([ids[0], ids[4]], ids[4])

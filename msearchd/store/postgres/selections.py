@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from msearchd.selection import Selection
 from msearchd.store.clauses import POSTGRES, window_where
 from msearchd.store.rows import window_rows
+from msearchd.store.schema import WAITING
 
 if TYPE_CHECKING:
     from msearchd.store.postgres.connection import Connection
@@ -70,7 +71,8 @@ class Selections(Connection):
         them, sorted, and the last id it went through. Rows are locked in id order, as
         `cancel_for_request` locks them; one another daemon changed meanwhile is passed over, and
         still counts among the `limit` it went through."""
-        where = window_where(POSTGRES, selection, statuses, after, up_to, False)
+        waiting = [s for s in statuses if s in WAITING]
+        where = window_where(POSTGRES, selection, waiting, after, up_to, False) if waiting else None
         if where is None:
             return [], up_to
         clauses, args = where
