@@ -347,6 +347,57 @@ def test_bulk_cancels_agree_with_their_dry_run_when_selected_tasks_depend_on_eac
     assert client.count(["pending", "blocked"]) == 0
 
 
+def test_a_cancel_of_a_type_and_one_testing_the_data_take_the_same_tasks_the_same_way(client):
+    """A selection SQL tests whole (a type) is cancelled a window at a time in one statement each; one
+    with a `where` on the data reads each window's tasks first. Both take every selected waiting task
+    however the tasks lie (a dense run right after a sparse stretch, which widened the windows, fills
+    one past a step), with the same answer, the same history for each task, the same dependents."""
+    client.pause()
+    types = ("thumbnail_generate", "file_embed_image")
+    first = {t: client.submit_many([{"type": t, "data": {"k": 1}}] * 600)["task_ids"] for t in types}
+    for _ in range(9):
+        client.submit_many([{"type": "noop"}] * 1000)
+    dense = {t: client.submit_many([{"type": t, "data": {"k": 1}}] * 700)["task_ids"] for t in types}
+    selected = {t: client.submit(t, {"k": 1}, depends_on=[first[t][0]])["id"] for t in types}
+    child = {t: client.submit("noop", depends_on=[dense[t][-1]])["id"] for t in types}
+    grandchild = {t: client.submit("noop", depends_on=[child[t]])["id"] for t in types}
+    assert client.get(selected[types[0]])["status"] == "blocked"
+
+    by_type = client.cancel_by_type(types[0])
+    by_data = client.cancel_selected({"types": [types[1]], "where": ["k=1"]})
+    counts = {"cancelled": 1301, "failed": 0, "total": 1301, "cancelled_dependents": 2}
+    assert by_type == {**counts, "task_type": types[0]}
+    assert by_data == counts
+    assert client.count(["pending"], task_type="noop") == 9000
+
+    def outcome(task_type: str) -> list[tuple]:
+        """Each task of the run, its status and how it ended, its history but the request's words."""
+        ids = [*first[task_type], *dense[task_type], selected[task_type], child[task_type]]
+        tasks = [client.get(i) for i in [*ids, grandchild[task_type]]]
+        return [
+            (
+                t["status"],
+                t["stop_reason"],
+                t["error"] and t["error"].split(" task_")[0],
+                [(e["event"], e.get("running")) for e in client.history(t["id"])],
+            )
+            for t in tasks
+        ]
+
+    assert outcome(types[0]) == outcome(types[1])
+    cancelled = outcome(types[0])
+    assert {c[:3] for c in cancelled[:1301]} == {("cancelled", "not_started", None)}
+    assert [c[:3] for c in cancelled[1301:]] == [("cancelled", "not_started", "dependency")] * 2
+    history = (("submitted", None), ("cancel_requested", False), ("cancelled", None))
+    assert {tuple(c[3]) for c in cancelled[:1301]} == {history}
+    requests = {types[0]: {"by": "cancel-by-type", "task_type": types[0]}, types[1]: {"by": "cancel"}}
+    for task_type, by in requests.items():
+        for task_id in (first[task_type][0], dense[task_type][-1], selected[task_type]):
+            (request,) = [e for e in client.history(task_id) if e["event"] == "cancel_requested"]
+            assert by.items() <= request.items()
+    assert client.get(child[types[0]])["error"] == f"dependency {dense[types[0]][-1]} was cancelled"
+
+
 def test_per_task_answers_are_what_each_task_alone_would_be_answered(make_daemon, fifo):
     """`cancel`, `set_priority` and `retry` with task_ids run as a selection of those ids; each id
     is still answered, done or refused, in the words of the operation on that task alone."""

@@ -648,6 +648,68 @@ def test_a_type_glob_selects_in_the_store_what_it_selects_in_python(store):
         assert found == expected, glob
 
 
+class Undone(Exception):
+    """Raised inside a transaction to roll it back."""
+
+
+def test_a_window_cancel_takes_the_waiting_tasks_a_window_read_selects_and_stops_at_its_limit(store):
+    """`cancel_window` is `select_window` then `cancel_for_request` in one statement: the same tasks,
+    the same fields written, and at most `limit` of them, the first by id, saying where it stopped."""
+    ids = [
+        store.insert(task_type=t, data={"i": n}, priority=p, status=s, created_at=float(n))
+        for n, (t, p, s) in enumerate(
+            [
+                ("scan", 1, TaskStatus.PENDING),
+                ("scan.big", 5, TaskStatus.BLOCKED),
+                ("index", 9, TaskStatus.PENDING),
+                ("scan.small", 3, TaskStatus.PENDING),
+                ("scan", 4, TaskStatus.PENDING),
+                ("scan", 4, TaskStatus.PENDING),
+                ("scan", 2, TaskStatus.PENDING),
+            ]
+        )
+    ]
+    store.claim_ids([ids[5]], worker_pid=9)  # running: no window cancel takes it
+    store.update(ids[6], status=TaskStatus.COMPLETED)
+    waiting = ["pending", "blocked"]
+    before = store.statuses(ids)
+
+    def both(selection: Selection, statuses=waiting, after=0, up_to=ids[-1], limit=100) -> tuple:
+        """What a window read selects, and what a window cancel cancels (rolled back after)."""
+        read = [r[0] for r in store.select_window(selection, statuses, after, up_to)][:limit]
+        with pytest.raises(Undone), store.transaction():
+            request = store.add_bulk_request(3.0, "cancel_requested", {"by": "window"}, 1000, 42)
+            done, last = store.cancel_window(selection, statuses, after, up_to, limit, 3.0, request)
+            tasks = store.get_many(done)
+            fields = {(t.status, t.finished_at, t.stop_reason, t.blocked_reason) for t in tasks}
+            history = {i: [e["by"] for e in store.events(i)] for i in done}
+            raise Undone
+        assert fields == ({(TaskStatus.CANCELLED, 3.0, StopReason.NOT_STARTED, None)} if done else set())
+        assert history == {i: ["window"] for i in done}  # each points at the request
+        assert store.statuses(ids) == before
+        return read, done, last
+
+    for selection in [
+        Selection(),
+        Selection(types=("scan",)),
+        Selection(types=("scan.*",)),
+        Selection(types=("index", "scan.s?al[kl]")),
+        Selection(priority=(3, 5)),
+        Selection(created_before=4.0, created_after=1.0),
+        Selection(ids=(ids[2], ids[5], ids[6])),
+    ]:
+        read, done, last = both(selection)
+        assert done == read and last == ids[-1], selection
+    assert both(Selection(types=("scan",)))[1] == [ids[0], ids[4]]
+    assert both(Selection(), statuses=["blocked"])[1] == [ids[1]]
+    assert both(Selection(), statuses=["running", "completed"])[1:] == ([], ids[-1])  # waiting ones only
+    assert both(Selection(), after=ids[0], up_to=ids[2])[1:] == ([ids[1], ids[2]], ids[2])
+    assert both(Selection(), limit=2)[1:] == ([ids[0], ids[1]], ids[1])  # stopped at the second
+    assert both(Selection(types=("scan",)), limit=2)[1:] == ([ids[0], ids[4]], ids[4])
+    assert both(Selection(types=("scan",)), after=ids[0], limit=2)[1:] == ([ids[4]], ids[-1])
+    assert both(Selection(ids=(ids[4],)), up_to=ids[3])[1:] == ([], ids[3])
+
+
 def test_cancel_for_a_request_and_reprioritize_touch_only_waiting_tasks(store):
     waiting, blocked, running = add(store, 5), add(store, 5, status=TaskStatus.BLOCKED), add(store, 5)
     store.claim_ids([running], worker_pid=9)

@@ -200,7 +200,10 @@ class ServiceCore:
     ) -> None:
         """Publish a state change for tasks changed in bulk, reading them back only if anyone listens;
         `each` adds what differs from task to task (as a single change's event has it)."""
-        ids = [i for i in task_ids if self._listened(i)]
+        if self._subscriptions or self.store.shared:  # as `_listened`, asked once for all of them
+            ids = list(task_ids)
+        else:
+            ids = [i for i in task_ids if i in self._waiters]
         with self._announcing():
             for task in self.store.get_many(ids):
                 self._publish(event, task, **(each[task.id] if each else {}), **extra)

@@ -43,6 +43,18 @@ def _only_type(selection: Selection) -> str | None:
     return None
 
 
+def _id_range(selection: Selection, up_to: int) -> tuple[int, int]:
+    """The ids (after, up_to] a scan of the selection goes through: its own ids bound them, if named."""
+    if not selection.ids:
+        return 0, up_to
+    return min(selection.ids) - 1, min(up_to, max(selection.ids))
+
+
+def _next_span(span: int, found: int) -> int:
+    """The next window's width: as many ids as the last one's density says hold about SELECT_STEP tasks."""
+    return max(SELECT_STEP, min(SPAN_MAX, span * SELECT_STEP // max(found, 1)))
+
+
 def cancellable(running: bool) -> tuple[str, ...]:
     """The statuses a cancel touches: waiting ones, and running ones when it may stop them."""
     return WAITING + ((TaskStatus.RUNNING.value,) if running else ())
@@ -101,9 +113,7 @@ class Matching(ServiceCore):
         """The selected tasks in these statuses, at most SELECT_STEP at a time, other requests answered
         between two. A window of ids is read at a time, as wide as the last one's density says holds
         about SELECT_STEP rows: a sparse selection (one type of many) takes as few steps as a dense one."""
-        after = min(selection.ids) - 1 if selection.ids else 0
-        if selection.ids:
-            up_to = min(up_to, max(selection.ids))
+        after, up_to = _id_range(selection, up_to)
         span = SELECT_STEP
         while statuses and after < up_to:
             high = min(after + span, up_to)
@@ -115,7 +125,7 @@ class Matching(ServiceCore):
                 yield found[start : start + SELECT_STEP]
                 await asyncio.sleep(0)
             after = high
-            span = max(SELECT_STEP, min(SPAN_MAX, span * SELECT_STEP // max(len(rows), 1)))
+            span = _next_span(span, len(rows))
 
     async def _preview(
         self,
@@ -224,13 +234,7 @@ class Matching(ServiceCore):
         # Nothing it may cancel starts meanwhile, here or on another daemon: taking tasks by priority,
         # the dispatcher would start ones it is about to cancel.
         with self._holding_starts(_only_type(selection)), self._bulk(), self._checkpoint_after():
-            async for rows in self._scan(selection, waiting, newest):
-                self._stopped_meanwhile(f"{cancelled} tasks were cancelled")
-                if not rows:
-                    continue
-                with self._deferring() as more, self.store.transaction():
-                    ids = [r[0] for r in rows]
-                    done, dependents = self._cancel_window(ids, selection, newest, request)
+            async for done, dependents, more in self._cancel_steps(selection, waiting, newest, request):
                 cascaded += dependents
                 later += more
                 cancelled += len(done)
@@ -266,13 +270,49 @@ class Matching(ServiceCore):
             "cancelled_dependents": cascaded,
         }
 
-    def _cancel_window(
-        self, ids: list[int], selection: Selection, newest: int, request: int
+    async def _cancel_steps(
+        self, selection: Selection, statuses: Sequence[str], newest: int, request: int
+    ) -> AsyncIterator[tuple[list[int], int, list[asyncio.Future[Fanned]]]]:
+        """Cancel the selected tasks in these waiting statuses for the request, up to SELECT_STEP of them
+        a step, each step one transaction, other requests answered between two. Yields what each step
+        cancelled: the selected tasks, how many dependents, and the fan-outs it left for later.
+
+        Where SQL can test the whole selection (no `where` on the data), a step is one statement over a
+        window of ids; otherwise the window's tasks are read, their data tested, then cancelled."""
+        cancelled = 0
+        if selection.where:
+            async for rows in self._scan(selection, statuses, newest):
+                self._stopped_meanwhile(f"{cancelled} tasks were cancelled")
+                if rows:
+                    ids = [r[0] for r in rows]
+                    with self._deferring() as more, self.store.transaction():
+                        done = self.store.cancel_for_request(ids, self.clock(), request)
+                        done, dependents = self._cancel_dependents(done, selection, newest, request)
+                    cancelled += len(done)
+                    yield done, dependents, more
+            return
+        after, up_to = _id_range(selection, newest)
+        span = SELECT_STEP
+        while statuses and after < up_to:
+            self._stopped_meanwhile(f"{cancelled} tasks were cancelled")
+            high = min(after + span, up_to)
+            with self._deferring() as more, self.store.transaction():
+                found, after = self.store.cancel_window(
+                    selection, statuses, after, high, SELECT_STEP, self.clock(), request
+                )
+                done, dependents = self._cancel_dependents(found, selection, newest, request)
+            span = _next_span(span, len(found))
+            if done:
+                cancelled += len(done)
+                yield done, dependents, more
+            await asyncio.sleep(0)
+
+    def _cancel_dependents(
+        self, done: list[int], selection: Selection, newest: int, request: int
     ) -> tuple[list[int], int]:
-        """Cancel the waiting tasks of one step for the request, with the waiting tasks that depend on
-        them: as selected ones those the selection holds, wherever they are (the dry run counts them
+        """After a step cancelled the tasks `done` for the request, cancel the waiting tasks that depend
+        on them: as selected ones those the selection holds, wherever they are (the dry run counts them
         so), as dependents the others. Returns the selected ones it cancelled and how many dependents."""
-        done = self.store.cancel_for_request(ids, self.clock(), request)
         roots = self.store.with_dependents(done)
         parents = list(roots)
         while roots:
@@ -280,7 +320,7 @@ class Matching(ServiceCore):
             tasks = self.store.get_many(sorted(found))
             held = [t.id for t in tasks if t.id <= newest and self._selects(selection, t)]
             more = self.store.cancel_for_request(held, self.clock(), request)
-            done += more
+            done = done + more
             roots = self.store.with_dependents(more)
             parents += roots
         return sorted(done), len(self._fan_out(parents).cancelled)

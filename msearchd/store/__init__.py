@@ -252,6 +252,21 @@ class TaskStore(Protocol):
     def cancel_for_request(self, ids: Sequence[int], now: float, request: int) -> list[int]:
         """Cancel those of `ids` still waiting, for the bulk request `request`; returns them, sorted."""
 
+    def cancel_window(
+        self,
+        selection: Selection,
+        statuses: Sequence[str],
+        after: int,
+        up_to: int,
+        limit: int,
+        now: float,
+        request: int,
+    ) -> tuple[list[int], int]:
+        """Cancel, for the bulk request `request`, the first `limit` by id of the waiting tasks with ids in
+        (after, up_to] in these statuses that the selection's fields but `where` select: what
+        `select_window` and `cancel_for_request` do, without reading the rows out. Returns the ids it
+        cancelled, sorted, and the last id it went through: `up_to`, or the `limit`-th task's."""
+
     def reprioritize(self, ids: Sequence[int], priority: int) -> list[tuple[int, int]]:
         """Give those of `ids` still waiting this priority; (id, old priority) of those it changed."""
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from msearchd.selection import Selection
 from msearchd.store.clauses import POSTGRES, window_where
 from msearchd.store.rows import window_rows
+from msearchd.store.schema import WAITING
 
 if TYPE_CHECKING:
     from msearchd.store.postgres.connection import Connection
@@ -54,6 +55,39 @@ class Selections(Connection):
             (now, request, list(ids)),
         ).fetchall()
         return sorted(r[0] for r in rows)
+
+    def cancel_window(
+        self,
+        selection: Selection,
+        statuses: Sequence[str],
+        after: int,
+        up_to: int,
+        limit: int,
+        now: float,
+        request: int,
+    ) -> tuple[list[int], int]:
+        """Cancel, for the bulk request `request`, the first `limit` by id of the waiting tasks with ids
+        in (after, up_to] in these statuses that the selection's fields SQL can test select; returns
+        them, sorted, and the last id it went through. Rows are locked in id order, as
+        `cancel_for_request` locks them; one another daemon changed meanwhile is passed over, and
+        still counts among the `limit` it went through."""
+        waiting = [s for s in statuses if s in WAITING]
+        where = window_where(POSTGRES, selection, waiting, after, up_to, False) if waiting else None
+        if where is None:
+            return [], up_to
+        clauses, args = where
+        row = self._run(
+            f"WITH picked AS (SELECT id FROM tasks WHERE {clauses} ORDER BY id LIMIT %s), "
+            "done AS (UPDATE tasks SET status = 'cancelled', finished_at = %s, stop_reason = 'not_started', "
+            "blocked_reason = NULL, bulk_request = %s WHERE id IN (SELECT id FROM tasks WHERE id IN "
+            "(SELECT id FROM picked) AND status IN ('pending', 'blocked') ORDER BY id FOR UPDATE) "
+            "AND status IN ('pending', 'blocked') RETURNING id) "
+            "SELECT (SELECT count(*) FROM picked), (SELECT max(id) FROM picked), ARRAY(SELECT id FROM done)",
+            (*args, limit, now, request),
+        ).fetchone()
+        assert row is not None
+        picked, last, done = row
+        return sorted(done), last if picked >= limit else up_to
 
     def reprioritize(self, ids: Sequence[int], priority: int) -> list[tuple[int, int]]:
         """Give those of `ids` still waiting this priority; (id, old priority) of those it changed.

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from msearchd.selection import Selection
 from msearchd.store.clauses import SQLITE, window_where
 from msearchd.store.rows import window_rows
+from msearchd.store.schema import WAITING
 from msearchd.store.sqlite.connection import CHUNK, marks
 
 if TYPE_CHECKING:
@@ -59,6 +60,36 @@ class Selections(Connection):
             ).fetchall()
             done += [r[0] for r in rows]
         return sorted(done)
+
+    def cancel_window(
+        self,
+        selection: Selection,
+        statuses: Sequence[str],
+        after: int,
+        up_to: int,
+        limit: int,
+        now: float,
+        request: int,
+    ) -> tuple[list[int], int]:
+        """Cancel, for the bulk request `request`, the first `limit` by id of the waiting tasks with ids
+        in (after, up_to] in these statuses that the selection's fields SQL can test select; returns
+        them, sorted, and the last id it went through. One statement, the id range bounding its work
+        (an exact type's index holds the range): nothing reads the rows out first."""
+        waiting = [s for s in statuses if s in WAITING]
+        where = window_where(SQLITE, selection, waiting, after, up_to, False) if waiting else None
+        if where is None:
+            return [], up_to
+        clauses, args = where
+        # One writer, one statement: every task the subquery picks is cancelled, and found by its id
+        # alone (testing its status again would look it up in the status index too).
+        rows = self._db.execute(
+            "UPDATE tasks SET status = 'cancelled', finished_at = ?, stop_reason = 'not_started', "
+            f"blocked_reason = NULL, bulk_request = ? WHERE id IN (SELECT id FROM tasks WHERE {clauses} "
+            "ORDER BY id LIMIT ?) RETURNING id",
+            [now, request, *args, limit],
+        ).fetchall()
+        done = sorted(r[0] for r in rows)
+        return done, done[-1] if len(done) >= limit else up_to
 
     def reprioritize(self, ids: Sequence[int], priority: int) -> list[tuple[int, int]]:
         """Give those of `ids` still waiting this priority; returns (id, old priority) of those it
