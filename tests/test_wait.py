@@ -5,7 +5,10 @@ from __future__ import annotations
 import socket
 import threading
 
+import pytest
+
 from msearchd import protocol
+from msearchd.errors import NotFound
 
 
 def test_a_wait_on_hundreds_of_tasks_sees_each_end_as_it_was(make_daemon):
@@ -112,3 +115,15 @@ def test_a_wait_for_running_hears_of_a_start_that_comes_after_it(make_daemon, fi
         second_gate.write()
         ended = c.wait([first, second], timeout=30)["tasks"]
     assert [t["status"] for t in ended] == ["completed", "completed"]
+
+
+def test_a_wait_naming_a_task_that_does_not_exist_names_it_and_waits_for_none(make_daemon):
+    d = make_daemon(workers=1)
+    with d.client() as c:
+        ids = c.submit_many([{"type": "noop"}] * 1000)["task_ids"]
+        missing = f"task_{int(ids[-1].removeprefix('task_')) + 5}"
+        with pytest.raises(NotFound, match=f"{missing} does not exist"):
+            c.wait([*ids[:950], missing, *ids[950:]], timeout=60)
+        result = c.wait(ids, timeout=60)  # the refused wait left nothing behind that holds this one
+    assert not result["timed_out"]
+    assert {t["status"] for t in result["tasks"]} == {"completed"}

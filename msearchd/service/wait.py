@@ -115,11 +115,17 @@ class Waiting(ServiceCore):
         if not ids:
             raise InvalidArgument("wait needs at least one task id")
         wanted = frozenset(TaskStatus(s) for s in self._statuses(statuses) or []) or TERMINAL
-        states = self.store.statuses(ids)  # only the states: whole tasks are read once, at the end
-        for task_id in ids:
-            if task_id not in states:
-                raise NotFound(f"task {format_task_id(task_id)} does not exist")
-        waiting = [task_id for task_id, status in states.items() if status not in wanted]
+        # Whole tasks are read once, at the end; first only how many exist, and which are there already.
+        found, reached = self.store.reached(ids, wanted)
+        if found < len(ids):
+            states = self.store.statuses(ids)
+            missing = next(task_id for task_id in ids if task_id not in states)
+            raise NotFound(f"task {format_task_id(missing)} does not exist")
+        if reached:
+            there = set(reached)
+            waiting = [task_id for task_id in ids if task_id not in there]
+        else:
+            waiting = ids
         loop = asyncio.get_running_loop()
         call = WaitCall(set(waiting), loop.create_future())
         entry = (wanted, call)
