@@ -39,6 +39,7 @@ class Reporting(ServiceCore):
 
         def _cascade_cancel(self, roots: Sequence[int]) -> int: ...
         def _refresh_dependents(self, task_id: int) -> None: ...
+        def _dispatch_now(self) -> bool: ...
 
     def _finish(self, task: Task, outcome: Outcome, dependents: bool = True) -> int:
         """Record how a running task ended and what follows for its dependents (`dependents`: it may
@@ -86,7 +87,8 @@ class Reporting(ServiceCore):
         return cascaded
 
     def worker_idle(self) -> None:
-        self.wake()
+        if not (self._finished and self._dispatch_now()):
+            self.wake()
 
     def task_progress(self, task: Task, progress: float | None, operation: str | None) -> None:
         task_id = task.id
