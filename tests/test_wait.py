@@ -127,3 +127,28 @@ def test_a_wait_naming_a_task_that_does_not_exist_names_it_and_waits_for_none(ma
         result = c.wait(ids, timeout=60)  # the refused wait left nothing behind that holds this one
     assert not result["timed_out"]
     assert {t["status"] for t in result["tasks"]} == {"completed"}
+
+
+def test_a_wait_on_tasks_that_have_all_ended_is_answered_in_its_turn(make_daemon):
+    """No later turn of the daemon's loop for it: the answer comes in order with the requests sent with
+    it, before the answer of the request behind it."""
+    d = make_daemon(workers=1)
+    with d.client() as c:
+        done = c.submit("noop")["id"]
+        c.wait([done], timeout=60)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(60)
+            sock.connect(str(d.socket))
+            hello = {"protocol": protocol.PROTOCOL_VERSION}
+            sock.sendall(protocol.encode(protocol.request(0, "hello", hello)))
+            assert "result" in protocol.recv_frame(sock)
+            sock.sendall(
+                protocol.encode(protocol.request(1, "wait", {"task_ids": [done, done], "timeout": 30}))
+                + protocol.encode(protocol.request(2, "get", {"task_id": done}))
+            )
+            answers = [protocol.recv_frame(sock), protocol.recv_frame(sock)]
+    assert [a["id"] for a in answers] == [1, 2]
+    assert [t["id"] for t in answers[0]["result"]["tasks"]] == [done]
+    assert answers[0]["result"]["tasks"][0]["status"] == "completed" and not answers[0]["result"]["timed_out"]
+    with d.client() as c, pytest.raises(NotFound, match="task_999 does not exist"):
+        c.wait([done, "task_999"], timeout=30)
