@@ -11,6 +11,16 @@ from msearchd import protocol
 from msearchd.errors import NotFound
 
 
+def greeted(d) -> socket.socket:
+    """A connection of its own to the daemon, past hello: for requests sent together, in one write."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(60)
+    sock.connect(str(d.socket))
+    sock.sendall(protocol.encode(protocol.request(0, "hello", {"protocol": protocol.PROTOCOL_VERSION})))
+    assert "result" in protocol.recv_frame(sock)
+    return sock
+
+
 def test_a_wait_on_hundreds_of_tasks_sees_each_end_as_it_was(make_daemon):
     d = make_daemon(workers=2)
     with d.client() as c:
@@ -93,12 +103,7 @@ def test_a_wait_for_running_hears_of_a_start_that_comes_after_it(make_daemon, fi
         first = c.submit("quick", {"fifo": str(first_gate), "started": str(first_started)})["id"]
         first_started.read()
         second = c.submit("quick", {"fifo": str(second_gate)})["id"]
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(60)
-            sock.connect(str(d.socket))
-            hello = {"protocol": protocol.PROTOCOL_VERSION}
-            sock.sendall(protocol.encode(protocol.request(0, "hello", hello)))
-            assert "result" in protocol.recv_frame(sock)
+        with greeted(d) as sock:
             # In one turn: the wait is under way before anything the daemon does after the answer to
             # `get` (the loop runs what a turn started before what comes in next).
             wait = {"task_ids": [second], "statuses": ["running"], "timeout": 30}
@@ -136,12 +141,7 @@ def test_a_wait_on_tasks_that_have_all_ended_is_answered_in_its_turn(make_daemon
     with d.client() as c:
         done = c.submit("noop")["id"]
         c.wait([done], timeout=60)
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(60)
-            sock.connect(str(d.socket))
-            hello = {"protocol": protocol.PROTOCOL_VERSION}
-            sock.sendall(protocol.encode(protocol.request(0, "hello", hello)))
-            assert "result" in protocol.recv_frame(sock)
+        with greeted(d) as sock:
             sock.sendall(
                 protocol.encode(protocol.request(1, "wait", {"task_ids": [done, done], "timeout": 30}))
                 + protocol.encode(protocol.request(2, "get", {"task_id": done}))

@@ -123,9 +123,9 @@ class Waiting(ServiceCore):
         if not ids:
             raise InvalidArgument("wait needs at least one task id")
         wanted = frozenset(TaskStatus(s) for s in self._statuses(statuses) or []) or TERMINAL
-        if len(ids) <= READ_FIRST:
-            waiting, tasks = self._look(ids, wanted)
-            if not waiting and tasks is not None:
+        if len(ids) <= READ_FIRST:  # else (or if one does not exist) as the awaitable finds them
+            tasks = self.store.get_many(ids)
+            if len(tasks) == len(ids) and all(task.status in wanted for task in tasks):
                 return self._wait_answer(ids, tasks, timed_out=False)
         return self._wait(ids, wanted, timeout)
 
