@@ -129,8 +129,9 @@ class Reporting(ServiceCore):
             log.warning("progress not told to the other daemons: %s", exc.message)
 
     def task_finished(self, task: Task, outcome: Outcome) -> None:
-        """Queue the outcome: the dispatcher records those that arrived together in one transaction,
-        when the worker asks for more work (its lease is done), or SETTLE_DELAY later at most."""
+        """Queue the outcome: those that arrived together are recorded in one transaction when the
+        worker asks for more work (its lease is done: at once, see `worker_idle`), or by the
+        dispatcher SETTLE_DELAY later at most."""
         self._finished.append((task, outcome))
         if len(self._finished) == 1:
             asyncio.get_running_loop().call_later(SETTLE_DELAY, self._settle_due)
