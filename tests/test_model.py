@@ -18,6 +18,7 @@ from msearchd.model import (
     default_priority,
     dependency_state,
     parse_task_id,
+    parse_task_ids,
     validate_data,
     validate_priority,
 )
@@ -39,6 +40,26 @@ def test_task_ids(value, expected):
 def test_bad_task_ids(value):
     with pytest.raises(InvalidArgument):
         parse_task_id(value)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        ["task_3", "task_12", "task_3", "task_999999999999999999"],
+        ["task_1", 2, "3", " task_4 ", "TASK_5"],  # some not as written: each read alone
+        ["task_1", "task_01"],
+        [],
+    ],
+)
+def test_a_list_of_task_ids_reads_as_each_id_alone(values):
+    alone = list(dict.fromkeys(parse_task_id(v) for v in values))
+    assert parse_task_ids(values) == alone
+
+
+@pytest.mark.parametrize("value", ["task_1\x00task_2", "task_0", "task_1234567890123456789", "task_1x", ""])
+def test_a_list_with_one_bad_task_id_is_refused(value):
+    with pytest.raises(InvalidArgument, match="invalid task id"):
+        parse_task_ids(["task_7", value, "task_8"])
 
 
 def test_priorities():

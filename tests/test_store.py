@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from msearchd.model import StopReason, Task, TaskStatus
+from msearchd.model import TERMINAL, StopReason, Task, TaskStatus
 from msearchd.protocol import pack
 from msearchd.selection import Selection
 from msearchd.store import AUTOCHECKPOINT, SCHEMA_VERSION, Store, UnusableStore
@@ -54,6 +54,18 @@ def add(store: Store, priority: int = 6, task_type: str = "t", status=TaskStatus
         depends_on=deps,
         created_at=1.0,
     )
+
+
+def test_reached_counts_the_tasks_found_and_names_those_in_the_statuses(store):
+    ids = [add(store) for _ in range(2000)]  # more than one chunk of bind marks
+    done = ids[5::400]
+    for task_id in done:
+        store.update(task_id, status=TaskStatus.COMPLETED)
+    store.update(ids[7], status=TaskStatus.RUNNING)
+    found, reached = store.reached(ids, TERMINAL)
+    assert (found, sorted(reached)) == (2000, done)
+    assert store.reached([ids[7], ids[0]], {TaskStatus.RUNNING}) == (2, [ids[7]])
+    assert store.reached([ids[0], max(ids) + 1], TERMINAL) == (1, [])
 
 
 def test_claim_order_is_priority_then_submission(store):

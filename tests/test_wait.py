@@ -5,7 +5,20 @@ from __future__ import annotations
 import socket
 import threading
 
+import pytest
+
 from msearchd import protocol
+from msearchd.errors import NotFound
+
+
+def greeted(d) -> socket.socket:
+    """A connection of its own to the daemon, past hello: for requests sent together, in one write."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(60)
+    sock.connect(str(d.socket))
+    sock.sendall(protocol.encode(protocol.request(0, "hello", {"protocol": protocol.PROTOCOL_VERSION})))
+    assert "result" in protocol.recv_frame(sock)
+    return sock
 
 
 def test_a_wait_on_hundreds_of_tasks_sees_each_end_as_it_was(make_daemon):
@@ -90,12 +103,7 @@ def test_a_wait_for_running_hears_of_a_start_that_comes_after_it(make_daemon, fi
         first = c.submit("quick", {"fifo": str(first_gate), "started": str(first_started)})["id"]
         first_started.read()
         second = c.submit("quick", {"fifo": str(second_gate)})["id"]
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(60)
-            sock.connect(str(d.socket))
-            hello = {"protocol": protocol.PROTOCOL_VERSION}
-            sock.sendall(protocol.encode(protocol.request(0, "hello", hello)))
-            assert "result" in protocol.recv_frame(sock)
+        with greeted(d) as sock:
             # In one turn: the wait is under way before anything the daemon does after the answer to
             # `get` (the loop runs what a turn started before what comes in next).
             wait = {"task_ids": [second], "statuses": ["running"], "timeout": 30}
@@ -112,3 +120,35 @@ def test_a_wait_for_running_hears_of_a_start_that_comes_after_it(make_daemon, fi
         second_gate.write()
         ended = c.wait([first, second], timeout=30)["tasks"]
     assert [t["status"] for t in ended] == ["completed", "completed"]
+
+
+def test_a_wait_naming_a_task_that_does_not_exist_names_it_and_waits_for_none(make_daemon):
+    d = make_daemon(workers=1)
+    with d.client() as c:
+        ids = c.submit_many([{"type": "noop"}] * 1000)["task_ids"]
+        missing = f"task_{int(ids[-1].removeprefix('task_')) + 5}"
+        with pytest.raises(NotFound, match=f"{missing} does not exist"):
+            c.wait([*ids[:950], missing, *ids[950:]], timeout=60)
+        result = c.wait(ids, timeout=60)  # the refused wait left nothing behind that holds this one
+    assert not result["timed_out"]
+    assert {t["status"] for t in result["tasks"]} == {"completed"}
+
+
+def test_a_wait_on_tasks_that_have_all_ended_is_answered_in_its_turn(make_daemon):
+    """No later turn of the daemon's loop for it: the answer comes in order with the requests sent with
+    it, before the answer of the request behind it."""
+    d = make_daemon(workers=1)
+    with d.client() as c:
+        done = c.submit("noop")["id"]
+        c.wait([done], timeout=60)
+        with greeted(d) as sock:
+            sock.sendall(
+                protocol.encode(protocol.request(1, "wait", {"task_ids": [done, done], "timeout": 30}))
+                + protocol.encode(protocol.request(2, "get", {"task_id": done}))
+            )
+            answers = [protocol.recv_frame(sock), protocol.recv_frame(sock)]
+    assert [a["id"] for a in answers] == [1, 2]
+    assert [t["id"] for t in answers[0]["result"]["tasks"]] == [done]
+    assert answers[0]["result"]["tasks"][0]["status"] == "completed" and not answers[0]["result"]["timed_out"]
+    with d.client() as c, pytest.raises(NotFound, match="task_999 does not exist"):
+        c.wait([done, "task_999"], timeout=30)

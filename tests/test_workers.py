@@ -9,9 +9,12 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from msearchd import protocol
+from msearchd.errors import ProtocolError
 from msearchd.lease import LeaseWord, Phase
 from msearchd.model import Task, TaskStatus
 from msearchd.workers import NOT_STARTED, Outcome, Reaper, WorkerPool, WorkerProcess, describe_exit
+from msearchd.workers.channel import _Reports
 
 
 class Listener:
@@ -59,10 +62,10 @@ def test_a_skip_names_the_entry_it_is_about(tmp_path):
     entry 4 away (the task would run there, and be queued to run once more)."""
     p, listener = pool(tmp_path)
     w = worker((4, 5))
-    asyncio.run(p._on_message(w, {"op": "skipped", "id": "task_5", "seq": 2}))
+    p._on_message(w, {"op": "skipped", "id": "task_5", "seq": 2})
     assert listener.returned == []
     assert w.lease[5][0] == 4
-    asyncio.run(p._on_message(w, {"op": "skipped", "id": "task_5", "seq": 4}))
+    p._on_message(w, {"op": "skipped", "id": "task_5", "seq": 4})
     assert listener.returned == [[5]]
     assert w.lease == {}
 
@@ -77,7 +80,7 @@ def test_a_skip_during_a_stop_of_the_task_ends_it_there(tmp_path):
         loop = asyncio.get_running_loop()
         p._terminating[7] = loop.create_future()
         report = p._reports[7] = loop.create_future()
-        await p._on_message(w, {"op": "skipped", "id": "task_7", "seq": 3})
+        p._on_message(w, {"op": "skipped", "id": "task_7", "seq": 3})
         assert listener.returned == [] and w.lease == {}
         return await report
 
@@ -117,3 +120,34 @@ def test_a_worker_that_dies_settles_what_stops_of_its_tasks_wait_for(tmp_path):
     assert waiting is NOT_STARTED
     ran, running, waiting = asyncio.run(scenario(stopping=True))
     assert running is None and waiting is NOT_STARTED
+
+
+async def read_reports(*chunks: bytes) -> tuple[list[dict[str, Any]], Exception | None]:
+    """What the daemon's side of a worker channel handles of `chunks`, read one by one, and how the
+    channel ended once the worker closed it after them."""
+    handled: list[dict[str, Any]] = []
+    reports = _Reports(handled.append)
+    for chunk in chunks:
+        reports.data_received(chunk)
+    reports.eof_received()
+    reports.connection_lost(None)
+    return handled, await reports.ended
+
+
+def test_reports_are_handled_in_order_however_they_are_cut():
+    first, second = protocol.encode({"op": "ready", "pid": 7}), protocol.encode({"op": "done", "results": []})
+    both = first + second
+    handled, ended = asyncio.run(read_reports(both[:3], both[3:20], both[20:]))
+    assert handled == [{"op": "ready", "pid": 7}, {"op": "done", "results": []}]
+    assert ended is None
+
+
+def test_a_channel_cut_inside_a_report_or_carrying_a_bad_frame_ends_broken():
+    frame = protocol.encode({"op": "ready", "pid": 7})
+    handled, ended = asyncio.run(read_reports(frame + frame[:6]))
+    assert handled == [{"op": "ready", "pid": 7}]
+    assert isinstance(ended, ProtocolError) and "inside a frame" in str(ended)
+    after = protocol.encode({"op": "done", "results": []})
+    handled, ended = asyncio.run(read_reports(frame, b"\xff\xff\xff\xff" + after))
+    assert handled == [{"op": "ready", "pid": 7}]  # nothing after the bad frame is taken for a report
+    assert isinstance(ended, ProtocolError) and "exceeds" in str(ended)

@@ -55,6 +55,8 @@ class Durations:
 class Dispatching(ServiceCore):
     """The dispatch operations of `TaskService`."""
 
+    _dispatch_failures = 0  # turns of the dispatcher that failed in a row; it backs off meanwhile
+
     if TYPE_CHECKING:
 
         def _late(self) -> bool: ...
@@ -77,7 +79,7 @@ class Dispatching(ServiceCore):
             try:
                 self._dispatch_ready()
             except Exception as exc:
-                failures += 1
+                failures = self._dispatch_failures = failures + 1
                 delay = min(DISPATCH_RETRY_MAX, 2.0 ** (failures - 1))
                 if failures > 1:
                     log.debug("dispatching still fails (attempt %d); next try in %g s", failures, delay)
@@ -95,7 +97,22 @@ class Dispatching(ServiceCore):
             else:
                 if failures:
                     log.info("dispatching works again, after %d failed attempts", failures)
-                    failures = 0
+                    failures = self._dispatch_failures = 0
+
+    def _dispatch_now(self) -> bool:
+        """The dispatcher's turn, taken here and now by a worker that has just finished its lease:
+        its outcomes are committed, their waiters answered and the worker handed more, without
+        waiting for the loop to run the dispatcher. False, having done nothing, when the turn is the
+        dispatcher's to take: while it backs off from failures, inside a transaction, or if it fails
+        (the dispatcher then tries again, and says what fails)."""
+        if self._dispatch_failures or self._stopping or self.store.transaction_open():
+            return False
+        try:
+            self._dispatch_ready()
+        except Exception as exc:
+            log.debug("a turn taken for a worker that finished failed (%s); left to the dispatcher", exc)
+            return False
+        return True
 
     def batch(self) -> AbstractContextManager[None]:
         """Requests made inside share one commit at the end (group commit); each stays atomic alone.

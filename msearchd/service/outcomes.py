@@ -39,6 +39,7 @@ class Reporting(ServiceCore):
 
         def _cascade_cancel(self, roots: Sequence[int]) -> int: ...
         def _refresh_dependents(self, task_id: int) -> None: ...
+        def _dispatch_now(self) -> bool: ...
 
     def _finish(self, task: Task, outcome: Outcome, dependents: bool = True) -> int:
         """Record how a running task ended and what follows for its dependents (`dependents`: it may
@@ -86,7 +87,8 @@ class Reporting(ServiceCore):
         return cascaded
 
     def worker_idle(self) -> None:
-        self.wake()
+        if not (self._finished and self._dispatch_now()):
+            self.wake()
 
     def task_progress(self, task: Task, progress: float | None, operation: str | None) -> None:
         task_id = task.id
@@ -127,8 +129,9 @@ class Reporting(ServiceCore):
             log.warning("progress not told to the other daemons: %s", exc.message)
 
     def task_finished(self, task: Task, outcome: Outcome) -> None:
-        """Queue the outcome: the dispatcher records those that arrived together in one transaction,
-        when the worker asks for more work (its lease is done), or SETTLE_DELAY later at most."""
+        """Queue the outcome: those that arrived together are recorded in one transaction when the
+        worker asks for more work (its lease is done: at once, see `worker_idle`), or by the
+        dispatcher SETTLE_DELAY later at most."""
         self._finished.append((task, outcome))
         if len(self._finished) == 1:
             asyncio.get_running_loop().call_later(SETTLE_DELAY, self._settle_due)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any
 
@@ -31,9 +31,9 @@ class Pausing(ServiceCore):
 
     if TYPE_CHECKING:
 
-        async def wait(
+        def wait(
             self, task_ids: list[Any], statuses: list[Any] | None = None, timeout: float | None = None
-        ) -> dict[str, Any]: ...
+        ) -> dict[str, Any] | Coroutine[Any, Any, dict[str, Any]]: ...
 
     def __init__(self, store: TaskStore, settings: Settings, clock: Callable[[], float] = time.time) -> None:
         super().__init__(store, settings, clock)
@@ -134,7 +134,9 @@ class Pausing(ServiceCore):
             if not busy or (left is not None and left <= 0):
                 running = [format_task_id(i) for i in busy]
                 return {**self.queue_state(), "drained": not busy, "running": running}
-            await self.wait(busy, statuses=_SETTLED, timeout=left)
+            waited = self.wait(busy, statuses=_SETTLED, timeout=left)
+            if not isinstance(waited, dict):  # else they settled as it looked
+                await waited
 
     def queue_state(self) -> dict[str, Any]:
         pauses = self.store.pauses()

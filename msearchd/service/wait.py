@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from msearchd.errors import InvalidArgument, NotFound
 from msearchd.model import (
     TERMINAL,
+    Task,
     TaskStatus,
     format_task_id,
     parse_task_id,
@@ -17,6 +19,9 @@ from msearchd.model import (
 )
 
 SUBSCRIBER_BUFFER = 10_000
+# A wait on at most this many tasks reads them whole first: when all are there already, that read is
+# the answer. A longer one first reads only which have ended.
+READ_FIRST = 64
 
 if TYPE_CHECKING:
     from msearchd.service.core import ServiceCore
@@ -107,19 +112,47 @@ class Waiting(ServiceCore):
         @staticmethod
         def _statuses(status: str | list[Any] | None) -> list[str] | None: ...
 
-    async def wait(
+    def wait(
         self, task_ids: list[Any], statuses: list[Any] | None = None, timeout: float | None = None
-    ) -> dict[str, Any]:
-        """Block until every task is in one of `statuses` (default: finished), or the timeout passes."""
+    ) -> dict[str, Any] | Coroutine[Any, Any, dict[str, Any]]:
+        """Block until every task is in one of `statuses` (default: finished), or the timeout passes.
+
+        A few tasks that are all there already: the answer itself, from one read of them, given in
+        the loop's turn that read the request. Otherwise an awaitable of it."""
         ids = parse_task_ids(task_ids)
         if not ids:
             raise InvalidArgument("wait needs at least one task id")
         wanted = frozenset(TaskStatus(s) for s in self._statuses(statuses) or []) or TERMINAL
-        states = self.store.statuses(ids)  # only the states: whole tasks are read once, at the end
-        for task_id in ids:
-            if task_id not in states:
-                raise NotFound(f"task {format_task_id(task_id)} does not exist")
-        waiting = [task_id for task_id, status in states.items() if status not in wanted]
+        if len(ids) <= READ_FIRST:  # else (or if one does not exist) as the awaitable finds them
+            tasks = self.store.get_many(ids)
+            if len(tasks) == len(ids) and all(task.status in wanted for task in tasks):
+                return self._wait_answer(ids, tasks, timed_out=False)
+        return self._wait(ids, wanted, timeout)
+
+    def _look(self, ids: list[int], wanted: frozenset[TaskStatus]) -> tuple[list[int], list[Task] | None]:
+        """The tasks of `ids` not in `wanted` yet; NotFound if one does not exist. A few are read whole,
+        and given back too: if all are there, that is the answer. Of more, only how many exist and
+        which have ended are read (whole tasks are read once, at the end)."""
+        if len(ids) <= READ_FIRST:
+            tasks = self.store.get_many(ids)
+            known = {task.id: task.status for task in tasks}
+            if len(known) == len(ids):
+                return [task_id for task_id in ids if known[task_id] not in wanted], tasks
+        else:
+            found, reached = self.store.reached(ids, wanted)
+            if found == len(ids):
+                there = set(reached)
+                return [task_id for task_id in ids if task_id not in there] if there else ids, None
+            known = self.store.statuses(ids)
+        missing = next(task_id for task_id in ids if task_id not in known)
+        raise NotFound(f"task {format_task_id(missing)} does not exist")
+
+    async def _wait(
+        self, ids: list[int], wanted: frozenset[TaskStatus], timeout: float | None
+    ) -> dict[str, Any]:
+        waiting, tasks = self._look(ids, wanted)
+        if not waiting and tasks is not None:
+            return self._wait_answer(ids, tasks, timed_out=False)
         loop = asyncio.get_running_loop()
         call = WaitCall(set(waiting), loop.create_future())
         entry = (wanted, call)
@@ -147,8 +180,11 @@ class Waiting(ServiceCore):
                     del waiters[task_id]
                 else:
                     entries.remove(entry)
-        final = {t.id: t for t in self.store.get_many(ids)}
-        return {"tasks": [self.wire(final[i]) for i in ids], "timed_out": call.timed_out}
+        return self._wait_answer(ids, self.store.get_many(ids), call.timed_out)
+
+    def _wait_answer(self, ids: list[int], tasks: list[Task], timed_out: bool) -> dict[str, Any]:
+        final = {t.id: t for t in tasks}
+        return {"tasks": [self.wire(final[i]) for i in ids], "timed_out": timed_out}
 
     def subscribe(self, task_ids: list[Any] | None = None, types: list[Any] | None = None) -> Subscription:
         ids = {parse_task_id(t) for t in task_ids} if task_ids else None

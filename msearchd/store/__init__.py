@@ -9,7 +9,7 @@ implementations, nowhere else.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
@@ -85,6 +85,10 @@ class TaskStore(Protocol):
 
     def statuses(self, ids: Iterable[int]) -> dict[int, TaskStatus]:
         """The status of each task of `ids` that exists, without reading whole tasks; any number of ids."""
+
+    def reached(self, ids: Sequence[int], statuses: Collection[TaskStatus]) -> tuple[int, list[int]]:
+        """How many of `ids` (each named once) exist, and those of them in one of `statuses`: what a
+        wait needs to know first, with no row read out for a task still on its way; any number of ids."""
 
     def list(
         self,

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import socket
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from msearchd import protocol
@@ -41,6 +41,51 @@ class _Orders(asyncio.Protocol):
             log.debug("worker channel: cannot send any more: %s", exc)
 
 
+class _Reports(asyncio.Protocol):
+    """The reading side of a worker's channel: each report is handled as soon as it is read, in the
+    loop's turn that read it (an outcome is recorded, and its waiter answered, a turn sooner)."""
+
+    def __init__(self, handle: Callable[[dict[str, Any]], None]) -> None:
+        self._handle = handle
+        self._frames = protocol.FrameBuffer()
+        self.transport: asyncio.Transport | None = None
+        # The end of the channel: None when the worker closed it cleanly, else what broke it.
+        self.ended: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._frames.feed(data)
+        while not self.ended.done():
+            try:
+                message = self._frames.next()
+            except ProtocolError as exc:
+                self._end(exc)
+                return
+            if message is None:
+                return
+            self._handle(message)
+
+    def eof_received(self) -> bool | None:
+        if self._frames.pending():
+            self._end(ProtocolError("connection closed inside a frame"))
+        return None  # the transport closes itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._end(exc)
+
+    def _end(self, exc: Exception | None) -> None:
+        if not self.ended.done():
+            self.ended.set_result(exc)
+        if exc is not None and self.transport is not None:
+            self.transport.abort()
+
+    def at_eof(self) -> bool:
+        return self.ended.done()
+
+
 def send_order(worker: WorkerProcess, message: dict[str, Any]) -> None:
     """Send `message` to `worker`, unless it can no longer be heard: it exited, and its exit says
     what became of its lease."""
@@ -60,18 +105,15 @@ class Channels(PoolCore):
         # Two descriptors of the channel: one to read, one to write. A write that fails because the
         # worker has exited (a skip sent as it stopped) closes only its own, so that every report the
         # worker sent before it exited is still read (one transport would stop reading at once).
-        reader, reports = await asyncio.open_unix_connection(sock=channel)
+        # The writing side first: a report read is handled at once, and may send an order.
         worker.writer, _ = await loop.create_unix_connection(_Orders, sock=channel.dup())
+        reports = _Reports(lambda message: self._on_report(worker, message))
+        await loop.create_unix_connection(lambda: reports, sock=channel)
         worker.exited.add_done_callback(
-            lambda _: loop.call_later(_CHANNEL_GRACE, self._hang_up, worker, reader, reports)
+            lambda _: loop.call_later(_CHANNEL_GRACE, self._hang_up, worker, reports)
         )
-        try:
-            while (message := await protocol.read_frame(reader)) is not None:
-                try:
-                    await self._on_message(worker, message)
-                except Exception:  # one bad message must not leave the worker unheard
-                    log.exception("worker %d: cannot handle %r", worker.pid, message.get("op"))
-        except (ProtocolError, ConnectionError) as exc:
+        exc = await reports.ended
+        if exc is not None:
             if (worker.stopping or self._closing) and isinstance(exc, ConnectionResetError):
                 # Stopped as asked: it exited without reading what was sent to it meanwhile (the skip
                 # of the entry it was stopped in), after all it sent had been read.
@@ -80,23 +122,28 @@ class Channels(PoolCore):
                 log.warning("worker %d: broken channel: %s", worker.pid, exc)
             signal_group(worker.pid, signal.SIGKILL)
         worker.writer.close()
-        reports.close()
-        with contextlib.suppress(ConnectionError):
-            await reports.wait_closed()  # the reset, if any, was dealt with above
+        assert reports.transport is not None
+        reports.transport.close()
         status = await worker.exited
         self._on_exit(worker, status)
 
     @staticmethod
-    def _hang_up(worker: WorkerProcess, reader: asyncio.StreamReader, reports: asyncio.StreamWriter) -> None:
+    def _hang_up(worker: WorkerProcess, reports: _Reports) -> None:
         """The worker exited a while ago and its channel is still open: something it forked holds it.
         Close it, so that its exit is dealt with (and its process group killed)."""
-        if not reports.transport.is_closing() and not reader.at_eof():
+        if reports.transport is not None and not reports.transport.is_closing() and not reports.at_eof():
             log.warning("worker %d exited, but a process it forked holds its channel open", worker.pid)
             reports.transport.abort()
             if worker.writer is not None:
                 worker.writer.abort()
 
-    async def _on_message(self, worker: WorkerProcess, message: dict[str, Any]) -> None:
+    def _on_report(self, worker: WorkerProcess, message: dict[str, Any]) -> None:
+        try:
+            self._on_message(worker, message)
+        except Exception:  # one bad message must not leave the worker unheard
+            log.exception("worker %d: cannot handle %r", worker.pid, message.get("op"))
+
+    def _on_message(self, worker: WorkerProcess, message: dict[str, Any]) -> None:
         op = message.get("op")
         if op == "done":
             for result in message["results"]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from msearchd.model import Task, TaskStatus
@@ -32,6 +32,14 @@ class Queries(Connection):
     def statuses(self, ids: Iterable[int]) -> dict[int, TaskStatus]:
         rows = self._run("SELECT id, status FROM tasks WHERE id = ANY(%s)", (list(ids),))
         return {i: STATUS_BY_NAME[s] for i, s in rows}
+
+    def reached(self, ids: Sequence[int], statuses: Collection[TaskStatus]) -> tuple[int, list[int]]:
+        found, listed = self._run(
+            "SELECT count(*), coalesce(array_agg(id) FILTER (WHERE status = ANY(%s)), '{}') "
+            "FROM tasks WHERE id = ANY(%s)",
+            ([s.value for s in statuses], list(ids)),
+        ).fetchone()
+        return found, list(listed)
 
     def list(
         self,

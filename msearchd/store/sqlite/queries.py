@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from msearchd.model import Task, TaskStatus
@@ -49,6 +49,21 @@ class Queries(Connection):
             rows = self._db.execute(f"SELECT id, status FROM tasks WHERE id IN ({marks(len(part))})", part)
             out.update((i, STATUS_BY_NAME[s]) for i, s in rows)
         return out
+
+    def reached(self, ids: Sequence[int], statuses: Collection[TaskStatus]) -> tuple[int, list[int]]:
+        names = [s.value for s in statuses]
+        found, out = 0, []
+        for start in range(0, len(ids), CHUNK):
+            part = ids[start : start + CHUNK]
+            count, listed = self._db.execute(
+                f"SELECT count(*), group_concat(CASE WHEN status IN ({marks(len(names))}) THEN id END) "
+                f"FROM tasks WHERE id IN ({marks(len(part))})",
+                (*names, *part),
+            ).fetchone()
+            found += count
+            if listed:
+                out += map(int, listed.split(","))
+        return found, out
 
     def list(
         self,
