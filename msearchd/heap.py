@@ -1,13 +1,12 @@
 """The daemon's C heap (glibc's malloc): free memory at its top is kept for the next statement.
 
 A statement that sorts, or tests `id IN (SELECT ...)`, opens temporary b-trees, and SQLite allocates
-each one's page cache as one block of ~90 KB that it frees when the statement ends. With glibc's
+each one's page cache as one block, which it frees when the statement ends. With glibc's
 default thresholds the heap's free top is handed back to the kernel (brk) once it passes 128 KB, and
 taken back, a page fault per 4 KB page, by the next statement: in a bulk cancel, four brk calls and
-~100 page faults a step of 500 tasks, ~20,000 faults and ~5% of the time of a cancel of 100,000. glibc
-raises that threshold only after a process has freed a block it mapped on its own (above 128 KB), so
-whether a process pays depends on what it happened to allocate before: the daemon, opening a store
-closed cleanly, had not.
+~100 page faults a step of 500 tasks, ~20,000 faults and ~4% of the time of a cancel of 100,000.
+glibc adapts those thresholds to what a process freed before, so whether it pays depends on its past:
+the daemon did, a script running the same statements did not.
 """
 
 from __future__ import annotations
