@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from msearchd import __version__, config, logformat, systemd
+from msearchd import __version__, config, heap, logformat, systemd
 from msearchd.errors import InvalidArgument, Unavailable
 from msearchd.httpshim import (
     TOKEN_ENV,
@@ -374,6 +374,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(2)
     log_format = logformat.resolve(args.log_format, systemd.journal_on_stderr())
     logformat.configure(settings.log_level, log_format)
+    heap.keep_heap_top()
     try:
         asyncio.run(serve(settings, http, http_token, log_format, web))
     except (StartupError, InvalidArgument, UnusableStore) as exc:
