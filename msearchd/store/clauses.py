@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from msearchd.selection import Selection, is_glob
+from msearchd.store.schema import WAITING
 
 
 class Dialect:
@@ -122,6 +123,15 @@ def window_where(
 GlobPart = str | tuple[bool, list[tuple[int, int]]]
 # What a glob that no type can match is tested as.
 _NOTHING = "1 = 0"
+
+
+def cancel_window_where(
+    dialect: Dialect, selection: Selection, statuses: Sequence[str], after: int, up_to: int
+) -> tuple[str, list[Any]] | None:
+    """`window_where` for `cancel_window`: only the waiting ones of `statuses` (a cancel takes no
+    other); None when nothing in the window can be cancelled."""
+    waiting = [s for s in statuses if s in WAITING]
+    return window_where(dialect, selection, waiting, after, up_to, False) if waiting else None
 
 
 def glob_parts(pattern: str) -> list[GlobPart]:

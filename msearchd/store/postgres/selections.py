@@ -7,9 +7,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from msearchd.selection import Selection
-from msearchd.store.clauses import POSTGRES, window_where
+from msearchd.store.clauses import POSTGRES, cancel_window_where, window_where
 from msearchd.store.rows import window_rows
-from msearchd.store.schema import WAITING
 
 if TYPE_CHECKING:
     from msearchd.store.postgres.connection import Connection
@@ -66,13 +65,10 @@ class Selections(Connection):
         now: float,
         request: int,
     ) -> tuple[list[int], int]:
-        """Cancel, for the bulk request `request`, the first `limit` by id of the waiting tasks with ids
-        in (after, up_to] in these statuses that the selection's fields SQL can test select; returns
-        them, sorted, and the last id it went through. Rows are locked in id order, as
-        `cancel_for_request` locks them; one another daemon changed meanwhile is passed over, and
-        still counts among the `limit` it went through."""
-        waiting = [s for s in statuses if s in WAITING]
-        where = window_where(POSTGRES, selection, waiting, after, up_to, False) if waiting else None
+        """See `TaskStore.cancel_window`. Rows are locked in id order, as `cancel_for_request` locks
+        them; one another daemon changed meanwhile is passed over, and still counts among the `limit`
+        it went through."""
+        where = cancel_window_where(POSTGRES, selection, statuses, after, up_to)
         if where is None:
             return [], up_to
         clauses, args = where

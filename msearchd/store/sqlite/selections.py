@@ -7,9 +7,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from msearchd.selection import Selection
-from msearchd.store.clauses import SQLITE, window_where
+from msearchd.store.clauses import SQLITE, cancel_window_where, window_where
 from msearchd.store.rows import window_rows
-from msearchd.store.schema import WAITING
 from msearchd.store.sqlite.connection import CHUNK, marks
 
 if TYPE_CHECKING:
@@ -71,12 +70,9 @@ class Selections(Connection):
         now: float,
         request: int,
     ) -> tuple[list[int], int]:
-        """Cancel, for the bulk request `request`, the first `limit` by id of the waiting tasks with ids
-        in (after, up_to] in these statuses that the selection's fields SQL can test select; returns
-        them, sorted, and the last id it went through. One statement, the id range bounding its work
-        (an exact type's index holds the range): nothing reads the rows out first."""
-        waiting = [s for s in statuses if s in WAITING]
-        where = window_where(SQLITE, selection, waiting, after, up_to, False) if waiting else None
+        """See `TaskStore.cancel_window`. One statement, the id range bounding its work (an exact
+        type's index holds the range): nothing reads the rows out first."""
+        where = cancel_window_where(SQLITE, selection, statuses, after, up_to)
         if where is None:
             return [], up_to
         clauses, args = where
