@@ -205,7 +205,8 @@ class Daemon:
         return clean_env(
             MSEARCH_SOCKET=str(self.socket),
             MSEARCH_STATE_DIR=str(self.state_dir),
-            PYTHONPATH=str(BENCH),
+            # An inherited PYTHONPATH comes first: `PYTHONPATH=../other bench/run.py` times that tree.
+            PYTHONPATH=os.pathsep.join(filter(None, (os.environ.get("PYTHONPATH"), str(BENCH)))),
         )
 
     @property

@@ -1,6 +1,8 @@
 """Profile the daemon (cProfile) under one workload of the benchmarks; prints where its time goes.
 
-    .venv/bin/python bench/prof_daemon.py rpc|submit|dispatch|waited|command [--top 25] [--out file.prof]
+    .venv/bin/python bench/prof_daemon.py WORKLOAD [--top 25] [--out file.prof]
+
+WORKLOAD: rpc, submit, dispatch, waited, command or latency.
 
 Not part of run.py: a tool to find out why a figure is what it is.
 """
@@ -67,7 +69,21 @@ def command(d: Daemon, c: Any, root: Path) -> None:
     _drain(d, c, root, {"type": "command", "data": {"argv": ["true"]}}, 1000)
 
 
-WORKLOADS = {"rpc": rpc, "submit": submit, "dispatch": dispatch, "waited": waited, "command": command}
+def latency(d: Daemon, c: Any, root: Path) -> None:
+    """One no-op task at a time, each submitted and waited for: what an idle daemon does per task."""
+    d.warm_up(4)
+    for _ in range(3000):
+        c.wait([c.submit("noop")["id"]], timeout=30)
+
+
+WORKLOADS = {
+    "rpc": rpc,
+    "submit": submit,
+    "dispatch": dispatch,
+    "waited": waited,
+    "command": command,
+    "latency": latency,
+}
 
 
 def main() -> None:
@@ -80,7 +96,7 @@ def main() -> None:
     args = parser.parse_args()
     with temp_root("msp-") as root:
         out = args.out or root / "daemon.prof"
-        workers = 2 if args.workload in ("dispatch", "waited", "command") else 1
+        workers = 2 if args.workload in ("dispatch", "waited", "command", "latency") else 1
         d = Daemon(root=root, workers=workers, prefix=(PYTHON, "-m", "cProfile", "-o", str(out)))
         d.start()
         try:
