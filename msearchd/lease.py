@@ -17,7 +17,10 @@ import os
 import struct
 from enum import IntEnum
 
-_WORD = struct.Struct("<q")  # one aligned 8-byte store: never read half-written
+_WORD = struct.Struct("<q")
+
+# The longest an outcome waits in the worker to be reported with those of the rest of its lease.
+REPORT_DELAY = 0.01  # one aligned 8-byte store: never read half-written
 
 
 class Phase(IntEnum):

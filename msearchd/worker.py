@@ -23,12 +23,10 @@ from typing import Any
 
 from msearchd import protocol
 from msearchd.handlers import Handler, HandlerNotFound, TaskCancelled, TaskFailed, registered, resolve
-from msearchd.lease import LeaseWord, Phase
+from msearchd.lease import REPORT_DELAY, LeaseWord, Phase
 from msearchd.prctl import become_subreaper, die_with_parent
 from msearchd.spawn import TASK_ENV
 
-# The longest an outcome waits to be reported with those of the rest of its lease.
-REPORT_DELAY = 0.01
 # The most a task's result may take, as JSON: it is stored with the task and sent with every read of it.
 RESULT_MAX_BYTES = 8192
 

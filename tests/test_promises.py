@@ -83,6 +83,53 @@ def test_a_lease_holds_64_tasks_at_most(make_daemon, fifo):
         assert {t["status"] for t in done["tasks"]} == {"completed"}
 
 
+def test_a_worker_at_work_is_handed_its_next_lease_before_it_ends_the_one_it_has(make_daemon, fifo):
+    """It goes from one lease into the next without waiting for the daemon: the next lease is out
+    while the last task of the one before still runs."""
+    d = make_daemon(workers=1)
+    gate, hold = fifo("gate"), fifo("hold")
+    with d.client() as c:
+        known_to_be_quick(c)
+        c.submit("stepper", {"fifo": str(gate), "steps": 1}, priority=0)
+        quick = {"type": "quick", "priority": 1}
+        held = {"type": "quick", "data": {"fifo": str(hold)}, "priority": 1}
+        ids = c.submit_many([*[quick] * 63, held, *[quick] * 3])["task_ids"]
+        last, following = ids[63], ids[64:]  # a lease holds 64: the held one ends the first
+        with c.events(task_ids=following) as stream:
+            gate.write()  # the worker is free: it gets the first lease, and stops at its last task
+            assert stream.ready(timeout=20), "no lease went out while the worker was at work"
+            event = next(stream)
+        assert (event["event"], event["task_id"]) == ("started", following[0])
+        assert c.get(last)["status"] == "running"
+        assert c.get(ids[62])["status"] == "completed"
+        hold.write()
+        done = c.wait(ids, timeout=60)
+        assert {t["status"] for t in done["tasks"]} == {"completed"}
+
+
+def test_a_worker_held_up_by_a_task_is_handed_one_lease_ahead_at_most(make_daemon, fifo):
+    """A task of a short type that runs long holds its worker: the worker is handed more once, which
+    goes back to the queue when it overran, and not lease after lease while another worker reports."""
+    d = make_daemon(workers=2)
+    gate, gate2, hold = fifo("gate"), fifo("gate2"), fifo("hold")
+    with d.client() as c:
+        known_to_be_quick(c)
+        c.submit("stepper", {"fifo": str(gate), "steps": 1}, priority=0)
+        c.submit("stepper", {"fifo": str(gate2), "steps": 1}, priority=0)
+        held = c.submit("quick", {"fifo": str(hold)}, priority=1)["id"]
+        # About a second of work for the other worker, 10 ms a task: it reports all along.
+        rest = c.submit_many([{"type": "quick", "data": {"sleep": 0.01}, "priority": 2}] * 100)["task_ids"]
+        gate.write()  # one worker takes `held` and the tasks after it, and stays in `held`
+        d.wait_for_log(f"{held} overran its lease")  # those went back
+        gate2.write()  # the other worker runs them, reporting as it goes
+        done = c.wait(rest, timeout=60)
+        assert {t["status"] for t in done["tasks"]} == {"completed"}
+        overruns = [line for line in d.lines if f"{held} overran its lease" in line]
+        assert len(overruns) == 2, overruns  # its first lease, then the one more it was handed
+        hold.write()
+        assert c.wait([held], timeout=20)["tasks"][0]["status"] == "completed"
+
+
 def test_an_end_in_a_lease_is_reported_before_the_next_task_ends(make_daemon, fifo, tmp_path):
     """Ends of a lease's tasks are reported together, but 10 ms late at most: the first end is known
     while the second task still runs (half a second, by its own clock), and the third has not started."""

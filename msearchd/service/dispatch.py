@@ -8,7 +8,9 @@ from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+from msearchd.lease import REPORT_DELAY
 from msearchd.model import Task
+from msearchd.service.outcomes import SETTLE_DELAY
 from msearchd.store import disk_full
 
 if TYPE_CHECKING:
@@ -21,12 +23,17 @@ log = logging.getLogger("msearchd.service")
 
 # A worker is handed the next tasks together when they are short: as many as are expected to take
 # this long in all, at most LEASE_MAX. A task submitted meanwhile, whatever its priority, waits for
-# them, so this bounds that wait.
+# them (and for what is left of the lease before them, TOP_UP_AHEAD at most), so this bounds that wait.
 LEASE_WINDOW = 0.05
 # A lease whose tasks have not all started this long after it went out has a task running far longer
 # than expected: those after it go back to the queue, for a free worker or a later lease.
 LEASE_OVERRUN = 4 * LEASE_WINDOW
 LEASE_MAX = 64
+# A worker at work on short tasks is handed its next lease while it has less than this ahead of it
+# (by the expected durations), so that it goes from one lease into the next instead of waiting for the
+# daemon at each end. The dispatcher hears of a busy worker this often at least: it reports its
+# outcomes REPORT_DELAY after the first, and they are recorded SETTLE_DELAY after they came.
+TOP_UP_AHEAD = REPORT_DELAY + SETTLE_DELAY
 DURATION_SAMPLES = 3  # runs of a type before its duration is trusted
 DURATION_WEIGHT = 0.2  # of the newest run in the moving mean
 DISPATCH_RETRY_MAX = 30.0  # seconds between tries of a dispatch that keeps failing
@@ -138,23 +145,41 @@ class Dispatching(ServiceCore):
         if len(leases) < len(idle):
             self._wake.clear()  # the queue has nothing more to start now, and no outcome waits
 
+    def _may_start(self) -> bool:
+        held = self._stopping or self._bulk_cancels or self._fenced or self._late()
+        return self.pool is not None and not held and not self.scheduler.all_paused
+
     def _free_workers(self) -> list[int]:
         """The idle workers, unless nothing may start now."""
-        pool = self.pool
-        held = self._stopping or self._bulk_cancels or self._fenced or self._late()
-        if pool is None or held or self.scheduler.all_paused:
+        return self.pool.idle_pids() if self._may_start() and self.pool is not None else []
+
+    def _running_low(self) -> list[int]:
+        """The workers at work whose lease ends within TOP_UP_AHEAD, by the expected durations of
+        what is left of it; not one with a task of a type whose duration is not known yet."""
+        if not self._may_start() or self.pool is None:
             return []
-        return pool.idle_pids()
+        low = []
+        for pid, ahead in self.pool.work_ahead():
+            left = 0.0
+            for task in ahead:
+                expected = self._durations.expected(task.type)
+                if expected is None:
+                    break
+                left += expected
+            else:
+                if left < TOP_UP_AHEAD:
+                    low.append(pid)
+        return low
 
     def _dispatch_ready(self) -> None:
-        """Record the outcomes reported, and claim a task for every idle worker, in one transaction;
-        then hand them out."""
+        """Record the outcomes reported, and claim a task for every idle worker, and the next lease
+        of every worker about to finish its own, in one transaction; then hand them out."""
         idle = self._free_workers()
         if not idle and not self._finished:
             return
         with self._settling():
             self._settle()
-            leases = self._claim(idle)
+            leases = self._claim(idle + self._running_low())
         self._hand_out(leases)
 
     def _claim(self, idle: list[int]) -> list[tuple[int, list[Task]]]:

@@ -27,6 +27,9 @@ class WorkerProcess:
     # The tasks of its lease not yet reported, in order, each with its number (see msearchd.lease).
     lease: dict[int, tuple[int, Task]] = field(default_factory=dict)
     sent: int = 0  # lease entries numbered so far
+    # The entry it was at when it was last handed more work while at work: it gets no more until it
+    # has moved on (one that runs far longer than expected is not given lease after lease).
+    topped_up_at: int = -1
     stopping: bool = False
     started: float = field(default=0.0)
 
@@ -87,6 +90,22 @@ class PoolCore:
 
     def idle_pids(self) -> list[int]:
         return [w.pid for w in self._idle]
+
+    def work_ahead(self) -> list[tuple[int, list[Task]]]:
+        """For each worker at work on its lease: its pid, and the tasks of the lease it has not
+        finished, from the one it is at on. Not those of a worker with a stop or a take-back under
+        way (its lease is changing), nor of one handed more since it reached the entry it is at."""
+        ahead = []
+        for worker in self._workers:
+            lease = worker.lease
+            if not lease or worker.stopping or not worker.ready:
+                continue
+            if any(task_id in self._terminating or task_id in self._taken_back for task_id in lease):
+                continue
+            at, _ = worker.word.read()
+            if at != worker.topped_up_at:
+                ahead.append((worker.pid, [task for seq, task in lease.values() if seq >= at]))
+        return ahead
 
     def task_ids(self) -> list[int]:
         """The tasks of every lease out: those running, and those waiting their turn."""

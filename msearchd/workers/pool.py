@@ -163,10 +163,14 @@ class WorkerPool(Channels, Stopping):
     def dispatch(
         self, tasks: list[Task], pid: int, log_path: Callable[[int], str], reclaim_after: float | None = None
     ) -> None:
-        """Hand `tasks` (a lease: run in this order) to the idle worker `pid`. Those that have not
-        started `reclaim_after` seconds later are taken back (see `_reclaim`)."""
-        worker = next(w for w in self._idle if w.pid == pid)
-        self._idle.remove(worker)
+        """Hand `tasks` (a lease: run in this order) to worker `pid`: an idle one, or one at work,
+        which runs them after the rest of its lease. Those that have not started `reclaim_after`
+        seconds later are taken back (see `_reclaim`)."""
+        worker = next(w for w in self._workers if w.pid == pid)
+        if worker in self._idle:
+            self._idle.remove(worker)
+        else:
+            worker.topped_up_at = worker.word.read()[0]
         assert worker.writer is not None
         payloads = []
         for task in tasks:
