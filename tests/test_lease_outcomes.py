@@ -84,3 +84,22 @@ def test_a_task_that_waited_in_a_lease_and_runs_long_counts_as_started(make_daem
         assert (interrupted["status"], interrupted["attempts"]) == ("failed", 1)
         done = c.wait([after["id"]], timeout=20)
         assert [(t["status"], t["attempts"]) for t in done["tasks"]] == [("completed", 1)]
+
+
+def test_a_pause_puts_back_what_a_worker_holds_and_has_not_started(make_daemon, fifo, tmp_path):
+    """Tasks a worker holds in its lease and has not reached do not start once the queue is paused:
+    they are pending again when the pause answers, no attempt spent. The one that runs goes on."""
+    with make_daemon(workers=1).client() as c:
+        head, queued, hold, record = leased_behind_a_blocked_task(c, fifo, tmp_path)
+        assert c.pause()["all_paused"]
+        back = [(t["status"], t["attempts"], t["worker_pid"]) for t in map(c.get, (t["id"] for t in queued))]
+        assert back == [("pending", 0, None)] * len(queued)
+        assert c.get(head["id"])["status"] == "running"
+        hold.write()  # the head ends; the worker passes the entries it was told to skip
+        drained = c.drain(timeout=20)
+        assert drained["drained"] and drained["running"] == []
+        assert record.read_text().split() == [head["id"]]  # none of the others ran
+        assert all(c.get(t["id"])["status"] == "pending" for t in queued)
+        c.resume()
+        done = c.wait([t["id"] for t in queued], timeout=20)
+        assert {t["status"] for t in done["tasks"]} == {"completed"}

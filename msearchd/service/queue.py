@@ -94,8 +94,10 @@ class Pausing(ServiceCore):
             if sub.wants(payload):
                 sub.offer(payload)
 
-    def pause(self, types: list[Any] | None = None) -> dict[str, Any]:
-        """No new task of these types (of any, when none are named) starts; running ones go on."""
+    def pause(self, types: list[Any] | None = None) -> dict[str, Any] | Awaitable[dict[str, Any]]:
+        """No new task of these types (of any, when none are named) starts; running ones go on.
+        Those a worker holds in its lease and has not started go back to the queue before the
+        answer: they have not started, so they do not."""
         names = self._pause_types(types)
         uid, pid = REQUESTER.get()
         with self.store.transaction():
@@ -103,6 +105,15 @@ class Pausing(ServiceCore):
             if added:  # pausing what is paused already changes nothing: no history entry
                 self._queue_changed("queue_paused", added)
         self._apply_pauses()
+        if self.pool is None or not self.pool.task_ids():
+            return self.queue_state()
+        return self._paused(names)
+
+    async def _paused(self, names: list[str]) -> dict[str, Any]:
+        """The answer to a pause, once what the workers hold of the paused types and have not
+        started is back in the queue."""
+        if self.pool is not None:
+            await self.pool.hand_back(lambda task: any(fnmatchcase(task.type, n) for n in names))
         return self.queue_state()
 
     def resume(self, types: list[Any] | None = None) -> dict[str, Any]:
@@ -123,11 +134,15 @@ class Pausing(ServiceCore):
         upgrade); the requests after it see the pause."""
         if timeout is not None and not timeout >= 0:
             raise InvalidArgument(f"timeout must be 0 or more seconds, got {timeout!r}")
-        self.pause(types)
+        paused = self.pause(types)
         names = set(self._pause_types(types))
-        return self._drained(names, None if timeout is None else time.monotonic() + timeout)
+        return self._drained(paused, names, None if timeout is None else time.monotonic() + timeout)
 
-    async def _drained(self, names: set[str], deadline: float | None) -> dict[str, Any]:
+    async def _drained(
+        self, paused: dict[str, Any] | Awaitable[dict[str, Any]], names: set[str], deadline: float | None
+    ) -> dict[str, Any]:
+        if not isinstance(paused, dict):
+            await paused  # what had not started went back to the queue
         while True:
             busy = [t.id for t in self.store.running() if any(fnmatchcase(t.type, n) for n in names)]
             left = None if deadline is None else deadline - time.monotonic()

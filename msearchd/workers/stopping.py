@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 from typing import Any
 
 from msearchd.lease import Phase
@@ -31,6 +32,18 @@ class Stopping(PoolCore):
         if any(at < seq <= last for seq, _ in worker.lease.values()):
             self._background(self._reclaim(worker, at, last))
 
+    async def hand_back(self, wanted: Callable[[Task], bool]) -> int:
+        """Put the tasks `wanted` picks that wait their turn in a lease back in the queue: a pause
+        holds them back too. Returns how many went back; those a worker had reached run on."""
+        returned = await asyncio.gather(
+            *(
+                self._return_entries(worker, [seq for seq, task in worker.lease.values() if wanted(task)])
+                for worker in list(self._workers)
+                if worker.lease and not worker.stopping
+            )
+        )
+        return sum(len(tasks) for tasks in returned)
+
     def _note_start(self, worker: WorkerProcess, seq: int) -> None:
         """Entry `seq` runs: make sure its start is on record. Those after the first of a lease were
         claimed without one, and report it with their end: only one that runs long gets here."""
@@ -41,24 +54,8 @@ class Stopping(PoolCore):
     async def _reclaim(self, worker: WorkerProcess, at: int, last: int) -> None:
         """Put the entries after `at`, up to `last`, back in the queue, where a free worker takes them
         instead of waiting behind the task that overran."""
-        tail = [
-            seq
-            for seq, task in worker.lease.values()
-            if at < seq <= last and task.id not in self._terminating
-        ]
-        where = await self._skip(worker, tail)
-        if where is None:
-            return  # it died meanwhile: _on_exit has dealt with its lease
-        now_at, phase = where
-        if phase is Phase.RUNNING:
-            self._note_start(worker, now_at)
-        returned: list[Task] = []
-        for task_id, (seq, task) in list(worker.lease.items()):
-            skipped = seq > now_at or (seq == now_at and phase is Phase.SKIPPED)
-            mine = task_id not in self._terminating and task_id not in self._taken_back
-            if seq in tail and skipped and mine:
-                del worker.lease[task_id]
-                returned.append(task)
+        tail = [seq for seq, _ in worker.lease.values() if at < seq <= last]
+        returned = await self._return_entries(worker, tail)
         if returned:
             running = worker.current()
             log.info(
@@ -67,8 +64,35 @@ class Stopping(PoolCore):
                 format_task_id(running.id) if running is not None else "a task",
                 len(returned),
             )
+
+    async def _return_entries(self, worker: WorkerProcess, seqs: list[int]) -> list[Task]:
+        """Put the entries `seqs` of the worker's lease back in the queue, those it has not reached
+        (nor a stop or a take-back is about); returns their tasks."""
+        at, _ = worker.word.read()
+        stopping = self._terminating.keys() | self._taken_back
+        wanted = set(seqs)
+        mine = {seq for seq, task in worker.lease.values() if seq in wanted and seq > at}
+        mine -= {seq for seq, task in worker.lease.values() if task.id in stopping}
+        if not mine:
+            self._make_idle(worker)
+            return []
+        where = await self._skip(worker, sorted(mine))
+        if where is None:
+            return []  # it died meanwhile: _on_exit has dealt with its lease
+        now_at, phase = where
+        if phase is Phase.RUNNING:
+            self._note_start(worker, now_at)
+        returned: list[Task] = []
+        for task_id, (seq, task) in list(worker.lease.items()):
+            skipped = seq > now_at or (seq == now_at and phase is Phase.SKIPPED)
+            still_mine = task_id not in self._terminating and task_id not in self._taken_back
+            if seq in mine and skipped and still_mine:
+                del worker.lease[task_id]
+                returned.append(task)
+        if returned:
             self._listener.tasks_returned(returned)
         self._make_idle(worker)  # what it ran meanwhile may have been the rest of its lease
+        return returned
 
     def waits_in_lease(self, task_id: int) -> bool:
         """Whether a worker holds this task in its lease and has not reached it yet."""
