@@ -4,12 +4,15 @@ task) leaves the connection to no later call."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from msearchd import protocol
 from msearchd.client import AsyncClient
+from msearchd.client.asynchronous import AsyncEventStream
 from msearchd.errors import Unavailable
 
 
@@ -72,3 +75,25 @@ def test_calls_waiting_beside_one_given_up_fail_as_unavailable(make_daemon, fifo
     assert isinstance(beside, Unavailable)
     assert "given up" in beside.message
     assert [(t["id"], t["status"]) for t in waited["tasks"]] == [(task["id"], "cancelled")]
+
+
+def test_an_event_stream_wait_given_up_inside_a_frame_takes_up_where_it_was():
+    """A consumer that waits for the next event with a timeout may give up while a frame is half
+    read: the next wait gets that event whole, then the next."""
+    frames = [protocol.encode({"event": {"event": "progress", "task_id": f"task_{i}"}}) for i in (1, 2)]
+
+    async def scenario() -> list[dict[str, Any]]:
+        ours, theirs = socket.socketpair()
+        reader, writer = await asyncio.open_unix_connection(sock=ours)
+        stream = AsyncEventStream(AsyncClient(Path("unused"), reader, writer))
+        try:
+            theirs.sendall(frames[0][:6])  # the header and a little of the body
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(anext(stream), 0.05)
+            theirs.sendall(frames[0][6:] + frames[1])
+            return [await asyncio.wait_for(anext(stream), 10) for _ in frames]
+        finally:
+            await stream.close()
+            theirs.close()
+
+    assert asyncio.run(scenario()) == [{"event": "progress", "task_id": f"task_{i}"} for i in (1, 2)]

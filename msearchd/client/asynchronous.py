@@ -154,19 +154,29 @@ class AsyncClient(Methods):
 
 
 class AsyncEventStream:
-    """Events from a subscription, in order, for `async for`."""
+    """Events from a subscription, in order, for `async for`. A wait for the next event may be given
+    up (`asyncio.wait_for`, a cancelled task) and taken up again: the frame being read is kept."""
 
     def __init__(self, connection: AsyncClient) -> None:
         self._connection = connection
+        # The read of the next frame, which goes on if a wait for it is given up: cancelled between
+        # a frame's header and its body, a plain read would leave the stream cut in two.
+        self._next: asyncio.Task[dict[str, Any] | None] | None = None
 
     def __aiter__(self) -> AsyncEventStream:
         return self
 
     async def __anext__(self) -> dict[str, Any]:
+        import asyncio
+
+        if self._next is None:
+            self._next = asyncio.ensure_future(protocol.read_frame(self._connection._reader))
         try:
-            message = await protocol.read_frame(self._connection._reader)
+            message = await asyncio.shield(self._next)
         except (OSError, ProtocolError):
             message = None
+        if self._next.done():
+            self._next = None
         if message is None:
             await self.close()
             raise StopAsyncIteration
@@ -176,4 +186,7 @@ class AsyncEventStream:
         return message["event"]
 
     async def close(self) -> None:
+        if self._next is not None:
+            self._next.cancel()
+            self._next = None
         await self._connection.close()
