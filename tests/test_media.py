@@ -144,6 +144,7 @@ def test_a_scan_queues_each_media_file_s_chain_and_the_handlers_make_what_they_s
     logs = list((d.state_dir / "logs").glob("task_*.log"))
     assert not [log.name for log in logs if log.stat().st_size == 0]  # ffmpeg said nothing: no log
     cache = d.state_dir / "media"
+    assert not list(cache.rglob(".part-*"))  # no temporary file or folder left, failed tasks' neither
     thumbs = {
         f: ts["thumbnail_generate"]["result"] for f, ts in by_file.items() if "thumbnail_generate" in ts
     }

@@ -11,7 +11,7 @@ from typing import Any
 
 from msearchd.handlers import TaskContext, TaskFailed
 from msearchd.handlers.media import ffmpeg
-from msearchd.handlers.media.cache import entry, source, writing
+from msearchd.handlers.media.cache import entry, source, writing, writing_file
 from msearchd.handlers.media.images import MODEL_INPUT_SIZE, fitted, load
 from msearchd.handlers.media.sniff import Kind, kind_of
 
@@ -26,7 +26,7 @@ def image(ctx: TaskContext, data: dict[str, Any]) -> dict[str, Any]:
     target = entry("inputs", digest, ".jpg")
     if not target.exists():
         ctx.set_operation(f"preparing {path.name}")
-        with writing(target) as temp:
+        with writing_file(target) as temp:
             fitted(load(path, fit=MODEL_INPUT_SIZE), MODEL_INPUT_SIZE).save(temp, "JPEG", quality=95)
     return {"path": str(path), "input": str(target), "bytes": target.stat().st_size}
 

@@ -18,7 +18,7 @@ from typing import Any
 import msgpack
 
 from msearchd.handlers import TaskCancelled, TaskContext, TaskFailed
-from msearchd.handlers.media.cache import file_digest, media_root, writing
+from msearchd.handlers.media.cache import file_digest, media_root, writing_file
 from msearchd.handlers.media.sniff import Kind, sniff
 
 # The longest between two progress reports of a scan.
@@ -65,7 +65,7 @@ def load_index(path: Path) -> dict[str, list[Any]]:
 
 
 def save_index(path: Path, index: dict[str, list[Any]]) -> None:
-    with writing(path) as temp:
+    with writing_file(path) as temp:
         temp.write_bytes(msgpack.packb(index, use_bin_type=True))
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from msearchd.handlers import TaskContext, TaskFailed
 from msearchd.handlers.media import ffmpeg
-from msearchd.handlers.media.cache import entry, source, writing
+from msearchd.handlers.media.cache import entry, source, writing, writing_file
 from msearchd.handlers.media.images import THUMBNAIL_SIZE, make_thumbnail
 from msearchd.handlers.media.sniff import Kind, kind_of
 
@@ -24,7 +24,7 @@ def run(ctx: TaskContext, data: dict[str, Any]) -> dict[str, Any]:
     if not target.exists():
         if kind is Kind.IMAGE:
             ctx.set_operation(f"thumbnail of {path.name}")
-            with writing(target) as temp:
+            with writing_file(target) as temp:
                 make_thumbnail(path, temp)
         elif kind is Kind.VIDEO:
             with writing(target) as temp:
