@@ -36,6 +36,9 @@ def test_a_batch_stores_each_task_as_submit_stores_it(client):
         {"type": "file_scan", "key": None},
         {"type": "command", "data": {"argv": ["true"]}},
         {"type": "file_scan"},
+        {"type": "third.kind", "priority": 2},  # met first with a priority of its own
+        {"type": "third.kind"},
+        {"type": "third.kind", "priority": 0},
     ]
     batch = client.submit_many(items)["task_ids"]
     singles = [client.call("submit", **item)["id"] for item in items]
@@ -74,9 +77,12 @@ REFUSED = [
 ]
 
 
+@pytest.mark.parametrize("met_with", [None, 4], ids=["default-priority", "own-priority"])
 @pytest.mark.parametrize("item", REFUSED, ids=range(len(REFUSED)))
-def test_a_refused_task_refuses_the_batch_with_submits_answer(client, item):
-    client.submit("file_scan")  # its type is one submit_many has met: plain tasks of it go the short way
+def test_a_refused_task_refuses_the_batch_with_submits_answer(client, item, met_with):
+    # Its type is one submit_many has met, with or without a priority of its own: plain tasks of it go
+    # the short way.
+    client.submit("file_scan", priority=met_with)
     before = client.count()
     with pytest.raises(MsearchError) as single:
         client.call("submit", **item)

@@ -56,14 +56,13 @@ class Submitting(ServiceCore):
         validate_data(data)
         if task_type == "command" and "command" not in self.settings.handlers:
             command.validate(data)
-        if priority is None:
-            prio = self._default_priority.get(task_type)
-            if prio is None:
-                prio = self._default_priority[task_type] = default_priority(
-                    task_type, self.settings.priorities
-                )
-        else:
-            prio = validate_priority(priority)
+        # Known once a task of the type is checked, whatever its priority: `submit_many` then checks
+        # the type's next tasks itself.
+        defaults = self._default_priority
+        default = defaults.get(task_type)
+        if default is None:
+            default = defaults[task_type] = default_priority(task_type, self.settings.priorities)
+        prio = default if priority is None else validate_priority(priority)
         if not depends_on:
             return {
                 "task_type": task_type,
