@@ -202,8 +202,10 @@ class ServiceCore:
         `each` adds what differs from task to task (as a single change's event has it)."""
         if self._subscriptions or self.store.shared:  # as `_listened`, asked once for all of them
             ids = list(task_ids)
-        else:
+        elif self._waiters:
             ids = [i for i in task_ids if i in self._waiters]
+        else:
+            return
         with self._announcing():
             for task in self.store.get_many(ids):
                 self._publish(event, task, **(each[task.id] if each else {}), **extra)
