@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from msearchd import protocol
-from msearchd.errors import NotFound
+from msearchd.errors import NotFound, ProtocolError
 
 
 def greeted(d) -> socket.socket:
@@ -152,3 +152,39 @@ def test_a_wait_on_tasks_that_have_all_ended_is_answered_in_its_turn(make_daemon
     assert answers[0]["result"]["tasks"][0]["status"] == "completed" and not answers[0]["result"]["timed_out"]
     with d.client() as c, pytest.raises(NotFound, match="task_999 does not exist"):
         c.wait([done, "task_999"], timeout=30)
+
+
+def test_a_wait_on_more_tasks_than_one_answer_carries_is_answered_whole(make_daemon):
+    """70,000 tasks of a few hundred bytes are more than one frame holds (16 MiB): both clients ask
+    in parts, and answer as one wait would, in order. A task that does not exist is refused at once,
+    and a timeout counts for the whole wait."""
+    import asyncio
+
+    from msearchd.client import AsyncClient
+
+    d = make_daemon(workers=1)
+    with d.client() as c:
+        c.pause()  # they stay pending
+        ids: list[str] = []
+        task = {"type": "noop", "data": {"path": "/photos/" + "x" * 240}}
+        for _ in range(7):
+            ids += c.submit_many([task] * 10_000)["task_ids"]
+        with pytest.raises(ProtocolError, match="exceeds the 16777216-byte frame limit"):
+            c.call("wait", task_ids=ids, statuses=["pending"], timeout=0)  # one request: too much
+        pending = c.wait(ids, statuses=["pending"], timeout=30)
+        assert not pending["timed_out"]
+        assert [(t["id"], t["status"]) for t in pending["tasks"]] == [(i, "pending") for i in ids]
+        with pytest.raises(NotFound, match="task_99999999 does not exist"):
+            c.wait([*ids, "task_99999999"])  # none ends: it would wait for ever if not refused first
+        ended = c.wait(ids, timeout=0.2)
+        assert ended["timed_out"] and len(ended["tasks"]) == len(ids)
+
+    async def from_asyncio() -> dict:
+        client = await AsyncClient.connect(d.socket)
+        try:
+            return await client.wait(ids, statuses=["pending"], timeout=30)
+        finally:
+            await client.close()
+
+    answer = asyncio.run(from_asyncio())
+    assert not answer["timed_out"] and [t["id"] for t in answer["tasks"]] == ids

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from msearchd import protocol
 from msearchd.client.checks import check_answer, check_folder, check_peer, default_socket_path, no_daemon
-from msearchd.client.methods import Methods
+from msearchd.client.methods import Methods, joined_waits, wait_parts
 from msearchd.errors import MsearchError, ProtocolError, Unavailable, from_wire
 
 if TYPE_CHECKING:  # asyncio is imported only by AsyncClient: it costs the CLI ~35 ms to start
@@ -85,6 +86,21 @@ class AsyncClient(Methods):
         if "error" in message:
             raise from_wire(message["error"])
         return message.get("result")
+
+    async def wait(
+        self, task_ids: list[str | int], statuses: list[str] | None = None, timeout: float | None = None
+    ) -> Any:
+        """As `Client.wait`: a wait on more tasks than one answer may carry is asked in parts."""
+        parts = wait_parts(list(task_ids))
+        if len(parts) <= 1:
+            return await super().wait(task_ids, statuses, timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        now = [await super(AsyncClient, self).wait(part, statuses, 0) for part in parts]
+        answers = []
+        for part, seen in zip(parts, now, strict=True):
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            answers.append(await super().wait(part, statuses, left) if seen["timed_out"] else seen)
+        return joined_waits(answers)
 
     async def _read_one(self) -> None:
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import select
 import socket
 import struct
+import time
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from msearchd.client.checks import (
     default_socket_path,
     no_daemon,
 )
-from msearchd.client.methods import Methods
+from msearchd.client.methods import Methods, joined_waits, wait_parts
 from msearchd.errors import ProtocolError, Unavailable, from_wire
 
 
@@ -89,6 +90,23 @@ class Client(Methods):
             self._reconnect()
             self._send(frame)
         return answer_result(self._read(), req_id)
+
+    def wait(
+        self, task_ids: list[str | int], statuses: list[str] | None = None, timeout: float | None = None
+    ) -> Any:
+        """A wait on more tasks than one answer may carry is asked part after part: first where each
+        part stands now (a task that does not exist is refused at once), then a wait on each part
+        not there yet, within what is left of the timeout. The answer is that of one wait."""
+        parts = wait_parts(list(task_ids))
+        if len(parts) <= 1:
+            return super().wait(task_ids, statuses, timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        now = [super(Client, self).wait(part, statuses, 0) for part in parts]
+        answers = []
+        for part, seen in zip(parts, now, strict=True):
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            answers.append(super().wait(part, statuses, left) if seen["timed_out"] else seen)
+        return joined_waits(answers)
 
     def _send_unless_closed(self, frame: bytes) -> bool:
         """Send a request; False, having sent nothing, when the daemon had closed this connection

@@ -6,6 +6,23 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+# Tasks one `wait` request names at most. Its answer holds each task whole and must fit in a frame
+# (protocol.MAX_FRAME, 16 MiB; a task takes a few hundred bytes): the clients ask a wait on more in
+# parts (see `Client.wait`).
+WAIT_PART = 10_000
+
+
+def wait_parts(task_ids: list[str | int]) -> list[list[str | int]]:
+    return [task_ids[i : i + WAIT_PART] for i in range(0, len(task_ids), WAIT_PART)]
+
+
+def joined_waits(answers: list[dict[str, Any]]) -> dict[str, Any]:
+    """The answers of a wait's parts, as the answer of one wait on all of them."""
+    return {
+        "tasks": [task for answer in answers for task in answer["tasks"]],
+        "timed_out": any(answer["timed_out"] for answer in answers),
+    }
+
 
 class Methods:
     """The operations, written once: each returns whatever `call` returns (a value, or an awaitable)."""
