@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from types import FrameType
 from typing import Any
 
-from msearchd import protocol
+from msearchd import heap, protocol
 from msearchd.handlers import Handler, HandlerNotFound, TaskCancelled, TaskFailed, registered, resolve
 from msearchd.lease import REPORT_DELAY, LeaseWord, Phase
 from msearchd.prctl import become_subreaper, die_with_parent
@@ -330,6 +330,7 @@ def main(argv: list[str] | None = None) -> None:
     if not die_with_parent(parent_pid):  # so that no worker outlives a kill -9 of the daemon
         return
     os.set_inheritable(fd, False)  # what tasks start must not get the daemon's channel
+    heap.keep_heap_top()
     channel = socket.socket(fileno=fd)
     os.environ["MSEARCH_STATE_DIR"] = config["state_dir"]
     worker = Worker(channel, LeaseWord.attach(word_fd), config["handlers"], config["state_dir"])
