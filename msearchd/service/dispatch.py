@@ -145,21 +145,24 @@ class Dispatching(ServiceCore):
         if len(leases) < len(idle):
             self._wake.clear()  # the queue has nothing more to start now, and no outcome waits
 
-    def _may_start(self) -> bool:
+    def _held(self) -> bool:
+        """Whether nothing may start now: the daemon stops, a bulk cancel runs, the queue is paused."""
         held = self._stopping or self._bulk_cancels or self._fenced or self._late()
-        return self.pool is not None and not held and not self.scheduler.all_paused
+        return held or self.scheduler.all_paused
 
     def _free_workers(self) -> list[int]:
         """The idle workers, unless nothing may start now."""
-        return self.pool.idle_pids() if self._may_start() and self.pool is not None else []
+        pool = self.pool
+        return pool.idle_pids() if pool is not None and not self._held() else []
 
     def _running_low(self) -> list[int]:
         """The workers at work whose lease ends within TOP_UP_AHEAD, by the expected durations of
         what is left of it; not one with a task of a type whose duration is not known yet."""
-        if not self._may_start() or self.pool is None:
+        pool = self.pool
+        if pool is None or self._held():
             return []
         low = []
-        for pid, ahead in self.pool.work_ahead():
+        for pid, ahead in pool.work_ahead():
             left = 0.0
             for task in ahead:
                 expected = self._durations.expected(task.type)

@@ -32,17 +32,16 @@ class Stopping(PoolCore):
         if any(at < seq <= last for seq, _ in worker.lease.values()):
             self._background(self._reclaim(worker, at, last))
 
-    async def hand_back(self, wanted: Callable[[Task], bool]) -> int:
+    async def hand_back(self, wanted: Callable[[Task], bool]) -> None:
         """Put the tasks `wanted` picks that wait their turn in a lease back in the queue: a pause
-        holds them back too. Returns how many went back; those a worker had reached run on."""
-        returned = await asyncio.gather(
+        holds them back too. Those a worker has reached run on."""
+        await asyncio.gather(
             *(
                 self._return_entries(worker, [seq for seq, task in worker.lease.values() if wanted(task)])
                 for worker in list(self._workers)
                 if worker.lease and not worker.stopping
             )
         )
-        return sum(len(tasks) for tasks in returned)
 
     def _note_start(self, worker: WorkerProcess, seq: int) -> None:
         """Entry `seq` runs: make sure its start is on record. Those after the first of a lease were
@@ -71,8 +70,11 @@ class Stopping(PoolCore):
         at, _ = worker.word.read()
         stopping = self._terminating.keys() | self._taken_back
         wanted = set(seqs)
-        mine = {seq for seq, task in worker.lease.values() if seq in wanted and seq > at}
-        mine -= {seq for seq, task in worker.lease.values() if task.id in stopping}
+        mine = {
+            seq
+            for seq, task in worker.lease.values()
+            if seq in wanted and seq > at and task.id not in stopping
+        }
         if not mine:
             self._make_idle(worker)
             return []
