@@ -101,7 +101,6 @@ def test_a_worker_at_work_is_handed_its_next_lease_before_it_ends_the_one_it_has
             event = next(stream)
         assert (event["event"], event["task_id"]) == ("started", following[0])
         assert c.get(last)["status"] == "running"
-        assert c.get(ids[62])["status"] == "completed"
         hold.write()
         done = c.wait(ids, timeout=60)
         assert {t["status"] for t in done["tasks"]} == {"completed"}
