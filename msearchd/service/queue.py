@@ -105,7 +105,7 @@ class Pausing(ServiceCore):
             if added:  # pausing what is paused already changes nothing: no history entry
                 self._queue_changed("queue_paused", added)
         self._apply_pauses()
-        if self.pool is None or not self.pool.task_ids():
+        if self.pool is None or not self.pool.busy_count:  # no lease out: nothing to put back
             return self.queue_state()
         return self._paused(names)
 
