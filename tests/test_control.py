@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -345,6 +346,29 @@ def test_bulk_cancels_agree_with_their_dry_run_when_selected_tasks_depend_on_eac
     everything = client.cancel_all()
     assert (everything["cancelled"], everything["cancelled_dependents"]) == (1203, 0)
     assert client.count(["pending", "blocked"]) == 0
+
+
+def test_a_selected_dependent_cancelled_ahead_of_its_window_is_gone_from_by_its_own_dependents_once(client):
+    """A cancel of a type reaches a selected task that depends on an earlier one before its own window
+    does. Its dependent outside the selection is cancelled once and counted once, whether or not
+    anyone listens to the cancel."""
+    client.pause()
+    for listening in (False, True):
+        root = client.submit("thumbnail_generate")["id"]
+        client.submit_many([{"type": "thumbnail_generate"}] * 1200)
+        selected = client.submit("thumbnail_generate", depends_on=[root])["id"]
+        # More dependents than one commit settles: the rest are settled after the windows.
+        many = client.submit_many([{"type": "noop", "depends_on": [selected]}] * 1500)["task_ids"]
+        last = client.submit("noop", depends_on=[many[-1]])["id"]
+        with contextlib.ExitStack() as stack:
+            if listening:
+                stack.enter_context(client.events(types=["noop"]))
+            by_type = client.cancel_by_type("thumbnail_generate")
+        assert (by_type["cancelled"], by_type["cancelled_dependents"]) == (1202, 1501), listening
+        ended = client.wait([*many, last], timeout=0)["tasks"]
+        assert {t["status"] for t in ended} == {"cancelled"}
+        assert {t["error"] for t in ended[:-1]} == {f"dependency {selected} was cancelled"}
+        assert ended[-1]["error"] == f"dependency {many[-1]} was cancelled"
 
 
 def test_a_cancel_of_a_type_and_one_testing_the_data_take_the_same_tasks_the_same_way(client):

@@ -665,8 +665,9 @@ class Undone(Exception):
 
 
 def test_a_window_cancel_takes_the_waiting_tasks_a_window_read_selects_and_stops_at_its_limit(store):
-    """`cancel_window` is `select_window` then `cancel_for_request` in one statement: the same tasks,
-    the same fields written, and at most `limit` of them, the first by id, saying where it stopped."""
+    """`cancel_window` is `select_window` then `cancel_for_request` without reading rows out: the same
+    tasks, the same fields written, and at most `limit` of them, the first by id, saying where it
+    stopped; whether it is asked for their ids or only for how many."""
     ids = [
         store.insert(task_type=t, data={"i": n}, priority=p, status=s, created_at=float(n))
         for n, (t, p, s) in enumerate(
@@ -686,12 +687,15 @@ def test_a_window_cancel_takes_the_waiting_tasks_a_window_read_selects_and_stops
     waiting = ["pending", "blocked"]
     before = store.statuses(ids)
 
-    def both(selection: Selection, statuses=waiting, after=0, up_to=ids[-1], limit=100) -> tuple:
-        """What a window read selects, and what a window cancel cancels (rolled back after)."""
-        read = [r[0] for r in store.select_window(selection, statuses, after, up_to)][:limit]
+    def cancel(selection: Selection, statuses, after, up_to, limit, with_ids: bool) -> tuple:
+        """A window cancel, rolled back after: how many, the ids it gave, the tasks it changed, the
+        last id it went through."""
         with pytest.raises(Undone), store.transaction():
             request = store.add_bulk_request(3.0, "cancel_requested", {"by": "window"}, 1000, 42)
-            done, last = store.cancel_window(selection, statuses, after, up_to, limit, 3.0, request)
+            count, given, last = store.cancel_window(
+                selection, statuses, after, up_to, limit, 3.0, request, ids=with_ids
+            )
+            done = sorted(i for i, s in store.statuses(ids).items() if s != before[i])
             tasks = store.get_many(done)
             fields = {(t.status, t.finished_at, t.stop_reason, t.blocked_reason) for t in tasks}
             history = {i: [e["by"] for e in store.events(i)] for i in done}
@@ -699,6 +703,15 @@ def test_a_window_cancel_takes_the_waiting_tasks_a_window_read_selects_and_stops
         assert fields == ({(TaskStatus.CANCELLED, 3.0, StopReason.NOT_STARTED, None)} if done else set())
         assert history == {i: ["window"] for i in done}  # each points at the request
         assert store.statuses(ids) == before
+        assert count == len(done)
+        assert given == (done if with_ids else [])
+        return done, last
+
+    def both(selection: Selection, statuses=waiting, after=0, up_to=ids[-1], limit=100) -> tuple:
+        """What a window read selects, and what a window cancel cancels, asked for the ids or not."""
+        read = [r[0] for r in store.select_window(selection, statuses, after, up_to)][:limit]
+        done, last = cancel(selection, statuses, after, up_to, limit, with_ids=True)
+        assert cancel(selection, statuses, after, up_to, limit, with_ids=False) == (done, last)
         return read, done, last
 
     for selection in [
@@ -720,6 +733,32 @@ def test_a_window_cancel_takes_the_waiting_tasks_a_window_read_selects_and_stops
     assert both(Selection(types=("scan",)), limit=2)[1:] == ([ids[0], ids[4]], ids[4])
     assert both(Selection(types=("scan",)), after=ids[0], limit=2)[1:] == ([ids[4]], ids[-1])
     assert both(Selection(ids=(ids[4],)), up_to=ids[3])[1:] == ([], ids[3])
+
+
+def test_the_tasks_a_request_cancelled_that_waiting_tasks_depend_on_are_found_by_window(store):
+    """What a window cancel that gave no ids needs to cascade: of the tasks in the window that this
+    request cancelled, those some task still waiting depends on."""
+    roots = [add(store) for _ in range(4)]
+    blocked = add(store, status=TaskStatus.BLOCKED, deps=[roots[0]])
+    ended = add(store, status=TaskStatus.BLOCKED, deps=[roots[1]])
+    store.update(ended, status=TaskStatus.CANCELLED)
+    add(store, status=TaskStatus.BLOCKED, deps=[roots[2]])
+    pending = add(store, deps=[roots[3]])
+    with store.transaction():
+        request = store.add_bulk_request(3.0, "cancel_requested", {"by": "window"}, 1000, 42)
+        other = store.add_bulk_request(3.0, "cancel_requested", {"by": "window"}, 1000, 42)
+        assert store.cancel_for_request([roots[0], roots[1], roots[3]], 3.0, request) == [
+            roots[0],
+            roots[1],
+            roots[3],
+        ]
+        assert store.cancel_for_request([roots[2]], 3.0, other) == [roots[2]]
+    # roots[1]'s dependent has ended; roots[2] was another request's
+    assert store.cancelled_with_dependents(request, 0, pending) == [roots[0], roots[3]]
+    assert store.cancelled_with_dependents(request, roots[0], pending) == [roots[3]]
+    assert store.cancelled_with_dependents(request, 0, roots[2]) == [roots[0]]
+    assert store.cancelled_with_dependents(other, 0, pending) == [roots[2]]
+    assert blocked in store.dependents(roots[0])
 
 
 def test_cancel_for_a_request_and_reprioritize_touch_only_waiting_tasks(store):

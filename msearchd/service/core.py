@@ -184,6 +184,10 @@ class ServiceCore:
         """Whether anyone may hear of a change to the task: a subscriber, a waiter, another daemon."""
         return bool(self._subscriptions) or task_id in self._waiters or self.store.shared
 
+    def _anyone_listening(self) -> bool:
+        """Whether anyone may hear of a change to some task: `_listened` for any task at all."""
+        return bool(self._subscriptions or self._waiters) or self.store.shared
+
     def _notify(self, channel: str, message: dict[str, Any]) -> None:
         try:
             self.store.notify(channel, pack(message))

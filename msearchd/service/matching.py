@@ -234,10 +234,11 @@ class Matching(ServiceCore):
         # Nothing it may cancel starts meanwhile, here or on another daemon: taking tasks by priority,
         # the dispatcher would start ones it is about to cancel.
         with self._holding_starts(_only_type(selection)), self._bulk(), self._checkpoint_after():
-            async for done, dependents, more in self._cancel_steps(selection, waiting, newest, request):
+            steps = self._cancel_steps(selection, waiting, newest, request, each)
+            async for count, done, dependents, more in steps:
                 cascaded += dependents
                 later += more
-                cancelled += len(done)
+                cancelled += count
                 if each:
                     outcomes.update(dict.fromkeys(done))
                 self._publish_status("cancelled", done, stop_reason=StopReason.NOT_STARTED.value)
@@ -271,11 +272,12 @@ class Matching(ServiceCore):
         }
 
     async def _cancel_steps(
-        self, selection: Selection, statuses: Sequence[str], newest: int, request: int
-    ) -> AsyncIterator[tuple[list[int], int, list[asyncio.Future[Fanned]]]]:
+        self, selection: Selection, statuses: Sequence[str], newest: int, request: int, each: bool
+    ) -> AsyncIterator[tuple[int, list[int], int, list[asyncio.Future[Fanned]]]]:
         """Cancel the selected tasks in these waiting statuses for the request, up to SELECT_STEP of them
         a step, each step one transaction, other requests answered between two. Yields what each step
-        cancelled: the selected tasks, how many dependents, and the fan-outs it left for later.
+        cancelled: how many selected tasks, their ids (with `each`, or when anyone may hear of them),
+        how many dependents, and the fan-outs it left for later.
 
         Where SQL can test the whole selection (no `where` on the data), a step is one statement over a
         window of ids; otherwise the window's tasks are read, their data tested, then cancelled."""
@@ -287,43 +289,49 @@ class Matching(ServiceCore):
                     ids = [r[0] for r in rows]
                     with self._deferring() as more, self.store.transaction():
                         done = self.store.cancel_for_request(ids, self.clock(), request)
-                        done, dependents = self._cancel_dependents(done, selection, newest, request)
+                        roots = self.store.with_dependents(done)
+                        selected, dependents = self._cancel_dependents(roots, selection, newest, request)
+                    done = sorted(done + selected)
                     cancelled += len(done)
-                    yield done, dependents, more
+                    yield len(done), done, dependents, more
             return
         after, up_to = _id_range(selection, newest)
         span = SELECT_STEP
         while statuses and after < up_to:
             self._stopped_meanwhile(f"{cancelled} tasks were cancelled")
             high = min(after + span, up_to)
+            heard = each or self._anyone_listening()
             with self._deferring() as more, self.store.transaction():
-                found, after = self.store.cancel_window(
-                    selection, statuses, after, high, SELECT_STEP, self.clock(), request
+                count, found, last = self.store.cancel_window(
+                    selection, statuses, after, high, SELECT_STEP, self.clock(), request, ids=heard
                 )
-                done, dependents = self._cancel_dependents(found, selection, newest, request)
-            span = _next_span(span, len(found))
-            if done:
-                cancelled += len(done)
-                yield done, dependents, more
+                roots = self.store.cancelled_with_dependents(request, after, last) if count else []
+                selected, dependents = self._cancel_dependents(roots, selection, newest, request)
+            after = last
+            span = _next_span(span, count)
+            if count or selected:
+                cancelled += count + len(selected)
+                yield count + len(selected), sorted(found + selected), dependents, more
             await asyncio.sleep(0)
 
     def _cancel_dependents(
-        self, done: list[int], selection: Selection, newest: int, request: int
+        self, roots: list[int], selection: Selection, newest: int, request: int
     ) -> tuple[list[int], int]:
-        """After a step cancelled the tasks `done` for the request, cancel the waiting tasks that depend
-        on them: as selected ones those the selection holds, wherever they are (the dry run counts them
-        so), as dependents the others. Returns the selected ones it cancelled and how many dependents."""
-        roots = self.store.with_dependents(done)
+        """After a step cancelled tasks for the request, `roots` those of them some waiting task
+        depends on, cancel the waiting tasks that depend on them: as selected ones those the selection
+        holds, wherever they are (the dry run counts them so), as dependents the others. Returns the
+        selected ones it cancelled so and how many dependents."""
         parents = list(roots)
+        selected: list[int] = []
         while roots:
             found = {d for root in roots for d in self.store.dependents(root)}
             tasks = self.store.get_many(sorted(found))
             held = [t.id for t in tasks if t.id <= newest and self._selects(selection, t)]
             more = self.store.cancel_for_request(held, self.clock(), request)
-            done = done + more
+            selected += more
             roots = self.store.with_dependents(more)
             parents += roots
-        return sorted(done), len(self._fan_out(parents).cancelled)
+        return selected, len(self._fan_out(parents).cancelled)
 
     async def set_priority_selected(
         self,

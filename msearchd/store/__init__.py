@@ -265,11 +265,19 @@ class TaskStore(Protocol):
         limit: int,
         now: float,
         request: int,
-    ) -> tuple[list[int], int]:
+        *,
+        ids: bool = True,
+    ) -> tuple[int, list[int], int]:
         """Cancel, for the bulk request `request`, the first `limit` by id of the waiting tasks with ids in
         (after, up_to] in these statuses that the selection's fields but `where` select: what
-        `select_window` and `cancel_for_request` do, without reading the rows out. Returns the ids it
-        cancelled, sorted, and the last id it went through: `up_to`, or the `limit`-th task's."""
+        `select_window` and `cancel_for_request` do, without reading the rows out. Returns how many it
+        cancelled, their ids sorted (only with `ids`: a cancel nobody hears of needs none, and reading
+        them out is a tenth of its cost), and the last id it went through: `up_to`, or the
+        `limit`-th task's."""
+
+    def cancelled_with_dependents(self, request: int, after: int, up_to: int) -> list[int]:
+        """`with_dependents` of the tasks with ids in (after, up_to] that the bulk request `request`
+        cancelled, sorted: found from the dependencies, without the ids of what it cancelled."""
 
     def reprioritize(self, ids: Sequence[int], priority: int) -> list[tuple[int, int]]:
         """Give those of `ids` still waiting this priority; (id, old priority) of those it changed."""

@@ -64,26 +64,40 @@ class Selections(Connection):
         limit: int,
         now: float,
         request: int,
-    ) -> tuple[list[int], int]:
+        *,
+        ids: bool = True,
+    ) -> tuple[int, list[int], int]:
         """See `TaskStore.cancel_window`. Rows are locked in id order, as `cancel_for_request` locks
         them; one another daemon changed meanwhile is passed over, and still counts among the `limit`
         it went through."""
         where = cancel_window_where(POSTGRES, selection, statuses, after, up_to)
         if where is None:
-            return [], up_to
+            return 0, [], up_to
         clauses, args = where
+        done_ids = "ARRAY(SELECT id FROM done)" if ids else "ARRAY[]::bigint[]"
         row = self._run(
             f"WITH picked AS (SELECT id FROM tasks WHERE {clauses} ORDER BY id LIMIT %s), "
             "done AS (UPDATE tasks SET status = 'cancelled', finished_at = %s, stop_reason = 'not_started', "
             "blocked_reason = NULL, bulk_request = %s WHERE id IN (SELECT id FROM tasks WHERE id IN "
             "(SELECT id FROM picked) AND status IN ('pending', 'blocked') ORDER BY id FOR UPDATE) "
             "AND status IN ('pending', 'blocked') RETURNING id) "
-            "SELECT (SELECT count(*) FROM picked), (SELECT max(id) FROM picked), ARRAY(SELECT id FROM done)",
+            "SELECT (SELECT count(*) FROM picked), (SELECT max(id) FROM picked), "
+            f"(SELECT count(*) FROM done), {done_ids}",
             (*args, limit, now, request),
         ).fetchone()
         assert row is not None
-        picked, last, done = row
-        return sorted(done), last if picked >= limit else up_to
+        picked, last, count, done = row
+        return count, sorted(done), last if picked >= limit else up_to
+
+    def cancelled_with_dependents(self, request: int, after: int, up_to: int) -> list[int]:
+        """See `TaskStore.cancelled_with_dependents`."""
+        rows = self._run(
+            "SELECT DISTINCT d.depends_on FROM deps d JOIN tasks c ON c.id = d.depends_on "
+            "JOIN tasks t ON t.id = d.task_id WHERE d.depends_on > %s AND d.depends_on <= %s "
+            "AND c.bulk_request = %s AND t.status IN ('pending', 'blocked') ORDER BY 1",
+            (after, up_to, request),
+        )
+        return [r[0] for r in rows]
 
     def reprioritize(self, ids: Sequence[int], priority: int) -> list[tuple[int, int]]:
         """Give those of `ids` still waiting this priority; (id, old priority) of those it changed.

@@ -17,6 +17,12 @@ else:
     Connection = object  # Store puts the real one last among its bases
 
 
+_CANCEL = (
+    "UPDATE tasks SET status = 'cancelled', finished_at = ?, stop_reason = 'not_started', "
+    "blocked_reason = NULL, bulk_request = ?"
+)
+
+
 class Selections(Connection):
     """What a selection of many tasks reads and changes."""
 
@@ -52,8 +58,7 @@ class Selections(Connection):
         for start in range(0, len(ids), CHUNK):
             part = list(ids[start : start + CHUNK])
             rows = self._db.execute(
-                "UPDATE tasks SET status = 'cancelled', finished_at = ?, stop_reason = 'not_started', "
-                f"blocked_reason = NULL, bulk_request = ? WHERE id IN ({marks(len(part))}) "
+                f"{_CANCEL} WHERE id IN ({marks(len(part))}) "
                 "AND status IN ('pending', 'blocked') RETURNING id",
                 [now, request, *part],
             ).fetchall()
@@ -69,23 +74,64 @@ class Selections(Connection):
         limit: int,
         now: float,
         request: int,
-    ) -> tuple[list[int], int]:
-        """See `TaskStore.cancel_window`. One statement, the id range bounding its work (an exact
-        type's index holds the range): nothing reads the rows out first."""
+        *,
+        ids: bool = True,
+    ) -> tuple[int, list[int], int]:
+        """See `TaskStore.cancel_window`. The id range bounds its work (an exact type's index holds
+        the range): nothing reads the rows out first."""
         where = cancel_window_where(SQLITE, selection, statuses, after, up_to)
         if where is None:
-            return [], up_to
+            return 0, [], up_to
         clauses, args = where
+        if not ids:
+            return self._cancel_window_counted(where, selection, statuses, after, up_to, limit, now, request)
         # One writer, one statement: every task the subquery picks is cancelled, and found by its id
         # alone (testing its status again would look it up in the status index too).
         rows = self._db.execute(
-            "UPDATE tasks SET status = 'cancelled', finished_at = ?, stop_reason = 'not_started', "
-            f"blocked_reason = NULL, bulk_request = ? WHERE id IN (SELECT id FROM tasks WHERE {clauses} "
-            "ORDER BY id LIMIT ?) RETURNING id",
+            f"{_CANCEL} WHERE id IN (SELECT id FROM tasks WHERE {clauses} ORDER BY id LIMIT ?) RETURNING id",
             [now, request, *args, limit],
         ).fetchall()
         done = sorted(r[0] for r in rows)
-        return done, done[-1] if len(done) >= limit else up_to
+        return len(done), done, done[-1] if len(done) >= limit else up_to
+
+    def _cancel_window_counted(
+        self,
+        where: tuple[str, list[Any]],
+        selection: Selection,
+        statuses: Sequence[str],
+        after: int,
+        up_to: int,
+        limit: int,
+        now: float,
+        request: int,
+    ) -> tuple[int, list[int], int]:
+        """`cancel_window` without the ids: the window is cut at its `limit`-th task first (unless it
+        is too narrow to hold more), then cancelled whole by one UPDATE with no subquery."""
+        last = up_to
+        if up_to - after > limit:
+            clauses, args = where
+            row = self._db.execute(
+                f"SELECT id FROM tasks WHERE {clauses} ORDER BY id LIMIT 1 OFFSET ?", [*args, limit - 1]
+            ).fetchone()
+            if row is not None:
+                last = row[0]
+                where = cancel_window_where(SQLITE, selection, statuses, after, last) or where
+        clauses, args = where
+        count = self._db.execute(f"{_CANCEL} WHERE {clauses}", [now, request, *args]).rowcount
+        return count, [], last
+
+    def cancelled_with_dependents(self, request: int, after: int, up_to: int) -> list[int]:
+        """See `TaskStore.cancelled_with_dependents`. Read from the dependencies' reverse index (the
+        planner left alone would go through every waiting task): no time at all where no task waits
+        on another."""
+        rows = self._db.execute(
+            "SELECT DISTINCT d.depends_on FROM deps d INDEXED BY deps_reverse "
+            "CROSS JOIN tasks c ON c.id = d.depends_on CROSS JOIN tasks t ON t.id = d.task_id "
+            "WHERE d.depends_on > ? AND d.depends_on <= ? "
+            "AND c.bulk_request = ? AND t.status IN ('pending', 'blocked') ORDER BY 1",
+            (after, up_to, request),
+        )
+        return [r[0] for r in rows]
 
     def reprioritize(self, ids: Sequence[int], priority: int) -> list[tuple[int, int]]:
         """Give those of `ids` still waiting this priority; returns (id, old priority) of those it
