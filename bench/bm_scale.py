@@ -3,13 +3,16 @@
 The store is filled before the daemon starts, by the product's own store module (Store.insert in
 transactions of 10,000), not over the RPC: 1M submits would take the whole time budget. Two "gate"
 tasks at priority 0 hold both workers, so that nothing runs until the dispatch part opens them.
-Half the tasks are `noop`; the other half are split evenly between BULK_TYPES (`thumbnail_generate_k`,
-priority 9), each bulk-cancelled once: one sample of the daemon's cancel_by_type and one of the raw
-UPDATE for each type, alternating.
+Each of BULK_KINDS types (`thumbnail_generate_k`, priority 9) holds a tenth of the tasks, spread
+evenly; the rest are `noop`. Each bulk type is cancelled once: one sample of the daemon's
+cancel_by_type and one of the raw UPDATE for each type, alternating. Both sides run alone in most
+rounds (the ratio's samples); in every third, another connection keeps asking the daemon for one task
+meanwhile (the `get` p99 during bulk cancels).
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 import shutil
 import sqlite3
@@ -26,7 +29,8 @@ from benchlib import Context, Daemon, Gate, Row, median, ms, percentile, temp_ro
 
 NAME = "scale"
 WORKERS = 2
-BULK_KINDS = 5  # bulk types, so as many samples of a bulk cancel on each side (3 with --quick)
+BULK_KINDS = 8  # bulk types, so as many samples of a bulk cancel on each side (4 with --quick)
+POLLED_EVERY = 3  # of the bulk cancels, every third is timed with `get` calls meanwhile
 DRAIN = 1000  # tasks per dispatch measurement
 RAW_CANCEL = (
     "UPDATE tasks SET status = 'cancelled', finished_at = ?, stop_reason = 'not_started', "
@@ -52,7 +56,7 @@ def fill(db_path: Path, n: int, gate: Gate, bulk_types: list[str]) -> tuple[arra
     for start in range(0, n, 10_000):
         with store.transaction():
             for i in range(start, min(n, start + 10_000)):
-                kind = (i // 2) % len(bulk_types) if i % 2 == 0 and bulk_types else None
+                kind = i % 10 if i % 10 < len(bulk_types) else None
                 task_id = store.insert(
                     task_type=bulk_types[kind] if kind is not None else "noop",
                     data={"path": f"/photos/2024/{i:08d}.jpg"},
@@ -191,7 +195,7 @@ class Poller:
 
 def run(ctx: Context) -> None:
     n = ctx.scale or (100_000 if ctx.quick else 1_000_000)
-    kinds = 3 if ctx.quick else BULK_KINDS
+    kinds = 4 if ctx.quick else BULK_KINDS
     bulk_types = [f"thumbnail_generate_{k}" for k in range(kinds)]
     listed_type = bulk_types[0]
     reps = 7
@@ -263,33 +267,50 @@ def run(ctx: Context) -> None:
                 hold.wait_holding(WORKERS, timeout=300)
 
                 # Bulk cancels, one type at a time, each alternating with the raw UPDATE of the same
-                # type on the copy, in a shuffled order; another connection keeps asking for one task.
-                # Both sides answer once committed and checkpoint afterwards; the daemon's deferred
-                # checkpoint is timed from outside (the WAL index says when it is done).
+                # type on the copy, in a shuffled order. Both sides answer once committed and
+                # checkpoint afterwards; the daemon's deferred checkpoint is timed from outside (the WAL
+                # index says when it is done). In every POLLED_EVERY-th round another connection keeps
+                # asking the daemon for one task while it cancels: the raw UPDATE has no such load, so
+                # those rounds are kept apart from the ratio's.
                 raw = raw_connection(copy)
                 ours_s: list[float] = []
                 ours_ckpt: list[float | None] = []
                 raw_s: list[float] = []
                 raw_ckpt: list[float] = []
+                polled_s: list[float] = []  # ours, with gets meanwhile
+                polled_raw_s: list[float] = []  # the raw UPDATEs of the same rounds
                 cancelled = 0
                 during_times: list[float] = []
-                for task_type in bulk_types:
+                for k, task_type in enumerate(bulk_types):
+                    polled = k % POLLED_EVERY == 1
                     sides = ["ours", "raw"]
                     rng.shuffle(sides)
                     for side in sides:
                         if side == "raw":
                             commit_s, ckpt_s, raw_n = raw_cancel(raw, task_type)
-                            raw_s.append(commit_s)
-                            raw_ckpt.append(ckpt_s)
+                            if polled:
+                                polled_raw_s.append(commit_s)
+                            else:
+                                raw_s.append(commit_s)
+                                raw_ckpt.append(ckpt_s)
                             continue
-                        with Poller(other, noop_ids[-1], d.pid) as during:
+                        with (
+                            Poller(other, noop_ids[-1], d.pid)
+                            if polled
+                            else contextlib.nullcontext() as during
+                        ):
                             t0 = time.perf_counter()
                             answer = c.cancel_by_type(task_type)
-                            ours_s.append(time.perf_counter() - t0)
-                            ours_ckpt.append(until_checkpointed(d.db_path))
+                            took = time.perf_counter() - t0
+                            checkpointed = until_checkpointed(d.db_path)
                         cancelled += answer["cancelled"]
-                        during_times += during.times
-                        rss += during.rss
+                        if during is None:
+                            ours_s.append(took)
+                            ours_ckpt.append(checkpointed)
+                        else:
+                            polled_s.append(took)
+                            during_times += during.times
+                            rss += during.rss
                 raw.close()
                 rss.append(rss_mb(d.pid))
                 workers_rss = sum(p.memory_info().rss for p in psutil.Process(d.pid).children()) / 2**20
@@ -297,10 +318,10 @@ def run(ctx: Context) -> None:
             d.stop()
         ctx.detail(
             f"cancel_by_type cancelled {cancelled:,} tasks in {len(bulk_types)} requests; the raw UPDATE "
-            f"{raw_n:,} rows each; {len(during_times)} gets answered meanwhile"
+            f"{raw_n:,} rows each; {len(during_times)} gets answered during {len(polled_s)} of them"
         )
         ctx.detail(
-            "cancel_by_type rounds, ms (answer + deferred checkpoint): ours "
+            "cancel_by_type rounds alone, ms (answer + deferred checkpoint): ours "
             + ", ".join(
                 f"{ms(a):,.0f}+{ms(b):,.0f}" if b is not None else f"{ms(a):,.0f}+(not within 60 s)"
                 for a, b in zip(ours_s, ours_ckpt, strict=True)
@@ -342,6 +363,16 @@ def run(ctx: Context) -> None:
             ms(median(raw_through)),
             "ms",
             "the raw UPDATE, through its checkpoint",
+        )
+    )
+    ctx.add(
+        Row(
+            NAME,
+            f"cancel_by_type of {size} while gets are answered (median of {len(polled_s)}) (info)",
+            ms(median(polled_s)),
+            ms(median(polled_raw_s)),
+            "ms",
+            "one raw SQL UPDATE, until committed",
         )
     )
     ctx.add(
