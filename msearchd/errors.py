@@ -42,6 +42,13 @@ class ProtocolError(MsearchError):
     code = "protocol_error"
 
 
+class TooLarge(MsearchError):
+    """A message would not fit in one frame: a request too big to send, or an answer holding too
+    much at once (many tasks, or tasks with large data). Asked for less, it fits."""
+
+    code = "too_large"
+
+
 class Unavailable(MsearchError):
     """The daemon cannot be reached, or is shutting down."""
 
@@ -54,7 +61,7 @@ class InternalError(MsearchError):
 
 _BY_CODE: dict[str, type[MsearchError]] = {
     cls.code: cls
-    for cls in (NotFound, InvalidState, InvalidArgument, ProtocolError, Unavailable, InternalError)
+    for cls in (NotFound, InvalidState, InvalidArgument, ProtocolError, TooLarge, Unavailable, InternalError)
 }
 
 

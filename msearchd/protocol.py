@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from msearchd.errors import InvalidArgument, ProtocolError
+from msearchd.errors import InvalidArgument, ProtocolError, TooLarge
 
 if TYPE_CHECKING:  # asyncio costs the blocking CLI client ~15 ms of start-up
     import asyncio
@@ -73,7 +73,7 @@ def encode(message: Mapping[str, Any]) -> bytes:
     except (TypeError, ValueError, OverflowError) as exc:
         raise InvalidArgument(f"cannot send this value: {exc}") from None
     if len(body) > MAX_FRAME:
-        raise ProtocolError(f"message of {len(body)} bytes exceeds the {MAX_FRAME}-byte frame limit")
+        raise TooLarge(f"a message of {len(body):,} bytes exceeds the {MAX_FRAME:,}-byte frame limit")
     return _HEADER.pack(len(body)) + body
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from msearchd import config, protocol
-from msearchd.errors import InvalidArgument, NotFound, ProtocolError, from_wire
+from msearchd.errors import InvalidArgument, NotFound, ProtocolError, TooLarge, from_wire
 from msearchd.model import (
     TERMINAL,
     TRANSITIONS,
@@ -129,7 +129,7 @@ def test_protocol_framing_round_trip():
     assert protocol.decode(encoded[4:]) == message
     with pytest.raises(ProtocolError):
         protocol.frame_length((protocol.MAX_FRAME + 1).to_bytes(4, "big"))
-    with pytest.raises(ProtocolError):
+    with pytest.raises(TooLarge):
         protocol.encode({"blob": b"x" * (protocol.MAX_FRAME + 1)})
 
 

@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from msearchd import protocol
-from msearchd.errors import NotFound, ProtocolError
+from msearchd.errors import NotFound, TooLarge
 
 
 def greeted(d) -> socket.socket:
@@ -169,7 +169,7 @@ def test_a_wait_on_more_tasks_than_one_answer_carries_is_answered_whole(make_dae
         task = {"type": "noop", "data": {"path": "/photos/" + "x" * 240}}
         for _ in range(7):
             ids += c.submit_many([task] * 10_000)["task_ids"]
-        with pytest.raises(ProtocolError, match="exceeds the 16777216-byte frame limit"):
+        with pytest.raises(TooLarge, match="exceeds the 16,777,216-byte frame limit"):
             c.call("wait", task_ids=ids, statuses=["pending"], timeout=0)  # one request: too much
         pending = c.wait(ids, statuses=["pending"], timeout=30)
         assert not pending["timed_out"]
@@ -188,3 +188,62 @@ def test_a_wait_on_more_tasks_than_one_answer_carries_is_answered_whole(make_dae
 
     answer = asyncio.run(from_asyncio())
     assert not answer["timed_out"] and [t["id"] for t in answer["tasks"]] == ids
+
+
+def test_tasks_too_large_for_one_answer_are_listed_and_waited_on_whole(make_daemon):
+    """300 tasks of 60 KB of data each are more than one frame holds (16 MiB): the daemon refuses
+    such an answer with `too_large`; both clients, msearchctl and the HTTP shim ask in halves, and
+    answer as one call would, in order."""
+    import asyncio
+    import http.client
+    import json
+    import re
+
+    from msearchd.client import AsyncClient
+
+    d = make_daemon(workers=1, extra_args=("--http", "127.0.0.1:0"))
+    with d.client() as c:
+        c.pause()  # they stay pending
+        ids: list[str] = []
+        for n in range(3):
+            batch = [{"type": "noop", "data": {"n": n * 100 + i, "blob": "x" * 60_000}} for i in range(100)]
+            ids += c.submit_many(batch)["task_ids"]
+        with pytest.raises(TooLarge, match="exceeds the 16,777,216-byte frame limit"):
+            c.call("list", limit=300)
+        with pytest.raises(TooLarge):
+            c.call("wait", task_ids=ids, timeout=0)
+        assert [(t["id"], t["data"]["n"]) for t in c.list(limit=300)] == list(
+            zip(ids, range(300), strict=True)
+        )
+        assert [t["id"] for t in c.list(limit=300, offset=120)] == ids[120:]  # ends before the limit
+        assert [t["id"] for t in c.list(limit=300, order="newest")] == ids[::-1]
+        waited = c.wait(ids, statuses=["pending"], timeout=30)
+        assert not waited["timed_out"] and [t["id"] for t in waited["tasks"]] == ids
+        ended = c.wait(ids, timeout=0.2)  # they stay pending: timed out, every task said
+        assert ended["timed_out"] and [t["status"] for t in ended["tasks"]] == ["pending"] * 300
+
+    async def from_asyncio() -> tuple[list, dict]:
+        client = await AsyncClient.connect(d.socket)
+        try:
+            return await client.list(limit=300), await client.wait(ids, statuses=["pending"], timeout=30)
+        finally:
+            await client.close()
+
+    listed, waited = asyncio.run(from_asyncio())
+    assert [t["id"] for t in listed] == ids and [t["id"] for t in waited["tasks"]] == ids
+
+    run = d.ctl("tasks", "list", "--limit", "300", "--json")
+    assert run.returncode == 0, run.stderr
+    assert [t["id"] for t in json.loads(run.stdout)] == ids
+
+    match = re.search(r"http://127\.0\.0\.1:(\d+)", d.wait_for_log("http shim listening on"))
+    assert match is not None
+    conn = http.client.HTTPConnection("127.0.0.1", int(match.group(1)), timeout=60)
+    try:
+        conn.request("GET", "/api/v1/tasks?limit=300")
+        response = conn.getresponse()
+        body = json.loads(response.read())
+    finally:
+        conn.close()
+    assert response.status == 200, body
+    assert body["total"] == 300 and [t["id"] for t in body["tasks"]] == ids

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from msearchd import protocol
 from msearchd.client.checks import check_answer, check_folder, check_peer, default_socket_path, no_daemon
 from msearchd.client.methods import Methods, joined_waits, wait_parts
-from msearchd.errors import MsearchError, ProtocolError, Unavailable, from_wire
+from msearchd.errors import MsearchError, ProtocolError, TooLarge, Unavailable, from_wire
 
 if TYPE_CHECKING:  # asyncio is imported only by AsyncClient: it costs the CLI ~35 ms to start
     import asyncio
@@ -93,14 +93,51 @@ class AsyncClient(Methods):
         """As `Client.wait`: a wait on more tasks than one answer may carry is asked in parts."""
         parts = wait_parts(list(task_ids))
         if len(parts) <= 1:
-            return await super().wait(task_ids, statuses, timeout)
+            return await self._wait_part(list(task_ids), statuses, timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
-        now = [await super(AsyncClient, self).wait(part, statuses, 0) for part in parts]
+        now = [await self._wait_part(part, statuses, 0) for part in parts]
         answers = []
         for part, seen in zip(parts, now, strict=True):
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            answers.append(await super().wait(part, statuses, left) if seen["timed_out"] else seen)
+            answers.append(await self._wait_part(part, statuses, left) if seen["timed_out"] else seen)
         return joined_waits(answers)
+
+    async def _wait_part(
+        self, task_ids: list[str | int], statuses: list[str] | None, timeout: float | None
+    ) -> Any:
+        """As `Client._wait_part`: one wait, or one on each half if its answer would not fit."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            return await super().wait(task_ids, statuses, timeout)
+        except TooLarge:
+            if len(task_ids) < 2:
+                raise
+        half = len(task_ids) // 2
+        answers = []
+        for part in (task_ids[:half], task_ids[half:]):
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            answers.append(await self._wait_part(part, statuses, left))
+        return joined_waits(answers)
+
+    async def list(
+        self,
+        status: str | list[str] | None = None,
+        task_type: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        order: str = "oldest",
+    ) -> Any:
+        """As `Client.list`: asked in halves if its answer would not fit in a frame."""
+        try:
+            return await super().list(status, task_type, limit, offset, order)
+        except TooLarge:
+            if limit < 2:
+                raise
+        half = limit // 2
+        first = await self.list(status, task_type, half, offset, order)
+        if len(first) < half:
+            return first
+        return first + await self.list(status, task_type, limit - half, offset + half, order)
 
     async def _read_one(self) -> None:
         try:

@@ -20,7 +20,7 @@ from msearchd.client.checks import (
     no_daemon,
 )
 from msearchd.client.methods import Methods, joined_waits, wait_parts
-from msearchd.errors import ProtocolError, Unavailable, from_wire
+from msearchd.errors import ProtocolError, TooLarge, Unavailable, from_wire
 
 
 class Client(Methods):
@@ -99,14 +99,49 @@ class Client(Methods):
         not there yet, within what is left of the timeout. The answer is that of one wait."""
         parts = wait_parts(list(task_ids))
         if len(parts) <= 1:
-            return super().wait(task_ids, statuses, timeout)
+            return self._wait_part(list(task_ids), statuses, timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
-        now = [super(Client, self).wait(part, statuses, 0) for part in parts]
+        now = [self._wait_part(part, statuses, 0) for part in parts]
         answers = []
         for part, seen in zip(parts, now, strict=True):
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            answers.append(super().wait(part, statuses, left) if seen["timed_out"] else seen)
+            answers.append(self._wait_part(part, statuses, left) if seen["timed_out"] else seen)
         return joined_waits(answers)
+
+    def _wait_part(self, task_ids: list[str | int], statuses: list[str] | None, timeout: float | None) -> Any:
+        """One wait; if its answer would not fit in a frame (tasks with large data), one on each half."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            return super().wait(task_ids, statuses, timeout)
+        except TooLarge:
+            if len(task_ids) < 2:
+                raise
+        half = len(task_ids) // 2
+        answers = []
+        for part in (task_ids[:half], task_ids[half:]):
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            answers.append(self._wait_part(part, statuses, left))
+        return joined_waits(answers)
+
+    def list(
+        self,
+        status: str | list[str] | None = None,
+        task_type: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        order: str = "oldest",
+    ) -> Any:
+        """A list whose answer would not fit in a frame (tasks with large data) is asked in halves."""
+        try:
+            return super().list(status, task_type, limit, offset, order)
+        except TooLarge:
+            if limit < 2:
+                raise
+        half = limit // 2
+        first = self.list(status, task_type, half, offset, order)
+        if len(first) < half:
+            return first
+        return first + self.list(status, task_type, limit - half, offset + half, order)
 
     def _send_unless_closed(self, frame: bytes) -> bool:
         """Send a request; False, having sent nothing, when the daemon had closed this connection

@@ -8,7 +8,7 @@ from typing import Any
 
 # Tasks one `wait` request names at most. Its answer holds each task whole and must fit in a frame
 # (protocol.MAX_FRAME, 16 MiB; a task takes a few hundred bytes): the clients ask a wait on more in
-# parts (see `Client.wait`).
+# parts (see `Client.wait`), and a part of tasks with large data, refused as too large, in halves.
 WAIT_PART = 10_000
 
 

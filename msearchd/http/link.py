@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -79,10 +80,19 @@ class DaemonLink:
             await client.close()
 
     async def call(self, method: str, **params: Any) -> Any:
+        return await self._ask(method, lambda client: client.call(method, **params))
+
+    async def list_tasks(
+        self, status: str | None, task_type: str | None, limit: int, offset: int, order: str
+    ) -> Any:
+        """`list` as the client asks it: in halves, if its answer would not fit in a frame."""
+        return await self._ask("list", lambda client: client.list(status, task_type, limit, offset, order))
+
+    async def _ask(self, method: str, ask: Callable[[AsyncClient], Awaitable[Any]]) -> Any:
         async with self._slots:
             client = await self._take()
             try:
-                result = await asyncio.wait_for(client.call(method, **params), self.timeout)
+                result = await asyncio.wait_for(ask(client), self.timeout)
             except MsearchError as exc:
                 if isinstance(exc, Unavailable | ProtocolError):
                     await self._discard(client)

@@ -117,7 +117,7 @@ async def list_tasks(
     daemon = daemon_link(request)
     try:
         tasks, total = await asyncio.gather(
-            daemon.call("list", status=status, type=task_type, limit=limit, offset=offset, order=order),
+            daemon.list_tasks(status, task_type, limit, offset, order),
             daemon.call("count", status=status, type=task_type),
         )
     except MsearchError as exc:
