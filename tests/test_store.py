@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from msearchd.errors import TooLarge
 from msearchd.model import TERMINAL, StopReason, Task, TaskStatus
 from msearchd.protocol import pack
 from msearchd.selection import Selection
@@ -525,6 +526,31 @@ def test_statements_bind_no_more_ids_than_old_sqlite_builds_allow(store):
     assert set(store.statuses(dependents).values()) == {TaskStatus.BLOCKED}
     assert store.with_dependents([new, *dependents]) == [new]
     assert store.cancel_waiting(dependents, 2.0) == dependents
+
+
+def test_tasks_read_with_a_bound_on_their_bytes_are_refused_once_over_it(store):
+    """`list` and `get_many` with `max_bytes` read whole tasks only while their data and results fit:
+    past it, TooLarge, so that an answer too large to send is never built."""
+    ids = [
+        store.insert(
+            task_type="t", data={"blob": "x" * 1000}, priority=6, status=TaskStatus.PENDING, created_at=1.0
+        )
+        for _ in range(20)
+    ]
+    store.claim_ids([ids[0]], worker_pid=9)
+    store.complete_many([(None, 2.0, {"text": "y" * 3000}, ids[0])])
+    assert sorted(t.id for t in store.get_many(ids, max_bytes=25_000)) == ids
+    assert [t.id for t in store.list(limit=20, max_bytes=25_000)] == ids
+    assert [t.id for t in store.list(["pending", "completed"], limit=20, max_bytes=25_000)] == ids
+    for max_bytes in (20_000, 3_500):
+        with pytest.raises(TooLarge, match=f"more than {max_bytes:,} bytes"):
+            store.get_many(ids, max_bytes=max_bytes)
+        with pytest.raises(TooLarge):
+            store.list(limit=20, max_bytes=max_bytes)
+        with pytest.raises(TooLarge):
+            store.list(["pending", "completed"], limit=20, max_bytes=max_bytes)
+    assert [t.id for t in store.list(limit=2, offset=1, max_bytes=3_500)] == ids[1:3]
+    assert len(store.get_many(ids)) == 20  # no bound: every task
 
 
 def test_prunable_tasks_are_old_or_beyond_the_count_and_referenced_by_nothing_unfinished(store):

@@ -15,7 +15,7 @@ from msearchd.model import (
     format_task_id,
     validate_type,
 )
-from msearchd.protocol import PROTOCOL_VERSION
+from msearchd.protocol import MAX_FRAME, PROTOCOL_VERSION
 
 LIST_LIMIT_MAX = 10_000
 LIST_ORDERS = ("oldest", "newest")
@@ -68,7 +68,10 @@ class Querying(ServiceCore):
         if order not in LIST_ORDERS:
             raise InvalidArgument(f"order must be one of {', '.join(LIST_ORDERS)}, got {order!r}")
         newest = order == "newest"
-        tasks = self.store.list(self._statuses(status), type_filter(type), limit, offset, newest)
+        # Tasks with more data than one answer carries are not read out whole: the answer is refused.
+        tasks = self.store.list(
+            self._statuses(status), type_filter(type), limit, offset, newest, max_bytes=MAX_FRAME
+        )
         return [self.wire(t) for t in tasks]
 
     def count(self, status: str | list[Any] | None = None, type: str | None = None) -> int:

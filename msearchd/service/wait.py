@@ -17,6 +17,7 @@ from msearchd.model import (
     parse_task_ids,
     validate_type,
 )
+from msearchd.protocol import MAX_FRAME
 
 SUBSCRIBER_BUFFER = 10_000
 # A wait on at most this many tasks reads them whole first: when all are there already, that read is
@@ -180,7 +181,8 @@ class Waiting(ServiceCore):
                     del waiters[task_id]
                 else:
                     entries.remove(entry)
-        return self._wait_answer(ids, self.store.get_many(ids), call.timed_out)
+        # Tasks with more data than one answer carries are not read out whole: the answer is refused.
+        return self._wait_answer(ids, self.store.get_many(ids, MAX_FRAME), call.timed_out)
 
     def _wait_answer(self, ids: list[int], tasks: list[Task], timed_out: bool) -> dict[str, Any]:
         final = {t.id: t for t in tasks}

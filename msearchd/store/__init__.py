@@ -80,8 +80,9 @@ class TaskStore(Protocol):
     def get(self, task_id: int) -> Task | None:
         """The task with this id, as last committed or written in the current transaction; None if none."""
 
-    def get_many(self, ids: Sequence[int]) -> list[Task]:
-        """The tasks of `ids` that exist, in any order; any number of ids."""
+    def get_many(self, ids: Sequence[int], max_bytes: int | None = None) -> list[Task]:
+        """The tasks of `ids` that exist, in any order; any number of ids. With `max_bytes`, TooLarge
+        once their data and results come to more (see `rows.rows_to_tasks`)."""
 
     def statuses(self, ids: Iterable[int]) -> dict[int, TaskStatus]:
         """The status of each task of `ids` that exists, without reading whole tasks; any number of ids."""
@@ -97,9 +98,10 @@ class TaskStore(Protocol):
         limit: int = 100,
         offset: int = 0,
         newest_first: bool = False,
+        max_bytes: int | None = None,
     ) -> list[Task]:
         """Tasks in id order (newest_first: descending), a page of them; a deep page must cost no more
-        than the ids before it."""
+        than the ids before it. With `max_bytes`, as for `get_many`."""
 
     def count(self, statuses: Sequence[str] | None = None, task_type: str | None = None) -> int:
         """How many tasks `list` would return with no limit."""

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from msgpack import unpackb
 
+from msearchd.errors import TooLarge
 from msearchd.model import Task, TaskStatus
 from msearchd.protocol import pack
 from msearchd.store.schema import STATUS_BY_NAME, STOP_REASON_BY_NAME
@@ -56,6 +57,25 @@ def task_columns(depends_on: str, host: str) -> str:
     """The select list of a whole task: `depends_on` aggregates its dependencies, `host` names the
     daemon that runs it (NULL where one daemon owns the store)."""
     return f"{TASK_FIELDS}, {depends_on}, {host}, result"
+
+
+def rows_to_tasks(rows: Iterable[Sequence[Any]], max_bytes: int | None = None) -> list[Task]:
+    """The tasks of rows read as `task_columns`. With `max_bytes`: TooLarge as soon as their data and
+    results together come to more, the rows after it not unpacked: an answer that could not be sent
+    costs no more memory than one that can."""
+    if max_bytes is None:
+        return [row_to_task(r) for r in rows]
+    tasks = []
+    left = max_bytes
+    for row in rows:
+        left -= len(row[4]) + len(row[-1] or b"")
+        if left < 0:
+            raise TooLarge(
+                f"the tasks asked for hold more than {max_bytes:,} bytes of data and results: "
+                "ask for fewer at a time"
+            )
+        tasks.append(row_to_task(row))
+    return tasks
 
 
 def row_to_task(row: Sequence[Any]) -> Task:

@@ -20,7 +20,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from msearchd.errors import Unavailable
 from msearchd.model import Task
 from msearchd.store.postgres.schema import MIGRATIONS, SCHEMA_VERSION
-from msearchd.store.rows import row_to_task, task_columns
+from msearchd.store.rows import rows_to_tasks, task_columns
 from msearchd.store.sqlite import UnusableStore
 from msearchd.store.transactions import Transactions
 
@@ -198,8 +198,8 @@ class Connection(Transactions):
         except psycopg.OperationalError as exc:
             raise Unavailable(f"the task store {self.path} cannot be reached: {first_line(exc)}") from None
 
-    def _tasks(self, sql: str, args: Sequence[Any] = ()) -> list[Task]:
-        return [row_to_task(r) for r in self._run(sql, args)]
+    def _tasks(self, sql: str, args: Sequence[Any] = (), max_bytes: int | None = None) -> list[Task]:
+        return rows_to_tasks(self._run(sql, args), max_bytes)
 
     # --- checkpoints --------------------------------------------------------------------------------
 

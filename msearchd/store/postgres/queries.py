@@ -24,10 +24,10 @@ class Queries(Connection):
         row = self._run(f"SELECT {COLUMNS} FROM tasks WHERE id = %s", (task_id,)).fetchone()
         return row_to_task(row) if row else None
 
-    def get_many(self, ids: Sequence[int]) -> list[Task]:
+    def get_many(self, ids: Sequence[int], max_bytes: int | None = None) -> list[Task]:
         if not ids:
             return []
-        return self._tasks(f"SELECT {COLUMNS} FROM tasks WHERE id = ANY(%s)", (list(ids),))
+        return self._tasks(f"SELECT {COLUMNS} FROM tasks WHERE id = ANY(%s)", (list(ids),), max_bytes)
 
     def statuses(self, ids: Iterable[int]) -> dict[int, TaskStatus]:
         rows = self._run("SELECT id, status FROM tasks WHERE id = ANY(%s)", (list(ids),))
@@ -48,6 +48,7 @@ class Queries(Connection):
         limit: int = 100,
         offset: int = 0,
         newest_first: bool = False,
+        max_bytes: int | None = None,
     ) -> list[Task]:
         """Tasks in id order (newest_first: descending)."""
         where, args = filters(POSTGRES, statuses, task_type)
@@ -55,6 +56,7 @@ class Queries(Connection):
         return self._tasks(
             f"SELECT {COLUMNS} FROM tasks{where} ORDER BY id {direction} LIMIT %s OFFSET %s",
             [*args, limit, offset],
+            max_bytes,
         )
 
     def count(self, statuses: Sequence[str] | None = None, task_type: str | None = None) -> int:

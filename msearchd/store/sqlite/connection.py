@@ -16,7 +16,7 @@ from typing import Any
 
 from msearchd.errors import Unavailable
 from msearchd.model import Task
-from msearchd.store.rows import row_to_task, task_columns
+from msearchd.store.rows import rows_to_tasks, task_columns
 from msearchd.store.schema import MIGRATIONS, SCHEMA_VERSION
 from msearchd.store.transactions import Transactions
 
@@ -197,5 +197,5 @@ class Connection(Transactions):
                 f"the database {self.path} is locked by another process; try again once it lets go"
             ) from None
 
-    def _tasks(self, sql: str, args: Sequence[Any] = ()) -> list[Task]:
-        return [row_to_task(r) for r in self._db.execute(sql, args)]
+    def _tasks(self, sql: str, args: Sequence[Any] = (), max_bytes: int | None = None) -> list[Task]:
+        return rows_to_tasks(self._db.execute(sql, args), max_bytes)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from msearchd.model import Task, TaskStatus
 from msearchd.store.clauses import SQLITE, filters
-from msearchd.store.rows import detail, event_dicts, row_to_task
+from msearchd.store.rows import detail, event_dicts, row_to_task, rows_to_tasks
 from msearchd.store.schema import STATUS_BY_NAME, WAITING
 from msearchd.store.sqlite.connection import CHUNK, COLUMNS, marks
 
@@ -34,12 +34,13 @@ class Queries(Connection):
         row = self._db.execute(_GET, (task_id,)).fetchone()
         return row_to_task(row) if row else None
 
-    def get_many(self, ids: Sequence[int]) -> list[Task]:
-        out: list[Task] = []
-        for start in range(0, len(ids), CHUNK):
-            part = list(ids[start : start + CHUNK])
-            out += self._tasks(f"SELECT {COLUMNS} FROM tasks WHERE id IN ({marks(len(part))})", part)
-        return out
+    def get_many(self, ids: Sequence[int], max_bytes: int | None = None) -> list[Task]:
+        parts = (list(ids[start : start + CHUNK]) for start in range(0, len(ids), CHUNK))
+        rows = itertools.chain.from_iterable(
+            self._db.execute(f"SELECT {COLUMNS} FROM tasks WHERE id IN ({marks(len(part))})", part)
+            for part in parts
+        )
+        return rows_to_tasks(rows, max_bytes)
 
     def statuses(self, ids: Iterable[int]) -> dict[int, TaskStatus]:
         ids = list(ids)
@@ -72,6 +73,7 @@ class Queries(Connection):
         limit: int = 100,
         offset: int = 0,
         newest_first: bool = False,
+        max_bytes: int | None = None,
     ) -> list[Task]:
         """Tasks in id order (newest_first: descending). Several statuses are read one index range
         each, their ids merged as they come, and only the tasks of the page are read whole: a deep page
@@ -86,6 +88,7 @@ class Queries(Connection):
             return self._tasks(
                 f"SELECT {COLUMNS} FROM tasks{where} ORDER BY id {direction} LIMIT ? OFFSET ?",
                 [*args, limit, offset],
+                max_bytes,
             )
         type_clause, type_args = (" AND type = ?", [task_type]) if task_type is not None else ("", [])
         ranges = [
@@ -99,7 +102,7 @@ class Queries(Connection):
             for status in statuses
         ]
         page = list(itertools.islice(heapq.merge(*ranges, reverse=newest_first), offset, offset + limit))
-        found = {t.id: t for t in self.get_many(page)}
+        found = {t.id: t for t in self.get_many(page, max_bytes)}
         return [found[i] for i in page]
 
     def count(self, statuses: Sequence[str] | None = None, task_type: str | None = None) -> int:
