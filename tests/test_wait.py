@@ -191,9 +191,9 @@ def test_a_wait_on_more_tasks_than_one_answer_carries_is_answered_whole(make_dae
 
 
 def test_tasks_too_large_for_one_answer_are_listed_and_waited_on_whole(make_daemon):
-    """300 tasks of 60 KB of data each are more than one frame holds (16 MiB): the daemon refuses
-    such an answer with `too_large`; both clients, msearchctl and the HTTP shim ask in halves, and
-    answer as one call would, in order."""
+    """600 tasks of 60 KB of data each are more than one frame holds (16 MiB): the daemon refuses
+    such an answer with `too_large`. Both clients, msearchctl and the HTTP shim ask in parts half as
+    large until one fits, then in parts of that size, and answer as one call would, in order."""
     import asyncio
     import http.client
     import json
@@ -205,34 +205,46 @@ def test_tasks_too_large_for_one_answer_are_listed_and_waited_on_whole(make_daem
     with d.client() as c:
         c.pause()  # they stay pending
         ids: list[str] = []
-        for n in range(3):
+        for n in range(6):
             batch = [{"type": "noop", "data": {"n": n * 100 + i, "blob": "x" * 60_000}} for i in range(100)]
             ids += c.submit_many(batch)["task_ids"]
         with pytest.raises(TooLarge, match="more than 16,777,216 bytes of data and results"):
-            c.call("list", limit=300)
+            c.call("list", limit=600)
         with pytest.raises(TooLarge):
             c.call("wait", task_ids=ids, timeout=0)
-        assert [(t["id"], t["data"]["n"]) for t in c.list(limit=300)] == list(
-            zip(ids, range(300), strict=True)
+        asked: list[tuple[str, int]] = []
+        call = c.call
+
+        def counted(method: str, **params: object) -> object:
+            size = params["limit"] if method == "list" else len(params["task_ids"])  # type: ignore[arg-type]
+            asked.append((method, size))
+            return call(method, **params)
+
+        c.call = counted  # type: ignore[method-assign]
+        assert [(t["id"], t["data"]["n"]) for t in c.list(limit=600)] == list(
+            zip(ids, range(600), strict=True)
         )
-        assert [t["id"] for t in c.list(limit=300, offset=120)] == ids[120:]  # ends before the limit
-        assert [t["id"] for t in c.list(limit=300, order="newest")] == ids[::-1]
         waited = c.wait(ids, statuses=["pending"], timeout=30)
         assert not waited["timed_out"] and [t["id"] for t in waited["tasks"]] == ids
+        parts = [600, 300, 150, 150, 150, 150]  # 300 tasks do not fit, 150 do
+        assert asked == [("list", n) for n in parts] + [("wait", n) for n in parts]
+        del c.call
+        assert [t["id"] for t in c.list(limit=600, offset=120)] == ids[120:]  # ends before the limit
+        assert [t["id"] for t in c.list(limit=600, order="newest")] == ids[::-1]
         ended = c.wait(ids, timeout=0.2)  # they stay pending: timed out, every task said
-        assert ended["timed_out"] and [t["status"] for t in ended["tasks"]] == ["pending"] * 300
+        assert ended["timed_out"] and [t["status"] for t in ended["tasks"]] == ["pending"] * 600
 
     async def from_asyncio() -> tuple[list, dict]:
         client = await AsyncClient.connect(d.socket)
         try:
-            return await client.list(limit=300), await client.wait(ids, statuses=["pending"], timeout=30)
+            return await client.list(limit=600), await client.wait(ids, statuses=["pending"], timeout=30)
         finally:
             await client.close()
 
     listed, waited = asyncio.run(from_asyncio())
     assert [t["id"] for t in listed] == ids and [t["id"] for t in waited["tasks"]] == ids
 
-    run = d.ctl("tasks", "list", "--limit", "300", "--json")
+    run = d.ctl("tasks", "list", "--limit", "600", "--json")
     assert run.returncode == 0, run.stderr
     assert [t["id"] for t in json.loads(run.stdout)] == ids
 
@@ -240,10 +252,10 @@ def test_tasks_too_large_for_one_answer_are_listed_and_waited_on_whole(make_daem
     assert match is not None
     conn = http.client.HTTPConnection("127.0.0.1", int(match.group(1)), timeout=60)
     try:
-        conn.request("GET", "/api/v1/tasks?limit=300")
+        conn.request("GET", "/api/v1/tasks?limit=600")
         response = conn.getresponse()
         body = json.loads(response.read())
     finally:
         conn.close()
     assert response.status == 200, body
-    assert body["total"] == 300 and [t["id"] for t in body["tasks"]] == ids
+    assert body["total"] == 600 and [t["id"] for t in body["tasks"]] == ids

@@ -105,19 +105,23 @@ class AsyncClient(Methods):
     async def _wait_part(
         self, task_ids: list[str | int], statuses: list[str] | None, timeout: float | None
     ) -> Any:
-        """As `Client._wait_part`: one wait, or one on each half if its answer would not fit."""
+        """As `Client._wait_part`: one wait, or waits on parts of it as large as fit in a frame."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        try:
-            return await super().wait(task_ids, statuses, timeout)
-        except TooLarge:
-            if len(task_ids) < 2:
-                raise
-        half = len(task_ids) // 2
         answers = []
-        for part in (task_ids[:half], task_ids[half:]):
+        done, size = 0, len(task_ids)
+        while done < len(task_ids) or not answers:
+            part = task_ids[done : done + size]
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            answers.append(await self._wait_part(part, statuses, left))
-        return joined_waits(answers)
+            try:
+                answer = await super().wait(part, statuses, left)
+            except TooLarge:
+                if len(part) < 2:
+                    raise
+                size = len(part) // 2
+                continue
+            answers.append(answer)
+            done += len(part)
+        return answers[0] if len(answers) == 1 else joined_waits(answers)
 
     async def list(
         self,
@@ -127,17 +131,24 @@ class AsyncClient(Methods):
         offset: int = 0,
         order: str = "oldest",
     ) -> Any:
-        """As `Client.list`: asked in halves if its answer would not fit in a frame."""
-        try:
-            return await super().list(status, task_type, limit, offset, order)
-        except TooLarge:
-            if limit < 2:
-                raise
-        half = limit // 2
-        first = await self.list(status, task_type, half, offset, order)
-        if len(first) < half:
-            return first
-        return first + await self.list(status, task_type, limit - half, offset + half, order)
+        """As `Client.list`: asked in pages as large as fit in a frame."""
+        tasks: list[Any] = []
+        size = limit
+        while len(tasks) < limit:
+            want = min(size, limit - len(tasks))
+            try:
+                page = await super().list(status, task_type, want, offset + len(tasks), order)
+            except TooLarge:
+                if want < 2:
+                    raise
+                size = want // 2
+                continue
+            if size == limit:
+                return page  # the whole answer at once, as asked
+            tasks += page
+            if len(page) < want:
+                break
+        return tasks
 
     async def _read_one(self) -> None:
         try:

@@ -109,19 +109,24 @@ class Client(Methods):
         return joined_waits(answers)
 
     def _wait_part(self, task_ids: list[str | int], statuses: list[str] | None, timeout: float | None) -> Any:
-        """One wait; if its answer would not fit in a frame (tasks with large data), one on each half."""
+        """One wait; if its answer would not fit in a frame (tasks with large data), waits on parts
+        half as large, and as large as the last that fitted after that."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        try:
-            return super().wait(task_ids, statuses, timeout)
-        except TooLarge:
-            if len(task_ids) < 2:
-                raise
-        half = len(task_ids) // 2
         answers = []
-        for part in (task_ids[:half], task_ids[half:]):
+        done, size = 0, len(task_ids)
+        while done < len(task_ids) or not answers:
+            part = task_ids[done : done + size]
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            answers.append(self._wait_part(part, statuses, left))
-        return joined_waits(answers)
+            try:
+                answer = super().wait(part, statuses, left)
+            except TooLarge:
+                if len(part) < 2:
+                    raise
+                size = len(part) // 2
+                continue
+            answers.append(answer)
+            done += len(part)
+        return answers[0] if len(answers) == 1 else joined_waits(answers)
 
     def list(
         self,
@@ -131,17 +136,25 @@ class Client(Methods):
         offset: int = 0,
         order: str = "oldest",
     ) -> Any:
-        """A list whose answer would not fit in a frame (tasks with large data) is asked in halves."""
-        try:
-            return super().list(status, task_type, limit, offset, order)
-        except TooLarge:
-            if limit < 2:
-                raise
-        half = limit // 2
-        first = self.list(status, task_type, half, offset, order)
-        if len(first) < half:
-            return first
-        return first + self.list(status, task_type, limit - half, offset + half, order)
+        """A list whose answer would not fit in a frame (tasks with large data) is asked in pages half
+        as large, and as large as the last that fitted after that."""
+        tasks: list[Any] = []
+        size = limit
+        while len(tasks) < limit:
+            want = min(size, limit - len(tasks))
+            try:
+                page = super().list(status, task_type, want, offset + len(tasks), order)
+            except TooLarge:
+                if want < 2:
+                    raise
+                size = want // 2
+                continue
+            if size == limit:
+                return page  # the whole answer at once, as asked
+            tasks += page
+            if len(page) < want:
+                break
+        return tasks
 
     def _send_unless_closed(self, frame: bytes) -> bool:
         """Send a request; False, having sent nothing, when the daemon had closed this connection
