@@ -8,7 +8,8 @@ from typing import Any
 
 # Tasks one `wait` request names at most. Its answer holds each task whole and must fit in a frame
 # (protocol.MAX_FRAME, 16 MiB; a task takes a few hundred bytes): the clients ask a wait on more in
-# parts (see `Client.wait`), and a part of tasks with large data, refused as too large, in halves.
+# parts (see `Client.wait`), and a part of tasks with large data, refused as too large, in smaller
+# ones (see `Client._wait_part`).
 WAIT_PART = 10_000
 
 
