@@ -373,7 +373,17 @@ class Terminal:
     def __init__(self, argv: list[str], env: dict[str, str]) -> None:
         self.main, child = pty.openpty()
         env = {**env, "TERM": "xterm-256color", "COLUMNS": "200", "LINES": "50"}
-        self.proc = subprocess.Popen(argv, stdin=child, stdout=child, stderr=child, env=env, close_fds=True)
+        # Ctrl-C reaches a command run from a terminal even where the suite itself ignores SIGINT (as
+        # a job started in the background by a non-interactive shell does, and its children with it).
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=child,
+            stdout=child,
+            stderr=child,
+            env=env,
+            close_fds=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
         os.close(child)
         self.raw = bytearray()
 
