@@ -83,40 +83,26 @@ class Selections(Connection):
         if where is None:
             return 0, [], up_to
         clauses, args = where
-        if not ids:
-            return self._cancel_window_counted(where, selection, statuses, after, up_to, limit, now, request)
-        # One writer, one statement: every task the subquery picks is cancelled, and found by its id
-        # alone (testing its status again would look it up in the status index too).
-        rows = self._db.execute(
-            f"{_CANCEL} WHERE id IN (SELECT id FROM tasks WHERE {clauses} ORDER BY id LIMIT ?) RETURNING id",
-            [now, request, *args, limit],
-        ).fetchall()
-        done = sorted(r[0] for r in rows)
-        return len(done), done, done[-1] if len(done) >= limit else up_to
-
-    def _cancel_window_counted(
-        self,
-        where: tuple[str, list[Any]],
-        selection: Selection,
-        statuses: Sequence[str],
-        after: int,
-        up_to: int,
-        limit: int,
-        now: float,
-        request: int,
-    ) -> tuple[int, list[int], int]:
-        """`cancel_window` without the ids: the window is cut at its `limit`-th task first (unless it
-        is too narrow to hold more), then cancelled whole by one UPDATE with no subquery."""
+        if ids:
+            # One writer, one statement: every task the subquery picks is cancelled, and found by its
+            # id alone (testing its status again would look it up in the status index too).
+            rows = self._db.execute(
+                f"{_CANCEL} WHERE id IN (SELECT id FROM tasks WHERE {clauses} ORDER BY id LIMIT ?) "
+                "RETURNING id",
+                [now, request, *args, limit],
+            ).fetchall()
+            done = sorted(r[0] for r in rows)
+            return len(done), done, done[-1] if len(done) >= limit else up_to
+        # Without the ids: the window is cut at its `limit`-th task first (unless it is too narrow to
+        # hold more), then cancelled whole by one UPDATE with no subquery.
         last = up_to
         if up_to - after > limit:
-            clauses, args = where
             row = self._db.execute(
                 f"SELECT id FROM tasks WHERE {clauses} ORDER BY id LIMIT 1 OFFSET ?", [*args, limit - 1]
             ).fetchone()
             if row is not None:
                 last = row[0]
-                where = cancel_window_where(SQLITE, selection, statuses, after, last) or where
-        clauses, args = where
+                clauses, args = cancel_window_where(SQLITE, selection, statuses, after, last) or where
         count = self._db.execute(f"{_CANCEL} WHERE {clauses}", [now, request, *args]).rowcount
         return count, [], last
 
