@@ -315,6 +315,42 @@ def test_a_file_a_handler_cannot_use_fails_its_task_saying_why(client, library, 
     )
 
 
+def test_a_task_believes_the_scan_s_kind_of_a_file_until_the_file_changes(client, library, tmp_path):
+    """The handlers do not read a file's first bytes again for what the scan found in them, unless the
+    file changed since: then its content says what it is."""
+    from msearchd.handlers.media.cache import file_digest
+
+    picture = copy_of(library, tmp_path) / "photos" / "sky.webp"
+
+    def as_scanned(kind: str) -> dict:
+        st = picture.stat()
+        return {
+            "path": str(picture),
+            "kind": kind,
+            "digest": file_digest(picture),
+            "size": st.st_size,
+            "mtime_ns": st.st_mtime_ns,
+        }
+
+    # A scan that had called it a recording is believed while the file is unchanged.
+    (believed,) = finished(client, [client.submit("thumbnail_generate", as_scanned("audio"))["id"]])
+    assert believed["status"] == "failed"
+    assert believed["error"] == f"{picture}: a recording has no thumbnail (its preview is a waveform picture)"
+    stale = as_scanned("audio")
+    Image.new("RGB", (200, 100), (9, 9, 9)).save(picture)
+    os.utime(picture, ns=(stale["mtime_ns"] + 10**9, stale["mtime_ns"] + 10**9))
+    (looked_at,) = finished(client, [client.submit("thumbnail_generate", stale)["id"]])
+    assert looked_at["status"] == "completed", looked_at["error"]
+    with Image.open(looked_at["result"]["thumbnail"]) as thumb:
+        assert thumb.format == "WEBP"
+    # A kind the scan never gives, or none, is found from the content.
+    for kind in ("document", ["image"], None):
+        data = as_scanned("image")
+        data["kind"] = kind
+        (done,) = finished(client, [client.submit("thumbnail_generate", data)["id"]])
+        assert done["status"] == "completed", (kind, done["error"])
+
+
 def test_without_the_media_extra_a_media_type_fails_saying_what_to_install(make_daemon, tmp_path, library):
     hidden = tmp_path / "no-pillow" / "PIL"
     hidden.mkdir(parents=True)

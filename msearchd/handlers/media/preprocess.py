@@ -13,15 +13,15 @@ from msearchd.handlers import TaskContext, TaskFailed
 from msearchd.handlers.media import ffmpeg
 from msearchd.handlers.media.cache import entry, source, writing, writing_file
 from msearchd.handlers.media.images import MODEL_INPUT_SIZE, fitted, load
-from msearchd.handlers.media.sniff import Kind, kind_of
+from msearchd.handlers.media.sniff import Kind
 
 SEGMENT_SECONDS = 30
 SAMPLE_RATE = 16000
 
 
 def image(ctx: TaskContext, data: dict[str, Any]) -> dict[str, Any]:
-    path, digest = source(data)
-    if kind_of(path) is not Kind.IMAGE:
+    path, digest, kind = source(data)
+    if kind is not Kind.IMAGE:
         raise TaskFailed(f"{path}: not an image")
     target = entry("inputs", digest, ".jpg")
     if not target.exists():
@@ -32,8 +32,8 @@ def image(ctx: TaskContext, data: dict[str, Any]) -> dict[str, Any]:
 
 
 def video(ctx: TaskContext, data: dict[str, Any]) -> dict[str, Any]:
-    path, digest = source(data)
-    if kind_of(path) is not Kind.VIDEO:
+    path, digest, kind = source(data)
+    if kind is not Kind.VIDEO:
         raise TaskFailed(f"{path}: not a video")
     scene, fps = data.get("scene"), data.get("fps", 1)
     if scene is not None:
@@ -75,8 +75,7 @@ def video(ctx: TaskContext, data: dict[str, Any]) -> dict[str, Any]:
 
 
 def audio(ctx: TaskContext, data: dict[str, Any]) -> dict[str, Any]:
-    path, digest = source(data)
-    kind = kind_of(path)
+    path, digest, kind = source(data)
     if kind is Kind.IMAGE:
         raise TaskFailed(f"{path}: not a recording")
     target = entry("audio", digest, f"-{SAMPLE_RATE}")

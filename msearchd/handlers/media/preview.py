@@ -10,7 +10,7 @@ from PIL import Image
 from msearchd.handlers import TaskContext, TaskFailed
 from msearchd.handlers.media import ffmpeg
 from msearchd.handlers.media.cache import entry, source, writing
-from msearchd.handlers.media.sniff import Kind, kind_of
+from msearchd.handlers.media.sniff import Kind
 
 # A video's preview: this many frames spread over its length, this high, shown this long each.
 PREVIEW_FRAMES = 12
@@ -20,8 +20,7 @@ WAVEFORM_SIZE = "640x120"
 
 
 def run(ctx: TaskContext, data: dict[str, Any]) -> dict[str, Any]:
-    path, digest = source(data)
-    kind = kind_of(path)
+    path, digest, kind = source(data)
     if kind is Kind.VIDEO:
         target = entry("previews", digest, ".webp")
         if not target.exists():

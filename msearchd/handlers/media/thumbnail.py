@@ -9,7 +9,7 @@ from msearchd.handlers import TaskContext, TaskFailed
 from msearchd.handlers.media import ffmpeg
 from msearchd.handlers.media.cache import entry, source, writing, writing_file
 from msearchd.handlers.media.images import THUMBNAIL_SIZE, make_thumbnail
-from msearchd.handlers.media.sniff import Kind, kind_of
+from msearchd.handlers.media.sniff import Kind
 
 # Where in a video its frame is taken (a fraction of its length): past the titles and fades of the start.
 FRAME_AT = 1 / 3
@@ -18,8 +18,7 @@ FRAME_CANDIDATES = 25
 
 
 def run(ctx: TaskContext, data: dict[str, Any]) -> dict[str, Any]:
-    path, digest = source(data)
-    kind = kind_of(path)
+    path, digest, kind = source(data)
     target = entry("thumbnails", digest, ".webp")
     if not target.exists():
         if kind is Kind.IMAGE:
