@@ -88,7 +88,7 @@ _KINDS = frozenset(Kind)
 def source(data: dict[str, object]) -> Source:
     """The file a task is about. Its digest and kind are the scan's while the file is as the scan saw
     it; else (a changed file, a task that came alone) they are found now, from its content. Reading
-    the first bytes again costs an open of the file: about 1.5% of a thumbnail's time here."""
+    the first bytes again costs an open of the file: 50-90 µs, about 0.4% of a thumbnail here."""
     raw = data.get("path")
     if not isinstance(raw, str) or not raw:
         raise TaskFailed("data.path must name a file")
