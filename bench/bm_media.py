@@ -56,7 +56,7 @@ class PoolContext:
 
 
 def pool_handler(data: dict[str, object]) -> None:
-    thumbnail.run(PoolContext(), data)  # type: ignore[arg-type]  # the handler's own code, as a worker runs it
+    thumbnail.run(PoolContext(), data)  # type: ignore[arg-type]  # no submit: a thumbnail never queues work
 
 
 def scan_data(path: Path) -> dict[str, object]:
