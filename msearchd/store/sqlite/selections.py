@@ -102,7 +102,9 @@ class Selections(Connection):
             ).fetchone()
             if row is not None:
                 last = row[0]
-                clauses, args = cancel_window_where(SQLITE, selection, statuses, after, last) or where
+                narrowed = cancel_window_where(SQLITE, selection, statuses, after, last)
+                assert narrowed is not None  # the same statuses gave `where`
+                clauses, args = narrowed
         count = self._db.execute(f"{_CANCEL} WHERE {clauses}", [now, request, *args]).rowcount
         return count, [], last
 
