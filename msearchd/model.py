@@ -266,6 +266,9 @@ class Task:
     # What the handler returned: a small JSON value (paths written, sizes, counts), or None.
     result: Any = None
     host: str | None = None  # with a shared store: the daemon that runs it, or ran it last
+    # Whether its run left a log, as its worker saw at the end; None where no worker said (it is
+    # running, or its run ended without a report): the log file is looked for instead.
+    logged: bool | None = None
 
     def to_wire(self) -> dict[str, Any]:
         """The public shape of a task, shared by the RPC, `--json` and the REST shim."""

@@ -538,7 +538,7 @@ def test_tasks_read_with_a_bound_on_their_bytes_are_refused_once_over_it(store):
         for _ in range(20)
     ]
     store.claim_ids([ids[0]], worker_pid=9)
-    store.complete_many([(None, 2.0, {"text": "y" * 3000}, ids[0])])
+    store.complete_many([(None, 2.0, {"text": "y" * 3000}, None, ids[0])])
     assert sorted(t.id for t in store.get_many(ids, max_bytes=25_000)) == ids
     assert [t.id for t in store.list(limit=20, max_bytes=25_000)] == ids
     assert [t.id for t in store.list(["pending", "completed"], limit=20, max_bytes=25_000)] == ids
@@ -592,13 +592,27 @@ def test_bulk_requests_are_listed_and_removed_once_stale(store):
 def test_a_completed_task_keeps_what_its_handler_returned(store):
     with_result, without = add(store), add(store)
     store.claim_ids([with_result, without], worker_pid=9)
-    store.complete_many([(2.0, 3.0, {"files": ["a", "b"], "n": 2}, with_result), (None, 3.0, None, without)])
+    store.complete_many(
+        [(2.0, 3.0, {"files": ["a", "b"], "n": 2}, None, with_result), (None, 3.0, None, None, without)]
+    )
     done = store.get(with_result)
     assert (done.status, done.started_at, done.finished_at) == (TaskStatus.COMPLETED, 2.0, 3.0)
     assert done.result == {"files": ["a", "b"], "n": 2}
     assert store.get(without).status == TaskStatus.COMPLETED and store.get(without).result is None
     assert store.update(without, result={"later": True}) is True
     assert store.get_many([without])[0].result == {"later": True}
+
+
+def test_a_finished_task_keeps_whether_its_worker_saw_a_log(store):
+    logged, silent, unknown, failed = (add(store) for _ in range(4))
+    store.claim_ids([logged, silent, unknown, failed], worker_pid=9)
+    assert store.get(logged).logged is None  # running: nothing said yet
+    store.complete_many([(2.0, 3.0, None, True, logged), (2.0, 3.0, None, False, silent)])
+    store.complete_many([(2.0, 3.0, None, None, unknown)])
+    assert store.update(failed, status=TaskStatus.FAILED, logged=True) is True
+    got = {t.id: t.logged for t in store.get_many([logged, silent, unknown, failed])}
+    assert got == {logged: True, silent: False, unknown: None, failed: True}
+    assert all(v is None or type(v) is bool for v in got.values())
 
 
 def test_newest_first_lists_the_same_tasks_in_descending_id_order(store):
@@ -830,7 +844,7 @@ def test_queue_pauses_keep_who_paused_first_and_requests_list_the_latest(store):
 
 @pytest.mark.parametrize("deps", ["5,1", [1, 5]], ids=["sqlite", "postgres"])
 def test_a_row_becomes_the_task_of_its_columns_field_by_field(deps):
-    names = [n.strip() for n in TASK_FIELDS.split(",")] + ["depends_on", "host", "result"]
+    names = [n.strip() for n in TASK_FIELDS.split(",")] + ["depends_on", "host", "logged", "result"]
     values = {
         "id": 7,
         "type": "t",
@@ -851,6 +865,7 @@ def test_a_row_becomes_the_task_of_its_columns_field_by_field(deps):
         "worker_pid": 42,
         "depends_on": deps,
         "host": "h",
+        "logged": 1,  # as SQLite gives it
         "result": pack([1]),
     }
     assert sorted(names) == sorted(values)
@@ -876,5 +891,7 @@ def test_a_row_becomes_the_task_of_its_columns_field_by_field(deps):
         worker_pid=42,
         result=[1],
         host="h",
+        logged=True,
     )
     assert task.status is TaskStatus.FAILED and task.stop_reason is StopReason.SIGTERM
+    assert task.logged is True

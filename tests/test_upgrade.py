@@ -51,6 +51,9 @@ def test_an_old_store_opens_migrated_with_everything_in_it(make_daemon, fixture)
     d = make_daemon(start=False)
     d.state_dir.mkdir(parents=True)
     shutil.copy(fixture, d.state_dir / "tasks.db")
+    # A log the old daemon left: its rows do not say whether a run left one, so the file is looked for.
+    (d.state_dir / "logs").mkdir()
+    (d.state_dir / "logs" / "task_1.log").write_text("old output\n")
     d.start()
     with d.client() as c:
         tasks = {t["id"]: t for t in c.list(limit=100)}
@@ -59,6 +62,8 @@ def test_an_old_store_opens_migrated_with_everything_in_it(make_daemon, fixture)
             for i, t in tasks.items()
         } == TASKS
         assert tasks["task_1"]["progress"] == 1.0 and tasks["task_1"]["started_at"] is not None
+        assert Path(tasks["task_1"]["log_path"]).read_text() == "old output\n"
+        assert tasks["task_2"]["started_at"] is not None and tasks["task_2"]["log_path"] is None
         assert tasks["task_2"]["error"] == "command exited with code 3"
         assert tasks["task_3"]["stop_reason"] == "sigterm"
         assert tasks["task_6"]["blocked_reason"] == "dependency task_8 failed"
@@ -71,6 +76,10 @@ def test_an_old_store_opens_migrated_with_everything_in_it(make_daemon, fixture)
         assert new["id"] == "task_9"
         retried = c.retry("task_8")
         assert retried["handed_over"] == ["task_6"]
-        assert c.wait([new["id"]], timeout=30)["tasks"][0]["status"] == "completed"
+        loud = c.submit("command", {"argv": ["echo", "new output"]})
+        ended = {t["id"]: t for t in c.wait([new["id"], loud["id"]], timeout=30)["tasks"]}
+        assert [t["status"] for t in ended.values()] == ["completed", "completed"]
+        assert ended[new["id"]]["log_path"] is None
+        assert Path(ended[loud["id"]]["log_path"]).read_text() == "new output\n"
     assert d.stop() == 0
     assert version_of(d.state_dir / "tasks.db") == SCHEMA_VERSION

@@ -116,7 +116,11 @@ class ServiceCore:
             task.progress, task.current_operation = live
         if task.started_at is not None:
             path = self.log_path(task.id)
-            if os.path.exists(path):  # noqa: PTH110 - a str: no Path object per task on the hot path
+            logged = task.logged
+            if logged is None or (self.store.shared and task.host not in (None, self.store.daemon_id)):
+                # No worker of this daemon said (it runs, or ran elsewhere): look for the file.
+                logged = os.path.exists(path)  # noqa: PTH110 - a str: no Path object per task
+            if logged:
                 task.log_path = path
         wire = task.to_wire()
         if self.store.shared:

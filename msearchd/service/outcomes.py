@@ -66,6 +66,8 @@ class Reporting(ServiceCore):
             fields["progress"] = 1.0
         if outcome.result is not None:
             fields["result"] = outcome.result
+        if outcome.logged is not None:
+            fields["logged"] = outcome.logged
         cascaded = 0
         with self.store.transaction():
             if not self.store.update(task.id, expect=(TaskStatus.RUNNING.value,), **fields):
@@ -200,7 +202,9 @@ class Reporting(ServiceCore):
             else:
                 self._finish(task, outcome, dependents=task.id in with_dependents)
         if plain:
-            self.store.complete_many([(o.started_at, o.finished_at, o.result, t.id) for t, o in plain])
+            self.store.complete_many(
+                [(o.started_at, o.finished_at, o.result, o.logged, t.id) for t, o in plain]
+            )
             if not self._subscriptions and not self.store.shared:
                 # Waiters need the status alone: no copy of each task, one delivery for them all.
                 waited = [task.id for task, _ in plain if task.id in self._waiters]
@@ -216,6 +220,7 @@ class Reporting(ServiceCore):
                         started_at=outcome.started_at or task.started_at,
                         finished_at=outcome.finished_at,
                         result=outcome.result,
+                        logged=outcome.logged,
                     )
                     extra = {"result": outcome.result} if outcome.result is not None else {}
                     self._publish(TaskStatus.COMPLETED.value, done, **extra)

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from msearchd.model import Task, TaskStatus
 from msearchd.selection import Selection
-from msearchd.store.rows import NewRow, new_row
+from msearchd.store.rows import CompletedRow, NewRow, new_row
 from msearchd.store.schema import MIGRATIONS, SCHEMA_VERSION
 from msearchd.store.sqlite import (
     AUTOCHECKPOINT,
@@ -180,8 +180,8 @@ class TaskStore(Protocol):
     def mark_started(self, task_id: int, started_at: float) -> None:
         """Record the start of a running task claimed without one (see `claim_ids`)."""
 
-    def complete_many(self, rows: Sequence[tuple[float | None, float, Any, int]]) -> None:
-        """Record (started_at, finished_at, result, id) of running tasks that completed."""
+    def complete_many(self, rows: Sequence[CompletedRow]) -> None:
+        """Record how running tasks completed: (started_at, finished_at, result, logged, id)."""
 
     def unlease(self, ids: Sequence[int]) -> None:
         """Put running tasks that never started back in the queue, as if they had not been claimed."""

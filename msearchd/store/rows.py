@@ -2,7 +2,7 @@
 fragments that read alike in both dialects, and the packing of data and history.
 
 A task row is `task_columns(...)`: the fields of `TASK_FIELDS`, then the ids it depends on (as each
-database aggregates them), the daemon that runs it, and its result.
+database aggregates them), the daemon that runs it, whether its run left a log, and its result.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def prunable_ids(conn: Any, mark: str, finished_before: float, keep: int, limit:
 def task_columns(depends_on: str, host: str) -> str:
     """The select list of a whole task: `depends_on` aggregates its dependencies, `host` names the
     daemon that runs it (NULL where one daemon owns the store)."""
-    return f"{TASK_FIELDS}, {depends_on}, {host}, result"
+    return f"{TASK_FIELDS}, {depends_on}, {host}, logged, result"
 
 
 def rows_to_tasks(rows: Iterable[Sequence[Any]], max_bytes: int | None = None) -> list[Task]:
@@ -87,7 +87,7 @@ def row_to_task(row: Sequence[Any]) -> Task:
     # fmt: off
     (task_id, task_type, status, priority, data, progress, current_operation, attempts, error,
      blocked_reason, stop_reason, retry_of, retried_as, created_at, started_at, finished_at, worker_pid,
-     deps, host, result) = row
+     deps, host, logged, result) = row
     # fmt: on
     return Task(
         task_id,
@@ -111,9 +111,13 @@ def row_to_task(row: Sequence[Any]) -> Task:
         None,  # log_path: the service knows where logs are
         unpackb(result, raw=False) if result is not None else None,
         host,
+        logged if logged is None else bool(logged),  # SQLite gives 0 or 1
     )
 
 
+# A running task that completed, as `complete_many` takes it: (started_at, finished_at, result,
+# logged, id).
+CompletedRow = tuple[float | None, float, Any, bool | None, int]
 # A new task as `insert_rows` takes it: (type, status, priority, data packed, blocked_reason).
 NewRow = tuple[str, str, int, bytes, str | None]
 # The columns of a `NewRow`, then those every row of one batch shares (`BATCH_FIELDS`).

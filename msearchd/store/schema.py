@@ -75,8 +75,14 @@ _RESULT_V4 = """
 ALTER TABLE tasks ADD COLUMN result BLOB;
 """
 
+# Whether a finished task's run left a log (0 or 1), as its worker said; NULL where none said, and the
+# log file is looked for. Answers about many finished tasks need no look at the disk for each.
+_LOGGED_V5 = """
+ALTER TABLE tasks ADD COLUMN logged INTEGER;
+"""
+
 # Migration N brings a store from schema version N to N + 1; the version is SQLite's user_version.
-MIGRATIONS = (_SCHEMA_V1, _SUBMITTER_V2, _CONTROL_V3, _RESULT_V4)
+MIGRATIONS = (_SCHEMA_V1, _SUBMITTER_V2, _CONTROL_V3, _RESULT_V4, _LOGGED_V5)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -98,6 +104,7 @@ UPDATABLE = frozenset(
         "finished_at",
         "worker_pid",
         "result",
+        "logged",
     }
 )
 WAITING = (str(TaskStatus.PENDING), str(TaskStatus.BLOCKED))

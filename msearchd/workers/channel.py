@@ -208,6 +208,7 @@ class Channels(PoolCore):
             started_at=result.get("started"),
             finished_at=result.get("finished"),
             result=result.get("result"),
+            logged=result.get("logged"),
         )
         waiting = self._reports.pop(task.id, None)
         if waiting is not None:  # a cancel or a stop under way takes the outcome

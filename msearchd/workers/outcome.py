@@ -17,6 +17,7 @@ class Outcome:
     started_at: float | None = None
     finished_at: float | None = None
     result: Any = None  # what the handler returned, when it completed
+    logged: bool | None = None  # whether the run left a log; None where the worker did not say
 
 
 # A task taken out of a lease before the worker started it.

@@ -10,7 +10,7 @@ from msearchd.model import StopReason, Task, TaskStatus
 from msearchd.protocol import pack
 from msearchd.store.clauses import POSTGRES, types_except
 from msearchd.store.postgres.connection import COLUMNS, OWN
-from msearchd.store.rows import row_to_task
+from msearchd.store.rows import CompletedRow, row_to_task
 from msearchd.store.schema import UPDATABLE
 
 if TYPE_CHECKING:
@@ -182,21 +182,22 @@ class Leases(Connection):
             (started_at, task_id, self.daemon_id),
         )
 
-    def complete_many(self, rows: Sequence[tuple[float | None, float, Any, int]]) -> None:
-        """Record (started_at, finished_at, result, id) of running tasks that completed."""
+    def complete_many(self, rows: Sequence[CompletedRow]) -> None:
+        """Record how running tasks completed: (started_at, finished_at, result, logged, id)."""
         if not rows:
             return
         self._run(  # one statement for all: the server parses and plans it once
             "UPDATE tasks SET status = 'completed', progress = 1.0, started_at = "
             "coalesce(c.started_at, tasks.started_at), finished_at = c.finished_at, error = NULL, "
-            "stop_reason = NULL, result = c.result FROM unnest(%s::float8[], %s::float8[], %s::bytea[], "
-            "%s::bigint[]) AS c(started_at, finished_at, result, id) "
-            f"WHERE tasks.id = c.id AND status = 'running' AND {OWN}",
+            "stop_reason = NULL, result = c.result, logged = c.logged FROM unnest(%s::float8[], "
+            "%s::float8[], %s::bytea[], %s::boolean[], %s::bigint[]) AS c(started_at, finished_at, "
+            f"result, logged, id) WHERE tasks.id = c.id AND status = 'running' AND {OWN}",
             (
-                [s for s, _, _, _ in rows],
-                [f for _, f, _, _ in rows],
-                [None if r is None else pack(r) for _, _, r, _ in rows],
-                [i for _, _, _, i in rows],
+                [s for s, _, _, _, _ in rows],
+                [f for _, f, _, _, _ in rows],
+                [None if r is None else pack(r) for _, _, r, _, _ in rows],
+                [g for _, _, _, g, _ in rows],
+                [i for _, _, _, _, i in rows],
                 self.daemon_id,
             ),
         )

@@ -92,6 +92,12 @@ CREATE TABLE start_holds (
 );
 """
 
+# Whether a finished task's run left a log, as its worker said; NULL where none said, and the log
+# file is looked for. Answers about many finished tasks need no look at the disk for each.
+_LOGGED_V5 = """
+ALTER TABLE tasks ADD COLUMN logged BOOLEAN;
+"""
+
 # Migration N brings a database from schema version N to N + 1 (msearch_schema.version).
-MIGRATIONS = (_SCHEMA_V1, _CONTROL_V2, _RESULT_V3, _CLUSTER_V4)
+MIGRATIONS = (_SCHEMA_V1, _CONTROL_V2, _RESULT_V3, _CLUSTER_V4, _LOGGED_V5)
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from msearchd.model import Task
 from msearchd.protocol import pack
 from msearchd.store.clauses import SQLITE, types_except
-from msearchd.store.rows import row_to_task
+from msearchd.store.rows import CompletedRow, row_to_task
 from msearchd.store.schema import UPDATABLE
 from msearchd.store.sqlite.connection import CHUNK, COLUMNS, marks
 
@@ -94,14 +94,14 @@ class Leases(Connection):
             (started_at, task_id),
         )
 
-    def complete_many(self, rows: Sequence[tuple[float | None, float, Any, int]]) -> None:
-        """Record (started_at, finished_at, result, id) of running tasks that completed."""
+    def complete_many(self, rows: Sequence[CompletedRow]) -> None:
+        """Record how running tasks completed: (started_at, finished_at, result, logged, id)."""
         with self.transaction():
             self._db.executemany(
                 "UPDATE tasks SET status = 'completed', progress = 1.0, started_at = "
-                "coalesce(?, started_at), finished_at = ?, error = NULL, stop_reason = NULL, result = ? "
-                "WHERE id = ? AND status = 'running'",
-                [(s, f, None if r is None else pack(r), i) for s, f, r, i in rows],
+                "coalesce(?, started_at), finished_at = ?, error = NULL, stop_reason = NULL, result = ?, "
+                "logged = ? WHERE id = ? AND status = 'running'",
+                [(s, f, None if r is None else pack(r), g, i) for s, f, r, g, i in rows],
             )
 
     def unlease(self, ids: Sequence[int]) -> None:
