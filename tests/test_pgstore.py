@@ -62,7 +62,7 @@ def test_a_database_of_the_first_schema_is_brought_up_to_date_with_its_tasks(fre
         (task,) = store.list()
         assert (task.type, task.data, task.result) == ("x", {}, None)
         store.claim_ids([task.id], worker_pid=9)
-        store.complete_many([(2.0, 3.0, {"ok": 1}, None, task.id)])
+        store.complete_many([(2.0, 3.0, {"ok": 1}, None, None, task.id)])
         assert store.get(task.id).result == {"ok": 1}
         assert store.insert_keyed("k", task_type="x", data={}, priority=1, status="pending", created_at=2.0)
         assert store.add_pauses(["x"], 1.0, None, None) == ["x"]
@@ -270,7 +270,7 @@ def test_a_cluster_limit_holds_under_a_storm_of_claims_from_several_daemons(fres
     assert all(t.type == "other" for t in claimed["late"])
     ended = next(t for t in every if t.type == "video")
     owner = next(s for s in stores if s.daemon_id == ended.host)
-    owner.complete_many([(2.0, 3.0, None, None, ended.id)])
+    owner.complete_many([(2.0, 3.0, None, None, None, ended.id)])
     with stores[1].transaction():  # the one that ended leaves room for exactly one more
         again = stores[1].claim_next([], 4.0, 1)
         assert again is not None and again.type == "video"

@@ -24,6 +24,7 @@ def test_outcomes_survive_a_write_that_failed(tmp_path: Path, monkeypatch):
         task = store.claim_next([], 1.0, 4242)  # as the dispatcher hands it to a worker
         assert task is not None and task.status is TaskStatus.RUNNING
         service.scheduler.started(task.type)  # the limit of its type is reached
+        service.task_progress(task, 0.5, "halfway")
         service.task_finished(task, Outcome(TaskStatus.COMPLETED, started_at=1.0, finished_at=2.0))
 
         full = sqlite3.OperationalError("database or disk is full")
@@ -42,7 +43,8 @@ def test_outcomes_survive_a_write_that_failed(tmp_path: Path, monkeypatch):
         assert service.get(ref)["status"] == "running"
         assert service.scheduler.running("quick") == 1  # still counted: it did not finish, on disk
         service._dispatch_ready()  # the disk has room again: the outcome is recorded this time
-        assert service.get(ref)["status"] == "completed"
+        done = service.get(ref)
+        assert (done["status"], done["progress"], done["current_operation"]) == ("completed", 1.0, "halfway")
         assert service.scheduler.running("quick") == 0
 
     asyncio.run(scenario())

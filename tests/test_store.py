@@ -538,7 +538,7 @@ def test_tasks_read_with_a_bound_on_their_bytes_are_refused_once_over_it(store):
         for _ in range(20)
     ]
     store.claim_ids([ids[0]], worker_pid=9)
-    store.complete_many([(None, 2.0, {"text": "y" * 3000}, None, ids[0])])
+    store.complete_many([(None, 2.0, {"text": "y" * 3000}, None, None, ids[0])])
     assert sorted(t.id for t in store.get_many(ids, max_bytes=25_000)) == ids
     assert [t.id for t in store.list(limit=20, max_bytes=25_000)] == ids
     assert [t.id for t in store.list(["pending", "completed"], limit=20, max_bytes=25_000)] == ids
@@ -593,7 +593,10 @@ def test_a_completed_task_keeps_what_its_handler_returned(store):
     with_result, without = add(store), add(store)
     store.claim_ids([with_result, without], worker_pid=9)
     store.complete_many(
-        [(2.0, 3.0, {"files": ["a", "b"], "n": 2}, None, with_result), (None, 3.0, None, None, without)]
+        [
+            (2.0, 3.0, {"files": ["a", "b"], "n": 2}, None, None, with_result),
+            (None, 3.0, None, None, None, without),
+        ]
     )
     done = store.get(with_result)
     assert (done.status, done.started_at, done.finished_at) == (TaskStatus.COMPLETED, 2.0, 3.0)
@@ -607,12 +610,33 @@ def test_a_finished_task_keeps_whether_its_worker_saw_a_log(store):
     logged, silent, unknown, failed = (add(store) for _ in range(4))
     store.claim_ids([logged, silent, unknown, failed], worker_pid=9)
     assert store.get(logged).logged is None  # running: nothing said yet
-    store.complete_many([(2.0, 3.0, None, True, logged), (2.0, 3.0, None, False, silent)])
-    store.complete_many([(2.0, 3.0, None, None, unknown)])
+    store.complete_many([(2.0, 3.0, None, True, None, logged), (2.0, 3.0, None, False, None, silent)])
+    store.complete_many([(2.0, 3.0, None, None, None, unknown)])
     assert store.update(failed, status=TaskStatus.FAILED, logged=True) is True
     got = {t.id: t.logged for t in store.get_many([logged, silent, unknown, failed])}
     assert got == {logged: True, silent: False, unknown: None, failed: True}
     assert all(v is None or type(v) is bool for v in got.values())
+
+
+def test_a_completed_task_keeps_its_last_operation(store):
+    reported, saved, quiet = (add(store) for _ in range(3))
+    store.claim_ids([reported, saved, quiet], worker_pid=9)
+    store.save_progress([(saved, 0.5, "flushed earlier")])
+    store.complete_many(
+        [
+            (2.0, 3.0, None, None, "last step", reported),
+            (2.0, 3.0, None, None, None, saved),
+            (2.0, 3.0, None, None, None, quiet),
+        ]
+    )
+    got = {
+        t.id: (t.status, t.progress, t.current_operation) for t in store.get_many([reported, saved, quiet])
+    }
+    assert got == {
+        reported: (TaskStatus.COMPLETED, 1.0, "last step"),
+        saved: (TaskStatus.COMPLETED, 1.0, "flushed earlier"),  # none told at the end: the one saved
+        quiet: (TaskStatus.COMPLETED, 1.0, None),
+    }
 
 
 def test_newest_first_lists_the_same_tasks_in_descending_id_order(store):

@@ -167,13 +167,15 @@ class Reporting(ServiceCore):
     def _settling(self) -> Iterator[None]:
         """A transaction that records outcomes and may start tasks. If it fails (a full disk), none
         of it was written: the outcomes stay queued for the next try, and the counts of running
-        tasks by type are as they were."""
+        tasks by type are as they were, and so is the last progress of theirs (written with them)."""
         finished, running = list(self._finished), self.scheduler.snapshot()
+        live = {t.id: self._progress[t.id] for t, _ in finished if t.id in self._progress}
         try:
             with self.store.transaction():
                 yield
         except BaseException:
             self._finished = finished  # nothing else ran meanwhile: the transaction does not wait
+            self._progress.update(live)
             self.scheduler.restore(running)
             raise
 
@@ -185,7 +187,8 @@ class Reporting(ServiceCore):
         if not batch:
             return
         with_dependents = set(self.store.with_dependents([task.id for task, _ in batch]))
-        plain: list[tuple[Task, Outcome]] = []  # completed, and nothing else to do: written together
+        # Completed, and nothing else to do: written together, with the last operation they reported.
+        plain: list[tuple[Task, Outcome, str | None]] = []
         for task, outcome in batch:
             self.scheduler.finished(task.type)
             if outcome.started_at is not None and outcome.finished_at is not None:
@@ -196,27 +199,30 @@ class Reporting(ServiceCore):
                 outcome.status is TaskStatus.COMPLETED
                 and outcome.finished_at is not None
                 and task.id not in with_dependents
-                and task.id not in self._progress
             ):
-                plain.append((task, outcome))
+                live = self._progress.pop(task.id, None)
+                if live is not None:
+                    self._dirty.discard(task.id)
+                plain.append((task, outcome, live and live[1]))
             else:
                 self._finish(task, outcome, dependents=task.id in with_dependents)
         if plain:
             self.store.complete_many(
-                [(o.started_at, o.finished_at, o.result, o.logged, t.id) for t, o in plain]
+                [(o.started_at, o.finished_at, o.result, o.logged, op, t.id) for t, o, op in plain]
             )
             if not self._subscriptions and not self.store.shared:
                 # Waiters need the status alone: no copy of each task, one delivery for them all.
-                waited = [task.id for task, _ in plain if task.id in self._waiters]
+                waited = [task.id for task, _, _ in plain if task.id in self._waiters]
                 if waited:
                     self._deliver_later(waited, TaskStatus.COMPLETED)
                 return
-            for task, outcome in plain:
+            for task, outcome, operation in plain:
                 if self._listened(task.id):
                     done = dataclasses.replace(
                         task,
                         status=TaskStatus.COMPLETED,
                         progress=1.0,
+                        current_operation=operation or task.current_operation,
                         started_at=outcome.started_at or task.started_at,
                         finished_at=outcome.finished_at,
                         result=outcome.result,

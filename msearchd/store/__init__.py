@@ -181,7 +181,7 @@ class TaskStore(Protocol):
         """Record the start of a running task claimed without one (see `claim_ids`)."""
 
     def complete_many(self, rows: Sequence[CompletedRow]) -> None:
-        """Record how running tasks completed: (started_at, finished_at, result, logged, id)."""
+        """Record how running tasks completed (see `CompletedRow`)."""
 
     def unlease(self, ids: Sequence[int]) -> None:
         """Put running tasks that never started back in the queue, as if they had not been claimed."""

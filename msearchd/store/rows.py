@@ -116,8 +116,8 @@ def row_to_task(row: Sequence[Any]) -> Task:
 
 
 # A running task that completed, as `complete_many` takes it: (started_at, finished_at, result,
-# logged, id).
-CompletedRow = tuple[float | None, float, Any, bool | None, int]
+# logged, current_operation, id); a current_operation of None keeps the one saved.
+CompletedRow = tuple[float | None, float, Any, bool | None, str | None, int]
 # A new task as `insert_rows` takes it: (type, status, priority, data packed, blocked_reason).
 NewRow = tuple[str, str, int, bytes, str | None]
 # The columns of a `NewRow`, then those every row of one batch shares (`BATCH_FIELDS`).

@@ -183,21 +183,25 @@ class Leases(Connection):
         )
 
     def complete_many(self, rows: Sequence[CompletedRow]) -> None:
-        """Record how running tasks completed: (started_at, finished_at, result, logged, id)."""
+        """Record how running tasks completed (see `CompletedRow`)."""
         if not rows:
             return
+        started, finished, results, logged, operations, ids = zip(*rows, strict=True)
         self._run(  # one statement for all: the server parses and plans it once
             "UPDATE tasks SET status = 'completed', progress = 1.0, started_at = "
             "coalesce(c.started_at, tasks.started_at), finished_at = c.finished_at, error = NULL, "
-            "stop_reason = NULL, result = c.result, logged = c.logged FROM unnest(%s::float8[], "
-            "%s::float8[], %s::bytea[], %s::boolean[], %s::bigint[]) AS c(started_at, finished_at, "
-            f"result, logged, id) WHERE tasks.id = c.id AND status = 'running' AND {OWN}",
+            "stop_reason = NULL, result = c.result, logged = c.logged, current_operation = "
+            "coalesce(c.current_operation, tasks.current_operation) FROM unnest(%s::float8[], "
+            "%s::float8[], %s::bytea[], %s::boolean[], %s::text[], %s::bigint[]) AS c(started_at, "
+            f"finished_at, result, logged, current_operation, id) WHERE tasks.id = c.id "
+            f"AND status = 'running' AND {OWN}",
             (
-                [s for s, _, _, _, _ in rows],
-                [f for _, f, _, _, _ in rows],
-                [None if r is None else pack(r) for _, _, r, _, _ in rows],
-                [g for _, _, _, g, _ in rows],
-                [i for _, _, _, _, i in rows],
+                list(started),
+                list(finished),
+                [None if r is None else pack(r) for r in results],
+                list(logged),
+                list(operations),
+                list(ids),
                 self.daemon_id,
             ),
         )

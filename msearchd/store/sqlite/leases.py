@@ -95,13 +95,14 @@ class Leases(Connection):
         )
 
     def complete_many(self, rows: Sequence[CompletedRow]) -> None:
-        """Record how running tasks completed: (started_at, finished_at, result, logged, id)."""
+        """Record how running tasks completed (see `CompletedRow`)."""
         with self.transaction():
             self._db.executemany(
                 "UPDATE tasks SET status = 'completed', progress = 1.0, started_at = "
                 "coalesce(?, started_at), finished_at = ?, error = NULL, stop_reason = NULL, result = ?, "
-                "logged = ? WHERE id = ? AND status = 'running'",
-                [(s, f, None if r is None else pack(r), g, i) for s, f, r, g, i in rows],
+                "logged = ?, current_operation = coalesce(?, current_operation) "
+                "WHERE id = ? AND status = 'running'",
+                [(s, f, None if r is None else pack(r), g, o, i) for s, f, r, g, o, i in rows],
             )
 
     def unlease(self, ids: Sequence[int]) -> None:
