@@ -615,6 +615,45 @@ def test_a_pause_through_one_daemon_holds_back_the_others_and_a_resume_through_a
         b_gate.write("go")
 
 
+def test_a_pause_through_one_daemon_puts_back_what_another_daemons_worker_holds_and_has_not_started(
+    make_daemon, fresh_database, fifo, tmp_path
+):
+    a, a_gate, _, b = busy_and_another(make_daemon, fresh_database, fifo, workers=1)
+    with a.client() as c:
+        for _ in range(5):  # they run on B, which learns that quick tasks are short: it leases them
+            c.wait([c.submit("quick")["id"]], timeout=20)
+        b_gate, hold, started = fifo("b-gate"), fifo("hold"), fifo("started")
+        c.submit("stepper", {"fifo": str(b_gate), "steps": 1}, priority=0)
+        record = tmp_path / "ran"
+        head = c.submit("quick", {"fifo": str(hold), "record": str(record), "started": str(started)})
+        queued = [c.submit("quick", {"record": str(record), "i": i}) for i in range(4)]
+        b_gate.write()  # B's worker takes the head and the queued tasks in one lease
+        started.read()
+        ids = [t["id"] for t in queued]
+        assert not c.wait(ids, statuses=["running"], timeout=20)["timed_out"]
+        assert {c.get(t["id"])["host"] for t in [head, *queued]} == {f"{socket.gethostname()}:{b.proc.pid}"}
+        c.pause(["quick"])  # through A, whose workers hold none of them
+        # B hands them back as it hears of it. (Were it not to, they would go back anyway once the
+        # head had kept them waiting past the lease's overrun: the log tells the two apart.)
+        heard = b.wait_for_log("another daemon paused quick:")
+        assert "task(s) this daemon's workers held and had not started are back in the queue" in heard
+        back = c.wait(ids, statuses=["pending"], timeout=20)
+        assert not back["timed_out"]
+        assert [(t["status"], t["attempts"], t["worker_pid"]) for t in back["tasks"]] == [
+            ("pending", 0, None)
+        ] * 4
+        assert c.get(head["id"])["status"] == "running"  # it started: it runs on
+        hold.write()
+        assert c.wait([head["id"]], timeout=20)["tasks"][0]["status"] == "completed"
+        drained = c.drain(["quick"], timeout=20)
+        assert drained["drained"]
+        assert [c.get(i)["status"] for i in ids] == ["pending"] * 4  # nothing started them since
+        c.resume()
+        assert {t["status"] for t in c.wait(ids, timeout=20)["tasks"]} == {"completed"}
+    assert record.read_text().split() == [head["id"], *ids]  # each ran once, the head first
+    a_gate.write()
+
+
 def test_a_drain_through_one_daemon_waits_for_a_task_running_on_another(
     make_daemon, fresh_database, fifo, tmp_path
 ):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from fnmatch import fnmatchcase
@@ -18,6 +20,8 @@ if TYPE_CHECKING:
     from msearchd.service.core import ServiceCore
 else:
     ServiceCore = object  # TaskService puts the real one last among its bases
+
+log = logging.getLogger("msearchd.service")
 
 ALL_TYPES = "*"  # the pause of the whole queue
 QUEUE_EVENTS = ("queue_paused", "queue_resumed")
@@ -57,10 +61,28 @@ class Pausing(ServiceCore):
         any number of them."""
         before = self._paused_now()
         after = self._apply_pauses()
-        changed = after - before if message["event"] == "queue_paused" else before - after
+        paused = message["event"] == "queue_paused"
+        changed = after - before if paused else before - after
         if changed:
             self._tell_subscribers({**message, "types": sorted(changed)})
+        if paused and changed and self.pool is not None and self.pool.busy_count:
+            job = asyncio.ensure_future(self._hand_back_paused(sorted(changed)))
+            self._background.add(job)
+            job.add_done_callback(self._background.discard)
         self.wake()
+
+    async def _hand_back_paused(self, types: list[str]) -> None:
+        """What this daemon's workers hold of types another daemon paused, and have not started, does
+        not start either: back to the queue, just after the pause answered there."""
+        if self.pool is None:
+            return
+        returned = await self.pool.hand_back(lambda task: any(fnmatchcase(task.type, t) for t in types))
+        log.info(
+            "another daemon paused %s: %d task(s) this daemon's workers held and had not started are "
+            "back in the queue",
+            ", ".join(types),
+            returned,
+        )
 
     def _pause_types(self, types: object) -> list[str]:
         """Types or globs of types (`file_embed_*`), stored as given: a resume names what a pause named."""
@@ -97,7 +119,8 @@ class Pausing(ServiceCore):
     def pause(self, types: list[Any] | None = None) -> dict[str, Any] | Awaitable[dict[str, Any]]:
         """No new task of these types (of any, when none are named) starts; running ones go on.
         Those a worker holds in its lease and has not started go back to the queue before the
-        answer: they have not started, so they do not."""
+        answer: they have not started, so they do not. (Those of the other daemons of a shared
+        store, as each hears of the pause.)"""
         names = self._pause_types(types)
         uid, pid = REQUESTER.get()
         with self.store.transaction():

@@ -32,16 +32,17 @@ class Stopping(PoolCore):
         if any(at < seq <= last for seq, _ in worker.lease.values()):
             self._background(self._reclaim(worker, at, last))
 
-    async def hand_back(self, wanted: Callable[[Task], bool]) -> None:
+    async def hand_back(self, wanted: Callable[[Task], bool]) -> int:
         """Put the tasks `wanted` picks that wait their turn in a lease back in the queue: a pause
-        holds them back too. Those a worker has reached run on."""
-        await asyncio.gather(
+        holds them back too. Those a worker has reached run on. Returns how many went back."""
+        returned = await asyncio.gather(
             *(
                 self._return_entries(worker, [seq for seq, task in worker.lease.values() if wanted(task)])
                 for worker in list(self._workers)
                 if worker.lease and not worker.stopping
             )
         )
+        return sum(map(len, returned))
 
     def _note_start(self, worker: WorkerProcess, seq: int) -> None:
         """Entry `seq` runs: make sure its start is on record. Those after the first of a lease were
