@@ -6,7 +6,7 @@ the CLI, the Python client and the REST shim can all branch on it without parsin
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 
 class MsearchError(Exception):
@@ -18,7 +18,7 @@ class MsearchError(Exception):
         super().__init__(message)
         self.message = message
 
-    def to_wire(self) -> dict[str, str]:
+    def to_wire(self) -> dict[str, Any]:
         return {"code": self.code, "message": self.message}
 
 
@@ -48,6 +48,18 @@ class TooLarge(MsearchError):
 
     code = "too_large"
 
+    def __init__(self, message: str, fits: int | None = None) -> None:
+        super().__init__(message)
+        # How many of the tasks asked for fit in one answer, where the daemon counted: the client
+        # asks for that many next, not for half as many again and again.
+        self.fits = fits
+
+    def to_wire(self) -> dict[str, Any]:
+        wire = super().to_wire()
+        if self.fits is not None:
+            wire["fits"] = self.fits
+        return wire
+
 
 class Unavailable(MsearchError):
     """The daemon cannot be reached, or is shutting down."""
@@ -72,6 +84,9 @@ def from_wire(error: object) -> MsearchError:
     code = str(error.get("code", "internal"))
     message = str(error.get("message", "unknown error"))
     cls = _BY_CODE.get(code)
+    if cls is TooLarge:
+        fits = error.get("fits")
+        return TooLarge(message, fits if type(fits) is int and fits >= 0 else None)
     if cls is not None:
         return cls(message)
     exc = MsearchError(message)

@@ -133,6 +133,23 @@ def test_protocol_framing_round_trip():
         protocol.encode({"blob": b"x" * (protocol.MAX_FRAME + 1)})
 
 
+def test_a_too_large_answer_says_how_many_fit_and_the_next_part_is_that_many():
+    from msearchd.client.methods import smaller_part
+
+    told = from_wire(TooLarge("too much", fits=277).to_wire())
+    assert isinstance(told, TooLarge) and (told.message, told.fits) == ("too much", 277)
+    assert "fits" not in TooLarge("a frame too large").to_wire()
+    for odd in (True, -1, "277", 2.5, None):
+        assert from_wire({"code": "too_large", "message": "m", "fits": odd}).fits is None
+    assert smaller_part(TooLarge("m", fits=277), 600) == 277
+    assert smaller_part(TooLarge("m"), 600) == 300  # the daemon could not count: half as many
+    assert smaller_part(TooLarge("m", fits=600), 600) == 300  # no fewer than asked: half as many
+    for refusal, asked in ((TooLarge("m", fits=0), 600), (TooLarge("m"), 1)):  # not even one fits
+        with pytest.raises(TooLarge) as raised:
+            smaller_part(refusal, asked)
+        assert raised.value is refusal
+
+
 def test_check_params():
     assert protocol.check_params("cancel", {"task_id": 3}) == {"task_id": 3}
     with pytest.raises(ProtocolError, match="unknown method"):

@@ -529,8 +529,9 @@ def test_statements_bind_no_more_ids_than_old_sqlite_builds_allow(store):
 
 
 def test_tasks_read_with_a_bound_on_their_bytes_are_refused_once_over_it(store):
-    """`list` and `get_many` with `max_bytes` read whole tasks only while their data and results fit:
-    past it, TooLarge, so that an answer too large to send is never built."""
+    """`list` and `get_many` with `max_bytes` read whole tasks only while their data and results fit,
+    with 512 bytes each for the rest: past it, TooLarge, so that an answer too large to send is never
+    built. It says how many fitted."""
     ids = [
         store.insert(
             task_type="t", data={"blob": "x" * 1000}, priority=6, status=TaskStatus.PENDING, created_at=1.0
@@ -539,14 +540,16 @@ def test_tasks_read_with_a_bound_on_their_bytes_are_refused_once_over_it(store):
     ]
     store.claim_ids([ids[0]], worker_pid=9)
     store.complete_many([(None, 2.0, {"text": "y" * 3000}, None, None, ids[0])])
-    assert sorted(t.id for t in store.get_many(ids, max_bytes=25_000)) == ids
-    assert [t.id for t in store.list(limit=20, max_bytes=25_000)] == ids
-    assert [t.id for t in store.list(["pending", "completed"], limit=20, max_bytes=25_000)] == ids
-    for max_bytes in (20_000, 3_500):
+    # 1,009 bytes of data each, 3,009 of result for the first: 33,429 bytes with 512 for each task.
+    assert sorted(t.id for t in store.get_many(ids, max_bytes=33_429)) == ids
+    assert [t.id for t in store.list(limit=20, max_bytes=33_429)] == ids
+    assert [t.id for t in store.list(["pending", "completed"], limit=20, max_bytes=33_429)] == ids
+    for max_bytes, fits in ((33_428, 19), (30_000, 17), (3_500, 0)):
         with pytest.raises(TooLarge, match=f"more than {max_bytes:,} bytes"):
             store.get_many(ids, max_bytes=max_bytes)
-        with pytest.raises(TooLarge):
+        with pytest.raises(TooLarge) as listed:
             store.list(limit=20, max_bytes=max_bytes)
+        assert listed.value.fits == fits  # in id order: the first, with its result, then the others
         with pytest.raises(TooLarge):
             store.list(["pending", "completed"], limit=20, max_bytes=max_bytes)
     assert [t.id for t in store.list(limit=2, offset=1, max_bytes=3_500)] == ids[1:3]

@@ -192,8 +192,8 @@ def test_a_wait_on_more_tasks_than_one_answer_carries_is_answered_whole(make_dae
 
 def test_tasks_too_large_for_one_answer_are_listed_and_waited_on_whole(make_daemon):
     """600 tasks of 60 KB of data each are more than one frame holds (16 MiB): the daemon refuses
-    such an answer with `too_large`. Both clients, msearchctl and the HTTP shim ask in parts half as
-    large until one fits, then in parts of that size, and answer as one call would, in order."""
+    such an answer with `too_large`, saying how many fit. Both clients, msearchctl and the HTTP shim
+    ask in parts of that size, and answer as one call would, in order."""
     import asyncio
     import http.client
     import json
@@ -208,10 +208,14 @@ def test_tasks_too_large_for_one_answer_are_listed_and_waited_on_whole(make_daem
         for n in range(6):
             batch = [{"type": "noop", "data": {"n": n * 100 + i, "blob": "x" * 60_000}} for i in range(100)]
             ids += c.submit_many(batch)["task_ids"]
-        with pytest.raises(TooLarge, match="more than 16,777,216 bytes of data and results"):
+        with pytest.raises(
+            TooLarge, match=r"more than 16,777,216 bytes of data and results.*277 fit"
+        ) as listed:
             c.call("list", limit=600)
-        with pytest.raises(TooLarge):
+        assert listed.value.fits == 277
+        with pytest.raises(TooLarge) as waited:
             c.call("wait", task_ids=ids, timeout=0)
+        assert waited.value.fits == 277
         asked: list[tuple[str, int]] = []
         call = c.call
 
@@ -226,7 +230,8 @@ def test_tasks_too_large_for_one_answer_are_listed_and_waited_on_whole(make_daem
         )
         waited = c.wait(ids, statuses=["pending"], timeout=30)
         assert not waited["timed_out"] and [t["id"] for t in waited["tasks"]] == ids
-        parts = [600, 300, 150, 150, 150, 150]  # 300 tasks do not fit, 150 do
+        # 277 fit: 16 MiB over 60,013 bytes of data each and 512 for the rest of a task.
+        parts = [600, 277, 277, 46]
         assert asked == [("list", n) for n in parts] + [("wait", n) for n in parts]
         del c.call
         assert [t["id"] for t in c.list(limit=600, offset=120)] == ids[120:]  # ends before the limit

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from msearchd import protocol
 from msearchd.client.checks import check_answer, check_folder, check_peer, default_socket_path, no_daemon
-from msearchd.client.methods import Methods, joined_waits, wait_parts
+from msearchd.client.methods import Methods, joined_waits, smaller_part, wait_parts
 from msearchd.errors import MsearchError, ProtocolError, TooLarge, Unavailable, from_wire
 
 if TYPE_CHECKING:  # asyncio is imported only by AsyncClient: it costs the CLI ~35 ms to start
@@ -114,10 +114,8 @@ class AsyncClient(Methods):
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
                 answer = await super().wait(part, statuses, left)
-            except TooLarge:
-                if len(part) < 2:
-                    raise
-                size = len(part) // 2
+            except TooLarge as refusal:
+                size = smaller_part(refusal, len(part))
                 continue
             answers.append(answer)
             done += len(part)
@@ -138,10 +136,8 @@ class AsyncClient(Methods):
             want = min(size, limit - len(tasks))
             try:
                 page = await super().list(status, task_type, want, offset + len(tasks), order)
-            except TooLarge:
-                if want < 2:
-                    raise
-                size = want // 2
+            except TooLarge as refusal:
+                size = smaller_part(refusal, want)
                 continue
             if size == limit:
                 return page  # the whole answer at once, as asked

@@ -19,7 +19,7 @@ from msearchd.client.checks import (
     default_socket_path,
     no_daemon,
 )
-from msearchd.client.methods import Methods, joined_waits, wait_parts
+from msearchd.client.methods import Methods, joined_waits, smaller_part, wait_parts
 from msearchd.errors import ProtocolError, TooLarge, Unavailable, from_wire
 
 
@@ -110,7 +110,7 @@ class Client(Methods):
 
     def _wait_part(self, task_ids: list[str | int], statuses: list[str] | None, timeout: float | None) -> Any:
         """One wait; if its answer would not fit in a frame (tasks with large data), waits on parts
-        half as large, and as large as the last that fitted after that."""
+        as large as the daemon says fit (half as large where it cannot say), one after another."""
         deadline = None if timeout is None else time.monotonic() + timeout
         answers = []
         done, size = 0, len(task_ids)
@@ -119,10 +119,8 @@ class Client(Methods):
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
                 answer = super().wait(part, statuses, left)
-            except TooLarge:
-                if len(part) < 2:
-                    raise
-                size = len(part) // 2
+            except TooLarge as refusal:
+                size = smaller_part(refusal, len(part))
                 continue
             answers.append(answer)
             done += len(part)
@@ -136,18 +134,16 @@ class Client(Methods):
         offset: int = 0,
         order: str = "oldest",
     ) -> Any:
-        """A list whose answer would not fit in a frame (tasks with large data) is asked in pages half
-        as large, and as large as the last that fitted after that."""
+        """A list whose answer would not fit in a frame (tasks with large data) is asked in pages as
+        large as the daemon says fit (half as large where it cannot say), one after another."""
         tasks: list[Any] = []
         size = limit
         while len(tasks) < limit:
             want = min(size, limit - len(tasks))
             try:
                 page = super().list(status, task_type, want, offset + len(tasks), order)
-            except TooLarge:
-                if want < 2:
-                    raise
-                size = want // 2
+            except TooLarge as refusal:
+                size = smaller_part(refusal, want)
                 continue
             if size == limit:
                 return page  # the whole answer at once, as asked

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from msearchd.errors import TooLarge
+
 # Tasks one `wait` request names at most. Its answer holds each task whole and must fit in a frame
 # (protocol.MAX_FRAME, 16 MiB; a task takes a few hundred bytes): the clients ask a wait on more in
 # parts (see `Client.wait`), and a part of tasks with large data, refused as too large, in smaller
@@ -23,6 +25,17 @@ def joined_waits(answers: list[dict[str, Any]]) -> dict[str, Any]:
         "tasks": [task for answer in answers for task in answer["tasks"]],
         "timed_out": any(answer["timed_out"] for answer in answers),
     }
+
+
+def smaller_part(refusal: TooLarge, asked: int) -> int:
+    """How many tasks to ask for once `asked` were refused as too large: as many as the daemon said
+    fit, else half as many; the refusal itself where not one fits."""
+    fits = refusal.fits
+    if fits is not None and 0 < fits < asked:
+        return fits
+    if asked < 2 or fits == 0:
+        raise refusal
+    return asked // 2
 
 
 class Methods:

@@ -59,20 +59,26 @@ def task_columns(depends_on: str, host: str) -> str:
     return f"{TASK_FIELDS}, {depends_on}, {host}, logged, result"
 
 
+# What a task takes in an answer besides its data and result: its other fields and their names
+# (about 400 bytes of msgpack; more with a long error or operation).
+TASK_OVERHEAD_BYTES = 512
+
+
 def rows_to_tasks(rows: Iterable[Sequence[Any]], max_bytes: int | None = None) -> list[Task]:
     """The tasks of rows read as `task_columns`. With `max_bytes`: TooLarge as soon as their data and
-    results together come to more, the rows after it not unpacked: an answer that could not be sent
-    costs no more memory than one that can."""
+    results, with TASK_OVERHEAD_BYTES each, come to more, the rows after it not unpacked: an answer
+    that could not be sent costs no more memory than one that can. It says how many fitted."""
     if max_bytes is None:
         return [row_to_task(r) for r in rows]
     tasks = []
     left = max_bytes
     for row in rows:
-        left -= len(row[4]) + len(row[-1] or b"")
+        left -= len(row[4]) + len(row[-1] or b"") + TASK_OVERHEAD_BYTES
         if left < 0:
             raise TooLarge(
                 f"the tasks asked for hold more than {max_bytes:,} bytes of data and results: "
-                "ask for fewer at a time"
+                f"ask for fewer at a time ({len(tasks):,} fit)",
+                fits=len(tasks),
             )
         tasks.append(row_to_task(row))
     return tasks
