@@ -11,6 +11,7 @@ import time
 import psutil
 import pytest
 from support import dead, wait_started
+from test_cancel import leased_behind_a_blocked_task
 
 from msearchd.errors import InvalidState, Unavailable
 from msearchd.model import TaskStatus, format_task_id
@@ -474,16 +475,7 @@ def test_a_task_waiting_in_another_daemons_lease_is_taken_back_by_a_plain_cancel
     daemon whose worker holds it does; the task that runs there needs --running, as ever."""
     a, a_gate, _, b = busy_and_another(make_daemon, fresh_database, fifo, workers=1)
     with a.client() as c:
-        for _ in range(5):  # they run on B, which learns that quick tasks are short: it leases them
-            c.wait([c.submit("quick")["id"]], timeout=20)
-        b_gate, hold, started = fifo("b-gate"), fifo("hold"), fifo("started")
-        c.submit("stepper", {"fifo": str(b_gate), "steps": 1}, priority=0)
-        record = tmp_path / "ran"
-        head = c.submit("quick", {"fifo": str(hold), "record": str(record), "started": str(started)})
-        queued = [c.submit("quick", {"record": str(record), "i": i}) for i in range(4)]
-        b_gate.write()  # B's worker takes the head and the queued tasks in one lease
-        started.read()
-        assert not c.wait([t["id"] for t in queued], statuses=["running"], timeout=20)["timed_out"]
+        head, queued, hold, record = leased_behind_a_blocked_task(c, fifo, tmp_path)  # on B: A is busy
         assert {c.get(t["id"])["host"] for t in [head, *queued]} == {f"{socket.gethostname()}:{b.proc.pid}"}
         plain = queued[1]
         result = c.cancel(plain["id"])
@@ -620,18 +612,9 @@ def test_a_pause_through_one_daemon_puts_back_what_another_daemons_worker_holds_
 ):
     a, a_gate, _, b = busy_and_another(make_daemon, fresh_database, fifo, workers=1)
     with a.client() as c:
-        for _ in range(5):  # they run on B, which learns that quick tasks are short: it leases them
-            c.wait([c.submit("quick")["id"]], timeout=20)
-        b_gate, hold, started = fifo("b-gate"), fifo("hold"), fifo("started")
-        c.submit("stepper", {"fifo": str(b_gate), "steps": 1}, priority=0)
-        record = tmp_path / "ran"
-        head = c.submit("quick", {"fifo": str(hold), "record": str(record), "started": str(started)})
-        queued = [c.submit("quick", {"record": str(record), "i": i}) for i in range(4)]
-        b_gate.write()  # B's worker takes the head and the queued tasks in one lease
-        started.read()
-        ids = [t["id"] for t in queued]
-        assert not c.wait(ids, statuses=["running"], timeout=20)["timed_out"]
+        head, queued, hold, record = leased_behind_a_blocked_task(c, fifo, tmp_path)  # on B: A is busy
         assert {c.get(t["id"])["host"] for t in [head, *queued]} == {f"{socket.gethostname()}:{b.proc.pid}"}
+        ids = [t["id"] for t in queued]
         c.pause(["quick"])  # through A, whose workers hold none of them
         # B hands them back as it hears of it. (Were it not to, they would go back anyway once the
         # head had kept them waiting past the lease's overrun: the log tells the two apart.)
