@@ -265,11 +265,11 @@ class Worker:
         except Exception as exc:
             self._log_traceback(log_path)
             outcome = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
-        # Reported before the word says DONE, and before a SIGTERM can find no task and end the
-        # worker: its flush sends this outcome.
         # Whether it left a log is looked at here, once: the daemon's answers about the task then
         # need no look at the disk.
         outcome["logged"] = os.path.exists(log_path)  # noqa: PTH110 - a str, as the handlers have it
+        # Reported before the word says DONE, and before a SIGTERM can find no task and end the
+        # worker: its flush sends this outcome.
         self._outbox.append({"task": task["n"], "started": started, "finished": time.time(), **outcome})
         self.word.write(task["seq"], Phase.DONE)
         self.ctx = None
