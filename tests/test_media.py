@@ -277,21 +277,26 @@ def test_cancelling_a_running_video_preprocess_stops_its_ffmpeg(make_daemon, tmp
         assert running["current_operation"] == "frames of long.mp4"
         worker = psutil.Process(running["worker_pid"])
         (proc,) = [p for p in worker.children() if p.name().startswith("ffmpeg")]
-        assert ffmpeg_of(task["id"]) == [proc.pid]
+        assert ffmpeg_of(d, task["id"]) == [proc.pid]
         answer = c.cancel(task["id"], running=True)
         assert answer["task"]["status"] == "cancelled"
         assert answer["task"]["stop_reason"] in ("cooperative", "sigterm")
         assert gone(proc.pid)
-        assert not ffmpeg_of(task["id"])  # nor any other ffmpeg it started
+        assert not ffmpeg_of(d, task["id"])  # nor any other ffmpeg it started
         assert not list((d.state_dir / "media").glob("frames/*/*-fps30"))
 
 
-def ffmpeg_of(task_id: str) -> list[int]:
-    """The ffmpeg processes that run for the task (they inherit its id in their environment)."""
+def ffmpeg_of(daemon, task_id: str) -> list[int]:
+    """The ffmpeg processes that run for the daemon's task: they inherit its id and the daemon's state
+    folder in their environment (another daemon on the machine has a task of that id too)."""
     found = []
+    state_dir = str(daemon.state_dir.resolve())
     for proc in psutil.process_iter(["name"]):
         try:
-            if proc.info["name"].startswith("ffmpeg") and proc.environ().get("MSEARCH_TASK_ID") == task_id:
+            if not proc.info["name"].startswith("ffmpeg"):
+                continue
+            env = proc.environ()
+            if env.get("MSEARCH_TASK_ID") == task_id and env.get("MSEARCH_STATE_DIR") == state_dir:
                 found.append(proc.pid)
         except psutil.Error:
             continue
