@@ -39,10 +39,12 @@ class Scheduler:
             or task_type in self.paused
             or task_type in self._held
             or any(fnmatchcase(task_type, glob) for glob in self._paused_globs)
+            or any(fnmatchcase(task_type, held) for held in self._held if is_glob(held))
         )
 
     def hold(self, task_type: str) -> None:
-        """Start no task of this type until as many `release` calls."""
+        """Start no task of this type (or, for a glob, of the types it matches) until as many
+        `release` calls."""
         self._held[task_type] += 1
 
     def release(self, task_type: str) -> None:

@@ -516,6 +516,19 @@ def test_the_scheduler_holds_back_what_a_paused_glob_matches():
     assert not scheduler.limited("file_scan")
 
 
+def test_the_scheduler_holds_back_what_a_held_glob_matches_until_released():
+    """A bulk cancel of `file_embed_*` holds those types back, and no other."""
+    scheduler = Scheduler()
+    scheduler.hold("file_embed_*")
+    scheduler.hold("file_embed_*")  # two cancels at once
+    assert scheduler.limited("file_embed_video") and not scheduler.limited("file_scan")
+    assert scheduler.excluded_types() == ["file_embed_*"]  # the store's claim excludes what it matches
+    scheduler.release("file_embed_*")
+    assert scheduler.limited("file_embed_video")
+    scheduler.release("file_embed_*")
+    assert not scheduler.limited("file_embed_video") and scheduler.excluded_types() == []
+
+
 def test_drain_waits_for_running_tasks_and_times_out(make_daemon, fifo):
     d = make_daemon(workers=2)
     with d.client() as c:

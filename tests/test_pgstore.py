@@ -282,31 +282,34 @@ def test_a_cluster_limit_holds_under_a_storm_of_claims_from_several_daemons(fres
         store.close()
 
 
-def test_a_hold_on_starts_keeps_every_daemon_from_claiming_its_type_until_released(fresh_database):
+@pytest.mark.parametrize("held", [["video"], ["vid*"], ["v[!x]deo", "nothing"]], ids=["type", "glob", "both"])
+def test_a_hold_on_starts_keeps_every_daemon_from_claiming_its_type_until_released(fresh_database, held):
     url = fresh_database()
     a, b = PgStore(url, "/a", daemon_id="a"), PgStore(url, "/b", daemon_id="b")
     a.register(1)
     b.register(1)
     video, other = pending(a, 1, "video")[0], pending(a, 1, "other")[0]
-    hold = a.hold_starts("video")
+    hold = a.hold_starts(held)
+    assert len(hold) == len(held)
     with b.transaction():
         got = b.claim_next([], 1.0, 1)
         assert got is not None and got.id == other
         assert b.claim_next([], 1.0, 1) is None
         assert b.claim_ids([video], 1) == []
     a.release_starts(hold)
+    assert a.hold_starts(["x[z-a]"]) == []  # a glob no type matches holds nothing
     everything = a.hold_starts(None)
     more = pending(a, 1, "other")[0]
     assert b.claim_next([], 1.0, 1) is None
     a.release_starts(everything)
     assert [t.id for t in (b.claim_next([], 1.0, 1), b.claim_next([], 1.0, 1))] == [video, more]
-    dropped = a.hold_starts("other")
+    (dropped,) = a.hold_starts(["oth?r"])
     a._holds.discard(dropped)  # its release did not reach the store: the next heartbeat ends it
     pending(a, 1, "other")
     assert b.claim_next([], 1.0, 1) is None
     assert a.heartbeat(0) is True
     assert b.claim_next([], 1.0, 1) is not None
-    lost = b.hold_starts(None)  # a daemon taken for dead leaves no hold behind
+    (lost,) = b.hold_starts(None)  # a daemon taken for dead leaves no hold behind
     pending(a, 1, "other")
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("UPDATE daemons SET heartbeat = now() - interval '1 minute' WHERE id = 'b'")

@@ -501,11 +501,20 @@ def test_a_task_waiting_in_another_daemons_lease_is_taken_back_by_a_plain_cancel
     a_gate.write()
 
 
+@pytest.mark.parametrize(
+    "cancel",
+    [
+        lambda client: client.cancel_by_type("quick", True),
+        lambda client: client.cancel_selected({"types": ["qu*"]}, running=True),
+    ],
+    ids=["by-type", "by-glob"],
+)
 def test_no_task_of_a_type_starts_on_any_daemon_while_a_cancel_by_type_works_through_it(
-    make_daemon, fresh_database, fifo, tmp_path
+    make_daemon, fresh_database, fifo, tmp_path, cancel
 ):
     """A cancels many tasks in chunks; it is stopped between two of them, while B's workers come free.
-    B starts other work, lower in the queue, but none of the tasks A is about to cancel."""
+    B starts other work, lower in the queue, but none of the tasks A is about to cancel: a cancel of
+    a type, or of the types a glob matches, holds those back and no other."""
     import threading
 
     url = fresh_database()
@@ -524,7 +533,7 @@ def test_no_task_of_a_type_starts_on_any_daemon_while_a_cancel_by_type_works_thr
         markers = [c.submit("noop", {}, priority=9) for _ in range(2)]
         answers = []
         with a.client() as canceller:
-            thread = threading.Thread(target=lambda: answers.append(canceller.cancel_by_type("quick", True)))
+            thread = threading.Thread(target=lambda: answers.append(cancel(canceller)))
             thread.start()
             try:
                 deadline = time.monotonic() + 30
@@ -537,7 +546,9 @@ def test_no_task_of_a_type_starts_on_any_daemon_while_a_cancel_by_type_works_thr
                     assert len(free) == 2
                     for gate in free:
                         gate.write()  # B's workers come free
-                    cb.wait([t["id"] for t in markers], timeout=5)
+                    ran = cb.wait([t["id"] for t in markers], timeout=20)  # while A holds `quick` back
+                    assert [t["status"] for t in ran["tasks"]] == ["completed", "completed"]
+                    assert cb.count(status="pending", task_type="quick") > 0  # A is still stopped
                 finally:
                     os.kill(a.proc.pid, signal.SIGCONT)
             finally:

@@ -283,35 +283,37 @@ class Cancelling(ServiceCore):
             self._bulk_ops.discard(task)
 
     @contextmanager
-    def _holding_starts(self, task_type: str | None) -> Iterator[None]:
-        """Start no task of this type (of any, when None) while a bulk cancel works through the queue,
-        here and, with a shared store, on every daemon: taking tasks by priority, they would start
-        ones it is about to cancel. Other requests go on meanwhile."""
-        if task_type is None:
+    def _holding_starts(self, types: Sequence[str] | None) -> Iterator[None]:
+        """Start no task of these types (exact ones or globs; of any, when None) while a bulk cancel
+        works through the queue, here and, with a shared store, on every daemon: taking tasks by
+        priority, they would start ones it is about to cancel. Other requests go on meanwhile."""
+        if types is None:
             self._bulk_cancels += 1
         else:
-            self.scheduler.hold(task_type)
+            for task_type in types:
+                self.scheduler.hold(task_type)
         try:
-            hold = self.store.hold_starts(task_type) if self.store.shared else None
+            holds = self.store.hold_starts(types) if self.store.shared else []
             try:
                 yield
             finally:
-                if hold is not None:
-                    self._release_starts(hold)
+                if holds:
+                    self._release_starts(holds)
         finally:
-            if task_type is None:
+            if types is None:
                 self._bulk_cancels -= 1
             else:
-                self.scheduler.release(task_type)
+                for task_type in types:
+                    self.scheduler.release(task_type)
             self.wake()
 
-    def _release_starts(self, hold: int) -> None:
-        """End a hold on starts, and tell the other daemons: they may have passed over tasks for it."""
+    def _release_starts(self, holds: list[int]) -> None:
+        """End holds on starts, and tell the other daemons: they may have passed over tasks for them."""
         try:
-            self.store.release_starts(hold)
+            self.store.release_starts(holds)
         except Unavailable as exc:
             log.warning("%s; the hold on starts ends with the next heartbeat", exc.message)
-        self._notify(CANCEL_CHANNEL, {"released": hold})
+        self._notify(CANCEL_CHANNEL, {"released": holds})
 
     def _stopped_meanwhile(self, done: str) -> None:
         """Between two chunks of a bulk request: end it if the daemon is stopping, saying how far it got."""

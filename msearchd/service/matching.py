@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from msearchd.errors import InvalidArgument, InvalidState, MsearchError, NotFound
 from msearchd.model import StopReason, Task, TaskStatus, format_task_id, validate_priority
-from msearchd.selection import Preview, Selection, is_glob, parse_selection
+from msearchd.selection import Preview, Selection, parse_selection
 from msearchd.service.cancel import ended_first
 from msearchd.service.core import REQUESTER
 from msearchd.service.fanout import Fanned
@@ -35,12 +35,10 @@ SPAN_MAX = 16 * SELECT_STEP  # ids a window reads at most (a few ms), where a se
 RETRY_STEP = 200  # retries per transaction: each writes a task and its history
 
 
-def _only_type(selection: Selection) -> str | None:
-    """The one exact type a selection is limited to, if any: a cancel of it holds back that type
-    alone; any other selection holds back every type while it works."""
-    if len(selection.types) == 1 and not is_glob(selection.types[0]):
-        return selection.types[0]
-    return None
+def _held_types(selection: Selection) -> tuple[str, ...] | None:
+    """The types (exact ones or globs) a cancel of the selection holds back while it works: those it
+    is limited to; every type (None) where it names none."""
+    return selection.types or None
 
 
 def _id_range(selection: Selection, up_to: int) -> tuple[int, int]:
@@ -72,7 +70,7 @@ class Matching(ServiceCore):
         async def _take_back_anywhere(self, task: Task, by: str) -> int | None: ...
         def _maybe_handed_out(self, task: Task) -> bool: ...
         @contextmanager
-        def _holding_starts(self, task_type: str | None) -> Iterator[None]: ...
+        def _holding_starts(self, types: Sequence[str] | None) -> Iterator[None]: ...
         @contextmanager
         def _bulk(self) -> Iterator[None]: ...
         def _stopped_meanwhile(self, done: str) -> None: ...
@@ -233,7 +231,7 @@ class Matching(ServiceCore):
         waiting = tuple(s for s in statuses if s in WAITING)
         # Nothing it may cancel starts meanwhile, here or on another daemon: taking tasks by priority,
         # the dispatcher would start ones it is about to cancel.
-        with self._holding_starts(_only_type(selection)), self._bulk(), self._checkpoint_after():
+        with self._holding_starts(_held_types(selection)), self._bulk(), self._checkpoint_after():
             steps = self._cancel_steps(selection, waiting, newest, request, each)
             async for count, done, dependents, more in steps:
                 cascaded += dependents

@@ -340,11 +340,12 @@ class SharedTaskStore(TaskStore, Protocol):
     def set_cluster_limits(self, limits: dict[str, int]) -> dict[str, int]:
         """Make these the running-task limits of every daemon together; returns those before."""
 
-    def hold_starts(self, task_type: str | None) -> int:
-        """Keep every daemon from starting tasks of the type (any, when None) until released."""
+    def hold_starts(self, types: Sequence[str] | None) -> list[int]:
+        """Keep every daemon from starting tasks of these types (exact ones or globs; any, when
+        None) until released; returns the holds."""
 
-    def release_starts(self, hold: int) -> None:
-        """End a hold of `hold_starts`."""
+    def release_starts(self, holds: Sequence[int]) -> None:
+        """End holds of `hold_starts`."""
 
     def deregister(self) -> None:
         """Leave the store: this daemon's tasks are settled, nothing is left to take over."""

@@ -16,6 +16,8 @@ import psycopg
 
 from msearchd.model import Task
 from msearchd.protocol import pack
+from msearchd.selection import is_glob
+from msearchd.store.clauses import glob_regex
 from msearchd.store.postgres.connection import COLUMNS, CONNECT
 
 if TYPE_CHECKING:
@@ -114,24 +116,33 @@ class Cluster(Connection):
         self.limited_types = frozenset(limits)
         return before
 
-    def hold_starts(self, task_type: str | None) -> int:
-        """Keep every daemon from starting tasks of this type (of any, when None) until
-        `release_starts`; the hold is committed when this returns. A hold outlives its daemon only
-        until the others take that daemon for dead."""
+    def hold_starts(self, types: Sequence[str] | None) -> list[int]:
+        """Keep every daemon from starting tasks of these types (exact ones or globs; of any, when
+        None) until `release_starts`; the holds are committed when this returns. A hold outlives its
+        daemon only until the others take that daemon for dead."""
+        if types is None:
+            rows: list[tuple[str | None, str | None]] = [(None, None)]
+        else:  # a glob as its regex; one that matches no type holds nothing
+            globs = [(None, glob_regex(t)) for t in types if is_glob(t)]
+            rows = [(t, None) for t in types if not is_glob(t)] + [g for g in globs if g[1] is not None]
+        if not rows:
+            return []
         with self.transaction():
-            hold = int(
-                self._run(
-                    "INSERT INTO start_holds (type, daemon) VALUES (%s, %s) RETURNING id",
-                    (task_type, self.daemon_id),
-                ).fetchone()[0]  # type: ignore[index]
-            )
-        self._holds.add(hold)
-        return hold
+            holds = [
+                int(r[0])
+                for r in self._run(
+                    "INSERT INTO start_holds (type, pattern, daemon) SELECT h.type, h.pattern, %s "
+                    "FROM unnest(%s::text[], %s::text[]) AS h(type, pattern) RETURNING id",
+                    (self.daemon_id, [t for t, _ in rows], [p for _, p in rows]),
+                ).fetchall()
+            ]
+        self._holds.update(holds)
+        return holds
 
-    def release_starts(self, hold: int) -> None:
-        """End a hold of `hold_starts`; if the store cannot be reached, the next heartbeat ends it."""
-        self._holds.discard(hold)
-        self._run("DELETE FROM start_holds WHERE id = %s", (hold,))
+    def release_starts(self, holds: Sequence[int]) -> None:
+        """End holds of `hold_starts`; if the store cannot be reached, the next heartbeat ends them."""
+        self._holds.difference_update(holds)
+        self._run("DELETE FROM start_holds WHERE id = ANY(%s)", (list(holds),))
 
     def orphans(self) -> list[str]:
         """Daemons that hold running tasks but are not in the `daemons` table: gone without a trace."""

@@ -98,6 +98,12 @@ _LOGGED_V5 = """
 ALTER TABLE tasks ADD COLUMN logged BOOLEAN;
 """
 
+# A hold on starts of the types a glob matches (`file_embed_*`), as an anchored regex; its `type` is
+# NULL. A hold with neither holds every type.
+_HOLD_PATTERN_V6 = """
+ALTER TABLE start_holds ADD COLUMN pattern TEXT;
+"""
+
 # Migration N brings a database from schema version N to N + 1 (msearch_schema.version).
-MIGRATIONS = (_SCHEMA_V1, _CONTROL_V2, _RESULT_V3, _CLUSTER_V4, _LOGGED_V5)
+MIGRATIONS = (_SCHEMA_V1, _CONTROL_V2, _RESULT_V3, _CLUSTER_V4, _LOGGED_V5, _HOLD_PATTERN_V6)
 SCHEMA_VERSION = len(MIGRATIONS)
