@@ -62,10 +62,12 @@ def test_a_database_of_the_first_schema_is_brought_up_to_date_with_its_tasks(fre
         (task,) = store.list()
         assert (task.type, task.data, task.result) == ("x", {}, None)
         store.claim_ids([task.id], worker_pid=9)
-        store.complete_many([(2.0, 3.0, {"ok": 1}, None, None, task.id)])
-        assert store.get(task.id).result == {"ok": 1}
+        store.complete_many([(2.0, 3.0, {"ok": 1}, True, "done", task.id)])
+        done = store.get(task.id)
+        assert (done.result, done.logged, done.current_operation) == ({"ok": 1}, True, "done")
         assert store.insert_keyed("k", task_type="x", data={}, priority=1, status="pending", created_at=2.0)
         assert store.add_pauses(["x"], 1.0, None, None) == ["x"]
+        store.release_starts(store.hold_starts(["x*", "y"]))
     finally:
         store.close()
     with psycopg.connect(url, autocommit=True) as conn:
