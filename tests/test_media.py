@@ -239,13 +239,9 @@ def test_a_file_that_changes_again_before_its_tasks_ran_supersedes_them(make_dae
             c.submit(kind, {"path": str(gate)}, priority=0)["id"]
             for kind, gate in zip(("image_preprocess", "thumbnail_generate"), gates, strict=True)
         ]
-        with c.events(task_ids=holders) as stream:
-            started = set()
-            for event in stream:
-                if event["event"] == "started":
-                    started.add(event["task_id"])
-                if started == set(holders):
-                    break
+        # Both hold their type's one place: a wait sees it whenever they got it, where a stream
+        # opened after the submits could miss their `started`.
+        assert not c.wait(holders, statuses=["running"], timeout=20)["timed_out"]
         first = scan(c, root, priority=0)["result"]
         assert first["queued_tasks"] == 4
         old = {t["id"]: t for t in everything(c) if t["type"] != "file_scan" and t["id"] not in holders}
