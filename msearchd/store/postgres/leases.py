@@ -22,17 +22,18 @@ else:
 # its tasks), it starts nothing until it has registered again.
 _ALIVE = "EXISTS (SELECT 1 FROM daemons WHERE id = %s)"
 # A pending task that a claim may take: of a type not held by a bulk cancel (by name, or by a glob's
-# pattern), and of a type under a cluster limit only where this transaction holds that limit's row and
-# found room under it (the first parameter). The types a daemon excludes (paused ones may be globs) are
-# added by `types_except`. While the queue holds a pause that the claiming daemon does not exclude (the
-# second parameter), made through another daemon that this one has not heard of yet, nothing is
-# claimable: no start slips through between a pause's commit and its notification.
+# pattern: the patterns are read once a statement, not once a row), and of a type under a cluster
+# limit only where this transaction holds that limit's row and found room under it (the first
+# parameter). The types a daemon excludes (paused ones may be globs) are added by `types_except`.
+# While the queue holds a pause that the claiming daemon does not exclude (the second parameter), made
+# through another daemon that this one has not heard of yet, nothing is claimable: no start slips
+# through between a pause's commit and its notification.
 _CLAIMABLE = (
     "status = 'pending' "
     "AND (type = ANY(%s) OR type NOT IN (SELECT type FROM cluster_limits)) "
     "AND NOT EXISTS (SELECT 1 FROM start_holds WHERE type IS NULL AND pattern IS NULL) "
     "AND type NOT IN (SELECT type FROM start_holds WHERE type IS NOT NULL) "
-    "AND NOT EXISTS (SELECT 1 FROM start_holds h WHERE h.pattern IS NOT NULL AND tasks.type ~ h.pattern) "
+    "AND NOT type ~ ANY(ARRAY(SELECT pattern FROM start_holds WHERE pattern IS NOT NULL)) "
     "AND NOT EXISTS (SELECT 1 FROM queue_pauses WHERE NOT type = ANY(%s))"
 )
 
