@@ -76,8 +76,9 @@ def rows_to_tasks(rows: Iterable[Sequence[Any]], max_bytes: int | None = None) -
         left -= len(row[4]) + len(row[-1] or b"") + TASK_OVERHEAD_BYTES
         if left < 0:
             raise TooLarge(
-                f"the tasks asked for hold more than {max_bytes:,} bytes of data and results: "
-                f"ask for fewer at a time ({len(tasks):,} fit)",
+                f"the tasks asked for hold more than {max_bytes:,} bytes of data and results (with "
+                f"{TASK_OVERHEAD_BYTES} for each task's other fields): ask for fewer at a time "
+                f"({len(tasks):,} fit)",
                 fits=len(tasks),
             )
         tasks.append(row_to_task(row))
