@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 from benchlib import Context, Row, median, ms, percentile, running_daemon, temp_root
 from PIL import Image
@@ -94,19 +95,12 @@ def pool_handler_round(data: list[dict[str, object]], warm: list[dict[str, objec
     left between this and msearchd is the daemon's own overhead, not the handler's checks and its
     cache's atomic writes."""
     root.mkdir()
-    before = os.environ.get("MSEARCH_STATE_DIR")
-    os.environ["MSEARCH_STATE_DIR"] = str(root)  # the pool's processes are forked with it
-    try:
-        with multiprocessing.Pool(2) as pool:
-            pool.map(pool_handler, warm)
-            t0 = time.perf_counter()
-            pool.map(pool_handler, data, chunksize=1)
-            return time.perf_counter() - t0
-    finally:
-        if before is None:
-            del os.environ["MSEARCH_STATE_DIR"]
-        else:
-            os.environ["MSEARCH_STATE_DIR"] = before
+    # The pool's processes are forked with it; the bench's own environment is as it was after.
+    with mock.patch.dict(os.environ, {"MSEARCH_STATE_DIR": str(root)}), multiprocessing.Pool(2) as pool:
+        pool.map(pool_handler, warm)
+        t0 = time.perf_counter()
+        pool.map(pool_handler, data, chunksize=1)
+        return time.perf_counter() - t0
 
 
 def daemon_round(data: list[dict[str, object]], warm: list[dict[str, object]], root: Path) -> float:

@@ -120,11 +120,13 @@ class Cluster(Connection):
         """Keep every daemon from starting tasks of these types (exact ones or globs; of any, when
         None) until `release_starts`; the holds are committed when this returns. A hold outlives its
         daemon only until the others take that daemon for dead."""
-        if types is None:
-            rows: list[tuple[str | None, str | None]] = [(None, None)]
-        else:  # a glob as its regex; one that matches no type holds nothing
-            globs = [(None, glob_regex(t)) for t in types if is_glob(t)]
-            rows = [(t, None) for t in types if not is_glob(t)] + [g for g in globs if g[1] is not None]
+        # (type, pattern) rows: a glob as its regex; one that matches no type holds nothing.
+        rows: list[tuple[str | None, str | None]] = [] if types is not None else [(None, None)]
+        for task_type in types or ():
+            if not is_glob(task_type):
+                rows.append((task_type, None))
+            elif (pattern := glob_regex(task_type)) is not None:
+                rows.append((None, pattern))
         if not rows:
             return []
         with self.transaction():
