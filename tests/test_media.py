@@ -413,8 +413,9 @@ def test_a_cancelled_scan_keeps_what_it_queued_and_the_next_scan_queues_the_rest
             (root / f"{f:02d}" / f"{i}.jpg").write_bytes(b"\xff\xd8\xff")  # a JPEG by its first bytes
     d = make_daemon(workers=1)
     with d.client() as c:
-        task = c.submit("file_scan", {"path": str(root)})
-        with c.events(task_ids=[task["id"]]) as stream:
+        # Subscribed before the submit: no report of the scan, nor its end, can come before the stream.
+        with c.events(types=["file_scan"]) as stream:
+            task = c.submit("file_scan", {"path": str(root)})
             # A report after the first (REPORT_SECONDS in): files were seen, and their tasks queued.
             for event in stream:
                 assert event["event"] != "completed", "the scan ended before the test could cancel it"
