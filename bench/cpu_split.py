@@ -1,14 +1,20 @@
 """Where a request's CPU goes, in the daemon and in the leanest Python server: interpreter, SQLite,
-kernel, C libraries. Needs `perf`.
+kernel, C libraries; or a `command` task's, among the daemon, its workers and the commands. Needs `perf`.
 
     .venv/bin/python bench/cpu_split.py [--op cancel|set_priority|get|submit] [--requests 4000]
+    .venv/bin/python bench/cpu_split.py --op command [--requests 3000]
 
 Both servers answer the same requests from the same blocking client (`bm_rpc.BareClient`), one after
 the other, all processes on one CPU, while `perf record` samples the server at a fixed rate; each
 sample is one period of CPU time, so the samples of a shared object (libpython, libsqlite3, the
 kernel) give its µs a request. The lean server runs the same SQL and answers the same task (see
 `lean_server.py`): where the two spend alike, the cost is the work itself; where they differ, it is
-what msearchd does besides. Not part of run.py: a tool to find out why a figure is what it is.
+what msearchd does besides.
+
+With `--op command`, 2 workers run `command` tasks of `true`, as the dispatch benchmark does: the CPU
+each process spends a task (psutil), and what the workers and their commands spend it on (perf,
+following the commands the workers start). Not part of run.py: a tool to find out why a figure is what
+it is.
 """
 
 from __future__ import annotations
@@ -19,12 +25,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import psutil
 from benchlib import Gate, running_daemon, temp_root
 from bm_rpc import BareClient, start_lean
 
@@ -36,6 +44,7 @@ SHOWN = {
     "libsqlite3": "SQLite",
     "libc": "C library",
     "_cmsgpack": "msgpack",
+    "ld-linux": "dynamic loader",
 }
 
 
@@ -50,15 +59,16 @@ def request(client: BareClient, op: str, first: int) -> Callable[[int], Any]:
     return lambda i: client.call("submit", {"type": "noop", "data": {"i": i}})
 
 
-def sampled(pid: int, out: Path, send: Callable[[int], Any], n: int) -> dict[str, int]:
-    """Samples of process `pid` by shared object while `send` makes n requests."""
+def sampled(pids: list[int], out: Path, work: Callable[[], Any]) -> dict[str, int]:
+    """Samples of processes `pids`, and of those they start meanwhile, by shared object, while
+    `work` runs."""
     ctl, ack = out.with_suffix(".ctl"), out.with_suffix(".ack")
     os.mkfifo(ctl)
     os.mkfifo(ack)
     # perf starts with its events off, and turns them on when told: what it samples is the requests.
     argv = ["perf", "record", "-q", "-D", "-1", "--control", f"fifo:{ctl},{ack}", "-F", str(SAMPLE_HZ)]
     perf = subprocess.Popen(
-        [*argv, "-o", str(out), "-p", str(pid)],
+        [*argv, "-o", str(out), "-p", ",".join(map(str, pids))],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -67,8 +77,7 @@ def sampled(pid: int, out: Path, send: Callable[[int], Any], n: int) -> dict[str
         control.flush()
         if acks.readline().strip() != "ack":
             raise RuntimeError("perf did not start sampling")
-        for i in range(n):
-            send(i)
+        work()
         control.write("disable\n")
         control.flush()
         acks.readline()
@@ -88,6 +97,14 @@ def sampled(pid: int, out: Path, send: Callable[[int], Any], n: int) -> dict[str
     return samples
 
 
+def each(send: Callable[[int], Any], n: int) -> Callable[[], None]:
+    def work() -> None:
+        for i in range(n):
+            send(i)
+
+    return work
+
+
 def by_part(samples: dict[str, int]) -> dict[str, int]:
     parts = dict.fromkeys([*SHOWN.values(), "other"], 0)
     for dso, count in samples.items():
@@ -100,11 +117,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--op", choices=("cancel", "set_priority", "get", "submit"), default="cancel")
+    ops = ("cancel", "set_priority", "get", "submit", "command")
+    parser.add_argument("--op", choices=ops, default="cancel")
     parser.add_argument("--requests", type=int, default=4000)
     args = parser.parse_args()
     if shutil.which("perf") is None:
         sys.exit("cpu_split needs perf (linux-perf)")
+    if args.op == "command":
+        command_split(args.requests)
+        return
     n = args.requests
     with temp_root() as root, running_daemon(root, workers=1) as d:
         lean_proc, lean, lean_first = start_lean(root, n)
@@ -120,9 +141,9 @@ def main() -> None:
                     os.sched_setaffinity(pid, {0})
                 first = int(ids[0].removeprefix("task_"))
                 results = {
-                    "msearchd": sampled(d.pid, root / "ours.perf", request(ours, args.op, first), n),
+                    "msearchd": sampled([d.pid], root / "ours.perf", each(request(ours, args.op, first), n)),
                     "lean server": sampled(
-                        lean_proc.pid, root / "lean.perf", request(lean, args.op, lean_first), n
+                        [lean_proc.pid], root / "lean.perf", each(request(lean, args.op, lean_first), n)
                     ),
                 }
         finally:
@@ -138,6 +159,67 @@ def main() -> None:
         else:
             ours_us, lean_us = (p[name] * per_request for p in parts.values())
         print(f"{name:20s} {ours_us:10.1f} {lean_us:12.1f} {ours_us - lean_us:+11.1f}")
+
+
+def cpu_s(proc: psutil.Process) -> tuple[float, float]:
+    """CPU seconds of a process, and of the children it has reaped."""
+    t = proc.cpu_times()
+    return t.user + t.system, t.children_user + t.children_system
+
+
+def command_split(n: int) -> None:
+    """CPU a `command` task of `true` costs each process, and what the workers and commands spend it on."""
+    task = {"type": "command", "data": {"argv": ["true"]}}
+    with temp_root() as root, running_daemon(root, workers=2) as d, d.client() as c:
+        d.warm_up(4)
+        daemon = psutil.Process(d.pid)
+        workers = [p for p in daemon.children() if "msearchd.worker" in " ".join(p.cmdline())]
+        figures: dict[str, float] = {}
+        rate = 0.0
+        parts: dict[str, int] = {}
+        for sampling in (False, True):  # the CPU figures from a run without perf, its split from one with
+            gate = Gate(root, f"gate{int(sampling)}")
+            for _ in workers:
+                c.submit("gate", gate.data(), priority=0)
+            gate.wait_holding(len(workers))
+            batches = (c.submit_many([task] * min(1000, n - start)) for start in range(0, n, 1000))
+            ids = [t for batch in batches for t in batch["task_ids"]]
+            before = [cpu_s(p) for p in (daemon, *workers)]
+            started = time.perf_counter()
+
+            def drain(gate: Gate = gate, ids: list[str] = ids) -> None:
+                gate.open()
+                c.wait(ids, timeout=600)
+
+            if sampling:
+                pids = [w.pid for w in workers]
+                parts = by_part(sampled(pids, root / "command.perf", drain))
+                continue
+            drain()
+            wall = time.perf_counter() - started
+            after = [cpu_s(p) for p in (daemon, *workers)]
+            spent = [(b[0] - a[0], b[1] - a[1]) for a, b in zip(before, after, strict=True)]
+            figures = {
+                "daemon": spent[0][0],
+                "workers": sum(own for own, _ in spent[1:]),
+                "the commands": sum(kids for _, kids in spent[1:]),
+            }
+            rate = len(ids) / wall
+    total = sum(figures.values())
+    print(f"command `true`, 2 workers: {rate:,.0f} tasks/s; µs of CPU a task")
+    for name, seconds in figures.items():
+        print(f"  {name:14s} {seconds / n * 1e6:8.0f}")
+    print(f"  {'total':14s} {total / n * 1e6:8.0f}")
+    cpus = len(os.sched_getaffinity(0))
+    print(
+        f"on {cpus} CPUs: at most {cpus * n / total:,.0f} tasks/s at this CPU a task, "
+        f"{cpus * n / figures['the commands']:,.0f}/s if the daemon and the workers cost nothing"
+    )
+    sampled_total = sum(parts.values()) or 1
+    print("the workers and the commands, by part (perf):")
+    for name, count in sorted(parts.items(), key=lambda item: -item[1]):
+        if count:
+            print(f"  {name:20s} {count / sampled_total * 100:5.1f}%")
 
 
 if __name__ == "__main__":
