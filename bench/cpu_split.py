@@ -158,6 +158,8 @@ def main() -> None:
             ours_us, lean_us = (sum(p.values()) * per_request for p in parts.values())
         else:
             ours_us, lean_us = (p[name] * per_request for p in parts.values())
+            if not ours_us and not lean_us:
+                continue
         print(f"{name:20s} {ours_us:10.1f} {lean_us:12.1f} {ours_us - lean_us:+11.1f}")
 
 
