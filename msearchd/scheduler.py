@@ -19,6 +19,7 @@ class Scheduler:
         self._limits = dict(type_limits or {})
         self._running: Counter[str] = Counter()
         self._held: Counter[str] = Counter()  # types a bulk cancel keeps from starting meanwhile
+        self._held_globs: tuple[str, ...] = ()  # those of them that are globs
         self.paused: frozenset[str] = frozenset()
         self.all_paused = False  # the whole queue: nothing starts
         self._paused_globs: tuple[str, ...] = ()
@@ -38,19 +39,22 @@ class Scheduler:
             task_type in self._limits
             or task_type in self.paused
             or task_type in self._held
-            or any(fnmatchcase(task_type, glob) for glob in self._paused_globs)
-            or any(fnmatchcase(task_type, held) for held in self._held if is_glob(held))
+            # Asked for each task a lease takes: the globs are only looked through if there are any.
+            or bool(self._paused_globs and any(fnmatchcase(task_type, g) for g in self._paused_globs))
+            or bool(self._held_globs and any(fnmatchcase(task_type, g) for g in self._held_globs))
         )
 
     def hold(self, task_type: str) -> None:
         """Start no task of this type (or, for a glob, of the types it matches) until as many
         `release` calls."""
         self._held[task_type] += 1
+        self._held_globs = tuple(t for t in self._held if is_glob(t))
 
     def release(self, task_type: str) -> None:
         self._held[task_type] -= 1
         if self._held[task_type] <= 0:
             del self._held[task_type]
+            self._held_globs = tuple(t for t in self._held if is_glob(t))
 
     def started(self, task_type: str) -> None:
         self._running[task_type] += 1

@@ -527,6 +527,13 @@ def test_the_scheduler_holds_back_what_a_held_glob_matches_until_released():
     assert scheduler.limited("file_embed_video")
     scheduler.release("file_embed_*")
     assert not scheduler.limited("file_embed_video") and scheduler.excluded_types() == []
+    scheduler.hold("file_embed_*")
+    scheduler.hold("thumbnail_*")  # another cancel, of another glob, at the same time
+    assert scheduler.limited("file_embed_video") and scheduler.limited("thumbnail_generate")
+    scheduler.release("thumbnail_*")  # each ends on its own
+    assert scheduler.limited("file_embed_video") and not scheduler.limited("thumbnail_generate")
+    scheduler.release("file_embed_*")
+    assert not scheduler.limited("file_embed_video")
 
 
 def test_drain_waits_for_running_tasks_and_times_out(make_daemon, fifo):
