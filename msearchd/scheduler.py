@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
-from fnmatch import fnmatchcase
 
-from msearchd.selection import is_glob
+from msearchd.selection import is_glob, type_matches
 
 
 class Scheduler:
@@ -40,8 +39,8 @@ class Scheduler:
             or task_type in self.paused
             or task_type in self._held
             # Asked for each task a lease takes: the globs are only looked through if there are any.
-            or bool(self._paused_globs and any(fnmatchcase(task_type, g) for g in self._paused_globs))
-            or bool(self._held_globs and any(fnmatchcase(task_type, g) for g in self._held_globs))
+            or bool(self._paused_globs and type_matches(task_type, self._paused_globs))
+            or bool(self._held_globs and type_matches(task_type, self._held_globs))
         )
 
     def hold(self, task_type: str) -> None:

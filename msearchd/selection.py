@@ -21,7 +21,7 @@ from __future__ import annotations
 import fnmatch
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -42,6 +42,11 @@ SAMPLE_SIZE = 20  # ids a dry run shows
 
 def is_glob(pattern: str) -> bool:
     return any(c in pattern for c in "*?[")
+
+
+def type_matches(task_type: str, patterns: Iterable[str]) -> bool:
+    """Whether the type is one of `patterns` (exact types or globs such as `file_embed_*`)."""
+    return any(fnmatch.fnmatchcase(task_type, p) for p in patterns)
 
 
 def validate_type_pattern(value: object) -> str:
@@ -172,7 +177,7 @@ class Selection:
         """Whether it selects this task: the same tests as the store's, for tasks read one by one."""
         return (
             (not self.ids or task_id in self.ids)
-            and (not self.types or any(fnmatch.fnmatchcase(task_type, t) for t in self.types))
+            and (not self.types or type_matches(task_type, self.types))
             and (not self.statuses or status in self.statuses)
             and (self.priority is None or self.priority[0] <= priority <= self.priority[1])
             and (self.created_before is None or created_at < self.created_before)

@@ -6,13 +6,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any
 
 from msearchd.config import Settings
 from msearchd.errors import InvalidArgument
 from msearchd.model import TERMINAL, TaskStatus, format_task_id
-from msearchd.selection import validate_type_pattern
+from msearchd.selection import type_matches, validate_type_pattern
 from msearchd.service.core import QUEUE_CHANNEL, REQUESTER
 from msearchd.store import TaskStore
 
@@ -76,7 +75,7 @@ class Pausing(ServiceCore):
         not start either: back to the queue, just after the pause answered there."""
         if self.pool is None:
             return
-        returned = await self.pool.hand_back(lambda task: any(fnmatchcase(task.type, t) for t in types))
+        returned = await self.pool.hand_back(lambda task: type_matches(task.type, types))
         log.info(
             "another daemon paused %s: %d task(s) this daemon's workers held and had not started are "
             "back in the queue",
@@ -136,7 +135,7 @@ class Pausing(ServiceCore):
         """The answer to a pause, once what the workers hold of the paused types and have not
         started is back in the queue."""
         if self.pool is not None:
-            await self.pool.hand_back(lambda task: any(fnmatchcase(task.type, n) for n in names))
+            await self.pool.hand_back(lambda task: type_matches(task.type, names))
         return self.queue_state()
 
     def resume(self, types: list[Any] | None = None) -> dict[str, Any]:
@@ -167,7 +166,7 @@ class Pausing(ServiceCore):
         if not isinstance(paused, dict):
             await paused  # what had not started went back to the queue
         while True:
-            busy = [t.id for t in self.store.running() if any(fnmatchcase(t.type, n) for n in names)]
+            busy = [t.id for t in self.store.running() if type_matches(t.type, names)]
             left = None if deadline is None else deadline - time.monotonic()
             if not busy or (left is not None and left <= 0):
                 running = [format_task_id(i) for i in busy]
