@@ -348,3 +348,38 @@ def test_frames_small_and_large_are_cut_alike_however_the_bytes_arrive():
                 got.append(message)
         assert got == messages, piece
         assert frames.taken == len(messages) and not frames.pending()
+
+
+def test_a_frame_that_arrives_alone_is_taken_whole_and_any_other_goes_through_the_buffer():
+    """What the daemon and the client do with each read: a small frame that came by itself, with
+    nothing buffered before it, is decoded where it lies; anything else is fed to the buffer, and comes
+    out of it the same."""
+    sizes = [0, protocol.SMALL_FRAME - 40, protocol.SMALL_FRAME + 40, 3]
+    messages = [{"id": i, "method": "submit", "params": {"pad": "x" * n}} for i, n in enumerate(sizes)]
+    encoded = [protocol.encode(m) for m in messages]
+    whole = [len(e) - 4 <= protocol.SMALL_FRAME for e in encoded]
+    assert whole == [True, True, False, True]
+    for reads, expect_whole in (
+        (encoded, 3),  # one frame a read: the small ones are taken whole
+        ([encoded[0][:3], encoded[0][3:], *encoded[1:]], 2),  # the first split: through the buffer
+        ([encoded[0] + encoded[1], *encoded[2:]], 1),  # two in one read: both through the buffer
+    ):
+        frames = protocol.FrameBuffer()
+        got, taken_whole = [], 0
+        for data in reads:
+            message = frames.take_whole(data)
+            if message is not None:
+                got.append(message)
+                taken_whole += 1
+                continue
+            frames.feed(data)
+            while (message := frames.next()) is not None:
+                got.append(message)
+        assert got == messages
+        assert frames.taken == len(messages) and not frames.pending()
+        assert taken_whole == expect_whole
+    buffered = protocol.FrameBuffer()
+    buffered.feed(encoded[0][:2])  # a frame's first bytes wait: the next read is not a frame by itself
+    assert buffered.take_whole(encoded[1]) is None and buffered.taken == 0
+    bad = struct.pack(">I", 3) + b"\xc1\xc1\xc1"
+    assert protocol.FrameBuffer().take_whole(bad) is None  # left for `next` to report

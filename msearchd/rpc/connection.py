@@ -109,6 +109,11 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_active = time.monotonic()
+        if self._turn is None and self._quiet():
+            message = self._frames.take_whole(data)
+            if message is not None:
+                self._serve(message)
+                return
         self._frames.feed(data)
         if self._subscription is not None:
             self._refuse_after_subscribe()
@@ -142,6 +147,19 @@ class Connection(asyncio.Protocol):
         self._closed = True
         if self._transport is not None:
             self._transport.close()
+
+    def _quiet(self) -> bool:
+        """Nothing under way for this client, nothing read ahead, nothing held back: a request that
+        arrives alone now is a turn of its own."""
+        return (
+            not self._pending
+            and self._subscription is None
+            and self._next is None
+            and self._bad_frame is None
+            and self._large is None
+            and not self._closed
+            and self._writable.is_set()
+        )
 
     def _can_serve(self) -> bool:
         return (
@@ -187,21 +205,27 @@ class Connection(asyncio.Protocol):
             self._turn = asyncio.get_running_loop().call_soon(self._serve)
         self.update_reading()
 
-    def _serve(self) -> None:
+    def _serve(self, alone: dict[str, Any] | None = None) -> None:
         """One turn: answer the whole requests received, in order, for TURN_SECONDS at most, with
-        one commit and one write."""
+        one commit and one write. `alone`: a request that arrived by itself on a quiet connection
+        (see `_quiet`), the whole turn; nothing is left to look at after it."""
         self._turn = None
         answers: list[_Answer] = []
         later: list[_Later] = []  # calls answered later, started once committed
         subscription: Subscription | None = None
         ids: set[int] = set()  # of this turn's requests
         bad_frame = False
-        deadline = time.monotonic() + TURN_SECONDS
         token = REQUESTER.set(self._requester)  # the calls made here, and the tasks they start, see it
         try:
             try:
                 with self._server.service.batch():
-                    while self._can_serve():
+                    if alone is not None:
+                        answer = self._answer(alone, ids, later)
+                        if answer is not None:
+                            answers.append(answer)
+                        subscription = self._subscription
+                    deadline = 0.0 if alone is not None else time.monotonic() + TURN_SECONDS
+                    while alone is None and self._can_serve():
                         try:
                             message = self._take()
                         except ProtocolError as exc:
@@ -250,7 +274,7 @@ class Connection(asyncio.Protocol):
             self._shut()
         elif self._subscription is not None:
             self._refuse_after_subscribe()
-        else:
+        elif alone is None:
             self._schedule()
 
     def _unsaved(self, answers: list[_Answer], later: list[_Later], exc: Exception) -> list[_Answer]:
