@@ -212,51 +212,23 @@ class Connection(asyncio.Protocol):
         self._turn = None
         answers: list[_Answer] = []
         later: list[_Later] = []  # calls answered later, started once committed
-        subscription: Subscription | None = None
         ids: set[int] = set()  # of this turn's requests
         bad_frame = False
         token = REQUESTER.set(self._requester)  # the calls made here, and the tasks they start, see it
         try:
             try:
                 with self._server.service.batch():
-                    if alone is not None:
+                    if alone is None:
+                        bad_frame = self._serve_received(answers, later, ids)
+                    else:
                         answer = self._answer(alone, ids, later)
                         if answer is not None:
                             answers.append(answer)
-                        subscription = self._subscription
-                    deadline = 0.0 if alone is not None else time.monotonic() + TURN_SECONDS
-                    while alone is None and self._can_serve():
-                        try:
-                            message = self._take()
-                        except ProtocolError as exc:
-                            # The stream cannot be resynchronised after a bad frame: answer, then close.
-                            answers.append(
-                                (None, False, protocol.encode({"id": None, "error": exc.to_wire()}))
-                            )
-                            bad_frame = True
-                            break
-                        if message is None:
-                            break
-                        # Submits pipelined behind this one are written together; alone, it is
-                        # answered as any other request.
-                        piped = self._frames.pending() and self._plain_submit(message)
-                        run = self._submit_run(message) if piped else None
-                        if run is not None and len(run) > 1:
-                            answers += self._answer_submits(run, ids)
-                        else:  # a lone submit is answered as any other request
-                            answer = self._answer(message, ids, later)
-                            if answer is not None:
-                                answers.append(answer)
-                        subscription = self._subscription
-                        if self._next is None and self._bad_frame is None and not self._frames.pending():
-                            break  # nothing more has arrived: no need to look again
-                        if time.monotonic() >= deadline:
-                            break
             except Exception as exc:  # the commit failed: none of these requests took effect
                 answers = self._unsaved(answers, later, exc)
                 later = []
-                if subscription is not None:
-                    self._server.service.unsubscribe(subscription)
+                if self._subscription is not None:  # made in this turn: a subscribed one has none
+                    self._server.service.unsubscribe(self._subscription)
                     self._subscription = None
             for req_id, method, pending in later:
                 self._pending[req_id] = asyncio.ensure_future(self._answer_later(req_id, method, pending))
@@ -276,6 +248,35 @@ class Connection(asyncio.Protocol):
             self._refuse_after_subscribe()
         elif alone is None:
             self._schedule()
+
+    def _serve_received(self, answers: list[_Answer], later: list[_Later], ids: set[int]) -> bool:
+        """Answer the requests received, for TURN_SECONDS at most, into `answers` and `later`; True
+        if a bad frame ended them (the connection is closed once it is answered)."""
+        deadline = time.monotonic() + TURN_SECONDS
+        while self._can_serve():
+            try:
+                message = self._take()
+            except ProtocolError as exc:
+                # The stream cannot be resynchronised after a bad frame: answer, then close.
+                answers.append((None, False, protocol.encode({"id": None, "error": exc.to_wire()})))
+                return True
+            if message is None:
+                break
+            # Submits pipelined behind this one are written together; alone, it is answered as any
+            # other request.
+            piped = self._frames.pending() and self._plain_submit(message)
+            run = self._submit_run(message) if piped else None
+            if run is not None and len(run) > 1:
+                answers += self._answer_submits(run, ids)
+            else:  # a lone submit is answered as any other request
+                answer = self._answer(message, ids, later)
+                if answer is not None:
+                    answers.append(answer)
+            if self._next is None and self._bad_frame is None and not self._frames.pending():
+                break  # nothing more has arrived: no need to look again
+            if time.monotonic() >= deadline:
+                break
+        return False
 
     def _unsaved(self, answers: list[_Answer], later: list[_Later], exc: Exception) -> list[_Answer]:
         """The answers of a turn whose commit failed: each request that would have succeeded is told,
