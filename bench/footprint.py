@@ -142,7 +142,7 @@ async def measure(n: int, cold_kib: int) -> None:
         daemon_out = Kept()
         daemon.connection_made(daemon_out)
         daemon.data_received(protocol.encode(protocol.request(0, "hello", {"protocol": 1})))
-        # 2n of each: n counted, then n timed.
+        # A task for each get, set_priority and cancel: n of each counted, then n of each timed.
         tasks = service.submit_many([{"type": "noop", "data": {"i": 1}}] * (6 * n))["task_ids"]
         ours = [int(t.removeprefix("task_")) for t in tasks]
         lean_store = FloorStore(root / "lean.db", pending=6 * n)
