@@ -47,13 +47,16 @@ class Scheduler:
         """Start no task of this type (or, for a glob, of the types it matches) until as many
         `release` calls."""
         self._held[task_type] += 1
-        self._held_globs = tuple(t for t in self._held if is_glob(t))
+        self._find_held_globs()
 
     def release(self, task_type: str) -> None:
         self._held[task_type] -= 1
         if self._held[task_type] <= 0:
             del self._held[task_type]
-            self._held_globs = tuple(t for t in self._held if is_glob(t))
+            self._find_held_globs()
+
+    def _find_held_globs(self) -> None:
+        self._held_globs = tuple(t for t in self._held if is_glob(t))
 
     def started(self, task_type: str) -> None:
         self._running[task_type] += 1

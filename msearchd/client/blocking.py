@@ -85,7 +85,7 @@ class Client(Methods):
         if self._pipeline is not None:
             raise ProtocolError("this client has a pipeline open: call through it, or after it ends")
         req_id = self._new_id()
-        frame = protocol.encode({"id": req_id, "method": method, "params": params})
+        frame = protocol.encode(protocol.request(req_id, method, params))
         if not self._send_unless_closed(frame):
             self._reconnect()
             self._send(frame)
@@ -265,7 +265,7 @@ class Pipeline(Methods):
         if self._client._pipeline is not self:
             raise ProtocolError("this pipeline has ended")
         req_id = self._client._new_id()
-        frame = protocol.encode({"id": req_id, "method": method, "params": params})
+        frame = protocol.encode(protocol.request(req_id, method, params))
         self._frames.append(frame)
         self._ids.append(req_id)
         self._size += len(frame)

@@ -153,12 +153,10 @@ class Connection(asyncio.Protocol):
         arrives alone now is a turn of its own."""
         return (
             not self._pending
-            and self._subscription is None
             and self._next is None
             and self._bad_frame is None
             and self._large is None
-            and not self._closed
-            and self._writable.is_set()
+            and self._can_serve()
         )
 
     def _can_serve(self) -> bool:
