@@ -180,6 +180,8 @@ class Daemon:
     # Run the daemon under this prefix, e.g. [python, "-m", "cProfile", "-o", "out.prof"].
     prefix: tuple[str, ...] = ()
     store: str | None = None  # --store: a PostgreSQL database shared with other daemons
+    # A checkout whose msearchd the daemon and its workers import, instead of the installed one.
+    source: Path | None = None
     proc: subprocess.Popen[str] | None = None
     lines: list[str] = field(default_factory=list)
     _ready: threading.Event = field(default_factory=threading.Event)
@@ -206,7 +208,9 @@ class Daemon:
             MSEARCH_SOCKET=str(self.socket),
             MSEARCH_STATE_DIR=str(self.state_dir),
             # An inherited PYTHONPATH comes first: `PYTHONPATH=../other bench/run.py` times that tree.
-            PYTHONPATH=os.pathsep.join(filter(None, (os.environ.get("PYTHONPATH"), str(BENCH)))),
+            PYTHONPATH=os.pathsep.join(
+                filter(None, (self.source and str(self.source), os.environ.get("PYTHONPATH"), str(BENCH)))
+            ),
         )
 
     @property

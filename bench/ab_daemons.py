@@ -1,0 +1,145 @@
+"""Two checkouts' daemons and the leanest Python server, side by side on the same requests.
+
+    .venv/bin/python bench/ab_daemons.py ../before . [--methods cancel,set_priority,get,submit]
+        [--rounds 20] [--block 300] [--cpus 0]
+
+What a change to the request path is worth in time. A change of a few percent is inside the spread
+of two runs of `run.py --only rpc`, so here the two trees answer the same requests in one sitting:
+each round sends a block of `--block` requests of one method to each server in turn, in a shuffled
+order, from one bare socket client (the daemon's framing and nothing else). `bench/lean_server.py`
+answers the same blocks: what each daemon adds over the leanest server is printed beside it.
+
+Each daemon runs one worker, held by a gate task, so the requests' tasks stay pending: `cancel` and
+`set_priority` are control writes of a pending task, as in the rpc bench. Every process is pinned to
+`--cpus` (default CPU 0: the client and the server share it, the rpc bench's first placement; `all`
+pins nothing). The same checkout twice is an A/A run: the noise of the method.
+
+Not part of run.py: a tool for the change under way, not a target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import socket
+import statistics
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import msgpack
+from benchlib import Daemon, Gate, temp_root
+from bm_rpc import HEADER, BareClient, start_lean
+
+METHODS = ("cancel", "set_priority", "get", "submit")
+
+
+def call(client: BareClient, method: str, params: dict[str, Any]) -> Any:
+    """One request and its answer; the run stops at the first error answer: a refusal is no sample."""
+    client.send(method, params)
+    (length,) = HEADER.unpack(client.sock.recv(4, socket.MSG_WAITALL))
+    answer = msgpack.unpackb(client.sock.recv(length, socket.MSG_WAITALL), raw=False)
+    if "result" not in answer:
+        raise SystemExit(f"{method} was refused: {answer.get('error')}")
+    return answer["result"]
+
+
+def pin(pid: int, cpus: set[int] | None) -> None:
+    """Pin every thread of `pid` that exists now (threads made later inherit it)."""
+    if cpus is None:
+        return
+    for thread in Path(f"/proc/{pid}/task").iterdir():
+        os.sched_setaffinity(int(thread.name), cpus)
+
+
+def params_of(method: str, task_id: int, i: int) -> dict[str, Any]:
+    if method == "submit":
+        return {"type": "noop", "data": {"i": i}}
+    if method == "set_priority":
+        return {"task_id": task_id, "priority": i % 12}
+    return {"task_id": task_id}
+
+
+def start_daemon(
+    stack: ExitStack, root: Path, source: Path, pending: int, cpus: set[int] | None
+) -> tuple[BareClient, list[int]]:
+    """A daemon of `source` with its one worker held and `pending` no-op tasks, stopped with `stack`;
+    a client of it, and the tasks' ids."""
+    root.mkdir()
+    gate = Gate(root)
+    stack.callback(gate.open)  # once the daemon has stopped (the callbacks run last first)
+    daemon = Daemon(root=root, workers=1, source=source)
+    stack.callback(daemon.stop)
+    daemon.start()
+    pin(daemon.pid, cpus)
+    with daemon.client() as setup:
+        setup.submit("gate", gate.data(), priority=0)
+        gate.wait_holding(1)
+        ids = setup.submit_many([{"type": "noop", "data": {"i": i}} for i in range(pending)])["task_ids"]
+    client = BareClient(daemon.socket)
+    call(client, "hello", {"protocol": 1})
+    return client, [int(t.removeprefix("task_")) for t in ids]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("tree_a", type=Path, help="a checkout of msearchd (the folder holding msearchd/)")
+    parser.add_argument("tree_b", type=Path, help="another checkout, or the same one for an A/A run")
+    parser.add_argument(
+        "--methods", default=",".join(METHODS), help="comma-separated, of " + ", ".join(METHODS)
+    )
+    parser.add_argument("--rounds", type=int, default=20, help="blocks of each method per server")
+    parser.add_argument("--block", type=int, default=300, help="requests in a row to one server")
+    parser.add_argument("--cpus", default="0", help="CPUs to pin everything to, comma-separated, or 'all'")
+    args = parser.parse_args()
+    methods = args.methods.split(",")
+    if unknown := set(methods) - set(METHODS):
+        parser.error(f"unknown methods: {', '.join(sorted(unknown))}")
+    for tree in (args.tree_a, args.tree_b):
+        if not (tree / "msearchd" / "__init__.py").is_file():
+            parser.error(f"{tree} holds no msearchd package")
+    cpus = None if args.cpus == "all" else {int(c) for c in args.cpus.split(",")}
+    if cpus is not None:
+        os.sched_setaffinity(0, cpus)
+    n = args.rounds * args.block
+    # Each cancel takes a pending task of its own; the other methods share another range of them.
+    pending = 2 * n
+    with temp_root() as root, ExitStack() as stack:
+        servers: dict[str, tuple[BareClient, list[int]]] = {}
+        servers["A"] = start_daemon(stack, root / "a", args.tree_a.resolve(), pending, cpus)
+        servers["B"] = start_daemon(stack, root / "b", args.tree_b.resolve(), pending, cpus)
+        lean_proc, lean, first = start_lean(root, pending)
+        stack.callback(lean_proc.kill)
+        pin(lean_proc.pid, cpus)
+        servers["lean"] = (lean, list(range(first, first + pending)))
+        rng = random.Random(7)
+        print(f"{'method':<14}{'A µs':>9}{'B µs':>9}{'lean µs':>9}{'B/A':>8}{'A-lean':>9}{'B-lean':>9}")
+        for method in methods:
+            offset = 0 if method == "cancel" else n
+            times: dict[str, list[float]] = {name: [] for name in servers}
+            names = list(servers)
+            for r in range(args.rounds):
+                rng.shuffle(names)
+                for name in names:
+                    client, ids = servers[name]
+                    for i in range(r * args.block, (r + 1) * args.block):
+                        request = params_of(method, ids[offset + i], i)
+                        t0 = time.perf_counter()
+                        call(client, method, request)
+                        times[name].append(time.perf_counter() - t0)
+            med = {name: statistics.median(samples) * 1e6 for name, samples in times.items()}
+            print(
+                f"{method:<14}{med['A']:>9.1f}{med['B']:>9.1f}{med['lean']:>9.1f}{med['B'] / med['A']:>8.3f}"
+                f"{med['A'] - med['lean']:>9.1f}{med['B'] - med['lean']:>9.1f}",
+                flush=True,
+            )
+        print(f"medians of {n} requests a server and method; trees: A {args.tree_a}, B {args.tree_b}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
