@@ -1,7 +1,7 @@
 """Two checkouts' daemons and the leanest Python server, side by side on the same requests.
 
     .venv/bin/python bench/ab_daemons.py ../before . [--methods cancel,set_priority,get,submit]
-        [--rounds 20] [--block 300] [--cpus 0]
+        [--pairs 5] [--rounds 8] [--block 300] [--cpus 0]
 
 What a change to the request path is worth in time. A change of a few percent is inside the spread
 of two runs of `run.py --only rpc`, so here the two trees answer the same requests in one sitting:
@@ -13,6 +13,10 @@ Each daemon runs one worker, held by a gate task, so the requests' tasks stay pe
 `set_priority` are control writes of a pending task, as in the rpc bench. Every process is pinned to
 `--cpus` (default CPU 0: the client and the server share it, the rpc bench's first placement; `all`
 pins nothing). The same checkout twice is an A/A run: the noise of the method.
+
+A pair of daemons is sometimes a few percent apart on every method for the whole of its life (where
+their memory happened to lie, say), so the run is `--pairs` pairs of fresh processes one after
+another, and the verdict the median of the pairs' ratios.
 
 Not part of run.py: a tool for the change under way, not a target.
 """
@@ -84,6 +88,47 @@ def start_daemon(
     return client, [int(t.removeprefix("task_")) for t in ids]
 
 
+def measure(
+    servers: dict[str, tuple[BareClient, list[int]]], method: str, offset: int, rounds: int, block: int
+) -> dict[str, float]:
+    """Median µs of `method` on each server, blocks of `block` requests alternated in shuffled order."""
+    times: dict[str, list[float]] = {name: [] for name in servers}
+    names = list(servers)
+    rng = random.Random(7)
+    for r in range(rounds):
+        rng.shuffle(names)
+        for name in names:
+            client, ids = servers[name]
+            for i in range(r * block, (r + 1) * block):
+                request = params_of(method, ids[offset + i], i)
+                t0 = time.perf_counter()
+                call(client, method, request)
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(samples) * 1e6 for name, samples in times.items()}
+
+
+def pair(
+    trees: tuple[Path, Path], methods: list[str], rounds: int, block: int, cpus: set[int] | None
+) -> dict[str, dict[str, float]]:
+    """One pair of fresh daemons and a fresh lean server: the medians of each method on each."""
+    n = rounds * block
+    pending = 2 * n  # each cancel takes a pending task of its own; the others share another range
+    with temp_root() as root, ExitStack() as stack:
+        # Both daemons of a pair hash strings alike, a fresh seed each pair: the seed is then not one
+        # of the things the two differ in.
+        stack.callback(os.environ.__setitem__, "PYTHONHASHSEED", os.environ.get("PYTHONHASHSEED", "random"))
+        os.environ["PYTHONHASHSEED"] = str(random.randrange(1, 2**32))
+        servers = {
+            "A": start_daemon(stack, root / "a", trees[0], pending, cpus),
+            "B": start_daemon(stack, root / "b", trees[1], pending, cpus),
+        }
+        lean_proc, lean, first = start_lean(root, pending)
+        stack.callback(lean_proc.kill)
+        pin(lean_proc.pid, cpus)
+        servers["lean"] = (lean, list(range(first, first + pending)))
+        return {m: measure(servers, m, 0 if m == "cancel" else n, rounds, block) for m in methods}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -93,7 +138,8 @@ def main() -> None:
     parser.add_argument(
         "--methods", default=",".join(METHODS), help="comma-separated, of " + ", ".join(METHODS)
     )
-    parser.add_argument("--rounds", type=int, default=20, help="blocks of each method per server")
+    parser.add_argument("--pairs", type=int, default=5, help="pairs of fresh daemons, one after another")
+    parser.add_argument("--rounds", type=int, default=8, help="blocks of each method per server and pair")
     parser.add_argument("--block", type=int, default=300, help="requests in a row to one server")
     parser.add_argument("--cpus", default="0", help="CPUs to pin everything to, comma-separated, or 'all'")
     args = parser.parse_args()
@@ -106,39 +152,23 @@ def main() -> None:
     cpus = None if args.cpus == "all" else {int(c) for c in args.cpus.split(",")}
     if cpus is not None:
         os.sched_setaffinity(0, cpus)
-    n = args.rounds * args.block
-    # Each cancel takes a pending task of its own; the other methods share another range of them.
-    pending = 2 * n
-    with temp_root() as root, ExitStack() as stack:
-        servers: dict[str, tuple[BareClient, list[int]]] = {}
-        servers["A"] = start_daemon(stack, root / "a", args.tree_a.resolve(), pending, cpus)
-        servers["B"] = start_daemon(stack, root / "b", args.tree_b.resolve(), pending, cpus)
-        lean_proc, lean, first = start_lean(root, pending)
-        stack.callback(lean_proc.kill)
-        pin(lean_proc.pid, cpus)
-        servers["lean"] = (lean, list(range(first, first + pending)))
-        rng = random.Random(7)
-        print(f"{'method':<14}{'A µs':>9}{'B µs':>9}{'lean µs':>9}{'B/A':>8}{'A-lean':>9}{'B-lean':>9}")
-        for method in methods:
-            offset = 0 if method == "cancel" else n
-            times: dict[str, list[float]] = {name: [] for name in servers}
-            names = list(servers)
-            for r in range(args.rounds):
-                rng.shuffle(names)
-                for name in names:
-                    client, ids = servers[name]
-                    for i in range(r * args.block, (r + 1) * args.block):
-                        request = params_of(method, ids[offset + i], i)
-                        t0 = time.perf_counter()
-                        call(client, method, request)
-                        times[name].append(time.perf_counter() - t0)
-            med = {name: statistics.median(samples) * 1e6 for name, samples in times.items()}
+    trees = (args.tree_a.resolve(), args.tree_b.resolve())
+    ratios: dict[str, list[float]] = {m: [] for m in methods}
+    print(
+        f"{'pair':<6}{'method':<14}{'A µs':>9}{'B µs':>9}{'lean µs':>9}{'B/A':>8}{'A-lean':>9}{'B-lean':>9}"
+    )
+    for number in range(1, args.pairs + 1):
+        for method, med in pair(trees, methods, args.rounds, args.block, cpus).items():
+            ratios[method].append(med["B"] / med["A"])
             print(
-                f"{method:<14}{med['A']:>9.1f}{med['B']:>9.1f}{med['lean']:>9.1f}{med['B'] / med['A']:>8.3f}"
-                f"{med['A'] - med['lean']:>9.1f}{med['B'] - med['lean']:>9.1f}",
+                f"{number:<6}{method:<14}{med['A']:>9.1f}{med['B']:>9.1f}{med['lean']:>9.1f}"
+                f"{med['B'] / med['A']:>8.3f}{med['A'] - med['lean']:>9.1f}{med['B'] - med['lean']:>9.1f}",
                 flush=True,
             )
-        print(f"medians of {n} requests a server and method; trees: A {args.tree_a}, B {args.tree_b}")
+    print(f"B/A, the median of {args.pairs} pairs (each of {args.rounds * args.block} requests a server):")
+    for method, values in ratios.items():
+        print(f"  {method:<14}{statistics.median(values):.3f}  (pairs: {min(values):.3f}-{max(values):.3f})")
+    print(f"A: {args.tree_a}  B: {args.tree_b}")
 
 
 if __name__ == "__main__":
