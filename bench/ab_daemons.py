@@ -7,7 +7,8 @@ What a change to the request path is worth in time. A change of a few percent is
 of two runs of `run.py --only rpc`, so here the two trees answer the same requests in one sitting:
 each round sends a block of `--block` requests of one method to each server in turn, in a shuffled
 order, from one bare socket client (the daemon's framing and nothing else). `bench/lean_server.py`
-answers the same blocks: what each daemon adds over the leanest server is printed beside it.
+answers the same blocks, plain and with the checks every request needs (`--checks`): what each
+daemon and those checks add over the leanest server is printed beside them.
 
 Each daemon runs one worker, held by a gate task, so the requests' tasks stay pending: `cancel` and
 `set_priority` are control writes of a pending task, as in the rpc bench. Every process is pinned to
@@ -122,11 +123,18 @@ def pair(
             "A": start_daemon(stack, root / "a", trees[0], pending, cpus),
             "B": start_daemon(stack, root / "b", trees[1], pending, cpus),
         }
-        lean_proc, lean, first = start_lean(root, pending)
-        stack.callback(lean_proc.kill)
-        pin(lean_proc.pid, cpus)
-        servers["lean"] = (lean, list(range(first, first + pending)))
+        for name, checks in (("lean", False), ("checks", True)):
+            lean_proc, lean, first = start_lean(root, pending, checks)
+            stack.callback(lean_proc.kill)
+            pin(lean_proc.pid, cpus)
+            call(lean, "hello", {"protocol": 1})
+            servers[name] = (lean, list(range(first, first + pending)))
         return {m: measure(servers, m, 0 if m == "cancel" else n, rounds, block) for m in methods}
+
+
+def spread(values: list[float], digits: int) -> str:
+    """The median of `values`, and their range."""
+    return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f} to {max(values):.{digits}f})"
 
 
 def main() -> None:
@@ -154,20 +162,31 @@ def main() -> None:
         os.sched_setaffinity(0, cpus)
     trees = (args.tree_a.resolve(), args.tree_b.resolve())
     ratios: dict[str, list[float]] = {m: [] for m in methods}
-    print(
-        f"{'pair':<6}{'method':<14}{'A µs':>9}{'B µs':>9}{'lean µs':>9}{'B/A':>8}{'A-lean':>9}{'B-lean':>9}"
-    )
+    checks_cost: dict[str, list[float]] = {m: [] for m in methods}  # µs the checks add to the lean server
+    beyond: dict[str, list[float]] = {m: [] for m in methods}  # µs daemon A adds to the checked one
+    columns = ("A µs", "B µs", "lean µs", "+checks", "B/A", "A-lean", "B-lean", "checks-lean")
+    print(f"{'pair':<6}{'method':<14}" + "".join(f"{c:>12}" for c in columns))
     for number in range(1, args.pairs + 1):
         for method, med in pair(trees, methods, args.rounds, args.block, cpus).items():
             ratios[method].append(med["B"] / med["A"])
+            checks_cost[method].append(med["checks"] - med["lean"])
+            beyond[method].append(med["A"] - med["checks"])
+            lean = med["lean"]
+            figures = (med["A"], med["B"], lean, med["checks"])
+            extra = (med["A"] - lean, med["B"] - lean, med["checks"] - lean)
             print(
-                f"{number:<6}{method:<14}{med['A']:>9.1f}{med['B']:>9.1f}{med['lean']:>9.1f}"
-                f"{med['B'] / med['A']:>8.3f}{med['A'] - med['lean']:>9.1f}{med['B'] - med['lean']:>9.1f}",
+                f"{number:<6}{method:<14}"
+                + "".join(f"{f:>12.1f}" for f in figures)
+                + f"{med['B'] / med['A']:>12.3f}"
+                + "".join(f"{f:>12.1f}" for f in extra),
                 flush=True,
             )
-    print(f"B/A, the median of {args.pairs} pairs (each of {args.rounds * args.block} requests a server):")
-    for method, values in ratios.items():
-        print(f"  {method:<14}{statistics.median(values):.3f}  (pairs: {min(values):.3f}-{max(values):.3f})")
+    each = args.rounds * args.block
+    print(f"Medians of {args.pairs} pairs ({each} requests a server each), and their range:")
+    print(f"  {'method':<14}{'B/A':<26}{'checks over lean, µs':<26}A over lean with checks, µs")
+    for method in methods:
+        cells = (spread(ratios[method], 3), spread(checks_cost[method], 1), spread(beyond[method], 1))
+        print(f"  {method:<14}{cells[0]:<26}{cells[1]:<26}{cells[2]}")
     print(f"A: {args.tree_a}  B: {args.tree_b}")
 
 

@@ -64,10 +64,16 @@ def start_echo(
     return proc, path
 
 
-def start_lean(root: Path, pending: int) -> tuple[subprocess.Popen[str], BareClient, int]:
-    """bench/lean_server.py with `pending` tasks, a client of it, and the id of its first task."""
-    path = root / "lean.sock"
-    argv = [PYTHON, str(BENCH / "lean_server.py"), str(path), str(root / "lean.db"), str(pending)]
+def start_lean(
+    root: Path, pending: int, checks: bool = False
+) -> tuple[subprocess.Popen[str], BareClient, int]:
+    """bench/lean_server.py with `pending` tasks (`checks`: making the checks every request needs), a
+    client of it, and the id of its first task."""
+    name = "lean-checks" if checks else "lean"
+    path = root / f"{name}.sock"
+    argv = [PYTHON, str(BENCH / "lean_server.py"), str(path), str(root / f"{name}.db"), str(pending)]
+    if checks:
+        argv.append("--checks")
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     ready, _, first = proc.stdout.readline().partition(" ")
@@ -81,19 +87,20 @@ def run(ctx: Context) -> None:
     with temp_root() as root, running_daemon(root, workers=1) as d:
         echo, echo_path = start_echo(root)
         lean_proc, lean, lean_first = start_lean(root, 2 * n)
-        servers = (d.pid, echo.pid, lean_proc.pid)
+        checked_proc, checked, checked_first = start_lean(root, 2 * n, checks=True)
+        servers = (d.pid, echo.pid, lean_proc.pid, checked_proc.pid)
         try:
             gate = Gate(root)
             with d.client() as c, d.client() as setup:
                 setup.submit("gate", gate.data(), priority=0)
                 gate.wait_holding(1)
-                ids = setup.submit_many([{"type": "noop", "data": {"i": i}} for i in range(3 * n)])[
+                ids = setup.submit_many([{"type": "noop", "data": {"i": i}} for i in range(4 * n)])[
                     "task_ids"
                 ]
                 nums = [int(i.removeprefix("task_")) for i in ids]
                 bare = BareClient(echo_path)
                 # The floor: the bare round trip plus the same transaction in process, in one sample.
-                floor = FloorStore(root / "floor.db", pending=3 * n)
+                floor = FloorStore(root / "floor.db", pending=4 * n)
                 fids = floor.ids
 
                 def ours_and_floor(cancels: int) -> dict[str, Callable[[int], Any]]:
@@ -137,15 +144,28 @@ def run(ctx: Context) -> None:
                     ),
                     "lean get": lambda i: lean.call("get", {"task_id": lean_first + n + i}),
                 }
+                # And by that server making the checks every request needs: what they cost in it.
+                checked.call("hello", {"protocol": 1})
+                checked_ops = {
+                    **ours_and_floor(3 * n),
+                    "checked cancel": lambda i: checked.call(
+                        "cancel", {"task_id": checked_first + i, "running": False}
+                    ),
+                    "checked set_priority": lambda i: checked.call(
+                        "set_priority", {"task_id": checked_first + n + i, "priority": i % 12}
+                    ),
+                    "checked get": lambda i: checked.call("get", {"task_id": checked_first + n + i}),
+                }
                 for _ in range(50):  # warm up both sides; not counted
                     c.get(nums[-1])
                     bare.call("get", {"task_id": nums[-1]})
                 results = interleaved(ops, n, servers)
                 lean_results = interleaved(lean_ops, n, servers)
+                checked_results = interleaved(checked_ops, n, servers)
                 bare.close()
                 floor.close()
         finally:
-            for proc in (echo, lean_proc):
+            for proc in (echo, lean_proc, checked_proc):
                 proc.terminate()
                 proc.wait(timeout=10)
     for placement, times in results.items():
@@ -193,6 +213,17 @@ def run(ctx: Context) -> None:
             ctx.add(Row(NAME, f"{op} median vs {LEAN}, {placement} (info)", ours, lean_op, "ms", LEAN))
             name = f"{LEAN} over the floor, {op}, {placement} (info)"
             ctx.add(Row(NAME, name, lean_op, floor_op, "ms", FLOOR_NAMES[op]))
+    for placement, times in checked_results.items():
+        for op in ("cancel", "set_priority", "get"):
+            ours, checked_op, floor_op = (
+                median(times[op]),
+                median(times[f"checked {op}"]),
+                median(times[f"floor {op}"]),
+            )
+            name = f"{op} median vs {CHECKED}, {placement} (info)"
+            ctx.add(Row(NAME, name, ours, checked_op, "ms", CHECKED))
+            name = f"{CHECKED} over the floor, {op}, {placement} (info)"
+            ctx.add(Row(NAME, name, checked_op, floor_op, "ms", FLOOR_NAMES[op]))
 
 
 def interleaved(
@@ -222,6 +253,7 @@ def interleaved(
 
 
 LEAN = "the leanest Python server"
+CHECKED = "the leanest server with the checks of a request"
 FLOOR_NAMES = {
     "cancel": "floor: round trip + the same transaction in process",
     "set_priority": "floor: round trip + the same transaction in process",

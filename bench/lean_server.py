@@ -7,9 +7,16 @@ does nothing else: no checks of the request, no history of who asked, no events,
 group commit. msearchd cannot be quicker than this on the same interpreter; the distance between
 the two is what its features cost, and the distance from this to the floor is Python's own.
 
-    python bench/lean_server.py /tmp/x/lean.sock /tmp/x/lean.db PENDING
+    python bench/lean_server.py /tmp/x/lean.sock /tmp/x/lean.db PENDING [--checks]
 
 Prints "ready FIRST_ID" once listening, the ids of its PENDING tasks being FIRST_ID onwards.
+
+With `--checks` it also makes the checks every request needs, with msearchd's own functions, and
+answers a request that fails one with its error, as the daemon does: the request's id and params,
+the hello first, the task's id, the priority, the type and data of a new task, and the state of the
+task a control write changes (on the row the floor's SQL reads anyway). The distance from the plain
+server is what those checks cost; the distance from this one to the daemon is what the rest of its
+design costs (turns and group commit, the task model, the events, the layers between them).
 """
 
 from __future__ import annotations
@@ -23,7 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
-from floor import READ_TASK, FloorStore
+from floor import READ_TASK, WAITING, FloorStore
+
+from msearchd.errors import InvalidState, MsearchError, NotFound, ProtocolError
+from msearchd.model import parse_task_id, validate_data, validate_priority, validate_type
+from msearchd.protocol import check_id, check_params
 
 HEADER = struct.Struct(">I")
 
@@ -51,10 +62,13 @@ class Lean(asyncio.Protocol):
                 break
             message = msgpack.unpackb(self.buffer[4 : 4 + length], raw=False)
             del self.buffer[: 4 + length]
-            body = msgpack.packb({"id": message["id"], "result": self.answer(message)}, use_bin_type=True)
+            body = msgpack.packb(self.reply(message), use_bin_type=True)
             out.append(HEADER.pack(len(body)) + body)
         if out and self.transport is not None:
             self.transport.write(b"".join(out))
+
+    def reply(self, message: dict[str, Any]) -> dict[str, Any]:
+        return {"id": message["id"], "result": self.answer(message)}
 
     def answer(self, message: dict[str, Any]) -> Any:
         method, params = message["method"], message["params"]
@@ -92,6 +106,63 @@ class Lean(asyncio.Protocol):
         return wire(store.db.execute(READ_TASK, (task_id,)).fetchone())
 
 
+class Checked(Lean):
+    """`Lean` with the checks every request needs (see the module's documentation)."""
+
+    def __init__(self, store: FloorStore) -> None:
+        super().__init__(store)
+        self.greeted = False
+
+    def reply(self, message: dict[str, Any]) -> dict[str, Any]:
+        try:
+            req_id = check_id(message.get("id"))
+        except ProtocolError as exc:
+            return {"id": None, "error": exc.to_wire()}
+        try:
+            return {"id": req_id, "result": self.checked_answer(message)}
+        except MsearchError as exc:
+            return {"id": req_id, "error": exc.to_wire()}
+
+    def checked_answer(self, message: dict[str, Any]) -> Any:
+        method = message.get("method")
+        if not isinstance(method, str):
+            raise ProtocolError("a request needs a method name")
+        params = check_params(method, message.get("params"))
+        if method == "hello":
+            self.greeted = True
+        elif not self.greeted:
+            raise ProtocolError("the first request on a connection must be hello")
+        elif method == "submit":
+            validate_type(params["type"])
+            validate_data(params.get("data") or {})
+            if params.get("priority") is not None:
+                validate_priority(params["priority"])
+        else:
+            params["task_id"] = parse_task_id(params.get("task_id"))
+            if method == "set_priority":
+                params["priority"] = validate_priority(params["priority"])
+        return self.answer({"method": method, "params": params})
+
+
+class CheckedStore(FloorStore):
+    """The floor's control writes, refusing a task that does not exist or is not waiting, by the row
+    their SQL reads first (its write is guarded by the task's state already)."""
+
+    def set_priority(self, task_id: int, priority: int) -> tuple[Any, ...]:
+        return waiting(super().set_priority(task_id, priority), task_id)
+
+    def cancel(self, task_id: int) -> tuple[Any, ...]:
+        return waiting(super().cancel(task_id), task_id)
+
+
+def waiting(row: tuple[Any, ...] | None, task_id: int) -> tuple[Any, ...]:
+    if row is None:
+        raise NotFound(f"task {ref(task_id)} does not exist")
+    if row[2] not in WAITING:
+        raise InvalidState(f"{ref(task_id)} is {row[2]}")
+    return row
+
+
 def wire(row: tuple[Any, ...]) -> dict[str, Any]:
     """The task of a row of READ_TASK, as `Task.to_wire` shapes it (the same keys in the same order)."""
     task_id, task_type, status, priority, data, progress, operation, attempts, error, blocked, stop = row[:11]
@@ -120,10 +191,11 @@ def wire(row: tuple[Any, ...]) -> dict[str, Any]:
     }
 
 
-async def main(path: str, db_path: str, pending: int) -> None:
-    store = FloorStore(Path(db_path), pending=pending)
+async def main(path: str, db_path: str, pending: int, checks: bool) -> None:
+    store = (CheckedStore if checks else FloorStore)(Path(db_path), pending=pending)
     loop = asyncio.get_running_loop()
-    server = await loop.create_unix_server(lambda: Lean(store), path=path)
+    kind = Checked if checks else Lean
+    server = await loop.create_unix_server(lambda: kind(store), path=path)
     print("ready", store.ids[0] if store.ids else 0, flush=True)
     async with server:
         await server.serve_forever()
@@ -131,4 +203,4 @@ async def main(path: str, db_path: str, pending: int) -> None:
 
 if __name__ == "__main__":
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
+        asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), "--checks" in sys.argv[4:]))
