@@ -132,30 +132,25 @@ def run(ctx: Context) -> None:
                     ),
                     "bare get": lambda i: bare.call("get", {"task_id": nums[n + i]}),
                 }
+
+                def served_by(name: str, server: BareClient, first: int) -> dict[str, Callable[[int], Any]]:
+                    """The same requests, of the tasks from `first` on, answered by `server`."""
+                    return {
+                        f"{name} cancel": lambda i: server.call(
+                            "cancel", {"task_id": first + i, "running": False}
+                        ),
+                        f"{name} set_priority": lambda i: server.call(
+                            "set_priority", {"task_id": first + n + i, "priority": i % 12}
+                        ),
+                        f"{name} get": lambda i: server.call("get", {"task_id": first + n + i}),
+                    }
+
                 # A pass of its own, after the targets' (a fourth process in their samples would
-                # change them): the same requests answered by the leanest Python server.
-                lean_ops = {
-                    **ours_and_floor(2 * n),
-                    "lean cancel": lambda i: lean.call(
-                        "cancel", {"task_id": lean_first + i, "running": False}
-                    ),
-                    "lean set_priority": lambda i: lean.call(
-                        "set_priority", {"task_id": lean_first + n + i, "priority": i % 12}
-                    ),
-                    "lean get": lambda i: lean.call("get", {"task_id": lean_first + n + i}),
-                }
-                # And by that server making the checks every request needs: what they cost in it.
+                # change them): the same requests answered by the leanest Python server; then by
+                # that server making the checks every request needs: what they cost in it.
+                lean_ops = {**ours_and_floor(2 * n), **served_by("lean", lean, lean_first)}
                 checked.call("hello", {"protocol": 1})
-                checked_ops = {
-                    **ours_and_floor(3 * n),
-                    "checked cancel": lambda i: checked.call(
-                        "cancel", {"task_id": checked_first + i, "running": False}
-                    ),
-                    "checked set_priority": lambda i: checked.call(
-                        "set_priority", {"task_id": checked_first + n + i, "priority": i % 12}
-                    ),
-                    "checked get": lambda i: checked.call("get", {"task_id": checked_first + n + i}),
-                }
+                checked_ops = {**ours_and_floor(3 * n), **served_by("checked", checked, checked_first)}
                 for _ in range(50):  # warm up both sides; not counted
                     c.get(nums[-1])
                     bare.call("get", {"task_id": nums[-1]})
@@ -203,27 +198,18 @@ def run(ctx: Context) -> None:
                     "ratio:<=5",
                 )
             )
-    for placement, times in lean_results.items():
-        for op in ("cancel", "set_priority", "get"):
-            ours, lean_op, floor_op = (
-                median(times[op]),
-                median(times[f"lean {op}"]),
-                median(times[f"floor {op}"]),
-            )
-            ctx.add(Row(NAME, f"{op} median vs {LEAN}, {placement} (info)", ours, lean_op, "ms", LEAN))
-            name = f"{LEAN} over the floor, {op}, {placement} (info)"
-            ctx.add(Row(NAME, name, lean_op, floor_op, "ms", FLOOR_NAMES[op]))
-    for placement, times in checked_results.items():
-        for op in ("cancel", "set_priority", "get"):
-            ours, checked_op, floor_op = (
-                median(times[op]),
-                median(times[f"checked {op}"]),
-                median(times[f"floor {op}"]),
-            )
-            name = f"{op} median vs {CHECKED}, {placement} (info)"
-            ctx.add(Row(NAME, name, ours, checked_op, "ms", CHECKED))
-            name = f"{CHECKED} over the floor, {op}, {placement} (info)"
-            ctx.add(Row(NAME, name, checked_op, floor_op, "ms", FLOOR_NAMES[op]))
+    for key, server, results_of in (("lean", LEAN, lean_results), ("checked", CHECKED, checked_results)):
+        for placement, times in results_of.items():
+            for op in ("cancel", "set_priority", "get"):
+                ours, server_op, floor_op = (
+                    median(times[op]),
+                    median(times[f"{key} {op}"]),
+                    median(times[f"floor {op}"]),
+                )
+                name = f"{op} median vs {server}, {placement} (info)"
+                ctx.add(Row(NAME, name, ours, server_op, "ms", server))
+                name = f"{server} over the floor, {op}, {placement} (info)"
+                ctx.add(Row(NAME, name, server_op, floor_op, "ms", FLOOR_NAMES[op]))
 
 
 def interleaved(
