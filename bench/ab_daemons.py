@@ -15,9 +15,9 @@ Each daemon runs one worker, held by a gate task, so the requests' tasks stay pe
 `--cpus` (default CPU 0: the client and the server share it, the rpc bench's first placement; `all`
 pins nothing). The same checkout twice is an A/A run: the noise of the method.
 
-A pair of daemons is sometimes a few percent apart on every method for the whole of its life (where
-their memory happened to lie, say), so the run is `--pairs` pairs of fresh processes one after
-another, and the verdict the median of the pairs' ratios.
+Two daemons of the same code are sometimes a few percent apart on every method for the whole of
+their lives, so the run is `--pairs` pairs of fresh processes one after another, and the verdict the
+median of the pairs' ratios.
 
 Not part of run.py: a tool for the change under way, not a target.
 """
@@ -34,6 +34,7 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import msgpack
 from benchlib import Daemon, Gate, temp_root
@@ -111,14 +112,14 @@ def measure(
 def pair(
     trees: tuple[Path, Path], methods: list[str], rounds: int, block: int, cpus: set[int] | None
 ) -> dict[str, dict[str, float]]:
-    """One pair of fresh daemons and a fresh lean server: the medians of each method on each."""
+    """One pair of fresh daemons, and fresh lean servers (plain and with the checks): the medians of
+    each method on each."""
     n = rounds * block
     pending = 2 * n  # each cancel takes a pending task of its own; the others share another range
     with temp_root() as root, ExitStack() as stack:
         # Both daemons of a pair hash strings alike, a fresh seed each pair: the seed is then not one
         # of the things the two differ in.
-        stack.callback(os.environ.__setitem__, "PYTHONHASHSEED", os.environ.get("PYTHONHASHSEED", "random"))
-        os.environ["PYTHONHASHSEED"] = str(random.randrange(1, 2**32))
+        stack.enter_context(mock.patch.dict(os.environ, PYTHONHASHSEED=str(random.randrange(1, 2**32))))
         servers = {
             "A": start_daemon(stack, root / "a", trees[0], pending, cpus),
             "B": start_daemon(stack, root / "b", trees[1], pending, cpus),
