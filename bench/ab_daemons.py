@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import socket
 import statistics
 import sys
 import time
@@ -36,21 +35,10 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
-import msgpack
 from benchlib import Daemon, Gate, temp_root
-from bm_rpc import HEADER, BareClient, start_lean
+from bm_rpc import BareClient, start_lean
 
 METHODS = ("cancel", "set_priority", "get", "submit")
-
-
-def call(client: BareClient, method: str, params: dict[str, Any]) -> Any:
-    """One request and its answer; the run stops at the first error answer: a refusal is no sample."""
-    client.send(method, params)
-    (length,) = HEADER.unpack(client.sock.recv(4, socket.MSG_WAITALL))
-    answer = msgpack.unpackb(client.sock.recv(length, socket.MSG_WAITALL), raw=False)
-    if "result" not in answer:
-        raise SystemExit(f"{method} was refused: {answer.get('error')}")
-    return answer["result"]
 
 
 def pin(pid: int, cpus: set[int] | None) -> None:
@@ -86,7 +74,7 @@ def start_daemon(
         gate.wait_holding(1)
         ids = setup.submit_many([{"type": "noop", "data": {"i": i}} for i in range(pending)])["task_ids"]
     client = BareClient(daemon.socket)
-    call(client, "hello", {"protocol": 1})
+    client.call("hello", {"protocol": 1})
     return client, [int(t.removeprefix("task_")) for t in ids]
 
 
@@ -104,7 +92,7 @@ def measure(
             for i in range(r * block, (r + 1) * block):
                 request = params_of(method, ids[offset + i], i)
                 t0 = time.perf_counter()
-                call(client, method, request)
+                client.call(method, request)
                 times[name].append(time.perf_counter() - t0)
     return {name: statistics.median(samples) * 1e6 for name, samples in times.items()}
 
@@ -128,7 +116,7 @@ def pair(
             lean_proc, lean, first = start_lean(root, pending, checks)
             stack.callback(lean_proc.kill)
             pin(lean_proc.pid, cpus)
-            call(lean, "hello", {"protocol": 1})
+            lean.call("hello", {"protocol": 1})
             servers[name] = (lean, list(range(first, first + pending)))
         return {m: measure(servers, m, 0 if m == "cancel" else n, rounds, block) for m in methods}
 

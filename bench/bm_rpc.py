@@ -39,8 +39,12 @@ class BareClient:
         self.sock.sendall(HEADER.pack(len(body)) + body)
 
     def receive(self) -> Any:
+        """The next answer's result; an error answer stops the bench: a refusal is no sample."""
         (length,) = HEADER.unpack(self.sock.recv(4, socket.MSG_WAITALL))
-        return msgpack.unpackb(self.sock.recv(length, socket.MSG_WAITALL), raw=False)["result"]
+        answer = msgpack.unpackb(self.sock.recv(length, socket.MSG_WAITALL), raw=False)
+        if "result" not in answer:
+            raise RuntimeError(f"a request was refused: {answer.get('error')}")
+        return answer["result"]
 
     def close(self) -> None:
         self.sock.close()
