@@ -7,9 +7,12 @@ import asyncio
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from msearchd.config import Settings
-from msearchd.model import TaskStatus
-from msearchd.service import TaskService
+from msearchd.errors import InvalidState, NotFound
+from msearchd.model import TaskStatus, parse_task_id
+from msearchd.service import REQUESTER, TaskService
 from msearchd.store import Store
 from msearchd.workers import Outcome
 
@@ -46,6 +49,50 @@ def test_outcomes_survive_a_write_that_failed(tmp_path: Path, monkeypatch):
         done = service.get(ref)
         assert (done["status"], done["progress"], done["current_operation"]) == ("completed", 1.0, "halfway")
         assert service.scheduler.running("quick") == 0
+
+    asyncio.run(scenario())
+    store.close()
+
+
+def test_a_control_write_answers_with_the_task_as_a_read_of_it_shows_it(tmp_path: Path):
+    """`set_priority` and `cancel` answer with the task they changed, read without building it
+    whole: the answer is what `get` shows after it, a task that ran before and went back to the
+    queue (its log found) among them, and the history says who asked what."""
+    store = Store(tmp_path / "tasks.db")
+    service = TaskService(store, Settings(state_dir=tmp_path))
+    REQUESTER.set((1000, 42))
+
+    async def scenario() -> None:
+        first = service.submit("noop", {"n": 1}, priority=5)["id"]
+        blocked = service.submit("noop", depends_on=[first])["id"]
+        requeued = service.submit("noop")["id"]
+        n = parse_task_id(requeued)
+        with store.transaction():  # as recovery leaves a task whose daemon died while it ran
+            store.update(n, status=TaskStatus.PENDING, started_at=2.0, attempts=1)
+        Path(service.log_path(n)).parent.mkdir(parents=True, exist_ok=True)
+        Path(service.log_path(n)).write_text("ran once\n")
+        for ref, priority in ((first, 2), (blocked, 0), (requeued, 11)):
+            answer = service.set_priority(ref, priority)
+            assert answer["priority"] == priority
+            assert answer == service.get(ref)
+        assert service.get(requeued)["log_path"] == service.log_path(n)
+        changed = store.events(parse_task_id(first))[-1]
+        assert changed.pop("time") >= store.get(parse_task_id(first)).created_at
+        assert changed == {"event": "priority_changed", "old": 5, "new": 2, "uid": 1000, "pid": 42}
+        answer = service.cancel(requeued)
+        assert answer == {"task": service.get(requeued), "cancelled_dependents": 0}
+        assert answer["task"]["status"] == "cancelled" and answer["task"]["log_path"] is not None
+        answer = service.cancel(first)
+        assert answer == {"task": service.get(first), "cancelled_dependents": 1}
+        assert (answer["task"]["stop_reason"], answer["task"]["blocked_reason"]) == ("not_started", None)
+        assert service.get(blocked)["status"] == "cancelled"
+        for ref in (first, blocked):
+            with pytest.raises(InvalidState, match="only a pending or blocked task's priority changes"):
+                service.set_priority(ref, 1)
+        with pytest.raises(InvalidState, match="already cancelled"):
+            service.cancel(first)
+        with pytest.raises(NotFound, match="task_999 does not exist"):
+            service.set_priority("task_999", 1)
 
     asyncio.run(scenario())
     store.close()

@@ -329,6 +329,69 @@ def test_update_with_expected_status(store):
     assert store.update_returning(task_id, expect=["failed"], priority=3) is None
 
 
+def test_a_task_reads_the_same_whole_or_in_its_public_shape(store):
+    """`get_wire` is `get(...).to_wire()` (with its host where several daemons share the store),
+    down to the order of its fields on the wire, in every state a task can be in."""
+    first = add(store, priority=3, task_type="a")
+    blocked = add(store, status=TaskStatus.BLOCKED, deps=[first])
+    running, completed, failed, cancelled = (add(store, task_type="b") for _ in range(4))
+    retry = store.insert(
+        task_type="b", data={}, priority=2, status=TaskStatus.PENDING, retry_of=failed, created_at=1.0
+    )
+    with store.transaction():
+        store.update(running, status=TaskStatus.RUNNING, started_at=2.0, worker_pid=7, progress=0.5)
+        store.update(completed, status=TaskStatus.COMPLETED, finished_at=3.0, result={"n": [1]}, logged=True)
+        store.update(failed, status=TaskStatus.FAILED, error="boom", retried_as=retry, attempts=2)
+        store.update(cancelled, status=TaskStatus.CANCELLED, stop_reason=StopReason.SIGTERM)
+        store.update(blocked, blocked_reason="waiting for task_1")
+    for task_id in (first, blocked, running, completed, failed, cancelled, retry):
+        whole = store.get(task_id).to_wire()
+        if store.shared:
+            whole["host"] = store.get(task_id).host
+        shape = store.get_wire(task_id)
+        assert shape == whole
+        assert pack(shape) == pack(whole)
+    assert store.get_wire(retry)["retry_of"] == f"task_{failed}"
+    assert store.get_wire(blocked)["depends_on"] == [f"task_{first}"]
+    assert store.get_wire(999) is None
+
+
+def test_a_priority_change_and_a_cancel_of_one_task_touch_only_a_waiting_one(store):
+    pending, blocked, running, done = (add(store) for _ in range(4))
+    with store.transaction():
+        store.update(blocked, status=TaskStatus.BLOCKED)
+        store.update(running, status=TaskStatus.RUNNING)
+        store.update(done, status=TaskStatus.COMPLETED)
+        for task_id in (running, done, 999):
+            assert store.change_priority(task_id, 1, 6, 5.0, 1000, 42) is False
+            assert store.cancel_one(task_id, 5.0, 6.0, "cancel", 1000, 42) is False
+        assert store.change_priority(pending, 1, 6, 5.0, 1000, 42) is True
+        assert store.change_priority(blocked, 0, 6, 5.0, 1000, 42) is True
+    assert [store.get(i).priority for i in (pending, blocked, running, done)] == [1, 0, 6, 6]
+    assert store.events(running) == store.events(done) == []  # a refused write leaves no history
+    assert store.events(pending) == [
+        {"time": 5.0, "event": "priority_changed", "old": 6, "new": 1, "uid": 1000, "pid": 42}
+    ]
+    with store.transaction():
+        assert store.cancel_one(blocked, 7.0, 8.0, "cancel", 1000, 43) is True
+        assert store.cancel_one(blocked, 7.0, 8.0, "cancel", 1000, 43) is False  # cancelled now
+    task = store.get(blocked)
+    assert (task.status, task.finished_at, task.stop_reason) == (
+        TaskStatus.CANCELLED,
+        8.0,
+        StopReason.NOT_STARTED,
+    )
+    assert task.blocked_reason is None and task.priority == 0
+    assert store.events(blocked)[-1] == {
+        "time": 7.0,
+        "event": "cancel_requested",
+        "by": "cancel",
+        "running": False,
+        "uid": 1000,
+        "pid": 43,
+    }
+
+
 def test_after_commit_runs_only_once_committed(store):
     seen: list[str] = []
     store.after_commit(lambda: seen.append("now"))

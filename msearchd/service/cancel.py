@@ -36,6 +36,10 @@ log = logging.getLogger("msearchd.service")
 
 
 T = TypeVar("T")
+# What a waiting task's answer says once cancelled: the names, not the enums (a StrEnum's `value` is
+# a property, read at a cost each time).
+_CANCELLED = str(TaskStatus.CANCELLED)
+_NOT_STARTED = str(StopReason.NOT_STARTED)
 
 
 def uncancellable(task: Task, running: bool = False) -> InvalidState | None:
@@ -49,6 +53,10 @@ def uncancellable(task: Task, running: bool = False) -> InvalidState | None:
     if task.status is TaskStatus.RUNNING and not running:
         return InvalidState(f"{ref} is running; add running=true to stop it")
     return None
+
+
+def left_the_queue(task_id: int) -> InvalidState:
+    return InvalidState(f"{format_task_id(task_id)} started before the cancel took effect; cancel it again")
 
 
 def ended_first(task_id: int, status: TaskStatus) -> InvalidState:
@@ -180,6 +188,13 @@ class Cancelling(ServiceCore):
         that completes once nothing of the task is left. A task that waits its turn in a worker's
         lease has not started, on this daemon or another: it is cancelled like a pending one,
         `running` or not."""
+        task_id = parse_task_id(task_id)
+        answer = self._require_wire(task_id)
+        if answer["status"] in WAITING:
+            cancelled = self._cancel_waiting(task_id, answer, by="cancel")
+            if cancelled is not None:
+                return cancelled
+        # Running or ended (or it left the queue since it was read): see the task whole.
         return self._cancel(self._require(task_id), running, take_back=True)
 
     def _cancel(
@@ -187,34 +202,36 @@ class Cancelling(ServiceCore):
     ) -> dict[str, Any] | Awaitable[dict[str, Any]]:
         refused = uncancellable(task, running)
         if refused is None:
-            running_now = task.status is TaskStatus.RUNNING
-            return self._cancel_running(task) if running_now else self._cancel_waiting(task, by="cancel")
+            if task.status is TaskStatus.RUNNING:
+                return self._cancel_running(task)
+            cancelled = self._cancel_waiting(task.id, self.wire(task), by="cancel")
+            if cancelled is not None:
+                return cancelled
+            raise left_the_queue(task.id)
         if take_back and task.status is TaskStatus.RUNNING and self._maybe_handed_out(task):
             return self._cancel_handed_out(task)
         raise refused
 
-    def _cancel_waiting(self, task: Task, by: str) -> dict[str, Any] | Awaitable[dict[str, Any]]:
-        """Cancel a pending or blocked task; an awaitable answer when its dependents are too many to
-        cancel at once."""
+    def _cancel_waiting(
+        self, task_id: int, answer: dict[str, Any], by: str
+    ) -> dict[str, Any] | Awaitable[dict[str, Any]] | None:
+        """Cancel a pending or blocked task, `answer` its `wire` as read (made what is written); an
+        awaitable answer when its dependents are too many to cancel at once. None, nothing done, if
+        it does not wait any more: another daemon of a shared store started it since it was read."""
+        uid, pid = REQUESTER.get()
         with self._deferring() as later, self.store.transaction():
-            self._record([task.id], "cancel_requested", by=by, running=False)
+            requested_at = self.clock()
             now = self.clock()  # after the request's time: the history lists the request first
-            changed = self.store.update(
-                task.id,
-                expect=WAITING,
-                status=TaskStatus.CANCELLED,
-                finished_at=now,
-                stop_reason=StopReason.NOT_STARTED,
-                blocked_reason=None,
-            )
-            assert changed  # nothing ran between the read and this write
-            cascaded = self._cascade_cancel([task.id])
-        # The task read above is this call's own copy: it becomes what was just written.
-        task.status, task.finished_at = TaskStatus.CANCELLED, now
-        task.stop_reason, task.blocked_reason = StopReason.NOT_STARTED, None
-        self._publish("cancelled", task, stop_reason=StopReason.NOT_STARTED.value)
-        answer = {"task": self.wire(task), "cancelled_dependents": cascaded}
-        return self._count_later(answer, later) if later else answer
+            if not self.store.cancel_one(task_id, requested_at, now, by, uid, pid):
+                return None
+            cascaded = self._cascade_cancel([task_id])
+        answer["status"], answer["finished_at"] = _CANCELLED, now
+        answer["stop_reason"], answer["blocked_reason"] = _NOT_STARTED, None
+        self._announce(
+            "cancelled", task_id, answer["type"], TaskStatus.CANCELLED, extra={"stop_reason": _NOT_STARTED}
+        )
+        cancelled = {"task": answer, "cancelled_dependents": cascaded}
+        return self._count_later(cancelled, later) if later else cancelled
 
     def follow_up_cancel(self, parent_id: int, task_ids: list[Any]) -> list[str]:
         """Cancel those of `task_ids` that still wait, for a handler that replaces work it queued
@@ -223,7 +240,9 @@ class Cancelling(ServiceCore):
         cancelled = []
         for task in self.store.get_many([parse_task_id(t) for t in task_ids]):
             if task.status.waiting:
-                answer = self._cancel_waiting(task, by=by)
+                answer = self._cancel_waiting(task.id, self.wire(task), by=by)
+                if answer is None:  # another daemon started it meanwhile
+                    continue
                 if inspect.iscoroutine(answer):  # it would only count the dependents settled later,
                     answer.close()  # which are settled all the same
                 cancelled.append(format_task_id(task.id))
@@ -250,7 +269,9 @@ class Cancelling(ServiceCore):
                 cascaded = self._finish(current, outcome)
             return cascaded + len((await self._later(later)).cancelled)
         if current.status.waiting:  # its lease overran meanwhile: it is back in the queue
-            answer = self._cancel_waiting(current, by)
+            answer = self._cancel_waiting(current.id, self.wire(current), by)
+            if answer is None:  # and another daemon started it since
+                return None
             if not isinstance(answer, dict):
                 answer = await answer
             return int(answer["cancelled_dependents"])

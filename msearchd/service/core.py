@@ -104,6 +104,19 @@ class ServiceCore:
             raise NotFound(f"task {format_task_id(task_id)} does not exist")
         return task
 
+    def _require_wire(self, task_id: int) -> dict[str, Any]:
+        """The task as `wire` shows it, read without a `Task` where none is needed: a control write
+        of a waiting task answers with the task it changed, and building a `Task` to show it was a
+        third of the request's Python."""
+        answer = self.store.get_wire(task_id)
+        if answer is None:
+            raise NotFound(f"task {format_task_id(task_id)} does not exist")
+        if answer["started_at"] is not None:  # it ran before (a waiting one went back): find its log
+            task = self.store.get(task_id)
+            assert task is not None  # read just now, and nothing ran since
+            return self.wire(task)
+        return answer
+
     def _running_ids(self) -> list[int]:
         return [task.id for task in self.store.running()]
 
@@ -132,27 +145,39 @@ class ServiceCore:
     ) -> None:
         """Tell waiters and subscribers about a change, once it is committed: this daemon's
         (`deliver`), and with a shared store the other daemons' (`notify`)."""
-        status = task.status
+        self._announce(event, task.id, task.type, task.status, deliver, notify, extra)
+
+    def _announce(
+        self,
+        event: str,
+        task_id: int,
+        task_type: str,
+        status: TaskStatus,
+        deliver: bool = True,
+        notify: bool = True,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        """`_publish` of a task known by its id, type and new status."""
         payload = None
         shared = self.store.shared
         if self._subscriptions or shared:
             payload = {
                 "event": event,
-                "task_id": format_task_id(task.id),
-                "task_id_n": task.id,
-                "type": task.type,
+                "task_id": format_task_id(task_id),
+                "task_id_n": task_id,
+                "type": task_type,
                 "status": str(status),
                 "time": self.clock(),
-                **extra,
+                **(extra or {}),
             }
-        if deliver and (payload is not None or task.id in self._waiters):
-            self.store.after_commit(lambda: self._deliver(task.id, status, payload))
+        if deliver and (payload is not None or task_id in self._waiters):
+            self.store.after_commit(lambda: self._deliver(task_id, status, payload))
         if shared and notify:  # the other daemons hear of it when it commits, as this one does
             message = {"from": self.store.daemon_id, **(payload or {})}
             if isinstance(message.get("error"), str):
                 message["error"] = message["error"][:NOTIFIED_ERROR_MAX]
             self._notify(EVENTS_CHANNEL, message)
-            if event in WORK_EVENTS or (status in TERMINAL and task.type in self.store.limited_types):
+            if event in WORK_EVENTS or (status in TERMINAL and task_type in self.store.limited_types):
                 self._tell_work()  # a task to start, or room under a cluster limit
 
     def _tell_work(self) -> None:

@@ -5,13 +5,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from msearchd.errors import InvalidState
-from msearchd.model import (
-    Task,
-    TaskStatus,
-    format_task_id,
-    validate_priority,
-)
+from msearchd.model import TaskStatus, format_task_id, parse_task_id, validate_priority
+from msearchd.service.core import REQUESTER
 from msearchd.store import WAITING
+from msearchd.store.schema import STATUS_BY_NAME
 
 if TYPE_CHECKING:
     from msearchd.service.core import ServiceCore
@@ -19,9 +16,9 @@ else:
     ServiceCore = object  # TaskService puts the real one last among its bases
 
 
-def not_waiting(task: Task) -> InvalidState:
+def not_waiting(task_id: int, status: TaskStatus | str) -> InvalidState:
     return InvalidState(
-        f"{format_task_id(task.id)} is {task.status}; only a pending or blocked task's priority changes"
+        f"{format_task_id(task_id)} is {status}; only a pending or blocked task's priority changes"
     )
 
 
@@ -30,16 +27,21 @@ class Prioritising(ServiceCore):
 
     def set_priority(self, task_id: Any, priority: int) -> dict[str, Any]:
         priority = validate_priority(priority)
-        task = self._require(task_id)
-        if not task.status.waiting:
-            raise not_waiting(task)
-        old = task.priority
+        task_id = parse_task_id(task_id)
+        answer = self._require_wire(task_id)
+        status = answer["status"]
+        if status not in WAITING:
+            raise not_waiting(task_id, status)
+        old = answer["priority"]
+        uid, pid = REQUESTER.get()
         with self.store.transaction():
-            changed = self.store.update(task.id, expect=WAITING, priority=priority)
-            assert changed  # nothing ran between the read and this write
-            self._record([task.id], "priority_changed", old=old, new=priority)
-        task.priority = priority
-        self._publish("priority_changed", task, old_priority=old, priority=priority)
-        if task.status is TaskStatus.PENDING:
+            if not self.store.change_priority(task_id, priority, old, self.clock(), uid, pid):
+                # Another daemon of a shared store started or cancelled it since it was read.
+                raise not_waiting(task_id, self._require(task_id).status)
+        answer["priority"] = priority
+        status = STATUS_BY_NAME[status]
+        changed = {"old_priority": old, "priority": priority}
+        self._announce("priority_changed", task_id, answer["type"], status, extra=changed)
+        if status is TaskStatus.PENDING:
             self.wake()
-        return self.wire(task)
+        return answer

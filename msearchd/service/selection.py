@@ -133,5 +133,6 @@ class Selecting(Matching):
             if task_id in changed:
                 results.append({"task_id": format_task_id(task_id), "success": True, "priority": priority})
             else:
-                results.append(self._refusal(task_id, self._why_not(task_id, not_waiting)))
+                why = self._why_not(task_id, lambda t: not_waiting(t.id, t.status))
+                results.append(self._refusal(task_id, why))
         return tally(results)

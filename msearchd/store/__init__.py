@@ -80,6 +80,10 @@ class TaskStore(Protocol):
     def get(self, task_id: int) -> Task | None:
         """The task with this id, as last committed or written in the current transaction; None if none."""
 
+    def get_wire(self, task_id: int) -> dict[str, Any] | None:
+        """What `get` reads, in its public shape (`rows.row_to_wire`: `log_path` None, `host` with a
+        shared store): a request that answers with the task it changes needs no `Task`."""
+
     def get_many(self, ids: Sequence[int], max_bytes: int | None = None) -> list[Task]:
         """The tasks of `ids` that exist, in any order; any number of ids. With `max_bytes`, TooLarge
         once their data and results come to more (see `rows.rows_to_tasks`)."""
@@ -168,6 +172,12 @@ class TaskStore(Protocol):
     ) -> Task | None:
         """Like `update`, and return the task as it now is (None where `update` says False)."""
 
+    def change_priority(
+        self, task_id: int, priority: int, old: int, time: float, uid: int | None, pid: int | None
+    ) -> bool:
+        """Give a waiting task this priority, its history recording the change from `old` as asked by
+        (uid, pid) at `time`; False, nothing written, if it does not wait."""
+
     def claim_next(self, exclude_types: Sequence[str], now: float, worker_pid: int) -> Task | None:
         """Claim the first pending task by (priority, id) of a type not excluded: running, attempts + 1."""
 
@@ -188,6 +198,12 @@ class TaskStore(Protocol):
 
     def cancel_waiting(self, ids: Sequence[int], now: float, error: str | None = None) -> list[int]:
         """Cancel those of `ids` still pending or blocked; returns the ones it cancelled."""
+
+    def cancel_one(
+        self, task_id: int, requested_at: float, now: float, by: str, uid: int | None, pid: int | None
+    ) -> bool:
+        """Cancel a waiting task at `now`, its history recording the request (`by`, at `requested_at`,
+        from uid and pid); False, nothing written, if it does not wait. Its dependents are the caller's."""
 
     def max_id(self) -> int:
         """The highest task id given so far (0 with none): ids only grow, never reused."""

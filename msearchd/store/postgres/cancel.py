@@ -13,9 +13,27 @@ if TYPE_CHECKING:
 else:
     Queries = object  # PgStore puts the real ones among its bases
 
+INSERT_EVENT = (
+    "INSERT INTO task_events (task_id, time, event, detail, uid, pid) VALUES (%s, %s, %s, %s, %s, %s)"
+)
+
 
 class Cancels(Queries):
     """Cancelling waiting tasks, one by one or in bulk, and recording who asked."""
+
+    def cancel_one(
+        self, task_id: int, requested_at: float, now: float, by: str, uid: int | None, pid: int | None
+    ) -> bool:
+        cancelled = self._run(
+            "UPDATE tasks SET status = 'cancelled', finished_at = %s, stop_reason = 'not_started', "
+            "blocked_reason = NULL WHERE id = %s AND status IN ('pending', 'blocked')",
+            (now, task_id),
+        ).rowcount
+        if not cancelled:
+            return False
+        detail = pack({"by": by, "running": False})
+        self._run(INSERT_EVENT, (task_id, requested_at, "cancel_requested", detail, uid, pid))
+        return True
 
     def cancel_waiting(self, ids: Sequence[int], now: float, error: str | None = None) -> list[int]:
         """Cancel those of `ids` still pending or blocked; returns the ones it cancelled."""
@@ -45,8 +63,7 @@ class Cancels(Queries):
     ) -> None:
         """Record (task_id, time, event, detail, uid, pid) rows."""
         self._many(
-            "INSERT INTO task_events (task_id, time, event, detail, uid, pid) "
-            "VALUES (%s, %s, %s, %s, %s, %s)",
+            INSERT_EVENT,
             [(t, when, e, pack(d) if d else None, uid, pid) for t, when, e, d, uid, pid in rows],
         )
 

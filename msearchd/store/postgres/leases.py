@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from msearchd.model import StopReason, Task, TaskStatus
 from msearchd.protocol import pack
 from msearchd.store.clauses import POSTGRES, types_except
+from msearchd.store.postgres.cancel import INSERT_EVENT
 from msearchd.store.postgres.connection import COLUMNS, OWN
 from msearchd.store.rows import CompletedRow, row_to_task
 from msearchd.store.schema import UPDATABLE
@@ -75,6 +76,19 @@ class Leases(Connection):
     def update(self, task_id: int, expect: Sequence[str] | None = None, **fields: Any) -> bool:
         """Change fields of a task, if its status is one of `expect` (when given); False if it did not."""
         return bool(self._update(task_id, expect, fields, "").rowcount > 0)
+
+    def change_priority(
+        self, task_id: int, priority: int, old: int, time: float, uid: int | None, pid: int | None
+    ) -> bool:
+        changed = self._run(
+            "UPDATE tasks SET priority = %s WHERE id = %s AND status IN ('pending', 'blocked')",
+            (priority, task_id),
+        ).rowcount
+        if not changed:
+            return False
+        detail = pack({"old": old, "new": priority})
+        self._run(INSERT_EVENT, (task_id, time, "priority_changed", detail, uid, pid))
+        return True
 
     def update_returning(
         self, task_id: int, expect: Sequence[str] | None = None, **fields: Any

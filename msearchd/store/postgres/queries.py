@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from msearchd.model import Task, TaskStatus
 from msearchd.store.clauses import POSTGRES, filters
 from msearchd.store.postgres.connection import COLUMNS
-from msearchd.store.rows import detail, event_dicts, row_to_task
+from msearchd.store.rows import detail, event_dicts, row_to_task, row_to_wire
 from msearchd.store.schema import STATUS_BY_NAME, WAITING
 
 if TYPE_CHECKING:
@@ -23,6 +23,10 @@ class Queries(Connection):
     def get(self, task_id: int) -> Task | None:
         row = self._run(f"SELECT {COLUMNS} FROM tasks WHERE id = %s", (task_id,)).fetchone()
         return row_to_task(row) if row else None
+
+    def get_wire(self, task_id: int) -> dict[str, Any] | None:
+        row = self._run(f"SELECT {COLUMNS} FROM tasks WHERE id = %s", (task_id,)).fetchone()
+        return row_to_wire(row, shared=True) if row else None
 
     def get_many(self, ids: Sequence[int], max_bytes: int | None = None) -> list[Task]:
         if not ids:

@@ -14,10 +14,23 @@ else:
     Queries = object  # Store puts the real ones among its bases
 
 INSERT_EVENT = "INSERT INTO task_events (task_id, time, event, detail, uid, pid) VALUES (?, ?, ?, ?, ?, ?)"
+_CANCEL_ONE = (
+    "UPDATE tasks SET status = 'cancelled', finished_at = ?, stop_reason = 'not_started', "
+    "blocked_reason = NULL WHERE id = ? AND status IN ('pending', 'blocked')"
+)
 
 
 class Cancels(Queries):
     """Cancelling waiting tasks, one by one or in bulk, and recording who asked."""
+
+    def cancel_one(
+        self, task_id: int, requested_at: float, now: float, by: str, uid: int | None, pid: int | None
+    ) -> bool:
+        if self._db.execute(_CANCEL_ONE, (now, task_id)).rowcount == 0:
+            return False
+        detail = pack({"by": by, "running": False})
+        self._db.execute(INSERT_EVENT, (task_id, requested_at, "cancel_requested", detail, uid, pid))
+        return True
 
     def cancel_waiting(self, ids: Sequence[int], now: float, error: str | None = None) -> list[int]:
         """Cancel those of `ids` still pending or blocked; returns the ones it cancelled."""

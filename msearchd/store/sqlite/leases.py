@@ -10,12 +10,15 @@ from msearchd.protocol import pack
 from msearchd.store.clauses import SQLITE, types_except
 from msearchd.store.rows import CompletedRow, row_to_task
 from msearchd.store.schema import UPDATABLE
+from msearchd.store.sqlite.cancel import INSERT_EVENT
 from msearchd.store.sqlite.connection import CHUNK, COLUMNS, marks
 
 if TYPE_CHECKING:
     from msearchd.store.sqlite.connection import Connection
 else:
     Connection = object  # Store puts the real one last among its bases
+
+_CHANGE_PRIORITY = "UPDATE tasks SET priority = ? WHERE id = ? AND status IN ('pending', 'blocked')"
 
 
 class Leases(Connection):
@@ -44,6 +47,15 @@ class Leases(Connection):
     def update(self, task_id: int, expect: Sequence[str] | None = None, **fields: Any) -> bool:
         """Change fields of a task, if its status is one of `expect` (when given); False if it did not."""
         return self._update(task_id, expect, fields, "").rowcount > 0
+
+    def change_priority(
+        self, task_id: int, priority: int, old: int, time: float, uid: int | None, pid: int | None
+    ) -> bool:
+        if self._db.execute(_CHANGE_PRIORITY, (priority, task_id)).rowcount == 0:
+            return False
+        detail = pack({"old": old, "new": priority})
+        self._db.execute(INSERT_EVENT, (task_id, time, "priority_changed", detail, uid, pid))
+        return True
 
     def update_returning(
         self, task_id: int, expect: Sequence[str] | None = None, **fields: Any

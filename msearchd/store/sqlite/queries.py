@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from msearchd.model import Task, TaskStatus
 from msearchd.store.clauses import SQLITE, filters
-from msearchd.store.rows import detail, event_dicts, row_to_task, rows_to_tasks
+from msearchd.store.rows import detail, event_dicts, row_to_task, row_to_wire, rows_to_tasks
 from msearchd.store.schema import STATUS_BY_NAME, WAITING
 from msearchd.store.sqlite.connection import CHUNK, COLUMNS, marks
 
@@ -33,6 +33,10 @@ class Queries(Connection):
     def get(self, task_id: int) -> Task | None:
         row = self._db.execute(_GET, (task_id,)).fetchone()
         return row_to_task(row) if row else None
+
+    def get_wire(self, task_id: int) -> dict[str, Any] | None:
+        row = self._db.execute(_GET, (task_id,)).fetchone()
+        return row_to_wire(row) if row else None
 
     def get_many(self, ids: Sequence[int], max_bytes: int | None = None) -> list[Task]:
         parts = (list(ids[start : start + CHUNK]) for start in range(0, len(ids), CHUNK))
