@@ -38,6 +38,11 @@ TURN_SECONDS = 0.01
 # Submits pipelined one after another are written together, this many at most.
 SUBMIT_RUN = 1000
 
+# Requests that cannot make a task ready to start. Alone in their turn, each commits on its own: what
+# the turn's group commit adds, claiming for idle workers in the same commit the tasks its requests
+# made pending, is nothing to them, and the group is a tenth of such a request's Python.
+_COMMITS_ALONE = frozenset({"get", "set_priority", "cancel", "list", "count", "stats", "history", "status"})
+
 # Methods whose pending answer is only a wait: the requests behind it do not wait for it, and it is
 # dropped when the client goes away. Any other holds back the requests behind it and runs to its end
 # (a cancel under way finishes its work), its answer unsent if the client went away.
@@ -112,7 +117,10 @@ class Connection(asyncio.Protocol):
         if self._turn is None and self._quiet():
             message = self._frames.take_whole(data)
             if message is not None:
-                self._serve(message)
+                if message.get("method") in _COMMITS_ALONE:
+                    self._serve_alone(message)
+                else:
+                    self._serve(message)
                 return
         self._frames.feed(data)
         if self._subscription is not None:
@@ -228,8 +236,7 @@ class Connection(asyncio.Protocol):
                 if self._subscription is not None:  # made in this turn: a subscribed one has none
                     self._server.service.unsubscribe(self._subscription)
                     self._subscription = None
-            for req_id, method, pending in later:
-                self._pending[req_id] = asyncio.ensure_future(self._answer_later(req_id, method, pending))
+            self._start_later(later)
         finally:
             REQUESTER.reset(token)
         if self._subscription is not None and self._stream is None:
@@ -246,6 +253,25 @@ class Connection(asyncio.Protocol):
             self._refuse_after_subscribe()
         elif alone is None:
             self._schedule()
+
+    def _serve_alone(self, message: dict[str, Any]) -> None:
+        """`_serve` of a request that arrived alone (see `_quiet`) and cannot make a task ready to start
+        (see `_COMMITS_ALONE`): it commits on its own, without the turn's group, and is answered."""
+        later: list[_Later] = []
+        token = REQUESTER.set(self._requester)
+        try:
+            answer = self._answer(message, set(), later)
+            self._start_later(later)  # a cancel that has to stop its task answers once it has
+        finally:
+            REQUESTER.reset(token)
+        transport = self._transport
+        if answer is not None and transport is not None and not transport.is_closing():
+            transport.write(answer[2])
+            self.last_active = time.monotonic()
+
+    def _start_later(self, later: list[_Later]) -> None:
+        for req_id, method, pending in later:
+            self._pending[req_id] = asyncio.ensure_future(self._answer_later(req_id, method, pending))
 
     def _serve_received(self, answers: list[_Answer], later: list[_Later], ids: set[int]) -> bool:
         """Answer the requests received, for TURN_SECONDS at most, into `answers` and `later`; True
