@@ -296,6 +296,42 @@ class Task:
         }
 
 
+def new_task_wire(
+    task_id: int,
+    task_type: str,
+    status: TaskStatus,
+    priority: int,
+    data: dict[str, Any],
+    depends_on: list[int],
+    blocked_reason: str | None,
+    created_at: float,
+) -> dict[str, Any]:
+    """`Task.to_wire` of a task just submitted, without building the `Task`: what every submit
+    answers, a fifth of its Python when built through one."""
+    return {
+        "id": format_task_id(task_id),
+        "type": task_type,
+        "status": str(status),
+        "priority": priority,
+        "data": data,
+        "depends_on": [format_task_id(d) for d in depends_on] if depends_on else [],
+        "progress": 0.0,
+        "current_operation": None,
+        "attempts": 0,
+        "error": None,
+        "blocked_reason": blocked_reason,
+        "stop_reason": None,
+        "retry_of": None,
+        "retried_as": None,
+        "created_at": created_at,
+        "started_at": None,
+        "finished_at": None,
+        "worker_pid": None,
+        "log_path": None,
+        "result": None,
+    }
+
+
 def dependency_state(deps: Iterable[tuple[int, TaskStatus]]) -> tuple[TaskStatus, str | None]:
     """Where a task with these dependencies starts: pending, or blocked and why.
 

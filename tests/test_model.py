@@ -17,6 +17,7 @@ from msearchd.model import (
     can_transition,
     default_priority,
     dependency_state,
+    new_task_wire,
     parse_task_id,
     parse_task_ids,
     validate_data,
@@ -106,6 +107,26 @@ def test_wire_shape():
     assert wire["depends_on"] == ["task_1", "task_2"]
     assert wire["retry_of"] == "task_4" and wire["retried_as"] is None
     assert wire["status"] == "pending"
+
+
+@pytest.mark.parametrize(
+    ("status", "deps", "reason"),
+    [(TaskStatus.PENDING, [], None), (TaskStatus.BLOCKED, [3, 1], "waiting for task_1, task_3")],
+)
+def test_a_new_task_shows_as_its_task_would_field_by_field_in_order(status, deps, reason):
+    task = Task(
+        id=9,
+        type="x",
+        status=status,
+        priority=4,
+        data={"a": [1]},
+        depends_on=deps,
+        blocked_reason=reason,
+        created_at=12.5,
+    )
+    wire = new_task_wire(9, "x", status, 4, {"a": [1]}, deps, reason, 12.5)
+    assert list(wire.items()) == list(task.to_wire().items())
+    assert protocol.pack(wire) == protocol.pack(task.to_wire())
 
 
 def test_scheduler_limits():

@@ -38,9 +38,10 @@ TURN_SECONDS = 0.01
 # Submits pipelined one after another are written together, this many at most.
 SUBMIT_RUN = 1000
 
-# Requests that cannot make a task ready to start. Alone in their turn, each commits on its own: what
-# the turn's group commit adds, claiming for idle workers in the same commit the tasks its requests
-# made pending, is nothing to them, and the group is a tenth of such a request's Python.
+# Requests that make one commit at most and cannot make a task ready to start. Alone in their turn,
+# each commits on its own: what the turn's group adds, claiming for idle workers in the same commit
+# the tasks its requests made pending, is nothing to them, and the group is a tenth of such a
+# request's Python. So is a plain submit while no worker is idle.
 _COMMITS_ALONE = frozenset({"get", "set_priority", "cancel", "list", "count", "stats", "history", "status"})
 
 # Methods whose pending answer is only a wait: the requests behind it do not wait for it, and it is
@@ -117,7 +118,9 @@ class Connection(asyncio.Protocol):
         if self._turn is None and self._quiet():
             message = self._frames.take_whole(data)
             if message is not None:
-                if message.get("method") in _COMMITS_ALONE:
+                if message.get("method") in _COMMITS_ALONE or (
+                    self._plain_submit(message) and not self._server.service.has_idle_worker()
+                ):
                     self._serve_alone(message)
                 else:
                     self._serve(message)
@@ -255,8 +258,8 @@ class Connection(asyncio.Protocol):
             self._schedule()
 
     def _serve_alone(self, message: dict[str, Any]) -> None:
-        """`_serve` of a request that arrived alone (see `_quiet`) and cannot make a task ready to start
-        (see `_COMMITS_ALONE`): it commits on its own, without the turn's group, and is answered."""
+        """`_serve` of a request that arrived alone (see `_quiet`) and has nothing to gain from the
+        turn's group (see `_COMMITS_ALONE`): it commits on its own, and is answered."""
         later: list[_Later] = []
         token = REQUESTER.set(self._requester)
         try:

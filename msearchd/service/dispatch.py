@@ -131,6 +131,11 @@ class Dispatching(ServiceCore):
         """
         return _Batch(self)
 
+    def has_idle_worker(self) -> bool:
+        """Whether a worker waits for a task: only then may `batch` claim one in its commit."""
+        pool = self.pool
+        return pool is not None and pool.idle_count > 0
+
     def _claim_in_turn(self, idle: list[int]) -> None:
         """Claim for `idle` workers in the open group's transaction; any failure is the dispatcher's
         to retry, never the requests' (a claim is not theirs)."""

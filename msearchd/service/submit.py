@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Any
 from msearchd.errors import InvalidArgument, InvalidState, MsearchError, NotFound
 from msearchd.handlers import command
 from msearchd.model import (
-    Task,
     TaskStatus,
     default_priority,
     dependency_state,
     format_task_id,
+    new_task_wire,
     parse_task_ids,
     validate_data,
     validate_priority,
@@ -122,20 +122,23 @@ class Submitting(ServiceCore):
 
     def _submitted(self, task_id: int, spec: dict[str, Any], now: float) -> dict[str, Any]:
         """Announce a task just written, and answer with it."""
-        task = Task(
-            id=task_id,
-            type=spec["task_type"],
-            status=spec["status"],
-            priority=spec["priority"],
-            data=spec["data"],
-            depends_on=spec["depends_on"],
-            blocked_reason=spec["blocked_reason"],
-            created_at=now,
-        )
-        self._publish("submitted", task)
-        if task.status is TaskStatus.PENDING:
+        task_type, status = spec["task_type"], spec["status"]
+        self._announce("submitted", task_id, task_type, status)
+        if status is TaskStatus.PENDING:
             self.wake()
-        return self.wire(task)
+        answer = new_task_wire(
+            task_id,
+            task_type,
+            status,
+            spec["priority"],
+            spec["data"],
+            spec["depends_on"],
+            spec["blocked_reason"],
+            now,
+        )
+        if self.store.shared:
+            answer["host"] = None  # nobody runs it yet
+        return answer
 
     def submit_each(self, requests: Sequence[dict[str, Any]]) -> list[dict[str, Any] | MsearchError]:
         """Submit the tasks of separate requests that arrived together (checked params of `submit`).
