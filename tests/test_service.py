@@ -96,3 +96,15 @@ def test_a_control_write_answers_with_the_task_as_a_read_of_it_shows_it(tmp_path
 
     asyncio.run(scenario())
     store.close()
+
+
+def test_no_two_parts_of_the_service_define_the_same_name():
+    """`TaskService` is its operation families together: a name two of them define is one of them
+    hidden from the other, without a word (a worker's `worker_idle` call answered by another part)."""
+    defined: dict[str, list[str]] = {}
+    for part in TaskService.__mro__[1:-1]:  # its parts, without TaskService itself and object
+        for name in vars(part):
+            if not name.startswith("__"):
+                defined.setdefault(name, []).append(part.__name__)
+    assert {name: parts for name, parts in defined.items() if len(parts) > 1} == {}
+    assert "worker_idle" in defined and "has_idle_worker" in defined  # the test sees every part

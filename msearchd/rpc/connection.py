@@ -42,7 +42,10 @@ SUBMIT_RUN = 1000
 # each commits on its own: what the turn's group adds, claiming for idle workers in the same commit
 # the tasks its requests made pending, is nothing to them, and the group is a tenth of such a
 # request's Python. So is a plain submit while no worker is idle.
-_COMMITS_ALONE = frozenset({"get", "set_priority", "cancel", "list", "count", "stats", "history", "status"})
+_COMMITS_ALONE = frozenset(
+    {"get", "list", "count", "stats", "history", "dependents", "read_log", "status", "queue", "wait"}
+    | {"set_priority", "cancel"}
+)
 
 # Methods whose pending answer is only a wait: the requests behind it do not wait for it, and it is
 # dropped when the client goes away. Any other holds back the requests behind it and runs to its end
