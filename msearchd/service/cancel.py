@@ -24,7 +24,6 @@ from msearchd.model import (
 from msearchd.selection import Selection
 from msearchd.service.core import CANCEL_CHANNEL, REQUESTER
 from msearchd.service.fanout import Fanned
-from msearchd.store import WAITING
 from msearchd.workers import Outcome
 
 if TYPE_CHECKING:
@@ -56,7 +55,10 @@ def uncancellable(task: Task, running: bool = False) -> InvalidState | None:
 
 
 def left_the_queue(task_id: int) -> InvalidState:
-    return InvalidState(f"{format_task_id(task_id)} started before the cancel took effect; cancel it again")
+    return InvalidState(
+        f"{format_task_id(task_id)} left the queue before the cancel took effect (another daemon "
+        "started or cancelled it): ask again"
+    )
 
 
 def ended_first(task_id: int, status: TaskStatus) -> InvalidState:
@@ -189,8 +191,8 @@ class Cancelling(ServiceCore):
         lease has not started, on this daemon or another: it is cancelled like a pending one,
         `running` or not."""
         task_id = parse_task_id(task_id)
-        answer = self._require_wire(task_id)
-        if answer["status"] in WAITING:
+        _, answer = self._read_waiting(task_id)
+        if answer is not None:
             cancelled = self._cancel_waiting(task_id, answer, by="cancel")
             if cancelled is not None:
                 return cancelled

@@ -29,7 +29,7 @@ from msearchd.scheduler import Scheduler
 from msearchd.service.dispatch import Durations
 from msearchd.service.fanout import FANOUT_EVENT, Fanned
 from msearchd.service.wait import Subscription, WaitCall
-from msearchd.store import TaskStore
+from msearchd.store import WAITING, TaskStore
 from msearchd.workers import Outcome, WorkerPool
 
 # Who asked for the operation under way, (uid, pid), as the transport saw it; recorded in task histories.
@@ -104,18 +104,21 @@ class ServiceCore:
             raise NotFound(f"task {format_task_id(task_id)} does not exist")
         return task
 
-    def _require_wire(self, task_id: int) -> dict[str, Any]:
-        """The task as `wire` shows it, read without a `Task` where none is needed: a control write
-        of a waiting task answers with the task it changed, and building a `Task` to show it was a
-        third of the request's Python."""
+    def _read_waiting(self, task_id: int) -> tuple[str, dict[str, Any] | None]:
+        """The task's status, and, if it waits (pending or blocked), the task as `wire` shows it, read
+        without a `Task`: a control write of a waiting task answers with the task it changed, and
+        building a `Task` to show it was a third of the request's Python."""
         answer = self.store.get_wire(task_id)
         if answer is None:
             raise NotFound(f"task {format_task_id(task_id)} does not exist")
-        if answer["started_at"] is not None:  # it ran before (a waiting one went back): find its log
+        status = answer["status"]
+        if status not in WAITING:
+            return status, None
+        if answer["started_at"] is not None:  # it ran, and went back to the queue: `wire` finds its log
             task = self.store.get(task_id)
             assert task is not None  # read just now, and nothing ran since
-            return self.wire(task)
-        return answer
+            return status, self.wire(task)
+        return status, answer
 
     def _running_ids(self) -> list[int]:
         return [task.id for task in self.store.running()]

@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING, Any
 from msearchd.errors import InvalidState
 from msearchd.model import TaskStatus, format_task_id, parse_task_id, validate_priority
 from msearchd.service.core import REQUESTER
-from msearchd.store import WAITING
 from msearchd.store.schema import STATUS_BY_NAME
 
 if TYPE_CHECKING:
@@ -28,9 +27,8 @@ class Prioritising(ServiceCore):
     def set_priority(self, task_id: Any, priority: int) -> dict[str, Any]:
         priority = validate_priority(priority)
         task_id = parse_task_id(task_id)
-        answer = self._require_wire(task_id)
-        status = answer["status"]
-        if status not in WAITING:
+        status, answer = self._read_waiting(task_id)
+        if answer is None:
             raise not_waiting(task_id, status)
         old = answer["priority"]
         uid, pid = REQUESTER.get()
@@ -39,9 +37,9 @@ class Prioritising(ServiceCore):
                 # Another daemon of a shared store started or cancelled it since it was read.
                 raise not_waiting(task_id, self._require(task_id).status)
         answer["priority"] = priority
-        status = STATUS_BY_NAME[status]
+        waiting = STATUS_BY_NAME[status]
         changed = {"old_priority": old, "priority": priority}
-        self._announce("priority_changed", task_id, answer["type"], status, extra=changed)
-        if status is TaskStatus.PENDING:
+        self._announce("priority_changed", task_id, answer["type"], waiting, extra=changed)
+        if waiting is TaskStatus.PENDING:
             self.wake()
         return answer
