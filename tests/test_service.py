@@ -108,3 +108,31 @@ def test_no_two_parts_of_the_service_define_the_same_name():
                 defined.setdefault(name, []).append(part.__name__)
     assert {name: parts for name, parts in defined.items() if len(parts) > 1} == {}
     assert "worker_idle" in defined and "has_idle_worker" in defined  # the test sees every part
+
+
+def test_a_control_write_of_a_task_that_started_after_it_was_read_changes_nothing(tmp_path: Path):
+    """With a shared store another daemon may start a task between a control write's read and its
+    write: the write then finds it running, changes nothing, and says what the task is now."""
+    store = Store(tmp_path / "tasks.db")
+    service = TaskService(store, Settings(state_dir=tmp_path))
+    read = store.get_wire
+
+    def read_then_started(task_id: int):
+        answer = read(task_id)
+        store.update(task_id, status=TaskStatus.RUNNING, started_at=1.0)  # as another daemon would
+        return answer
+
+    async def scenario() -> None:
+        first, second = (service.submit("noop", priority=5)["id"] for _ in range(2))
+        store.get_wire = read_then_started  # type: ignore[method-assign]
+        with pytest.raises(InvalidState, match=f"{first} is running; only a pending or blocked"):
+            service.set_priority(first, 1)
+        with pytest.raises(InvalidState, match=f"{second} is running; add running=true"):
+            service.cancel(second)
+        for ref in (first, second):
+            task = store.get(parse_task_id(ref))
+            assert (task.status, task.priority) == (TaskStatus.RUNNING, 5)
+            assert store.events(task.id) == []  # no history of a change that did not happen
+
+    asyncio.run(scenario())
+    store.close()
