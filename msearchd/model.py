@@ -307,7 +307,7 @@ def new_task_wire(
     created_at: float,
 ) -> dict[str, Any]:
     """`Task.to_wire` of a task just submitted, without building the `Task`: what every submit
-    answers, a fifth of its Python when built through one."""
+    answers, about a seventh of its Python when built through one."""
     return {
         "id": format_task_id(task_id),
         "type": task_type,

@@ -107,7 +107,7 @@ class ServiceCore:
     def _read_waiting(self, task_id: int) -> tuple[str, dict[str, Any] | None]:
         """The task's status, and, if it waits (pending or blocked), the task as `wire` shows it, read
         without a `Task`: a control write of a waiting task answers with the task it changed, and
-        building a `Task` to show it was a third of the request's Python."""
+        building a `Task` to show it was about a sixth of the request's Python."""
         answer = self.store.get_wire(task_id)
         if answer is None:
             raise NotFound(f"task {format_task_id(task_id)} does not exist")

@@ -125,7 +125,7 @@ def row_to_task(row: Sequence[Any]) -> Task:
 def row_to_wire(row: Sequence[Any], shared: bool = False) -> dict[str, Any]:
     """The public shape of the task of a row read as `task_columns`: `row_to_task(row).to_wire()`,
     without the `Task`, and with its host when `shared`. What a control write answers with: the
-    task it changed, read once, is not needed as a `Task` (a third of the request's Python). Its
+    task it changed, read once, is not needed as a `Task` (about a sixth of the request's Python). Its
     `log_path` is None: only the service knows where logs are."""
     # fmt: off
     (task_id, task_type, status, priority, data, progress, current_operation, attempts, error,
