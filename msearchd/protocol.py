@@ -277,6 +277,8 @@ METHODS: dict[str, tuple[Param, ...]] = {
         _p("key", str, type(None)),
         _p("on_conflict", str),
         _p("running", bool),
+        _p("wait", bool),
+        _p("timeout", int, float, type(None)),
     ),
     "submit_many": (_p("tasks", list, required=True),),
     "get": (_p("task_id", *TaskRef, required=True),),

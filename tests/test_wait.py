@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import select
 import socket
 import threading
 
 import pytest
 
 from msearchd import protocol
-from msearchd.errors import NotFound, TooLarge
+from msearchd.errors import InvalidArgument, NotFound, TooLarge
 
 
 def greeted(d) -> socket.socket:
@@ -263,3 +264,112 @@ def test_tasks_too_large_for_one_answer_are_listed_and_waited_on_whole(make_daem
         conn.close()
     assert response.status == 200, body
     assert body["total"] == 600 and [t["id"] for t in body["tasks"]] == ids
+
+
+# --- a submit that waits: one request where a client would submit, then wait --------------------
+
+
+def test_a_submit_that_waits_answers_once_its_task_ended_and_holds_back_nothing(make_daemon, fifo):
+    d = make_daemon(workers=1)
+    gate, started = fifo("gate"), fifo("started")
+    params = {"type": "quick", "data": {"fifo": str(gate), "started": str(started)}, "wait": True}
+    with greeted(d) as sock:
+        sock.sendall(
+            protocol.encode(protocol.request(1, "submit", params))
+            + protocol.encode(protocol.request(2, "count", {"status": "running"}))
+        )
+        started.read()
+        behind = protocol.recv_frame(sock)
+        assert behind["id"] == 2 and "result" in behind  # answered while the submit still waits
+        assert select.select([sock], [], [], 0)[0] == []  # and nothing else: its task is held
+        with d.client() as c:
+            (running,) = c.list(status="running")
+            assert running["type"] == "quick"
+        gate.write()
+        answer = protocol.recv_frame(sock)
+    assert answer["id"] == 1
+    task = answer["result"]
+    assert task["id"] == running["id"]
+    assert task["status"] == "completed" and task["finished_at"] is not None
+    assert task["timed_out"] is False
+    with d.client() as c:
+        assert {**c.get(task["id"]), "timed_out": False} == task
+
+
+def test_a_submit_that_waits_past_its_timeout_answers_with_the_task_as_it_is(make_daemon, fifo):
+    d = make_daemon(workers=1)
+    gate, started = fifo("gate"), fifo("started")
+    with d.client() as c:
+        held = c.submit("quick", {"fifo": str(gate), "started": str(started)})["id"]
+        started.read()
+        queued = c.submit("noop", wait=True, timeout=0.2)
+        assert (queued["status"], queued["timed_out"]) == ("pending", True)
+        gate.write()
+        done = c.wait([held, queued["id"]], timeout=60)
+    assert [t["status"] for t in done["tasks"]] == ["completed", "completed"]
+
+
+def test_a_submit_that_waits_refuses_a_bad_timeout_before_it_queues_anything(make_daemon):
+    d = make_daemon(workers=1)
+    with d.client() as c:
+        for params, message in [
+            ({"wait": True, "timeout": -1}, "timeout must be 0 or more seconds, got -1"),
+            ({"timeout": 5}, "timeout goes with wait=true"),
+        ]:
+            with pytest.raises(InvalidArgument) as refused:
+                c.call("submit", type="noop", **params)
+            assert refused.value.message == message
+        with pytest.raises(InvalidArgument) as refused:
+            c.submit_many([{"type": "noop"}, {"type": "noop", "wait": True}])
+        assert refused.value.message == "tasks[1]: submit_many does not wait; wait on its task_ids"
+        assert c.count() == 0
+
+
+def test_a_submit_whose_client_stops_waiting_still_runs_its_task(make_daemon, fifo):
+    d = make_daemon(workers=1)
+    gate, started = fifo("gate"), fifo("started")
+    params = {"type": "quick", "data": {"fifo": str(gate), "started": str(started)}, "wait": True}
+    with greeted(d) as sock:
+        sock.sendall(protocol.encode(protocol.request(1, "submit", params)))
+        started.read()
+    with d.client() as c:
+        (task,) = c.list(status="running")
+        gate.write()
+        assert c.wait([task["id"]], timeout=60)["tasks"][0]["status"] == "completed"
+
+
+def test_a_keyed_submit_that_waits_says_whose_task_it_waited_for(make_daemon, fifo):
+    d = make_daemon(workers=1)
+    gate, started = fifo("gate"), fifo("started")
+    with d.client() as c:
+        holder = c.submit("quick", {"fifo": str(gate), "started": str(started)}, key="k")["id"]
+        started.read()
+        kept = c.submit("noop", key="k", wait=True, timeout=0.2)
+        assert (kept["id"], kept["key_outcome"]) == (holder, "kept")
+        assert (kept["status"], kept["timed_out"]) == ("running", True)
+        gate.write()
+        assert c.wait([holder], timeout=60)["tasks"][0]["status"] == "completed"
+        created = c.submit("noop", key="k", wait=True, timeout=60)
+    assert (created["key_outcome"], created["status"], created["timed_out"]) == (
+        "created",
+        "completed",
+        False,
+    )
+    assert created["id"] != holder
+
+
+def test_a_follow_up_may_neither_wait_nor_stop_a_running_task(make_daemon):
+    d = make_daemon(workers=1)
+    with d.client() as c:
+        for follow_up, refusal in [
+            ({"type": "quick", "wait": True}, "a follow-up cannot wait"),
+            (
+                {"type": "quick", "key": "k", "on_conflict": "replace", "running": True},
+                "a follow-up cannot stop",
+            ),
+        ]:
+            parent = c.submit("batcher", {"tasks": [{"type": "quick"}, follow_up]})
+            (done,) = c.wait([parent["id"]], timeout=20)["tasks"]
+            assert done["status"] == "failed"
+            assert done["error"].startswith(f"follow-up tasks refused: tasks[1]: {refusal}")
+        assert c.count(task_type="quick") == 0

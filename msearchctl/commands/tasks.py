@@ -117,9 +117,8 @@ def add(
             key=key,
             on_conflict=on_conflict,
             running=replace_running,
+            wait=until_done,  # one process and one request, where a script would `add`, then `wait`
         )
-        if until_done:  # one process where a script would otherwise run `add` and then `wait`
-            task = {**task, **client.wait([task["id"]])["tasks"][0]}
     if as_json:
         print_json(task)
     elif until_done:

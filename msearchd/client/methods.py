@@ -54,15 +54,26 @@ class Methods:
         key: str | None = None,
         on_conflict: str = "keep",
         running: bool = False,
+        wait: bool = False,
+        timeout: float | None = None,
     ) -> Any:
-        keyed = {"key": key, "on_conflict": on_conflict, "running": running} if key is not None else {}
+        """Queue a task; its answer is the task. With `wait`, the answer comes once the task has ended
+        (or after `timeout` seconds): the task as it then is, with `timed_out`. One request for what
+        would be a submit and then a wait."""
+        extra: dict[str, Any] = (
+            {"key": key, "on_conflict": on_conflict, "running": running} if key is not None else {}
+        )
+        if wait:
+            extra["wait"] = True
+            if timeout is not None:
+                extra["timeout"] = timeout
         return self.call(
             "submit",
             type=task_type,
             data=dict(data or {}),
             priority=priority,
             depends_on=list(depends_on or []),
-            **keyed,
+            **extra,
         )
 
     def submit_many(self, tasks: list[dict[str, Any]]) -> Any:

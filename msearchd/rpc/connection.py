@@ -52,6 +52,14 @@ _COMMITS_ALONE = frozenset(
 # (a cancel under way finishes its work), its answer unsent if the client went away.
 _ABANDONABLE = frozenset({"wait", "drain"})  # a drain has paused the queue before it waits
 
+
+def _only_waits(method: str, params: dict[str, Any]) -> bool:
+    """Whether what is left of a call whose answer comes later is only a wait (see `_ABANDONABLE`):
+    a submit with `wait` is, its task queued, unless it has a key (it may be stopping the key's
+    running holder first)."""
+    return method in _ABANDONABLE or (method == "submit" and params.get("key") is None)
+
+
 # An answer: the request's id (None if it had none usable), whether it reports a success (whose
 # effect a failed commit undoes), and its frame.
 _Answer = tuple[Any, bool, bytes]
@@ -363,6 +371,7 @@ class Connection(asyncio.Protocol):
             and isinstance(params, dict)
             and not params.get("depends_on")
             and params.get("key") is None
+            and not params.get("wait")
         )
 
     def _submit_run(self, first: dict[str, Any]) -> list[dict[str, Any]]:
@@ -446,7 +455,7 @@ class Connection(asyncio.Protocol):
                 if not isinstance(result, dict | list) and inspect.isawaitable(result):
                     later.append((req_id, method, result))
                     self._pending[req_id] = None
-                    if method not in _ABANDONABLE:
+                    if not _only_waits(method, params):
                         self._holding = req_id
                     return None
             return (req_id, True, protocol.encode({"id": req_id, "result": result}))

@@ -10,11 +10,13 @@ from typing import TYPE_CHECKING, Any
 from msearchd.errors import InvalidArgument, InvalidState, MsearchError, NotFound
 from msearchd.handlers import command
 from msearchd.model import (
+    TERMINAL,
     TaskStatus,
     default_priority,
     dependency_state,
     format_task_id,
     new_task_wire,
+    parse_task_id,
     parse_task_ids,
     validate_data,
     validate_priority,
@@ -43,6 +45,9 @@ class Submitting(ServiceCore):
         def _submit_keyed(
             self, spec: dict[str, Any], key: object, on_conflict: object, running: bool
         ) -> dict[str, Any] | Awaitable[dict[str, Any]]: ...
+        async def _wait(
+            self, ids: list[int], wanted: frozenset[TaskStatus], timeout: float | None
+        ) -> dict[str, Any]: ...
 
     def _prepare(
         self, task_type: object, data: object, priority: object, depends_on: object
@@ -112,13 +117,53 @@ class Submitting(ServiceCore):
         key: str | None = None,
         on_conflict: str = "keep",
         running: bool = False,
+        wait: bool = False,
+        timeout: float | None = None,
     ) -> dict[str, Any] | Awaitable[dict[str, Any]]:
+        """Queue a task. With `wait`, answer once it has ended, or after `timeout` seconds (see
+        `_until_ended`)."""
+        if wait or timeout is not None:
+            return self._submit_and_wait(
+                type, data, priority, depends_on, key, on_conflict, running, wait, timeout
+            )
         spec = self._prepare(type, data, priority, depends_on)
         if key is not None:
             return self._submit_keyed(spec, key, on_conflict, running)
         now = self.clock()
         task_id = self.store.insert(**spec, created_at=now, submitter=REQUESTER.get())
         return self._submitted(task_id, spec, now)
+
+    def _submit_and_wait(
+        self,
+        type: str,
+        data: dict[str, Any] | None,
+        priority: int | None,
+        depends_on: list[Any] | None,
+        key: str | None,
+        on_conflict: str,
+        running: bool,
+        wait: bool,
+        timeout: float | None,
+    ) -> Awaitable[dict[str, Any]]:
+        """`submit` with `wait`: the parameters of the wait are checked before anything is queued."""
+        if not wait:
+            raise InvalidArgument("timeout goes with wait=true")
+        if timeout is not None and not timeout >= 0:
+            raise InvalidArgument(f"timeout must be 0 or more seconds, got {timeout!r}")
+        submitted = self.submit(type, data, priority, depends_on, key, on_conflict, running)
+        return self._until_ended(submitted, timeout)
+
+    async def _until_ended(
+        self, submitted: dict[str, Any] | Awaitable[dict[str, Any]], timeout: float | None
+    ) -> dict[str, Any]:
+        """The answer of a submit that waits: the submit's answer, then the task as it is once it has
+        ended (or the timeout passed), and `timed_out`. One request where a client would submit, then
+        wait: the wait's round trip and its turn of the daemon are saved, and nothing can come between
+        the two. The task is durable before this runs (it runs once the submit is committed)."""
+        if not isinstance(submitted, dict):  # a keyed submit stopping the running holder of its key
+            submitted = await submitted
+        waited = await self._wait([parse_task_id(submitted["id"])], TERMINAL, timeout)
+        return {**submitted, **waited["tasks"][0], "timed_out": waited["timed_out"]}
 
     def _submitted(self, task_id: int, spec: dict[str, Any], now: float) -> dict[str, Any]:
         """Announce a task just written, and answer with it."""
@@ -213,6 +258,8 @@ class Submitting(ServiceCore):
                 raise InvalidArgument(f"tasks[{i}] must be a map")
             if item.get("key") is not None:
                 raise InvalidArgument(f"tasks[{i}]: submit_many takes no keys; submit keyed tasks one by one")
+            if item.get("wait") or item.get("timeout") is not None:
+                raise InvalidArgument(f"tasks[{i}]: submit_many does not wait; wait on its task_ids")
             try:
                 params = check_params("submit", item)
                 spec = self._prepare(
@@ -229,9 +276,7 @@ class Submitting(ServiceCore):
         return {"task_ids": [format_task_id(i) for i in ids]}
 
     def follow_up(self, parent_id: int, params: dict[str, Any]) -> str:
-        params = check_params("submit", params)
-        if params.get("running"):
-            raise InvalidArgument("a follow-up cannot stop a running task: submit it with running=false")
+        params = _follow_up_params(params)
         task = self.submit(**params)
         assert isinstance(task, dict)
         log.info("%s submitted follow-up %s", format_task_id(parent_id), task["id"])
@@ -250,10 +295,20 @@ class Submitting(ServiceCore):
                 if not isinstance(after, list) or not all(isinstance(a, int) and 0 <= a < i for a in after):
                     raise InvalidArgument(f"tasks[{i}].after must list indices of earlier tasks")
                 try:
-                    params = check_params("submit", {k: v for k, v in item.items() if k != "after"})
+                    params = _follow_up_params({k: v for k, v in item.items() if k != "after"})
                     params["depends_on"] = [*(params.get("depends_on") or []), *(ids[a] for a in after)]
                     ids.append(str(self.submit(**params)["id"]))
                 except (InvalidArgument, InvalidState, NotFound) as exc:
                     raise type(exc)(f"tasks[{i}]: {exc.message}") from None
         log.info("%s submitted %d follow-ups", format_task_id(parent_id), len(ids))
         return ids
+
+
+def _follow_up_params(params: dict[str, Any]) -> dict[str, Any]:
+    """The checked params of a handler's follow-up: a submit answered at once, with its task."""
+    params = check_params("submit", params)
+    if params.get("running"):
+        raise InvalidArgument("a follow-up cannot stop a running task: submit it with running=false")
+    if params.get("wait") or params.get("timeout") is not None:
+        raise InvalidArgument("a follow-up cannot wait: its handler would hold its worker meanwhile")
+    return params
