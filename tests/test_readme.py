@@ -77,9 +77,10 @@ def test_the_python_client_example_runs_as_written(daemon):
     start = text.index("```python\n", text.index("## Python client")) + len("```python\n")
     code = text[start : text.index("```", start)]
     # The example ends by following events for ever: run it up to there, and say where things stand.
-    code = code[: code.index("    for event in ")] + "    print(done['status'], done['priority'])\n"
+    code = code[: code.index("    for event in ")]
+    code += "    print(done['status'], done['priority'], ended['status'], ended['timed_out'])\n"
     result = subprocess.run(
         [sys.executable, "-c", code], env=daemon.env, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout == "completed 0\n"
+    assert result.stdout == "completed 0 completed False\n"
