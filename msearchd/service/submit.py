@@ -158,8 +158,8 @@ class Submitting(ServiceCore):
     ) -> dict[str, Any]:
         """The answer of a submit that waits: the submit's answer, then the task as it is once it has
         ended (or the timeout passed), and `timed_out`. One request where a client would submit, then
-        wait: the wait's round trip and its turn of the daemon are saved, and nothing can come between
-        the two. The task is durable before this runs (it runs once the submit is committed)."""
+        wait: the wait's round trip and its turn of the daemon are saved. The task is durable before
+        this runs: the connection starts it once the submit is committed."""
         if not isinstance(submitted, dict):  # a keyed submit stopping the running holder of its key
             submitted = await submitted
         waited = await self._wait([parse_task_id(submitted["id"])], TERMINAL, timeout)
