@@ -77,6 +77,9 @@ class TaskStore(Protocol):
     def group(self) -> AbstractContextManager[None]:
         """One commit for every transaction inside (group commit); each still rolls back alone."""
 
+    def transaction_open(self) -> bool:
+        """Whether what is written now waits for a commit."""
+
     def get(self, task_id: int) -> Task | None:
         """The task with this id, as last committed or written in the current transaction; None if none."""
 
@@ -325,12 +328,6 @@ class SharedTaskStore(TaskStore, Protocol):
 
     limits_busy: bool
     """A claim passed over a type whose cluster limit another daemon held: claim again soon."""
-
-    def transaction_open(self) -> bool:
-        """Whether what is written now waits for a commit."""
-
-    def statuses(self, ids: Iterable[int]) -> dict[int, TaskStatus]:
-        """The current status of each of `ids` that exists."""
 
     def host_of(self, task_id: int) -> str | None:
         """The daemon that runs the task, if one does."""
