@@ -113,6 +113,12 @@ def parse_task_id(value: object) -> int:
     raise InvalidArgument(f"invalid task id {value!r}: expected task_<n> or <n>")
 
 
+def validate_timeout(timeout: float | None) -> None:
+    """Refuse a negative (or NaN) timeout of a request that waits: before the request does anything."""
+    if timeout is not None and not timeout >= 0:
+        raise InvalidArgument(f"timeout must be 0 or more seconds, got {timeout!r}")
+
+
 def validate_priority(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidArgument(

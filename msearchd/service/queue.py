@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from msearchd.config import Settings
 from msearchd.errors import InvalidArgument
-from msearchd.model import TERMINAL, TaskStatus, format_task_id
+from msearchd.model import TERMINAL, TaskStatus, format_task_id, validate_timeout
 from msearchd.selection import type_matches, validate_type_pattern
 from msearchd.service.core import QUEUE_CHANNEL, REQUESTER
 from msearchd.store import TaskStore
@@ -154,8 +154,7 @@ class Pausing(ServiceCore):
     ) -> Awaitable[dict[str, Any]]:
         """Pause at once, then wait until none of the paused types runs (for a backup, a reboot, an
         upgrade); the requests after it see the pause."""
-        if timeout is not None and not timeout >= 0:
-            raise InvalidArgument(f"timeout must be 0 or more seconds, got {timeout!r}")
+        validate_timeout(timeout)
         paused = self.pause(types)
         names = set(self._pause_types(types))
         return self._drained(paused, names, None if timeout is None else time.monotonic() + timeout)

@@ -20,6 +20,7 @@ from msearchd.model import (
     parse_task_ids,
     validate_data,
     validate_priority,
+    validate_timeout,
     validate_type,
 )
 from msearchd.protocol import check_params, pack
@@ -148,8 +149,7 @@ class Submitting(ServiceCore):
         """`submit` with `wait`: the parameters of the wait are checked before anything is queued."""
         if not wait:
             raise InvalidArgument("timeout goes with wait=true")
-        if timeout is not None and not timeout >= 0:
-            raise InvalidArgument(f"timeout must be 0 or more seconds, got {timeout!r}")
+        validate_timeout(timeout)
         submitted = self.submit(type, data, priority, depends_on, key, on_conflict, running)
         return self._until_ended(submitted, timeout)
 
