@@ -136,3 +136,50 @@ def test_a_control_write_of_a_task_that_started_after_it_was_read_changes_nothin
 
     asyncio.run(scenario())
     store.close()
+
+
+def test_an_outcome_recorded_at_once_leaves_nothing_to_wake_the_daemon_for(tmp_path: Path, monkeypatch):
+    """An outcome waits SETTLE_DELAY at most to be recorded: a turn of the dispatcher is scheduled
+    for it. When its worker asks for more work as it reports (a task alone in its lease), it is
+    recorded at once, and that turn is cancelled: it would wake the daemon for nothing, a wake-up
+    that cost as much CPU as the rest of a task of 25 ms. An outcome that could not be written keeps
+    its turn, and the next outcome gets one of its own."""
+    store = Store(tmp_path / "tasks.db")
+    service = TaskService(store, Settings(state_dir=tmp_path))
+
+    def settle_turns() -> int:
+        scheduled = asyncio.get_running_loop()._scheduled  # the loop's timers: no public view of them
+        return sum(1 for h in scheduled if not h.cancelled() and h._callback == service._settle_due)
+
+    async def scenario() -> None:
+        refs = [service.submit("noop")["id"] for _ in range(2)]
+        first = store.claim_next([], 1.0, 4242)
+        assert first is not None
+        service.task_finished(first, Outcome(TaskStatus.COMPLETED, started_at=1.0, finished_at=2.0))
+        assert settle_turns() == 1
+
+        def no_space(*args: object) -> None:
+            raise sqlite3.OperationalError("database or disk is full")
+
+        with monkeypatch.context() as m:
+            m.setattr(store, "complete_many", no_space)
+            service.worker_idle()  # the turn taken for the worker fails: left to the dispatcher
+        assert service.get(refs[0])["status"] == "running"
+        assert settle_turns() == 1
+
+        service.worker_idle()
+        assert service.get(refs[0])["status"] == "completed"
+        assert settle_turns() == 0
+
+        second = store.claim_next([], 3.0, 4242)
+        assert second is not None
+        service.task_finished(second, Outcome(TaskStatus.COMPLETED, started_at=3.0, finished_at=4.0))
+        assert settle_turns() == 1
+        service._wake.clear()
+        await asyncio.wait_for(service._wake.wait(), 10)  # its turn comes, and wakes the dispatcher
+        assert settle_turns() == 0
+        service._dispatch_ready()
+        assert service.get(refs[1])["status"] == "completed"
+
+    asyncio.run(scenario())
+    store.close()

@@ -75,6 +75,7 @@ class ServiceCore:
         self._subscriptions: set[Subscription] = set()
         self._default_priority: dict[str, int] = {}
         self._finished: list[tuple[Task, Outcome]] = []
+        self._settle_timer: asyncio.TimerHandle | None = None  # the dispatcher's turn for them, at the latest
         self._durations = Durations()
         self._log_dir = str(settings.log_dir)
         self._checkpoints: set[asyncio.Task[None]] = set()

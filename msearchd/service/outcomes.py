@@ -135,12 +135,13 @@ class Reporting(ServiceCore):
         worker asks for more work (its lease is done: at once, see `worker_idle`), or by the
         dispatcher SETTLE_DELAY later at most."""
         self._finished.append((task, outcome))
-        if len(self._finished) == 1:
-            asyncio.get_running_loop().call_later(SETTLE_DELAY, self._settle_due)
+        if self._settle_timer is None:
+            self._settle_timer = asyncio.get_running_loop().call_later(SETTLE_DELAY, self._settle_due)
 
     def _settle_due(self) -> None:
         """SETTLE_DELAY has passed since an outcome came: record it, unless that is done already (a
         dispatcher turn for nothing would cost an idle pool a transaction)."""
+        self._settle_timer = None
         if self._finished:
             self.wake()
 
@@ -178,6 +179,11 @@ class Reporting(ServiceCore):
             self._progress.update(live)
             self.scheduler.restore(running)
             raise
+        if not self._finished and self._settle_timer is not None:
+            # Recorded: the turn it would give the dispatcher is for nothing. Cancelled, it does not
+            # wake the daemon at all: a task that ran alone in its lease costs one wake-up, not two.
+            self._settle_timer.cancel()
+            self._settle_timer = None
 
     def _settle(self) -> None:
         """Record the outcomes the workers reported since the last time."""
