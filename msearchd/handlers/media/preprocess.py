@@ -24,8 +24,7 @@ def image(ctx: TaskContext, data: dict[str, Any]) -> dict[str, Any]:
     if kind is not Kind.IMAGE:
         raise TaskFailed(f"{path}: not an image")
     target = entry("inputs", digest, ".jpg")
-    if not target.exists():
-        ctx.set_operation(f"preparing {path.name}")
+    if not target.exists():  # no current operation, as for a thumbnail of an image (see thumbnail.run)
         with writing_file(target) as temp:
             fitted(load(path, fit=MODEL_INPUT_SIZE), MODEL_INPUT_SIZE).save(temp, "JPEG", quality=95)
     return {"path": str(path), "input": str(target), "bytes": target.stat().st_size}

@@ -22,7 +22,8 @@ def run(ctx: TaskContext, data: dict[str, Any]) -> dict[str, Any]:
     target = entry("thumbnails", digest, ".webp")
     if not target.exists():
         if kind is Kind.IMAGE:
-            ctx.set_operation(f"thumbnail of {path.name}")
+            # No current operation: a still image takes tens of milliseconds, the task's type and
+            # path say what it does, and the report would cost the daemon a wake-up of its own.
             with writing_file(target) as temp:
                 make_thumbnail(path, temp)
         elif kind is Kind.VIDEO:
