@@ -11,9 +11,10 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from unittest import mock
 
+import psutil
 from benchlib import Context, Row, median, ms, percentile, running_daemon, temp_root
 from PIL import Image
 
@@ -80,17 +81,37 @@ ROUNDS = 2
 WARM_UP = 4
 
 
-def pool_round(paths: list[Path], out: Path) -> float:
+class Round(NamedTuple):
+    """One side's round: its wall time, and the CPU seconds its processes used meanwhile."""
+
+    seconds: float
+    workers_cpu_s: float  # the processes that made the thumbnails
+    daemon_cpu_s: float = 0.0  # msearchd itself: what it costs beside its workers
+
+
+def cpu_s(processes: list[psutil.Process]) -> float:
+    """CPU seconds the processes' threads ran, as the scheduler counts them (`/proc/PID/task/*/schedstat`):
+    exact, where the user and system times of `psutil` are sampled at each clock tick, too coarse
+    for a daemon that runs a fraction of a millisecond at a time."""
+    ns = 0
+    for process in processes:
+        for thread in Path(f"/proc/{process.pid}/task").iterdir():
+            ns += int((thread / "schedstat").read_text().split()[0])
+    return ns / 1e9
+
+
+def pool_round(paths: list[Path], out: Path) -> Round:
     out.mkdir()
     jobs = [(p, out / f"{p.stem}.webp") for p in paths]
     with multiprocessing.Pool(2) as pool:
         pool.map(pool_thumbnail, jobs[:WARM_UP])  # start the processes and import Pillow
-        t0 = time.perf_counter()
+        workers = psutil.Process().children()
+        cpu0, t0 = cpu_s(workers), time.perf_counter()
         pool.map(pool_thumbnail, jobs, chunksize=1)
-        return time.perf_counter() - t0
+        return Round(time.perf_counter() - t0, cpu_s(workers) - cpu0)
 
 
-def pool_handler_round(data: list[dict[str, object]], warm: list[dict[str, object]], root: Path) -> float:
+def pool_handler_round(data: list[dict[str, object]], warm: list[dict[str, object]], root: Path) -> Round:
     """The pool running the handler itself (its cache in a fresh state folder under `root`): what is
     left between this and msearchd is the daemon's own overhead, not the handler's checks and its
     cache's atomic writes."""
@@ -98,12 +119,13 @@ def pool_handler_round(data: list[dict[str, object]], warm: list[dict[str, objec
     # The pool's processes are forked with it; the bench's own environment is as it was after.
     with mock.patch.dict(os.environ, {"MSEARCH_STATE_DIR": str(root)}), multiprocessing.Pool(2) as pool:
         pool.map(pool_handler, warm)
-        t0 = time.perf_counter()
+        workers = psutil.Process().children()
+        cpu0, t0 = cpu_s(workers), time.perf_counter()
         pool.map(pool_handler, data, chunksize=1)
-        return time.perf_counter() - t0
+        return Round(time.perf_counter() - t0, cpu_s(workers) - cpu0)
 
 
-def daemon_round(data: list[dict[str, object]], warm: list[dict[str, object]], root: Path) -> float:
+def daemon_round(data: list[dict[str, object]], warm: list[dict[str, object]], root: Path) -> Round:
     """Seconds for the daemon to make the thumbnails of `data`, once its workers have made those of
     `warm` (other images): they have imported Pillow and the handler, as the pool's processes have."""
     root.mkdir()
@@ -111,14 +133,17 @@ def daemon_round(data: list[dict[str, object]], warm: list[dict[str, object]], r
         d.warm_up(4)
         ids = c.submit_many([{"type": "thumbnail_generate", "data": item} for item in warm])["task_ids"]
         c.wait(ids, timeout=600)
-        t0 = time.perf_counter()
+        daemon = psutil.Process(d.pid)
+        workers = daemon.children()
+        cpu0, daemon_cpu0, t0 = cpu_s(workers), cpu_s([daemon]), time.perf_counter()
         ids = c.submit_many([{"type": "thumbnail_generate", "data": item} for item in data])["task_ids"]
         done = c.wait(ids, timeout=3600)
         seconds = time.perf_counter() - t0
+        used = Round(seconds, cpu_s(workers) - cpu0, cpu_s([daemon]) - daemon_cpu0)
         failed = [t for t in done["tasks"] if t["status"] != "completed"]
         if done["timed_out"] or failed:
             raise RuntimeError(f"thumbnails did not all complete: {failed[:1]}")
-    return seconds
+    return used
 
 
 def thumbnails(ctx: Context, root: Path) -> None:
@@ -127,22 +152,24 @@ def thumbnails(ctx: Context, root: Path) -> None:
     data = [scan_data(p) for p in paths]
     paths, data, warm = paths[:n], data[:n], data[n:]
     # Alternating rounds, each daemon with a fresh cache: the machine's load changes in between.
-    pool_times: list[float] = []
-    handler_times: list[float] = []
-    daemon_times: list[float] = []
+    pool: list[Round] = []
+    handler: list[Round] = []
+    daemon: list[Round] = []
     for round_no in range(ROUNDS):
-        pool_times.append(pool_round(paths, root / f"pool{round_no}"))
-        handler_times.append(pool_handler_round(data, warm, root / f"handler{round_no}"))
-        daemon_times.append(daemon_round(data, warm, root / f"d{round_no}"))
-    pool_seconds, daemon_seconds = min(pool_times), min(daemon_times)
+        pool.append(pool_round(paths, root / f"pool{round_no}"))
+        handler.append(pool_handler_round(data, warm, root / f"handler{round_no}"))
+        daemon.append(daemon_round(data, warm, root / f"d{round_no}"))
+
+    def shown(rounds: list[Round]) -> str:
+        return ", ".join(f"{r.seconds:.2f} ({r.workers_cpu_s:.2f} CPU)" for r in rounds)
+
     ctx.detail(
-        "thumbnail rounds (s): pool "
-        + ", ".join(f"{t:.2f}" for t in pool_times)
-        + "; pool running the handler "
-        + ", ".join(f"{t:.2f}" for t in handler_times)
-        + "; msearchd "
-        + ", ".join(f"{t:.2f}" for t in daemon_times)
+        f"thumbnail rounds, wall s (its workers' CPU s): pool {shown(pool)}; pool running the handler "
+        f"{shown(handler)}; msearchd {shown(daemon)}, msearchd itself "
+        + ", ".join(f"{r.daemon_cpu_s:.2f}" for r in daemon)
+        + " CPU s"
     )
+    pool_seconds, daemon_seconds = min(r.seconds for r in pool), min(r.seconds for r in daemon)
     ctx.add(
         Row(
             NAME,
@@ -159,9 +186,35 @@ def thumbnails(ctx: Context, root: Path) -> None:
             NAME,
             f"thumbnails of {n} images, 2 workers (images/s), vs the pool running the handler (info)",
             n / daemon_seconds,
-            n / min(handler_times),
+            n / min(r.seconds for r in handler),
             "images/s",
             "multiprocessing.Pool(2), thumbnail_generate's run()",
+        )
+    )
+    # Where a slow round's time went: the CPU a thumbnail took in the processes that made it (the
+    # machine's noise moves it as much as the wall time), and what the daemon itself spent beside.
+    per_image_ms = {
+        side: median([1000 * r.workers_cpu_s / n for r in rounds])
+        for side, rounds in (("pool", pool), ("handler", handler), ("daemon", daemon))
+    }
+    ctx.add(
+        Row(
+            NAME,
+            "CPU per thumbnail in msearchd's workers, median of the rounds (info)",
+            per_image_ms["daemon"],
+            per_image_ms["pool"],
+            "ms",
+            "in the pool's processes, same function",
+        )
+    )
+    ctx.add(
+        Row(
+            NAME,
+            "CPU per thumbnail in msearchd itself, beside its workers' (info)",
+            median([1000 * r.daemon_cpu_s / n for r in daemon]),
+            per_image_ms["daemon"],
+            "ms",
+            "in its workers",
         )
     )
 
