@@ -129,6 +129,30 @@ def test_a_worker_held_up_by_a_task_is_handed_one_lease_ahead_at_most(make_daemo
         assert c.wait([held], timeout=20)["tasks"][0]["status"] == "completed"
 
 
+def test_one_task_handed_to_a_worker_at_work_goes_back_if_the_task_before_it_runs_long(make_daemon, fifo):
+    """A worker near the end of its lease is handed its next one, even a lease of one task, which
+    then waits behind the task it is at. If that task runs far longer than expected, what waits
+    behind it goes back to the queue, as the tasks after the first of a lease do."""
+    d = make_daemon(workers=1)
+    gate, hold = fifo("gate"), fifo("hold")
+    with d.client() as c:
+        known_to_be_quick(c)
+        # One lease of two: the worker waits in the first for the gate, then stays in the second.
+        first, second = c.submit_many(
+            [{"type": "quick", "data": {"fifo": str(f)}, "priority": 1} for f in (gate, hold)]
+        )["task_ids"]
+        behind = c.submit("quick", priority=2)["id"]  # the worker is at work: it waits
+        assert c.get(behind)["status"] == "pending"
+        gate.write()  # `first` ends: a turn of the dispatcher, which hands `behind` to the worker
+        d.wait_for_log(f"{second} overran its lease")
+        assert c.get(behind)["status"] == "pending"  # back in the queue, its start not counted
+        assert c.get(behind)["attempts"] == 0
+        assert c.get(second)["status"] == "running"
+        hold.write()  # the worker is free again, and runs it
+        done = c.wait([first, second, behind], timeout=20)["tasks"]
+        assert {t["status"] for t in done} == {"completed"}
+
+
 def test_an_end_in_a_lease_is_reported_before_the_next_task_ends(make_daemon, fifo, tmp_path):
     """Ends of a lease's tasks are reported together, but 10 ms late at most: the first end is known
     while the second task still runs (half a second, by its own clock), and the third has not started."""

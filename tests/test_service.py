@@ -183,3 +183,46 @@ def test_an_outcome_recorded_at_once_leaves_nothing_to_wake_the_daemon_for(tmp_p
 
     asyncio.run(scenario())
     store.close()
+
+
+def test_a_worker_is_handed_its_next_task_as_it_nears_the_expected_end_of_its_own(tmp_path: Path):
+    """A worker at work is topped up when less than TOP_UP_AHEAD of its lease is left, by the
+    expected durations: of the task it is at, what it has still to run, where its start is known.
+    A task of 25 ms is topped up near its end, so its worker goes on without waiting for the daemon;
+    not at its start, nor once it runs past its expected time (it may run on for long), nor when its
+    start is not known. A short task is topped up as it was: what waits behind it goes back if it
+    overruns (`test_promises`)."""
+    from msearchd.service.dispatch import DURATION_SAMPLES, TOP_UP_AHEAD
+
+    store = Store(tmp_path / "tasks.db")
+    service = TaskService(store, Settings(state_dir=tmp_path))
+    for _ in range(DURATION_SAMPLES):
+        service._durations.record("long", 0.025)
+        service._durations.record("short", 0.005)
+    assert 0.005 < TOP_UP_AHEAD < 0.025  # the two kinds this test is about
+    long_task = store.get(parse_task_id(service.submit("long")["id"]))
+    short_task = store.get(parse_task_id(service.submit("short")["id"]))
+
+    class Pool:
+        """What the dispatcher reads of the workers: one at work, as `ahead` says."""
+
+        def __init__(self) -> None:
+            self.ahead: list[tuple[int, list[object], float | None]] = []
+
+        def work_ahead(self) -> list[tuple[int, list[object], float | None]]:
+            return self.ahead
+
+    pool = service.pool = Pool()  # type: ignore[assignment]
+
+    def topped_up(tasks: list[object], elapsed: float | None) -> bool:
+        pool.ahead = [(7, tasks, elapsed)]
+        return service._running_low() == [7]
+
+    assert topped_up([long_task], 0.015)  # 10 ms left
+    assert not topped_up([long_task], 0.002)  # 23 ms left
+    assert not topped_up([long_task], None)  # when it started is not known: 25 ms left, it may be
+    assert not topped_up([long_task], 0.030)  # past its expected end: it may run on for long
+    assert not topped_up([long_task, short_task], 0.008)  # 17 + 5 ms left
+    assert topped_up([long_task, short_task], 0.017)  # 8 + 5 ms left
+    assert topped_up([short_task], None) and topped_up([short_task], 1.0)  # as before
+    store.close()

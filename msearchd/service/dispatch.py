@@ -162,17 +162,25 @@ class Dispatching(ServiceCore):
 
     def _running_low(self) -> list[int]:
         """The workers at work whose lease ends within TOP_UP_AHEAD, by the expected durations of
-        what is left of it; not one with a task of a type whose duration is not known yet."""
+        what is left of it (of the task it is at, the time it has still to run, where its start is
+        known: a task of 25 ms is topped up as it nears its end, rather than leaving its worker to
+        wait for the daemon after each); not one with a task of a type whose duration is not known
+        yet, nor one at a task that has run past its expected duration, of a type too long to be
+        topped up at its start (it may run on for long: nothing waits behind it)."""
         pool = self.pool
         if pool is None or self._held():
             return []
         low = []
-        for pid, ahead in pool.work_ahead():
+        for pid, ahead, elapsed in pool.work_ahead():
             left = 0.0
             for task in ahead:
                 expected = self._durations.expected(task.type)
                 if expected is None:
                     break
+                if elapsed is not None:  # the task it is at
+                    if elapsed >= expected >= TOP_UP_AHEAD:
+                        break
+                    expected, elapsed = max(expected - elapsed, 0.0), None
                 left += expected
             else:
                 if left < TOP_UP_AHEAD:

@@ -199,7 +199,12 @@ class Channels(PoolCore):
         entry = worker.lease.pop(result["task"], None)
         if entry is None:
             return
-        task = entry[1]
+        seq, task = entry
+        if result.get("finished") is not None:
+            worker.entered = (seq + 1, result["finished"])  # it went on to the next entry, if any
+        check = worker.overrun_checks.pop(seq + 1, None)
+        if check is not None:  # that entry was reached: it waits behind nothing any more
+            check.cancel()
         stop_reason = result.get("stop_reason")
         outcome = Outcome(
             status=_STATUSES[result["status"]],

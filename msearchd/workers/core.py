@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,11 @@ class WorkerProcess:
     # The entry it was at when it was last handed more work while at work: it gets no more until it
     # has moved on (one that runs far longer than expected is not given lease after lease).
     topped_up_at: int = -1
+    # The entry it is known to have reached, and when (time.time()): the first of a lease handed to
+    # it idle, as it was sent; the one after an entry whose end it reported, at that end.
+    entered: tuple[int, float] = (0, 0.0)
+    # The overrun checks of the one-task leases it was handed at work, by entry: see `dispatch`.
+    overrun_checks: dict[int, asyncio.TimerHandle] = field(default_factory=dict)
     stopping: bool = False
     started: float = field(default=0.0)
 
@@ -91,11 +97,13 @@ class PoolCore:
     def idle_pids(self) -> list[int]:
         return [w.pid for w in self._idle]
 
-    def work_ahead(self) -> list[tuple[int, list[Task]]]:
-        """For each worker at work on its lease: its pid, and the tasks of the lease it has not
-        finished, from the one it is at on. Not those of a worker with a stop or a take-back under
-        way (its lease is changing), nor of one handed more since it reached the entry it is at."""
+    def work_ahead(self) -> list[tuple[int, list[Task], float | None]]:
+        """For each worker at work on its lease: its pid, the tasks of the lease it has not
+        finished, from the one it is at on, and how long it has been at that one, where that is
+        known. Not those of a worker with a stop or a take-back under way (its lease is changing),
+        nor of one handed more since it reached the entry it is at."""
         ahead = []
+        now = time.time()
         for worker in self._workers:
             lease = worker.lease
             if not lease or worker.stopping or not worker.ready:
@@ -104,7 +112,9 @@ class PoolCore:
                 continue
             at, _ = worker.word.read()
             if at != worker.topped_up_at:
-                ahead.append((worker.pid, [task for seq, task in lease.values() if seq >= at]))
+                seq, since = worker.entered
+                tasks = [task for seq, task in lease.values() if seq >= at]
+                ahead.append((worker.pid, tasks, now - since if seq == at else None))
         return ahead
 
     def task_ids(self) -> list[int]:

@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import subprocess
+import time
 from collections.abc import Callable
 
 from msearchd.containment import Containment
@@ -167,8 +168,10 @@ class WorkerPool(Channels, Stopping):
         which runs them after the rest of its lease. Those that have not started `reclaim_after`
         seconds later are taken back (see `_reclaim`)."""
         worker = next(w for w in self._workers if w.pid == pid)
-        if worker in self._idle:
+        idle = worker in self._idle
+        if idle:
             self._idle.remove(worker)
+            worker.entered = (worker.sent + 1, time.time())
         else:
             worker.topped_up_at = worker.word.read()[0]
         assert worker.writer is not None
@@ -187,5 +190,11 @@ class WorkerPool(Channels, Stopping):
                 }
             )
         send_order(worker, {"op": "run", "tasks": payloads})
-        if reclaim_after is not None and len(tasks) > 1:
-            asyncio.get_running_loop().call_later(reclaim_after, self._overrun, worker, worker.sent)
+        # What waits behind another task is taken back if that one runs far longer than expected: a
+        # lease's tasks after its first, and all of a worker's at work.
+        if reclaim_after is not None and (len(tasks) > 1 or not idle):
+            check = asyncio.get_running_loop().call_later(reclaim_after, self._overrun, worker, worker.sent)
+            if len(tasks) == 1:
+                # Claimed with its start on record: once the worker reaches it, nothing is left to
+                # check, and the timer is cancelled (a wake-up of the daemon a task, for 25 ms tasks).
+                worker.overrun_checks[worker.sent] = check

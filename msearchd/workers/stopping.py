@@ -24,6 +24,7 @@ class Stopping(PoolCore):
 
     def _overrun(self, worker: WorkerProcess, last: int) -> None:
         """The lease ending with entry `last` is due: take back what has not started, if anything."""
+        worker.overrun_checks.pop(last, None)
         if self._closing or worker.stopping or worker not in self._workers:
             return
         at, phase = worker.word.read()
