@@ -112,9 +112,9 @@ class PoolCore:
                 continue
             at, _ = worker.word.read()
             if at != worker.topped_up_at:
-                seq, since = worker.entered
+                reached, since = worker.entered
                 tasks = [task for seq, task in lease.values() if seq >= at]
-                ahead.append((worker.pid, tasks, now - since if seq == at else None))
+                ahead.append((worker.pid, tasks, now - since if reached == at else None))
         return ahead
 
     def task_ids(self) -> list[int]:
