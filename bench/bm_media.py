@@ -195,7 +195,7 @@ def thumbnails(ctx: Context, root: Path) -> None:
     # machine's noise moves it as much as the wall time), and what the daemon itself spent beside.
     per_image_ms = {
         side: median([1000 * r.workers_cpu_s / n for r in rounds])
-        for side, rounds in (("pool", pool), ("handler", handler), ("daemon", daemon))
+        for side, rounds in (("pool", pool), ("daemon", daemon))
     }
     ctx.add(
         Row(
