@@ -1,4 +1,5 @@
-"""The README's tour, run as written against a fresh daemon: pasted as one block, it works."""
+"""The README as a user reads it: its tour and its Python example run as written against a fresh daemon,
+and its layout names every module where it lies."""
 
 from __future__ import annotations
 
@@ -84,3 +85,37 @@ def test_the_python_client_example_runs_as_written(daemon):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout == "completed 0 completed False\n"
+
+
+def layout_sections() -> dict[str, str]:
+    """The README's layout, by package ("msearchd/http"): the text of each package's entry, whose line
+    starts with its folder, indented under its parent's."""
+    text = README.read_text()
+    start = text.index("## Layout\n\n```\n") + len("## Layout\n\n```\n")
+    sections: dict[str, str] = {}
+    parents: list[tuple[int, str]] = []  # (indent, path) of the entries above this one
+    for line in text[start : text.index("```", start)].splitlines():
+        entry = re.match(r"( *)([a-z_]+)/ ", line)
+        if entry:
+            indent = len(entry[1])
+            parents = [(i, p) for i, p in parents if i < indent]
+            path = "/".join([*(p for _, p in parents[-1:]), entry[2]])
+            parents.append((indent, path))
+            sections[path] = line[entry.end() :]
+        elif parents:
+            sections[parents[-1][1]] += " " + line.strip()
+    return sections
+
+
+def test_the_layout_names_every_module_under_its_package():
+    sections = layout_sections()
+    root = README.parent
+    missing = []
+    for package in ("msearchd", "msearchctl"):
+        for module in sorted((root / package).rglob("*.py")):
+            if module.stem in ("__init__", "__main__"):
+                continue
+            where = module.parent.relative_to(root).as_posix()
+            if not re.search(rf"\b{module.stem}\b", sections.get(where, "")):
+                missing.append(module.relative_to(root).as_posix())
+    assert not missing, f"the README's layout does not name these under their package: {missing}"
