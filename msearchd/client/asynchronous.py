@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -88,7 +90,10 @@ class AsyncClient(Methods):
         return message.get("result")
 
     async def wait(
-        self, task_ids: list[str | int], statuses: list[str] | None = None, timeout: float | None = None
+        self,
+        task_ids: Sequence[str | int],
+        statuses: builtins.list[str] | None = None,
+        timeout: float | None = None,
     ) -> Any:
         """As `Client.wait`: a wait on more tasks than one answer may carry is asked in parts."""
         parts = wait_parts(list(task_ids))
@@ -103,11 +108,11 @@ class AsyncClient(Methods):
         return joined_waits(answers)
 
     async def _wait_part(
-        self, task_ids: list[str | int], statuses: list[str] | None, timeout: float | None
+        self, task_ids: Sequence[str | int], statuses: builtins.list[str] | None, timeout: float | None
     ) -> Any:
         """As `Client._wait_part`: one wait, or waits on parts of it as large as fit in a frame."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        answers = []
+        answers: list[Any] = []
         done, size = 0, len(task_ids)
         while done < len(task_ids) or not answers:
             part = task_ids[done : done + size]
@@ -123,7 +128,7 @@ class AsyncClient(Methods):
 
     async def list(
         self,
-        status: str | list[str] | None = None,
+        status: str | builtins.list[str] | None = None,
         task_type: str | None = None,
         limit: int = 100,
         offset: int = 0,
@@ -195,7 +200,7 @@ class AsyncClient(Methods):
             self._reader, self._writer, self._abandoned = fresh._reader, fresh._writer, False
 
     async def events(
-        self, task_ids: list[str | int] | None = None, types: list[str] | None = None
+        self, task_ids: Sequence[str | int] | None = None, types: builtins.list[str] | None = None
     ) -> AsyncEventStream:
         """Subscribe on a connection of its own; live when this returns. `async for` the events, and
         close the stream to stop early."""

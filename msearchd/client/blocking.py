@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import builtins
 import select
 import socket
 import struct
 import time
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +94,10 @@ class Client(Methods):
         return answer_result(self._read(), req_id)
 
     def wait(
-        self, task_ids: list[str | int], statuses: list[str] | None = None, timeout: float | None = None
+        self,
+        task_ids: Sequence[str | int],
+        statuses: builtins.list[str] | None = None,
+        timeout: float | None = None,
     ) -> Any:
         """A wait on more tasks than one answer may carry is asked part after part: first where each
         part stands now (a task that does not exist is refused at once), then a wait on each part
@@ -108,11 +113,13 @@ class Client(Methods):
             answers.append(self._wait_part(part, statuses, left) if seen["timed_out"] else seen)
         return joined_waits(answers)
 
-    def _wait_part(self, task_ids: list[str | int], statuses: list[str] | None, timeout: float | None) -> Any:
+    def _wait_part(
+        self, task_ids: Sequence[str | int], statuses: builtins.list[str] | None, timeout: float | None
+    ) -> Any:
         """One wait; if its answer would not fit in a frame (tasks with large data), waits on parts
         as large as the daemon says fit (half as large where it cannot say), one after another."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        answers = []
+        answers: list[Any] = []
         done, size = 0, len(task_ids)
         while done < len(task_ids) or not answers:
             part = task_ids[done : done + size]
@@ -128,7 +135,7 @@ class Client(Methods):
 
     def list(
         self,
-        status: str | list[str] | None = None,
+        status: str | builtins.list[str] | None = None,
         task_type: str | None = None,
         limit: int = 100,
         offset: int = 0,
@@ -203,7 +210,9 @@ class Client(Methods):
                 raise Unavailable("msearchd closed the connection in the middle of an answer") from None
             raise
 
-    def events(self, task_ids: list[str | int] | None = None, types: list[str] | None = None) -> EventStream:
+    def events(
+        self, task_ids: Sequence[str | int] | None = None, types: builtins.list[str] | None = None
+    ) -> EventStream:
         """Subscribe on a connection of its own. The subscription is live when this returns: iterate the
         stream for events until the daemon ends it, and close it to stop early."""
         stream = Client(self.path)

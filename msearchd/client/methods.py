@@ -3,7 +3,8 @@ asyncio client."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import builtins
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from msearchd.errors import TooLarge
@@ -50,7 +51,7 @@ class Methods:
         data: Mapping[str, Any] | None = None,
         *,
         priority: int | None = None,
-        depends_on: list[str | int] | None = None,
+        depends_on: Sequence[str | int] | None = None,
         key: str | None = None,
         on_conflict: str = "keep",
         running: bool = False,
@@ -76,7 +77,7 @@ class Methods:
             **extra,
         )
 
-    def submit_many(self, tasks: list[dict[str, Any]]) -> Any:
+    def submit_many(self, tasks: builtins.list[dict[str, Any]]) -> Any:
         return self.call("submit_many", tasks=tasks)
 
     def get(self, task_id: str | int) -> Any:
@@ -84,7 +85,7 @@ class Methods:
 
     def list(
         self,
-        status: str | list[str] | None = None,
+        status: str | builtins.list[str] | None = None,
         task_type: str | None = None,
         limit: int = 100,
         offset: int = 0,
@@ -92,7 +93,7 @@ class Methods:
     ) -> Any:
         return self.call("list", status=status, type=task_type, limit=limit, offset=offset, order=order)
 
-    def count(self, status: str | list[str] | None = None, task_type: str | None = None) -> Any:
+    def count(self, status: str | builtins.list[str] | None = None, task_type: str | None = None) -> Any:
         return self.call("count", status=status, type=task_type)
 
     def stats(self) -> Any:
@@ -113,14 +114,14 @@ class Methods:
     def retry(self, task_id: str | int) -> Any:
         return self.call("retry", task_id=task_id)
 
-    def retry_many(self, task_ids: list[str | int]) -> Any:
+    def retry_many(self, task_ids: Sequence[str | int]) -> Any:
         """Retry a selection in one request: {results: [{task_id, success, ...}], succeeded, failed}."""
         return self.call("retry", task_ids=list(task_ids))
 
-    def cancel_many(self, task_ids: list[str | int], running: bool = False) -> Any:
+    def cancel_many(self, task_ids: Sequence[str | int], running: bool = False) -> Any:
         return self.call("cancel", task_ids=list(task_ids), running=running)
 
-    def set_priority_many(self, task_ids: list[str | int], priority: int) -> Any:
+    def set_priority_many(self, task_ids: Sequence[str | int], priority: int) -> Any:
         return self.call("set_priority", task_ids=list(task_ids), priority=priority)
 
     def dependents(self, task_id: str | int) -> Any:
@@ -142,20 +143,23 @@ class Methods:
     def retry_selected(self, select: dict[str, Any], **run: Any) -> Any:
         return self.call("retry_selected", select=select, **run)
 
-    def pause(self, types: list[str] | None = None) -> Any:
+    def pause(self, types: builtins.list[str] | None = None) -> Any:
         return self.call("pause", types=types)
 
-    def resume(self, types: list[str] | None = None) -> Any:
+    def resume(self, types: builtins.list[str] | None = None) -> Any:
         return self.call("resume", types=types)
 
-    def drain(self, types: list[str] | None = None, timeout: float | None = None) -> Any:
+    def drain(self, types: builtins.list[str] | None = None, timeout: float | None = None) -> Any:
         return self.call("drain", types=types, timeout=timeout)
 
     def queue(self) -> Any:
         return self.call("queue")
 
     def wait(
-        self, task_ids: list[str | int], statuses: list[str] | None = None, timeout: float | None = None
+        self,
+        task_ids: Sequence[str | int],
+        statuses: builtins.list[str] | None = None,
+        timeout: float | None = None,
     ) -> Any:
         return self.call("wait", task_ids=list(task_ids), statuses=statuses, timeout=timeout)
 

@@ -9,6 +9,7 @@ implementations, nowhere else.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
@@ -87,14 +88,14 @@ class TaskStore(Protocol):
         """What `get` reads, in its public shape (`rows.row_to_wire`: `log_path` None, `host` with a
         shared store): a request that answers with the task it changes needs no `Task`."""
 
-    def get_many(self, ids: Sequence[int], max_bytes: int | None = None) -> list[Task]:
+    def get_many(self, ids: Sequence[int], max_bytes: int | None = None) -> builtins.list[Task]:
         """The tasks of `ids` that exist, in any order; any number of ids. With `max_bytes`, TooLarge
         once their data and results come to more (see `rows.rows_to_tasks`)."""
 
     def statuses(self, ids: Iterable[int]) -> dict[int, TaskStatus]:
         """The status of each task of `ids` that exists, without reading whole tasks; any number of ids."""
 
-    def reached(self, ids: Sequence[int], statuses: Collection[TaskStatus]) -> tuple[int, list[int]]:
+    def reached(self, ids: Sequence[int], statuses: Collection[TaskStatus]) -> tuple[int, builtins.list[int]]:
         """How many of `ids` (each named once) exist, and those of them in one of `statuses`: what a
         wait needs to know first, with no row read out for a task still on its way; any number of ids."""
 
@@ -106,28 +107,30 @@ class TaskStore(Protocol):
         offset: int = 0,
         newest_first: bool = False,
         max_bytes: int | None = None,
-    ) -> list[Task]:
+    ) -> builtins.list[Task]:
         """Tasks in id order (newest_first: descending), a page of them; a deep page must cost no more
         than the ids before it. With `max_bytes`, as for `get_many`."""
 
     def count(self, statuses: Sequence[str] | None = None, task_type: str | None = None) -> int:
         """How many tasks `list` would return with no limit."""
 
-    def counts(self) -> list[tuple[str, str, int]]:
+    def counts(self) -> builtins.list[tuple[str, str, int]]:
         """(type, status, count) for every pair present."""
 
     def dependents(
         self, task_id: int, statuses: Sequence[str] = ..., after: int = 0, limit: int = -1
-    ) -> list[int]:
+    ) -> builtins.list[int]:
         """Dependents of `task_id` in these statuses with ids above `after`, in id order; limit < 0: all."""
 
-    def with_dependents(self, ids: Sequence[int]) -> list[int]:
+    def with_dependents(self, ids: Sequence[int]) -> builtins.list[int]:
         """Those of `ids` that some waiting task depends on: the only ones a cascade needs to visit."""
 
-    def dependency_statuses(self, task_id: int) -> list[tuple[int, TaskStatus]]:
+    def dependency_statuses(self, task_id: int) -> builtins.list[tuple[int, TaskStatus]]:
         """(id, status) of each task `task_id` depends on."""
 
-    def failed_not_retried(self, task_type: str | None, after: int, up_to: int, limit: int) -> list[int]:
+    def failed_not_retried(
+        self, task_type: str | None, after: int, up_to: int, limit: int
+    ) -> builtins.list[int]:
         """Up to `limit` failed tasks not yet retried with ids in (after, up_to], in id order."""
 
     def cancel_requested(self, task_id: int) -> bool:
@@ -153,7 +156,7 @@ class TaskStore(Protocol):
         specs: Sequence[dict[str, Any]],
         created_at: float,
         submitter: tuple[int | None, int | None] = (None, None),
-    ) -> list[int]:
+    ) -> builtins.list[int]:
         """Insert many tasks (each spec as the keywords of `insert`) with one statement; returns their ids."""
 
     def insert_rows(
@@ -162,7 +165,7 @@ class TaskStore(Protocol):
         depends_on: Sequence[tuple[int, Sequence[int]]],
         created_at: float,
         submitter: tuple[int | None, int | None] = (None, None),
-    ) -> list[int]:
+    ) -> builtins.list[int]:
         """Insert tasks given as rows (`NewRow`), with the dependencies of some as (index in `rows`,
         ids), all or none; returns their ids in the order of the rows. What a caller that checks
         many tasks makes in one pass, instead of a spec each (see `insert_many`)."""
@@ -184,10 +187,10 @@ class TaskStore(Protocol):
     def claim_next(self, exclude_types: Sequence[str], now: float, worker_pid: int) -> Task | None:
         """Claim the first pending task by (priority, id) of a type not excluded: running, attempts + 1."""
 
-    def next_pending(self, limit: int) -> list[tuple[int, str]]:
+    def next_pending(self, limit: int) -> builtins.list[tuple[int, str]]:
         """(id, type) of the first `limit` pending tasks, in queue order."""
 
-    def claim_ids(self, ids: Sequence[int], worker_pid: int) -> list[Task]:
+    def claim_ids(self, ids: Sequence[int], worker_pid: int) -> builtins.list[Task]:
         """Claim those of `ids` still pending for a worker, `started_at` left empty; in queue order."""
 
     def mark_started(self, task_id: int, started_at: float) -> None:
@@ -199,7 +202,7 @@ class TaskStore(Protocol):
     def unlease(self, ids: Sequence[int]) -> None:
         """Put running tasks that never started back in the queue, as if they had not been claimed."""
 
-    def cancel_waiting(self, ids: Sequence[int], now: float, error: str | None = None) -> list[int]:
+    def cancel_waiting(self, ids: Sequence[int], now: float, error: str | None = None) -> builtins.list[int]:
         """Cancel those of `ids` still pending or blocked; returns the ones it cancelled."""
 
     def cancel_one(
@@ -211,7 +214,7 @@ class TaskStore(Protocol):
     def max_id(self) -> int:
         """The highest task id given so far (0 with none): ids only grow, never reused."""
 
-    def replace_dependency(self, old: int, new: int, limit: int = ...) -> list[int]:
+    def replace_dependency(self, old: int, new: int, limit: int = ...) -> builtins.list[int]:
         """Point up to `limit` waiting dependents of `old` at `new`, first by id; returns them."""
 
     def add_events(
@@ -227,25 +230,25 @@ class TaskStore(Protocol):
     def delete_events(self, ids: Sequence[int]) -> None:
         """Remove history rows (bulk requests done with) by row id."""
 
-    def bulk_requests(self, event: str) -> list[tuple[int, dict[str, Any]]]:
+    def bulk_requests(self, event: str) -> builtins.list[tuple[int, dict[str, Any]]]:
         """(row id, detail) of the requests about many tasks recorded as `event`, oldest first."""
 
-    def events(self, task_id: int) -> list[dict[str, Any]]:
+    def events(self, task_id: int) -> builtins.list[dict[str, Any]]:
         """A task's recorded requests, the bulk request that cancelled it among them."""
 
     def submitter(self, task_id: int) -> tuple[int | None, int | None]:
         """The uid and pid of the client that submitted the task, if one did."""
 
-    def prunable(self, finished_before: float, keep: int, limit: int) -> list[int]:
+    def prunable(self, finished_before: float, keep: int, limit: int) -> builtins.list[int]:
         """Up to `limit` finished tasks, oldest first, past age or count, nothing unfinished refers to."""
 
-    def stale_bulk_requests(self, before: float, keep: Sequence[str]) -> list[int]:
+    def stale_bulk_requests(self, before: float, keep: Sequence[str]) -> builtins.list[int]:
         """Bulk requests older than `before` that no task points at, but those recorded as one of `keep`."""
 
-    def prune(self, ids: Sequence[int]) -> list[int]:
+    def prune(self, ids: Sequence[int]) -> builtins.list[int]:
         """Remove those of `ids` still prunable, with dependencies and events; returns the ones removed."""
 
-    def running(self) -> list[Task]:
+    def running(self) -> builtins.list[Task]:
         """Every task in status running, leased but not started ones among them."""
 
     def save_progress(self, updates: Iterable[tuple[int, float, str | None]]) -> None:
@@ -270,11 +273,11 @@ class TaskStore(Protocol):
         *,
         with_data: bool = False,
         not_retried: bool = False,
-    ) -> list[tuple[int, str, str, int, dict[str, Any] | None]]:
+    ) -> builtins.list[tuple[int, str, str, int, dict[str, Any] | None]]:
         """(id, type, status, priority, data) of the tasks with ids in (after, up_to] in these statuses
         that the selection's fields but `where` select, in id order; data only with `with_data`."""
 
-    def cancel_for_request(self, ids: Sequence[int], now: float, request: int) -> list[int]:
+    def cancel_for_request(self, ids: Sequence[int], now: float, request: int) -> builtins.list[int]:
         """Cancel those of `ids` still waiting, for the bulk request `request`; returns them, sorted."""
 
     def cancel_window(
@@ -288,7 +291,7 @@ class TaskStore(Protocol):
         request: int,
         *,
         ids: bool = True,
-    ) -> tuple[int, list[int], int]:
+    ) -> tuple[int, builtins.list[int], int]:
         """Cancel, for the bulk request `request`, the first `limit` by id of the waiting tasks with ids in
         (after, up_to] in these statuses that the selection's fields but `where` select: what
         `select_window` and `cancel_for_request` do, without reading the rows out. Returns how many it
@@ -296,23 +299,25 @@ class TaskStore(Protocol):
         them out is a tenth of its cost), and the last id it went through: `up_to`, or the
         `limit`-th task's."""
 
-    def cancelled_with_dependents(self, request: int, after: int, up_to: int) -> list[int]:
+    def cancelled_with_dependents(self, request: int, after: int, up_to: int) -> builtins.list[int]:
         """`with_dependents` of the tasks with ids in (after, up_to] that the bulk request `request`
         cancelled, sorted: found from the dependencies, without the ids of what it cancelled."""
 
-    def reprioritize(self, ids: Sequence[int], priority: int) -> list[tuple[int, int]]:
+    def reprioritize(self, ids: Sequence[int], priority: int) -> builtins.list[tuple[int, int]]:
         """Give those of `ids` still waiting this priority; (id, old priority) of those it changed."""
 
-    def pauses(self) -> list[tuple[str, float, int | None, int | None]]:
+    def pauses(self) -> builtins.list[tuple[str, float, int | None, int | None]]:
         """(type, since, uid, pid) of each paused type, by type; '*' is the whole queue."""
 
-    def add_pauses(self, types: Sequence[str], time: float, uid: int | None, pid: int | None) -> list[str]:
+    def add_pauses(
+        self, types: Sequence[str], time: float, uid: int | None, pid: int | None
+    ) -> builtins.list[str]:
         """Pause these types; returns those not paused before (the others keep who paused them)."""
 
-    def remove_pauses(self, types: Sequence[str] | None) -> list[str]:
+    def remove_pauses(self, types: Sequence[str] | None) -> builtins.list[str]:
         """Resume these types (all, when None); returns those that were paused, sorted."""
 
-    def queue_requests(self, events: Sequence[str], limit: int) -> list[dict[str, Any]]:
+    def queue_requests(self, events: Sequence[str], limit: int) -> builtins.list[dict[str, Any]]:
         """The latest `limit` requests about the whole queue recorded as one of `events`, oldest first."""
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Collection, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +29,7 @@ class Queries(Connection):
         row = self._run(f"SELECT {COLUMNS} FROM tasks WHERE id = %s", (task_id,)).fetchone()
         return row_to_wire(row, shared=True) if row else None
 
-    def get_many(self, ids: Sequence[int], max_bytes: int | None = None) -> list[Task]:
+    def get_many(self, ids: Sequence[int], max_bytes: int | None = None) -> builtins.list[Task]:
         if not ids:
             return []
         return self._tasks(f"SELECT {COLUMNS} FROM tasks WHERE id = ANY(%s)", (list(ids),), max_bytes)
@@ -37,7 +38,7 @@ class Queries(Connection):
         rows = self._run("SELECT id, status FROM tasks WHERE id = ANY(%s)", (list(ids),))
         return {i: STATUS_BY_NAME[s] for i, s in rows}
 
-    def reached(self, ids: Sequence[int], statuses: Collection[TaskStatus]) -> tuple[int, list[int]]:
+    def reached(self, ids: Sequence[int], statuses: Collection[TaskStatus]) -> tuple[int, builtins.list[int]]:
         found, listed = self._run(
             "SELECT count(*), coalesce(array_agg(id) FILTER (WHERE status = ANY(%s)), '{}') "
             "FROM tasks WHERE id = ANY(%s)",
@@ -53,7 +54,7 @@ class Queries(Connection):
         offset: int = 0,
         newest_first: bool = False,
         max_bytes: int | None = None,
-    ) -> list[Task]:
+    ) -> builtins.list[Task]:
         """Tasks in id order (newest_first: descending)."""
         where, args = filters(POSTGRES, statuses, task_type)
         direction = "DESC" if newest_first else ""
@@ -67,7 +68,7 @@ class Queries(Connection):
         where, args = filters(POSTGRES, statuses, task_type)
         return int(self._run(f"SELECT count(*) FROM tasks{where}", args).fetchone()[0])  # type: ignore[index]
 
-    def counts(self) -> list[tuple[str, str, int]]:
+    def counts(self) -> builtins.list[tuple[str, str, int]]:
         """(type, status, count) for every pair present."""
         return [
             (t, s, int(n)) for t, s, n in self._run("SELECT type, status, count(*) FROM tasks GROUP BY 1, 2")
@@ -75,7 +76,7 @@ class Queries(Connection):
 
     def dependents(
         self, task_id: int, statuses: Sequence[str] = WAITING, after: int = 0, limit: int = -1
-    ) -> list[int]:
+    ) -> builtins.list[int]:
         """Dependents of `task_id` in these statuses with ids above `after`, in id order; at most
         `limit` of them (no bound when negative)."""
         rows = self._run(
@@ -85,7 +86,7 @@ class Queries(Connection):
         )
         return [r[0] for r in rows]
 
-    def with_dependents(self, ids: Sequence[int]) -> list[int]:
+    def with_dependents(self, ids: Sequence[int]) -> builtins.list[int]:
         """Those of `ids` that some waiting task depends on: the only ones a cascade needs to visit."""
         if not ids:
             return []
@@ -96,14 +97,16 @@ class Queries(Connection):
         )
         return [r[0] for r in rows]
 
-    def dependency_statuses(self, task_id: int) -> list[tuple[int, TaskStatus]]:
+    def dependency_statuses(self, task_id: int) -> builtins.list[tuple[int, TaskStatus]]:
         rows = self._run(
             "SELECT t.id, t.status FROM deps d JOIN tasks t ON t.id = d.depends_on WHERE d.task_id = %s",
             (task_id,),
         )
         return [(i, STATUS_BY_NAME[s]) for i, s in rows]
 
-    def failed_not_retried(self, task_type: str | None, after: int, up_to: int, limit: int) -> list[int]:
+    def failed_not_retried(
+        self, task_type: str | None, after: int, up_to: int, limit: int
+    ) -> builtins.list[int]:
         """Up to `limit` failed tasks not yet retried with ids in (after, up_to], in id order."""
         type_clause = " AND type = %s" if task_type is not None else ""
         args: list[Any] = [after, up_to] + ([task_type] if task_type is not None else []) + [limit]
@@ -121,11 +124,11 @@ class Queries(Connection):
     def max_id(self) -> int:
         return int(self._run("SELECT coalesce(max(id), 0) FROM tasks").fetchone()[0])  # type: ignore[index]
 
-    def running(self) -> list[Task]:
+    def running(self) -> builtins.list[Task]:
         """Every running task, on every daemon."""
         return self._tasks(f"SELECT {COLUMNS} FROM tasks WHERE status = 'running' ORDER BY id")
 
-    def bulk_requests(self, event: str) -> list[tuple[int, dict[str, Any]]]:
+    def bulk_requests(self, event: str) -> builtins.list[tuple[int, dict[str, Any]]]:
         """(row id, detail) of the requests about many tasks recorded as `event`, oldest first: of
         every daemon."""
         rows = self._run(
@@ -133,7 +136,7 @@ class Queries(Connection):
         )
         return [(i, detail(d)) for i, d in rows]
 
-    def events(self, task_id: int) -> list[dict[str, Any]]:
+    def events(self, task_id: int) -> builtins.list[dict[str, Any]]:
         """A task's recorded requests, the bulk request that cancelled it among them."""
         rows = self._run(
             "SELECT time, event, detail, uid, pid FROM task_events WHERE task_id = %s "

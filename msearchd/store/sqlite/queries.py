@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import heapq
 import itertools
 from collections.abc import Collection, Iterable, Sequence
@@ -38,7 +39,7 @@ class Queries(Connection):
         row = self._db.execute(_GET, (task_id,)).fetchone()
         return row_to_wire(row) if row else None
 
-    def get_many(self, ids: Sequence[int], max_bytes: int | None = None) -> list[Task]:
+    def get_many(self, ids: Sequence[int], max_bytes: int | None = None) -> builtins.list[Task]:
         parts = (list(ids[start : start + CHUNK]) for start in range(0, len(ids), CHUNK))
         rows = itertools.chain.from_iterable(
             self._db.execute(f"SELECT {COLUMNS} FROM tasks WHERE id IN ({marks(len(part))})", part)
@@ -55,7 +56,7 @@ class Queries(Connection):
             out.update((i, STATUS_BY_NAME[s]) for i, s in rows)
         return out
 
-    def reached(self, ids: Sequence[int], statuses: Collection[TaskStatus]) -> tuple[int, list[int]]:
+    def reached(self, ids: Sequence[int], statuses: Collection[TaskStatus]) -> tuple[int, builtins.list[int]]:
         names = [s.value for s in statuses]
         found, out = 0, []
         for start in range(0, len(ids), CHUNK):
@@ -78,7 +79,7 @@ class Queries(Connection):
         offset: int = 0,
         newest_first: bool = False,
         max_bytes: int | None = None,
-    ) -> list[Task]:
+    ) -> builtins.list[Task]:
         """Tasks in id order (newest_first: descending). Several statuses are read one index range
         each, their ids merged as they come, and only the tasks of the page are read whole: a deep page
         costs ids, not rows. A type alone is read that way too, over every status: its index is in id
@@ -113,13 +114,13 @@ class Queries(Connection):
         where, args = filters(SQLITE, statuses, task_type)
         return self._db.execute(f"SELECT count(*) FROM tasks{where}", args).fetchone()[0]
 
-    def counts(self) -> list[tuple[str, str, int]]:
+    def counts(self) -> builtins.list[tuple[str, str, int]]:
         """(type, status, count) for every pair present."""
         return self._db.execute("SELECT type, status, count(*) FROM tasks GROUP BY status, type").fetchall()
 
     def dependents(
         self, task_id: int, statuses: Sequence[str] = WAITING, after: int = 0, limit: int = -1
-    ) -> list[int]:
+    ) -> builtins.list[int]:
         """Dependents of `task_id` in these statuses, in id order: those with ids above `after`, at
         most `limit` of them (no bound when negative)."""
         rows = self._db.execute(
@@ -130,7 +131,7 @@ class Queries(Connection):
         )
         return [r[0] for r in rows]
 
-    def with_dependents(self, ids: Sequence[int]) -> list[int]:
+    def with_dependents(self, ids: Sequence[int]) -> builtins.list[int]:
         """Those of `ids` that some waiting task depends on: the only ones a cascade needs to visit."""
         if len(ids) == 1:  # every cancel of one task asks: its statement is built once
             return [r[0] for r in self._db.execute(_ONE_WITH_DEPENDENTS, (ids[0],))]
@@ -141,14 +142,16 @@ class Queries(Connection):
             out += [r[0] for r in rows]
         return sorted(out)
 
-    def dependency_statuses(self, task_id: int) -> list[tuple[int, TaskStatus]]:
+    def dependency_statuses(self, task_id: int) -> builtins.list[tuple[int, TaskStatus]]:
         rows = self._db.execute(
             "SELECT t.id, t.status FROM deps d JOIN tasks t ON t.id = d.depends_on WHERE d.task_id = ?",
             (task_id,),
         )
         return [(i, TaskStatus(s)) for i, s in rows]
 
-    def failed_not_retried(self, task_type: str | None, after: int, up_to: int, limit: int) -> list[int]:
+    def failed_not_retried(
+        self, task_type: str | None, after: int, up_to: int, limit: int
+    ) -> builtins.list[int]:
         """Up to `limit` failed tasks not yet retried with ids in (after, up_to], in id order."""
         type_clause = " AND type = ?" if task_type is not None else ""
         args: list[Any] = [after, up_to] + ([task_type] if task_type is not None else []) + [limit]
@@ -167,17 +170,17 @@ class Queries(Connection):
         row = self._db.execute("SELECT max(id) FROM tasks").fetchone()
         return row[0] or 0
 
-    def running(self) -> list[Task]:
+    def running(self) -> builtins.list[Task]:
         return self._tasks(f"SELECT {COLUMNS} FROM tasks WHERE status = 'running' ORDER BY id")
 
-    def bulk_requests(self, event: str) -> list[tuple[int, dict[str, Any]]]:
+    def bulk_requests(self, event: str) -> builtins.list[tuple[int, dict[str, Any]]]:
         """(row id, detail) of the requests about many tasks recorded as `event`, oldest first."""
         rows = self._db.execute(
             "SELECT id, detail FROM task_events WHERE task_id IS NULL AND event = ? ORDER BY id", (event,)
         )
         return [(i, detail(d)) for i, d in rows]
 
-    def events(self, task_id: int) -> list[dict[str, Any]]:
+    def events(self, task_id: int) -> builtins.list[dict[str, Any]]:
         """A task's recorded requests, the bulk request that cancelled it among them."""
         rows = self._db.execute(
             "SELECT time, event, detail, uid, pid FROM task_events WHERE task_id = ? "
