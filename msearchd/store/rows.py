@@ -8,6 +8,7 @@ database aggregates them), the daemon that runs it, whether its run left a log, 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from msgpack import unpackb
@@ -187,13 +188,7 @@ def spec_row(spec: dict[str, Any], created_at: float, uid: int | None, pid: int 
     return (*new_row(spec), spec.get("retry_of"), created_at, uid, pid)
 
 
-if TYPE_CHECKING:
-    from msearchd.store import TaskStore  # `insert_rows`
-else:
-    TaskStore = object  # each store puts its own `insert_rows` among its bases
-
-
-class SpecInserts(TaskStore):
+class SpecInserts:
     """`insert` over a store's `_insert_row` and `_insert_deps`, `insert_many` over its `insert_rows`:
     the specs made rows."""
 
@@ -204,6 +199,14 @@ class SpecInserts(TaskStore):
         def _begin_group(self) -> None: ...
         def _insert_row(self, row: tuple[Any, ...]) -> int: ...
         def _insert_deps(self, pairs: list[tuple[int, int]]) -> None: ...
+        def transaction(self) -> AbstractContextManager[None]: ...
+        def insert_rows(  # each store puts its own among its bases
+            self,
+            rows: Sequence[NewRow],
+            depends_on: Sequence[tuple[int, Sequence[int]]],
+            created_at: float,
+            submitter: tuple[int | None, int | None] = ...,
+        ) -> list[int]: ...
 
     def insert(
         self,

@@ -9,17 +9,23 @@ from msearchd.protocol import pack
 from msearchd.store.postgres.connection import CHUNK
 
 if TYPE_CHECKING:
-    from msearchd.store.postgres.queries import Queries  # `dependents`, and the connection under it
+    from msearchd.store.postgres.connection import Connection
 else:
-    Queries = object  # PgStore puts the real ones among its bases
+    Connection = object  # PgStore puts the real one last among its bases
 
 INSERT_EVENT = (
     "INSERT INTO task_events (task_id, time, event, detail, uid, pid) VALUES (%s, %s, %s, %s, %s, %s)"
 )
 
 
-class Cancels(Queries):
+class Cancels(Connection):
     """Cancelling waiting tasks, one by one or in bulk, and recording who asked."""
+
+    if TYPE_CHECKING:
+
+        def dependents(  # see Queries
+            self, task_id: int, statuses: Sequence[str] = ..., after: int = 0, limit: int = -1
+        ) -> list[int]: ...
 
     def cancel_one(
         self, task_id: int, requested_at: float, now: float, by: str, uid: int | None, pid: int | None
