@@ -124,6 +124,7 @@ class Cancelling(ServiceCore):
         with _answer_of(self._cancel_replies, task.id) as reply:
             with self.store.transaction():
                 self.store.update(task.id, cancel_requested=1)
+        assert self.store.shared  # the task runs on another daemon of the store
                 self._record([task.id], "cancel_requested", by=by, running=True)
                 self._notify(CANCEL_CHANNEL, {"task_id": task.id, "by": by})
             self._publish("cancel_requested", task)
@@ -337,6 +338,7 @@ class Cancelling(ServiceCore):
         except Unavailable as exc:
             log.warning("%s; the hold on starts ends with the next heartbeat", exc.message)
         self._notify(CANCEL_CHANNEL, {"released": holds})
+        assert self.store.shared  # the only store that holds starts
 
     def _stopped_meanwhile(self, done: str) -> None:
         """Between two chunks of a bulk request: end it if the daemon is stopping, saying how far it got."""

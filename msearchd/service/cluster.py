@@ -9,7 +9,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import msgpack
 
@@ -60,6 +60,7 @@ class Clustering(ServiceCore):
     def _share_limits(self) -> None:
         """Make this daemon's `cluster_type_limits`, if its settings have some, those of every daemon:
         the store holds them, so that all count against the same number."""
+        assert self.store.shared  # see recover
         limits = self.settings.cluster_type_limits
         if limits is None:
             return
@@ -95,6 +96,7 @@ class Clustering(ServiceCore):
             await asyncio.sleep(HEARTBEAT_INTERVAL)
 
     async def _beat(self) -> None:
+        assert self.store.shared  # see run_cluster
         pool = self.pool
         late = time.monotonic() - self._last_beat
         if late > FENCE_AFTER:  # the loop stalled: the others may be about to take this daemon for dead
@@ -132,6 +134,7 @@ class Clustering(ServiceCore):
 
     async def _listen(self) -> None:
         """What the other daemons notify, on a connection of its own that comes back when lost."""
+        assert self.store.shared  # see run_cluster
         while not self._stopping:
             try:
                 channels = [EVENTS_CHANNEL, CANCEL_CHANNEL, WORK_CHANNEL, QUEUE_CHANNEL]
@@ -156,6 +159,7 @@ class Clustering(ServiceCore):
         self.wake()
 
     def _heard(self, channel: str, message: dict[str, Any]) -> None:
+        assert self.store.shared  # see _listen
         if channel == CANCEL_CHANNEL:
             if "released" in message:  # a bulk cancel is over: tasks it held back may start
                 self.wake()
@@ -170,7 +174,7 @@ class Clustering(ServiceCore):
                     if not answer.done():
                         answer.set_result(message["cancelled_dependents"])
                 return
-            task_id = message.get("task_id", message.get("take_back"))
+            task_id = cast(int, message.get("task_id", message.get("take_back")))  # a cancel names its task
             if self.store.host_of(task_id) != self.store.daemon_id:
                 return  # another daemon's task, or one that is no daemon's any more
             if "take_back" in message:

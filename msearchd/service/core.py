@@ -29,7 +29,7 @@ from msearchd.scheduler import Scheduler
 from msearchd.service.dispatch import Durations
 from msearchd.service.fanout import FANOUT_EVENT, Fanned
 from msearchd.service.wait import Subscription, WaitCall
-from msearchd.store import WAITING, TaskStore
+from msearchd.store import WAITING, LocalTaskStore, SharedTaskStore
 from msearchd.workers import Outcome, WorkerPool
 
 # Who asked for the operation under way, (uid, pid), as the transport saw it; recorded in task histories.
@@ -52,7 +52,12 @@ QUEUE_CHANNEL = "msearch_queue"
 class ServiceCore:
     """The state every operation shares, and publishing changes to waiters and subscribers."""
 
-    def __init__(self, store: TaskStore, settings: Settings, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: LocalTaskStore | SharedTaskStore,
+        settings: Settings,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.store = store
         self.settings = settings
         self.clock = clock
@@ -163,8 +168,7 @@ class ServiceCore:
     ) -> None:
         """`_publish` of a task known by its id, type and new status."""
         payload = None
-        shared = self.store.shared
-        if self._subscriptions or shared:
+        if self._subscriptions or self.store.shared:
             payload = {
                 "event": event,
                 "task_id": format_task_id(task_id),
@@ -176,7 +180,7 @@ class ServiceCore:
             }
         if deliver and (payload is not None or task_id in self._waiters):
             self.store.after_commit(lambda: self._deliver(task_id, status, payload))
-        if shared and notify:  # the other daemons hear of it when it commits, as this one does
+        if self.store.shared and notify:  # the other daemons hear of it when it commits, as this one does
             message = {"from": self.store.daemon_id, **(payload or {})}
             if isinstance(message.get("error"), str):
                 message["error"] = message["error"][:NOTIFIED_ERROR_MAX]
@@ -186,6 +190,7 @@ class ServiceCore:
 
     def _tell_work(self) -> None:
         """Wake the other daemons' dispatchers: once per transaction, however many tasks it changed."""
+        assert self.store.shared  # see _announce
         if self.store.transaction_open():
             if self._work_told == self.store.begun:
                 return
@@ -222,6 +227,7 @@ class ServiceCore:
         return bool(self._subscriptions or self._waiters) or self.store.shared
 
     def _notify(self, channel: str, message: dict[str, Any]) -> None:
+        assert self.store.shared  # only a shared store has other daemons to tell
         try:
             self.store.notify(channel, pack(message))
         except Unavailable:

@@ -54,6 +54,7 @@ class Recovering(ServiceCore):
         self.wake()
 
     def _take_over(self, daemons: Iterable[str], why: str) -> None:
+        assert self.store.shared  # only daemons sharing a store take over from each other
         for daemon_id in daemons:
             tasks = self.store.adopt(daemon_id)
             if tasks:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import builtins
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from msearchd.model import Task, TaskStatus
 from msearchd.selection import Selection
@@ -33,6 +33,7 @@ __all__ = [
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "WAITING",
+    "LocalTaskStore",
     "NewRow",
     "SharedTaskStore",
     "Store",
@@ -54,8 +55,9 @@ class TaskStore(Protocol):
     begun: int
     """Transactions begun so far: two units of work with the same value shared a transaction."""
 
-    shared: bool
-    """Whether other daemons use the store too: then it is also a `SharedTaskStore`."""
+    @property
+    def shared(self) -> bool:
+        """Whether other daemons use the store too: a `SharedTaskStore` then, else a `LocalTaskStore`."""
 
     def close(self) -> None:
         """Release the store; nothing is called on it after."""
@@ -321,9 +323,19 @@ class TaskStore(Protocol):
         """The latest `limit` requests about the whole queue recorded as one of `events`, oldest first."""
 
 
+class LocalTaskStore(TaskStore, Protocol):
+    """A store only this daemon uses (SQLite)."""
+
+    @property
+    def shared(self) -> Literal[False]: ...
+
+
 class SharedTaskStore(TaskStore, Protocol):
     """A store several daemons share (PostgreSQL): what the service asks of it on top, only where
     `shared` is true. A running task belongs to the daemon that claimed it (its `host`)."""
+
+    @property
+    def shared(self) -> Literal[True]: ...
 
     daemon_id: str
     """This daemon among those of the store: HOSTNAME:PID."""

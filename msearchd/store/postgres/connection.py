@@ -11,7 +11,7 @@ import os
 import socket
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -71,7 +71,7 @@ class Connection(Transactions):
     """A database shared by several daemons, over one pooled connection at a time. Not thread-safe:
     the loop owns it."""
 
-    shared = True
+    shared: Literal[True] = True
 
     def __init__(self, url: str, state_dir: str = "", daemon_id: str | None = None) -> None:
         self.url = url

@@ -12,7 +12,7 @@ import os
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from msearchd.errors import Unavailable
 from msearchd.model import Task
@@ -78,7 +78,7 @@ def _make_private(path: Path) -> None:
 class Connection(Transactions):
     """One SQLite file over one connection. Not thread-safe: the daemon's loop owns it."""
 
-    shared = False  # only this daemon writes it (see postgres.PgStore)
+    shared: Literal[False] = False  # only this daemon writes it (see postgres.PgStore)
 
     def __init__(self, path: Path | str) -> None:
         self.path = str(path)
