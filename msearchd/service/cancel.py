@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from msearchd.errors import InvalidState, Unavailable
+from msearchd.errors import InvalidState, MsearchError, Unavailable
 from msearchd.model import (
     TERMINAL,
     StopReason,
@@ -79,7 +79,12 @@ class Cancelling(ServiceCore):
         @contextmanager
         def _settling(self) -> Iterator[None]: ...
         async def _cancel_selection(
-            self, selection: Selection, newest: int, running: bool, detail: dict[str, Any]
+            self,
+            selection: Selection,
+            newest: int,
+            running: bool,
+            detail: dict[str, Any],
+            outcomes: dict[int, MsearchError | None] | None = None,
         ) -> dict[str, Any]: ...
 
     async def _stop_running(self, task: Task, by: str, asked_elsewhere: bool = False) -> tuple[Outcome, int]:
@@ -119,12 +124,12 @@ class Cancelling(ServiceCore):
     async def _stop_elsewhere(self, task: Task, by: str) -> tuple[Outcome, int]:
         """Ask the daemon that runs the task to stop it, and wait for its answer: within the grace
         period and a second, or the answer says that daemon did not stop it."""
+        assert self.store.shared  # the task runs on another daemon of the store
         ref = format_task_id(task.id)
         cascaded = 0
         with _answer_of(self._cancel_replies, task.id) as reply:
             with self.store.transaction():
                 self.store.update(task.id, cancel_requested=1)
-        assert self.store.shared  # the task runs on another daemon of the store
                 self._record([task.id], "cancel_requested", by=by, running=True)
                 self._notify(CANCEL_CHANNEL, {"task_id": task.id, "by": by})
             self._publish("cancel_requested", task)
@@ -333,12 +338,12 @@ class Cancelling(ServiceCore):
 
     def _release_starts(self, holds: list[int]) -> None:
         """End holds on starts, and tell the other daemons: they may have passed over tasks for them."""
+        assert self.store.shared  # the only store that holds starts
         try:
             self.store.release_starts(holds)
         except Unavailable as exc:
             log.warning("%s; the hold on starts ends with the next heartbeat", exc.message)
         self._notify(CANCEL_CHANNEL, {"released": holds})
-        assert self.store.shared  # the only store that holds starts
 
     def _stopped_meanwhile(self, done: str) -> None:
         """Between two chunks of a bulk request: end it if the daemon is stopping, saying how far it got."""

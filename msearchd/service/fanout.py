@@ -226,7 +226,8 @@ class _Deferring:
 
     def __enter__(self) -> list[asyncio.Future[Fanned]]:
         service = self._service
-        self._outer, later = service._deferred, []
+        self._outer = service._deferred
+        later: list[asyncio.Future[Fanned]] = []
         service._deferred = later
         return later
 

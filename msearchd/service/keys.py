@@ -32,7 +32,9 @@ class Keying(ServiceCore):
     if TYPE_CHECKING:
 
         def _submitted(self, task_id: int, spec: dict[str, Any], now: float) -> dict[str, Any]: ...
-        async def _stop_running(self, task: Task, by: str) -> tuple[Outcome, int]: ...
+        async def _stop_running(
+            self, task: Task, by: str, asked_elsewhere: bool = False
+        ) -> tuple[Outcome, int]: ...
 
     def _submit_keyed(
         self, spec: dict[str, Any], key: object, on_conflict: object, running: bool

@@ -257,10 +257,10 @@ class Matching(ServiceCore):
         elif waiting:  # handed to a worker, here or on another daemon, not started: still waiting
             handed_out = [t for t in targets if self._maybe_handed_out(t)]
             taken = await asyncio.gather(*(self._take_back_anywhere(t, by=by) for t in handed_out))
-            for task, n in zip(handed_out, taken, strict=True):
-                if n is not None:
+            for task, cascade in zip(handed_out, taken, strict=True):
+                if cascade is not None:
                     cancelled += 1
-                    cascaded += n
+                    cascaded += cascade
                     outcomes[task.id] = None
         return {
             "cancelled": cancelled,

@@ -10,7 +10,7 @@ import dataclasses
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from msearchd.errors import Unavailable
 from msearchd.model import StopReason, Task, TaskStatus, format_task_id
@@ -80,7 +80,7 @@ class Reporting(ServiceCore):
             elif dependents:
                 self._refresh_dependents(task.id)
         if self._listened(task.id):
-            extra = {"stop_reason": outcome.stop_reason.value} if outcome.stop_reason else {}
+            extra: dict[str, Any] = {"stop_reason": outcome.stop_reason.value} if outcome.stop_reason else {}
             if outcome.error:
                 extra["error"] = outcome.error
             if outcome.result is not None:
@@ -213,8 +213,12 @@ class Reporting(ServiceCore):
             else:
                 self._finish(task, outcome, dependents=task.id in with_dependents)
         if plain:
+            # Only outcomes with a finished_at are plain.
             self.store.complete_many(
-                [(o.started_at, o.finished_at, o.result, o.logged, op, t.id) for t, o, op in plain]
+                [
+                    (o.started_at, cast(float, o.finished_at), o.result, o.logged, op, t.id)
+                    for t, o, op in plain
+                ]
             )
             if not self._subscriptions and not self.store.shared:
                 # Waiters need the status alone: no copy of each task, one delivery for them all.

@@ -69,8 +69,8 @@ class Recovering(ServiceCore):
             started = task.started_at is not None
             if self.store.cancel_requested(task.id):
                 log.warning("%s: its cancel was under way when %s; now cancelled", ref, why)
-                reason = StopReason.KILLED if started else StopReason.NOT_STARTED
-                self._finish(task, Outcome(TaskStatus.CANCELLED, stop_reason=reason))
+                stop_reason = StopReason.KILLED if started else StopReason.NOT_STARTED
+                self._finish(task, Outcome(TaskStatus.CANCELLED, stop_reason=stop_reason))
             elif not started:
                 log.info("%s was handed to a worker but had not started; back to pending", ref)
                 reason = f"{why} before it started"

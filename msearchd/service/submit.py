@@ -216,7 +216,9 @@ class Submitting(ServiceCore):
             try:
                 if params.get("depends_on"):
                     write_waiting()  # it may name a task submitted just before it
-                    results.append(self.submit(**params))
+                    answer = self.submit(**params)
+                    assert isinstance(answer, dict)  # plain submits: none waits or holds a key
+                    results.append(answer)
                     continue
                 spec = self._prepare(params["type"], params.get("data"), params.get("priority"), None)
             except MsearchError as exc:
@@ -297,7 +299,9 @@ class Submitting(ServiceCore):
                 try:
                     params = _follow_up_params({k: v for k, v in item.items() if k != "after"})
                     params["depends_on"] = [*(params.get("depends_on") or []), *(ids[a] for a in after)]
-                    ids.append(str(self.submit(**params)["id"]))
+                    task = self.submit(**params)
+                    assert isinstance(task, dict)  # as in follow_up
+                    ids.append(str(task["id"]))
                 except (InvalidArgument, InvalidState, NotFound) as exc:
                     raise type(exc)(f"tasks[{i}]: {exc.message}") from None
         log.info("%s submitted %d follow-ups", format_task_id(parent_id), len(ids))

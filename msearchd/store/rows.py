@@ -71,7 +71,7 @@ def rows_to_tasks(rows: Iterable[Sequence[Any]], max_bytes: int | None = None) -
     that could not be sent costs no more memory than one that can. It says how many fitted."""
     if max_bytes is None:
         return [row_to_task(r) for r in rows]
-    tasks = []
+    tasks: list[Task] = []
     left = max_bytes
     for row in rows:
         left -= len(row[4]) + len(row[-1] or b"") + TASK_OVERHEAD_BYTES

@@ -235,7 +235,7 @@ class Cluster(Connection):
         conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True, **CONNECT)
         try:
             for channel in channels:
-                await conn.execute(f"LISTEN {channel}")  # type: ignore[arg-type]
+                await conn.execute(f"LISTEN {channel}")
             if ready is not None:
                 ready()
             async for note in conn.notifies():

@@ -124,7 +124,7 @@ class Connection(Transactions):
                     f"(schema {version}; this one knows up to {SCHEMA_VERSION})"
                 )
             for step in range(version, SCHEMA_VERSION):
-                conn.execute(MIGRATIONS[step])  # type: ignore[arg-type]
+                conn.execute(MIGRATIONS[step])
             conn.execute("UPDATE msearch_schema SET version = %s", (SCHEMA_VERSION,))
 
     # --- the connection ---------------------------------------------------------------------------
@@ -149,7 +149,7 @@ class Connection(Transactions):
     def _run(self, sql: str, args: Sequence[Any] | dict[str, Any] = ()) -> psycopg.Cursor[Any]:
         conn = self._connection()
         try:
-            return conn.execute(sql, args)  # type: ignore[arg-type]
+            return conn.execute(sql, args)
         except psycopg.OperationalError as exc:
             raise self._lost(exc) from None
 
@@ -159,7 +159,7 @@ class Connection(Transactions):
         conn = self._connection()
         try:
             with conn.cursor() as cur:
-                cur.executemany(sql, rows)  # type: ignore[arg-type]
+                cur.executemany(sql, rows)
         except psycopg.OperationalError as exc:
             raise self._lost(exc) from None
 
@@ -169,7 +169,7 @@ class Connection(Transactions):
         if conn is None:
             return
         try:
-            conn.execute(sql)  # type: ignore[arg-type]
+            conn.execute(sql)
         except psycopg.OperationalError:
             self._conn = None
             with contextlib.suppress(Exception):

@@ -39,11 +39,13 @@ class Queries(Connection):
         return {i: STATUS_BY_NAME[s] for i, s in rows}
 
     def reached(self, ids: Sequence[int], statuses: Collection[TaskStatus]) -> tuple[int, builtins.list[int]]:
-        found, listed = self._run(
+        row = self._run(
             "SELECT count(*), coalesce(array_agg(id) FILTER (WHERE status = ANY(%s)), '{}') "
             "FROM tasks WHERE id = ANY(%s)",
             ([s.value for s in statuses], list(ids)),
         ).fetchone()
+        assert row is not None  # an aggregate without GROUP BY has its one row
+        found, listed = row
         return found, list(listed)
 
     def list(

@@ -58,7 +58,8 @@ class Queries(Connection):
 
     def reached(self, ids: Sequence[int], statuses: Collection[TaskStatus]) -> tuple[int, builtins.list[int]]:
         names = [s.value for s in statuses]
-        found, out = 0, []
+        found = 0
+        out: list[int] = []
         for start in range(0, len(ids), CHUNK):
             part = ids[start : start + CHUNK]
             count, listed = self._db.execute(
