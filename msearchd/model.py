@@ -156,28 +156,28 @@ class _Unfit(Exception):
     """Task data without a JSON form: `_explain` says where."""
 
 
-def _measure(value: object, depth: int) -> int:
+def _measure(value: Any, depth: int) -> int:
     """About how many bytes `value` takes as msgpack; _Unfit if it has no JSON form (the fast path:
     no record of where it is)."""
     kind = type(value)
     if kind is str or kind is bytes:
-        return len(value)  # type: ignore[arg-type]
+        return len(value)
     if kind is int or kind is bool or value is None:
         return 1
     if kind is float:
-        if math.isfinite(value):  # type: ignore[arg-type]
+        if math.isfinite(value):
             return 9
         raise _Unfit
     if depth >= DATA_DEPTH_MAX:
         raise _Unfit
     size = 1
     if kind is dict:
-        for key, item in value.items():  # type: ignore[union-attr]
+        for key, item in value.items():
             if type(key) is not str:
                 raise _Unfit
             size += len(key) + _measure(item, depth + 1)
     elif kind is list:
-        for item in value:  # type: ignore[union-attr]
+        for item in value:
             size += _measure(item, depth + 1)
     else:
         raise _Unfit
@@ -202,11 +202,11 @@ def validate_data(data: dict[str, Any]) -> None:
 def _explain(data: dict[str, Any]) -> None:
     """Raise the InvalidArgument that names the first place in `data` without a JSON form."""
     # An explicit stack: a recursive walk would meet Python's recursion limit before the depth bound.
-    stack: list[tuple[object, tuple[str | int, ...]]] = [(data, ())]
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(data, ())]
     while stack:
         value, path = stack.pop()
         kind = type(value)
-        if kind is float and not math.isfinite(value):  # type: ignore[arg-type]
+        if kind is float and not math.isfinite(value):
             raise InvalidArgument(f"{_data_path(path)} is {value}: task data has no NaN or infinity")
         if kind is dict or kind is list:
             if len(path) >= DATA_DEPTH_MAX:
@@ -214,14 +214,14 @@ def _explain(data: dict[str, Any]) -> None:
                     f"{_data_path(path)} is nested too deep: task data has at most {DATA_DEPTH_MAX} levels"
                 )
             if kind is dict:
-                for key, item in value.items():  # type: ignore[union-attr]
+                for key, item in value.items():
                     if type(key) is not str:
                         raise InvalidArgument(
                             f"{_data_path(path)} has the key {key!r}: keys of task data are strings"
                         )
                     stack.append((item, (*path, key)))
             else:
-                stack.extend((item, (*path, i)) for i, item in enumerate(value))  # type: ignore[arg-type]
+                stack.extend((item, (*path, i)) for i, item in enumerate(value))
         elif kind not in (str, bytes, int, bool, float, type(None)):
             raise InvalidArgument(
                 f"{_data_path(path)} holds a msgpack {kind.__name__}: task data is limited to "

@@ -17,7 +17,7 @@ import sys
 import time
 import traceback
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import FrameType
 from typing import Any
 
@@ -80,7 +80,7 @@ class Context:
         data: Mapping[str, Any] | None = None,
         *,
         priority: int | None = None,
-        depends_on: list[str] | None = None,
+        depends_on: Sequence[str] | None = None,
     ) -> str:
         params = {
             "type": task_type,
@@ -95,7 +95,7 @@ class Context:
             raise TaskFailed(f"follow-up {task_type} task refused: {reply['error']['message']}")
         return str(reply["task_id"])
 
-    def submit_many(self, tasks: list[Mapping[str, Any]]) -> list[str]:
+    def submit_many(self, tasks: Sequence[Mapping[str, Any]]) -> list[str]:
         reply = self._send({"op": "submit_many", "tasks": [dict(t) for t in tasks]}, reply=True)
         if reply is None:
             raise TaskFailed("daemon went away while submitting follow-up tasks")
@@ -103,7 +103,7 @@ class Context:
             raise TaskFailed(f"follow-up tasks refused: {reply['error']['message']}")
         return [str(t) for t in reply["task_ids"]]
 
-    def cancel_waiting(self, task_ids: list[str]) -> list[str]:
+    def cancel_waiting(self, task_ids: Sequence[str]) -> list[str]:
         reply = self._send({"op": "cancel", "task_ids": [str(t) for t in task_ids]}, reply=True)
         if reply is None:
             raise TaskFailed("daemon went away while cancelling tasks")
@@ -340,7 +340,12 @@ def main(argv: list[str] | None = None) -> None:
     # Without a cgroup, what a task orphans stays in this worker's tree, where the daemon finds it.
     worker.adopts_orphans = config["subreaper"] and become_subreaper()
     if worker.adopts_orphans:
-        signal.signal(signal.SIGCHLD, lambda _signum, _frame: worker.ctx is None and reap_adopted())
+
+        def reap_while_idle(_signum: int, _frame: FrameType | None) -> None:
+            if worker.ctx is None:
+                reap_adopted()
+
+        signal.signal(signal.SIGCHLD, reap_while_idle)
     signal.signal(signal.SIGTERM, worker.on_sigterm)
     signal.signal(signal.SIGALRM, worker.on_sigalrm)
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -7,7 +7,7 @@ and ends the task by returning (completed) or raising (failed; `TaskFailed` give
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from importlib.metadata import entry_points
 from typing import Any, Protocol
 
@@ -55,16 +55,16 @@ class TaskContext(Protocol):
         data: Mapping[str, Any] | None = None,
         *,
         priority: int | None = None,
-        depends_on: list[str] | None = None,
+        depends_on: Sequence[str] | None = None,
     ) -> str: ...
 
-    def submit_many(self, tasks: list[Mapping[str, Any]]) -> list[str]:
+    def submit_many(self, tasks: Sequence[Mapping[str, Any]]) -> list[str]:
         """Submit several follow-up tasks with one request, all or none; returns their ids. Each is a
         map of `type`, and optionally `data`, `priority`, `depends_on` and `after` (the indices of
         earlier tasks of the same list it depends on)."""
         ...
 
-    def cancel_waiting(self, task_ids: list[str]) -> list[str]:
+    def cancel_waiting(self, task_ids: Sequence[str]) -> list[str]:
         """Cancel those of these tasks that have not started (work this handler queued before and
         now replaces); returns the ids of those cancelled. Running and ended tasks are left alone."""
         ...

@@ -105,8 +105,7 @@ def source(data: dict[str, object]) -> Source:
     except OSError as exc:
         raise TaskFailed(f"{path}: cannot read it: {exc.strerror}") from None
     scanned = data.get("kind")
-    trusted = unchanged and isinstance(scanned, str) and scanned in _KINDS
-    kind = Kind(scanned) if trusted else kind_of(path)
+    kind = Kind(scanned) if unchanged and isinstance(scanned, str) and scanned in _KINDS else kind_of(path)
     return Source(path, digest, kind)
 
 

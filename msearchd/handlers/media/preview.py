@@ -27,7 +27,7 @@ def run(ctx: TaskContext, data: dict[str, Any]) -> dict[str, Any]:
             with writing(target) as temp:
                 video_preview(ctx, path, temp)
         with Image.open(target) as animation:
-            frames = animation.n_frames
+            frames = animation.n_frames  # type: ignore[attr-defined]  # set by Pillow's WebP plugin, not ImageFile
     elif kind is Kind.AUDIO:
         target = entry("previews", digest, ".png")
         if not target.exists():

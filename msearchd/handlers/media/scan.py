@@ -229,7 +229,7 @@ def pipeline(kind: Kind, data: dict[str, Any], embed_type: str | None, first: in
 
     Every task a scan queues is made here.
     """
-    tasks = [{"type": PREPROCESS_TYPES[kind], "data": data}]
+    tasks: list[dict[str, Any]] = [{"type": PREPROCESS_TYPES[kind], "data": data}]
     if embed_type is not None:
         tasks.append({"type": embed_type, "data": data, "after": [first]})
     if kind is Kind.AUDIO:
