@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
-from typing import Annotated, Any, ClassVar, TypeVar
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, TypeAlias, TypeVar
 from urllib.parse import unquote_plus
 
 from fastapi import Request
@@ -75,16 +75,19 @@ _BOOL_DOC = "true/false/1/0/yes/no/on/off（不区分大小写；t/f/y/n 亦可�
 
 # Any JSON value whose integers fit the daemon's 64 bits (other numbers: any finite one). The JSON parser
 # of `read_body` bounds the numbers already: this only describes task data in the OpenAPI document.
-JsonValue = TypeAliasType(
-    "JsonValue",
-    bool
-    | str
-    | Annotated[int, Field(ge=INT_MIN, le=INT_MAX)]
-    | Annotated[float, WithJsonSchema({"type": "number", "not": {"type": "integer"}})]
-    | list["JsonValue"]
-    | dict[str, "JsonValue"]
-    | None,
-)
+if TYPE_CHECKING:  # mypy cannot resolve a recursive TypeAliasType (python/mypy#18252)
+    JsonValue: TypeAlias = bool | str | int | float | list["JsonValue"] | dict[str, "JsonValue"] | None
+else:
+    JsonValue = TypeAliasType(
+        "JsonValue",
+        bool
+        | str
+        | Annotated[int, Field(ge=INT_MIN, le=INT_MAX)]
+        | Annotated[float, WithJsonSchema({"type": "number", "not": {"type": "integer"}})]
+        | list["JsonValue"]
+        | dict[str, "JsonValue"]
+        | None,
+    )
 # Where the document keeps shared schemas (JsonValue): `create_app` puts them there.
 SCHEMA_REF = "#/components/schemas/{model}"
 
@@ -433,6 +436,7 @@ async def read_body(request: Request, model: type[B]) -> B:
         raw = value
     elif ctype in FORM_TYPES and model.forms:
         from_form = True
+        pairs: Sequence[tuple[str, str | UploadFile]]
         if ctype == FORM_TYPES[0]:
             pairs = _parse_urlencoded(body)
         else:

@@ -112,8 +112,8 @@ class Guard:
                 return None
             if is_sign_in(method, path) or has_session(headers, self.token):
                 origin = headers.get("origin")
-                own = _origin(_own_origin(scope, headers.get("host")))
-                why = foreign_request(method, headers, own, _origin(origin) if origin else None)
+                ours = _origin(_own_origin(scope, headers.get("host")))
+                why = foreign_request(method, headers, ours, _origin(origin) if origin else None)
                 return None if why is None else detail(403, why)
             what = "缺少" if "authorization" not in headers else "无效的"
             return detail(

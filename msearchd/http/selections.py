@@ -21,7 +21,7 @@ from msearchd.http.routes import ask, route
 
 
 async def _run(request: Request, method: str, body: FilterBody, **more: Any) -> dict[str, Any]:
-    run = {"dry_run": body.dry_run, "up_to": body.up_to, "expect": body.expect}
+    run: dict[str, Any] = {"dry_run": body.dry_run, "up_to": body.up_to, "expect": body.expect}
     return dict(await ask(request, method, select=body.select, **run, **more))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import resource
@@ -176,9 +177,10 @@ class RpcServer:
                 min(idle, key=lambda c: c.last_active).close()
             conn = Connection(self, (uid, pid))
             self.connections.add(conn)
-            setup = loop.create_task(loop.connect_accepted_socket(lambda conn=conn: conn, sock))
+            # A default binds this connection: mypy cannot type such a lambda (python/mypy#15459).
+            setup = loop.create_task(loop.connect_accepted_socket(lambda conn=conn: conn, sock))  # type: ignore[misc]
             self._setups.add(setup)
-            setup.add_done_callback(lambda task, conn=conn, sock=sock: self._set_up(task, conn, sock))
+            setup.add_done_callback(functools.partial(self._set_up, conn=conn, sock=sock))
             if full:
                 self._pause_accepting()
                 return
