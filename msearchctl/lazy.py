@@ -9,6 +9,7 @@ time click asks for it; help, completion and the manual's check still see every 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from typing import ClassVar
 
 import click
@@ -26,7 +27,7 @@ class LazyGroup(TyperGroup):
     _complete = False  # every command built: from then on `commands` alone says what the group has
 
     @property
-    def commands(self) -> dict[str, click.Command]:  # type: ignore[override]
+    def commands(self) -> dict[str, click.Command]:
         """Every command, built: for whoever walks or changes the whole tree rather than asking by name."""
         if not self._complete:
             ctx = click.Context(self)
@@ -36,7 +37,7 @@ class LazyGroup(TyperGroup):
         return self._built
 
     @commands.setter
-    def commands(self, built: dict[str, click.Command]) -> None:
+    def commands(self, built: Mapping[str, click.Command]) -> None:
         # What typer built itself: the groups added with add_typer (shells: their commands are lazy).
         self._built = dict(built)
 

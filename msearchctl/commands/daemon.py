@@ -122,8 +122,8 @@ def daemon_install(
     wanted = {units.SERVICE: units.service_unit(_installed_msearchd(), args, grace, socket_activation)}
     if socket_activation:
         listen = _option_value(args, "--socket")
-        path = str(Path(listen).absolute()) if listen else units.DEFAULT_LISTEN
-        wanted[units.SOCKET] = units.socket_unit(path)
+        socket_path = str(Path(listen).absolute()) if listen else units.DEFAULT_LISTEN
+        wanted[units.SOCKET] = units.socket_unit(socket_path)
     for name in wanted:
         path = folder / name
         if path.exists() and not force and not path.read_text().startswith(units.MARK):

@@ -1,6 +1,7 @@
 """`tasks wait`, `watch`, `log` and `history`: follow tasks as they run, and look back at what they did."""
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -85,7 +86,8 @@ def watch(
             tasks = [client.get(r) for r in refs]
         else:
             active = ["pending", "blocked", "running"]
-            tasks = [t for kind in task_types or [None] for t in client.list(active, kind, limit=200)]
+            kinds: Sequence[str | None] = task_types or [None]
+            tasks = [t for kind in kinds for t in client.list(active, kind, limit=200)]
         try:
             if as_json or not sys.stdout.isatty():
                 why = render.event_lines(stream, tasks, until_done=bool(refs))

@@ -167,7 +167,7 @@ def list_tasks(
         raise typer.BadParameter("--all lists every task: give it or --limit, not both")
     with daemon(ctx) as client:
         if every:
-            tasks = []
+            tasks: list[dict[str, Any]] = []
             while page := client.list(statuses or None, task_type, LIST_PAGE, offset + len(tasks)):
                 tasks += page
                 if len(page) < LIST_PAGE:
