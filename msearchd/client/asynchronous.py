@@ -206,7 +206,7 @@ class AsyncClient(Methods):
         close the stream to stop early."""
         stream = await AsyncClient.connect(self.path)
         try:
-            await stream.call("subscribe", task_ids=task_ids, types=types)
+            await stream.call("subscribe", task_ids=None if task_ids is None else list(task_ids), types=types)
         except BaseException:
             await stream.close()
             raise

@@ -217,7 +217,7 @@ class Client(Methods):
         stream for events until the daemon ends it, and close it to stop early."""
         stream = Client(self.path)
         try:
-            stream.call("subscribe", task_ids=task_ids, types=types)
+            stream.call("subscribe", task_ids=None if task_ids is None else list(task_ids), types=types)
         except BaseException:
             stream.close()
             raise
