@@ -10,10 +10,11 @@ import dataclasses
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from msearchd.errors import Unavailable
 from msearchd.model import StopReason, Task, TaskStatus, format_task_id
+from msearchd.store.rows import CompletedRow
 from msearchd.workers import Outcome
 
 if TYPE_CHECKING:
@@ -195,6 +196,7 @@ class Reporting(ServiceCore):
         with_dependents = set(self.store.with_dependents([task.id for task, _ in batch]))
         # Completed, and nothing else to do: written together, with the last operation they reported.
         plain: list[tuple[Task, Outcome, str | None]] = []
+        rows: list[CompletedRow] = []  # theirs, as the store writes them
         for task, outcome in batch:
             self.scheduler.finished(task.type)
             if outcome.started_at is not None and outcome.finished_at is not None:
@@ -209,17 +211,14 @@ class Reporting(ServiceCore):
                 live = self._progress.pop(task.id, None)
                 if live is not None:
                     self._dirty.discard(task.id)
-                plain.append((task, outcome, live and live[1]))
+                operation = live and live[1]
+                plain.append((task, outcome, operation))
+                started, finished = outcome.started_at, outcome.finished_at
+                rows.append((started, finished, outcome.result, outcome.logged, operation, task.id))
             else:
                 self._finish(task, outcome, dependents=task.id in with_dependents)
         if plain:
-            # Only outcomes with a finished_at are plain.
-            self.store.complete_many(
-                [
-                    (o.started_at, cast(float, o.finished_at), o.result, o.logged, op, t.id)
-                    for t, o, op in plain
-                ]
-            )
+            self.store.complete_many(rows)
             if not self._subscriptions and not self.store.shared:
                 # Waiters need the status alone: no copy of each task, one delivery for them all.
                 waited = [task.id for task, _, _ in plain if task.id in self._waiters]
