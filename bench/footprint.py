@@ -16,6 +16,15 @@ In process, no socket: each request's frame is handed to the daemon's `rpc.conne
   code and data it touches again; the distance between the two servers grows with what the daemon's
   request path touches, not only with the time it takes warm.
 
+With `--instructions`, the machine instructions a request takes instead, as valgrind's callgrind
+counts them (the difference between runs of 1,000 and 3,000 requests of a kind, over 2,000): in the
+daemon, in the lean server, and in the lean server with the checks every request needs. Like the
+bytecodes, they do not depend on the machine's noise; unlike them, they count the C under the
+Python too (SQLite, msgpack, the interpreter itself). What they leave out is where the time of a
+cold request goes: the same instructions take longer once their code and data are out of the caches.
+
+    .venv/bin/python bench/footprint.py --instructions     # needs valgrind; a few minutes
+
 Not part of run.py: a tool to see where the distance between the daemon and the floor comes from.
 """
 
@@ -25,11 +34,15 @@ import argparse
 import asyncio
 import os
 import random
+import re
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -38,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import msgpack
 from floor import FloorStore
-from lean_server import Lean
+from lean_server import Checked, CheckedStore, Lean
 
 from msearchd import protocol
 from msearchd.config import Settings
@@ -206,6 +219,70 @@ async def measure(n: int, cold_kib: int) -> None:
             print(f"{op:14s} {row[0]}   {row[1]}")
 
 
+# Requests of a kind fed under callgrind: the instructions of the difference, over the difference.
+FEWER, MORE = 1000, 3000
+WARM_REQUESTS = 100  # fed before either: the code paths are specialised, the caches filled
+INSTRUCTION_SERVERS = ("msearchd", "lean", "checked")
+
+
+async def feed(server: str, op: str, n: int) -> None:
+    """Set up `server` over a store of MORE + WARM_REQUESTS tasks (the same whatever `n`), then feed
+    it WARM_REQUESTS and `n` requests of `op`: what `--instructions` runs under callgrind."""
+    with tempfile.TemporaryDirectory(prefix="msb-") as folder:
+        root = Path(folder)
+        tasks = MORE + WARM_REQUESTS
+        out = Kept()
+        handler: asyncio.Protocol
+        if server == "msearchd":
+            service = TaskService(
+                Store(root / "tasks.db"), Settings(socket_path=root / "s.sock", state_dir=root)
+            )
+            handler = Connection(
+                RpcServer(service, root / "s.sock", lambda: None), (os.getuid(), os.getpid())
+            )
+            ids = [
+                int(t.removeprefix("task_"))
+                for t in service.submit_many([{"type": "noop"}] * tasks)["task_ids"]
+            ]
+        else:
+            store = (CheckedStore if server == "checked" else FloorStore)(root / "lean.db", pending=tasks)
+            handler = Checked(store) if server == "checked" else Lean(store)
+            ids = store.ids
+        handler.connection_made(out)
+        handler.data_received(protocol.encode(protocol.request(0, "hello", {"protocol": 1})))
+        # Each request of a kind gets a task of its own: frames() takes the kind's share from the third.
+        requests = frames([ids[i % tasks] for i in range(3 * tasks)], 1, tasks)[op]
+        for data in requests[: WARM_REQUESTS + n]:
+            handler.data_received(data)
+        errors = [m for m in (msgpack.unpackb(w[4:]) for w in out.written) if "result" not in m]
+        if errors:
+            raise SystemExit(f"a request failed: {errors[0]}")
+
+
+def instructions() -> None:
+    """Instructions a request in each server, by callgrind (see the module's documentation)."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        raise SystemExit("--instructions needs valgrind (apt-get install valgrind)")
+
+    def collected(server: str, op: str, n: int) -> int:
+        argv = [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable]
+        argv += [__file__, "--feed", server, op, str(n)]
+        result = subprocess.run(argv, capture_output=True, text=True, check=True)
+        found = re.search(r"Collected : (\d+)", result.stderr)
+        if found is None:
+            raise SystemExit(f"callgrind gave no count for {server} {op}: {result.stderr[-500:]}")
+        return int(found[1])
+
+    runs = [(s, op, n) for op in OPS for s in INSTRUCTION_SERVERS for n in (FEWER, MORE)]
+    with ThreadPoolExecutor(os.cpu_count()) as pool:  # each run is a process of its own
+        totals = dict(zip(runs, pool.map(lambda run: collected(*run), runs), strict=True))
+    print(f"{'request':14s} " + " ".join(f"{s:>10s}" for s in INSTRUCTION_SERVERS) + "   (instructions)")
+    for op in OPS:
+        each = [(totals[s, op, MORE] - totals[s, op, FEWER]) / (MORE - FEWER) for s in INSTRUCTION_SERVERS]
+        print(f"{op:14s} " + " ".join(f"{c:10,.0f}" for c in each))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -215,9 +292,19 @@ def main() -> None:
     )
     parser.add_argument("--cold-kib", type=int, default=2048, help="memory touched between cold requests")
     parser.add_argument("--cpu", type=int, default=0, help="pin the process to this CPU (default 0)")
+    parser.add_argument(
+        "--instructions", action="store_true", help="count machine instructions instead (valgrind)"
+    )
+    parser.add_argument("--feed", nargs=3, metavar=("SERVER", "OP", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    os.sched_setaffinity(0, {args.cpu})
-    asyncio.run(measure(args.requests, args.cold_kib))
+    if args.feed:
+        server, op, n = args.feed
+        asyncio.run(feed(server, op, int(n)))
+    elif args.instructions:
+        instructions()
+    else:
+        os.sched_setaffinity(0, {args.cpu})
+        asyncio.run(measure(args.requests, args.cold_kib))
 
 
 if __name__ == "__main__":
