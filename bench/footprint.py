@@ -22,6 +22,8 @@ daemon, in the lean server, and in the lean server with the checks every request
 bytecodes, they do not depend on the machine's noise; unlike them, they count the C under the
 Python too (SQLite, msgpack, the interpreter itself). What they leave out is where the time of a
 cold request goes: the same instructions take longer once their code and data are out of the caches.
+It also counts the client's side of a `set_priority`, a client process under callgrind with the
+daemon outside it: through `msearchd.client`, and through the bench's bare socket client.
 
     .venv/bin/python bench/footprint.py --instructions     # needs valgrind; a few minutes
 
@@ -50,10 +52,13 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import msgpack
+from benchlib import Gate, running_daemon, temp_root
+from bm_rpc import BareClient
 from floor import FloorStore
 from lean_server import Checked, CheckedStore, Lean
 
 from msearchd import protocol
+from msearchd.client import Client
 from msearchd.config import Settings
 from msearchd.rpc.connection import Connection
 from msearchd.rpc.server import RpcServer
@@ -259,28 +264,57 @@ async def feed(server: str, op: str, n: int) -> None:
             raise SystemExit(f"a request failed: {errors[0]}")
 
 
+def feed_client(kind: str, socket_path: str, first: int, n: int) -> None:
+    """WARM_REQUESTS and `n` `set_priority` calls, of the tasks from `first` on, through `kind` of
+    client: what `--instructions` runs under callgrind for the client's side."""
+    calls = range(WARM_REQUESTS + n)
+    if kind == "msearchd.client":
+        client = Client(socket_path)
+        for i in calls:
+            client.set_priority(first + i, i % 12)
+        return
+    bare = BareClient(Path(socket_path))
+    bare.call("hello", {"protocol": protocol.PROTOCOL_VERSION})
+    for i in calls:
+        bare.call("set_priority", {"task_id": first + i, "priority": i % 12})
+
+
 def instructions() -> None:
     """Instructions a request in each server, by callgrind (see the module's documentation)."""
     valgrind = shutil.which("valgrind")
     if valgrind is None:
         raise SystemExit("--instructions needs valgrind (apt-get install valgrind)")
 
-    def collected(server: str, op: str, n: int) -> int:
-        argv = [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable]
-        argv += [__file__, "--feed", server, op, str(n)]
-        result = subprocess.run(argv, capture_output=True, text=True, check=True)
+    def collected(*feed: str) -> int:
+        argv = [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__]
+        result = subprocess.run([*argv, *feed], capture_output=True, text=True, check=True)
         found = re.search(r"Collected : (\d+)", result.stderr)
         if found is None:
-            raise SystemExit(f"callgrind gave no count for {server} {op}: {result.stderr[-500:]}")
+            raise SystemExit(f"callgrind gave no count for {feed}: {result.stderr[-500:]}")
         return int(found[1])
 
     runs = [(s, op, n) for op in OPS for s in INSTRUCTION_SERVERS for n in (FEWER, MORE)]
     with ThreadPoolExecutor(os.cpu_count()) as pool:  # each run is a process of its own
-        totals = dict(zip(runs, pool.map(lambda run: collected(*run), runs), strict=True))
+        totals = dict(zip(runs, pool.map(lambda run: collected("--feed", *map(str, run)), runs), strict=True))
     print(f"{'request':14s} " + " ".join(f"{s:>10s}" for s in INSTRUCTION_SERVERS) + "   (instructions)")
     for op in OPS:
         each = [(totals[s, op, MORE] - totals[s, op, FEWER]) / (MORE - FEWER) for s in INSTRUCTION_SERVERS]
         print(f"{op:14s} " + " ".join(f"{c:10,.0f}" for c in each))
+
+    # The client's side: a daemon with its one worker held, and a pending task for each call.
+    with temp_root() as root, running_daemon(root, workers=1) as daemon, daemon.client() as setup:
+        gate = Gate(root)
+        setup.submit("gate", gate.data(), priority=0)
+        gate.wait_holding(1)
+        tasks = setup.submit_many([{"type": "noop"}] * (MORE + WARM_REQUESTS))["task_ids"]
+        first = str(int(tasks[0].removeprefix("task_")))
+        for kind in ("msearchd.client", "bare"):  # one after the other: they share the daemon's tasks
+            fewer, more = (
+                collected("--feed-client", kind, str(daemon.socket), first, str(n)) for n in (FEWER, MORE)
+            )
+            print(
+                f"a set_priority call in the client process, {kind}: {(more - fewer) / (MORE - FEWER):,.0f}"
+            )
 
 
 def main() -> None:
@@ -296,10 +330,14 @@ def main() -> None:
         "--instructions", action="store_true", help="count machine instructions instead (valgrind)"
     )
     parser.add_argument("--feed", nargs=3, metavar=("SERVER", "OP", "N"), help=argparse.SUPPRESS)
+    parser.add_argument("--feed-client", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.feed:
         server, op, n = args.feed
         asyncio.run(feed(server, op, int(n)))
+    elif args.feed_client:
+        kind, socket_path, first, n = args.feed_client
+        feed_client(kind, socket_path, int(first), int(n))
     elif args.instructions:
         instructions()
     else:
