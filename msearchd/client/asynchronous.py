@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from msearchd import protocol
 from msearchd.client.checks import check_answer, check_folder, check_peer, default_socket_path, no_daemon
-from msearchd.client.methods import Methods, joined_waits, smaller_part, wait_parts
+from msearchd.client.methods import Methods, joined_waits, smaller_part, subscription, wait_parts
 from msearchd.errors import MsearchError, ProtocolError, TooLarge, Unavailable, from_wire
 
 if TYPE_CHECKING:  # asyncio is imported only by AsyncClient: it costs the CLI ~35 ms to start
@@ -206,7 +206,7 @@ class AsyncClient(Methods):
         close the stream to stop early."""
         stream = await AsyncClient.connect(self.path)
         try:
-            await stream.call("subscribe", task_ids=None if task_ids is None else list(task_ids), types=types)
+            await stream.call("subscribe", **subscription(task_ids, types))
         except BaseException:
             await stream.close()
             raise

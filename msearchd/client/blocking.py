@@ -21,7 +21,7 @@ from msearchd.client.checks import (
     default_socket_path,
     no_daemon,
 )
-from msearchd.client.methods import Methods, joined_waits, smaller_part, wait_parts
+from msearchd.client.methods import Methods, joined_waits, smaller_part, subscription, wait_parts
 from msearchd.errors import ProtocolError, TooLarge, Unavailable, from_wire
 
 
@@ -217,7 +217,7 @@ class Client(Methods):
         stream for events until the daemon ends it, and close it to stop early."""
         stream = Client(self.path)
         try:
-            stream.call("subscribe", task_ids=None if task_ids is None else list(task_ids), types=types)
+            stream.call("subscribe", **subscription(task_ids, types))
         except BaseException:
             stream.close()
             raise

@@ -28,6 +28,11 @@ def joined_waits(answers: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def subscription(task_ids: Sequence[str | int] | None, types: list[str] | None) -> dict[str, Any]:
+    """The params of `subscribe`, as both clients' `events` send them."""
+    return {"task_ids": None if task_ids is None else list(task_ids), "types": types}
+
+
 def smaller_part(refusal: TooLarge, asked: int) -> int:
     """How many tasks to ask for once `asked` were refused as too large: as many as the daemon said
     fit, else half as many; the refusal itself where not one fits."""

@@ -29,7 +29,7 @@ from msearchd.scheduler import Scheduler
 from msearchd.service.dispatch import Durations
 from msearchd.service.fanout import FANOUT_EVENT, Fanned
 from msearchd.service.wait import Subscription, WaitCall
-from msearchd.store import WAITING, LocalTaskStore, SharedTaskStore
+from msearchd.store import WAITING, ServiceStore
 from msearchd.workers import Outcome, WorkerPool
 
 # Who asked for the operation under way, (uid, pid), as the transport saw it; recorded in task histories.
@@ -53,10 +53,7 @@ class ServiceCore:
     """The state every operation shares, and publishing changes to waiters and subscribers."""
 
     def __init__(
-        self,
-        store: LocalTaskStore | SharedTaskStore,
-        settings: Settings,
-        clock: Callable[[], float] = time.time,
+        self, store: ServiceStore, settings: Settings, clock: Callable[[], float] = time.time
     ) -> None:
         self.store = store
         self.settings = settings

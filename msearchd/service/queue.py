@@ -13,7 +13,7 @@ from msearchd.errors import InvalidArgument
 from msearchd.model import TERMINAL, TaskStatus, format_task_id, validate_timeout
 from msearchd.selection import type_matches, validate_type_pattern
 from msearchd.service.core import QUEUE_CHANNEL, REQUESTER
-from msearchd.store import LocalTaskStore, SharedTaskStore
+from msearchd.store import ServiceStore
 
 if TYPE_CHECKING:
     from msearchd.service.core import ServiceCore
@@ -39,10 +39,7 @@ class Pausing(ServiceCore):
         ) -> dict[str, Any] | Coroutine[Any, Any, dict[str, Any]]: ...
 
     def __init__(
-        self,
-        store: LocalTaskStore | SharedTaskStore,
-        settings: Settings,
-        clock: Callable[[], float] = time.time,
+        self, store: ServiceStore, settings: Settings, clock: Callable[[], float] = time.time
     ) -> None:
         super().__init__(store, settings, clock)
         self._apply_pauses()  # as the last daemon left them

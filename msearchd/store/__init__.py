@@ -35,6 +35,7 @@ __all__ = [
     "WAITING",
     "LocalTaskStore",
     "NewRow",
+    "ServiceStore",
     "SharedTaskStore",
     "Store",
     "TaskStore",
@@ -397,3 +398,7 @@ class SharedTaskStore(TaskStore, Protocol):
     ) -> AsyncIterator[tuple[str, bytes]]:
         """What the daemons notify on `channels`; `ready` is called once it listens. What comes on a
         channel `wanted` refuses at that moment is dropped unread."""
+
+
+ServiceStore = LocalTaskStore | SharedTaskStore
+"""What the service runs on: a store of its own, or one it shares, told apart by `shared`."""
