@@ -286,9 +286,16 @@ def instructions() -> None:
     if valgrind is None:
         raise SystemExit("--instructions needs valgrind (apt-get install valgrind)")
 
+    # The same hash seed and no address randomisation in every run: the counts then repeat to within a
+    # few instructions, where they moved by about 1% from run to run.
+    setarch = shutil.which("setarch")
+    fixed = [setarch, "-R"] if setarch is not None else []
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+
     def collected(*feed: str) -> int:
-        argv = [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__]
-        result = subprocess.run([*argv, *feed], capture_output=True, text=True, check=True)
+        argv = [*fixed, valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null"]
+        argv += [sys.executable, __file__]
+        result = subprocess.run([*argv, *feed], capture_output=True, text=True, check=True, env=env)
         found = re.search(r"Collected : (\d+)", result.stderr)
         if found is None:
             raise SystemExit(f"callgrind gave no count for {feed}: {result.stderr[-500:]}")
