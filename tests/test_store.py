@@ -409,6 +409,29 @@ def test_after_commit_runs_only_once_committed(store):
     assert seen == ["now", "committed", "inner"]
 
 
+def test_a_nested_transaction_is_part_of_the_outer_one_whatever_the_outer_one_is(store):
+    """A nested transaction that fails, its error let through, takes its outer one with it: alone, or
+    a savepoint of a group (which rolls back alone). The next transaction starts afresh."""
+    with pytest.raises(RuntimeError), store.transaction():
+        add(store)
+        with store.transaction():
+            add(store)
+            raise RuntimeError
+    assert store.count() == 0 and not store.transaction_open()
+    with store.group():
+        with store.transaction():
+            kept = add(store)
+        with pytest.raises(RuntimeError), store.transaction():  # a savepoint of the group's transaction
+            add(store)
+            with store.transaction():
+                add(store)
+            raise RuntimeError
+        with store.transaction(), store.transaction():
+            also = add(store)
+    assert not store.transaction_open()
+    assert sorted(t.id for t in store.list()) == [kept, also]
+
+
 @SQLITE_ONLY
 def test_claiming_and_listing_never_sort_the_queue(store):
     """Picking the next task or a page of one status must walk an index, not sort every matching row

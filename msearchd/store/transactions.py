@@ -20,6 +20,7 @@ class Transactions:
         self._group_open = False  # that shared transaction has begun
         self._after_commit: list[Callable[[], None]] = []
         self.begun = 0
+        self._unit = _Transaction(self)
 
     # What each store provides.
 
@@ -48,6 +49,12 @@ class Transactions:
     def _before_commit(self) -> None:
         """Send what was held back, as part of the transaction about to commit."""
 
+    def _commit(self) -> None:
+        """Commit the open transaction, with what was held back. A store that holds nothing back
+        commits with one statement."""
+        self._before_commit()
+        self._execute("COMMIT")
+
     def _connection_lost(self) -> bool:
         """Whether a failed statement took the connection, and any open transaction, with it."""
         return False
@@ -72,7 +79,7 @@ class Transactions:
         Inside `group()` it is part of the group's transaction (a savepoint of it, unless it is the
         first to write): it rolls back alone, and becomes durable when the group commits.
         """
-        return _Transaction(self)
+        return self._unit
 
     def group(self) -> AbstractContextManager[None]:
         """Commit every transaction opened inside with one commit at the end (group commit).
@@ -101,13 +108,16 @@ class Transactions:
             callback()
 
 
-# What a transaction is, as `_Transaction` begins it.
-_NESTED, _SAVEPOINT, _GROUP_FIRST, _OWN = range(4)
+# What the outermost transaction is, as `_Transaction` begins it.
+_SAVEPOINT, _GROUP_FIRST, _OWN = range(3)
 
 
 class _Transaction:
-    """`Transactions.transaction()`. A class rather than a generator: every request opens one or
-    more, and a generator-based context manager costs about a microsecond more each time."""
+    """`Transactions.transaction()`: one for each store, used again by every transaction. A class
+    rather than a generator, and made once: every request opens one or more transactions, and a
+    generator-based context manager costs about a microsecond more each time.
+
+    What it keeps is the outermost transaction's: a nested one only counts in the store's depth."""
 
     __slots__ = ("_held", "_kind", "_mark", "_store")
 
@@ -118,7 +128,6 @@ class _Transaction:
         store = self._store
         if store._depth:
             store._depth += 1
-            self._kind = _NESTED
         elif store._grouping and store._group_open:
             store._execute("SAVEPOINT unit")
             self._mark, self._held = len(store._after_commit), store._held()
@@ -138,11 +147,12 @@ class _Transaction:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        store, kind = self._store, self._kind
-        if kind == _NESTED:
+        store = self._store
+        if store._depth > 1:  # nested: it joined the outer transaction
             store._depth -= 1
             return
         store._depth = 0
+        kind = self._kind
         if exc_type is not None:
             if kind == _SAVEPOINT:
                 del store._after_commit[self._mark :]
@@ -164,12 +174,12 @@ class _Transaction:
             store._execute("RELEASE unit")
         elif kind == _OWN:
             try:
-                store._before_commit()
-                store._execute("COMMIT")
+                store._commit()
             except BaseException:  # a full disk, say: nothing is announced, and the next BEGIN works
                 store._abandon()
                 raise
-            store._run_after_commit()
+            if store._after_commit:
+                store._run_after_commit()
 
 
 class _Group:
@@ -198,8 +208,7 @@ class _Group:
                 return
             try:
                 if store._group_open:
-                    store._before_commit()
-                    store._execute("COMMIT")
+                    store._commit()
             except BaseException:
                 store._abandon()
                 raise

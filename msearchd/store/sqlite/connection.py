@@ -78,9 +78,12 @@ def _make_private(path: Path) -> None:
 class Connection(Transactions):
     """One SQLite file over one connection. Not thread-safe: the daemon's loop owns it."""
 
-    shared: Literal[False] = False  # only this daemon writes it (see postgres.PgStore)
+    shared: Literal[False]  # only this daemon writes it (see postgres.PgStore)
 
     def __init__(self, path: Path | str) -> None:
+        # An attribute of the instance, not of the class: CPython 3.11 caches the lookup of the one,
+        # not of the other, and the service asks at every change it announces.
+        self.shared = False
         self.path = str(path)
         try:
             _make_private(Path(path))
@@ -179,6 +182,9 @@ class Connection(Transactions):
 
     def _execute(self, sql: str) -> None:
         self._db.execute(sql)
+
+    def _commit(self) -> None:
+        self._db.execute("COMMIT")  # it holds nothing back (see `Transactions._commit`)
 
     def _quiet(self, sql: str) -> None:
         self._db.execute(sql)
