@@ -226,3 +226,12 @@ def test_a_worker_is_handed_its_next_task_as_it_nears_the_expected_end_of_its_ow
     assert topped_up([long_task, short_task], 0.017)  # 8 + 5 ms left
     assert topped_up([short_task], None) and topped_up([short_task], 1.0)  # as before
     store.close()
+
+
+def test_the_service_keeps_fewer_than_30_attributes_of_its_own(tmp_path: Path):
+    """From 30 attributes on, CPython keeps an instance's attributes in a dict of its own, and then
+    every `self.method()` of the service misses the interpreter's cache of method lookups, at every
+    request. State that only a shared store needs lives in `Peers`; new state belongs with what it
+    is about, not in a 30th attribute."""
+    service = TaskService(Store(tmp_path / "tasks.db"), Settings(state_dir=tmp_path))
+    assert len(vars(service)) < 30, sorted(vars(service))

@@ -127,7 +127,7 @@ class Cancelling(ServiceCore):
         assert self.store.shared  # the task runs on another daemon of the store
         ref = format_task_id(task.id)
         cascaded = 0
-        with _answer_of(self._cancel_replies, task.id) as reply:
+        with _answer_of(self._peers.cancel_replies, task.id) as reply:
             with self.store.transaction():
                 self.store.update(task.id, cancel_requested=1)
                 self._record([task.id], "cancel_requested", by=by, running=True)
@@ -170,7 +170,7 @@ class Cancelling(ServiceCore):
         """Ask the daemon that runs the task to take it back if it waits its turn in a lease there
         (see `_take_back`); None if it runs there, ended, or that daemon did not answer in time."""
         uid, pid = REQUESTER.get()
-        with _answer_of(self._take_back_replies, task.id) as reply:
+        with _answer_of(self._peers.take_back_replies, task.id) as reply:
             self._notify(CANCEL_CHANNEL, {"take_back": task.id, "by": by, "uid": uid, "pid": pid})
             try:
                 return await asyncio.wait_for(reply, self.settings.grace + 1.0)

@@ -81,15 +81,15 @@ class Clustering(ServiceCore):
     def _late(self) -> bool:
         """With a shared store: the heartbeat is so old that the others may soon take this daemon
         for dead (its loop stalled): it starts nothing until the next one."""
-        return self.store.shared and time.monotonic() - self._last_beat > FENCE_AFTER
+        return self.store.shared and time.monotonic() - self._peers.last_beat > FENCE_AFTER
 
     async def _heartbeats(self) -> None:
-        self._last_beat = time.monotonic()
+        self._peers.last_beat = time.monotonic()
         while not self._stopping:
             try:
                 await self._beat()
             except Unavailable as exc:
-                if time.monotonic() - self._last_beat > FENCE_AFTER:
+                if time.monotonic() - self._peers.last_beat > FENCE_AFTER:
                     await self._fence(exc.message)
             except Exception:  # a bug here must not stop the heartbeat; it is logged, and retried
                 log.exception("heartbeat failed")
@@ -98,18 +98,18 @@ class Clustering(ServiceCore):
     async def _beat(self) -> None:
         assert self.store.shared  # see run_cluster
         pool = self.pool
-        late = time.monotonic() - self._last_beat
+        late = time.monotonic() - self._peers.last_beat
         if late > FENCE_AFTER:  # the loop stalled: the others may be about to take this daemon for dead
             await self._fence(f"the last heartbeat is {late:.0f} s old")
         if not self.store.heartbeat(pool.busy_count if pool else 0):
             await self._fence("the other daemons took this one for dead")
             self.store.register(self.settings.workers)
-        self._last_beat = time.monotonic()
-        if self._fenced:
-            abandoned = [t for t in self.store.running_here() if t.id in self._abandoned]
+        self._peers.last_beat = time.monotonic()
+        if self._peers.fenced:
+            abandoned = [t for t in self.store.running_here() if t.id in self._peers.abandoned]
             self._settle_left(abandoned, "this daemon lost its store")
-            self._abandoned.clear()
-            self._fenced = False
+            self._peers.abandoned.clear()
+            self._peers.fenced = False
             log.info("the store answers again; starting tasks again")
             self.wake()
         expired = self.store.expire_daemons(DAEMON_EXPIRY)
@@ -123,13 +123,13 @@ class Clustering(ServiceCore):
     async def _fence(self, why: str) -> None:
         """Stop every task this daemon runs, and start none, until its heartbeat is written again:
         past DAEMON_EXPIRY the others put them back in the queue, and one may start them."""
-        if not self._fenced:
+        if not self._peers.fenced:
             log.warning("%s: stopping the running tasks and starting none until the store answers", why)
-        self._fenced = True
+        self._peers.fenced = True
         if self.pool is None:
             return
-        ids = [i for i in self.pool.task_ids() if i not in self._abandoned]
-        self._abandoned.update(ids)
+        ids = [i for i in self.pool.task_ids() if i not in self._peers.abandoned]
+        self._peers.abandoned.update(ids)
         await asyncio.gather(*(self.pool.terminate(i, min(self.settings.grace, FENCE_GRACE)) for i in ids))
 
     async def _listen(self) -> None:
@@ -165,12 +165,12 @@ class Clustering(ServiceCore):
                 self.wake()
                 return
             if "reply" in message:
-                for reply in self._cancel_replies.get(message["reply"], ()):
+                for reply in self._peers.cancel_replies.get(message["reply"], ()):
                     if not reply.done():
                         reply.set_result(message["cancelled_dependents"])
                 return
             if "taken_back" in message:
-                for answer in self._take_back_replies.get(message["taken_back"], ()):
+                for answer in self._peers.take_back_replies.get(message["taken_back"], ()):
                     if not answer.done():
                         answer.set_result(message["cancelled_dependents"])
                 return

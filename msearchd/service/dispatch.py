@@ -152,7 +152,7 @@ class Dispatching(ServiceCore):
 
     def _held(self) -> bool:
         """Whether nothing may start now: the daemon stops, a bulk cancel runs, the queue is paused."""
-        held = self._stopping or self._bulk_cancels != 0 or self._fenced or self._late()
+        held = self._stopping or self._bulk_cancels != 0 or self._peers.fenced or self._late()
         return held or self.scheduler.all_paused
 
     def _free_workers(self) -> list[int]:

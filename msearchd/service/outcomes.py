@@ -104,20 +104,20 @@ class Reporting(ServiceCore):
         self._dirty.add(task_id)
         self._flush_wanted.set()
         if self._listened(task.id):
-            held = self._progress_held
+            held = self._peers.progress_held
             self._publish("progress", task, notify=not held, progress=new[0], current_operation=new[1])
             if held:
-                self._progress_out[task_id] = task
+                self._peers.progress_out[task_id] = task
             elif self.store.shared:
-                self._progress_held = True
+                self._peers.progress_held = True
                 asyncio.get_running_loop().call_later(PROGRESS_NOTIFY_INTERVAL, self._notify_progress)
 
     def _notify_progress(self) -> None:
         """Tell the other daemons the latest progress of the tasks that reported some since the last
         time, all in one round trip: tasks that report a thousand times a second cost five."""
-        out, self._progress_out = self._progress_out, {}
+        out, self._peers.progress_out = self._peers.progress_out, {}
         if not out:
-            self._progress_held = False
+            self._peers.progress_held = False
             return
         asyncio.get_running_loop().call_later(PROGRESS_NOTIFY_INTERVAL, self._notify_progress)
         try:
@@ -189,8 +189,8 @@ class Reporting(ServiceCore):
     def _settle(self) -> None:
         """Record the outcomes the workers reported since the last time."""
         batch, self._finished = self._finished, []
-        if self._abandoned:
-            batch = [(t, o) for t, o in batch if t.id not in self._abandoned]
+        if self._peers.abandoned:
+            batch = [(t, o) for t, o in batch if t.id not in self._peers.abandoned]
         if not batch:
             return
         with_dependents = set(self.store.with_dependents([task.id for task, _ in batch]))

@@ -15,6 +15,9 @@ else:
     ServiceCore = object  # TaskService puts the real one last among its bases
 
 
+_PENDING = TaskStatus.PENDING  # a module's name: CPython 3.11 caches its lookup, not an enum member's
+
+
 def not_waiting(task_id: int, status: TaskStatus | str) -> InvalidState:
     return InvalidState(
         f"{format_task_id(task_id)} is {status}; only a pending or blocked task's priority changes"
@@ -40,6 +43,6 @@ class Prioritising(ServiceCore):
         waiting = STATUS_BY_NAME[status]
         changed = {"old_priority": old, "priority": priority}
         self._announce("priority_changed", task_id, answer["type"], waiting, extra=changed)
-        if waiting is TaskStatus.PENDING:
+        if waiting is _PENDING:
             self.wake()
         return answer

@@ -71,9 +71,10 @@ class Connection(Transactions):
     """A database shared by several daemons, over one pooled connection at a time. Not thread-safe:
     the loop owns it."""
 
-    shared: Literal[True] = True
+    shared: Literal[True]
 
     def __init__(self, url: str, state_dir: str = "", daemon_id: str | None = None) -> None:
+        self.shared = True  # of the instance, as SQLite's store has it
         self.url = url
         self.path = redact(url)
         self.hostname = socket.gethostname()
