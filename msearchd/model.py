@@ -120,6 +120,8 @@ def validate_timeout(timeout: float | None) -> None:
 
 
 def validate_priority(value: object) -> int:
+    if type(value) is int and PRIORITY_MIN <= value <= PRIORITY_MAX:  # what clients send, checked first
+        return value
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidArgument(
             f"priority must be an integer from {PRIORITY_MIN} to {PRIORITY_MAX}, got {value!r}"

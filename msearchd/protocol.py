@@ -52,6 +52,7 @@ MAX_ID = 2**63 - 1
 # Frames up to this size are copied out of the read buffer to be decoded, larger ones are viewed in it.
 SMALL_FRAME = 4096
 _HEADER = struct.Struct(">I")
+_HEADER_SIZE = _HEADER.size  # a constant: CPython 3.11 does not cache the lookup of `size`
 
 
 _packers = threading.local()
@@ -69,7 +70,11 @@ def pack(value: object) -> bytes:
 
 def encode(message: Mapping[str, Any]) -> bytes:
     try:
-        body = pack(message)
+        try:  # `pack`, inline: every answer comes through here
+            packer = _packers.packer
+        except AttributeError:
+            packer = _packers.packer = msgpack.Packer(use_bin_type=True)
+        body = packer.pack(message)
     except (TypeError, ValueError, OverflowError) as exc:
         raise InvalidArgument(f"cannot send this value: {exc}") from None
     if len(body) > MAX_FRAME:
@@ -99,7 +104,7 @@ async def read_frame(reader: asyncio.StreamReader) -> dict[str, Any] | None:
     import asyncio
 
     try:
-        header = await reader.readexactly(_HEADER.size)
+        header = await reader.readexactly(_HEADER_SIZE)
     except asyncio.IncompleteReadError as exc:
         if exc.partial:
             raise ProtocolError("connection closed inside a frame header") from None
@@ -144,45 +149,47 @@ class FrameBuffer:
 
     def head_size(self) -> int:
         """The size, header included, of the next frame as far as its header is known (0 before)."""
-        if len(self._buffer) - self._start < _HEADER.size:
+        if len(self._buffer) - self._start < _HEADER_SIZE:
             return 0
-        return _HEADER.size + _HEADER.unpack_from(self._buffer, self._start)[0]
+        return _HEADER_SIZE + _HEADER.unpack_from(self._buffer, self._start)[0]
 
     def take_whole(self, data: bytes) -> dict[str, Any] | None:
         """The message of `data` if it is one whole small frame and nothing is buffered before it, counted
         as taken; else None, and `data` is for `feed`. A request that arrives alone, the common case,
         is then decoded where it lies, without going through the buffer."""
-        size = len(data) - _HEADER.size
+        size = len(data) - _HEADER_SIZE
         if (
             self._start != len(self._buffer)
             or not 0 < size <= SMALL_FRAME
             or _HEADER.unpack_from(data)[0] != size
         ):
             return None
-        try:
-            message = decode(data[_HEADER.size :])
-        except ProtocolError:
+        try:  # `decode`, inline: every request that arrives alone comes through here
+            message = msgpack.unpackb(data[_HEADER_SIZE:], raw=False)
+        except Exception:
             return None  # `next` reports it, in its turn
+        if type(message) is not dict:
+            return None  # likewise
         self.taken += 1
         return message
 
     def next(self) -> dict[str, Any] | None:
         """The next whole message, or None until more bytes arrive; ProtocolError for a bad frame."""
         start, buffer = self._start, self._buffer
-        if len(buffer) - start < _HEADER.size:
+        if len(buffer) - start < _HEADER_SIZE:
             return None
         (length,) = _HEADER.unpack_from(buffer, start)
         if length > MAX_FRAME:
             raise ProtocolError(f"frame of {length} bytes exceeds the {MAX_FRAME}-byte limit")
-        end = start + _HEADER.size + length
+        end = start + _HEADER_SIZE + length
         if len(buffer) < end:
             return None
         self._start = end
         self.taken += 1
         if length <= SMALL_FRAME:  # copied: quicker than taking a view, and releasing it, for most
-            return decode(buffer[start + _HEADER.size : end])
+            return decode(buffer[start + _HEADER_SIZE : end])
         with memoryview(buffer) as view:  # released before the buffer is resized: no copy of the frame
-            return decode(view[start + _HEADER.size : end])
+            return decode(view[start + _HEADER_SIZE : end])
 
 
 class FrameReader:
@@ -230,7 +237,7 @@ class FrameReader:
 
 def recv_frame(sock: socket.socket) -> dict[str, Any] | None:
     """Blocking read of one message, unbuffered (never reads past it); None when the peer closed."""
-    header = _recv_exactly(sock, _HEADER.size)
+    header = _recv_exactly(sock, _HEADER_SIZE)
     if header is None:
         return None
     body = _recv_exactly(sock, frame_length(header))
@@ -344,12 +351,11 @@ ALIASES: dict[str, dict[str, str]] = {
 }
 
 _NAMES = {method: frozenset(p.name for p in spec) for method, spec in METHODS.items()}
-# Per method: the kinds each parameter takes, and the parameters a boolean may not stand for (bool is
-# an int subclass; it is accepted only where bool is asked for).
-_KINDS = {method: {p.name: p.kinds for p in spec} for method, spec in METHODS.items()}
-_NO_BOOL = {
-    method: frozenset(p.name for p in spec if bool not in p.kinds) for method, spec in METHODS.items()
-}
+# Per method: the exact types each parameter takes. What msgpack decodes is always one of them; a
+# value of a subclass (bool is an int's, and accepted only where bool is asked for) is left to
+# `_refuse`, which knows.
+_TYPES = {method: {p.name: frozenset(p.kinds) for p in spec} for method, spec in METHODS.items()}
+_NOTHING: frozenset[type] = frozenset()
 _REQUIRED = {method: tuple(p.name for p in spec if p.required) for method, spec in METHODS.items()}
 
 
@@ -359,17 +365,15 @@ def check_params(method: str, params: object) -> dict[str, Any]:
     Every request passes through here: params that fit are checked with one pass over what was sent
     (most requests send a few of their method's parameters); `_refuse` finds what does not fit.
     """
-    kinds = _KINDS.get(method)
-    if kinds is None:
+    types = _TYPES.get(method)
+    if types is None:
         raise ProtocolError(f"unknown method {method!r}")
     if params is None:
         params = {}
     elif type(params) is not dict or method in ALIASES:
         return _check_slowly(method, params)
-    no_bool = _NO_BOOL[method]
     for name, value in params.items():
-        allowed = kinds.get(name)
-        if allowed is None or not isinstance(value, allowed) or (type(value) is bool and name in no_bool):
+        if type(value) not in types.get(name, _NOTHING):
             _refuse(method, params)
     for name in _REQUIRED[method]:
         if name not in params:
@@ -417,4 +421,4 @@ def check_id(value: object) -> int:
 
 
 def request(req_id: int, method: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    return {"id": req_id, "method": method, "params": dict(params or {})}
+    return {"id": req_id, "method": method, "params": params if type(params) is dict else dict(params or {})}

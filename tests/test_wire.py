@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import itertools
 import os
 import socket
@@ -319,6 +320,25 @@ def test_params_are_checked_alike_for_every_method(method):
         assert f"'{first.name}'" in caught.value.message, (kind, caught.value.message)
 
 
+def test_values_of_a_subclass_of_a_kind_fit_as_the_kind_does():
+    """What msgpack decodes is always of a kind's exact type; a caller in process may send a subclass
+    (an IntEnum, a str subclass): it fits where its base does, except bool where bool is not asked for."""
+
+    class Level(enum.IntEnum):
+        LOW = 3
+
+    class Name(str):
+        pass
+
+    sent = {"task_id": Name("task_4"), "priority": Level.LOW}
+    assert protocol.check_params("set_priority", sent) == sent
+    assert protocol.check_params("cancel", {"task_id": 4, "running": True}) == {"task_id": 4, "running": True}
+    with pytest.raises(InvalidArgument, match="parameter 'priority' of set_priority must be int, got True"):
+        protocol.check_params("set_priority", {"task_id": 4, "priority": True})
+    with pytest.raises(InvalidArgument, match="parameter 'running' of cancel must be bool, got 1"):
+        protocol.check_params("cancel", {"task_id": 4, "running": 1})
+
+
 def test_old_parameter_names_still_work():
     assert protocol.check_params("cancel_by_type", {"task_type": "x"}) == {"type": "x"}
     assert protocol.check_params("retry_failed", {"task_type": None}) == {"type": None}
@@ -383,3 +403,21 @@ def test_a_frame_that_arrives_alone_is_taken_whole_and_any_other_goes_through_th
     assert buffered.take_whole(encoded[1]) is None and buffered.taken == 0
     bad = struct.pack(">I", 3) + b"\xc1\xc1\xc1"
     assert protocol.FrameBuffer().take_whole(bad) is None  # left for `next` to report
+
+
+def test_a_client_takes_an_answer_only_as_the_answer_to_its_request():
+    """A success under the request's id is its result; an error under it is raised as the error; an
+    answer under another id is refused; an error without an id (about the connection) is raised."""
+    from msearchd.client.checks import answer_result
+    from msearchd.errors import NotFound, Unavailable
+
+    assert answer_result({"id": 3, "result": {"a": 1}}, 3) == {"a": 1}
+    assert answer_result({"id": 3, "result": None}, 3) is None
+    with pytest.raises(NotFound, match=r"^task_9 does not exist$"):
+        answer_result({"id": 3, "error": NotFound("task_9 does not exist").to_wire()}, 3)
+    with pytest.raises(ProtocolError, match="answer for request 4, which is not waiting for one"):
+        answer_result({"id": 4, "result": {"a": 1}}, 3)
+    with pytest.raises(ProtocolError, match=r"^a frame must hold a msgpack map$"):
+        answer_result({"id": None, "error": ProtocolError("a frame must hold a msgpack map").to_wire()}, 3)
+    with pytest.raises(Unavailable, match="closed the connection"):
+        answer_result(None, 3)

@@ -86,7 +86,7 @@ class Client(Methods):
     def call(self, method: str, **params: Any) -> Any:
         if self._pipeline is not None:
             raise ProtocolError("this client has a pipeline open: call through it, or after it ends")
-        req_id = self._new_id()
+        self._next_id = req_id = self._next_id + 1  # `_new_id`, inline: every call comes through here
         frame = protocol.encode(protocol.request(req_id, method, params))
         if not self._send_unless_closed(frame):
             self._reconnect()

@@ -45,6 +45,8 @@ def check_peer(path: Path, sock: socket.socket) -> None:
 def answer_result(message: dict[str, Any] | None, req_id: int) -> Any:
     if message is None:
         raise Unavailable("msearchd closed the connection")
+    if message.get("id") == req_id and "error" not in message:
+        return message.get("result")  # the answer to the request, and a success: most answers
     check_answer(message, {req_id})
     if "error" in message:
         raise from_wire(message["error"])

@@ -60,6 +60,9 @@ def _only_waits(method: str, params: dict[str, Any]) -> bool:
     return method in _ABANDONABLE or (method == "submit" and params.get("key") is None)
 
 
+# What a method's result is when it is the answer itself, not an awaitable of it.
+_ANSWERED_NOW = frozenset({dict, list})
+
 # An answer: the request's id (None if it had none usable), whether it reports a success (whose
 # effect a failed commit undoes), and its frame.
 _Answer = tuple[Any, bool, bytes]
@@ -85,7 +88,8 @@ class Connection(asyncio.Protocol):
         self._bad_frame: ProtocolError | None = None  # met while reading ahead
         self._turn: asyncio.Handle | None = None  # this connection's next turn, when one is due
         self._large: tuple[int, int] | None = None  # (frame number, size) of a large frame given room
-        self._writable = asyncio.Event()
+        self._writing = True  # False while the transport's buffer is over WRITE_BUFFER
+        self._writable = asyncio.Event()  # set while `_writing`: what the event stream waits on
         self._writable.set()
         self.last_active = time.monotonic()
 
@@ -105,6 +109,7 @@ class Connection(asyncio.Protocol):
         self._server.forget_large(self)
         self._release_large()
         self._server.resume_accepting()
+        self._writing = True
         self._writable.set()
         if self._turn is not None:
             self._turn.cancel()
@@ -117,10 +122,12 @@ class Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         # A client that does not read its answers is not served, nor read from, until it catches up.
+        self._writing = False
         self._writable.clear()
         self.update_reading()
 
     def resume_writing(self) -> None:
+        self._writing = True
         self._writable.set()
         self._schedule()
 
@@ -172,13 +179,16 @@ class Connection(asyncio.Protocol):
 
     def _quiet(self) -> bool:
         """Nothing under way for this client, nothing read ahead, nothing held back: a request that
-        arrives alone now is a turn of its own."""
+        arrives alone now is a turn of its own. (`_can_serve`, spelled out: no call is held when none
+        is under way.)"""
         return (
             not self._pending
             and self._next is None
             and self._bad_frame is None
             and self._large is None
-            and self._can_serve()
+            and not self._closed
+            and self._subscription is None
+            and self._writing
         )
 
     def _can_serve(self) -> bool:
@@ -186,7 +196,7 @@ class Connection(asyncio.Protocol):
             not self._closed
             and self._subscription is None
             and self._holding is None
-            and self._writable.is_set()
+            and self._writing
             and len(self._pending) < MAX_PENDING
         )
 
@@ -208,7 +218,7 @@ class Connection(asyncio.Protocol):
                 self._large = (self._frames.taken, head)
             if self._large is not None:
                 limit = head
-        if self._writable.is_set() and self._frames.buffered() < limit:
+        if self._writing and self._frames.buffered() < limit:
             transport.resume_reading()
         else:
             transport.pause_reading()
@@ -241,7 +251,7 @@ class Connection(asyncio.Protocol):
                     if alone is None:
                         bad_frame = self._serve_received(answers, later, ids)
                     else:
-                        answer = self._answer(alone, ids, later)
+                        answer = self._answer(alone, None, later)
                         if answer is not None:
                             answers.append(answer)
             except Exception as exc:  # the commit failed: none of these requests took effect
@@ -274,14 +284,14 @@ class Connection(asyncio.Protocol):
         later: list[_Later] = []
         token = REQUESTER.set(self._requester)
         try:
-            answer = self._answer(message, set(), later)
-            self._start_later(later)  # a cancel that has to stop its task answers once it has
+            answer = self._answer(message, None, later)
+            if later:
+                self._start_later(later)  # a cancel that has to stop its task answers once it has
         finally:
             REQUESTER.reset(token)
         transport = self._transport
         if answer is not None and transport is not None and not transport.is_closing():
-            transport.write(answer[2])
-            self.last_active = time.monotonic()
+            transport.write(answer[2])  # `last_active` is when it arrived, a moment ago
 
     def _start_later(self, later: list[_Later]) -> None:
         for req_id, method, pending in later:
@@ -429,10 +439,12 @@ class Connection(asyncio.Protocol):
             out.append(answer)
         return out
 
-    def _answer(self, message: dict[str, Any], ids: set[int], later: list[_Later]) -> _Answer | None:
-        """The answer to one request; None when it will come later (the call is added to `later`)."""
+    def _answer(self, message: dict[str, Any], ids: set[int] | None, later: list[_Later]) -> _Answer | None:
+        """The answer to one request; None when it will come later (the call is added to `later`).
+        `ids`: of the turn's requests so far (see `_check_id`); None for a request that arrived alone
+        on a quiet connection (see `_quiet`), whose id no other request can be using."""
         try:
-            req_id = self._check_id(message, ids)
+            req_id = protocol.check_id(message.get("id")) if ids is None else self._check_id(message, ids)
         except ProtocolError as exc:
             return (None, False, protocol.encode({"id": None, "error": exc.to_wire()}))
         method = message.get("method")
@@ -452,7 +464,7 @@ class Connection(asyncio.Protocol):
                 result = {"subscribed": True}
             else:
                 result = self._server.methods[method](**params)
-                if not isinstance(result, dict | list) and inspect.isawaitable(result):
+                if type(result) not in _ANSWERED_NOW and inspect.isawaitable(result):
                     later.append((req_id, method, result))
                     self._pending[req_id] = None
                     if not _only_waits(method, params):
