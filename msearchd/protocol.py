@@ -52,7 +52,10 @@ MAX_ID = 2**63 - 1
 # Frames up to this size are copied out of the read buffer to be decoded, larger ones are viewed in it.
 SMALL_FRAME = 4096
 _HEADER = struct.Struct(">I")
-_HEADER_SIZE = _HEADER.size  # a constant: CPython 3.11 does not cache the lookup of `size`
+# Its size and methods, looked up once: CPython 3.11 does not cache their lookup, and makes a bound
+# method at each call of one; every frame is read and made with them.
+_HEADER_SIZE = _HEADER.size
+_pack_header, _unpack_header_from = _HEADER.pack, _HEADER.unpack_from
 
 
 _packers = threading.local()
@@ -79,12 +82,12 @@ def encode(message: Mapping[str, Any]) -> bytes:
         raise InvalidArgument(f"cannot send this value: {exc}") from None
     if len(body) > MAX_FRAME:
         raise TooLarge(f"a message of {len(body):,} bytes exceeds the {MAX_FRAME:,}-byte frame limit")
-    return _HEADER.pack(len(body)) + body
+    return _pack_header(len(body)) + body
 
 
 def decode(body: bytes | bytearray | memoryview) -> dict[str, Any]:
     try:
-        message = msgpack.unpackb(body, raw=False)
+        message = msgpack.unpackb(body)
     except Exception as exc:
         raise ProtocolError(f"undecodable frame: {exc}") from None
     if not isinstance(message, dict):
@@ -151,7 +154,7 @@ class FrameBuffer:
         """The size, header included, of the next frame as far as its header is known (0 before)."""
         if len(self._buffer) - self._start < _HEADER_SIZE:
             return 0
-        return _HEADER_SIZE + _HEADER.unpack_from(self._buffer, self._start)[0]
+        return _HEADER_SIZE + _unpack_header_from(self._buffer, self._start)[0]
 
     def take_whole(self, data: bytes) -> dict[str, Any] | None:
         """The message of `data` if it is one whole small frame and nothing is buffered before it, counted
@@ -161,11 +164,11 @@ class FrameBuffer:
         if (
             self._start != len(self._buffer)
             or not 0 < size <= SMALL_FRAME
-            or _HEADER.unpack_from(data)[0] != size
+            or _unpack_header_from(data)[0] != size
         ):
             return None
         try:  # `decode`, inline: every request that arrives alone comes through here
-            message = msgpack.unpackb(data[_HEADER_SIZE:], raw=False)
+            message = msgpack.unpackb(data[_HEADER_SIZE:])
         except Exception:
             return None  # `next` reports it, in its turn
         if type(message) is not dict:
@@ -178,7 +181,7 @@ class FrameBuffer:
         start, buffer = self._start, self._buffer
         if len(buffer) - start < _HEADER_SIZE:
             return None
-        (length,) = _HEADER.unpack_from(buffer, start)
+        (length,) = _unpack_header_from(buffer, start)
         if length > MAX_FRAME:
             raise ProtocolError(f"frame of {length} bytes exceeds the {MAX_FRAME}-byte limit")
         end = start + _HEADER_SIZE + length

@@ -60,6 +60,9 @@ def _only_waits(method: str, params: dict[str, Any]) -> bool:
     return method in _ABANDONABLE or (method == "submit" and params.get("key") is None)
 
 
+# `REQUESTER.set` and `.reset`, bound once: CPython 3.11 makes a bound method at each call of either.
+_set_requester, _reset_requester = REQUESTER.set, REQUESTER.reset
+
 # What a method's result is when it is the answer itself, not an awaitable of it.
 _ANSWERED_NOW = frozenset({dict, list})
 
@@ -244,7 +247,7 @@ class Connection(asyncio.Protocol):
         later: list[_Later] = []  # calls answered later, started once committed
         ids: set[int] = set()  # of this turn's requests
         bad_frame = False
-        token = REQUESTER.set(self._requester)  # the calls made here, and the tasks they start, see it
+        token = _set_requester(self._requester)  # the calls made here, and the tasks they start, see it
         try:
             try:
                 with self._server.service.batch():
@@ -262,7 +265,7 @@ class Connection(asyncio.Protocol):
                     self._subscription = None
             self._start_later(later)
         finally:
-            REQUESTER.reset(token)
+            _reset_requester(token)
         if self._subscription is not None and self._stream is None:
             self._stream = asyncio.ensure_future(self._send_events(self._subscription))
         transport = self._transport
@@ -282,13 +285,13 @@ class Connection(asyncio.Protocol):
         """`_serve` of a request that arrived alone (see `_quiet`) and has nothing to gain from the
         turn's group (see `_COMMITS_ALONE`): it commits on its own, and is answered."""
         later: list[_Later] = []
-        token = REQUESTER.set(self._requester)
+        token = _set_requester(self._requester)
         try:
             answer = self._answer(message, None, later)
             if later:
                 self._start_later(later)  # a cancel that has to stop its task answers once it has
         finally:
-            REQUESTER.reset(token)
+            _reset_requester(token)
         transport = self._transport
         if answer is not None and transport is not None and not transport.is_closing():
             transport.write(answer[2])  # `last_active` is when it arrived, a moment ago

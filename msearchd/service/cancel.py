@@ -22,7 +22,7 @@ from msearchd.model import (
     validate_type,
 )
 from msearchd.selection import Selection
-from msearchd.service.core import CANCEL_CHANNEL, REQUESTER
+from msearchd.service.core import CANCEL_CHANNEL, REQUESTER, requester
 from msearchd.service.fanout import Fanned
 from msearchd.workers import Outcome
 
@@ -38,6 +38,7 @@ T = TypeVar("T")
 # What a waiting task's answer says once cancelled: the names, not the enums (a StrEnum's `value` is
 # a property, read at a cost each time).
 _CANCELLED = str(TaskStatus.CANCELLED)
+_CANCELLED_STATUS = TaskStatus.CANCELLED  # a module's name: CPython 3.11 caches its lookup, not a member's
 _NOT_STARTED = str(StopReason.NOT_STARTED)
 
 
@@ -169,7 +170,7 @@ class Cancelling(ServiceCore):
     async def _take_back_elsewhere(self, task: Task, by: str) -> int | None:
         """Ask the daemon that runs the task to take it back if it waits its turn in a lease there
         (see `_take_back`); None if it runs there, ended, or that daemon did not answer in time."""
-        uid, pid = REQUESTER.get()
+        uid, pid = requester()
         with _answer_of(self._peers.take_back_replies, task.id) as reply:
             self._notify(CANCEL_CHANNEL, {"take_back": task.id, "by": by, "uid": uid, "pid": pid})
             try:
@@ -226,7 +227,7 @@ class Cancelling(ServiceCore):
         """Cancel a pending or blocked task, `answer` its `wire` as read (made what is written); an
         awaitable answer when its dependents are too many to cancel at once. None, nothing done, if
         it does not wait any more: another daemon of a shared store started it since it was read."""
-        uid, pid = REQUESTER.get()
+        uid, pid = requester()
         with self._deferring() as later, self.store.transaction():
             requested_at = self.clock()
             now = self.clock()  # after the request's time: the history lists the request first
@@ -236,7 +237,7 @@ class Cancelling(ServiceCore):
         answer["status"], answer["finished_at"] = _CANCELLED, now
         answer["stop_reason"], answer["blocked_reason"] = _NOT_STARTED, None
         self._announce(
-            "cancelled", task_id, answer["type"], TaskStatus.CANCELLED, extra={"stop_reason": _NOT_STARTED}
+            "cancelled", task_id, answer["type"], _CANCELLED_STATUS, extra={"stop_reason": _NOT_STARTED}
         )
         cancelled = {"task": answer, "cancelled_dependents": cascaded}
         return self._count_later(cancelled, later) if later else cancelled

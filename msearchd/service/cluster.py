@@ -139,7 +139,7 @@ class Clustering(ServiceCore):
             try:
                 channels = [EVENTS_CHANNEL, CANCEL_CHANNEL, WORK_CHANNEL, QUEUE_CHANNEL]
                 async for channel, raw in self.store.listen(channels, self._listening, self._wants):
-                    self._heard(channel, msgpack.unpackb(raw, raw=False))
+                    self._heard(channel, msgpack.unpackb(raw))
             except Exception as exc:
                 log.warning("lost the notifications of the other daemons (%s); listening again", exc)
                 await asyncio.sleep(HEARTBEAT_INTERVAL)

@@ -36,6 +36,8 @@ from msearchd.workers import Outcome, WorkerPool
 REQUESTER: contextvars.ContextVar[tuple[int | None, int | None]] = contextvars.ContextVar(
     "requester", default=(None, None)
 )
+# Its `get`, bound once: CPython 3.11 makes a bound method at each `REQUESTER.get()`.
+requester = REQUESTER.get
 # A notified event carries at most this much of a task's error.
 NOTIFIED_ERROR_MAX = 1000
 # Notification channels between daemons sharing a store.
@@ -286,6 +288,6 @@ class ServiceCore:
 
     def _record(self, task_ids: Iterable[int], event: str, **detail: Any) -> None:
         """Add an entry to the history of each task, naming who asked."""
-        uid, pid = REQUESTER.get()
+        uid, pid = requester()
         now = self.clock()
         self.store.add_events([(i, now, event, detail or None, uid, pid) for i in task_ids])

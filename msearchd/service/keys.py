@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from msearchd.errors import InvalidArgument
 from msearchd.model import StopReason, Task, TaskStatus, format_task_id
-from msearchd.service.core import REQUESTER
+from msearchd.service.core import requester
 from msearchd.store import WAITING
 from msearchd.workers import Outcome
 
@@ -60,7 +60,7 @@ class Keying(ServiceCore):
 
     def _insert_keyed(self, spec: dict[str, Any], key: str) -> dict[str, Any]:
         now = self.clock()
-        task_id = self.store.insert_keyed(key, **spec, created_at=now, submitter=REQUESTER.get())
+        task_id = self.store.insert_keyed(key, **spec, created_at=now, submitter=requester())
         if task_id is None:  # another took it since it was read: answer with that one
             holder = self.store.unfinished_with_key(key)
             assert holder is not None
@@ -81,7 +81,7 @@ class Keying(ServiceCore):
                 stop_reason=StopReason.NOT_STARTED,
                 blocked_reason=None,
             )
-            new_id = self.store.insert_keyed(key, **spec, created_at=now, submitter=REQUESTER.get())
+            new_id = self.store.insert_keyed(key, **spec, created_at=now, submitter=requester())
             assert new_id is not None  # the key was freed just above, in this transaction
             handed = []
             while part := self.store.replace_dependency(old.id, new_id):

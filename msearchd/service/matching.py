@@ -16,7 +16,7 @@ from msearchd.errors import InvalidArgument, InvalidState, MsearchError, NotFoun
 from msearchd.model import StopReason, Task, TaskStatus, format_task_id, validate_priority
 from msearchd.selection import Preview, Selection, parse_selection
 from msearchd.service.cancel import ended_first
-from msearchd.service.core import REQUESTER
+from msearchd.service.core import requester
 from msearchd.service.fanout import Fanned
 from msearchd.store import WAITING
 from msearchd.workers import Outcome
@@ -223,7 +223,7 @@ class Matching(ServiceCore):
         outcomes = {} if outcomes is None else outcomes
         by = detail["by"]
         statuses = selection.narrowed_to(cancellable(running))
-        uid, pid = REQUESTER.get()
+        uid, pid = requester()
         with self.store.transaction():
             request = self.store.add_bulk_request(self.clock(), "cancel_requested", detail, uid, pid)
         cancelled = cascaded = failed = 0
@@ -356,7 +356,7 @@ class Matching(ServiceCore):
         """Give what a selection holds among waiting tasks up to `newest` one priority, a window at a
         time; how many it selected and how many it changed (the others had it). `touched`, if given,
         gets the ids it selected."""
-        uid, pid = REQUESTER.get()
+        uid, pid = requester()
         selected = changed = 0
         with self._bulk(), self._checkpoint_after():
             async for rows in self._scan(selection, selection.narrowed_to(WAITING), newest):

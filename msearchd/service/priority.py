@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from msearchd.errors import InvalidState
 from msearchd.model import TaskStatus, format_task_id, parse_task_id, validate_priority
-from msearchd.service.core import REQUESTER
+from msearchd.service.core import requester
 from msearchd.store.schema import STATUS_BY_NAME
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ class Prioritising(ServiceCore):
         if answer is None:
             raise not_waiting(task_id, status)
         old = answer["priority"]
-        uid, pid = REQUESTER.get()
+        uid, pid = requester()
         with self.store.transaction():
             if not self.store.change_priority(task_id, priority, old, self.clock(), uid, pid):
                 # Another daemon of a shared store started or cancelled it since it was read.

@@ -12,7 +12,7 @@ from msearchd.config import Settings
 from msearchd.errors import InvalidArgument
 from msearchd.model import TERMINAL, TaskStatus, format_task_id, validate_timeout
 from msearchd.selection import type_matches, validate_type_pattern
-from msearchd.service.core import QUEUE_CHANNEL, REQUESTER
+from msearchd.service.core import QUEUE_CHANNEL, requester
 from msearchd.store import ServiceStore
 
 if TYPE_CHECKING:
@@ -94,7 +94,7 @@ class Pausing(ServiceCore):
         return sorted({validate_type_pattern(t) for t in types})
 
     def _queue_changed(self, event: str, types: list[str]) -> dict[str, Any]:
-        uid, pid = REQUESTER.get()
+        uid, pid = requester()
         now = self.clock()
         self.store.add_bulk_request(now, event, {"types": types}, uid, pid)
         payload = {
@@ -123,7 +123,7 @@ class Pausing(ServiceCore):
         answer: they have not started, so they do not. (Those of the other daemons of a shared
         store, as each hears of the pause.)"""
         names = self._pause_types(types)
-        uid, pid = REQUESTER.get()
+        uid, pid = requester()
         with self.store.transaction():
             added = self.store.add_pauses(names, self.clock(), uid, pid)
             if added:  # pausing what is paused already changes nothing: no history entry

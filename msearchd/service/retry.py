@@ -13,7 +13,7 @@ from msearchd.model import (
     TaskStatus,
     format_task_id,
 )
-from msearchd.service.core import REQUESTER
+from msearchd.service.core import requester
 from msearchd.service.fanout import Fanned
 from msearchd.service.query import type_filter
 
@@ -71,7 +71,7 @@ class Retrying(ServiceCore):
         key = self.store.keys([old.id]).get(old.id)
         with self.store.transaction():
             spec = self._prepare(old.type, old.data, old.priority, old.depends_on)
-            spec.update(retry_of=old.id, created_at=self.clock(), submitter=REQUESTER.get())
+            spec.update(retry_of=old.id, created_at=self.clock(), submitter=requester())
             if key is None:
                 new_id = self.store.insert(**spec)
             elif (keyed := self.store.insert_keyed(key, **spec)) is not None:

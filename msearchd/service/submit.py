@@ -24,7 +24,7 @@ from msearchd.model import (
     validate_type,
 )
 from msearchd.protocol import check_params, pack
-from msearchd.service.core import REQUESTER
+from msearchd.service.core import requester
 from msearchd.store import NewRow, new_row
 
 if TYPE_CHECKING:
@@ -131,7 +131,7 @@ class Submitting(ServiceCore):
         if key is not None:
             return self._submit_keyed(spec, key, on_conflict, running)
         now = self.clock()
-        task_id = self.store.insert(**spec, created_at=now, submitter=REQUESTER.get())
+        task_id = self.store.insert(**spec, created_at=now, submitter=requester())
         return self._submitted(task_id, spec, now)
 
     def _submit_and_wait(
@@ -197,7 +197,7 @@ class Submitting(ServiceCore):
         def write_waiting() -> None:
             if not waiting:
                 return
-            now, submitter = self.clock(), REQUESTER.get()
+            now, submitter = self.clock(), requester()
             try:
                 if len(waiting) == 1:
                     ids = [self.store.insert(**waiting[0][1], created_at=now, submitter=submitter)]
@@ -272,7 +272,7 @@ class Submitting(ServiceCore):
             if spec["depends_on"]:
                 depends_on.append((len(rows), spec["depends_on"]))
             rows.append(new_row(spec))
-        ids = self.store.insert_rows(rows, depends_on, self.clock(), REQUESTER.get())
+        ids = self.store.insert_rows(rows, depends_on, self.clock(), requester())
         self._publish_status("submitted", ids)
         self.wake()
         return {"task_ids": [format_task_id(i) for i in ids]}

@@ -102,7 +102,7 @@ def row_to_task(row: Sequence[Any]) -> Task:
         task_type,
         STATUS_BY_NAME[status],
         priority,
-        unpackb(data, raw=False),
+        unpackb(data),
         (sorted(int(d) for d in deps.split(",")) if isinstance(deps, str) else list(deps)) if deps else [],
         progress,
         current_operation,
@@ -117,7 +117,7 @@ def row_to_task(row: Sequence[Any]) -> Task:
         finished_at,
         worker_pid,
         None,  # log_path: the service knows where logs are
-        unpackb(result, raw=False) if result is not None else None,
+        unpackb(result) if result is not None else None,
         host,
         logged if logged is None else bool(logged),  # SQLite gives 0 or 1
     )
@@ -140,7 +140,7 @@ def row_to_wire(row: Sequence[Any], shared: bool = False) -> dict[str, Any]:
         "type": task_type,
         "status": status,
         "priority": priority,
-        "data": unpackb(data, raw=False),
+        "data": unpackb(data),
         "depends_on": [format_task_id(d) for d in deps] if deps else [],
         "progress": progress,
         "current_operation": current_operation,
@@ -155,7 +155,7 @@ def row_to_wire(row: Sequence[Any], shared: bool = False) -> dict[str, Any]:
         "finished_at": finished_at,
         "worker_pid": worker_pid,
         "log_path": None,
-        "result": unpackb(result, raw=False) if result is not None else None,
+        "result": unpackb(result) if result is not None else None,
     }
     if shared:
         wire["host"] = host
@@ -246,7 +246,7 @@ class SpecInserts:
 
 def detail(packed: bytes | None) -> dict[str, Any]:
     """The detail of a history row (packed; none is empty)."""
-    return unpackb(packed, raw=False) if packed else {}
+    return unpackb(packed) if packed else {}
 
 
 def event_dicts(rows: Iterable[Sequence[Any]]) -> list[dict[str, Any]]:
@@ -258,4 +258,4 @@ def window_rows(
     rows: Iterable[Sequence[Any]],
 ) -> list[tuple[int, str, str, int, dict[str, Any] | None]]:
     """(id, type, status, priority, data) rows of a selection window, the data unpacked where read."""
-    return [(i, t, s, p, unpackb(d, raw=False) if d is not None else None) for i, t, s, p, d in rows]
+    return [(i, t, s, p, unpackb(d) if d is not None else None) for i, t, s, p, d in rows]

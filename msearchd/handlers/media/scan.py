@@ -58,7 +58,7 @@ def load_index(path: Path) -> dict[str, list[Any]]:
     """path -> [size, mtime_ns, digest (None: not media), task ids]; empty when there is none, or it
     is unreadable (everything is then looked at again, and the cache saves the work already done)."""
     try:
-        index = msgpack.unpackb(path.read_bytes(), raw=False)
+        index = msgpack.unpackb(path.read_bytes())
     except (OSError, ValueError, msgpack.UnpackException):
         return {}
     return index if isinstance(index, dict) else {}
