@@ -15,7 +15,7 @@ else:
     ServiceCore = object  # TaskService puts the real one last among its bases
 
 
-_PENDING = TaskStatus.PENDING  # a module's name: CPython 3.11 caches its lookup, not an enum member's
+_PENDING_STATUS = TaskStatus.PENDING  # a module's name: CPython 3.11 caches its lookup, not an enum member's
 
 
 def not_waiting(task_id: int, status: TaskStatus | str) -> InvalidState:
@@ -43,6 +43,6 @@ class Prioritising(ServiceCore):
         waiting = STATUS_BY_NAME[status]
         changed = {"old_priority": old, "priority": priority}
         self._announce("priority_changed", task_id, answer["type"], waiting, extra=changed)
-        if waiting is _PENDING:
+        if waiting is _PENDING_STATUS:
             self.wake()
         return answer

@@ -36,6 +36,7 @@ log = logging.getLogger("msearchd.service")
 # The parameters of a task that `submit_many` checks without the help of `submit`.
 _PLAIN_KEYS = frozenset({"type", "data", "priority"})
 _PENDING = str(TaskStatus.PENDING)
+_PENDING_STATUS = TaskStatus.PENDING  # a module's name: CPython 3.11 caches its lookup, not a member's
 
 
 class Submitting(ServiceCore):
@@ -74,7 +75,7 @@ class Submitting(ServiceCore):
                 "task_type": task_type,
                 "data": data,
                 "priority": prio,
-                "status": TaskStatus.PENDING,
+                "status": _PENDING_STATUS,
                 "depends_on": [],
                 "blocked_reason": None,
             }
@@ -169,7 +170,7 @@ class Submitting(ServiceCore):
         """Announce a task just written, and answer with it."""
         task_type, status = spec["task_type"], spec["status"]
         self._announce("submitted", task_id, task_type, status)
-        if status is TaskStatus.PENDING:
+        if status is _PENDING_STATUS:
             self.wake()
         answer = new_task_wire(
             task_id,
