@@ -19,12 +19,12 @@ In process, no socket: each request's frame is handed to the daemon's `rpc.conne
 With `--instructions`, the machine instructions a request takes instead, as valgrind's callgrind
 counts them (the difference between runs of 1,000 and 3,000 requests of a kind, over 2,000): in the
 daemon, in the lean server, and in the lean server with the checks every request needs. Like the
-bytecodes, they hardly depend on the machine's noise (the interpreter's hash seed and addresses move
-them by about 1%); unlike them, they count the C under the Python too (SQLite, msgpack, the
-interpreter itself). What they leave out is where the time of a cold request goes: the same
-instructions take longer once their code and data are out of the caches. It also counts the client's
-side of a `set_priority`, a client process under callgrind with the daemon outside it: through
-`msearchd.client`, and through the bench's bare socket client.
+bytecodes, they do not depend on the machine's noise (each run has the same hash seed and no address
+randomisation: they repeat to within a few instructions); unlike them, they count the C under the
+Python too (SQLite, msgpack, the interpreter itself). What they leave out is where the time of a cold
+request goes: the same instructions take longer once their code and data are out of the caches. It
+also counts the client's side of a `set_priority`, a client process under callgrind with the daemon
+outside it: through `msearchd.client`, and through the bench's bare socket client.
 
     .venv/bin/python bench/footprint.py --instructions     # needs valgrind; a few minutes
 
