@@ -26,7 +26,7 @@ request goes: the same instructions take longer once their code and data are out
 also counts the client's side of a `set_priority`, a client process under callgrind with the daemon
 outside it: through `msearchd.client`, and through the bench's bare socket client.
 
-    .venv/bin/python bench/footprint.py --instructions     # needs valgrind; a few minutes
+    .venv/bin/python bench/footprint.py --instructions     # needs valgrind; ~10 minutes on 2 cores
 
 Not part of run.py: a tool to see where the distance between the daemon and the floor comes from.
 """

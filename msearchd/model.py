@@ -57,6 +57,11 @@ class TaskStatus(StrEnum):
 
 TERMINAL = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
 
+# The statuses a request compares with, as names of this module: CPython 3.11 caches the lookup of a
+# module's name, not of an enum member.
+PENDING_STATUS = TaskStatus.PENDING
+CANCELLED_STATUS = TaskStatus.CANCELLED
+
 # Running -> pending is an interruption (daemon stop or crash), never a user action.
 TRANSITIONS: Mapping[TaskStatus, frozenset[TaskStatus]] = {
     TaskStatus.PENDING: frozenset({TaskStatus.RUNNING, TaskStatus.BLOCKED, TaskStatus.CANCELLED}),

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from msearchd.errors import InvalidState, MsearchError, Unavailable
 from msearchd.model import (
+    CANCELLED_STATUS,
     TERMINAL,
     StopReason,
     Task,
@@ -38,7 +39,6 @@ T = TypeVar("T")
 # What a waiting task's answer says once cancelled: the names, not the enums (a StrEnum's `value` is
 # a property, read at a cost each time).
 _CANCELLED = str(TaskStatus.CANCELLED)
-_CANCELLED_STATUS = TaskStatus.CANCELLED  # a module's name: CPython 3.11 caches its lookup, not a member's
 _NOT_STARTED = str(StopReason.NOT_STARTED)
 
 
@@ -237,7 +237,7 @@ class Cancelling(ServiceCore):
         answer["status"], answer["finished_at"] = _CANCELLED, now
         answer["stop_reason"], answer["blocked_reason"] = _NOT_STARTED, None
         self._announce(
-            "cancelled", task_id, answer["type"], _CANCELLED_STATUS, extra={"stop_reason": _NOT_STARTED}
+            "cancelled", task_id, answer["type"], CANCELLED_STATUS, extra={"stop_reason": _NOT_STARTED}
         )
         cancelled = {"task": answer, "cancelled_dependents": cascaded}
         return self._count_later(cancelled, later) if later else cancelled

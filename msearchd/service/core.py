@@ -189,8 +189,8 @@ class ServiceCore:
         extra: Mapping[str, Any] | None = None,
     ) -> None:
         """`_publish` of a task known by its id, type and new status."""
-        if not (self._subscriptions or self.store.shared or task_id in self._waiters):
-            return  # nobody to tell (`_listened`, inline: most changes are such)
+        if not self._listened(task_id):
+            return  # nobody to tell: most changes are such
         payload = None
         if self._subscriptions or self.store.shared:
             payload = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from msearchd.errors import InvalidState
-from msearchd.model import TaskStatus, format_task_id, parse_task_id, validate_priority
+from msearchd.model import PENDING_STATUS, TaskStatus, format_task_id, parse_task_id, validate_priority
 from msearchd.service.core import requester
 from msearchd.store.schema import STATUS_BY_NAME
 
@@ -13,9 +13,6 @@ if TYPE_CHECKING:
     from msearchd.service.core import ServiceCore
 else:
     ServiceCore = object  # TaskService puts the real one last among its bases
-
-
-_PENDING_STATUS = TaskStatus.PENDING  # a module's name: CPython 3.11 caches its lookup, not an enum member's
 
 
 def not_waiting(task_id: int, status: TaskStatus | str) -> InvalidState:
@@ -43,6 +40,6 @@ class Prioritising(ServiceCore):
         waiting = STATUS_BY_NAME[status]
         changed = {"old_priority": old, "priority": priority}
         self._announce("priority_changed", task_id, answer["type"], waiting, extra=changed)
-        if waiting is _PENDING_STATUS:
+        if waiting is PENDING_STATUS:
             self.wake()
         return answer

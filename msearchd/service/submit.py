@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from msearchd.errors import InvalidArgument, InvalidState, MsearchError, NotFound
 from msearchd.handlers import command
 from msearchd.model import (
+    PENDING_STATUS,
     TERMINAL,
     TaskStatus,
     default_priority,
@@ -36,7 +37,6 @@ log = logging.getLogger("msearchd.service")
 # The parameters of a task that `submit_many` checks without the help of `submit`.
 _PLAIN_KEYS = frozenset({"type", "data", "priority"})
 _PENDING = str(TaskStatus.PENDING)
-_PENDING_STATUS = TaskStatus.PENDING  # a module's name: CPython 3.11 caches its lookup, not a member's
 
 
 class Submitting(ServiceCore):
@@ -75,7 +75,7 @@ class Submitting(ServiceCore):
                 "task_type": task_type,
                 "data": data,
                 "priority": prio,
-                "status": _PENDING_STATUS,
+                "status": PENDING_STATUS,
                 "depends_on": [],
                 "blocked_reason": None,
             }
@@ -170,7 +170,7 @@ class Submitting(ServiceCore):
         """Announce a task just written, and answer with it."""
         task_type, status = spec["task_type"], spec["status"]
         self._announce("submitted", task_id, task_type, status)
-        if status is _PENDING_STATUS:
+        if status is PENDING_STATUS:
             self.wake()
         answer = new_task_wire(
             task_id,
