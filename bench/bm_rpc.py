@@ -13,7 +13,19 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
-from benchlib import BENCH, PYTHON, Context, Gate, Row, median, ms, percentile, running_daemon, temp_root
+from benchlib import (
+    BENCH,
+    PYTHON,
+    Context,
+    Gate,
+    Row,
+    median,
+    ms,
+    percentile,
+    placed,
+    running_daemon,
+    temp_root,
+)
 from floor import READ_TASK, FloorStore
 
 NAME = "rpc"
@@ -230,10 +242,7 @@ def interleaved(
     """Times of each op, ms, in shuffled order, for each placement of the client and the servers: the
     first half of the n calls of each on one, the second half on the other."""
     results: dict[str, dict[str, list[float]]] = {}
-    for placement, (client_cpus, server_cpus) in placements().items():
-        for pid in servers:
-            os.sched_setaffinity(pid, server_cpus)
-        os.sched_setaffinity(0, client_cpus)
+    for placement in placed(servers):
         times = results[placement] = {k: [] for k in ops}
         rng = random.Random(2)
         names = list(ops)
@@ -244,9 +253,6 @@ def interleaved(
                 t0 = time.perf_counter()
                 ops[name](i)
                 times[name].append(ms(time.perf_counter() - t0))
-    every = set(range(os.cpu_count() or 1))
-    for pid in (0, *servers):
-        os.sched_setaffinity(pid, every)
     return results
 
 
@@ -257,17 +263,6 @@ FLOOR_NAMES = {
     "set_priority": "floor: round trip + the same transaction in process",
     "get": "floor: round trip + the same read in process",
 }
-
-
-def placements() -> dict[str, tuple[set[int], set[int]]]:
-    """Where the client and the two servers run. The kernel keeps a process on the CPU it last ran
-    on, so without pinning the daemon and the echo server can end up placed differently, and a
-    round trip between two CPUs costs this VM 50-100 us more than one on a single CPU: the servers
-    are pinned alike, once on the client's CPU and once on the other."""
-    out = {"client and server on one CPU": ({0}, {0})}
-    if (os.cpu_count() or 1) > 1:
-        out["on two CPUs"] = ({0}, {1})
-    return out
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
-from benchlib import Context, Gate, Row, median, running_daemon, skip, temp_root
+from benchlib import Context, Gate, Row, median, placed, placements, running_daemon, skip, temp_root
 from bm_rpc import LEAN, BareClient, start_echo, start_lean
 from floor import FloorStore
 
@@ -76,7 +76,7 @@ def run(ctx: Context) -> None:
             for i in range(50):  # warm-up, not counted
                 c.submit("noop", {"i": i})
 
-            # --- single submits, interleaved in chunks with their floor and with Huey ---------------
+            # --- single submits, interleaved call by call with their floor and with Huey ---------
             # Huey enqueues in the caller's process: behind the same round trip as ours (a thin RPC
             # server, bench/echo_server.py --huey) it is the target's peer, with fsync=False (no fsync
             # per commit, as ours); called in process, in both configurations, it is information.
@@ -84,8 +84,12 @@ def run(ctx: Context) -> None:
             for app in hueys.values():
                 for i in range(50):
                     app.noop(i)
+            # The floor's round trips and the bare ones go to echo servers of their own, as in the rpc
+            # bench: each server answers one request of the daemon's each.
             echo, echo_path = start_echo(root)
-            bare = BareClient(echo_path)
+            bare_echo, bare_echo_path = start_echo(root, "bare-echo")
+            via_floor = BareClient(echo_path)
+            bare = BareClient(bare_echo_path)
             floor = FloorStore(root / "floor.db")
             lean_proc, lean, _ = start_lean(root, 0)
             huey_rpc = huey_server = None
@@ -93,9 +97,11 @@ def run(ctx: Context) -> None:
                 huey_env = {"BENCH_HUEY_DB": str(root / "huey-rpc.db"), "BENCH_HUEY_FSYNC": "off"}
                 huey_server, huey_path = start_echo(root, "huey", huey_env)
                 huey_rpc = BareClient(huey_path)
-            sides = ["piped", "ours", "ceiling", "floor", "lean", *(["huey rpc"] if hueys else [])]
+            sides = ["ours", "ceiling", "floor", "lean", *(["huey rpc"] if hueys else [])]
             sides += [f"huey {f}" for f in hueys]
-            samples: dict[str, list[float]] = {side: [] for side in sides}  # us per call
+            servers = [d.pid, echo.pid, bare_echo.pid, lean_proc.pid]
+            servers += [huey_server.pid] if huey_server else []
+            samples: dict[str, dict[str, list[float]]] = {}  # us per call, by placement and side
             piped = 0.0
 
             def params(i: int) -> dict[str, Any]:
@@ -107,7 +113,7 @@ def run(ctx: Context) -> None:
                 elif side == "ceiling":
                     bare.call("submit", params(i))
                 elif side == "floor":
-                    bare.call("submit", params(i))
+                    via_floor.call("submit", params(i))
                     floor.submit()
                 elif side == "lean":
                     lean.call("submit", params(i))
@@ -117,34 +123,38 @@ def run(ctx: Context) -> None:
                 else:
                     hueys[side.removeprefix("huey ")].noop(i)
 
-            # Rounds of each side in turn, in a shuffled order, so that all see the machine alike; each
-            # call is timed alone and the figures are medians, which a disturbance moves little. A
-            # pipeline pays its start and its drain once a round: rounds of a few hundred submits
-            # would measure mostly that, so it is timed whole.
-            chunk = max(500, singles // 5)
+            # Each call of a side is followed by one of every other side, in a shuffled order, so
+            # that all see the machine alike; each call is timed alone and the figures are medians,
+            # which a disturbance moves little. A pipeline pays its start and its drain once: rounds of
+            # a few hundred submits would measure mostly that, so it runs in rounds of its own between
+            # the others', timed whole. Half the rounds run with the servers on the client's CPU, half
+            # on the other (benchlib.placed).
+            each = singles // len(placements())
+            chunk = max(500, each // 5)
             rng = random.Random(3)
-            for start in range(0, singles, chunk):
-                rng.shuffle(sides)
-                for side in sides:
-                    if side == "piped":
-                        # Each submit is a request of its own, answered once durable; the client sends
-                        # the next without waiting for the answer (Client.pipeline).
-                        t0 = time.perf_counter()
-                        with c.pipeline() as p:
-                            for i in range(start, start + chunk):
-                                p.submit("noop", {"i": i})
-                        piped += time.perf_counter() - t0
-                        assert len(p.results) == chunk and all(isinstance(r, dict) for r in p.results)
-                        continue
-                    times = samples[side]
+            for k, placement in enumerate(placed(servers)):
+                samples[placement] = {side: [] for side in sides}
+                times = samples[placement]
+                for start in range(k * each, (k + 1) * each, chunk):
+                    # Each submit is a request of its own, answered once durable; the client sends
+                    # the next without waiting for the answer (Client.pipeline).
+                    t0 = time.perf_counter()
+                    with c.pipeline() as p:
+                        for i in range(start, start + chunk):
+                            p.submit("noop", {"i": i})
+                    piped += time.perf_counter() - t0
+                    assert len(p.results) == chunk and all(isinstance(r, dict) for r in p.results)
                     for i in range(start, start + chunk):
-                        t0 = time.perf_counter()
-                        one_call(side, i)
-                        times.append((time.perf_counter() - t0) * 1e6)
+                        rng.shuffle(sides)
+                        for side in sides:
+                            t0 = time.perf_counter()
+                            one_call(side, i)
+                            times[side].append((time.perf_counter() - t0) * 1e6)
             bare.close()
+            via_floor.close()
             lean.close()
             floor.close()
-            for proc in (echo, huey_server, lean_proc):
+            for proc in (echo, bare_echo, huey_server, lean_proc):
                 if proc is not None:
                     proc.terminate()
                     proc.wait(timeout=10)
@@ -157,77 +167,53 @@ def run(ctx: Context) -> None:
                 ctx.detail(
                     f"huey queue (rpc, fsync=False) holds {count} tasks after the run (expected {singles})"
                 )
-            med = {side: median(v) for side, v in samples.items() if v}
-            ctx.detail(
-                "single submits, median us per call: "
-                + ", ".join(f"{side} {v:.1f}" for side, v in sorted(med.items()))
-            )
-            waiting = "single submit, waiting for its answer: median us"
-            ctx.add(
-                Row(
-                    NAME,
-                    waiting,
-                    med["ours"],
-                    med["floor"],
-                    "us",
-                    "floor: round trip + one-row commit in process",
-                    "ratio:<=1.3",
-                )
-            )
-            ctx.add(Row(NAME, f"{waiting}, vs {LEAN} (info)", med["ours"], med["lean"], "us", LEAN))
             floor_name = "floor: round trip + one-row commit in process"
-            ctx.add(
-                Row(
-                    NAME,
-                    f"{LEAN} over the floor, single submit (info)",
-                    med["lean"],
-                    med["floor"],
-                    "us",
-                    floor_name,
+            for placement, of_placement in samples.items():
+                med = {side: median(v) for side, v in of_placement.items() if v}
+                ctx.detail(
+                    f"single submits, {placement}, median us per call: "
+                    + ", ".join(f"{side} {v:.1f}" for side, v in sorted(med.items()))
                 )
-            )
-            if hueys:
-                ctx.add(
-                    Row(
-                        NAME,
-                        f"{waiting}, vs Huey behind the same round trip",
-                        med["ours"],
-                        med["huey rpc"],
-                        "us",
-                        "huey enqueue (fsync=False) behind a thin RPC",
-                        "ratio:<=1",
-                        note="no slower than Huey",
-                    )
-                )
-                for f in hueys:
+                waiting = f"single submit, waiting for its answer: median us, {placement}"
+                ours = med["ours"]
+                ctx.add(Row(NAME, waiting, ours, med["floor"], "us", floor_name, "ratio:<=1.3"))
+                ctx.add(Row(NAME, f"{waiting}, vs {LEAN} (info)", ours, med["lean"], "us", LEAN))
+                name = f"{LEAN} over the floor, single submit, {placement} (info)"
+                ctx.add(Row(NAME, name, med["lean"], med["floor"], "us", floor_name))
+                if hueys:
                     ctx.add(
                         Row(
                             NAME,
-                            f"{waiting}, vs Huey in process, {f} (info)",
-                            med["ours"],
-                            med[f"huey {f}"],
+                            f"{waiting}, vs Huey behind the same round trip",
+                            ours,
+                            med["huey rpc"],
                             "us",
-                            HUEY_PEERS[f],
+                            "huey enqueue (fsync=False) behind a thin RPC",
+                            "ratio:<=1",
+                            note="no slower than Huey",
                         )
                     )
-            else:
+                    for f in hueys:
+                        name = f"{waiting}, vs Huey in process, {f} (info)"
+                        ctx.add(Row(NAME, name, ours, med[f"huey {f}"], "us", HUEY_PEERS[f]))
+                ctx.add(
+                    Row(
+                        NAME,
+                        f"single submit: the bare round trip alone, median us, {placement} (info)",
+                        med["ceiling"],
+                        ours,
+                        "us",
+                        "ours, each waiting",
+                        note="the same requests, one at a time, answered by the bare echo server",
+                    )
+                )
+            if not hueys:
                 skip(
                     ctx, NAME, "huey enqueue", "huey is not installed (pip install -r bench/requirements.txt)"
                 )
-            ctx.add(
-                Row(
-                    NAME,
-                    "single submit: the bare round trip alone, median us (info)",
-                    med["ceiling"],
-                    med["ours"],
-                    "us",
-                    "ours, each waiting",
-                    note="the same requests, one at a time, answered by the bare echo server",
-                )
-            )
             name = "single submits/s, one client, pipelined (info)"
             if hueys:
-                huey_rate = 1e6 / med["huey default"]
+                huey_rate = 1e6 / median([t for by_side in samples.values() for t in by_side["huey default"]])
                 ctx.add(Row(NAME, name, singles / piped, huey_rate, "/s", HUEY_PEERS["default"]))
             else:
                 ctx.add(Row(NAME, name, singles / piped, unit="/s"))
