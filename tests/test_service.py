@@ -3,8 +3,11 @@ about may be lost."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import inspect
 import sqlite3
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -235,3 +238,28 @@ def test_the_service_keeps_fewer_than_30_attributes_of_its_own(tmp_path: Path):
     is about, not in a 30th attribute."""
     service = TaskService(Store(tmp_path / "tasks.db"), Settings(state_dir=tmp_path))
     assert len(vars(service)) < 30, sorted(vars(service))
+
+
+def test_every_attribute_the_service_sets_is_there_from_its_start(tmp_path: Path):
+    """The count above holds for as long as the daemon runs only if no attribute appears later: a
+    class default that a method sets on the instance (a count of failures, say) would be a 30th
+    attribute from the first time it is set, until a restart."""
+    service = TaskService(Store(tmp_path / "tasks.db"), Settings(state_dir=tmp_path))
+    set_by_methods: dict[str, str] = {}
+    for cls in TaskService.__mro__:
+        if not cls.__module__.startswith("msearchd.service"):
+            continue
+        for node in ast.walk(ast.parse(textwrap.dedent(inspect.getsource(cls)))):
+            if isinstance(node, ast.Assign):
+                targets = node.targets
+            elif isinstance(node, ast.AugAssign | ast.AnnAssign):
+                targets = [node.target]
+            else:
+                continue
+            for target in targets:
+                for name in target.elts if isinstance(target, ast.Tuple) else [target]:
+                    if isinstance(name, ast.Attribute) and ast.unparse(name.value) == "self":
+                        set_by_methods.setdefault(name.attr, cls.__name__)
+    assert len(set_by_methods) > 20, set_by_methods  # the scan found the service's own state
+    late = {name: where for name, where in set_by_methods.items() if name not in vars(service)}
+    assert not late, f"set by methods of these classes, not in __init__: {late}"

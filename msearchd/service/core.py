@@ -27,7 +27,7 @@ from msearchd.protocol import pack
 from msearchd.retention import Retention
 from msearchd.scheduler import Scheduler
 from msearchd.service.dispatch import Durations
-from msearchd.service.fanout import FANOUT_EVENT, Fanned
+from msearchd.service.fanout import FANOUT_EVENT, Fanned, FanoutBudget
 from msearchd.service.wait import Subscription, WaitCall
 from msearchd.store import WAITING, ServiceStore
 from msearchd.workers import Outcome, WorkerPool
@@ -120,7 +120,8 @@ class ServiceCore:
         self._checkpoints: set[asyncio.Task[None]] = set()
         self._fanouts: set[asyncio.Task[Fanned]] = set()
         self._deferred: list[asyncio.Future[Fanned]] | None = None  # see _deferring
-        self._budget_of, self._budget = -1, 0  # dependents the current transaction may still settle
+        self._fanout_budget = FanoutBudget()
+        self._dispatch_failures = 0  # turns of the dispatcher that failed in a row; it backs off meanwhile
         self._background: set[asyncio.Task[Any]] = set()
         self._peers = Peers()
         self.retention = Retention(store, settings, self.log_path, self._running_ids, (FANOUT_EVENT,), clock)

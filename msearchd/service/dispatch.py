@@ -62,8 +62,6 @@ class Durations:
 class Dispatching(ServiceCore):
     """The dispatch operations of `TaskService`."""
 
-    _dispatch_failures = 0  # turns of the dispatcher that failed in a row; it backs off meanwhile
-
     if TYPE_CHECKING:
 
         def _late(self) -> bool: ...

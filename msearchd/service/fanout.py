@@ -35,6 +35,17 @@ FANOUT_CHUNK = 1000
 FANOUT_EVENT = "dependents_pending"
 
 
+class FanoutBudget:
+    """The dependents a transaction may still settle: FANOUT_CHUNK a transaction, whichever change
+    of it spends them."""
+
+    __slots__ = ("left", "of")
+
+    def __init__(self) -> None:
+        self.of = -1  # the store's `begun` of the transaction the budget is for
+        self.left = 0
+
+
 @dataclasses.dataclass(slots=True)
 class Fanned:
     """What settling the dependents of tasks did."""
@@ -70,13 +81,14 @@ class FanningOut(ServiceCore):
         finishes), the rest in chunks after it commits."""
         done = Fanned()
         work = deque((root, 0) for root in roots)
-        if self.store.begun != self._budget_of:  # the budget is the transaction's, whoever spends it
-            self._budget_of, self._budget = self.store.begun, FANOUT_CHUNK
-        while work and self._budget > 0:
+        budget = self._fanout_budget
+        if self.store.begun != budget.of:
+            budget.of, budget.left = self.store.begun, FANOUT_CHUNK
+        while work and budget.left > 0:
             root, after = work.popleft()
-            part, more, cursor, seen = self._fanout_step(root, after, self._budget)
+            part, more, cursor, seen = self._fanout_step(root, after, budget.left)
             done.add(part)
-            self._budget -= seen
+            budget.left -= seen
             if cursor is not None:
                 work.appendleft((root, cursor))
             work.extend((r, 0) for r in more)
