@@ -39,15 +39,20 @@ class Maintenance(Connection):
         db = sqlite3.connect(self.path, isolation_level=None)
         try:
             db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            used = {
-                r[0] for r in db.execute("SELECT DISTINCT bulk_request FROM tasks WHERE bulk_request > 0")
-            }
-            rows = db.execute(
+            old = db.execute(
                 f"SELECT id FROM task_events WHERE task_id IS NULL AND time < ? "
                 f"AND event NOT IN ({marks(len(keep))}) ORDER BY id",
                 (before, *keep),
-            )
-            return [r[0] for r in rows if r[0] not in used]
+            ).fetchall()
+            if not old:
+                # Most passes of the pruner end here. The tasks a request points at are found by
+                # reading every task (no index holds `bulk_request`: a bulk cancel would write it
+                # into one for each task it cancels): about 130 ms a million tasks here.
+                return []
+            used = {
+                r[0] for r in db.execute("SELECT DISTINCT bulk_request FROM tasks WHERE bulk_request > 0")
+            }
+            return [r[0] for r in old if r[0] not in used]
         finally:
             db.close()
 
