@@ -244,8 +244,8 @@ def run(ctx: Context) -> None:
                 gate2 = Gate(root / "small")
                 fill(d2.db_path, 0, gate2, [])
                 d2.start()
-                # The first round of each is not counted: the first tasks after a start run at about
-                # half the rate on the large store, once (the detail line shows it).
+                # The first round of each is not counted: the second daemon, started just before,
+                # slows the first round of the other (see bench/README.md; the detail line shows it).
                 rates: list[float] = []
                 small: list[float] = []
                 try:
