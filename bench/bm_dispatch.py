@@ -171,7 +171,7 @@ def run(ctx: Context) -> None:
     # well under a second, and on this shared VM one drain alone can be off by 2x.
     rounds = 1 if ctx.quick else 5
     # The waiting row compares two of these noisy rates: their medians of five rounds put it anywhere
-    # from 0.86 to 1.04 in six full runs of unchanged code, across the target's whole margin, so
+    # from 0.86 to 1.19 in six full runs of unchanged code, across the target's whole margin, so
     # those two sides run ten more rounds of their own.
     waiting_rounds = 0 if ctx.quick else 10
     cmd = {"type": "command", "data": {"argv": ["true"]}}
