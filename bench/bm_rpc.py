@@ -103,8 +103,8 @@ def run(ctx: Context) -> None:
     with temp_root() as root, running_daemon(root, workers=1) as d:
         # The floor's round trips and the bare ones go to two echo servers, so that each server of a
         # pass answers as many requests as the daemon does. With one echo server for both, it answered
-        # two requests for each of the daemon's, and the daemon read 0.08-0.12 more over its floor in
-        # every pair of passes measured side by side (bench/README.md, "This round").
+        # two requests for each of the daemon's, and the daemon read 0.06-0.21 more over its floor in
+        # each of 18 pairs of passes measured side by side (bench/README.md, "This round").
         echo, echo_path = start_echo(root)
         bare_echo, bare_echo_path = start_echo(root, "bare-echo")
         lean_proc, lean, lean_first = start_lean(root, 2 * n)
