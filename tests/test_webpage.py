@@ -244,6 +244,34 @@ def test_a_dropped_stream_reconnects_and_the_table_catches_up(make_daemon, open_
     row(page, hold).locator(".status.status-cancelled").wait_for()
 
 
+def test_a_load_that_fails_while_another_is_under_way_is_shown_not_thrown(served, open_page):
+    """A load asked for while one is under way waits for that one; when it fails (the daemon
+    stopping, say), the page says so once and raises nothing: an uncaught error fails the test."""
+    _, shim, c = served
+    done = finished(c, "noop")["id"]
+    page = open_page(shim.url)
+    row(page, done).wait_for()
+    detail = "msearchd守护进程不可用: 守护进程正在停止，或与它的连接中断"
+    page.route(
+        "**/api/v1/tasks/stats",
+        lambda route: route.fulfill(
+            status=503, content_type="application/json", body=f'{{"detail": "{detail}"}}'
+        ),
+    )
+    # Two loads in one go, as a filter changed twice or an event and a click would ask.
+    page.evaluate(
+        """() => {
+        const filter = document.querySelector("#status-filter");
+        filter.dispatchEvent(new Event("change"));
+        filter.dispatchEvent(new Event("change"));
+        }"""
+    )
+    expect(page.locator("#notice")).to_contain_text(detail)
+    page.unroute("**/api/v1/tasks/stats")
+    page.select_option("#status-filter", "failed")  # and the page loads again, once it can
+    expect(row(page, done)).to_have_count(0)
+
+
 class _ForeignSite(http.server.BaseHTTPRequestHandler):
     """Another site on this machine (another port is the same site to a browser, and gets its
     cookies) whose page posts to the shim as a form would."""

@@ -31,8 +31,10 @@ let stream = null;
 let reloading = null;
 let reloadAgain = false;
 
-/** Load the page of tasks and the counts; calls made meanwhile fold into one more load. */
-async function reload() {
+/** Load the page of tasks and the counts; calls made meanwhile fold into one more load. Every caller
+ * gets the same promise, which does not reject: a failure is shown once, here, and a caller that does
+ * not wait for the load (an event, a click) must not turn it into an uncaught error. */
+function reload() {
   if (reloading) {
     reloadAgain = true;
     return reloading;
@@ -59,15 +61,15 @@ async function reload() {
       drawTable();
       drawStats(stats);
     } while (reloadAgain);
-  })();
-  try {
-    await reloading;
-  } catch (error) {
-    state.missed = null;
-    if (!(error instanceof api.ApiError && error.status === 401)) show(error);
-  } finally {
-    reloading = null;
-  }
+  })()
+    .catch((error) => {
+      state.missed = null;
+      if (!(error instanceof api.ApiError && error.status === 401)) show(error);
+    })
+    .finally(() => {
+      reloading = null;
+    });
+  return reloading;
 }
 
 let statsTimer = null;
