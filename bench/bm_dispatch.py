@@ -208,8 +208,10 @@ def run(ctx: Context) -> None:
             waited_all.append(
                 n_py / msearchd_drain(_mk(here / "waited"), n_py, {"type": "noop"}, waiting=True)
             )
-        ctx.detail("noop rounds, the ten more: " + ", ".join(f"{v:,.0f}" for v in noop_all[rounds:]))
-        ctx.detail("waited rounds, the ten more: " + ", ".join(f"{v:,.0f}" for v in waited_all[rounds:]))
+        for side, values in (("noop", noop_all), ("waited", waited_all)):
+            if waiting_rounds:
+                more = ", ".join(f"{v:,.0f}" for v in values[rounds:])
+                ctx.detail(f"{side} rounds, the {waiting_rounds} more: {more}")
         for side, values in rates.items():
             if values:
                 ctx.detail(f"{side} rounds, tasks/s: " + ", ".join(f"{v:,.0f}" for v in values))

@@ -258,7 +258,11 @@ def test_every_attribute_the_service_sets_is_there_from_its_start(tmp_path: Path
                 continue
             for target in targets:
                 for name in target.elts if isinstance(target, ast.Tuple) else [target]:
-                    if isinstance(name, ast.Attribute) and ast.unparse(name.value) == "self":
+                    if (
+                        isinstance(name, ast.Attribute)
+                        and isinstance(name.value, ast.Name)
+                        and name.value.id == "self"
+                    ):
                         set_by_methods.setdefault(name.attr, cls.__name__)
     assert len(set_by_methods) > 20, set_by_methods  # the scan found the service's own state
     late = {name: where for name, where in set_by_methods.items() if name not in vars(service)}
